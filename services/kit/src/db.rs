@@ -1,0 +1,239 @@
+//! One database URL, two backends: Postgres in production, SQLite as the embedded default.
+//!
+//! The three services share one schema (an order, its history and its dispatch row are written
+//! together), so the migrations live here, one folder per backend, embedded in the binary.
+//!
+//! [`ChangeFeed`] tells waiting parties that something was committed: the dispatcher that the
+//! outbox has new rows, `WatchOrder` streams that an order's history grew. Writers in this process
+//! publish after commit; on Postgres a listener also relays `NOTIFY`s sent by other processes.
+//! A notification is only a hint to look again: receivers always re-read the database.
+
+use std::{str::FromStr, time::Duration};
+
+use sqlx::{
+    PgPool, SqlitePool,
+    postgres::{PgConnectOptions, PgListener, PgPoolOptions},
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+use uuid::Uuid;
+
+/// Postgres `NOTIFY` channel: payload is the order id whose status history grew.
+pub const ORDER_STATUS_CHANNEL: &str = "waybill_order_status";
+/// Postgres `NOTIFY` channel: the outbox has new due rows (payload empty).
+pub const OUTBOX_CHANNEL: &str = "waybill_outbox";
+
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// Why the database could not be reached or prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The URL is neither `postgres://…` nor `sqlite:…`, or is malformed.
+    #[error("invalid database url: {0}")]
+    InvalidUrl(String),
+    /// Connecting failed.
+    #[error("cannot connect to the database: {0}")]
+    Connect(#[source] sqlx::Error),
+    /// A migration failed.
+    #[error("database migration failed: {0}")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+}
+
+/// Pool sizing and connection settings.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// Upper bound on open connections (Postgres). SQLite uses its own small pool.
+    pub max_connections: u32,
+    /// How long a caller waits for a free connection before failing.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A connected, migrated database.
+#[derive(Debug, Clone)]
+pub struct Database {
+    backend: Backend,
+    feed: ChangeFeed,
+}
+
+/// The pool of one backend.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// Production.
+    Postgres(PgPool),
+    /// Embedded.
+    Sqlite(SqlitePool),
+}
+
+impl Database {
+    /// Connects to `url` (`postgres://…` or `sqlite:…`/`sqlite://…`) and runs the migrations.
+    ///
+    /// For SQLite the file is created if missing. On Postgres, a background task relays the
+    /// `NOTIFY`s of other processes into [`Database::feed`] until `shutdown` is cancelled.
+    pub async fn connect(
+        url: &str,
+        settings: &PoolSettings,
+        shutdown: CancellationToken,
+    ) -> Result<Self, DbError> {
+        let feed = ChangeFeed::new();
+        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options =
+                PgConnectOptions::from_str(url).map_err(|e| DbError::InvalidUrl(e.to_string()))?;
+            let pool = PgPoolOptions::new()
+                .max_connections(settings.max_connections)
+                .acquire_timeout(settings.acquire_timeout)
+                .connect_with(options)
+                .await
+                .map_err(DbError::Connect)?;
+            POSTGRES_MIGRATIONS
+                .run(&pool)
+                .await
+                .map_err(DbError::Migrate)?;
+            spawn_pg_relay(&pool, feed.clone(), shutdown)
+                .await
+                .map_err(DbError::Connect)?;
+            Backend::Postgres(pool)
+        } else if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)
+                .map_err(|e| DbError::InvalidUrl(e.to_string()))?
+                .create_if_missing(true)
+                .foreign_keys(true)
+                // WAL lets readers proceed while one writer commits; NORMAL sync is durable in
+                // WAL mode except for the last transactions on power loss.
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10));
+            let pool = SqlitePoolOptions::new()
+                // SQLite has one writer at a time; a few connections serve concurrent reads.
+                .max_connections(4)
+                .acquire_timeout(settings.acquire_timeout)
+                .connect_with(options)
+                .await
+                .map_err(DbError::Connect)?;
+            SQLITE_MIGRATIONS
+                .run(&pool)
+                .await
+                .map_err(DbError::Migrate)?;
+            Backend::Sqlite(pool)
+        } else {
+            return Err(DbError::InvalidUrl(format!(
+                "{url:?}: expected postgres://… or sqlite://…"
+            )));
+        };
+        Ok(Self { backend, feed })
+    }
+
+    /// The backend's pool.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// Commit notifications, shared by everything in this process that uses this database.
+    pub fn feed(&self) -> &ChangeFeed {
+        &self.feed
+    }
+
+    /// Closes the pool, waiting for connections in use to be returned.
+    pub async fn close(&self) {
+        match &self.backend {
+            Backend::Postgres(pool) => pool.close().await,
+            Backend::Sqlite(pool) => pool.close().await,
+        }
+    }
+}
+
+/// A commit notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// The status history of this order grew.
+    OrderStatus(Uuid),
+    /// The outbox has new rows due.
+    Outbox,
+}
+
+/// Fan-out of [`Change`]s to every interested task in the process.
+#[derive(Debug, Clone)]
+pub struct ChangeFeed {
+    sender: broadcast::Sender<Change>,
+}
+
+impl ChangeFeed {
+    fn new() -> Self {
+        // Receivers that fall behind get `Lagged` and simply re-read the database.
+        let (sender, _) = broadcast::channel(1024);
+        Self { sender }
+    }
+
+    /// Tells every subscriber; call after the commit.
+    pub fn publish(&self, change: Change) {
+        // No subscriber is fine: nobody is waiting.
+        let _ = self.sender.send(change);
+    }
+
+    /// A receiver of every change published from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.sender.subscribe()
+    }
+}
+
+/// Relays Postgres notifications from other processes into `feed`. Listening starts before this
+/// returns, so nothing committed after `connect` is missed; `PgListener` reconnects by itself
+/// (receivers also poll as a fallback, so a notification lost during a reconnect only delays).
+async fn spawn_pg_relay(
+    pool: &PgPool,
+    feed: ChangeFeed,
+    shutdown: CancellationToken,
+) -> Result<(), sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener
+        .listen_all([ORDER_STATUS_CHANNEL, OUTBOX_CHANNEL])
+        .await?;
+    tokio::spawn(async move {
+        loop {
+            let notification = tokio::select! {
+                () = shutdown.cancelled() => break,
+                received = listener.recv() => received,
+            };
+            match notification {
+                Ok(notification) => match notification.channel() {
+                    OUTBOX_CHANNEL => feed.publish(Change::Outbox),
+                    ORDER_STATUS_CHANNEL => match Uuid::parse_str(notification.payload()) {
+                        Ok(order_id) => feed.publish(Change::OrderStatus(order_id)),
+                        Err(_) => debug!(payload = notification.payload(), "ignoring malformed notification"),
+                    },
+                    other => debug!(channel = other, "ignoring notification"),
+                },
+                Err(error) => {
+                    warn!(%error, "postgres notification listener failed, retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Microseconds since the Unix epoch: how SQLite stores instants, so that they compare and sort
+/// as numbers.
+pub fn to_unix_micros(at: chrono::DateTime<chrono::Utc>) -> i64 {
+    at.timestamp_micros()
+}
+
+/// The inverse of [`to_unix_micros`]; out-of-range values clamp to the epoch.
+pub fn from_unix_micros(micros: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_micros(micros).unwrap_or_default()
+}

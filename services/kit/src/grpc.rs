@@ -1,0 +1,146 @@
+//! Serving a service's tonic routes the same way everywhere: with the standard health service,
+//! server reflection (v1 and v1alpha, so both current tools and grpcurl 1.8 work without proto
+//! files), a trace span per request continuing the caller's W3C trace, server limits, and a
+//! graceful drain bounded by a grace period.
+
+use std::{net::SocketAddr, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::{
+    codegen::http,
+    service::Routes,
+    transport::{Server, server::TcpIncoming},
+};
+use tonic_health::{ServingStatus, server::HealthReporter};
+use tracing::{info, warn};
+
+use crate::telemetry;
+
+/// Server-side limits; each protects the service from a different kind of overload.
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    /// Upper bound on one unary request; a stuck database call fails instead of piling up.
+    pub request_timeout: Duration,
+    /// In-flight requests per connection: one client cannot take every worker.
+    pub concurrency_per_connection: usize,
+    /// After shutdown starts, how long in-flight requests and streams get to finish.
+    pub drain_grace: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(30),
+            concurrency_per_connection: 256,
+            drain_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The health reporter of one server, with the names of the services it serves.
+#[derive(Clone)]
+pub struct Health {
+    reporter: HealthReporter,
+    services: Vec<&'static str>,
+}
+
+impl Health {
+    /// Sets every served service (and the server as a whole, `""`) to `status`.
+    pub async fn set_all(&self, status: ServingStatus) {
+        self.reporter.set_service_status("", status).await;
+        for service in &self.services {
+            self.reporter.set_service_status(*service, status).await;
+        }
+    }
+}
+
+/// Binds a TCP listener early, so that a port conflict fails start-up before anything else runs.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves `routes` on `listener` with health and reflection until `shutdown` is cancelled, then
+/// reports NOT_SERVING, stops accepting, and lets in-flight calls finish within the grace period.
+///
+/// `services` are the fully qualified names of the services in `routes`
+/// (e.g. `waybill.v1.OrderService`); they are reported SERVING while the server runs.
+pub async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    services: &[&'static str],
+    limits: &ServerLimits,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = Health {
+        reporter,
+        services: services.to_vec(),
+    };
+    health.set_all(ServingStatus::Serving).await;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(waybill_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|error| warn!(%error, "reflection v1 unavailable"))
+        .ok();
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(waybill_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|error| warn!(%error, "reflection v1alpha unavailable"))
+        .ok();
+
+    let local = listener.local_addr().ok();
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+
+    let mut router = Server::builder()
+        // Each request's span continues the caller's trace (traceparent in the metadata).
+        .trace_fn(request_span)
+        .timeout(limits.request_timeout)
+        .concurrency_limit_per_connection(limits.concurrency_per_connection)
+        // Past the concurrency limit, refuse at once (UNAVAILABLE) instead of queueing without
+        // bound: callers retry with backoff, memory stays flat.
+        .load_shed(true)
+        .add_routes(routes)
+        .add_service(health_service);
+    if let Some(reflection) = reflection_v1 {
+        router = router.add_service(reflection);
+    }
+    if let Some(reflection) = reflection_v1alpha {
+        router = router.add_service(reflection);
+    }
+
+    let draining = {
+        let shutdown = shutdown.clone();
+        let health = health.clone();
+        async move {
+            shutdown.cancelled().await;
+            health.set_all(ServingStatus::NotServing).await;
+        }
+    };
+    let server = router.serve_with_incoming_shutdown(incoming, draining);
+    tokio::pin!(server);
+    let grace = limits.drain_grace;
+    tokio::select! {
+        result = &mut server => {
+            info!(addr = ?local, "grpc server stopped");
+            result
+        }
+        () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            warn!(addr = ?local, grace_ms = grace.as_millis() as u64, "drain grace period over, closing remaining calls");
+            Ok(())
+        }
+    }
+}
+
+fn request_span(request: &http::Request<()>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "grpc",
+        otel.kind = "server",
+        rpc.method = %request.uri().path(),
+    );
+    telemetry::set_parent_from_headers(&span, request.headers());
+    span
+}

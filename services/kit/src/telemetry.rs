@@ -1,0 +1,170 @@
+//! Structured logs and OpenTelemetry traces, set up once per process by the binary.
+//!
+//! Logs go to stderr, human-readable or JSON (`WAYBILL_LOG_FORMAT=json`), filtered by
+//! `RUST_LOG` (default `info`). Every span is also an OpenTelemetry span, so trace ids exist
+//! and propagate even when nothing is exported; spans are exported over OTLP/gRPC only when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set. The W3C trace context travels in gRPC metadata, in the
+//! dispatch row and in Kafka headers; the helpers here read and write it.
+//!
+//! Libraries (the connector SDK) never call [`init`]: installing global subscribers is the
+//! application's choice.
+
+use std::{collections::HashMap, time::Duration};
+
+use opentelemetry::{
+    global,
+    propagation::{Extractor, Injector},
+    trace::TracerProvider as _,
+};
+use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
+use tonic::codegen::http::HeaderMap;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per event, for log pipelines.
+    Json,
+}
+
+/// Why telemetry could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// The OTLP exporter could not be built (bad endpoint).
+    #[error("cannot set up the OTLP trace exporter: {0}")]
+    Exporter(String),
+    /// A global subscriber was already installed.
+    #[error("cannot install the log subscriber: {0}")]
+    Subscriber(String),
+}
+
+/// Flushes and shuts down trace export when the process ends.
+#[must_use = "dropping the guard shuts telemetry down at once"]
+pub struct TelemetryGuard {
+    provider: SdkTracerProvider,
+}
+
+impl TelemetryGuard {
+    /// Exports what is buffered, waiting at most `timeout`.
+    pub fn shutdown(self, timeout: Duration) {
+        if let Err(error) = self.provider.shutdown_with_timeout(timeout) {
+            eprintln!("telemetry shutdown: {error}");
+        }
+    }
+}
+
+/// Installs the global log subscriber, tracer provider and W3C propagator.
+pub fn init(service_name: &str, format: LogFormat) -> Result<TelemetryGuard, TelemetryError> {
+    global::set_text_map_propagator(TraceContextPropagator::new());
+    let resource = Resource::builder()
+        .with_service_name(service_name.to_owned())
+        .build();
+    let mut builder = SdkTracerProvider::builder().with_resource(resource);
+    if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()
+            .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+        builder = builder.with_batch_exporter(exporter);
+    }
+    let provider = builder.build();
+    global::set_tracer_provider(provider.clone());
+    let otel_layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("waybill"));
+
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
+    let installed = match format {
+        LogFormat::Text => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .try_init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_current_span(true)
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
+    };
+    installed.map_err(|e| TelemetryError::Subscriber(e.to_string()))?;
+    Ok(TelemetryGuard { provider })
+}
+
+/// A W3C trace context in its wire form.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TraceContext {
+    /// `traceparent`; empty when there is no trace.
+    pub traceparent: String,
+    /// `tracestate`; often empty.
+    pub tracestate: String,
+}
+
+impl TraceContext {
+    /// The context of the current tracing span (empty if it has none).
+    pub fn current() -> Self {
+        let context = tracing::Span::current().context();
+        let mut carrier = HashMap::new();
+        global::get_text_map_propagator(|propagator| {
+            propagator.inject_context(&context, &mut MapCarrier(&mut carrier));
+        });
+        Self {
+            traceparent: carrier.remove("traceparent").unwrap_or_default(),
+            tracestate: carrier.remove("tracestate").unwrap_or_default(),
+        }
+    }
+
+    /// Makes this context the parent of `span`, if it is a valid one.
+    pub fn set_as_parent_of(&self, span: &tracing::Span) {
+        if self.traceparent.is_empty() {
+            return;
+        }
+        let mut carrier = HashMap::from([("traceparent".to_owned(), self.traceparent.clone())]);
+        if !self.tracestate.is_empty() {
+            carrier.insert("tracestate".to_owned(), self.tracestate.clone());
+        }
+        let parent =
+            global::get_text_map_propagator(|propagator| propagator.extract(&MapCarrier(&mut carrier)));
+        // Fails only when the span is disabled; then there is nothing to parent.
+        let _ = span.set_parent(parent);
+    }
+}
+
+/// Makes the trace context in HTTP/2 headers (gRPC metadata) the parent of `span`.
+pub fn set_parent_from_headers(span: &tracing::Span, headers: &HeaderMap) {
+    let parent = global::get_text_map_propagator(|propagator| propagator.extract(&HeaderCarrier(headers)));
+    let _ = span.set_parent(parent);
+}
+
+struct MapCarrier<'a>(&'a mut HashMap<String, String>);
+
+impl Injector for MapCarrier<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key.to_owned(), value);
+    }
+}
+
+impl Extractor for MapCarrier<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(String::as_str).collect()
+    }
+}
+
+struct HeaderCarrier<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderCarrier<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|name| name.as_str()).collect()
+    }
+}

@@ -1,0 +1,155 @@
+//! Throw-away databases for tests: each test gets its own Postgres database (created from
+//! `WAYBILL_TEST_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`) or its
+//! own SQLite file, dropped when the handle is dropped, so tests run in parallel without
+//! interfering.
+
+use std::path::PathBuf;
+
+use sqlx::{Connection, PgConnection};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::db::{Database, PoolSettings};
+
+/// The Postgres server tests use, as an admin URL to its maintenance database.
+pub fn postgres_admin_url() -> String {
+    std::env::var("WAYBILL_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// Which backend a test database is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestBackend {
+    /// A fresh database on the test Postgres server.
+    Postgres,
+    /// A fresh SQLite file in the temp directory.
+    Sqlite,
+}
+
+/// A database that exists for one test.
+#[derive(Debug)]
+pub struct TestDatabase {
+    /// The URL services connect to.
+    pub url: String,
+    backend: TestBackend,
+    name: String,
+    shutdown: CancellationToken,
+}
+
+impl TestDatabase {
+    /// Creates an empty database on `backend` (not yet migrated: [`TestDatabase::connect`] does).
+    pub async fn create(backend: TestBackend) -> Self {
+        let name = format!("waybill_test_{}", Uuid::new_v4().simple());
+        let url = match backend {
+            TestBackend::Postgres => {
+                let admin = postgres_admin_url();
+                let mut conn = PgConnection::connect(&admin)
+                    .await
+                    .unwrap_or_else(|e| panic!("cannot reach test postgres at {admin}: {e}"));
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create test database");
+                let _ = conn.close().await;
+                replace_database(&admin, &name)
+            }
+            TestBackend::Sqlite => format!("sqlite://{}", sqlite_path(&name).display()),
+        };
+        Self {
+            url,
+            backend,
+            name,
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// Connects (and migrates) with default pool settings.
+    pub async fn connect(&self) -> Database {
+        Database::connect(&self.url, &PoolSettings::default(), self.shutdown.clone())
+            .await
+            .expect("connect to test database")
+    }
+
+    /// The backend this database is on.
+    pub fn backend(&self) -> TestBackend {
+        self.backend
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        match self.backend {
+            TestBackend::Sqlite => {
+                let path = sqlite_path(&self.name);
+                for suffix in ["", "-wal", "-shm"] {
+                    let mut file = path.clone().into_os_string();
+                    file.push(suffix);
+                    let _ = std::fs::remove_file(file);
+                }
+            }
+            TestBackend::Postgres => {
+                let name = self.name.clone();
+                // Drop cannot await; a short-lived runtime on another thread does the DROP.
+                let dropped = std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .ok()?;
+                    runtime.block_on(async {
+                        let mut conn = PgConnection::connect(&postgres_admin_url()).await.ok()?;
+                        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                            .execute(&mut conn)
+                            .await
+                            .ok()?;
+                        conn.close().await.ok()
+                    })
+                })
+                .join();
+                if !matches!(dropped, Ok(Some(()))) {
+                    eprintln!("warning: could not drop test database {}", self.name);
+                }
+            }
+        }
+    }
+}
+
+fn sqlite_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("{name}.db"))
+}
+
+/// `url` with its database name replaced by `database`.
+fn replace_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    // postgres://user@host:port/dbname — the database is after the last '/' past the authority.
+    let authority_end = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[authority_end..].find('/') {
+        Some(slash) => &base[..authority_end + slash],
+        None => base,
+    };
+    match query {
+        Some(query) => format!("{base}/{database}?{query}"),
+        None => format!("{base}/{database}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replace_database;
+
+    #[test]
+    fn replaces_the_database_name() {
+        assert_eq!(
+            replace_database("postgres://postgres@127.0.0.1:5432/postgres", "t1"),
+            "postgres://postgres@127.0.0.1:5432/t1"
+        );
+        assert_eq!(
+            replace_database("postgres://u@h/db?sslmode=disable", "t2"),
+            "postgres://u@h/t2?sslmode=disable"
+        );
+        assert_eq!(replace_database("postgres://u@h", "t3"), "postgres://u@h/t3");
+    }
+}
