@@ -114,6 +114,12 @@ impl Database {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10));
+            let file = options.get_filename();
+            if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    DbError::InvalidUrl(format!("cannot create {}: {e}", parent.display()))
+                })?;
+            }
             let pool = SqlitePoolOptions::new()
                 // SQLite has one writer at a time; a few connections serve concurrent reads.
                 .max_connections(4)
@@ -210,7 +216,10 @@ async fn spawn_pg_relay(
                     OUTBOX_CHANNEL => feed.publish(Change::Outbox),
                     ORDER_STATUS_CHANNEL => match Uuid::parse_str(notification.payload()) {
                         Ok(order_id) => feed.publish(Change::OrderStatus(order_id)),
-                        Err(_) => debug!(payload = notification.payload(), "ignoring malformed notification"),
+                        Err(_) => debug!(
+                            payload = notification.payload(),
+                            "ignoring malformed notification"
+                        ),
                     },
                     other => debug!(channel = other, "ignoring notification"),
                 },

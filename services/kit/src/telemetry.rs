@@ -126,8 +126,9 @@ impl TraceContext {
         if !self.tracestate.is_empty() {
             carrier.insert("tracestate".to_owned(), self.tracestate.clone());
         }
-        let parent =
-            global::get_text_map_propagator(|propagator| propagator.extract(&MapCarrier(&mut carrier)));
+        let parent = global::get_text_map_propagator(|propagator| {
+            propagator.extract(&MapCarrier(&mut carrier))
+        });
         // Fails only when the span is disabled; then there is nothing to parent.
         let _ = span.set_parent(parent);
     }
@@ -135,7 +136,8 @@ impl TraceContext {
 
 /// Makes the trace context in HTTP/2 headers (gRPC metadata) the parent of `span`.
 pub fn set_parent_from_headers(span: &tracing::Span, headers: &HeaderMap) {
-    let parent = global::get_text_map_propagator(|propagator| propagator.extract(&HeaderCarrier(headers)));
+    let parent =
+        global::get_text_map_propagator(|propagator| propagator.extract(&HeaderCarrier(headers)));
     let _ = span.set_parent(parent);
 }
 

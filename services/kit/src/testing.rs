@@ -150,6 +150,9 @@ mod tests {
             replace_database("postgres://u@h/db?sslmode=disable", "t2"),
             "postgres://u@h/t2?sslmode=disable"
         );
-        assert_eq!(replace_database("postgres://u@h", "t3"), "postgres://u@h/t3");
+        assert_eq!(
+            replace_database("postgres://u@h", "t3"),
+            "postgres://u@h/t3"
+        );
     }
 }

@@ -1,0 +1,151 @@
+//! An accepted order and its parts, as the store writes and reads them.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+use waybill_proto::v1::OrderStatus;
+
+/// Who ordered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Customer {
+    /// The storefront's customer id.
+    pub id: String,
+    /// Full name.
+    pub name: String,
+    /// Contact e-mail.
+    pub email: String,
+    /// Contact phone; may be empty.
+    pub phone: String,
+}
+
+/// Where it goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Address {
+    /// Street and number.
+    pub line1: String,
+    /// Optional second line.
+    pub line2: String,
+    /// City.
+    pub city: String,
+    /// State or province; may be empty.
+    pub region: String,
+    /// Postal code; may be empty where a country has none.
+    pub postal_code: String,
+    /// ISO 3166-1 alpha-2, upper case.
+    pub country_code: String,
+}
+
+/// One line priced from the catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PricedLine {
+    /// Catalog SKU.
+    pub sku: String,
+    /// Catalog name at the time of ordering.
+    pub name: String,
+    /// 1 to 10,000.
+    pub quantity: u32,
+    /// Catalog unit price in minor units.
+    pub unit_price_minor: i64,
+    /// `unit_price_minor × quantity`.
+    pub line_total_minor: i64,
+}
+
+/// A catalog entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogItem {
+    /// Stock keeping unit, the catalog key.
+    pub sku: String,
+    /// Human-readable name.
+    pub name: String,
+    /// Price of one unit in minor units.
+    pub unit_price_minor: i64,
+    /// ISO 4217 code.
+    pub currency_code: String,
+    /// Inactive items cannot be ordered.
+    pub active: bool,
+}
+
+/// Everything the placing transaction writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewOrder {
+    /// Assigned by the service (UUIDv7: time-ordered, so inserts stay index-friendly).
+    pub id: Uuid,
+    /// The caller's idempotency key.
+    pub idempotency_key: String,
+    /// SHA-256 of the canonical request; a replay must match it.
+    pub request_hash: Vec<u8>,
+    /// Who ordered.
+    pub customer: Customer,
+    /// Where it goes.
+    pub ship_to: Address,
+    /// Priced lines, in request order.
+    pub lines: Vec<PricedLine>,
+    /// The order's single currency.
+    pub currency_code: String,
+    /// Sum of the line totals.
+    pub total_minor: i64,
+    /// The Waybill region placing it.
+    pub region: String,
+    /// When it was placed (the service's clock).
+    pub placed_at: DateTime<Utc>,
+    /// W3C `traceparent` of the placing request; the relay continues this trace.
+    pub traceparent: String,
+    /// W3C `tracestate`.
+    pub tracestate: String,
+}
+
+/// One entry of an order's status history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusEvent {
+    /// The order.
+    pub order_id: Uuid,
+    /// Position in the order's history, from 1.
+    pub seq: i64,
+    /// What happened.
+    pub status: OrderStatus,
+    /// The partner involved; empty for PLACED.
+    pub partner_id: String,
+    /// Text for people.
+    pub detail: String,
+    /// Tracking id reported with the event; may be empty.
+    pub tracking_id: String,
+    /// When it happened.
+    pub occurred_at: DateTime<Utc>,
+    /// When Waybill recorded it.
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// A stored order with its lines and history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderRecord {
+    /// Order id.
+    pub id: Uuid,
+    /// Who ordered.
+    pub customer: Customer,
+    /// Where it goes.
+    pub ship_to: Address,
+    /// Priced lines in order.
+    pub lines: Vec<PricedLine>,
+    /// The order's currency.
+    pub currency_code: String,
+    /// Total in minor units.
+    pub total_minor: i64,
+    /// Owning region.
+    pub region: String,
+    /// The partner it was routed to, once dispatched.
+    pub partner_id: Option<String>,
+    /// The partner's tracking id, once reported.
+    pub tracking_id: Option<String>,
+    /// When it was placed.
+    pub placed_at: DateTime<Utc>,
+    /// Oldest first.
+    pub history: Vec<StatusEvent>,
+}
+
+impl OrderRecord {
+    /// The latest status (PLACED for an order whose history is somehow empty).
+    pub fn status(&self) -> OrderStatus {
+        self.history
+            .last()
+            .map_or(OrderStatus::Placed, |event| event.status)
+    }
+}

@@ -1,0 +1,319 @@
+//! The `waybill.v1.OrderService` implementation: turns requests into domain calls and results
+//! into responses. Rules live in `domain`, persistence in `store`.
+
+use std::{collections::HashMap, pin::Pin, sync::Arc, time::Duration};
+
+use prost::Message;
+use sha2::{Digest, Sha256};
+use tokio::sync::{broadcast::error::RecvError, mpsc};
+use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+use waybill_proto::v1::{self as pb, order_service_server::OrderService};
+use waybill_service_kit::{
+    clock::SharedClock,
+    db::{Change, ChangeFeed},
+    telemetry::TraceContext,
+};
+
+use crate::{
+    convert::{event_to_proto, order_to_proto},
+    domain::{
+        InvalidField,
+        model::NewOrder,
+        page_token::{self, PageCursor},
+        pricing::price,
+        validate::validate_place_order,
+    },
+    error::OrdersError,
+    store::{OrderStore, Placement},
+};
+
+/// Default and largest `ListOrders` page.
+const DEFAULT_PAGE_SIZE: u32 = 20;
+const MAX_PAGE_SIZE: u32 = 100;
+
+/// The Orders gRPC service.
+#[derive(Debug, Clone)]
+pub struct OrdersApi {
+    store: Arc<dyn OrderStore>,
+    feed: ChangeFeed,
+    clock: SharedClock,
+    region: String,
+    /// `WatchOrder` re-reads this often even without a notification, in case one was missed.
+    watch_poll: Duration,
+    shutdown: CancellationToken,
+}
+
+impl OrdersApi {
+    /// The service over `store`; `feed` wakes `WatchOrder` streams, `shutdown` ends them.
+    pub fn new(
+        store: Arc<dyn OrderStore>,
+        feed: ChangeFeed,
+        clock: SharedClock,
+        region: String,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            store,
+            feed,
+            clock,
+            region,
+            watch_poll: Duration::from_secs(5),
+            shutdown,
+        }
+    }
+
+    async fn place(&self, request: &pb::PlaceOrderRequest) -> Result<Placement, OrdersError> {
+        let valid = validate_place_order(request)?;
+        let skus: Vec<String> = valid.lines.iter().map(|line| line.sku.clone()).collect();
+        let catalog: HashMap<_, _> = self
+            .store
+            .catalog_items(&skus)
+            .await?
+            .into_iter()
+            .map(|item| (item.sku.clone(), item))
+            .collect();
+        let priced = price(&valid.lines, &catalog)?;
+        let trace = TraceContext::current();
+        let order = NewOrder {
+            id: Uuid::now_v7(),
+            idempotency_key: valid.idempotency_key,
+            request_hash: request_hash(request),
+            customer: valid.customer,
+            ship_to: valid.ship_to,
+            lines: priced.lines,
+            currency_code: priced.currency_code,
+            total_minor: priced.total_minor,
+            region: self.region.clone(),
+            placed_at: self.clock.now(),
+            traceparent: trace.traceparent,
+            tracestate: trace.tracestate,
+        };
+        Ok(self.store.place_order(&order).await?)
+    }
+}
+
+/// SHA-256 of the request's protobuf encoding (deterministic for equal messages): equal for a
+/// true retry, different for any change in customer, address or lines.
+fn request_hash(request: &pb::PlaceOrderRequest) -> Vec<u8> {
+    let mut hasher = Sha256::new();
+    hasher.update(b"waybill.v1.PlaceOrderRequest\0");
+    hasher.update(request.encode_to_vec());
+    hasher.finalize().to_vec()
+}
+
+fn parse_order_id(field: &str, text: &str) -> Result<Uuid, OrdersError> {
+    if text.is_empty() {
+        return Err(InvalidField::new(field, "is required").into());
+    }
+    Uuid::parse_str(text).map_err(|_| {
+        InvalidField::new(
+            field,
+            format!("{text:?} is not an order id (a UUID such as 0190f2c4-…)"),
+        )
+        .into()
+    })
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::OrderStatusEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl OrderService for OrdersApi {
+    async fn place_order(
+        &self,
+        request: Request<pb::PlaceOrderRequest>,
+    ) -> Result<Response<pb::PlaceOrderResponse>, Status> {
+        let request = request.into_inner();
+        let (order, replayed) = match self.place(&request).await? {
+            Placement::Created(order) => {
+                info!(order_id = %order.id, total_minor = order.total_minor, currency = %order.currency_code, "order placed");
+                (order, false)
+            }
+            Placement::Replayed(order) => {
+                debug!(order_id = %order.id, "idempotent replay");
+                (order, true)
+            }
+        };
+        Ok(Response::new(pb::PlaceOrderResponse {
+            order: Some(order_to_proto(&order)),
+            replayed,
+        }))
+    }
+
+    async fn get_order(
+        &self,
+        request: Request<pb::GetOrderRequest>,
+    ) -> Result<Response<pb::Order>, Status> {
+        let id = parse_order_id("order_id", &request.get_ref().order_id)?;
+        let order = self
+            .store
+            .get_order(id)
+            .await
+            .map_err(OrdersError::from)?
+            .ok_or_else(|| OrdersError::NotFound(id.to_string()))?;
+        Ok(Response::new(order_to_proto(&order)))
+    }
+
+    async fn list_orders(
+        &self,
+        request: Request<pb::ListOrdersRequest>,
+    ) -> Result<Response<pb::ListOrdersResponse>, Status> {
+        let request = request.get_ref();
+        if request.customer_id.is_empty() {
+            return Err(OrdersError::from(InvalidField::new("customer_id", "is required")).into());
+        }
+        let page_size = match request.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            size if size <= MAX_PAGE_SIZE => size,
+            size => {
+                return Err(OrdersError::from(InvalidField::new(
+                    "page_size",
+                    format!(
+                        "must be 0 (default {DEFAULT_PAGE_SIZE}) to {MAX_PAGE_SIZE}, got {size}"
+                    ),
+                ))
+                .into());
+            }
+        };
+        let after = if request.page_token.is_empty() {
+            None
+        } else {
+            Some(
+                page_token::decode(&request.customer_id, &request.page_token)
+                    .map_err(OrdersError::from)?,
+            )
+        };
+        // One extra row tells whether another page exists.
+        let mut orders = self
+            .store
+            .list_orders(&request.customer_id, after, page_size + 1)
+            .await
+            .map_err(OrdersError::from)?;
+        let more = orders.len() > page_size as usize;
+        orders.truncate(page_size as usize);
+        let next_page_token = match orders.last() {
+            Some(last) if more => page_token::encode(
+                &request.customer_id,
+                PageCursor {
+                    placed_at: last.placed_at,
+                    id: last.id,
+                },
+            ),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListOrdersResponse {
+            orders: orders.iter().map(order_to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    type WatchOrderStream = EventStream;
+
+    async fn watch_order(
+        &self,
+        request: Request<pb::WatchOrderRequest>,
+    ) -> Result<Response<Self::WatchOrderStream>, Status> {
+        let request = request.get_ref();
+        let id = parse_order_id("order_id", &request.order_id)?;
+        if request.after_sequence < 0 {
+            return Err(OrdersError::from(InvalidField::new(
+                "after_sequence",
+                "must not be negative",
+            ))
+            .into());
+        }
+        // Subscribe before reading, so an event committed in between is not missed.
+        let changes = self.feed.subscribe();
+        let history = self
+            .store
+            .history_after(id, 0)
+            .await
+            .map_err(OrdersError::from)?;
+        if history.is_empty() {
+            return Err(OrdersError::NotFound(id.to_string()).into());
+        }
+        let (sender, receiver) = mpsc::channel(16);
+        let watch = Watch {
+            store: self.store.clone(),
+            order_id: id,
+            last_seq: request.after_sequence,
+            sender,
+            poll: self.watch_poll,
+        };
+        tokio::spawn(watch.run(history, changes, self.shutdown.clone()));
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+}
+
+/// One `WatchOrder` stream: sends what it has not sent yet whenever the order may have changed.
+struct Watch {
+    store: Arc<dyn OrderStore>,
+    order_id: Uuid,
+    last_seq: i64,
+    sender: mpsc::Sender<Result<pb::OrderStatusEvent, Status>>,
+    poll: Duration,
+}
+
+impl Watch {
+    async fn run(
+        mut self,
+        history: Vec<crate::domain::model::StatusEvent>,
+        mut changes: tokio::sync::broadcast::Receiver<Change>,
+        shutdown: CancellationToken,
+    ) {
+        if !self.send(history).await {
+            return;
+        }
+        let mut poll = tokio::time::interval(self.poll);
+        poll.tick().await;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    let _ = self.sender.send(Err(Status::unavailable("server shutting down, watch again"))).await;
+                    return;
+                }
+                () = self.sender.closed() => return,
+                change = changes.recv() => match change {
+                    Ok(Change::OrderStatus(id)) if id == self.order_id => {}
+                    Ok(_) => continue,
+                    // Missed some notifications: just look.
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return,
+                },
+                _ = poll.tick() => {}
+            }
+            match self.store.history_after(self.order_id, self.last_seq).await {
+                Ok(events) => {
+                    if !self.send(events).await {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    warn!(order_id = %self.order_id, %error, "watch cannot read history");
+                    let _ = self
+                        .sender
+                        .send(Err(Status::unavailable("storage unavailable, watch again")))
+                        .await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Sends the events newer than the last one sent; false once the client is gone.
+    async fn send(&mut self, events: Vec<crate::domain::model::StatusEvent>) -> bool {
+        for event in &events {
+            if event.seq <= self.last_seq {
+                continue;
+            }
+            if self.sender.send(Ok(event_to_proto(event))).await.is_err() {
+                return false;
+            }
+            self.last_seq = event.seq;
+        }
+        true
+    }
+}

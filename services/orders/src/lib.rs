@@ -1,0 +1,156 @@
+//! The Orders service: where a storefront places orders and customers follow them.
+//!
+//! - [`grpc`]: `waybill.v1.OrderService` (`PlaceOrder`, `GetOrder`, `ListOrders`, `WatchOrder`).
+//! - [`domain`]: validation, pricing, page tokens — pure logic.
+//! - [`store`]: the `OrderStore` trait with Postgres and SQLite implementations. `PlaceOrder`
+//!   writes the order, its lines, its `PLACED` event and its `PENDING` dispatch row in one
+//!   transaction: the transactional outbox the dispatcher relays from.
+//! - [`run`] starts the service from settings; [`serve`] is the seam tests and the all-in-one
+//!   binary use (a bound listener and ready dependencies).
+
+pub mod convert;
+pub mod domain;
+pub mod error;
+pub mod grpc;
+pub mod store;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+use waybill_proto::v1::order_service_server::OrderServiceServer;
+use waybill_service_kit::{
+    clock::{SharedClock, SystemClock},
+    db::{ChangeFeed, Database, DbError, PoolSettings},
+    grpc::ServerLimits,
+};
+
+pub use crate::grpc::OrdersApi;
+use crate::store::OrderStore;
+
+/// The fully qualified gRPC service name, for health reporting.
+pub const SERVICE_NAME: &str = "waybill.v1.OrderService";
+
+/// Settings of `waybill orders`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OrdersArgs {
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "WAYBILL_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// `postgres://user@host/db` in production, `sqlite://path.db` embedded.
+    #[arg(
+        long,
+        env = "WAYBILL_DATABASE_URL",
+        default_value = "sqlite://.waybill/waybill.db"
+    )]
+    pub database_url: String,
+    /// Name of this Waybill region, stamped on every order.
+    #[arg(long, env = "WAYBILL_REGION", default_value = "local")]
+    pub region: String,
+    /// Load the sample catalog (`services/orders/seed/catalog.sql`) at start-up.
+    #[arg(long, env = "WAYBILL_SEED_CATALOG")]
+    pub seed_catalog: bool,
+    /// Most database connections this service opens.
+    #[arg(long, env = "WAYBILL_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+}
+
+/// What the Orders service needs to serve.
+#[derive(Debug, Clone)]
+pub struct OrdersDeps {
+    /// Where orders live.
+    pub store: Arc<dyn OrderStore>,
+    /// Commit notifications (wakes `WatchOrder`).
+    pub feed: ChangeFeed,
+    /// Time source.
+    pub clock: SharedClock,
+    /// Region stamped on new orders.
+    pub region: String,
+}
+
+impl OrdersDeps {
+    /// Dependencies over a connected database with the system clock.
+    pub fn new(db: &Database, region: impl Into<String>) -> Self {
+        Self {
+            store: store::for_database(db),
+            feed: db.feed().clone(),
+            clock: Arc::new(SystemClock),
+            region: region.into(),
+        }
+    }
+}
+
+/// Why the service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Connecting or migrating failed.
+    #[error(transparent)]
+    Database(#[from] DbError),
+    /// Seeding the catalog failed.
+    #[error("cannot seed the catalog: {0}")]
+    Seed(#[from] store::StoreError),
+    /// The gRPC server failed.
+    #[error("grpc server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Runs the Orders service until `shutdown` is cancelled: binds first (a taken port fails
+/// fast), connects and migrates, then serves.
+pub async fn run(args: OrdersArgs, shutdown: CancellationToken) -> Result<(), RunError> {
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| RunError::Bind {
+            addr: args.listen,
+            source,
+        })?;
+    let settings = PoolSettings {
+        max_connections: args.db_max_connections,
+        ..PoolSettings::default()
+    };
+    let db = Database::connect(&args.database_url, &settings, shutdown.clone()).await?;
+    if args.seed_catalog {
+        store::seed_catalog(&db).await?;
+    }
+    info!(addr = %args.listen, region = %args.region, "orders service listening");
+    let result = serve(
+        listener,
+        OrdersDeps::new(&db, args.region),
+        &ServerLimits::default(),
+        shutdown,
+    )
+    .await;
+    db.close().await;
+    result
+}
+
+/// The tonic service, for composing with others on one server.
+pub fn service(deps: OrdersDeps, shutdown: CancellationToken) -> OrderServiceServer<OrdersApi> {
+    OrderServiceServer::new(OrdersApi::new(
+        deps.store,
+        deps.feed,
+        deps.clock,
+        deps.region,
+        shutdown,
+    ))
+}
+
+/// Serves Orders (with health and reflection) on `listener` until `shutdown` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    deps: OrdersDeps,
+    limits: &ServerLimits,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let routes = tonic::service::Routes::new(service(deps, shutdown.clone()));
+    waybill_service_kit::grpc::serve(listener, routes, &[SERVICE_NAME], limits, shutdown).await?;
+    Ok(())
+}
