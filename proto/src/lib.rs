@@ -69,7 +69,10 @@ mod tests {
             OrderStatus::Delivered,
             OrderStatus::Exception,
         ] {
-            assert_eq!(OrderStatus::from_short_name(status.short_name()), Some(status));
+            assert_eq!(
+                OrderStatus::from_short_name(status.short_name()),
+                Some(status)
+            );
         }
         assert_eq!(OrderStatus::Placed.short_name(), "PLACED");
         assert_eq!(OrderStatus::from_short_name("UNSPECIFIED"), None);
@@ -87,7 +90,10 @@ mod tests {
             DispatchState::Unroutable,
             DispatchState::Unacknowledged,
         ] {
-            assert_eq!(DispatchState::from_short_name(state.short_name()), Some(state));
+            assert_eq!(
+                DispatchState::from_short_name(state.short_name()),
+                Some(state)
+            );
         }
     }
 
@@ -95,7 +101,10 @@ mod tests {
     fn descriptor_set_names_every_service() {
         let text = String::from_utf8_lossy(super::FILE_DESCRIPTOR_SET);
         for service in ["OrderService", "StatusIngest", "DispatchAdmin"] {
-            assert!(text.contains(service), "{service} missing from descriptor set");
+            assert!(
+                text.contains(service),
+                "{service} missing from descriptor set"
+            );
         }
     }
 }

@@ -29,7 +29,10 @@ mod tests {
 
     #[test]
     fn refuses_negative_nanos() {
-        let ts = prost_types::Timestamp { seconds: 1, nanos: -1 };
+        let ts = prost_types::Timestamp {
+            seconds: 1,
+            nanos: -1,
+        };
         assert_eq!(from_timestamp(&ts), None);
     }
 }
