@@ -124,7 +124,7 @@ pub async fn run(args: OrdersArgs, shutdown: CancellationToken) -> Result<(), Ru
     let result = serve(
         listener,
         OrdersDeps::new(&db, args.region),
-        &ServerLimits::default(),
+        ServerLimits::default(),
         shutdown,
     )
     .await;
@@ -147,10 +147,10 @@ pub fn service(deps: OrdersDeps, shutdown: CancellationToken) -> OrderServiceSer
 pub async fn serve(
     listener: TcpListener,
     deps: OrdersDeps,
-    limits: &ServerLimits,
+    limits: ServerLimits,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let routes = tonic::service::Routes::new(service(deps, shutdown.clone()));
-    waybill_service_kit::grpc::serve(listener, routes, &[SERVICE_NAME], limits, shutdown).await?;
+    waybill_service_kit::grpc::serve(listener, routes, &[SERVICE_NAME], &limits, shutdown).await?;
     Ok(())
 }
