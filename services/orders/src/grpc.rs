@@ -9,7 +9,7 @@ use tokio::sync::{broadcast::error::RecvError, mpsc};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 use uuid::Uuid;
 use waybill_proto::v1::{self as pb, order_service_server::OrderService};
 use waybill_service_kit::{
@@ -129,7 +129,7 @@ impl OrderService for OrdersApi {
         let request = request.into_inner();
         let (order, replayed) = match self.place(&request).await? {
             Placement::Created(order) => {
-                info!(order_id = %order.id, total_minor = order.total_minor, currency = %order.currency_code, "order placed");
+                debug!(order_id = %order.id, total_minor = order.total_minor, currency = %order.currency_code, "order placed");
                 (order, false)
             }
             Placement::Replayed(order) => {

@@ -503,3 +503,59 @@ async fn health_reports_serving_until_shutdown() {
         .into_inner();
     assert_eq!(status.status(), ServingStatus::Serving);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_watch_streams_with_unavailable_and_health_not_serving() {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let mut s = start(TestBackend::Sqlite).await;
+    let order = s
+        .client
+        .place_order(request("bye"))
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    let mut stream = s
+        .client
+        .watch_order(pb::WatchOrderRequest {
+            order_id: order.id,
+            after_sequence: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stream.next().await.unwrap().unwrap().sequence, 1);
+    let channel = Channel::from_shared(format!("http://{}", s.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+
+    s.shutdown.cancel();
+    let ended = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("the stream ends promptly on shutdown")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(ended.code(), Code::Unavailable);
+    assert!(
+        ended.message().contains("watch again"),
+        "{}",
+        ended.message()
+    );
+    // The server drains: health (on an existing connection) turns NOT_SERVING or the
+    // connection is already closed; either way nobody is told SERVING any more.
+    match health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+    {
+        Ok(response) => assert_eq!(response.into_inner().status(), ServingStatus::NotServing),
+        Err(status) => assert_ne!(status.code(), Code::Ok),
+    }
+}

@@ -1,0 +1,267 @@
+//! `waybill bench`: load and latency figures that print numbers (never pass/fail timings).
+//!
+//! `bench place` drives `PlaceOrder` with N requests, C in flight, against a running Orders
+//! service (`--target`) or one it starts in-process on `--database-url`. Each request is a new
+//! order (its own idempotency key), priced from the sample catalog.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use waybill_orders::OrdersDeps;
+use waybill_proto::v1::{self as pb, order_service_client::OrderServiceClient};
+use waybill_service_kit::{
+    db::{Database, PoolSettings},
+    grpc::ServerLimits,
+};
+
+/// The benchmarks.
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchCommand {
+    /// PlaceOrder throughput and latency.
+    Place(PlaceArgs),
+}
+
+/// Settings of `waybill bench place`.
+#[derive(Debug, clap::Args)]
+pub struct PlaceArgs {
+    /// An Orders service to drive, e.g. `http://127.0.0.1:50051`. Without it, one is started
+    /// in this process on `--database-url`.
+    #[arg(long)]
+    target: Option<String>,
+    /// Storage for the in-process Orders service.
+    #[arg(
+        long,
+        env = "WAYBILL_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    database_url: String,
+    /// How many orders to place.
+    #[arg(long, short = 'n', default_value_t = 10_000)]
+    requests: u64,
+    /// How many requests are in flight at once (one connection each, like separate clients).
+    #[arg(long, short = 'c', default_value_t = 8)]
+    concurrency: u64,
+    /// Requests placed first and not measured (connection set-up, caches).
+    #[arg(long, default_value_t = 200)]
+    warmup: u64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct PlaceReport {
+    benchmark: &'static str,
+    target: String,
+    storage: String,
+    requests: u64,
+    concurrency: u64,
+    errors: u64,
+    seconds: f64,
+    throughput_per_s: f64,
+    latency_ms: Latency,
+}
+
+#[derive(Debug, Serialize)]
+struct Latency {
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+/// Runs a benchmark subcommand.
+pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Place(args) => place(args).await,
+    }
+}
+
+async fn place(args: PlaceArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
+    let shutdown = CancellationToken::new();
+    let (target, storage) = match &args.target {
+        Some(target) => (target.clone(), "remote".to_owned()),
+        None => {
+            let settings = PoolSettings {
+                max_connections: u32::try_from(args.concurrency.max(4)).unwrap_or(64),
+                ..PoolSettings::default()
+            };
+            let db = Database::connect(&args.database_url, &settings, shutdown.clone())
+                .await
+                .context("cannot start the in-process Orders service")?;
+            waybill_orders::store::seed_catalog(&db).await?;
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let addr = listener.local_addr()?;
+            tokio::spawn(waybill_orders::serve(
+                listener,
+                OrdersDeps::new(&db, "bench"),
+                ServerLimits::default(),
+                shutdown.clone(),
+            ));
+            (format!("http://{addr}"), redact(&args.database_url))
+        }
+    };
+
+    let run_id = uuid::Uuid::now_v7().simple().to_string();
+    let mut clients = Vec::new();
+    for _ in 0..args.concurrency {
+        let channel: Channel = Endpoint::from_shared(target.clone())?
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to {target}"))?;
+        clients.push(OrderServiceClient::new(channel));
+    }
+
+    // Warm-up, not measured.
+    drive(&clients, &format!("{run_id}-warm"), args.warmup).await?;
+    let started = Instant::now();
+    let (histogram, errors) = drive(&clients, &run_id, args.requests).await?;
+    let elapsed = started.elapsed();
+    shutdown.cancel();
+
+    let ms = |micros: u64| Duration::from_micros(micros).as_secs_f64() * 1000.0;
+    let report = PlaceReport {
+        benchmark: "place",
+        target,
+        storage,
+        requests: args.requests,
+        concurrency: args.concurrency,
+        errors,
+        seconds: elapsed.as_secs_f64(),
+        throughput_per_s: (args.requests - errors) as f64 / elapsed.as_secs_f64().max(f64::EPSILON),
+        latency_ms: Latency {
+            p50: ms(histogram.value_at_quantile(0.50)),
+            p99: ms(histogram.value_at_quantile(0.99)),
+            max: ms(histogram.max()),
+        },
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "place: {} orders, {} in flight, {} errors, {:.2} s\n  throughput {:.0} orders/s\n  latency    p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms\n  target {} ({})",
+            report.requests,
+            report.concurrency,
+            report.errors,
+            report.seconds,
+            report.throughput_per_s,
+            report.latency_ms.p50,
+            report.latency_ms.p99,
+            report.latency_ms.max,
+            report.target,
+            report.storage,
+        );
+    }
+    anyhow::ensure!(errors == 0, "{errors} requests failed");
+    Ok(())
+}
+
+/// Places `count` orders through `clients`, one worker per client; returns latencies (µs) and
+/// the number of failed calls.
+async fn drive(
+    clients: &[OrderServiceClient<Channel>],
+    run_id: &str,
+    count: u64,
+) -> anyhow::Result<(Histogram<u64>, u64)> {
+    let next = Arc::new(AtomicU64::new(0));
+    let workers = clients.iter().cloned().map(|mut client| {
+        let next = next.clone();
+        let run_id = run_id.to_owned();
+        tokio::spawn(async move {
+            let mut histogram = new_histogram().ok()?;
+            let mut errors = 0;
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= count {
+                    break;
+                }
+                let started = Instant::now();
+                match client.place_order(sample_order(&run_id, index)).await {
+                    Ok(_) => {
+                        let micros =
+                            u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                        histogram.saturating_record(micros);
+                    }
+                    Err(status) => {
+                        errors += 1;
+                        if errors <= 3 {
+                            eprintln!("place failed: {status}");
+                        }
+                    }
+                }
+            }
+            Some((histogram, errors))
+        })
+    });
+    let mut total = new_histogram()?;
+    let mut errors = 0;
+    for worker in futures::future::join_all(workers).await {
+        let (histogram, worker_errors) = worker?.context("latency histogram")?;
+        total.add(&histogram)?;
+        errors += worker_errors;
+    }
+    Ok((total, errors))
+}
+
+/// 1 µs to 60 s at 3 significant digits.
+fn new_histogram() -> Result<Histogram<u64>, hdrhistogram::CreationError> {
+    Histogram::new_with_bounds(1, 60_000_000, 3)
+}
+
+fn sample_order(run_id: &str, index: u64) -> pb::PlaceOrderRequest {
+    pb::PlaceOrderRequest {
+        idempotency_key: format!("bench-{run_id}-{index}"),
+        customer: Some(pb::Customer {
+            id: format!("bench-customer-{}", index % 1000),
+            name: "Bench Customer".into(),
+            email: "bench@example.com".into(),
+            phone: String::new(),
+        }),
+        shipping_address: Some(pb::Address {
+            line1: "1 Main St".into(),
+            line2: String::new(),
+            city: "Springfield".into(),
+            region: "WA".into(),
+            postal_code: "98001".into(),
+            country_code: "US".into(),
+        }),
+        lines: vec![
+            pb::LineItem {
+                sku: "MUG-001".into(),
+                quantity: 2,
+            },
+            pb::LineItem {
+                sku: "BOOK-042".into(),
+                quantity: 1,
+            },
+            pb::LineItem {
+                sku: "SOCKS-3PK".into(),
+                quantity: 5,
+            },
+        ],
+    }
+}
+
+/// The URL without its password, for printing.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}

