@@ -79,15 +79,11 @@ pub async fn serve(
     };
     health.set_all(ServingStatus::Serving).await;
 
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(waybill_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    let reflection_v1 = reflection_builder(services)
         .build_v1()
         .map_err(|error| warn!(%error, "reflection v1 unavailable"))
         .ok();
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(waybill_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    let reflection_v1alpha = reflection_builder(services)
         .build_v1alpha()
         .map_err(|error| warn!(%error, "reflection v1alpha unavailable"))
         .ok();
@@ -133,6 +129,21 @@ pub async fn serve(
             Ok(())
         }
     }
+}
+
+/// Reflection over every contract, advertising only what this server actually serves (the
+/// descriptor set holds every Waybill service; listing one served elsewhere would mislead).
+fn reflection_builder(services: &[&'static str]) -> tonic_reflection::server::Builder<'static> {
+    let mut builder = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(waybill_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name("grpc.health.v1.Health")
+        .with_service_name("grpc.reflection.v1.ServerReflection")
+        .with_service_name("grpc.reflection.v1alpha.ServerReflection");
+    for service in services {
+        builder = builder.with_service_name(*service);
+    }
+    builder
 }
 
 fn request_span(request: &http::Request<()>) -> tracing::Span {
