@@ -1,0 +1,1 @@
+//! `waybill bench drain`: how fast one dispatcher drains a full outbox.

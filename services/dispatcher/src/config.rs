@@ -1,0 +1,347 @@
+//! Settings of `waybill dispatcher`: flags with environment fallbacks ([`DispatcherArgs`]),
+//! validated into a [`DispatcherConfig`] before anything starts.
+
+use std::{net::SocketAddr, time::Duration};
+
+use uuid::Uuid;
+
+use crate::{
+    domain::{
+        audit::{AuditThresholds, DEFAULT_THRESHOLD},
+        backoff::{BackoffPolicy, Jitter},
+        duration::parse_duration,
+    },
+    kafka::{KafkaSettings, TopicNames},
+};
+
+/// Flags of `waybill dispatcher` (each with an environment fallback).
+#[derive(Debug, Clone, clap::Args)]
+pub struct DispatcherArgs {
+    /// Address the DispatchAdmin gRPC server (with health and reflection) listens on.
+    #[arg(long, env = "WAYBILL_LISTEN", default_value = "0.0.0.0:50052")]
+    pub listen: SocketAddr,
+    /// `postgres://user@host/db` in production, `sqlite://path.db` embedded.
+    #[arg(
+        long,
+        env = "WAYBILL_DATABASE_URL",
+        default_value = "sqlite://.waybill/waybill.db"
+    )]
+    pub database_url: String,
+    /// Most database connections this service opens.
+    #[arg(long, env = "WAYBILL_DB_MAX_CONNECTIONS", default_value_t = 8)]
+    pub db_max_connections: u32,
+    /// Kafka bootstrap servers, comma-separated `host:port`.
+    #[arg(long, env = "WAYBILL_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+    /// Extra librdkafka producer settings, `key=value` (repeatable), e.g.
+    /// `security.protocol=SASL_SSL`. Idempotence and `acks=all` cannot be turned off.
+    #[arg(
+        long = "kafka-option",
+        env = "WAYBILL_KAFKA_OPTIONS",
+        value_delimiter = ','
+    )]
+    pub kafka_options: Vec<String>,
+    /// Prefix of partner topics: partner `acme` consumes `<prefix>acme`.
+    #[arg(long, env = "WAYBILL_TOPIC_PREFIX", default_value = "waybill.partner.")]
+    pub topic_prefix: String,
+    /// Topic that receives a copy of every order at or above its currency's audit threshold.
+    #[arg(long, env = "WAYBILL_AUDIT_TOPIC", default_value = "waybill.audit")]
+    pub audit_topic: String,
+    /// Topic that receives every order status change (for e-mail and other subscribers).
+    #[arg(
+        long,
+        env = "WAYBILL_ORDER_EVENTS_TOPIC",
+        default_value = "waybill.order-events"
+    )]
+    pub order_events_topic: String,
+    /// Partitions of topics this service creates (partner topics on enrolment).
+    #[arg(long, env = "WAYBILL_TOPIC_PARTITIONS", default_value_t = 6)]
+    pub topic_partitions: i32,
+    /// Replication factor of topics this service creates.
+    #[arg(long, env = "WAYBILL_TOPIC_REPLICATION", default_value_t = 1)]
+    pub topic_replication: i32,
+    /// Name of this Waybill region, sent in a header with every order.
+    #[arg(long, env = "WAYBILL_REGION", default_value = "local")]
+    pub region: String,
+    /// The StatusIngest address partners report to, sent with every order.
+    #[arg(
+        long,
+        env = "WAYBILL_REPLY_TO",
+        default_value = "http://127.0.0.1:50053"
+    )]
+    pub reply_to: String,
+    /// Most orders leased, produced and recorded together.
+    #[arg(long, env = "WAYBILL_BATCH_SIZE", default_value_t = 500)]
+    pub batch_size: u32,
+    /// How long a lease lasts; another instance takes over the orders of a crashed one after
+    /// it. Must exceed --produce-timeout.
+    #[arg(long, env = "WAYBILL_LEASE", default_value = "60s", value_parser = parse_duration)]
+    pub lease: Duration,
+    /// Fallback poll interval; new orders normally wake the relay at once (NOTIFY or in-process).
+    #[arg(long, env = "WAYBILL_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+    /// How long the broker gets to acknowledge a message before the send counts as failed.
+    #[arg(long, env = "WAYBILL_PRODUCE_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub produce_timeout: Duration,
+    /// Failed sends before an order is DEAD.
+    #[arg(long, env = "WAYBILL_ATTEMPT_BUDGET", default_value_t = 12)]
+    pub attempt_budget: u32,
+    /// Upper bound of the first retry delay (doubles per failure, full jitter).
+    #[arg(long, env = "WAYBILL_BACKOFF_BASE", default_value = "5s", value_parser = parse_duration)]
+    pub backoff_base: Duration,
+    /// Largest retry delay.
+    #[arg(long, env = "WAYBILL_BACKOFF_CAP", default_value = "10m", value_parser = parse_duration)]
+    pub backoff_cap: Duration,
+    /// Audit threshold per currency in minor units, `CUR=AMOUNT` (repeatable or
+    /// comma-separated); the default is 10,000.00 USD.
+    #[arg(long = "audit-threshold", env = "WAYBILL_AUDIT_THRESHOLDS", value_delimiter = ',', default_value = DEFAULT_THRESHOLD)]
+    pub audit_thresholds: Vec<String>,
+    /// How often the relay logs its metrics (backlog, latency, retries, dead).
+    #[arg(long, env = "WAYBILL_STATS_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub stats_interval: Duration,
+    /// This instance's lease-owner name (default: a fresh random id per start).
+    #[arg(long, env = "WAYBILL_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+}
+
+/// Validated settings of one dispatcher.
+#[derive(Debug, Clone)]
+pub struct DispatcherConfig {
+    /// Admin gRPC listen address.
+    pub listen: SocketAddr,
+    /// Database URL.
+    pub database_url: String,
+    /// Database pool size.
+    pub db_max_connections: u32,
+    /// Broker connection and topic creation.
+    pub kafka: KafkaSettings,
+    /// The relay.
+    pub relay: RelaySettings,
+}
+
+/// How the relay works.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// Lease owner name; unique per running instance.
+    pub instance_id: String,
+    /// Topic names.
+    pub topics: TopicNames,
+    /// Region header.
+    pub region: String,
+    /// Reply-to header.
+    pub reply_to: String,
+    /// Batch size.
+    pub batch_size: u32,
+    /// Lease length.
+    pub lease: Duration,
+    /// Fallback poll interval.
+    pub poll_interval: Duration,
+    /// Failed sends before DEAD.
+    pub attempt_budget: u32,
+    /// Retry schedule.
+    pub backoff: BackoffPolicy,
+    /// Audit rule.
+    pub audit: AuditThresholds,
+    /// Metrics log interval.
+    pub stats_interval: Duration,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        Self {
+            instance_id: default_instance_id(),
+            topics: TopicNames::default(),
+            region: "local".to_owned(),
+            reply_to: "http://127.0.0.1:50053".to_owned(),
+            batch_size: 500,
+            lease: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(1),
+            attempt_budget: 12,
+            backoff: BackoffPolicy::default(),
+            audit: AuditThresholds::parse(&[DEFAULT_THRESHOLD]).unwrap_or_default(),
+            stats_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A fresh lease-owner name.
+pub fn default_instance_id() -> String {
+    format!("dispatcher-{}", Uuid::new_v4().simple())
+}
+
+/// A setting that makes no sense; the message says which and why.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting: {0}")]
+pub struct ConfigError(pub String);
+
+impl DispatcherArgs {
+    /// Validates the flags.
+    pub fn into_config(self) -> Result<DispatcherConfig, ConfigError> {
+        let kafka_options = self
+            .kafka_options
+            .iter()
+            .filter(|entry| !entry.trim().is_empty())
+            .map(|entry| {
+                entry
+                    .split_once('=')
+                    .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                    .ok_or_else(|| {
+                        ConfigError(format!("--kafka-option {entry:?} must be key=value"))
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let audit = AuditThresholds::parse(&self.audit_thresholds).map_err(ConfigError)?;
+        let config = DispatcherConfig {
+            listen: self.listen,
+            database_url: self.database_url,
+            db_max_connections: self.db_max_connections,
+            kafka: KafkaSettings {
+                brokers: self.kafka_brokers,
+                options: kafka_options,
+                produce_timeout: self.produce_timeout,
+                topic_partitions: self.topic_partitions,
+                topic_replication: self.topic_replication,
+            },
+            relay: RelaySettings {
+                instance_id: self.instance_id.unwrap_or_else(default_instance_id),
+                topics: TopicNames {
+                    partner_prefix: self.topic_prefix,
+                    audit: self.audit_topic,
+                    order_events: self.order_events_topic,
+                },
+                region: self.region,
+                reply_to: self.reply_to,
+                batch_size: self.batch_size,
+                lease: self.lease,
+                poll_interval: self.poll_interval,
+                attempt_budget: self.attempt_budget,
+                backoff: BackoffPolicy {
+                    base: self.backoff_base,
+                    cap: self.backoff_cap,
+                    jitter: Jitter::Full,
+                },
+                audit,
+                stats_interval: self.stats_interval,
+            },
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl DispatcherConfig {
+    /// Checks the settings against each other.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let relay = &self.relay;
+        let fail = |message: String| Err(ConfigError(message));
+        if relay.batch_size == 0 || relay.batch_size > 10_000 {
+            return fail(format!(
+                "--batch-size {} must be between 1 and 10000",
+                relay.batch_size
+            ));
+        }
+        if relay.lease <= self.kafka.produce_timeout + Duration::from_secs(1) {
+            return fail(format!(
+                "--lease ({:?}) must exceed --produce-timeout ({:?}) by more than a second, or a \
+                 slow send would outlive its lease",
+                relay.lease, self.kafka.produce_timeout
+            ));
+        }
+        if relay.poll_interval.is_zero() {
+            return fail("--poll-interval must be positive".to_owned());
+        }
+        if relay.attempt_budget == 0 {
+            return fail("--attempt-budget must be at least 1".to_owned());
+        }
+        if relay.backoff.base.is_zero() || relay.backoff.cap < relay.backoff.base {
+            return fail("--backoff-base must be positive and at most --backoff-cap".to_owned());
+        }
+        if relay.instance_id.trim().is_empty() {
+            return fail("--instance-id must not be empty".to_owned());
+        }
+        if self.kafka.brokers.trim().is_empty() {
+            return fail("--kafka-brokers must name at least one broker".to_owned());
+        }
+        if self.kafka.produce_timeout < Duration::from_millis(100) {
+            return fail("--produce-timeout must be at least 100ms".to_owned());
+        }
+        if self.kafka.topic_partitions < 1 || self.kafka.topic_replication < 1 {
+            return fail(
+                "--topic-partitions and --topic-replication must be at least 1".to_owned(),
+            );
+        }
+        for (flag, topic) in [
+            ("--audit-topic", &relay.topics.audit),
+            ("--order-events-topic", &relay.topics.order_events),
+        ] {
+            if !crate::kafka::is_valid_topic_name(topic) {
+                return fail(format!("{flag} {topic:?} is not a valid Kafka topic name"));
+            }
+        }
+        if !crate::kafka::is_valid_topic_name(&format!("{}x", relay.topics.partner_prefix)) {
+            return fail(format!(
+                "--topic-prefix {:?} may hold only letters, digits, '.', '_' and '-'",
+                relay.topics.partner_prefix
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: DispatcherArgs,
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = Cli::try_parse_from(["x"])
+            .expect("parse")
+            .args
+            .into_config()
+            .expect("valid");
+        assert_eq!(config.listen.port(), 50052);
+        assert_eq!(config.relay.reply_to, "http://127.0.0.1:50053");
+        assert!(config.relay.audit.is_audited("USD", 1_000_000));
+    }
+
+    #[test]
+    fn refuses_a_lease_shorter_than_a_send() {
+        let error = Cli::try_parse_from(["x", "--lease", "10s", "--produce-timeout", "15s"])
+            .expect("parse")
+            .args
+            .into_config()
+            .expect_err("invalid");
+        assert!(error.to_string().contains("--lease"), "{error}");
+    }
+
+    #[test]
+    fn reads_durations_and_thresholds() {
+        let config = Cli::try_parse_from([
+            "x",
+            "--poll-interval",
+            "250ms",
+            "--audit-threshold",
+            "USD=500,EUR=700",
+            "--kafka-option",
+            "linger.ms=1",
+        ])
+        .expect("parse")
+        .args
+        .into_config()
+        .expect("valid");
+        assert_eq!(config.relay.poll_interval, Duration::from_millis(250));
+        assert!(config.relay.audit.is_audited("EUR", 700));
+        assert_eq!(
+            config.kafka.options,
+            [("linger.ms".to_owned(), "1".to_owned())]
+        );
+    }
+}

@@ -1,0 +1,13 @@
+//! The dispatcher's pure logic: no tonic, sqlx or rdkafka in here, so it is unit-tested in place.
+//!
+//! - [`model`]: the records the relay and the operators work with.
+//! - [`routing`]: which partner carries an order, and why (the explanation operators see).
+//! - [`backoff`]: when a failed send is tried again (exponential, full jitter, capped).
+//! - [`audit`]: which order totals also go to the audit topic.
+//! - [`duration`]: the `30s`/`500ms`/`10m` notation settings and the admin API use.
+
+pub mod audit;
+pub mod backoff;
+pub mod duration;
+pub mod model;
+pub mod routing;

@@ -1,0 +1,170 @@
+//! The records the relay produces: a partner's copy of an order, the audit copy, and an order
+//! event. Key = order id everywhere, so one order's messages stay in one partition, in order.
+//! Headers carry the message type and schema version, the correlation id (= order id), the
+//! reply-to address, the region and the W3C trace context of the placing request.
+
+use prost::Message;
+use waybill_proto::{
+    headers,
+    time::to_timestamp,
+    v1::{
+        Address, DispatchedOrder, Money, OrderEvent, OrderLine, OrderStatus, OrderStatusEvent,
+        Recipient,
+    },
+};
+
+use crate::domain::model::{LeasedOrder, UnpublishedEvent};
+
+/// One record ready to produce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingMessage {
+    /// Destination topic.
+    pub topic: String,
+    /// The order id.
+    pub key: String,
+    /// Encoded protobuf.
+    pub payload: Vec<u8>,
+    /// Header name and UTF-8 value pairs.
+    pub headers: Vec<(&'static str, String)>,
+}
+
+/// Where a message says it comes from and where to answer.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    /// The Waybill region.
+    pub region: &'a str,
+    /// The StatusIngest address.
+    pub reply_to: &'a str,
+}
+
+/// The `DispatchedOrder` for `order`, meant for `partner_id`, on its `send_count`-th send.
+pub fn dispatched_order(
+    order: &LeasedOrder,
+    partner_id: &str,
+    send_count: i32,
+    origin: Origin<'_>,
+) -> DispatchedOrder {
+    let money = |minor_units| Money {
+        currency_code: order.currency_code.clone(),
+        minor_units,
+    };
+    DispatchedOrder {
+        order_id: order.order_id.to_string(),
+        placed_at: Some(to_timestamp(order.placed_at)),
+        ship_to: Some(Address {
+            line1: order.ship_to.line1.clone(),
+            line2: order.ship_to.line2.clone(),
+            city: order.ship_to.city.clone(),
+            region: order.ship_to.region.clone(),
+            postal_code: order.ship_to.postal_code.clone(),
+            country_code: order.ship_to.country_code.clone(),
+        }),
+        lines: order
+            .lines
+            .iter()
+            .map(|line| OrderLine {
+                sku: line.sku.clone(),
+                name: line.name.clone(),
+                quantity: line.quantity,
+                unit_price: Some(money(line.unit_price_minor)),
+                line_total: Some(money(line.line_total_minor)),
+            })
+            .collect(),
+        total: Some(money(order.total_minor)),
+        recipient: Some(Recipient {
+            name: order.customer_name.clone(),
+            email: order.customer_email.clone(),
+            phone: order.customer_phone.clone(),
+        }),
+        reply_to: origin.reply_to.to_owned(),
+        region: origin.region.to_owned(),
+        partner_id: partner_id.to_owned(),
+        send_count,
+    }
+}
+
+/// The partner's copy (`audit == false`) or the audit copy of an order.
+pub fn order_message(
+    order: &LeasedOrder,
+    payload: &DispatchedOrder,
+    topic: String,
+    audit: bool,
+    origin: Origin<'_>,
+) -> OutgoingMessage {
+    let message_type = if audit {
+        headers::TYPE_AUDIT_ORDER
+    } else {
+        headers::TYPE_DISPATCHED_ORDER
+    };
+    OutgoingMessage {
+        topic,
+        key: order.order_id.to_string(),
+        payload: payload.encode_to_vec(),
+        headers: standard_headers(
+            message_type,
+            &order.order_id.to_string(),
+            origin,
+            &order.traceparent,
+            &order.tracestate,
+        ),
+    }
+}
+
+/// An order-events record for one history event.
+pub fn order_event_message(
+    event: &UnpublishedEvent,
+    topic: String,
+    origin: Origin<'_>,
+) -> OutgoingMessage {
+    let order_id = event.order_id.to_string();
+    let payload = OrderEvent {
+        order_id: order_id.clone(),
+        event: Some(OrderStatusEvent {
+            order_id: order_id.clone(),
+            status: OrderStatus::from_short_name(&event.status)
+                .unwrap_or(OrderStatus::Unspecified)
+                .into(),
+            occurred_at: Some(to_timestamp(event.occurred_at)),
+            partner_id: event.partner_id.clone(),
+            detail: event.detail.clone(),
+            tracking_id: event.tracking_id.clone(),
+            sequence: event.seq,
+            recorded_at: Some(to_timestamp(event.recorded_at)),
+        }),
+        customer_id: event.customer_id.clone(),
+        customer_email: event.customer_email.clone(),
+        region: event.region.clone(),
+    };
+    OutgoingMessage {
+        topic,
+        key: order_id.clone(),
+        payload: payload.encode_to_vec(),
+        headers: standard_headers(headers::TYPE_ORDER_EVENT, &order_id, origin, "", ""),
+    }
+}
+
+fn standard_headers(
+    message_type: &str,
+    order_id: &str,
+    origin: Origin<'_>,
+    traceparent: &str,
+    tracestate: &str,
+) -> Vec<(&'static str, String)> {
+    let mut list = vec![
+        (headers::MESSAGE_TYPE, message_type.to_owned()),
+        (
+            headers::SCHEMA_VERSION_HEADER,
+            headers::SCHEMA_VERSION.to_owned(),
+        ),
+        (headers::CORRELATION_ID, order_id.to_owned()),
+        (headers::REPLY_TO, origin.reply_to.to_owned()),
+        (headers::REGION, origin.region.to_owned()),
+    ];
+    if !traceparent.is_empty() {
+        list.push((headers::TRACEPARENT, traceparent.to_owned()));
+    }
+    if !tracestate.is_empty() {
+        list.push((headers::TRACESTATE, tracestate.to_owned()));
+    }
+    list
+}

