@@ -24,8 +24,10 @@ use async_trait::async_trait;
 use rdkafka::{
     ClientConfig, Message, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer},
+    error::KafkaError,
     message::Headers,
     mocking::MockCluster,
+    types::RDKafkaErrorCode,
 };
 
 use crate::kafka::{AdminTopicCreator, KafkaSettings, TopicCreator, TopicError};

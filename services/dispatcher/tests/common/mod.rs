@@ -310,3 +310,41 @@ impl Harness {
         }
     }
 }
+
+/// A running dispatcher (admin gRPC + relay) on a loopback port.
+pub struct Running {
+    pub addr: std::net::SocketAddr,
+    pub shutdown: tokio_util::sync::CancellationToken,
+    pub task: tokio::task::JoinHandle<Result<(), waybill_dispatcher::RunError>>,
+}
+
+impl Running {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+impl Harness {
+    /// Serves the dispatcher with the system clock.
+    pub async fn serve(&self, instance: &str) -> Running {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let deps = waybill_dispatcher::DispatcherDeps {
+            db: self.db.clone(),
+            clock: Arc::new(SystemClock),
+            kafka: self.kafka(),
+            topic_creator: self.broker.topic_creator(),
+            relay: self.settings(instance),
+            limits: waybill_service_kit::grpc::ServerLimits::default(),
+            shutdown_grace: Duration::from_secs(5),
+        };
+        let task = tokio::spawn(waybill_dispatcher::serve(listener, deps, shutdown.clone()));
+        Running {
+            addr,
+            shutdown,
+            task,
+        }
+    }
+}
