@@ -143,11 +143,14 @@ impl TestBroker {
             while let Ok(command) = inbox.recv() {
                 match command {
                     MockCommand::CreateTopic(topic, partitions, reply) => {
-                        let _ = reply.send(
-                            cluster
-                                .create_topic(&topic, partitions, 1)
-                                .map_err(|e| e.to_string()),
-                        );
+                        let result = match cluster.create_topic(&topic, partitions, 1) {
+                            Ok(())
+                            | Err(KafkaError::MockCluster(RDKafkaErrorCode::TopicAlreadyExists)) => {
+                                Ok(())
+                            }
+                            Err(error) => Err(error.to_string()),
+                        };
+                        let _ = reply.send(result);
                     }
                     MockCommand::SetUp(up, reply) => {
                         let result = if up {
