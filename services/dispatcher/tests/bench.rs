@@ -1,0 +1,42 @@
+//! `bench drain` runs end to end and its figures are consistent (a smoke test, not a timed one).
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use waybill_dispatcher::{
+    bench::{DrainOptions, drain},
+    testing::TestBroker,
+};
+use waybill_service_kit::testing::{TestBackend, TestDatabase};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_drain_reports_drain_and_produce_rates() {
+    for backend in [TestBackend::Postgres, TestBackend::Sqlite] {
+        let test_db = TestDatabase::create(backend).await;
+        let db = test_db.connect().await;
+        let broker = TestBroker::start();
+        let options = DrainOptions {
+            orders: 1_000,
+            batch_size: 200,
+            ..DrainOptions::default()
+        };
+        let report = drain(
+            &db,
+            &broker.kafka_settings(Duration::from_secs(5)),
+            broker.topic_creator(),
+            &options,
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.orders, 1_000);
+        assert!(report.drain_orders_per_second > 0.0 && report.produce_messages_per_second > 0.0);
+        let on_topic = broker
+            .read_topic(&report.topic, 2_001, Duration::from_secs(10))
+            .await;
+        assert_eq!(on_topic.len(), 2_000, "1,000 relayed plus 1,000 raw");
+        let json = report.to_json();
+        assert_eq!(json["orders"], 1_000);
+        assert!(report.to_text().contains("orders/s"));
+        println!("{backend:?}\n{}", report.to_text());
+    }
+}
