@@ -44,6 +44,7 @@ on_both_backends!(
     unacknowledged_orders_are_resent_then_flagged,
     serve_picks_up_a_new_order_within_100ms,
     two_dispatchers_drain_5000_orders_without_double_leases,
+    shutdown_releases_leases_for_the_next_instance,
 );
 
 async fn produces_key_payload_headers_audit_and_events(backend: TestBackend) {
@@ -565,4 +566,55 @@ async fn two_dispatchers_drain_5000_orders_without_double_leases(backend: TestBa
         by_a > 0 && by_a < 5_000,
         "both dispatchers leased: a did {by_a}"
     );
+}
+
+async fn shutdown_releases_leases_for_the_next_instance(backend: TestBackend) {
+    let h = Harness::new(backend).await;
+    h.partner("acme", "DE", Span::minutes(10), 2).await;
+    // The broker is down, so the batch is stuck in flight when shutdown comes.
+    if !h.broker.set_available(false) {
+        eprintln!("skipping: this broker cannot be taken down");
+        return;
+    }
+    let shutdown = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let deps = DispatcherDeps {
+        db: h.db.clone(),
+        clock: Arc::new(SystemClock),
+        kafka: h.broker.kafka_settings(Duration::from_secs(20)),
+        topic_creator: h.broker.topic_creator(),
+        relay: h.settings("dispatcher-a"),
+        limits: ServerLimits::default(),
+        shutdown_grace: Duration::from_millis(200),
+    };
+    let server = tokio::spawn(waybill_dispatcher::serve(listener, deps, shutdown.clone()));
+    let order = h.place_at("DE", 100, chrono::Utc::now()).await;
+    eventually(Duration::from_secs(10), || async {
+        (h.dispatch(order).await.lease_owner.as_deref() == Some("dispatcher-a")).then_some(())
+    })
+    .await;
+
+    let stopping = tokio::time::Instant::now();
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "shutdown is bounded by the grace and the flush timeout"
+    );
+    let row = h.dispatch(order).await;
+    assert_eq!(
+        (row.state, row.attempts, row.lease_owner),
+        (DispatchState::Pending, 0, None),
+        "released, not failed"
+    );
+
+    // Another instance takes it at once, without waiting for the lease to expire.
+    h.broker.set_available(true);
+    let next = h.relay_with(
+        "dispatcher-b",
+        Arc::new(SystemClock),
+        h.settings("dispatcher-b"),
+    );
+    assert_eq!(next.run_once(true).await.unwrap().due, 1);
+    assert_eq!(h.dispatch(order).await.state, DispatchState::Sent);
 }

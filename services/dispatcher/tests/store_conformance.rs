@@ -1,0 +1,547 @@
+//! One conformance suite for every `DispatchStore`, run against Postgres and SQLite: leasing,
+//! the fence, bookkeeping, event publishing, operator retries, partners, keys and routes.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashSet;
+
+use chrono::Duration as Span;
+use common::Harness;
+use uuid::Uuid;
+use waybill_dispatcher::{
+    domain::model::{DispatchFilter, PartnerKeyRecord},
+    store::{AttemptLog, BatchRecord, Fence, LeaseRequest, RowUpdate, StoreError},
+};
+use waybill_proto::v1::DispatchState;
+use waybill_service_kit::testing::TestBackend;
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(waybill_service_kit::testing::TestBackend::Postgres).await; })*
+        }
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(waybill_service_kit::testing::TestBackend::Sqlite).await; })*
+        }
+    };
+}
+
+conformance!(
+    leases_only_due_unleased_rows,
+    concurrent_leases_never_overlap,
+    bookkeeping_is_fenced_and_appends_one_event,
+    released_leases_are_due_at_once,
+    events_are_published_at_least_once,
+    backlog_counts_states_and_oldest_due,
+    operator_retry_takes_only_retryable_rows,
+    partners_keys_and_routes,
+    dispatches_page_by_id,
+);
+
+fn lease(h: &Harness, owner: &str, limit: u32) -> LeaseRequest {
+    let now = h.clock_now();
+    LeaseRequest {
+        owner: owner.to_owned(),
+        batch_id: Uuid::new_v4(),
+        now,
+        expires_at: now + Span::seconds(30),
+        limit,
+    }
+}
+
+fn fence(request: &LeaseRequest) -> Fence {
+    Fence {
+        owner: request.owner.clone(),
+        batch_id: request.batch_id,
+    }
+}
+
+fn sent(order_id: Uuid, now: chrono::DateTime<chrono::Utc>) -> RowUpdate {
+    RowUpdate {
+        order_id,
+        state: DispatchState::Sent,
+        attempts: 0,
+        next_attempt_at: now,
+        last_error: Some(String::new()),
+        partner_id: Some("acme".to_owned()),
+        route_id: Some("acme-DE".to_owned()),
+        resends: 0,
+        sent_at: Some(now),
+        ack_due_at: Some(now + Span::minutes(10)),
+    }
+}
+
+async fn leases_only_due_unleased_rows(backend: TestBackend) {
+    let h = Harness::new(backend).await;
+    let due = h.place("DE", 100).await;
+    let later = h
+        .place_at("DE", 100, h.clock_now() + Span::seconds(5))
+        .await;
+
+    let first = lease(&h, "a", 10);
+    let leased = h.store.lease_due(&first).await.unwrap();
+    assert_eq!(
+        leased.iter().map(|o| o.order_id).collect::<Vec<_>>(),
+        [due],
+        "only what is due now"
+    );
+    let order = &leased[0];
+    assert_eq!(order.state, DispatchState::Pending);
+    assert_eq!(order.lines.len(), 1);
+    assert_eq!(order.total_minor, 100);
+    assert!(order.traceparent.starts_with("00-"));
+    let row = h.dispatch(due).await;
+    assert_eq!(
+        (row.lease_owner.as_deref(), row.lease_expires_at),
+        (Some("a"), Some(first.expires_at))
+    );
+
+    assert!(
+        h.store
+            .lease_due(&lease(&h, "b", 10))
+            .await
+            .unwrap()
+            .is_empty(),
+        "a live lease is skipped"
+    );
+    h.clock.advance(Span::seconds(30));
+    let taken = h.store.lease_due(&lease(&h, "b", 10)).await.unwrap();
+    let ids: HashSet<Uuid> = taken.iter().map(|o| o.order_id).collect();
+    assert_eq!(
+        ids,
+        HashSet::from([due, later]),
+        "an expired lease is taken over; the later row is due now"
+    );
+    assert!(
+        h.store
+            .lease_overdue(&lease(&h, "c", 10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn concurrent_leases_never_overlap(backend: TestBackend) {
+    let h = Harness::new(backend).await;
+    let orders: Vec<_> = (0..400)
+        .map(|_| waybill_dispatcher::outbox_fixture::FixtureOrder::new("DE", 1, h.clock_now()))
+        .collect();
+    waybill_dispatcher::outbox_fixture::insert_orders(&h.db, &orders)
+        .await
+        .unwrap();
+    let leases = (0..8).map(|i| {
+        let store = h.store.clone();
+        let request = lease(&h, &format!("owner-{i}"), 60);
+        tokio::spawn(async move { store.lease_due(&request).await.unwrap() })
+    });
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    for handle in leases {
+        for order in handle.await.unwrap() {
+            total += 1;
+            assert!(
+                seen.insert(order.order_id),
+                "order {} leased twice",
+                order.order_id
+            );
+        }
+    }
+    assert_eq!(total, 400, "8 × 60 ≥ 400: every row leased exactly once");
+}
+
+async fn bookkeeping_is_fenced_and_appends_one_event(backend: TestBackend) {
+    let h = Harness::new(backend).await;
+    h.partner("acme", "DE", Span::minutes(10), 1).await;
+    let order = h.place("DE", 100).await;
+    let request = lease(&h, "a", 10);
+    h.store.lease_due(&request).await.unwrap();
+    let now = h.clock_now();
+    let batch = BatchRecord {
+        updates: vec![sent(order, now)],
+        first_sends: vec![(order, "acme".to_owned())],
+        attempts: vec![AttemptLog {
+            order_id: order,
+            attempt: 1,
+            error: String::new(),
+            partner_id: "acme".into(),
+            topic: "t".into(),
+        }],
+    };
+
+    let wrong = Fence {
+        owner: "a".to_owned(),
+        batch_id: Uuid::new_v4(),
+    };
+    let refused = h.store.record(&wrong, &batch, now).await.unwrap();
+    assert_eq!(
+        (refused.applied.len(), refused.fenced.clone()),
+        (0, vec![order])
+    );
+    assert_eq!(
+        h.history(order).await.len(),
+        1,
+        "a refused batch writes nothing"
+    );
+    assert!(
+        h.store
+            .get_dispatch(order)
+            .await
+            .unwrap()
+            .unwrap()
+            .1
+            .is_empty()
+    );
+
+    let report = h.store.record(&fence(&request), &batch, now).await.unwrap();
+    assert_eq!(
+        (report.applied.clone(), report.events_appended.clone()),
+        (vec![order], vec![order])
+    );
+    let (row, attempts) = h.store.get_dispatch(order).await.unwrap().unwrap();
+    assert_eq!(row.state, DispatchState::Sent);
+    assert_eq!(
+        (row.partner_id.as_deref(), row.route_id.as_deref()),
+        (Some("acme"), Some("acme-DE"))
+    );
+    assert_eq!((row.lease_owner, row.last_error), (None, None));
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(
+        h.history(order).await,
+        [
+            (1, "PLACED".to_owned(), String::new()),
+            (2, "SENT_TO_PARTNER".to_owned(), "acme".to_owned())
+        ]
+    );
+
+    // The same fence cannot be used twice (the lease was cleared by the bookkeeping).
+    assert_eq!(
+        h.store
+            .record(&fence(&request), &batch, now)
+            .await
+            .unwrap()
+            .fenced,
+        [order]
+    );
+
+    // Unacknowledged at its deadline, retried by an operator and sent again: the history does
+    // not get a second SENT_TO_PARTNER.
+    h.clock.advance(Span::minutes(10));
+    let overdue = lease(&h, "b", 10);
+    assert_eq!(h.store.lease_overdue(&overdue).await.unwrap().len(), 1);
+    let flagged = RowUpdate {
+        state: DispatchState::Unacknowledged,
+        ack_due_at: None,
+        ..sent(order, h.clock_now())
+    };
+    h.store
+        .record(
+            &fence(&overdue),
+            &BatchRecord {
+                updates: vec![flagged],
+                ..BatchRecord::default()
+            },
+            h.clock_now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        h.store
+            .retry(&[order], &DispatchFilter::default(), h.clock_now())
+            .await
+            .unwrap(),
+        [order]
+    );
+    let again = lease(&h, "c", 10);
+    assert_eq!(h.store.lease_due(&again).await.unwrap().len(), 1);
+    let resent = BatchRecord {
+        updates: vec![sent(order, h.clock_now())],
+        first_sends: vec![(order, "acme".to_owned())],
+        attempts: vec![],
+    };
+    let report = h
+        .store
+        .record(&fence(&again), &resent, h.clock_now())
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.applied, report.events_appended),
+        (vec![order], vec![])
+    );
+    assert_eq!(
+        h.history(order).await.len(),
+        2,
+        "still PLACED, SENT_TO_PARTNER"
+    );
+}
+
+async fn released_leases_are_due_at_once(backend: TestBackend) {
+    let h = Harness::new(backend).await;
+    let order = h.place("DE", 100).await;
+    h.store.lease_due(&lease(&h, "a", 10)).await.unwrap();
+    assert_eq!(h.store.release_leases("a", h.clock_now()).await.unwrap(), 1);
+    let taken = h.store.lease_due(&lease(&h, "b", 10)).await.unwrap();
+    assert_eq!(
+        taken.iter().map(|o| o.order_id).collect::<Vec<_>>(),
+        [order],
+        "no waiting for expiry"
+    );
+}
+
+async fn events_are_published_at_least_once(backend: TestBackend) {
+    let h = Harness::new(backend).await;
+    let order = h.place("DE", 100).await;
+    let batch = h.store.claim_events(10).await.unwrap();
+    assert_eq!(
+        batch
+            .events()
+            .iter()
+            .map(|e| (e.order_id, e.seq))
+            .collect::<Vec<_>>(),
+        [(order, 1)]
+    );
+    assert_eq!(batch.events()[0].customer_email, "ada@example.com");
+    drop(batch);
+    let batch = h.store.claim_events(10).await.unwrap();
+    assert_eq!(batch.events().len(), 1, "not marked: offered again");
+    batch.mark_published(h.clock_now()).await.unwrap();
+    assert!(h.store.claim_events(10).await.unwrap().events().is_empty());
+    h.report(order, "SHIPPED", "acme").await;
+    let batch = h.store.claim_events(10).await.unwrap();
+    assert_eq!(
+        batch
+            .events()
+            .iter()
+            .map(|e| (e.seq, e.status.as_str()))
+            .collect::<Vec<_>>(),
+        [(2, "SHIPPED")]
+    );
+}
+
+async fn backlog_counts_states_and_oldest_due(backend: TestBackend) {
+    let h = Harness::new(backend).await;
+    let oldest = h.clock_now() - Span::seconds(90);
+    h.place_at("DE", 1, oldest).await;
+    h.place("DE", 1).await;
+    h.place_at("DE", 1, h.clock_now() + Span::hours(1)).await;
+    let backlog = h.store.backlog(h.clock_now()).await.unwrap();
+    assert_eq!(backlog.by_state, [(DispatchState::Pending, 3)]);
+    assert_eq!(backlog.oldest_due_at, Some(oldest));
+}
+
+async fn operator_retry_takes_only_retryable_rows(backend: TestBackend) {
+    let h = Harness::new(backend).await;
+    let dead = h.place_at("DE", 1, h.clock_now() - Span::seconds(3)).await;
+    let unroutable = h.place_at("DE", 1, h.clock_now() - Span::seconds(2)).await;
+    let pending = h.place_at("DE", 1, h.clock_now() - Span::seconds(1)).await;
+    let request = lease(&h, "a", 2);
+    let leased = h.store.lease_due(&request).await.unwrap();
+    assert_eq!(leased.len(), 2);
+    let now = h.clock_now();
+    let mut updates = Vec::new();
+    for order in &leased {
+        let state = if order.order_id == dead {
+            DispatchState::Dead
+        } else {
+            DispatchState::Unroutable
+        };
+        updates.push(RowUpdate {
+            state,
+            attempts: 4,
+            last_error: Some("boom".into()),
+            ..sent(order.order_id, now)
+        });
+    }
+    assert_eq!(
+        leased
+            .iter()
+            .filter(|o| [dead, unroutable].contains(&o.order_id))
+            .count(),
+        2,
+        "oldest first"
+    );
+    h.store
+        .record(
+            &fence(&request),
+            &BatchRecord {
+                updates,
+                ..BatchRecord::default()
+            },
+            now,
+        )
+        .await
+        .unwrap();
+
+    let by_filter = DispatchFilter {
+        state: Some(DispatchState::Dead),
+        partner_id: None,
+    };
+    assert_eq!(h.store.retry(&[], &by_filter, now).await.unwrap(), [dead]);
+    let row = h.dispatch(dead).await;
+    assert_eq!(
+        (row.state, row.attempts, row.next_attempt_at),
+        (DispatchState::Pending, 0, now)
+    );
+    assert_eq!(
+        row.last_error.as_deref(),
+        Some("boom"),
+        "the last error stays visible"
+    );
+    assert!(
+        h.store
+            .retry(&[pending], &DispatchFilter::default(), now)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        h.store
+            .retry(&[unroutable, pending], &DispatchFilter::default(), now)
+            .await
+            .unwrap(),
+        [unroutable]
+    );
+}
+
+async fn partners_keys_and_routes(backend: TestBackend) {
+    let h = Harness::new(backend).await;
+    let created = h.partner("acme", "DE", Span::minutes(5), 1).await;
+    h.clock.advance(Span::seconds(10));
+    let mut changed = created.clone();
+    changed.display_name = "Acme 2".into();
+    changed.updated_at = h.clock_now();
+    let updated = h.store.upsert_partner(&changed).await.unwrap();
+    assert_eq!(
+        (updated.display_name.as_str(), updated.created_at),
+        ("Acme 2", created.created_at),
+        "created_at kept"
+    );
+    assert_eq!(updated.handover_deadline, Span::minutes(5));
+    assert!(
+        !h.store
+            .disable_partner("acme", h.clock_now())
+            .await
+            .unwrap()
+            .unwrap()
+            .enabled
+    );
+    assert!(
+        h.store
+            .disable_partner("ghost", h.clock_now())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let table = h.store.routing_table().await.unwrap();
+    assert!(
+        table
+            .route(&waybill_dispatcher::domain::model::ShipTo {
+                country_code: "DE".into(),
+                ..Default::default()
+            })
+            .is_none(),
+        "disabled partner"
+    );
+
+    let key = PartnerKeyRecord {
+        partner_id: "acme".into(),
+        key_id: "k1".into(),
+        public_key: vec![1; 32],
+        created_at: h.clock_now(),
+        revoked_at: None,
+    };
+    h.store.add_key(&key).await.unwrap();
+    assert!(matches!(
+        h.store.add_key(&key).await,
+        Err(StoreError::Duplicate)
+    ));
+    let orphan = PartnerKeyRecord {
+        partner_id: "ghost".into(),
+        ..key.clone()
+    };
+    assert!(matches!(
+        h.store.add_key(&orphan).await,
+        Err(StoreError::MissingReference)
+    ));
+    let first = h
+        .store
+        .revoke_key("acme", "k1", h.clock_now())
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_at;
+    h.clock.advance(Span::seconds(1));
+    assert_eq!(
+        h.store
+            .revoke_key("acme", "k1", h.clock_now())
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at,
+        first
+    );
+    assert!(
+        h.store
+            .revoke_key("acme", "k9", h.clock_now())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        h.store.list_keys("acme").await.unwrap(),
+        [waybill_dispatcher::domain::model::PartnerKeyRecord {
+            revoked_at: first,
+            ..key
+        }]
+    );
+
+    let mut route = h.store.list_routes().await.unwrap().remove(0);
+    route.priority = 99;
+    assert_eq!(
+        h.store
+            .set_route(&route, h.clock_now())
+            .await
+            .unwrap()
+            .priority,
+        99
+    );
+    route.partner_id = "ghost".into();
+    assert!(matches!(
+        h.store.set_route(&route, h.clock_now()).await,
+        Err(StoreError::MissingReference)
+    ));
+    assert!(h.store.delete_route(&route.id).await.unwrap());
+    assert!(!h.store.delete_route(&route.id).await.unwrap());
+    assert!(h.store.list_routes().await.unwrap().is_empty());
+}
+
+async fn dispatches_page_by_id(backend: TestBackend) {
+    let h = Harness::new(backend).await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(h.place("DE", 1).await);
+    }
+    ids.sort();
+    let all = DispatchFilter::default();
+    let first = h.store.list_dispatches(&all, None, 3).await.unwrap();
+    let rest = h
+        .store
+        .list_dispatches(&all, first.last().map(|r| r.order_id), 3)
+        .await
+        .unwrap();
+    let paged: Vec<Uuid> = first.iter().chain(&rest).map(|r| r.order_id).collect();
+    assert_eq!(paged, ids);
+    let none = DispatchFilter {
+        state: Some(DispatchState::Dead),
+        partner_id: None,
+    };
+    assert!(
+        h.store
+            .list_dispatches(&none, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
