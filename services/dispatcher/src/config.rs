@@ -259,6 +259,15 @@ impl DispatcherConfig {
         if relay.instance_id.trim().is_empty() {
             return fail("--instance-id must not be empty".to_owned());
         }
+        if relay.region.trim().is_empty() {
+            return fail("--region must not be empty".to_owned());
+        }
+        if !(relay.reply_to.starts_with("http://") || relay.reply_to.starts_with("https://")) {
+            return fail(format!(
+                "--reply-to {:?} must be the StatusIngest URL, e.g. http://ingest.example:50053",
+                relay.reply_to
+            ));
+        }
         if self.kafka.brokers.trim().is_empty() {
             return fail("--kafka-brokers must name at least one broker".to_owned());
         }

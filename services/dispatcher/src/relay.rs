@@ -21,12 +21,13 @@ use std::{
 use chrono::{DateTime, Utc};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, info_span, warn};
 use uuid::Uuid;
 use waybill_proto::v1::DispatchState;
 use waybill_service_kit::{
     clock::SharedClock,
     db::{Change, ChangeFeed},
+    telemetry::TraceContext,
 };
 
 use crate::{
@@ -162,7 +163,18 @@ impl Relay {
         };
         let mut plans: Vec<Plan<'_>> = Vec::with_capacity(batch.orders.len());
         let mut messages: Vec<OutgoingMessage> = Vec::new();
+        // One span per order, parented by the placing request's trace context (from the
+        // dispatch row), open while its messages are produced: the order's trace shows the relay.
+        let mut spans = Vec::with_capacity(batch.orders.len());
         for order in &batch.orders {
+            let span =
+                info_span!("dispatch_order", order_id = %order.order_id, otel.kind = "producer");
+            TraceContext {
+                traceparent: order.traceparent.clone(),
+                tracestate: order.tracestate.clone(),
+            }
+            .set_as_parent_of(&span);
+            spans.push(span);
             let plan = match batch.kind {
                 BatchKind::Due => match table.route(&order.ship_to) {
                     None => Plan::Unroutable(order),
@@ -233,8 +245,8 @@ impl Relay {
         let outcomes = self.producer.send_all(&messages).await;
         let now = self.clock.now();
         let mut record = BatchRecord::default();
-        for plan in plans {
-            self.plan_outcome(plan, &outcomes, now, &mut record);
+        for (plan, span) in plans.into_iter().zip(spans) {
+            span.in_scope(|| self.plan_outcome(plan, &outcomes, now, &mut record));
         }
         Ok(record)
     }
@@ -492,32 +504,82 @@ impl Relay {
         })
     }
 
-    /// Runs cycles until `shutdown`, then gives up this instance's leases and flushes the
-    /// producer. A cycle in flight at shutdown gets `grace` to finish.
+    /// Runs until `shutdown`, then gives up this instance's leases and flushes the producer.
+    ///
+    /// Two loops run side by side: dispatching (due rows, and overdue rows at most once per
+    /// poll interval) and event publishing, so that a slow order-events topic never delays an
+    /// order on its way to a partner. Work in flight at shutdown gets `grace` to finish.
     pub async fn run(self, shutdown: CancellationToken, grace: Duration) {
-        let mut wake = self.feed.subscribe();
-        let mut last_overdue_scan: Option<Instant> = None;
         info!(instance_id = %self.settings.instance_id, batch_size = self.settings.batch_size, "relay started");
+        let last_overdue_scan = std::sync::Mutex::new(None::<Instant>);
+        // Dispatching wakes for new outbox rows; publishing for any new history event.
+        let dispatching = self.drive(
+            "dispatch",
+            &shutdown,
+            grace,
+            |change| matches!(change, Change::Outbox),
+            || async {
+                let with_overdue = {
+                    let mut last = last_overdue_scan
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    let due = last.is_none_or(|at| at.elapsed() >= self.settings.poll_interval);
+                    if due {
+                        *last = Some(Instant::now());
+                    }
+                    due
+                };
+                let limit = self.settings.batch_size as usize;
+                let due = self.process(self.lease_due().await?).await?;
+                let overdue = if with_overdue {
+                    self.process(self.lease_overdue().await?).await?
+                } else {
+                    0
+                };
+                Ok(due >= limit || overdue >= limit)
+            },
+        );
+        let publishing = self.drive(
+            "publish events",
+            &shutdown,
+            grace,
+            |_| true,
+            || async { Ok(self.publish_events().await? >= self.settings.batch_size as usize) },
+        );
+        tokio::join!(dispatching, publishing);
+        self.stop().await;
+    }
+
+    /// Runs `step` until `shutdown`: again at once while it reports a full batch, otherwise
+    /// after the next change notification or the poll interval, whichever comes first.
+    async fn drive<F, Fut>(
+        &self,
+        name: &str,
+        shutdown: &CancellationToken,
+        grace: Duration,
+        wake_on: fn(&Change) -> bool,
+        mut step: F,
+    ) where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<bool, DispatchError>>,
+    {
+        let mut wake = self.feed.subscribe();
         while !shutdown.is_cancelled() {
-            let with_overdue =
-                last_overdue_scan.is_none_or(|at| at.elapsed() >= self.settings.poll_interval);
-            if with_overdue {
-                last_overdue_scan = Some(Instant::now());
-            }
-            let cycle = tokio::select! {
-                result = self.run_once(with_overdue) => Some(result),
+            let outcome = tokio::select! {
+                result = step() => Some(result),
                 () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => None,
             };
-            let full = match cycle {
+            let full = match outcome {
                 None => {
                     warn!(
-                        "shutdown grace over, abandoning the batch in flight (its leases are released)"
+                        task = name,
+                        "shutdown grace over, abandoning the work in flight (its leases are released)"
                     );
                     break;
                 }
-                Some(Ok(report)) => report.full,
+                Some(Ok(full)) => full,
                 Some(Err(error)) => {
-                    warn!(%error, retryable = error.is_retryable(), "relay cycle failed");
+                    warn!(task = name, %error, retryable = error.is_retryable(), "relay step failed");
                     false
                 }
             };
@@ -526,11 +588,10 @@ impl Relay {
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = wait_for_change(&mut wake) => {}
+                () = wait_for_change(&mut wake, wake_on) => {}
                 () = tokio::time::sleep(self.settings.poll_interval) => {}
             }
         }
-        self.stop().await;
     }
 
     async fn stop(&self) {
@@ -551,12 +612,17 @@ impl Relay {
     }
 }
 
-/// Waits for a commit that may have made work: a new outbox row or a new history event.
-async fn wait_for_change(wake: &mut broadcast::Receiver<Change>) {
-    match wake.recv().await {
-        Ok(_) | Err(RecvError::Lagged(_)) => {}
-        // The feed is gone (database closed): fall back to polling alone.
-        Err(RecvError::Closed) => std::future::pending().await,
+/// Waits for a commit that may have made work for this loop.
+async fn wait_for_change(wake: &mut broadcast::Receiver<Change>, wake_on: fn(&Change) -> bool) {
+    loop {
+        match wake.recv().await {
+            Ok(change) if wake_on(&change) => return,
+            Ok(_) => {}
+            // Missed notifications may have been ours: look.
+            Err(RecvError::Lagged(_)) => return,
+            // The feed is gone (database closed): fall back to polling alone.
+            Err(RecvError::Closed) => std::future::pending().await,
+        }
     }
 }
 
