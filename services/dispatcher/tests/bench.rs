@@ -28,7 +28,7 @@ async fn bench_drain_reports_drain_and_produce_rates() {
         )
         .await
         .unwrap();
-        assert_eq!(report.orders, 1_000);
+        assert_eq!(report.orders, orders);
         assert!(report.drain_orders_per_second > 0.0 && report.produce_messages_per_second > 0.0);
         let on_topic = broker
             .read_topic(&report.topic, 2_001, Duration::from_secs(10))
