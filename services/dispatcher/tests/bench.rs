@@ -15,9 +15,15 @@ async fn bench_drain_reports_drain_and_produce_rates() {
         let test_db = TestDatabase::create(backend).await;
         let db = test_db.connect().await;
         let broker = TestBroker::start();
+        // WAYBILL_BENCH_ORDERS sizes a real measurement (run with --release --nocapture);
+        // stay under the mock broker's 5 MiB per partition.
+        let orders = std::env::var("WAYBILL_BENCH_ORDERS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1_000);
         let options = DrainOptions {
-            orders: 1_000,
-            batch_size: 200,
+            orders,
+            batch_size: 500,
             ..DrainOptions::default()
         };
         let report = drain(
