@@ -36,12 +36,13 @@ async fn bench_drain_reports_drain_and_produce_rates() {
         .unwrap();
         assert_eq!(report.orders, orders);
         assert!(report.drain_orders_per_second > 0.0 && report.produce_messages_per_second > 0.0);
+        // Every order relayed, plus the raw copies (at least: on-the-wire duplicates are allowed).
         let on_topic = broker
-            .read_topic(&report.topic, 2_001, Duration::from_secs(10))
+            .read_topic(&report.topic, 2 * orders, Duration::from_secs(30))
             .await;
-        assert_eq!(on_topic.len(), 2_000, "1,000 relayed plus 1,000 raw");
+        assert_eq!(on_topic.len(), 2 * orders);
         let json = report.to_json();
-        assert_eq!(json["orders"], 1_000);
+        assert_eq!(json["orders"], orders);
         assert!(report.to_text().contains("orders/s"));
         println!("{backend:?}\n{}", report.to_text());
     }
