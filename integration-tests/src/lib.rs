@@ -6,19 +6,26 @@
 //! use waybill_service_kit::testing::TestBackend;
 //! let stack = TestStack::builder().backend(TestBackend::Postgres).start().await;
 //! let mut orders = stack.orders_client().await;
+//! let mut admin = stack.admin_client().await;
 //! # }
 //! ```
 //!
-//! Every service binds port 0 on loopback and runs against a throw-away database, so tests run
-//! in parallel. Dropping the stack shuts the services down and drops the database.
+//! Orders and the dispatcher bind port 0 on loopback and share a throw-away database; the
+//! dispatcher produces to a test broker (`WAYBILL_TEST_BROKER=mock|tansu`, see
+//! `waybill_dispatcher::testing`) under topic names unique to the stack, so tests run in
+//! parallel. Dropping the stack shuts the services down and drops the database.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
+use waybill_dispatcher::{DispatcherDeps, RelaySettings, kafka::TopicNames, testing::TestBroker};
 use waybill_orders::OrdersDeps;
-use waybill_proto::v1::order_service_client::OrderServiceClient;
+use waybill_proto::v1::{
+    self as pb, dispatch_admin_client::DispatchAdminClient,
+    order_service_client::OrderServiceClient,
+};
 use waybill_service_kit::{
     db::Database,
     grpc::ServerLimits,
@@ -30,6 +37,8 @@ use waybill_service_kit::{
 pub struct TestStackBuilder {
     backend: TestBackend,
     seed_catalog: bool,
+    dispatcher: bool,
+    poll_interval: Duration,
 }
 
 impl TestStackBuilder {
@@ -45,6 +54,19 @@ impl TestStackBuilder {
         self
     }
 
+    /// Whether to run a dispatcher and a test broker (default yes).
+    pub fn dispatcher(mut self, run: bool) -> Self {
+        self.dispatcher = run;
+        self
+    }
+
+    /// The dispatcher's fallback poll interval (default 30 s, so that a test passing quickly
+    /// proves the relay was woken by a notification, not by the poll).
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
     /// Creates the database and starts the services.
     pub async fn start(self) -> TestStack {
         let test_db = TestDatabase::create(self.backend).await;
@@ -53,6 +75,7 @@ impl TestStackBuilder {
             waybill_orders::store::seed_catalog(&db).await.unwrap();
         }
         let shutdown = CancellationToken::new();
+
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let orders_addr = listener.local_addr().unwrap();
         tokio::spawn(waybill_orders::serve(
@@ -61,9 +84,45 @@ impl TestStackBuilder {
             ServerLimits::default(),
             shutdown.clone(),
         ));
+
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        let topics = TopicNames {
+            partner_prefix: format!("s{}.partner.", &suffix[..10]),
+            audit: format!("s{}.audit", &suffix[..10]),
+            order_events: format!("s{}.events", &suffix[..10]),
+        };
+        let (broker, admin_addr) = if self.dispatcher {
+            let broker = TestBroker::start();
+            broker.create_topic(&topics.audit, 1).await;
+            broker.create_topic(&topics.order_events, 1).await;
+            let relay = RelaySettings {
+                topics: topics.clone(),
+                region: "test".to_owned(),
+                reply_to: "http://127.0.0.1:50053".to_owned(),
+                poll_interval: self.poll_interval,
+                ..RelaySettings::default()
+            };
+            let mut deps = DispatcherDeps::new(
+                db.clone(),
+                broker.kafka_settings(Duration::from_secs(5)),
+                relay,
+            )
+            .unwrap();
+            deps.topic_creator = broker.topic_creator();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let admin_addr = listener.local_addr().unwrap();
+            tokio::spawn(waybill_dispatcher::serve(listener, deps, shutdown.clone()));
+            (Some(broker), Some(admin_addr))
+        } else {
+            (None, None)
+        };
+
         TestStack {
             orders_addr,
+            admin_addr,
+            topics,
             db,
+            broker,
             shutdown,
             _test_db: test_db,
         }
@@ -75,19 +134,27 @@ impl TestStackBuilder {
 pub struct TestStack {
     /// Where Orders listens.
     pub orders_addr: SocketAddr,
+    /// Where the dispatcher's admin API listens (when a dispatcher runs).
+    pub admin_addr: Option<SocketAddr>,
+    /// The topic names this stack's dispatcher produces to.
+    pub topics: TopicNames,
     /// The shared database.
     pub db: Database,
+    /// The test broker (when a dispatcher runs).
+    pub broker: Option<TestBroker>,
     shutdown: CancellationToken,
     // Last: dropped after the services stop.
     _test_db: TestDatabase,
 }
 
 impl TestStack {
-    /// A builder with defaults: Postgres, sample catalog.
+    /// A builder with defaults: Postgres, sample catalog, a dispatcher and a test broker.
     pub fn builder() -> TestStackBuilder {
         TestStackBuilder {
             backend: TestBackend::Postgres,
             seed_catalog: true,
+            dispatcher: true,
+            poll_interval: Duration::from_secs(30),
         }
     }
 
@@ -96,6 +163,54 @@ impl TestStack {
         OrderServiceClient::connect(format!("http://{}", self.orders_addr))
             .await
             .unwrap()
+    }
+
+    /// A client of the dispatcher's admin API.
+    pub async fn admin_client(&self) -> DispatchAdminClient<Channel> {
+        let addr = self.admin_addr.expect("this stack runs no dispatcher");
+        DispatchAdminClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap()
+    }
+
+    /// The broker the dispatcher produces to.
+    pub fn broker(&self) -> &TestBroker {
+        self.broker.as_ref().expect("this stack runs no dispatcher")
+    }
+
+    /// Enrolls `partner_id` (which creates its topic) with one route for `country_code`,
+    /// through the admin API as an operator would.
+    pub async fn enroll_partner(&self, partner_id: &str, country_code: &str) {
+        let mut admin = self.admin_client().await;
+        admin
+            .enroll_partner(pb::EnrollPartnerRequest {
+                partner: Some(pb::Partner {
+                    id: partner_id.to_owned(),
+                    display_name: format!("{partner_id} (test)"),
+                    enabled: true,
+                    handover_deadline: Some(prost_types::Duration {
+                        seconds: 600,
+                        nanos: 0,
+                    }),
+                    resend_budget: 3,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap();
+        admin
+            .set_route(pb::SetRouteRequest {
+                route: Some(pb::Route {
+                    id: format!("{partner_id}-{country_code}"),
+                    partner_id: partner_id.to_owned(),
+                    country_code: country_code.to_owned(),
+                    priority: 10,
+                    enabled: true,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap();
     }
 }
 
