@@ -29,6 +29,34 @@ use waybill_service_kit::{
 pub enum BenchCommand {
     /// PlaceOrder throughput and latency.
     Place(PlaceArgs),
+    /// How fast one dispatcher drains a full outbox, next to the raw produce rate of the same
+    /// messages to the same broker (the limit).
+    Drain(DrainArgs),
+}
+
+/// Settings of `waybill bench drain`.
+#[derive(Debug, clap::Args)]
+pub struct DrainArgs {
+    /// Storage to fill and drain (use a dedicated database: the bench adds a partner and orders).
+    #[arg(
+        long,
+        env = "WAYBILL_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    database_url: String,
+    /// A Kafka broker (`host:port,…`); without it an embedded in-memory broker is used.
+    #[arg(long, env = "WAYBILL_KAFKA_BROKERS")]
+    kafka_brokers: Option<String>,
+    /// Orders to place and drain (the embedded broker keeps 5 MiB per partition: stay under
+    /// about 20,000 with it).
+    #[arg(long, short = 'n', default_value_t = 10_000)]
+    orders: usize,
+    /// Relay batch size.
+    #[arg(long, default_value_t = 500)]
+    batch_size: u32,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Settings of `waybill bench place`.
@@ -83,7 +111,53 @@ struct Latency {
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Place(args) => place(args).await,
+        BenchCommand::Drain(args) => drain(args).await,
     }
+}
+
+async fn drain(args: DrainArgs) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let db = Database::connect(
+        &args.database_url,
+        &PoolSettings::default(),
+        shutdown.clone(),
+    )
+    .await
+    .context("cannot open the bench database")?;
+    let embedded = match &args.kafka_brokers {
+        Some(_) => None,
+        None => Some(
+            waybill_dispatcher::embedded::EmbeddedBroker::start()
+                .map_err(|e| anyhow::anyhow!("cannot start the embedded broker: {e}"))?,
+        ),
+    };
+    let (kafka, topics) = match (&args.kafka_brokers, &embedded) {
+        (Some(brokers), _) => {
+            let kafka = waybill_dispatcher::kafka::KafkaSettings::new(brokers.clone());
+            let creator: Arc<dyn waybill_dispatcher::kafka::TopicCreator> =
+                Arc::new(waybill_dispatcher::kafka::AdminTopicCreator::new(&kafka)?);
+            (kafka, creator)
+        }
+        (None, Some(broker)) => (
+            waybill_dispatcher::kafka::KafkaSettings::new(broker.bootstrap_servers().to_owned()),
+            broker.topic_creator(),
+        ),
+        (None, None) => anyhow::bail!("no broker"),
+    };
+    let options = waybill_dispatcher::bench::DrainOptions {
+        orders: args.orders,
+        batch_size: args.batch_size,
+        ..Default::default()
+    };
+    let report = waybill_dispatcher::bench::drain(&db, &kafka, topics, &options).await?;
+    shutdown.cancel();
+    db.close().await;
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        println!("{}", report.to_text());
+    }
+    Ok(())
 }
 
 async fn place(args: PlaceArgs) -> anyhow::Result<()> {

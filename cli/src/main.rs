@@ -46,8 +46,9 @@ enum Command {
     Demo,
     /// Run the Orders service (PlaceOrder, GetOrder, ListOrders, WatchOrder).
     Orders(waybill_orders::OrdersArgs),
-    /// Run the dispatcher (the relay from the outbox to the partners' Kafka topics).
-    Dispatcher,
+    /// Run the dispatcher: the relay from the outbox to the partners' Kafka topics, and the
+    /// DispatchAdmin API for operators.
+    Dispatcher(Box<waybill_dispatcher::DispatcherArgs>),
     /// Run StatusIngest (partners' signed status reports).
     StatusIngest,
     /// Load and latency figures.
@@ -61,7 +62,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let service_name = match &cli.command {
         Command::Orders(_) => "waybill-orders",
-        Command::Dispatcher => "waybill-dispatcher",
+        Command::Dispatcher(_) => "waybill-dispatcher",
         Command::StatusIngest => "waybill-status-ingest",
         _ => "waybill",
     };
@@ -92,12 +93,20 @@ async fn run(command: Command) -> ExitCode {
         Command::Orders(args) => waybill_orders::run(args, shutdown::on_signal())
             .await
             .map_err(anyhow::Error::from),
+        Command::Dispatcher(args) => match args.into_config() {
+            Ok(config) => waybill_dispatcher::run(config, shutdown::on_signal())
+                .await
+                .map_err(anyhow::Error::from),
+            Err(error) => {
+                eprintln!("error: {error}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
         Command::Dev(args) => dev::run(args, shutdown::on_signal()).await,
         Command::Bench(command) => bench::run(command).await,
         Command::Demo => {
             return not_yet("demo", "the dispatcher, StatusIngest and the connector SDK");
         }
-        Command::Dispatcher => return not_yet("dispatcher", "the dispatcher"),
         Command::StatusIngest => return not_yet("status-ingest", "StatusIngest"),
         Command::Token => return not_yet("token", "StatusIngest's signed tokens"),
     };

@@ -18,7 +18,7 @@ use crate::{
 #[derive(Debug, Clone, clap::Args)]
 pub struct DispatcherArgs {
     /// Address the DispatchAdmin gRPC server (with health and reflection) listens on.
-    #[arg(long, env = "WAYBILL_LISTEN", default_value = "0.0.0.0:50052")]
+    #[arg(long, env = "WAYBILL_LISTEN", default_value = "127.0.0.1:50052")]
     pub listen: SocketAddr,
     /// `postgres://user@host/db` in production, `sqlite://path.db` embedded.
     #[arg(

@@ -12,6 +12,7 @@
 //! - [`config`]: flags with environment fallbacks.
 //! - [`bench`]: `waybill bench drain`.
 //! - [`outbox_fixture`]: writes orders into the outbox the way Orders does (benchmarks, tests).
+//! - [`embedded`]: the in-process broker `waybill dev` and `waybill demo` use.
 //! - `testing` (feature `testing`): a Kafka-protocol test broker for tests.
 //!
 //! [`run`] starts the service from settings; [`serve`] is the seam tests and the all-in-one
@@ -21,6 +22,7 @@ pub mod bench;
 pub mod config;
 pub mod convert;
 pub mod domain;
+pub mod embedded;
 pub mod error;
 pub mod grpc;
 pub mod kafka;

