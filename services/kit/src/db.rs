@@ -202,6 +202,7 @@ async fn spawn_pg_relay(
     shutdown: CancellationToken,
 ) -> Result<(), sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
+    let pool = pool.clone();
     listener
         .listen_all([ORDER_STATUS_CHANNEL, OUTBOX_CHANNEL])
         .await?;
@@ -223,6 +224,8 @@ async fn spawn_pg_relay(
                     },
                     other => debug!(channel = other, "ignoring notification"),
                 },
+                // The pool was closed: the process is shutting down.
+                Err(_) if pool.is_closed() => break,
                 Err(error) => {
                     warn!(%error, "postgres notification listener failed, retrying");
                     tokio::select! {
