@@ -29,8 +29,8 @@ use waybill_service_kit::{
 pub enum BenchCommand {
     /// PlaceOrder throughput and latency.
     Place(PlaceArgs),
-    /// How fast one dispatcher drains a full outbox, next to the raw produce rate of the same
-    /// messages to the same broker (the limit).
+    /// How fast one dispatcher (or several) drains a full outbox, next to the raw produce rate
+    /// of the same messages to the same broker (the limit).
     Drain(DrainArgs),
 }
 
@@ -54,6 +54,12 @@ pub struct DrainArgs {
     /// Relay batch size.
     #[arg(long, default_value_t = 500)]
     batch_size: u32,
+    /// Batches each dispatcher works on at once.
+    #[arg(long, default_value_t = 2)]
+    batches_in_flight: u32,
+    /// Dispatchers draining side by side (each its own relay, producer and lease owner).
+    #[arg(long, default_value_t = 1)]
+    dispatchers: u32,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -147,6 +153,8 @@ async fn drain(args: DrainArgs) -> anyhow::Result<()> {
     let options = waybill_dispatcher::bench::DrainOptions {
         orders: args.orders,
         batch_size: args.batch_size,
+        batches_in_flight: args.batches_in_flight,
+        dispatchers: args.dispatchers,
         ..Default::default()
     };
     let report = waybill_dispatcher::bench::drain(&db, &kafka, topics, &options).await?;

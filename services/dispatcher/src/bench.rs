@@ -1,17 +1,20 @@
 //! `waybill bench drain`: fills the outbox with N orders and measures how fast one dispatcher
-//! drains them (lease → route → produce → record, batch after batch), and, in the same run
-//! against the same broker, how fast the same messages can merely be produced: the limit the
-//! relay is measured against.
+//! (or several side by side) drains them — the real relay loops, exactly as
+//! `waybill dispatcher` runs them: lease → route → produce → record with batches in flight,
+//! order-events publishing alongside — and, in the same run against the same broker, how fast
+//! the same messages can merely be produced: the limit the relay is measured against.
 //!
-//! Run it against a dedicated database: the relay drains every due row it finds, and the
-//! bench partner's route (a unique postal prefix at the highest priority) only keeps real
-//! routes from catching the bench orders. Order-events publishing is not part of the figure.
+//! The drain ends when bookkeeping has committed every bench order. Run it against a dedicated
+//! database: the relay drains every due row (and publishes every pending event) it finds, and
+//! the bench partner's route (a unique postal prefix at the highest priority) only keeps real
+//! routes from catching the bench orders.
 
 use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
 
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use waybill_service_kit::{
     clock::{SharedClock, SystemClock},
@@ -40,6 +43,10 @@ pub struct DrainOptions {
     pub orders: usize,
     /// Relay batch size.
     pub batch_size: u32,
+    /// Batches each dispatcher works on at once.
+    pub batches_in_flight: u32,
+    /// Dispatchers draining side by side (each its own relay, producer and lease owner).
+    pub dispatchers: u32,
     /// Partner topic prefix.
     pub topic_prefix: String,
     /// Give up when a drain takes longer than this.
@@ -51,6 +58,8 @@ impl Default for DrainOptions {
         Self {
             orders: 10_000,
             batch_size: 500,
+            batches_in_flight: RelaySettings::default().batches_in_flight,
+            dispatchers: 1,
             topic_prefix: "waybill.bench.".to_owned(),
             timeout: Duration::from_secs(600),
         }
@@ -64,6 +73,10 @@ pub struct DrainReport {
     pub orders: usize,
     /// Relay batch size.
     pub batch_size: u32,
+    /// Batches each dispatcher works on at once.
+    pub batches_in_flight: u32,
+    /// Dispatchers draining side by side.
+    pub dispatchers: u32,
     /// Seconds to write the orders into the outbox.
     pub fill_seconds: f64,
     /// Seconds one dispatcher took to drain them.
@@ -76,6 +89,8 @@ pub struct DrainReport {
     pub produce_messages_per_second: f64,
     /// Drain rate as a share of the produce rate.
     pub drain_vs_produce: f64,
+    /// History events the dispatchers put on the order-events topic during the drain.
+    pub events_published: u64,
     /// Produce latency p50 during the drain, milliseconds.
     pub produce_latency_p50_ms: f64,
     /// Produce latency p99 during the drain, milliseconds.
@@ -88,13 +103,16 @@ impl DrainReport {
     /// A few lines for people.
     pub fn to_text(&self) -> String {
         format!(
-            "bench drain: {orders} orders, batch {batch}, topic {topic}\n\
+            "bench drain: {orders} orders, {dispatchers} dispatcher(s), batch {batch} × {in_flight} in flight, topic {topic}\n\
              fill      {fill:>8.2} s\n\
-             drain     {drain:>8.2} s  {rate:>10.0} orders/s  (produce p50 {p50:.1} ms, p99 {p99:.1} ms)\n\
+             drain     {drain:>8.2} s  {rate:>10.0} orders/s  (produce p50 {p50:.1} ms, p99 {p99:.1} ms; {events} events published meanwhile)\n\
              produce   {produce:>8.2} s  {prate:>10.0} msgs/s   (same messages, same broker, no database)\n\
              drain / produce: {ratio:.0}%",
             orders = self.orders,
             batch = self.batch_size,
+            dispatchers = self.dispatchers,
+            in_flight = self.batches_in_flight,
+            events = self.events_published,
             topic = self.topic,
             fill = self.fill_seconds,
             drain = self.drain_seconds,
@@ -151,9 +169,13 @@ pub async fn drain(
     topics: Arc<dyn TopicCreator>,
     options: &DrainOptions,
 ) -> Result<DrainReport, BenchError> {
-    if options.orders == 0 || options.batch_size == 0 {
+    if options.orders == 0
+        || options.batch_size == 0
+        || options.batches_in_flight == 0
+        || options.dispatchers == 0
+    {
         return Err(BenchError::Invalid(
-            "orders and batch size must be positive".to_owned(),
+            "orders, batch size, batches in flight and dispatchers must be positive".to_owned(),
         ));
     }
     let store = for_database(db);
@@ -215,18 +237,10 @@ pub async fn drain(
         instance_id: format!("bench-{run}"),
         topics: names,
         batch_size: options.batch_size,
+        batches_in_flight: options.batches_in_flight,
         ..RelaySettings::default()
     };
     let producer = OrderProducer::new(kafka)?;
-    let metrics = Arc::new(RelayMetrics::default());
-    let relay = Relay::new(
-        store,
-        producer.clone(),
-        clock,
-        db.feed().clone(),
-        settings.clone(),
-        metrics.clone(),
-    );
     // Connect and fetch the topic's metadata before the clock starts, as a running dispatcher
     // would have: the figure is the steady drain rate, not connection set-up.
     let warm_up = OutgoingMessage {
@@ -235,34 +249,69 @@ pub async fn drain(
         payload: Vec::new(),
         headers: Vec::new(),
     };
-    if let Some(error) = producer
-        .send_all(std::slice::from_ref(&warm_up))
-        .await
-        .into_iter()
-        .find_map(Result::err)
-    {
-        return Err(BenchError::Produce(error));
+    let mut relays = Vec::new();
+    for n in 0..options.dispatchers {
+        let producer = if n == 0 {
+            producer.clone()
+        } else {
+            OrderProducer::new(kafka)?
+        };
+        if let Some(error) = producer
+            .send_all(std::slice::from_ref(&warm_up))
+            .await
+            .into_iter()
+            .find_map(Result::err)
+        {
+            return Err(BenchError::Produce(error));
+        }
+        relays.push(Relay::new(
+            store.clone(),
+            producer,
+            clock.clone(),
+            db.feed().clone(),
+            RelaySettings {
+                instance_id: format!("bench-{run}-{n}"),
+                ..settings.clone()
+            },
+            Arc::new(RelayMetrics::default()),
+        ));
     }
+    let metrics: Vec<Arc<RelayMetrics>> = relays.iter().map(|r| r.metrics().clone()).collect();
+    let recorded = || -> usize {
+        metrics
+            .iter()
+            .map(|m| m.snapshot().recorded)
+            .sum::<u64>()
+            .try_into()
+            .unwrap_or(usize::MAX)
+    };
+
+    let stop = CancellationToken::new();
     let drain_started = Instant::now();
-    let mut drained = 0;
-    while drained < options.orders {
-        if drain_started.elapsed() > options.timeout {
-            return Err(BenchError::Timeout {
-                drained,
-                orders: options.orders,
-                timeout: options.timeout,
-            });
-        }
-        let batch = relay.lease_due().await?;
-        if batch.orders.is_empty() {
-            // Rows still under another lease (a dispatcher sharing the database).
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            continue;
-        }
-        let record = relay.dispatch(&batch).await?;
-        drained += relay.record(&batch, &record).await?.applied.len();
+    let running: Vec<_> = relays
+        .into_iter()
+        .map(|relay| tokio::spawn(relay.run(stop.clone(), Duration::from_secs(5))))
+        .collect();
+    let mut drained = recorded();
+    while drained < options.orders && drain_started.elapsed() <= options.timeout {
+        // The relays run on their own tasks; this only watches their counters.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        drained = recorded();
     }
     let drain = drain_started.elapsed();
+    stop.cancel();
+    for relay in running {
+        // A relay task that panicked has nothing left to release; the figures stand or fall
+        // with the count below.
+        let _ = relay.await;
+    }
+    if drained < options.orders {
+        return Err(BenchError::Timeout {
+            drained,
+            orders: options.orders,
+            timeout: options.timeout,
+        });
+    }
 
     // The same messages (same size and headers), produced in batches of the same size.
     let origin = Origin {
@@ -290,18 +339,23 @@ pub async fn drain(
     }
     let produce = produce_started.elapsed();
 
-    let snapshot = metrics.snapshot();
+    let snapshots: Vec<_> = metrics.iter().map(|m| m.snapshot()).collect();
+    let snapshot = &snapshots[0];
+    let events_published = snapshots.iter().map(|s| s.events_published).sum();
     let drain_rate = options.orders as f64 / drain.as_secs_f64().max(1e-9);
     let produce_rate = messages.len() as f64 / produce.as_secs_f64().max(1e-9);
     Ok(DrainReport {
         orders: options.orders,
         batch_size: options.batch_size,
+        batches_in_flight: options.batches_in_flight,
+        dispatchers: options.dispatchers,
         fill_seconds: fill.as_secs_f64(),
         drain_seconds: drain.as_secs_f64(),
         drain_orders_per_second: drain_rate,
         produce_seconds: produce.as_secs_f64(),
         produce_messages_per_second: produce_rate,
         drain_vs_produce: drain_rate / produce_rate.max(1e-9),
+        events_published,
         produce_latency_p50_ms: snapshot.produce_latency_p50.as_secs_f64() * 1_000.0,
         produce_latency_p99_ms: snapshot.produce_latency_p99.as_secs_f64() * 1_000.0,
         topic,

@@ -73,6 +73,10 @@ pub struct DispatcherArgs {
     /// Most orders leased, produced and recorded together.
     #[arg(long, env = "WAYBILL_BATCH_SIZE", default_value_t = 500)]
     pub batch_size: u32,
+    /// Batches this instance works on at once (each under its own lease): while one batch's
+    /// outcome is being recorded, the next is leased and produced.
+    #[arg(long, env = "WAYBILL_BATCHES_IN_FLIGHT", default_value_t = 2)]
+    pub batches_in_flight: u32,
     /// How long a lease lasts; another instance takes over the orders of a crashed one after
     /// it. Must exceed --produce-timeout.
     #[arg(long, env = "WAYBILL_LEASE", default_value = "60s", value_parser = parse_duration)]
@@ -132,6 +136,9 @@ pub struct RelaySettings {
     pub reply_to: String,
     /// Batch size.
     pub batch_size: u32,
+    /// Batches one instance works on at once: while one batch's outcome is being recorded,
+    /// the next is leased and produced.
+    pub batches_in_flight: u32,
     /// Lease length.
     pub lease: Duration,
     /// Fallback poll interval.
@@ -154,6 +161,7 @@ impl Default for RelaySettings {
             region: "local".to_owned(),
             reply_to: "http://127.0.0.1:50053".to_owned(),
             batch_size: 500,
+            batches_in_flight: 2,
             lease: Duration::from_secs(60),
             poll_interval: Duration::from_secs(1),
             attempt_budget: 12,
@@ -212,6 +220,7 @@ impl DispatcherArgs {
                 region: self.region,
                 reply_to: self.reply_to,
                 batch_size: self.batch_size,
+                batches_in_flight: self.batches_in_flight,
                 lease: self.lease,
                 poll_interval: self.poll_interval,
                 attempt_budget: self.attempt_budget,
@@ -238,6 +247,12 @@ impl DispatcherConfig {
             return fail(format!(
                 "--batch-size {} must be between 1 and 10000",
                 relay.batch_size
+            ));
+        }
+        if relay.batches_in_flight == 0 || relay.batches_in_flight > 16 {
+            return fail(format!(
+                "--batches-in-flight {} must be between 1 and 16",
+                relay.batches_in_flight
             ));
         }
         if relay.lease <= self.kafka.produce_timeout + Duration::from_secs(1) {
@@ -329,6 +344,18 @@ mod tests {
             .into_config()
             .expect_err("invalid");
         assert!(error.to_string().contains("--lease"), "{error}");
+    }
+
+    #[test]
+    fn refuses_batches_in_flight_out_of_range() {
+        for value in ["0", "17"] {
+            let error = Cli::try_parse_from(["x", "--batches-in-flight", value])
+                .expect("parse")
+                .args
+                .into_config()
+                .expect_err("invalid");
+            assert!(error.to_string().contains("--batches-in-flight"), "{error}");
+        }
     }
 
     #[test]

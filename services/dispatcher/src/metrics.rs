@@ -27,6 +27,7 @@ pub struct RelayMetrics {
     acknowledged: AtomicU64,
     fenced: AtomicU64,
     events_published: AtomicU64,
+    recorded: AtomicU64,
     /// Microseconds from handing a message to the producer until the broker's ack.
     produce_latency_us: Mutex<Option<Histogram<u64>>>,
 }
@@ -43,6 +44,7 @@ impl Default for RelayMetrics {
             acknowledged: AtomicU64::new(0),
             fenced: AtomicU64::new(0),
             events_published: AtomicU64::new(0),
+            recorded: AtomicU64::new(0),
             // 1 µs .. 10 min at 3 significant digits. The bounds are constants and valid; were
             // they not, latency would simply go unrecorded.
             produce_latency_us: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3).ok()),
@@ -71,6 +73,8 @@ pub struct MetricsSnapshot {
     pub fenced: u64,
     /// History events put on the order-events topic.
     pub events_published: u64,
+    /// Outcomes (of any kind) committed by bookkeeping; fenced ones are not counted.
+    pub recorded: u64,
     /// Produce latency percentiles.
     pub produce_latency_p50: Duration,
     /// 99th percentile.
@@ -98,6 +102,7 @@ impl RelayMetrics {
     counter!(add_acknowledged, acknowledged);
     counter!(add_fenced, fenced);
     counter!(add_events_published, events_published);
+    counter!(add_recorded, recorded);
 
     /// Records one message's produce latency.
     pub fn record_latency(&self, latency: Duration) {
@@ -135,6 +140,7 @@ impl RelayMetrics {
             acknowledged: self.acknowledged.load(Ordering::Relaxed),
             fenced: self.fenced.load(Ordering::Relaxed),
             events_published: self.events_published.load(Ordering::Relaxed),
+            recorded: self.recorded.load(Ordering::Relaxed),
             produce_latency_p50: Duration::from_micros(p50),
             produce_latency_p99: Duration::from_micros(p99),
             produce_latency_max: Duration::from_micros(max),

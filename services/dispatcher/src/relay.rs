@@ -442,6 +442,7 @@ impl Relay {
             warn!(batch_id = %batch.fence.batch_id, fenced = report.fenced.len(), "lease lost before bookkeeping; another instance owns these orders now");
             self.metrics.add_fenced(report.fenced.len() as u64);
         }
+        self.metrics.add_recorded(report.applied.len() as u64);
         for order_id in &report.events_appended {
             self.feed.publish(Change::OrderStatus(*order_id));
         }
@@ -506,39 +507,50 @@ impl Relay {
 
     /// Runs until `shutdown`, then gives up this instance's leases and flushes the producer.
     ///
-    /// Two loops run side by side: dispatching (due rows, and overdue rows at most once per
-    /// poll interval) and event publishing, so that a slow order-events topic never delays an
-    /// order on its way to a partner. Work in flight at shutdown gets `grace` to finish.
+    /// Loops run side by side: `batches_in_flight` dispatching loops (due rows, and overdue
+    /// rows at most once per poll interval), each with its own lease, so that one batch is
+    /// produced while another's outcome is recorded; and event publishing, so that a slow
+    /// order-events topic never delays an order on its way to a partner. Work in flight at
+    /// shutdown gets `grace` to finish.
     pub async fn run(self, shutdown: CancellationToken, grace: Duration) {
-        info!(instance_id = %self.settings.instance_id, batch_size = self.settings.batch_size, "relay started");
-        let last_overdue_scan = std::sync::Mutex::new(None::<Instant>);
-        // Dispatching wakes for new outbox rows; publishing for any new history event.
-        let dispatching = self.drive(
-            "dispatch",
-            &shutdown,
-            grace,
-            |change| matches!(change, Change::Outbox),
-            || async {
-                let with_overdue = {
-                    let mut last = last_overdue_scan
-                        .lock()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner());
-                    let due = last.is_none_or(|at| at.elapsed() >= self.settings.poll_interval);
-                    if due {
-                        *last = Some(Instant::now());
-                    }
-                    due
-                };
-                let limit = self.settings.batch_size as usize;
-                let due = self.process(self.lease_due().await?).await?;
-                let overdue = if with_overdue {
-                    self.process(self.lease_overdue().await?).await?
-                } else {
-                    0
-                };
-                Ok(due >= limit || overdue >= limit)
-            },
+        info!(
+            instance_id = %self.settings.instance_id,
+            batch_size = self.settings.batch_size,
+            batches_in_flight = self.settings.batches_in_flight,
+            "relay started"
         );
+        let last_overdue_scan = std::sync::Mutex::new(None::<Instant>);
+        let (relay, scan) = (&self, &last_overdue_scan);
+        // Shared references only, so every loop gets a copy of the same step.
+        let dispatch_step = move || async move {
+            let with_overdue = {
+                let mut last = scan.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let due = last.is_none_or(|at| at.elapsed() >= relay.settings.poll_interval);
+                if due {
+                    *last = Some(Instant::now());
+                }
+                due
+            };
+            let limit = relay.settings.batch_size as usize;
+            let due = relay.process(relay.lease_due().await?).await?;
+            let overdue = if with_overdue {
+                relay.process(relay.lease_overdue().await?).await?
+            } else {
+                0
+            };
+            Ok(due >= limit || overdue >= limit)
+        };
+        // Dispatching wakes for new outbox rows; publishing for any new history event.
+        let dispatching =
+            futures::future::join_all((0..self.settings.batches_in_flight.max(1)).map(|_| {
+                self.drive(
+                    "dispatch",
+                    &shutdown,
+                    grace,
+                    |change| matches!(change, Change::Outbox),
+                    dispatch_step,
+                )
+            }));
         let publishing = self.drive(
             "publish events",
             &shutdown,

@@ -21,9 +21,12 @@ async fn bench_drain_reports_drain_and_produce_rates() {
             .ok()
             .and_then(|n| n.parse().ok())
             .unwrap_or(1_000);
+        // Two dispatchers side by side where leases can run in parallel.
+        let dispatchers = if backend == TestBackend::Postgres { 2 } else { 1 };
         let options = DrainOptions {
             orders,
-            batch_size: 500,
+            batch_size: 200,
+            dispatchers,
             ..DrainOptions::default()
         };
         let report = drain(
@@ -35,6 +38,7 @@ async fn bench_drain_reports_drain_and_produce_rates() {
         .await
         .unwrap();
         assert_eq!(report.orders, orders);
+        assert_eq!(report.dispatchers, dispatchers);
         assert!(report.drain_orders_per_second > 0.0 && report.produce_messages_per_second > 0.0);
         // Every order relayed, plus the raw copies (at least: on-the-wire duplicates are allowed).
         let on_topic = broker

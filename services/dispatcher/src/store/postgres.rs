@@ -11,8 +11,8 @@ use uuid::Uuid;
 use waybill_proto::v1::DispatchState;
 
 use super::{
-    BatchRecord, DispatchStore, EventBatch, Fence, LeaseRequest, RecordReport, StoreError,
-    deadline_from_ms, parse_state, retryable_state_list,
+    BatchRecord, DispatchStore, EventBatch, Fence, LeaseRequest, RecordReport, RowUpdate,
+    StoreError, deadline_from_ms, parse_state, retryable_state_list,
 };
 use crate::domain::{
     model::{
@@ -111,49 +111,67 @@ impl DispatchStore for PgDispatchStore {
         now: DateTime<Utc>,
     ) -> Result<RecordReport, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let updates = &batch.updates;
-        let applied: Vec<Uuid> = sqlx::query_scalar(RECORD_UPDATES)
-            .bind(&fence.owner)
-            .bind(fence.batch_id)
-            .bind(now)
-            .bind(updates.iter().map(|u| u.order_id).collect::<Vec<_>>())
-            .bind(
-                updates
-                    .iter()
-                    .map(|u| u.state.short_name())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(updates.iter().map(|u| u.attempts).collect::<Vec<_>>())
-            .bind(
-                updates
-                    .iter()
-                    .map(|u| u.next_attempt_at)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                updates
-                    .iter()
-                    .map(|u| u.last_error.clone())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                updates
-                    .iter()
-                    .map(|u| u.partner_id.clone())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                updates
-                    .iter()
-                    .map(|u| u.route_id.clone())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(updates.iter().map(|u| u.resends).collect::<Vec<_>>())
-            .bind(updates.iter().map(|u| u.sent_at).collect::<Vec<_>>())
-            .bind(updates.iter().map(|u| u.ack_due_at).collect::<Vec<_>>())
-            .fetch_all(&mut *tx)
-            .await?;
+        // The fence: which of these rows does this batch still hold? Locking them by primary
+        // key keeps them ours until commit, so the update below needs no lease filter.
+        let ids: Vec<Uuid> = batch.updates.iter().map(|u| u.order_id).collect();
+        let applied: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT order_id FROM dispatch \
+             WHERE order_id = ANY($1) AND lease_owner = $2 AND batch_id = $3 \
+             ORDER BY order_id \
+             FOR UPDATE",
+        )
+        .bind(&ids)
+        .bind(&fence.owner)
+        .bind(fence.batch_id)
+        .fetch_all(&mut *tx)
+        .await?;
         let applied_set: HashSet<Uuid> = applied.iter().copied().collect();
+        let updates: Vec<&RowUpdate> = batch
+            .updates
+            .iter()
+            .filter(|u| applied_set.contains(&u.order_id))
+            .collect();
+        if !updates.is_empty() {
+            sqlx::query(RECORD_UPDATES)
+                .bind(now)
+                .bind(updates.iter().map(|u| u.order_id).collect::<Vec<_>>())
+                .bind(
+                    updates
+                        .iter()
+                        .map(|u| u.state.short_name())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(updates.iter().map(|u| u.attempts).collect::<Vec<_>>())
+                .bind(
+                    updates
+                        .iter()
+                        .map(|u| u.next_attempt_at)
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    updates
+                        .iter()
+                        .map(|u| u.last_error.clone())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    updates
+                        .iter()
+                        .map(|u| u.partner_id.clone())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    updates
+                        .iter()
+                        .map(|u| u.route_id.clone())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(updates.iter().map(|u| u.resends).collect::<Vec<_>>())
+                .bind(updates.iter().map(|u| u.sent_at).collect::<Vec<_>>())
+                .bind(updates.iter().map(|u| u.ack_due_at).collect::<Vec<_>>())
+                .execute(&mut *tx)
+                .await?;
+        }
 
         let first_sends: Vec<&(Uuid, String)> = batch
             .first_sends
@@ -200,7 +218,8 @@ impl DispatchStore for PgDispatchStore {
             .await?;
         }
         tx.commit().await?;
-        let fenced = updates
+        let fenced = batch
+            .updates
             .iter()
             .map(|u| u.order_id)
             .filter(|id| !applied_set.contains(id))
