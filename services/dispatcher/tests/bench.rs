@@ -22,7 +22,11 @@ async fn bench_drain_reports_drain_and_produce_rates() {
             .and_then(|n| n.parse().ok())
             .unwrap_or(1_000);
         // Two dispatchers side by side where leases can run in parallel.
-        let dispatchers = if backend == TestBackend::Postgres { 2 } else { 1 };
+        let dispatchers = if backend == TestBackend::Postgres {
+            2
+        } else {
+            1
+        };
         let options = DrainOptions {
             orders,
             batch_size: 200,
