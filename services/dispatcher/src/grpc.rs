@@ -8,10 +8,7 @@ use uuid::Uuid;
 use waybill_proto::v1::{
     self, DispatchState, dispatch_admin_server::DispatchAdmin, explain_route_request::Target,
 };
-use waybill_service_kit::{
-    clock::SharedClock,
-    db::{Change, ChangeFeed},
-};
+use waybill_service_kit::clock::SharedClock;
 
 use crate::{
     convert::{self, to_proto_duration},
@@ -37,7 +34,6 @@ pub struct AdminApi {
     topics: Arc<dyn TopicCreator>,
     topic_names: TopicNames,
     clock: SharedClock,
-    feed: ChangeFeed,
     metrics: Arc<RelayMetrics>,
     instance_id: String,
 }
@@ -49,7 +45,6 @@ impl AdminApi {
         topics: Arc<dyn TopicCreator>,
         topic_names: TopicNames,
         clock: SharedClock,
-        feed: ChangeFeed,
         metrics: Arc<RelayMetrics>,
         instance_id: String,
     ) -> Self {
@@ -58,7 +53,6 @@ impl AdminApi {
             topics,
             topic_names,
             clock,
-            feed,
             metrics,
             instance_id,
         }
@@ -178,9 +172,6 @@ impl AdminApi {
                 .retry(&ids, &DispatchFilter::default(), now)
                 .await?
         };
-        if !retried.is_empty() {
-            self.feed.publish(Change::Outbox);
-        }
         Ok(retried)
     }
 

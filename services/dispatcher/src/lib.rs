@@ -157,7 +157,6 @@ pub async fn serve(
         deps.topic_creator.clone(),
         deps.relay.topics.clone(),
         deps.clock.clone(),
-        deps.db.feed().clone(),
         metrics.clone(),
         deps.relay.instance_id.clone(),
     );

@@ -87,7 +87,8 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// A relay over `store`, producing with `producer`; commits are announced on `feed`.
+    /// A relay over `store`, producing with `producer`, woken by `feed` (the store announces
+    /// its own commits: Postgres by `NOTIFY`, SQLite in-process).
     pub fn new(
         store: Arc<dyn DispatchStore>,
         producer: OrderProducer,
@@ -443,9 +444,6 @@ impl Relay {
             self.metrics.add_fenced(report.fenced.len() as u64);
         }
         self.metrics.add_recorded(report.applied.len() as u64);
-        for order_id in &report.events_appended {
-            self.feed.publish(Change::OrderStatus(*order_id));
-        }
         Ok(report)
     }
 
@@ -487,15 +485,21 @@ impl Relay {
         Ok(leased)
     }
 
-    /// One cycle: due rows, then (if `with_overdue`) overdue rows, then events.
-    pub async fn run_once(&self, with_overdue: bool) -> Result<CycleReport, DispatchError> {
-        let limit = self.settings.batch_size as usize;
+    /// Due rows, then (if `with_overdue`) overdue rows: how many of each were leased.
+    async fn dispatch_once(&self, with_overdue: bool) -> Result<(usize, usize), DispatchError> {
         let due = self.process(self.lease_due().await?).await?;
         let overdue = if with_overdue {
             self.process(self.lease_overdue().await?).await?
         } else {
             0
         };
+        Ok((due, overdue))
+    }
+
+    /// One cycle: due rows, then (if `with_overdue`) overdue rows, then events.
+    pub async fn run_once(&self, with_overdue: bool) -> Result<CycleReport, DispatchError> {
+        let limit = self.settings.batch_size as usize;
+        let (due, overdue) = self.dispatch_once(with_overdue).await?;
         let events = self.publish_events().await?;
         Ok(CycleReport {
             due,
@@ -532,12 +536,7 @@ impl Relay {
                 due
             };
             let limit = relay.settings.batch_size as usize;
-            let due = relay.process(relay.lease_due().await?).await?;
-            let overdue = if with_overdue {
-                relay.process(relay.lease_overdue().await?).await?
-            } else {
-                0
-            };
+            let (due, overdue) = relay.dispatch_once(with_overdue).await?;
             Ok(due >= limit || overdue >= limit)
         };
         // Dispatching wakes for new outbox rows; publishing for any new history event.

@@ -271,7 +271,9 @@ pub(crate) const ACKNOWLEDGING_STATUSES: &str =
 pub fn for_database(db: &Database) -> Arc<dyn DispatchStore> {
     match db.backend() {
         Backend::Postgres(pool) => Arc::new(PgDispatchStore::new(pool.clone())),
-        Backend::Sqlite(pool) => Arc::new(SqliteDispatchStore::new(pool.clone())),
+        Backend::Sqlite(pool) => {
+            Arc::new(SqliteDispatchStore::new(pool.clone(), db.feed().clone()))
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use serde_json::json;
 use sqlx::{Row, SqlitePool, sqlite::SqliteRow};
 use uuid::Uuid;
 use waybill_proto::v1::DispatchState;
-use waybill_service_kit::db::{from_unix_micros, to_unix_micros};
+use waybill_service_kit::db::{Change, ChangeFeed, from_unix_micros, to_unix_micros};
 
 use super::{
     ACKNOWLEDGING_STATUSES, BatchRecord, DispatchStore, EventBatch, Fence, LeaseRequest,
@@ -42,12 +42,14 @@ const KEY_COLUMNS: &str = "partner_id, key_id, public_key, created_at, revoked_a
 #[derive(Debug, Clone)]
 pub struct SqliteDispatchStore {
     pool: SqlitePool,
+    feed: ChangeFeed,
 }
 
 impl SqliteDispatchStore {
-    /// A store on `pool` (already migrated).
-    pub fn new(pool: SqlitePool) -> Self {
-        Self { pool }
+    /// A store on `pool` (already migrated); commits are announced on `feed` (SQLite has no
+    /// `NOTIFY`, and an embedded database has no other process to tell).
+    pub fn new(pool: SqlitePool, feed: ChangeFeed) -> Self {
+        Self { pool, feed }
     }
 
     async fn lease(
@@ -257,6 +259,9 @@ impl DispatchStore for SqliteDispatchStore {
             .await?;
         }
         tx.commit().await?;
+        for order_id in &events_appended {
+            self.feed.publish(Change::OrderStatus(*order_id));
+        }
         let fenced = batch
             .updates
             .iter()
@@ -585,6 +590,9 @@ impl DispatchStore for SqliteDispatchStore {
             .map(|id| parse_id(id))
             .collect::<Result<Vec<_>, _>>()?;
         retried.sort();
+        if !retried.is_empty() {
+            self.feed.publish(Change::Outbox);
+        }
         Ok(retried)
     }
 }
