@@ -21,4 +21,16 @@ if ! command -v grpcurl >/dev/null 2>&1; then
   hash -r
 fi
 
+if ! python3 -c 'import jwt, cryptography' >/dev/null 2>&1; then
+  echo "installing PyJWT (pip install 'PyJWT[crypto]'): tokens from an independent JWT implementation"
+  python3 -m pip install --quiet 'PyJWT[crypto]'
+fi
+
+# A Kafka-protocol broker in its own process, for the tests that stall, restart or kill it
+# (most tests use librdkafka's in-process mock cluster).
+if [ -z "${WAYBILL_TANSU_BIN:-}" ]; then
+  WAYBILL_TANSU_BIN=$(scripts/tansu.sh)
+  export WAYBILL_TANSU_BIN
+fi
+
 exec cargo test --workspace --all-targets --locked "$@"

@@ -32,6 +32,34 @@ pub enum BenchCommand {
     /// How fast one dispatcher (or several) drains a full outbox, next to the raw produce rate
     /// of the same messages to the same broker (the limit).
     Drain(DrainArgs),
+    /// ReportStatus throughput and p50/p99 with signature checks on, against Postgres, next to
+    /// the raw rate of the same inserts in the same run (the limit).
+    Report(ReportArgs),
+}
+
+/// Settings of `waybill bench report`.
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// Postgres to run on (use a dedicated database: the bench adds a partner, a key and
+    /// orders).
+    #[arg(
+        long,
+        env = "WAYBILL_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    database_url: String,
+    /// Reports to measure (and as many raw transactions).
+    #[arg(long, short = 'n', default_value_t = 5_000)]
+    reports: usize,
+    /// Requests in flight at once (one connection each), and raw transactions at once.
+    #[arg(long, short = 'c', default_value_t = 8)]
+    concurrency: usize,
+    /// Reports sent first and not measured.
+    #[arg(long, default_value_t = 200)]
+    warmup: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Settings of `waybill bench drain`.
@@ -118,7 +146,34 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Place(args) => place(args).await,
         BenchCommand::Drain(args) => drain(args).await,
+        BenchCommand::Report(args) => report(args).await,
     }
+}
+
+async fn report(args: ReportArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
+    let shutdown = CancellationToken::new();
+    let settings = PoolSettings {
+        max_connections: u32::try_from(args.concurrency.max(4) * 2).unwrap_or(64),
+        ..PoolSettings::default()
+    };
+    let db = Database::connect(&args.database_url, &settings, shutdown.clone())
+        .await
+        .context("cannot open the bench database")?;
+    let options = waybill_status_ingest::bench::BenchOptions {
+        reports: args.reports,
+        concurrency: args.concurrency,
+        warmup: args.warmup,
+    };
+    let report = waybill_status_ingest::bench::report_bench(&db, &options).await?;
+    shutdown.cancel();
+    db.close().await;
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        println!("{}", report.to_text());
+    }
+    Ok(())
 }
 
 async fn drain(args: DrainArgs) -> anyhow::Result<()> {

@@ -29,6 +29,16 @@ pub struct DevArgs {
         default_value = "127.0.0.1:50052"
     )]
     dispatcher_listen: SocketAddr,
+    /// Where StatusIngest listens (partners' ReportStatus).
+    #[arg(
+        long,
+        env = "WAYBILL_STATUS_INGEST_LISTEN",
+        default_value = "127.0.0.1:50053"
+    )]
+    status_ingest_listen: SocketAddr,
+    /// The audience report tokens must carry here.
+    #[arg(long, env = "WAYBILL_TOKEN_AUDIENCE", default_value = "waybill-local")]
+    audience: String,
     /// Storage; the embedded default keeps everything in `.waybill/` under the current directory.
     #[arg(
         long,
@@ -64,6 +74,8 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
     let orders_listener = bind(args.orders_listen).await?;
     let dispatcher_listener = bind(args.dispatcher_listen).await?;
     let orders_addr = orders_listener.local_addr()?;
+    let ingest_listener = bind(args.status_ingest_listen).await?;
+    let ingest_addr = ingest_listener.local_addr()?;
     let dispatcher_addr = dispatcher_listener.local_addr()?;
 
     let db = Database::connect(
@@ -131,7 +143,8 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
         println!("  partner        {id} ships to {}", countries.join(", "));
     }
     println!(
-        "  status-ingest  not built yet: sent orders are re-sent after the handover deadline, then flagged"
+        "  status-ingest  grpc://{ingest_addr}  (waybill.v1.StatusIngest, token audience {:?})",
+        args.audience
     );
     println!();
     println!("try:");
@@ -142,12 +155,22 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
     println!(
         "  grpcurl -plaintext -d '{{\"filter\":{{\"state\":\"DISPATCH_STATE_SENT\"}}}}' {dispatcher_addr} waybill.v1.DispatchAdmin/ListDispatches"
     );
+    println!(
+        "  scripts/report-status-grpcurl.sh <order id> local-express {dispatcher_addr} {ingest_addr}   (a partner's signed report)"
+    );
 
-    let (orders, relay) = tokio::join!(orders, relay);
+    let ingest = tokio::spawn(waybill_status_ingest::serve(
+        ingest_listener,
+        waybill_status_ingest::IngestDeps::new(&db, args.audience.clone()),
+        ServerLimits::default(),
+        shutdown.clone(),
+    ));
+    let (orders, relay, ingest) = tokio::join!(orders, relay, ingest);
     db.close().await;
     drop(embedded);
     orders.context("orders task")??;
     relay.context("dispatcher task")??;
+    ingest.context("status ingest task")??;
     Ok(())
 }
 
@@ -174,7 +197,7 @@ async fn enroll_example_partners(admin: SocketAddr) -> anyhow::Result<()> {
                         seconds: Duration::from_secs(120).as_secs() as i64,
                         nanos: 0,
                     }),
-                    resend_budget: 3,
+                    resend_budget: Some(3),
                     ..Default::default()
                 }),
             })

@@ -5,6 +5,7 @@
 
 mod bench;
 mod dev;
+mod token;
 
 use std::{process::ExitCode, time::Duration};
 
@@ -49,13 +50,18 @@ enum Command {
     /// Run the dispatcher: the relay from the outbox to the partners' Kafka topics, and the
     /// DispatchAdmin API for operators.
     Dispatcher(Box<waybill_dispatcher::DispatcherArgs>),
-    /// Run StatusIngest (partners' signed status reports).
-    StatusIngest,
+    /// Run StatusIngest: partners' signed status reports onto the orders (ReportStatus).
+    StatusIngest(waybill_status_ingest::StatusIngestArgs),
     /// Load and latency figures.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
-    /// Sign a partner status-report token (for operators using grpcurl).
-    Token,
+    /// Sign a partner status-report token (for calling ReportStatus with grpcurl), or check
+    /// one and explain which check fails.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+    /// Partners' signing keys: generate a key pair and print the call that enrols it.
+    #[command(subcommand)]
+    Keys(token::KeysCommand),
 }
 
 fn main() -> ExitCode {
@@ -63,7 +69,7 @@ fn main() -> ExitCode {
     let service_name = match &cli.command {
         Command::Orders(_) => "waybill-orders",
         Command::Dispatcher(_) => "waybill-dispatcher",
-        Command::StatusIngest => "waybill-status-ingest",
+        Command::StatusIngest(_) => "waybill-status-ingest",
         _ => "waybill",
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -105,18 +111,49 @@ async fn run(command: Command) -> ExitCode {
         Command::Dev(args) => dev::run(args, shutdown::on_signal()).await,
         Command::Bench(command) => bench::run(command).await,
         Command::Demo => {
-            return not_yet("demo", "the dispatcher, StatusIngest and the connector SDK");
+            return not_yet(
+                "demo",
+                "the connector SDK's consumer and example partner adapters",
+            );
         }
-        Command::StatusIngest => return not_yet("status-ingest", "StatusIngest"),
-        Command::Token => return not_yet("token", "StatusIngest's signed tokens"),
+        Command::StatusIngest(args) => waybill_status_ingest::run(args, shutdown::on_signal())
+            .await
+            .map_err(anyhow::Error::from),
+        Command::Token(command) => match token::run_token(command).await {
+            Ok(true) => Ok(()),
+            // A refused token: the explanation is printed; exit 1 like a failed check.
+            Ok(false) => return ExitCode::FAILURE,
+            Err(error) => Err(error),
+        },
+        Command::Keys(command) => token::run_keys(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            if is_settings_error(&error) {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
+}
+
+/// Whether a service refused its settings (TLS files, credentials, the production guard, the
+/// page-token key) before starting: a usage error (64), not a failure of the service.
+fn is_settings_error(error: &anyhow::Error) -> bool {
+    use waybill_orders::RunError as Orders;
+    matches!(
+        error.downcast_ref::<Orders>(),
+        Some(Orders::Security(_) | Orders::PageTokenKey(_))
+    ) || matches!(
+        error.downcast_ref::<waybill_dispatcher::RunError>(),
+        Some(waybill_dispatcher::RunError::Security(_))
+    ) || matches!(
+        error.downcast_ref::<waybill_status_ingest::RunError>(),
+        Some(waybill_status_ingest::RunError::Security(_))
+    )
 }
 
 /// An honest answer for a subcommand whose part is not built yet.

@@ -1,14 +1,144 @@
-//! The Waybill connector SDK: what a shipping partner embeds in its adapter.
+//! The Waybill connector SDK: what a shipping partner embeds to receive Waybill's orders and
+//! report back. The partner writes one trait implementation, [`TransportPartner`]; the SDK
+//! does the rest — consume the partner's topic on every Waybill region's Kafka cluster,
+//! de-duplicate in a durable inbox, call the adapter once per order in effect, sign and send
+//! the status reports to the StatusIngest address each order carried, set bad records aside,
+//! commit offsets only when the work is safe.
 //!
-//! This release contains the first building block, [`envelope`]: turning a Kafka record from
-//! the partner's topic (headers + `DispatchedOrder` payload) into a checked [`IncomingOrder`],
-//! or a [`DecodeError`] saying exactly why the record must be set aside. The consumer loop,
-//! inbox de-duplication and signed status reports build on it in a later release.
+//! # From nothing to a running adapter
 //!
-//! The SDK depends on the contracts only, never on Waybill's service code, and installs no
-//! global subscribers or propagators: those are the adapter's choice.
+//! **1. A key.** Reports are signed with the partner's Ed25519 key (a JWT, `alg: EdDSA`):
+//!
+//! ```text
+//! waybill keys generate --partner acme --key-id acme-2026     # writes acme-2026.pem (+ .pub.pem)
+//! # or: openssl genpkey -algorithm ed25519 -out acme-2026.pem
+//! ```
+//!
+//! **2. Enrolment.** A Waybill operator enrols the partner (which creates its topic
+//! `waybill.partner.acme`), its routes and its public key through `DispatchAdmin`:
+//! `EnrollPartner`, `SetRoute`, `AddPartnerKey{partner_id, key_id, public_key}` (the raw 32
+//! bytes: [`ReportSigningKey::public_key`], or what `waybill keys generate` prints). Rotation:
+//! enrol a second key, restart the connector with it, revoke the first.
+//!
+//! **3. The trait.** One async method, called once per order in effect; later statuses go
+//! through a [`StatusReporter`] from anywhere in the program:
+//!
+//! ```no_run
+//! use waybill_connector_sdk::{
+//!     Acceptance, ClusterConfig, Connector, PartnerError, ReportSigningKey, ShipmentContext,
+//!     StatusReporter, StatusUpdate, TransportPartner, proto::DispatchedOrder,
+//! };
+//!
+//! struct Acme { reporter: StatusReporter }
+//!
+//! impl TransportPartner for Acme {
+//!     async fn request_shipment(&self, order: &DispatchedOrder, ctx: &ShipmentContext)
+//!         -> Result<Acceptance, PartnerError> {
+//!         // Create the shipment in Acme's own system, keyed by ctx.idempotency_key().
+//!         let tracking_id = format!("ACME-{}", &ctx.idempotency_key()[..8]);
+//!         let (reporter, order_id) = (self.reporter.clone(), order.order_id.clone());
+//!         tokio::spawn(async move {
+//!             // ...later, when the truck leaves:
+//!             let _ = reporter.report(&order_id, StatusUpdate::shipped()).await;
+//!         });
+//!         Ok(Acceptance::accepted(tracking_id))
+//!     }
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let connector = Connector::builder("acme")
+//!         .cluster(ClusterConfig::new("eu", "kafka.eu.example:9092"))
+//!         .signing_key(ReportSigningKey::from_pem_file("acme-2026.pem", "acme-2026")?)
+//!         .audience("waybill-production")
+//!         .inbox_path("/var/lib/acme/waybill-inbox.db")
+//!         .build()
+//!         .await?;
+//!     let adapter = Acme { reporter: connector.reporter() };
+//!     let shutdown = tokio_util::sync::CancellationToken::new();
+//!     let on_signal = shutdown.clone();
+//!     tokio::spawn(async move { let _ = tokio::signal::ctrl_c().await; on_signal.cancel(); });
+//!     connector.run(adapter, shutdown).await?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! **4. Running.** One process is enough; for more, run several with the same partner id:
+//! they form one consumer group per cluster and share the partitions — give them one
+//! Postgres inbox ([`ConnectorBuilder::inbox_url`] with `postgres://…`) so an instance taking
+//! over a partition knows what the other did. Several regions: add one [`ClusterConfig`] per
+//! region; each order is answered at the reply-to address it carried. Programs configured by
+//! environment use [`ConnectorBuilder::from_env`] (the variables are in [`config`]). Two
+//! complete examples are in `connector-sdk/examples/` (`cargo run -p waybill-connector-sdk
+//! --example local-express`), with [`sandbox`] markers that trigger every path.
+//!
+//! # What the SDK guarantees
+//!
+//! - **Once in effect.** Each order id is recorded in the durable inbox before the adapter is
+//!   called; the adapter's answer is stored (with the report that says it) before it is
+//!   reported. A redelivered order — broker redelivery, producer duplicate, resend after the
+//!   handover deadline, restart before commit — is answered from the inbox and never handed
+//!   to the adapter again; its report is re-sent if it was never confirmed.
+//! - **Reports land.** Each report is signed with a fresh token per attempt (same report id,
+//!   so a retry is a duplicate, not a replay), retried with exponential backoff and jitter
+//!   while StatusIngest is unreachable, kept across restarts; `duplicate = true` counts as
+//!   success. Acceptance reports have deterministic ids (`<order id>:RECEIVED_BY_PARTNER`), so
+//!   two instances answering the same order send one event.
+//! - **Nothing stalls.** Records are decoded inside the SDK: one that is not a valid order is
+//!   set aside (the partner's dead-letter topic `<topic>.dead-letter` and an inbox row with
+//!   the reason, counted and logged) and the partition moves on. A retryable adapter error
+//!   retries that order with backoff; other orders keep flowing (records of one order id run
+//!   in order, one at a time). A stuck call times out.
+//! - **Offsets are safe.** Committed only up to the point below which every record is safe;
+//!   on revocation in-flight orders get a bounded time to finish, late finishers are fenced.
+//! - **One trace per order.** The record's `traceparent` continues into the adapter's
+//!   [`ShipmentContext::traceparent`] and into each report's gRPC metadata. The SDK installs
+//!   no global subscriber or propagator: logs and spans go through `tracing`, to whatever the
+//!   partner's program set up.
+//!
+//! # What the adapter must guarantee
+//!
+//! **Idempotency on the order id** ([`ShipmentContext::idempotency_key`]). If the process
+//! dies after the adapter's call reached the partner's system but before the answer was
+//! stored, or the call timed out, the SDK calls again with the same key; answer the same way
+//! (same tracking id) both times. And return promptly or within
+//! [`ConnectorBuilder::adapter_timeout`]; block on nothing the SDK waits for.
+//!
+//! # Layout
+//!
+//! [`partner`] (the trait and its types), [`status`] (later reports), [`signing`] (keys),
+//! [`config`] (builder and environment), [`connector`] (running), [`inbox`] (the durable
+//! inbox: trait, SQLite and Postgres), [`metrics`] (health and counters), [`envelope`]
+//! (checked decoding of a record), [`sandbox`] (example markers), `consumer` (the poll thread:
+//! its module doc says why a `BaseConsumer`), `worker` (one record's work), `delivery`
+//! (sending reports), [`domain`] (pure decisions, unit-tested: commit watermark, lanes,
+//! backoff, report outcomes), [`trace`] (W3C trace context).
 #![warn(missing_docs)]
 
+pub mod config;
+pub mod connector;
+mod consumer;
+mod delivery;
+pub mod domain;
 pub mod envelope;
+pub mod inbox;
+pub mod metrics;
+pub mod partner;
+pub mod sandbox;
+pub mod signing;
+pub mod status;
+pub mod trace;
+mod worker;
 
+pub use config::{ClusterConfig, ConnectorBuilder};
+pub use connector::{Connector, ConnectorError};
 pub use envelope::{DecodeError, IncomingOrder, decode_dispatched_order};
+pub use partner::{Acceptance, PartnerError, ShipmentContext, TransportPartner};
+pub use signing::ReportSigningKey;
+pub use status::{PartnerStatus, ReportError, StatusReporter, StatusUpdate};
+pub use worker::{DEAD_LETTER_ORIGIN, DEAD_LETTER_REASON};
+
+/// The contracts' messages an adapter sees (`DispatchedOrder`, `Address`, …).
+pub mod proto {
+    pub use waybill_proto::v1::{Address, DispatchedOrder, Money, OrderLine, Recipient};
+}

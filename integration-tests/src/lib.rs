@@ -14,9 +14,14 @@
 //! dispatcher produces to a test broker (`WAYBILL_TEST_BROKER=mock|tansu`, see
 //! `waybill_dispatcher::testing`) under topic names unique to the stack, so tests run in
 //! parallel. Dropping the stack shuts the services down and drops the database.
+//!
+//! With `.status_ingest(true)` a StatusIngest runs too (audience [`AUDIENCE`]) and the
+//! dispatcher stamps its address as every order's reply-to, so a connector built on the SDK
+//! can report back; [`TestStack::stop_status_ingest`] / [`TestStack::start_status_ingest`] take
+//! it down and bring it back on the same address.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Mutex, time::Duration};
 
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -29,7 +34,8 @@ use waybill_proto::v1::{
 use waybill_service_kit::{
     db::Database,
     grpc::ServerLimits,
-    testing::{TestBackend, TestDatabase},
+    security::{ReloadableTls, ServerSecurity},
+    testing::{TestBackend, TestDatabase, tls::TestPki},
 };
 
 /// Configures a [`TestStack`].
@@ -39,9 +45,27 @@ pub struct TestStackBuilder {
     seed_catalog: bool,
     dispatcher: bool,
     poll_interval: Duration,
+    status_ingest: bool,
+    status_ingest_tls: bool,
 }
 
+/// The audience the test StatusIngest accepts in report tokens.
+pub const AUDIENCE: &str = "waybill-test";
+
 impl TestStackBuilder {
+    /// Whether to run StatusIngest, the dispatcher's reply-to (default no).
+    pub fn status_ingest(mut self, run: bool) -> Self {
+        self.status_ingest = run;
+        self
+    }
+
+    /// Serve StatusIngest over TLS with a test PKI ([`TestStack::ingest_pki`]); the reply-to
+    /// is then `https://127.0.0.1:PORT`.
+    pub fn status_ingest_tls(mut self, tls: bool) -> Self {
+        self.status_ingest_tls = tls;
+        self
+    }
+
     /// Which database backend the services share (default Postgres).
     pub fn backend(mut self, backend: TestBackend) -> Self {
         self.backend = backend;
@@ -85,6 +109,26 @@ impl TestStackBuilder {
             shutdown.clone(),
         ));
 
+        let ingest_pki = self.status_ingest_tls.then(TestPki::new);
+        let ingest_tls = ingest_pki
+            .as_ref()
+            .map(|pki| ReloadableTls::load(pki.server_files(false)).unwrap());
+        let ingest = if self.status_ingest || self.status_ingest_tls {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let running = IngestRunning::spawn(listener, &db, ingest_tls.clone());
+            Some((addr, ingest_tls, Mutex::new(Some(running))))
+        } else {
+            None
+        };
+        let reply_to = ingest.as_ref().map_or_else(
+            || "http://127.0.0.1:50053".to_owned(),
+            |(addr, tls, _)| {
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                format!("{scheme}://{addr}")
+            },
+        );
+
         let suffix = uuid::Uuid::new_v4().simple().to_string();
         let topics = TopicNames {
             partner_prefix: format!("s{}.partner.", &suffix[..10]),
@@ -98,7 +142,7 @@ impl TestStackBuilder {
             let relay = RelaySettings {
                 topics: topics.clone(),
                 region: "test".to_owned(),
-                reply_to: "http://127.0.0.1:50053".to_owned(),
+                reply_to,
                 poll_interval: self.poll_interval,
                 ..RelaySettings::default()
             };
@@ -120,6 +164,8 @@ impl TestStackBuilder {
         TestStack {
             orders_addr,
             admin_addr,
+            ingest,
+            ingest_pki,
             topics,
             db,
             broker,
@@ -142,6 +188,13 @@ pub struct TestStack {
     pub db: Database,
     /// The test broker (when a dispatcher runs).
     pub broker: Option<TestBroker>,
+    ingest: Option<(
+        SocketAddr,
+        Option<ReloadableTls>,
+        Mutex<Option<IngestRunning>>,
+    )>,
+    /// The PKI StatusIngest's TLS certificate comes from (with `.status_ingest_tls(true)`).
+    pub ingest_pki: Option<TestPki>,
     shutdown: CancellationToken,
     // Last: dropped after the services stop.
     _test_db: TestDatabase,
@@ -155,7 +208,66 @@ impl TestStack {
             seed_catalog: true,
             dispatcher: true,
             poll_interval: Duration::from_secs(30),
+            status_ingest: false,
+            status_ingest_tls: false,
         }
+    }
+
+    /// Where StatusIngest listens (the orders' reply-to), when it runs.
+    pub fn ingest_addr(&self) -> SocketAddr {
+        self.ingest
+            .as_ref()
+            .expect("this stack runs no StatusIngest")
+            .0
+    }
+
+    /// Stops StatusIngest (its port refuses connections until started again).
+    pub async fn stop_status_ingest(&self) {
+        let (_, _, running) = self
+            .ingest
+            .as_ref()
+            .expect("this stack runs no StatusIngest");
+        let taken = running.lock().unwrap().take();
+        if let Some(running) = taken {
+            running.stop.cancel();
+            let _ = running.task.await;
+        }
+    }
+
+    /// Starts StatusIngest again on the same address.
+    pub async fn start_status_ingest(&self) {
+        let (addr, tls, running) = self
+            .ingest
+            .as_ref()
+            .expect("this stack runs no StatusIngest");
+        let mut attempts = 0;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(listener) => break listener,
+                Err(error) if attempts < 50 => {
+                    attempts += 1;
+                    let _ = error;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(error) => panic!("cannot bind {addr} again: {error}"),
+            }
+        };
+        let started = IngestRunning::spawn(listener, &self.db, tls.clone());
+        *running.lock().unwrap() = Some(started);
+    }
+
+    /// Enrols an Ed25519 public key (raw 32 bytes) for `partner_id` as `key_id`, through the
+    /// admin API.
+    pub async fn add_partner_key(&self, partner_id: &str, key_id: &str, public_key: &[u8]) {
+        let mut admin = self.admin_client().await;
+        admin
+            .add_partner_key(pb::AddPartnerKeyRequest {
+                partner_id: partner_id.to_owned(),
+                key_id: key_id.to_owned(),
+                public_key: public_key.to_vec(),
+            })
+            .await
+            .unwrap();
     }
 
     /// A client of the Orders service.
@@ -192,7 +304,7 @@ impl TestStack {
                         seconds: 600,
                         nanos: 0,
                     }),
-                    resend_budget: 3,
+                    resend_budget: Some(3),
                     ..Default::default()
                 }),
             })
@@ -216,6 +328,40 @@ impl TestStack {
 
 impl Drop for TestStack {
     fn drop(&mut self) {
+        if let Some((_, _, running)) = &self.ingest
+            && let Ok(mut running) = running.lock()
+            && let Some(running) = running.take()
+        {
+            running.stop.cancel();
+        }
         self.shutdown.cancel();
+    }
+}
+
+/// A running StatusIngest.
+#[derive(Debug)]
+struct IngestRunning {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl IngestRunning {
+    fn spawn(listener: tokio::net::TcpListener, db: &Database, tls: Option<ReloadableTls>) -> Self {
+        let stop = CancellationToken::new();
+        let deps = waybill_status_ingest::IngestDeps::new(db, AUDIENCE);
+        let limits = ServerLimits {
+            security: ServerSecurity {
+                tls,
+                ..ServerSecurity::default()
+            },
+            ..ServerLimits::default()
+        };
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let _ = waybill_status_ingest::serve(listener, deps, limits, stop).await;
+            }
+        });
+        Self { stop, task }
     }
 }

@@ -68,6 +68,7 @@ mod tests {
             OrderStatus::Shipped,
             OrderStatus::Delivered,
             OrderStatus::Exception,
+            OrderStatus::RejectedByPartner,
         ] {
             assert_eq!(
                 OrderStatus::from_short_name(status.short_name()),

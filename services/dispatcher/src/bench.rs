@@ -262,11 +262,12 @@ pub async fn drain(
             .into_iter()
             .find_map(Result::err)
         {
-            return Err(BenchError::Produce(error));
+            return Err(BenchError::Produce(error.to_string()));
         }
         relays.push(Relay::new(
             store.clone(),
             producer,
+            topics.clone(),
             clock.clone(),
             db.feed().clone(),
             RelaySettings {
@@ -334,7 +335,7 @@ pub async fn drain(
             .into_iter()
             .find_map(Result::err)
         {
-            return Err(BenchError::Produce(error));
+            return Err(BenchError::Produce(error.to_string()));
         }
     }
     let produce = produce_started.elapsed();
@@ -371,6 +372,7 @@ fn leased_copy(order: &FixtureOrder) -> LeasedOrder {
         resends: 0,
         partner_id: None,
         acknowledged: false,
+        rejected_partners: Vec::new(),
         traceparent: order.traceparent.clone(),
         tracestate: String::new(),
         placed_at: order.placed_at,

@@ -78,7 +78,8 @@ pub struct DispatcherArgs {
     #[arg(long, env = "WAYBILL_BATCHES_IN_FLIGHT", default_value_t = 2)]
     pub batches_in_flight: u32,
     /// How long a lease lasts; another instance takes over the orders of a crashed one after
-    /// it. Must exceed --produce-timeout.
+    /// it. Must exceed --produce-timeout by more than a second (a send plus its bookkeeping
+    /// must fit in the lease).
     #[arg(long, env = "WAYBILL_LEASE", default_value = "60s", value_parser = parse_duration)]
     pub lease: Duration,
     /// Fallback poll interval; new orders normally wake the relay at once (NOTIFY or in-process).
@@ -87,7 +88,8 @@ pub struct DispatcherArgs {
     /// How long the broker gets to acknowledge a message before the send counts as failed.
     #[arg(long, env = "WAYBILL_PRODUCE_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub produce_timeout: Duration,
-    /// Failed sends before an order is DEAD.
+    /// Failed sends before an order is DEAD; also the failed re-sends (after a missed handover
+    /// deadline) before an order is flagged UNACKNOWLEDGED.
     #[arg(long, env = "WAYBILL_ATTEMPT_BUDGET", default_value_t = 12)]
     pub attempt_budget: u32,
     /// Upper bound of the first retry delay (doubles per failure, full jitter).
@@ -106,6 +108,9 @@ pub struct DispatcherArgs {
     /// This instance's lease-owner name (default: a fresh random id per start).
     #[arg(long, env = "WAYBILL_INSTANCE_ID")]
     pub instance_id: Option<String>,
+    /// TLS, operators' credentials and the production guard of the admin listener.
+    #[command(flatten)]
+    pub security: waybill_service_kit::security::SecurityArgs,
 }
 
 /// Validated settings of one dispatcher.
@@ -121,6 +126,8 @@ pub struct DispatcherConfig {
     pub kafka: KafkaSettings,
     /// The relay.
     pub relay: RelaySettings,
+    /// Admin listener security (loaded, with its files, when the service starts).
+    pub security: waybill_service_kit::security::SecurityArgs,
 }
 
 /// How the relay works.
@@ -232,6 +239,7 @@ impl DispatcherArgs {
                 audit,
                 stats_interval: self.stats_interval,
             },
+            security: self.security,
         };
         config.validate()?;
         Ok(config)
@@ -344,6 +352,24 @@ mod tests {
             .into_config()
             .expect_err("invalid");
         assert!(error.to_string().contains("--lease"), "{error}");
+    }
+
+    #[test]
+    fn lease_help_states_the_rule_the_check_applies() {
+        use clap::CommandFactory;
+        let help = Cli::command().render_long_help().to_string();
+        assert!(
+            help.contains("Must exceed --produce-timeout by more than a second"),
+            "{help}"
+        );
+        // Exactly a second more is refused, a little over is accepted: what the help says.
+        for (lease, valid) in [("16s", false), ("16100ms", true)] {
+            let result = Cli::try_parse_from(["x", "--lease", lease, "--produce-timeout", "15s"])
+                .expect("parse")
+                .args
+                .into_config();
+            assert_eq!(result.is_ok(), valid, "--lease {lease}");
+        }
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub fn partner(record: PartnerRecord) -> v1::Partner {
         handover_deadline: Some(to_proto_duration(
             record.handover_deadline.to_std().unwrap_or_default(),
         )),
-        resend_budget: record.resend_budget,
+        resend_budget: Some(record.resend_budget),
         topic: record.topic,
         created_at: Some(to_timestamp(record.created_at)),
     }

@@ -2,6 +2,7 @@
 
 use tonic::{Code, Status};
 use tracing::error;
+use waybill_service_kit::text::bound_message;
 
 use crate::{kafka::TopicError, store::StoreError};
 
@@ -45,32 +46,39 @@ impl DispatchError {
 
 impl From<DispatchError> for Status {
     fn from(error: DispatchError) -> Self {
-        match error {
-            DispatchError::InvalidArgument(message) => Status::new(Code::InvalidArgument, message),
-            DispatchError::NotFound(message) => Status::new(Code::NotFound, message),
-            DispatchError::AlreadyExists(message) => Status::new(Code::AlreadyExists, message),
-            DispatchError::FailedPrecondition(message) => {
-                Status::new(Code::FailedPrecondition, message)
-            }
-            DispatchError::Topic(cause) => {
-                error!(error = %cause, "topic creation failed");
-                Status::new(
-                    Code::Unavailable,
-                    format!(
-                        "cannot create topic {} on the broker; nothing was saved, retry later",
-                        cause.topic
-                    ),
-                )
-            }
-            DispatchError::Store(StoreError::Unavailable(cause)) => {
-                error!(error = %cause, "storage unavailable");
-                Status::new(Code::Unavailable, "storage is unavailable, retry later")
-            }
-            DispatchError::Store(cause) => {
-                // Never leak SQL or driver text to a client.
-                error!(error = %cause, "internal error");
-                Status::new(Code::Internal, "internal error")
-            }
+        // Messages quote caller input only as bounded prefixes (`text::quote`); the whole
+        // message is bounded as well, whatever a future variant puts in it.
+        let status = status_of(error);
+        Status::new(status.code(), bound_message(status.message()))
+    }
+}
+
+fn status_of(error: DispatchError) -> Status {
+    match error {
+        DispatchError::InvalidArgument(message) => Status::new(Code::InvalidArgument, message),
+        DispatchError::NotFound(message) => Status::new(Code::NotFound, message),
+        DispatchError::AlreadyExists(message) => Status::new(Code::AlreadyExists, message),
+        DispatchError::FailedPrecondition(message) => {
+            Status::new(Code::FailedPrecondition, message)
+        }
+        DispatchError::Topic(cause) => {
+            error!(error = %cause, "topic creation failed");
+            Status::new(
+                Code::Unavailable,
+                format!(
+                    "cannot create topic {} on the broker; nothing was saved, retry later",
+                    cause.topic
+                ),
+            )
+        }
+        DispatchError::Store(StoreError::Unavailable(cause)) => {
+            error!(error = %cause, "storage unavailable");
+            Status::new(Code::Unavailable, "storage is unavailable, retry later")
+        }
+        DispatchError::Store(cause) => {
+            // Never leak SQL or driver text to a client.
+            error!(error = %cause, "internal error");
+            Status::new(Code::Internal, "internal error")
         }
     }
 }

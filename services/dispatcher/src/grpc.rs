@@ -4,17 +4,22 @@
 use std::{sync::Arc, time::Duration};
 
 use tonic::{Request, Response, Status};
+use tracing::info;
 use uuid::Uuid;
 use waybill_proto::v1::{
     self, DispatchState, dispatch_admin_server::DispatchAdmin, explain_route_request::Target,
 };
-use waybill_service_kit::clock::SharedClock;
+use waybill_service_kit::{
+    clock::SharedClock,
+    security::Caller,
+    text::{TextKind, check_text, quote},
+};
 
 use crate::{
     convert::{self, to_proto_duration},
     domain::model::{DispatchFilter, PartnerKeyRecord, PartnerRecord, RouteRecord},
     error::DispatchError,
-    kafka::{TopicCreator, TopicNames},
+    kafka::{TopicCreator, TopicNames, producer::SendHealth},
     metrics::RelayMetrics,
     store::{DispatchStore, RETRYABLE_STATES, StoreError},
 };
@@ -26,6 +31,9 @@ const MAX_PAGE: u32 = 1_000;
 const MAX_RETRY_IDS: usize = 1_000;
 /// Handover deadline of a partner enrolled without one.
 const DEFAULT_HANDOVER_DEADLINE: Duration = Duration::from_secs(600);
+/// Re-sends of an unconfirmed order for a partner enrolled without a budget: with the default
+/// deadline, about an hour of re-sends, so an order a broker lost still reaches the partner.
+pub const DEFAULT_RESEND_BUDGET: i32 = 5;
 
 /// The admin service.
 #[derive(Debug, Clone)]
@@ -35,6 +43,7 @@ pub struct AdminApi {
     topic_names: TopicNames,
     clock: SharedClock,
     metrics: Arc<RelayMetrics>,
+    send_health: Arc<SendHealth>,
     instance_id: String,
 }
 
@@ -46,6 +55,7 @@ impl AdminApi {
         topic_names: TopicNames,
         clock: SharedClock,
         metrics: Arc<RelayMetrics>,
+        send_health: Arc<SendHealth>,
         instance_id: String,
     ) -> Self {
         Self {
@@ -54,6 +64,7 @@ impl AdminApi {
             topic_names,
             clock,
             metrics,
+            send_health,
             instance_id,
         }
     }
@@ -66,7 +77,24 @@ fn invalid(message: impl Into<String>) -> DispatchError {
 }
 
 fn parse_order_id(text: &str) -> Result<Uuid, DispatchError> {
-    Uuid::parse_str(text.trim()).map_err(|_| invalid(format!("order id {text:?} is not a UUID")))
+    Uuid::parse_str(text.trim())
+        .map_err(|_| invalid(format!("order id {} is not a UUID", quote(text))))
+}
+
+/// A free-text field checked by the kit's one rule (bounded, no control characters: Postgres
+/// cannot store a NUL, SQLite can, and neither may differ from the other).
+fn check_field(field: &str, value: &str, max_chars: usize) -> Result<(), DispatchError> {
+    check_text(field, value, max_chars, TextKind::Line).map_err(|e| invalid(e.to_string()))
+}
+
+/// The free-text fields of an address (ExplainRoute), bounded as Orders bounds them.
+fn check_address(address: &v1::Address) -> Result<(), DispatchError> {
+    check_field("address.line1", &address.line1, 200)?;
+    check_field("address.line2", &address.line2, 200)?;
+    check_field("address.city", &address.city, 100)?;
+    check_field("address.region", &address.region, 100)?;
+    check_field("address.postal_code", &address.postal_code, 20)?;
+    check_field("address.country_code", &address.country_code, 2)
 }
 
 fn check_partner_id(id: &str) -> Result<(), DispatchError> {
@@ -80,7 +108,8 @@ fn check_partner_id(id: &str) -> Result<(), DispatchError> {
         Ok(())
     } else {
         Err(invalid(format!(
-            "partner id {id:?} must be 1-63 lower-case letters, digits or '-', not starting with '-'"
+            "partner id {} must be 1-63 lower-case letters, digits or '-', not starting with '-'",
+            quote(id)
         )))
     }
 }
@@ -95,17 +124,29 @@ fn check_name(what: &str, value: &str) -> Result<(), DispatchError> {
         Ok(())
     } else {
         Err(invalid(format!(
-            "{what} {value:?} must be 1-64 letters, digits, '-', '_' or '.'"
+            "{what} {} must be 1-64 letters, digits, '-', '_' or '.'",
+            quote(value)
         )))
     }
 }
 
 fn filter_from(filter: Option<v1::DispatchFilter>) -> Result<DispatchFilter, DispatchError> {
     let filter = filter.unwrap_or_default();
+    check_field("filter.partner_id", &filter.partner_id, 63)?;
     Ok(DispatchFilter {
         state: convert::state_filter(filter.state).map_err(invalid)?,
         partner_id: Some(filter.partner_id.trim().to_owned()).filter(|p| !p.is_empty()),
     })
+}
+
+/// Who made an admin call: the caller the kit's identity layer attached, or `anonymous` on an
+/// open (development) listener. The layer already logged who called which RPC; handlers that
+/// change something add what they changed to the same `waybill::audit` trail.
+fn caller_of<T>(request: &Request<T>) -> String {
+    request
+        .extensions()
+        .get::<Caller>()
+        .map_or_else(|| "anonymous".to_owned(), |caller| caller.name.to_string())
 }
 
 fn partner_not_found(id: &str) -> DispatchError {
@@ -179,6 +220,7 @@ impl AdminApi {
         let partner = partner.ok_or_else(|| invalid("partner is required"))?;
         let id = partner.id.trim().to_owned();
         check_partner_id(&id)?;
+        check_field("partner.display_name", &partner.display_name, 200)?;
         let deadline = match partner.handover_deadline {
             None => DEFAULT_HANDOVER_DEADLINE,
             Some(d) if d.seconds < 0 || d.nanos < 0 || (d.seconds == 0 && d.nanos == 0) => {
@@ -192,7 +234,8 @@ impl AdminApi {
         if deadline > Duration::from_secs(30 * 86_400) {
             return Err(invalid("handover_deadline must be at most 30 days"));
         }
-        if !(0..=100).contains(&partner.resend_budget) {
+        let resend_budget = partner.resend_budget.unwrap_or(DEFAULT_RESEND_BUDGET);
+        if !(0..=100).contains(&resend_budget) {
             return Err(invalid("resend_budget must be between 0 and 100"));
         }
         let topic = self.topic_names.partner_topic(&id);
@@ -210,7 +253,7 @@ impl AdminApi {
             enabled: true,
             handover_deadline: chrono::Duration::from_std(deadline)
                 .map_err(|_| invalid("handover_deadline too long"))?,
-            resend_budget: partner.resend_budget,
+            resend_budget,
             topic,
             created_at: now,
             updated_at: now,
@@ -224,11 +267,13 @@ impl AdminApi {
         check_name("route id", &id)?;
         let partner_id = route.partner_id.trim().to_owned();
         check_partner_id(&partner_id)?;
+        check_field("route.region", &route.region, 100)?;
+        check_field("route.postal_prefix", &route.postal_prefix, 20)?;
         let country_code = route.country_code.trim().to_ascii_uppercase();
         if country_code.len() != 2 || !country_code.chars().all(|c| c.is_ascii_uppercase()) {
             return Err(invalid(format!(
-                "country_code {:?} must be an ISO 3166-1 alpha-2 code such as DE",
-                route.country_code
+                "country_code {} must be an ISO 3166-1 alpha-2 code such as DE",
+                quote(&route.country_code)
             )));
         }
         let record = RouteRecord {
@@ -292,6 +337,7 @@ impl AdminApi {
                     .ok_or_else(|| DispatchError::NotFound(format!("order {order_id} not found")))?
             }
             Some(Target::Address(address)) => {
+                check_address(&address)?;
                 if address.country_code.trim().is_empty() {
                     return Err(invalid("address.country_code is required"));
                 }
@@ -307,6 +353,7 @@ impl AdminApi {
         let now = self.clock.now();
         let backlog = self.store.backlog(now).await?;
         let metrics = self.metrics.snapshot();
+        let producer = self.send_health.snapshot();
         let oldest = backlog
             .oldest_due_at
             .and_then(|at| (now - at).to_std().ok())
@@ -334,6 +381,16 @@ impl AdminApi {
             produce_latency_p50: Some(to_proto_duration(metrics.produce_latency_p50)),
             produce_latency_p99: Some(to_proto_duration(metrics.produce_latency_p99)),
             produce_latency_max: Some(to_proto_duration(metrics.produce_latency_max)),
+            can_send: producer.can_send,
+            failed_batches_in_a_row: producer.failed_batches_in_a_row,
+            producer_rebuilds: producer.rebuilds,
+            failed_sends: producer.failed_sends,
+            last_send_error: producer.last_error.unwrap_or_default(),
+            resend_failures: metrics.resend_failures,
+            audit_pending: backlog.audit_pending,
+            audit_deferred: metrics.audit_deferred,
+            audits_published: metrics.audits_published,
+            topics_created: metrics.topics_created,
         })
     }
 }
@@ -350,6 +407,10 @@ impl DispatchAdmin for AdminApi {
             0 => DEFAULT_PAGE,
             n => n.min(MAX_PAGE),
         };
+        // The page token is the last order id of the previous page, in the clear: it needs no
+        // authentication because it grants nothing (any UUID is a valid position in a list the
+        // operator may read in full; a forged one only skips rows) and it decodes to a UUID or
+        // is refused, so no unbounded value reaches a store.
         let after = match request.page_token.trim() {
             "" => None,
             token => Some(Uuid::parse_str(token).map_err(|_| {
@@ -393,7 +454,10 @@ impl DispatchAdmin for AdminApi {
         &self,
         request: Request<v1::RetryDispatchesRequest>,
     ) -> Reply<v1::RetryDispatchesResponse> {
+        let caller = caller_of(&request);
         let retried = self.retry(request.into_inner()).await?;
+        let order_ids: Vec<String> = retried.iter().map(Uuid::to_string).collect();
+        info!(target: "waybill::audit", %caller, rpc = "RetryDispatches", count = retried.len(), order_ids = %order_ids.join(","), "dispatches retried");
         Ok(Response::new(v1::RetryDispatchesResponse {
             order_ids: retried.iter().map(Uuid::to_string).collect(),
         }))
@@ -417,15 +481,17 @@ impl DispatchAdmin for AdminApi {
         &self,
         request: Request<v1::EnrollPartnerRequest>,
     ) -> Reply<v1::Partner> {
-        Ok(Response::new(
-            self.enroll(request.into_inner().partner).await?,
-        ))
+        let caller = caller_of(&request);
+        let partner = self.enroll(request.into_inner().partner).await?;
+        info!(target: "waybill::audit", %caller, rpc = "EnrollPartner", partner_id = %partner.id, "partner enrolled");
+        Ok(Response::new(partner))
     }
 
     async fn disable_partner(
         &self,
         request: Request<v1::DisablePartnerRequest>,
     ) -> Reply<v1::Partner> {
+        let caller = caller_of(&request);
         let id = request.into_inner().partner_id.trim().to_owned();
         check_partner_id(&id)?;
         match self
@@ -434,7 +500,10 @@ impl DispatchAdmin for AdminApi {
             .await
             .map_err(DispatchError::from)?
         {
-            Some(partner) => Ok(Response::new(convert::partner(partner))),
+            Some(partner) => {
+                info!(target: "waybill::audit", %caller, rpc = "DisablePartner", partner_id = %id, "partner disabled");
+                Ok(Response::new(convert::partner(partner)))
+            }
             None => Err(partner_not_found(&id).into()),
         }
     }
@@ -443,16 +512,21 @@ impl DispatchAdmin for AdminApi {
         &self,
         request: Request<v1::AddPartnerKeyRequest>,
     ) -> Reply<v1::PartnerKey> {
-        Ok(Response::new(self.add_key(request.into_inner()).await?))
+        let caller = caller_of(&request);
+        let key = self.add_key(request.into_inner()).await?;
+        info!(target: "waybill::audit", %caller, rpc = "AddPartnerKey", partner_id = %key.partner_id, key_id = %key.key_id, "partner key added");
+        Ok(Response::new(key))
     }
 
     async fn revoke_partner_key(
         &self,
         request: Request<v1::RevokePartnerKeyRequest>,
     ) -> Reply<v1::PartnerKey> {
+        let caller = caller_of(&request);
         let request = request.into_inner();
         let partner_id = request.partner_id.trim();
         let key_id = request.key_id.trim();
+        info!(target: "waybill::audit", %caller, rpc = "RevokePartnerKey", partner_id = %quote(partner_id), key_id = %quote(key_id), "partner key revocation requested");
         check_partner_id(partner_id)?;
         check_name("key id", key_id)?;
         match self
@@ -511,17 +585,20 @@ impl DispatchAdmin for AdminApi {
     }
 
     async fn set_route(&self, request: Request<v1::SetRouteRequest>) -> Reply<v1::Route> {
-        Ok(Response::new(
-            self.set_route(request.into_inner().route).await?,
-        ))
+        let caller = caller_of(&request);
+        let route = self.set_route(request.into_inner().route).await?;
+        info!(target: "waybill::audit", %caller, rpc = "SetRoute", route_id = %route.id, partner_id = %route.partner_id, country = %route.country_code, "route set");
+        Ok(Response::new(route))
     }
 
     async fn delete_route(
         &self,
         request: Request<v1::DeleteRouteRequest>,
     ) -> Reply<v1::DeleteRouteResponse> {
+        let caller = caller_of(&request);
         let id = request.into_inner().route_id.trim().to_owned();
         check_name("route id", &id)?;
+        info!(target: "waybill::audit", %caller, rpc = "DeleteRoute", route_id = %quote(&id), "route deletion requested");
         if self
             .store
             .delete_route(&id)

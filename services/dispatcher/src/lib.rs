@@ -37,24 +37,37 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::{info, warn};
 use waybill_proto::v1::dispatch_admin_server::DispatchAdminServer;
 use waybill_service_kit::{
     clock::{SharedClock, SystemClock},
     db::{Database, DbError, PoolSettings},
-    grpc::ServerLimits,
+    grpc::{HealthParts, ServerLimits},
 };
 
 pub use crate::config::{DispatcherArgs, DispatcherConfig, RelaySettings};
 use crate::{
     grpc::AdminApi,
-    kafka::{AdminTopicCreator, KafkaSettings, TopicCreator, producer::OrderProducer},
+    kafka::{
+        AdminTopicCreator, KafkaSettings, TopicCreator,
+        producer::{OrderProducer, SendHealth},
+    },
     metrics::RelayMetrics,
     relay::Relay,
 };
 
 /// The fully qualified gRPC service name, for health reporting.
 pub const SERVICE_NAME: &str = "waybill.v1.DispatchAdmin";
+
+/// The health-check name of the relay itself: `SERVING` while its producer gets messages
+/// acknowledged, `NOT_SERVING` while whole batches fail (the broker is down or the producer
+/// broke; it is rebuilt by itself). The admin API stays `SERVING` meanwhile: operators can
+/// still look and act.
+pub const RELAY_HEALTH_NAME: &str = "waybill.dispatcher.Relay";
+
+/// Largest request message the admin API decodes.
+pub const MAX_REQUEST_BYTES: usize = 128 * 1024;
 
 /// What a dispatcher needs to serve.
 #[derive(Debug, Clone)]
@@ -108,6 +121,9 @@ pub enum RunError {
     /// A Kafka client could not be built (bad settings).
     #[error("cannot set up the kafka client: {0}")]
     Kafka(#[source] rdkafka::error::KafkaError),
+    /// TLS, credentials or the production guard refused the admin listener's settings.
+    #[error(transparent)]
+    Security(#[from] waybill_service_kit::security::SecurityError),
     /// The gRPC server failed.
     #[error("grpc server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -116,6 +132,11 @@ pub enum RunError {
 /// Runs the dispatcher until `shutdown` is cancelled: binds first (a taken port fails fast),
 /// connects and migrates, then serves the admin API and runs the relay.
 pub async fn run(config: DispatcherConfig, shutdown: CancellationToken) -> Result<(), RunError> {
+    // Operators only: the admin API enrols partners and re-routes orders.
+    let security = config.security.load(
+        config.listen,
+        waybill_service_kit::security::CallerAuth::Required,
+    )?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| RunError::Bind {
@@ -128,7 +149,8 @@ pub async fn run(config: DispatcherConfig, shutdown: CancellationToken) -> Resul
     };
     let db = Database::connect(&config.database_url, &settings, shutdown.clone()).await?;
     info!(addr = %config.listen, instance_id = %config.relay.instance_id, brokers = %config.kafka.brokers, "dispatcher listening");
-    let deps = DispatcherDeps::new(db.clone(), config.kafka, config.relay)?;
+    let mut deps = DispatcherDeps::new(db.clone(), config.kafka, config.relay)?;
+    deps.limits.security = security;
     let result = serve(listener, deps, shutdown).await;
     db.close().await;
     result
@@ -144,9 +166,11 @@ pub async fn serve(
     let store = store::for_database(&deps.db);
     let producer = OrderProducer::new(&deps.kafka).map_err(RunError::Kafka)?;
     let metrics = Arc::new(RelayMetrics::default());
+    let send_health = producer.health().clone();
     let relay = Relay::new(
         store.clone(),
         producer,
+        deps.topic_creator.clone(),
         deps.clock.clone(),
         deps.db.feed().clone(),
         deps.relay.clone(),
@@ -158,26 +182,39 @@ pub async fn serve(
         deps.relay.topics.clone(),
         deps.clock.clone(),
         metrics.clone(),
+        send_health.clone(),
         deps.relay.instance_id.clone(),
     );
+    let health = HealthParts::new();
 
     let tasks = TaskTracker::new();
     tasks.spawn(relay.run(shutdown.clone(), deps.shutdown_grace));
+    tasks.spawn(report_relay_health(
+        health.reporter(),
+        send_health.clone(),
+        shutdown.clone(),
+    ));
     tasks.spawn(log_stats(
         store,
         metrics,
+        send_health,
         deps.clock.clone(),
         deps.relay.stats_interval,
         shutdown.clone(),
     ));
     tasks.close();
 
-    let routes = tonic::service::Routes::new(DispatchAdminServer::new(admin));
-    let served = waybill_service_kit::grpc::serve(
+    // The largest valid admin request is a RetryDispatches naming 1,000 order ids (~40 KiB);
+    // anything bigger is refused before it is decoded, instead of tonic's 4 MiB default.
+    let routes = tonic::service::Routes::new(
+        DispatchAdminServer::new(admin).max_decoding_message_size(MAX_REQUEST_BYTES),
+    );
+    let served = waybill_service_kit::grpc::serve_with_health(
         listener,
         routes,
         &[SERVICE_NAME],
         &deps.limits,
+        health,
         shutdown.clone(),
     )
     .await;
@@ -187,10 +224,36 @@ pub async fn serve(
     served.map_err(RunError::from)
 }
 
+/// Keeps [`RELAY_HEALTH_NAME`] in step with whether the producer can send.
+async fn report_relay_health(
+    reporter: HealthReporter,
+    send_health: Arc<SendHealth>,
+    shutdown: CancellationToken,
+) {
+    let mut can_send = send_health.subscribe();
+    loop {
+        let status = if *can_send.borrow_and_update() {
+            ServingStatus::Serving
+        } else {
+            warn!(last_error = ?send_health.snapshot().last_error, "relay cannot send: health NOT_SERVING until a batch gets through");
+            ServingStatus::NotServing
+        };
+        reporter.set_service_status(RELAY_HEALTH_NAME, status).await;
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            changed = can_send.changed() => if changed.is_err() { break },
+        }
+    }
+    reporter
+        .set_service_status(RELAY_HEALTH_NAME, ServingStatus::NotServing)
+        .await;
+}
+
 /// Logs the metrics and backlog every `interval`: the log-based view of the relay's health.
 async fn log_stats(
     store: Arc<dyn store::DispatchStore>,
     metrics: Arc<RelayMetrics>,
+    send_health: Arc<SendHealth>,
     clock: SharedClock,
     interval: Duration,
     shutdown: CancellationToken,
@@ -204,6 +267,7 @@ async fn log_stats(
         match store.backlog(now).await {
             Ok(backlog) => {
                 let m = metrics.snapshot();
+                let producer = send_health.snapshot();
                 let by_state: Vec<String> = backlog
                     .by_state
                     .iter()
@@ -222,6 +286,9 @@ async fn log_stats(
                     resent = m.resent,
                     unacknowledged = m.unacknowledged,
                     fenced = m.fenced,
+                    can_send = producer.can_send,
+                    producer_rebuilds = producer.rebuilds,
+                    audit_pending = backlog.audit_pending,
                     produce_p50_us = m.produce_latency_p50.as_micros() as u64,
                     produce_p99_us = m.produce_latency_p99.as_micros() as u64,
                     "relay stats"

@@ -28,6 +28,10 @@ pub struct RelayMetrics {
     fenced: AtomicU64,
     events_published: AtomicU64,
     recorded: AtomicU64,
+    topics_created: AtomicU64,
+    audits_published: AtomicU64,
+    audit_deferred: AtomicU64,
+    resend_failures: AtomicU64,
     /// Microseconds from handing a message to the producer until the broker's ack.
     produce_latency_us: Mutex<Option<Histogram<u64>>>,
 }
@@ -45,6 +49,10 @@ impl Default for RelayMetrics {
             fenced: AtomicU64::new(0),
             events_published: AtomicU64::new(0),
             recorded: AtomicU64::new(0),
+            topics_created: AtomicU64::new(0),
+            audits_published: AtomicU64::new(0),
+            audit_deferred: AtomicU64::new(0),
+            resend_failures: AtomicU64::new(0),
             // 1 µs .. 10 min at 3 significant digits. The bounds are constants and valid; were
             // they not, latency would simply go unrecorded.
             produce_latency_us: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3).ok()),
@@ -75,6 +83,14 @@ pub struct MetricsSnapshot {
     pub events_published: u64,
     /// Outcomes (of any kind) committed by bookkeeping; fenced ones are not counted.
     pub recorded: u64,
+    /// Re-sends after a handover deadline that failed (each is retried with backoff).
+    pub resend_failures: u64,
+    /// Audit copies that failed while their partner copy went out (kept in the audit outbox).
+    pub audit_deferred: u64,
+    /// Audit copies produced from the audit outbox.
+    pub audits_published: u64,
+    /// Topics the relay created because the broker did not know them.
+    pub topics_created: u64,
     /// Produce latency percentiles.
     pub produce_latency_p50: Duration,
     /// 99th percentile.
@@ -103,6 +119,10 @@ impl RelayMetrics {
     counter!(add_fenced, fenced);
     counter!(add_events_published, events_published);
     counter!(add_recorded, recorded);
+    counter!(add_resend_failures, resend_failures);
+    counter!(add_audit_deferred, audit_deferred);
+    counter!(add_audits_published, audits_published);
+    counter!(add_topics_created, topics_created);
 
     /// Records one message's produce latency.
     pub fn record_latency(&self, latency: Duration) {
@@ -141,6 +161,10 @@ impl RelayMetrics {
             fenced: self.fenced.load(Ordering::Relaxed),
             events_published: self.events_published.load(Ordering::Relaxed),
             recorded: self.recorded.load(Ordering::Relaxed),
+            topics_created: self.topics_created.load(Ordering::Relaxed),
+            audits_published: self.audits_published.load(Ordering::Relaxed),
+            audit_deferred: self.audit_deferred.load(Ordering::Relaxed),
+            resend_failures: self.resend_failures.load(Ordering::Relaxed),
             produce_latency_p50: Duration::from_micros(p50),
             produce_latency_p99: Duration::from_micros(p99),
             produce_latency_max: Duration::from_micros(max),

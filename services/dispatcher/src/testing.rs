@@ -94,40 +94,37 @@ impl TestBroker {
 
     /// A Tansu broker process on a free loopback port.
     pub fn tansu() -> Self {
-        let binary = std::env::var("WAYBILL_TANSU_BIN").unwrap_or_else(|_| "tansu".to_owned());
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let workdir = std::env::temp_dir().join(format!("waybill-tansu-{port}"));
-        std::fs::create_dir_all(&workdir).expect("tansu work dir");
-        let child = Command::new(&binary)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            // Tansu reads a `.env` in its working directory: give it an empty one of its own.
-            .current_dir(&workdir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start tansu ({binary}): {e}; set WAYBILL_TANSU_BIN")
-            });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
         Self {
             bootstrap: format!("127.0.0.1:{port}"),
-            inner: Inner::Tansu(Mutex::new(child)),
+            inner: Inner::Tansu(Mutex::new(spawn_tansu(port))),
         }
+    }
+
+    /// Kills the Tansu process (SIGKILL) and starts a new one on the same port: a broker that
+    /// crashed and came back having lost everything (memory storage). Returns `false` for the
+    /// mock cluster.
+    pub fn restart(&self, down_for: Duration) -> bool {
+        let Inner::Tansu(child) = &self.inner else {
+            return false;
+        };
+        let port: u16 = self
+            .bootstrap
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("tansu port");
+        let mut child = child
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _ = child.kill();
+        let _ = child.wait();
+        std::thread::sleep(down_for);
+        *child = spawn_tansu(port);
+        true
     }
 
     /// Which broker this is.
@@ -193,6 +190,25 @@ impl TestBroker {
         }
     }
 
+    /// Stops (`true`) or resumes (`false`) the Tansu process with SIGSTOP/SIGCONT: a broker
+    /// that stalls with connections open, as one does under a long GC pause or a frozen VM.
+    /// Returns `false` for the mock cluster (the caller should use [`Self::set_available`]).
+    pub fn pause(&self, paused: bool) -> bool {
+        let Inner::Tansu(child) = &self.inner else {
+            return false;
+        };
+        let pid = child
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .id();
+        let status = Command::new("kill")
+            .args([if paused { "-STOP" } else { "-CONT" }, &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -STOP/-CONT {pid} failed");
+        true
+    }
+
     /// Reads `topic` from the beginning until `count` records arrived or `timeout` passed
     /// (then returns what it has). Assigns partitions directly: no group join, no rebalance
     /// delay, nothing committed.
@@ -208,6 +224,35 @@ impl TestBroker {
             .await
             .expect("reader thread")
     }
+}
+
+/// Starts Tansu on `port` and waits until it listens.
+fn spawn_tansu(port: u16) -> Child {
+    let binary = std::env::var("WAYBILL_TANSU_BIN").unwrap_or_else(|_| "tansu".to_owned());
+    let url = format!("tcp://127.0.0.1:{port}");
+    let workdir = std::env::temp_dir().join(format!("waybill-tansu-{port}"));
+    std::fs::create_dir_all(&workdir).expect("tansu work dir");
+    let child = Command::new(&binary)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", "memory://tansu/"])
+        // Tansu reads a `.env` in its working directory: give it an empty one of its own.
+        .current_dir(&workdir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start tansu ({binary}): {e}; set WAYBILL_TANSU_BIN"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "tansu did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
 }
 
 fn read_blocking(

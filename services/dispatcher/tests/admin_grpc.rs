@@ -53,7 +53,7 @@ async fn partners_keys_routes_and_explain(backend: TestBackend) {
                     seconds: 300,
                     nanos: 0,
                 }),
-                resend_budget: 2,
+                resend_budget: Some(2),
                 ..v1::Partner::default()
             }),
         })
@@ -62,6 +62,37 @@ async fn partners_keys_routes_and_explain(backend: TestBackend) {
         .into_inner();
     assert_eq!(partner.topic, h.topics.partner_topic("acme"));
     assert!(partner.enabled);
+    assert_eq!(partner.resend_budget, Some(2));
+
+    // A partner enrolled without a resend budget gets the default, not 0 (which would never
+    // re-send an order the broker lost).
+    let defaulted = admin
+        .enroll_partner(v1::EnrollPartnerRequest {
+            partner: Some(v1::Partner {
+                id: "initech".into(),
+                ..v1::Partner::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        defaulted.resend_budget,
+        Some(waybill_dispatcher::grpc::DEFAULT_RESEND_BUDGET)
+    );
+    assert_eq!(defaulted.handover_deadline.map(|d| d.seconds), Some(600));
+    let explicit_zero = admin
+        .enroll_partner(v1::EnrollPartnerRequest {
+            partner: Some(v1::Partner {
+                id: "initech".into(),
+                resend_budget: Some(0),
+                ..v1::Partner::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(explicit_zero.resend_budget, Some(0), "0 stays possible");
     // The topic exists: a message can be produced to it and read back.
     let listed = admin
         .list_partners(v1::ListPartnersRequest {})
@@ -74,7 +105,7 @@ async fn partners_keys_routes_and_explain(backend: TestBackend) {
             .iter()
             .map(|p| p.id.as_str())
             .collect::<Vec<_>>(),
-        ["acme"]
+        ["acme", "initech"]
     );
 
     let key = admin

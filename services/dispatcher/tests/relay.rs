@@ -249,10 +249,12 @@ async fn broker_outage_retries_with_growing_delays_then_sends_all(backend: TestB
     let keys: HashSet<String> = on_topic.iter().map(|m| m.key.clone()).collect();
     assert_eq!(keys, orders.iter().map(|o| o.id.to_string()).collect());
     let (_, attempts) = h.store.get_dispatch(orders[0].id).await.unwrap().unwrap();
+    // The log stays proportional to what an operator needs: the first failure of the run and
+    // the success (the row kept the count and the latest error while it failed).
     assert_eq!(
         attempts.len(),
-        4,
-        "three failures and the success are logged"
+        2,
+        "the first failure and the success are logged, not every failure"
     );
     assert!(attempts[0].error.is_empty() && !attempts[1].error.is_empty());
 }
@@ -520,6 +522,7 @@ async fn two_dispatchers_drain_5000_orders_without_double_leases(backend: TestBa
         let relay = Relay::new(
             recorder.clone(),
             OrderProducer::new(&h.kafka()).unwrap(),
+            h.broker.topic_creator(),
             Arc::new(SystemClock),
             h.db.feed().clone(),
             settings,

@@ -11,7 +11,7 @@ use common::Harness;
 use uuid::Uuid;
 use waybill_dispatcher::{
     domain::model::{DispatchFilter, PartnerKeyRecord},
-    store::{AttemptLog, BatchRecord, Fence, LeaseRequest, RowUpdate, StoreError},
+    store::{AttemptLog, AuditCopy, BatchRecord, Fence, LeaseRequest, RowUpdate, StoreError},
 };
 use waybill_proto::v1::DispatchState;
 use waybill_service_kit::testing::TestBackend;
@@ -39,6 +39,7 @@ conformance!(
     operator_retry_takes_only_retryable_rows,
     partners_keys_and_routes,
     dispatches_page_by_id,
+    audit_copies_wait_until_delivered,
 );
 
 fn lease(h: &Harness, owner: &str, limit: u32) -> LeaseRequest {
@@ -169,6 +170,7 @@ async fn bookkeeping_is_fenced_and_appends_one_event(backend: TestBackend) {
             partner_id: "acme".into(),
             topic: "t".into(),
         }],
+        audit_copies: vec![],
     };
 
     let wrong = Fence {
@@ -260,6 +262,7 @@ async fn bookkeeping_is_fenced_and_appends_one_event(backend: TestBackend) {
         updates: vec![sent(order, h.clock_now())],
         first_sends: vec![(order, "acme".to_owned())],
         attempts: vec![],
+        audit_copies: vec![],
     };
     let report = h
         .store
@@ -303,9 +306,14 @@ async fn events_are_published_at_least_once(backend: TestBackend) {
         [(order, 1)]
     );
     assert_eq!(batch.events()[0].customer_email, "ada@example.com");
-    drop(batch);
-    let batch = h.store.claim_events(10).await.unwrap();
-    assert_eq!(batch.events().len(), 1, "not marked: offered again");
+    batch.release().await.unwrap();
+    // Not marked: offered again. (Released explicitly, the events are free at once; a batch
+    // merely dropped frees them when its connection is next used, hence the bounded wait.)
+    let batch = common::eventually(std::time::Duration::from_secs(5), || async {
+        let batch = h.store.claim_events(10).await.unwrap();
+        (batch.events().len() == 1).then_some(batch)
+    })
+    .await;
     batch.mark_published(h.clock_now()).await.unwrap();
     assert!(h.store.claim_events(10).await.unwrap().events().is_empty());
     h.report(order, "SHIPPED", "acme").await;
@@ -544,4 +552,84 @@ async fn dispatches_page_by_id(backend: TestBackend) {
             .unwrap()
             .is_empty()
     );
+}
+
+async fn audit_copies_wait_until_delivered(backend: TestBackend) {
+    let h = Harness::new(backend).await;
+    h.partner("acme", "DE", Span::minutes(10), 1).await;
+    let fenced_out = h.place("DE", 100).await;
+    let order = h.place("DE", 100).await;
+    let request = lease(&h, "a", 10);
+    assert_eq!(h.store.lease_due(&request).await.unwrap().len(), 2);
+    let now = h.clock_now();
+    let copy = |order_id| AuditCopy {
+        order_id,
+        topic: "audit".to_owned(),
+        payload: vec![0, 1, 2, 255],
+        headers: vec![("waybill-type".to_owned(), "audit".to_owned())],
+        attempts: 1,
+        last_error: "broker down".to_owned(),
+        due_at: now + Span::seconds(5),
+    };
+    // The fence holds for audit copies too: a row taken over keeps no copy of this batch.
+    h.store.release_leases("a", now).await.unwrap();
+    let again = lease(&h, "b", 1);
+    let taken = h.store.lease_due(&again).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    let (mine, theirs) = if taken[0].order_id == order {
+        (order, fenced_out)
+    } else {
+        (fenced_out, order)
+    };
+    let batch = BatchRecord {
+        updates: vec![sent(mine, now), sent(theirs, now)],
+        audit_copies: vec![copy(mine), copy(theirs)],
+        ..BatchRecord::default()
+    };
+    let report = h.store.record(&fence(&again), &batch, now).await.unwrap();
+    assert_eq!(report.applied, vec![mine]);
+
+    assert!(
+        h.store
+            .claim_audits(now, 10)
+            .await
+            .unwrap()
+            .copies()
+            .is_empty(),
+        "not due yet"
+    );
+    assert_eq!(h.store.backlog(now).await.unwrap().audit_pending, 1);
+    let later = now + Span::seconds(5);
+    let claimed = h.store.claim_audits(later, 10).await.unwrap();
+    assert_eq!(claimed.copies(), [copy(mine)]);
+    let failed = AuditCopy {
+        attempts: 2,
+        last_error: "still down".to_owned(),
+        due_at: later + Span::seconds(10),
+        ..copy(mine)
+    };
+    claimed
+        .settle(&[], std::slice::from_ref(&failed))
+        .await
+        .unwrap();
+    assert!(
+        h.store
+            .claim_audits(later, 10)
+            .await
+            .unwrap()
+            .copies()
+            .is_empty()
+    );
+    let claimed = h.store.claim_audits(failed.due_at, 10).await.unwrap();
+    assert_eq!(claimed.copies(), [failed]);
+    claimed.settle(&[mine], &[]).await.unwrap();
+    assert!(
+        h.store
+            .claim_audits(later + Span::days(1), 10)
+            .await
+            .unwrap()
+            .copies()
+            .is_empty()
+    );
+    assert_eq!(h.store.backlog(later).await.unwrap().audit_pending, 0);
 }

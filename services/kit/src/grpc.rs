@@ -7,15 +7,14 @@ use std::{net::SocketAddr, time::Duration};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::{
-    codegen::http,
-    service::Routes,
-    transport::{Server, server::TcpIncoming},
-};
+use tonic::{codegen::http, service::Routes, transport::Server};
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::{info, warn};
 
-use crate::telemetry;
+use crate::{
+    security::{ServerSecurity, auth::AuthLayer, incoming, rate_limit::RateLimitLayer},
+    telemetry,
+};
 
 /// Server-side limits; each protects the service from a different kind of overload.
 #[derive(Debug, Clone)]
@@ -26,6 +25,9 @@ pub struct ServerLimits {
     pub concurrency_per_connection: usize,
     /// After shutdown starts, how long in-flight requests and streams get to finish.
     pub drain_grace: Duration,
+    /// TLS, who may call what, and per-caller rate limits (default: plaintext and open, for
+    /// loopback development and tests; production commands load it from their flags).
+    pub security: ServerSecurity,
 }
 
 impl Default for ServerLimits {
@@ -34,6 +36,7 @@ impl Default for ServerLimits {
             request_timeout: Duration::from_secs(30),
             concurrency_per_connection: 256,
             drain_grace: Duration::from_secs(10),
+            security: ServerSecurity::default(),
         }
     }
 }
@@ -72,7 +75,59 @@ pub async fn serve(
     limits: &ServerLimits,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    let (reporter, health_service) = tonic_health::server::health_reporter();
+    serve_with_health(
+        listener,
+        routes,
+        services,
+        limits,
+        HealthParts::new(),
+        shutdown,
+    )
+    .await
+}
+
+/// A health reporter and the health service it feeds, made before serving so that a service
+/// can report components of its own (`HealthParts::reporter`) besides the served services.
+pub struct HealthParts {
+    reporter: HealthReporter,
+    service: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
+}
+
+impl HealthParts {
+    /// A fresh reporter (every name unknown until set) and its service.
+    pub fn new() -> Self {
+        let reporter = HealthReporter::new();
+        let service = tonic_health::pb::health_server::HealthServer::new(
+            tonic_health::server::HealthService::from_health_reporter(reporter.clone()),
+        );
+        Self { reporter, service }
+    }
+
+    /// The reporter: set the status of a component name (e.g. `waybill.dispatcher.Relay`).
+    pub fn reporter(&self) -> HealthReporter {
+        self.reporter.clone()
+    }
+}
+
+impl Default for HealthParts {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// [`serve`] with a health reporter made by the caller (see [`HealthParts`]).
+pub async fn serve_with_health(
+    listener: TcpListener,
+    routes: Routes,
+    services: &[&'static str],
+    limits: &ServerLimits,
+    health_parts: HealthParts,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let HealthParts {
+        reporter,
+        service: health_service,
+    } = health_parts;
     let health = Health {
         reporter,
         services: services.to_vec(),
@@ -89,7 +144,21 @@ pub async fn serve(
         .ok();
 
     let local = listener.local_addr().ok();
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let security = &limits.security;
+    if let Some(tls) = &security.tls {
+        tokio::spawn(tls.clone().reload_on_sighup(shutdown.clone()));
+    }
+    if let Some(addr) = local.filter(|addr| !addr.ip().is_loopback()) {
+        // Production commands refuse this unless --insecure; `waybill dev` and embedders do
+        // not, so the log says it loudly wherever it happens.
+        if security.tls.is_none() {
+            warn!(%addr, "PLAINTEXT gRPC on a non-loopback address: traffic, credentials included, can be read and altered on the network");
+        }
+        if security.credentials.is_none() {
+            warn!(%addr, "NO CREDENTIALS on a non-loopback address: anyone who can reach it may call every RPC");
+        }
+    }
+    let incoming = incoming::accept(listener, security.tls.clone(), shutdown.clone());
 
     let mut router = Server::builder()
         // Each request's span continues the caller's trace (traceparent in the metadata).
@@ -99,6 +168,12 @@ pub async fn serve(
         // Past the concurrency limit, refuse at once (UNAVAILABLE) instead of queueing without
         // bound: callers retry with backoff, memory stays flat.
         .load_shed(true)
+        // Caller identity first: nothing below it (rate limits, handlers) sees a call that is
+        // not allowed; the rate limit then keys on the identified caller.
+        .layer(AuthLayer::new(security.credentials.clone()))
+        .layer(tower::util::option_layer(
+            security.rate_limit.map(RateLimitLayer::new),
+        ))
         .add_routes(routes)
         .add_service(health_service);
     if let Some(reflection) = reflection_v1 {

@@ -7,6 +7,12 @@
 //! - [`telemetry`]: structured logs, OpenTelemetry traces over OTLP, W3C trace-context helpers.
 //! - [`grpc`]: serving a tonic router with the health and reflection services and a graceful
 //!   drain.
+//! - [`text`]: the one text-field checker (length, control characters) and the one way to
+//!   quote caller input in an error message, used by every RPC of every service.
+//! - [`page_token`]: page tokens authenticated with HMAC-SHA256 under a shared server key.
+//! - [`secrets`]: reading key files whose permissions are checked.
+//! - [`security`]: TLS (mTLS optional, reload on SIGHUP), the caller-identity layer shared by
+//!   every service (roles, audit trail), per-caller rate limits, and the production guard.
 //! - [`shutdown`]: SIGINT/SIGTERM to a `CancellationToken`.
 //! - [`clock`]: the time source, controllable in tests.
 //! - `testing` (feature `testing`): throw-away databases for tests.
@@ -14,7 +20,11 @@
 pub mod clock;
 pub mod db;
 pub mod grpc;
+pub mod page_token;
+pub mod secrets;
+pub mod security;
 pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod text;

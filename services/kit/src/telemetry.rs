@@ -9,7 +9,7 @@
 //! Libraries (the connector SDK) never call [`init`]: installing global subscribers is the
 //! application's choice.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, io::IsTerminal, time::Duration};
 
 use opentelemetry::{
     global,
@@ -79,7 +79,14 @@ pub fn init(service_name: &str, format: LogFormat) -> Result<TelemetryGuard, Tel
     let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
     let installed = match format {
         LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(use_colour(
+                        std::io::stderr().is_terminal(),
+                        std::env::var_os("NO_COLOR").as_deref(),
+                    ))
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(
@@ -92,6 +99,13 @@ pub fn init(service_name: &str, format: LogFormat) -> Result<TelemetryGuard, Tel
     };
     installed.map_err(|e| TelemetryError::Subscriber(e.to_string()))?;
     Ok(TelemetryGuard { provider })
+}
+
+/// Whether text logs get colour escape codes: only on a terminal, and never when `NO_COLOR`
+/// is set to anything but the empty string (<https://no-color.org>), so a log written to a file
+/// or a pipe stays plain text.
+fn use_colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(std::ffi::OsStr::is_empty)
 }
 
 /// A W3C trace context in its wire form.
@@ -168,5 +182,20 @@ impl Extractor for HeaderCarrier<'_> {
 
     fn keys(&self) -> Vec<&str> {
         self.0.keys().map(|name| name.as_str()).collect()
+    }
+}
+
+#[cfg(test)]
+mod colour_tests {
+    use std::ffi::OsStr;
+
+    use super::use_colour;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(use_colour(true, None));
+        assert!(use_colour(true, Some(OsStr::new(""))));
+        assert!(!use_colour(true, Some(OsStr::new("1"))));
+        assert!(!use_colour(false, None), "a file or a pipe gets plain text");
     }
 }

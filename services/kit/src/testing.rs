@@ -3,6 +3,8 @@
 //! own SQLite file, dropped when the handle is dropped, so tests run in parallel without
 //! interfering.
 
+pub mod tls;
+
 use std::path::PathBuf;
 
 use sqlx::{Connection, PgConnection};
@@ -134,6 +136,26 @@ fn replace_database(url: &str, database: &str) -> String {
         Some(query) => format!("{base}/{database}?{query}"),
         None => format!("{base}/{database}"),
     }
+}
+
+/// Declares each named `async fn name(backend: TestBackend)` of the calling module as two
+/// tests, `postgres::name` and `sqlite::name`: one conformance suite, both backends.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name($crate::testing::TestBackend::Postgres).await;
+            })*
+        }
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name($crate::testing::TestBackend::Sqlite).await;
+            })*
+        }
+    };
 }
 
 #[cfg(test)]

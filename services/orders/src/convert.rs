@@ -58,5 +58,8 @@ pub fn event_to_proto(event: &StatusEvent) -> pb::OrderStatusEvent {
         tracking_id: event.tracking_id.clone(),
         sequence: event.seq,
         recorded_at: Some(to_timestamp(event.recorded_at)),
+        detail_code: event.detail_code.clone(),
+        action_required: event.action_required,
+        needs_review: event.needs_review,
     }
 }

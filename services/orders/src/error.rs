@@ -2,6 +2,7 @@
 
 use tonic::{Code, Status};
 use tracing::error;
+use waybill_service_kit::text::{bound_message, quote};
 
 use crate::{domain::InvalidField, store::StoreError};
 
@@ -28,8 +29,9 @@ pub enum OrdersError {
 impl From<StoreError> for OrdersError {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::IdempotencyConflict { .. } => Self::AlreadyExists(format!(
-                "{error}; use a new idempotency key for a new order"
+            StoreError::IdempotencyConflict { ref key, order_id } => Self::AlreadyExists(format!(
+                "idempotency key {} was already used for a different request (order {order_id}); use a new idempotency key for a new order",
+                quote(key)
             )),
             StoreError::Unavailable(_) => Self::Unavailable(error),
             StoreError::Database(_) | StoreError::Corrupt(_) => Self::Internal(error),
@@ -39,23 +41,28 @@ impl From<StoreError> for OrdersError {
 
 impl From<OrdersError> for Status {
     fn from(error: OrdersError) -> Self {
-        match &error {
-            OrdersError::InvalidArgument(field) => {
-                Status::new(Code::InvalidArgument, field.to_string())
-            }
-            OrdersError::NotFound(_) => Status::new(Code::NotFound, error.to_string()),
-            OrdersError::AlreadyExists(message) => {
-                Status::new(Code::AlreadyExists, message.clone())
-            }
-            OrdersError::Unavailable(cause) => {
-                error!(error = %cause, "storage unavailable");
-                Status::new(Code::Unavailable, "storage is unavailable, retry later")
-            }
-            OrdersError::Internal(cause) => {
-                // Never leak SQL or driver text to a client.
-                error!(error = %cause, "internal error");
-                Status::new(Code::Internal, "internal error")
-            }
+        // Messages quote caller input only as bounded prefixes; this bounds the whole message
+        // as well, whatever a future variant puts in it.
+        let status = status_of(error);
+        Status::new(status.code(), bound_message(status.message()))
+    }
+}
+
+fn status_of(error: OrdersError) -> Status {
+    match &error {
+        OrdersError::InvalidArgument(field) => {
+            Status::new(Code::InvalidArgument, field.to_string())
+        }
+        OrdersError::NotFound(_) => Status::new(Code::NotFound, error.to_string()),
+        OrdersError::AlreadyExists(message) => Status::new(Code::AlreadyExists, message.clone()),
+        OrdersError::Unavailable(cause) => {
+            error!(error = %cause, "storage unavailable");
+            Status::new(Code::Unavailable, "storage is unavailable, retry later")
+        }
+        OrdersError::Internal(cause) => {
+            // Never leak SQL or driver text to a client.
+            error!(error = %cause, "internal error");
+            Status::new(Code::Internal, "internal error")
         }
     }
 }

@@ -15,7 +15,9 @@ use waybill_proto::v1::{self as pb, order_service_server::OrderService};
 use waybill_service_kit::{
     clock::SharedClock,
     db::{Change, ChangeFeed},
+    page_token::PageTokenKey,
     telemetry::TraceContext,
+    text::{TextKind, check_required_text, quote},
 };
 
 use crate::{
@@ -34,6 +36,8 @@ use crate::{
 /// Default and largest `ListOrders` page.
 const DEFAULT_PAGE_SIZE: u32 = 20;
 const MAX_PAGE_SIZE: u32 = 100;
+/// Longest `customer_id` (as `PlaceOrder` accepts it).
+const MAX_CUSTOMER_ID_CHARS: usize = 128;
 
 /// The Orders gRPC service.
 #[derive(Debug, Clone)]
@@ -42,6 +46,8 @@ pub struct OrdersApi {
     feed: ChangeFeed,
     clock: SharedClock,
     region: String,
+    /// Seals and opens `ListOrders` page tokens.
+    page_tokens: PageTokenKey,
     /// `WatchOrder` re-reads this often even without a notification, in case one was missed.
     watch_poll: Duration,
     shutdown: CancellationToken,
@@ -54,6 +60,7 @@ impl OrdersApi {
         feed: ChangeFeed,
         clock: SharedClock,
         region: String,
+        page_tokens: PageTokenKey,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
@@ -61,6 +68,7 @@ impl OrdersApi {
             feed,
             clock,
             region,
+            page_tokens,
             watch_poll: Duration::from_secs(5),
             shutdown,
         }
@@ -112,7 +120,10 @@ fn parse_order_id(field: &str, text: &str) -> Result<Uuid, OrdersError> {
     Uuid::parse_str(text).map_err(|_| {
         InvalidField::new(
             field,
-            format!("{text:?} is not an order id (a UUID such as 0190f2c4-…)"),
+            format!(
+                "{} is not an order id (a UUID such as 0190f2c4-…)",
+                quote(text)
+            ),
         )
         .into()
     })
@@ -162,9 +173,13 @@ impl OrderService for OrdersApi {
         request: Request<pb::ListOrdersRequest>,
     ) -> Result<Response<pb::ListOrdersResponse>, Status> {
         let request = request.get_ref();
-        if request.customer_id.is_empty() {
-            return Err(OrdersError::from(InvalidField::new("customer_id", "is required")).into());
-        }
+        check_required_text(
+            "customer_id",
+            &request.customer_id,
+            MAX_CUSTOMER_ID_CHARS,
+            TextKind::Line,
+        )
+        .map_err(OrdersError::from)?;
         let page_size = match request.page_size {
             0 => DEFAULT_PAGE_SIZE,
             size if size <= MAX_PAGE_SIZE => size,
@@ -182,7 +197,7 @@ impl OrderService for OrdersApi {
             None
         } else {
             Some(
-                page_token::decode(&request.customer_id, &request.page_token)
+                page_token::decode(&self.page_tokens, &request.customer_id, &request.page_token)
                     .map_err(OrdersError::from)?,
             )
         };
@@ -196,6 +211,7 @@ impl OrderService for OrdersApi {
         orders.truncate(page_size as usize);
         let next_page_token = match orders.last() {
             Some(last) if more => page_token::encode(
+                &self.page_tokens,
                 &request.customer_id,
                 PageCursor {
                     placed_at: last.placed_at,

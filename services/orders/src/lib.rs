@@ -18,12 +18,14 @@ use std::{net::SocketAddr, sync::Arc};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 use waybill_proto::v1::order_service_server::OrderServiceServer;
 use waybill_service_kit::{
     clock::{SharedClock, SystemClock},
     db::{ChangeFeed, Database, DbError, PoolSettings},
     grpc::ServerLimits,
+    page_token::{PageTokenArgs, PageTokenKey, PageTokenKeyError},
+    security::{CallerAuth, SecurityArgs, SecurityError},
 };
 
 pub use crate::grpc::OrdersApi;
@@ -54,6 +56,12 @@ pub struct OrdersArgs {
     /// Most database connections this service opens.
     #[arg(long, env = "WAYBILL_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
+    /// Page-token key.
+    #[command(flatten)]
+    pub page_tokens: PageTokenArgs,
+    /// TLS, credentials and rate limits.
+    #[command(flatten)]
+    pub security: SecurityArgs,
 }
 
 /// What the Orders service needs to serve.
@@ -67,16 +75,20 @@ pub struct OrdersDeps {
     pub clock: SharedClock,
     /// Region stamped on new orders.
     pub region: String,
+    /// Authenticates `ListOrders` page tokens; instances behind one address must share it.
+    pub page_tokens: PageTokenKey,
 }
 
 impl OrdersDeps {
-    /// Dependencies over a connected database with the system clock.
+    /// Dependencies over a connected database with the system clock and a random
+    /// per-process page-token key (set [`OrdersDeps::page_tokens`] to share one).
     pub fn new(db: &Database, region: impl Into<String>) -> Self {
         Self {
             store: store::for_database(db),
             feed: db.feed().clone(),
             clock: Arc::new(SystemClock),
             region: region.into(),
+            page_tokens: PageTokenKey::random(),
         }
     }
 }
@@ -95,6 +107,12 @@ pub enum RunError {
     /// Connecting or migrating failed.
     #[error(transparent)]
     Database(#[from] DbError),
+    /// The page-token key setting is unusable.
+    #[error(transparent)]
+    PageTokenKey(#[from] PageTokenKeyError),
+    /// TLS, credentials or the production guard refused the settings.
+    #[error(transparent)]
+    Security(#[from] SecurityError),
     /// Seeding the catalog failed.
     #[error("cannot seed the catalog: {0}")]
     Seed(#[from] store::StoreError),
@@ -106,6 +124,13 @@ pub enum RunError {
 /// Runs the Orders service until `shutdown` is cancelled: binds first (a taken port fails
 /// fast), connects and migrates, then serves.
 pub async fn run(args: OrdersArgs, shutdown: CancellationToken) -> Result<(), RunError> {
+    let page_tokens = args.page_tokens.load()?;
+    let security = args.security.load(args.listen, CallerAuth::Required)?;
+    if page_tokens.is_ephemeral() {
+        warn!(
+            "no page-token key configured: using a random one for this process, so ListOrders page tokens do not survive a restart or reach another instance (set WAYBILL_PAGE_TOKEN_KEY or --page-token-key-file)"
+        );
+    }
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|source| RunError::Bind {
@@ -120,14 +145,22 @@ pub async fn run(args: OrdersArgs, shutdown: CancellationToken) -> Result<(), Ru
     if args.seed_catalog {
         store::seed_catalog(&db).await?;
     }
-    info!(addr = %args.listen, region = %args.region, "orders service listening");
-    let result = serve(
-        listener,
-        OrdersDeps::new(&db, args.region),
-        ServerLimits::default(),
-        shutdown,
-    )
-    .await;
+    info!(
+        addr = %args.listen,
+        region = %args.region,
+        tls = security.tls.is_some(),
+        credentials = security.credentials.is_some(),
+        "orders service listening"
+    );
+    let deps = OrdersDeps {
+        page_tokens,
+        ..OrdersDeps::new(&db, args.region)
+    };
+    let limits = ServerLimits {
+        security,
+        ..ServerLimits::default()
+    };
+    let result = serve(listener, deps, limits, shutdown).await;
     db.close().await;
     result
 }
@@ -139,9 +172,17 @@ pub fn service(deps: OrdersDeps, shutdown: CancellationToken) -> OrderServiceSer
         deps.feed,
         deps.clock,
         deps.region,
+        deps.page_tokens,
         shutdown,
     ))
+    // The largest valid PlaceOrder (100 lines, every text field at its bound in 4-byte
+    // characters) is about 40 KiB; anything bigger is refused before it is decoded, instead of
+    // tonic's 4 MiB default.
+    .max_decoding_message_size(MAX_REQUEST_BYTES)
 }
+
+/// Largest request message Orders decodes.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 /// Serves Orders (with health and reflection) on `listener` until `shutdown` is cancelled.
 pub async fn serve(

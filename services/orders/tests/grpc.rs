@@ -243,14 +243,14 @@ async fn every_invalid_request_is_refused_with_the_field_and_changes_nothing() {
             r.lines[0].quantity = 10_001
         }),
         ("lines[1].sku: is required", |r| r.lines[1].sku.clear()),
-        ("lines[1].sku: MUG-001 is already on lines[0]", |r| {
+        ("lines[1].sku: \"MUG-001\" is already on lines[0]", |r| {
             r.lines[1].sku = "MUG-001".into()
         }),
-        ("lines[1].sku: NO-SUCH-SKU is not in the catalog", |r| {
+        ("lines[1].sku: \"NO-SUCH-SKU\" is not in the catalog", |r| {
             r.lines[1].sku = "NO-SUCH-SKU".into()
         }),
         (
-            "lines[1].sku: TEA-EARL is priced in EUR but lines[0] is in USD",
+            "lines[1].sku: \"TEA-EARL\" is priced in EUR but lines[0] is in USD",
             |r| r.lines[1].sku = "TEA-EARL".into(),
         ),
     ];

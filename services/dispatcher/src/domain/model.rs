@@ -51,6 +51,9 @@ pub struct LeasedOrder {
     pub partner_id: Option<String>,
     /// Whether the partner has confirmed receipt (resends only: then it is not re-sent).
     pub acknowledged: bool,
+    /// Partners that refused the order (`REJECTED_BY_PARTNER`, recorded by StatusIngest in
+    /// `dispatch_rejections`): routing skips them.
+    pub rejected_partners: Vec<String>,
     /// W3C trace context of the placing request.
     pub traceparent: String,
     /// W3C trace state of the placing request.
@@ -227,4 +230,6 @@ pub struct Backlog {
     pub by_state: Vec<(DispatchState, i64)>,
     /// When the oldest row that is due now became due.
     pub oldest_due_at: Option<DateTime<Utc>>,
+    /// Audit copies waiting in the audit outbox.
+    pub audit_pending: i64,
 }

@@ -64,6 +64,12 @@ impl RoutingTable {
         }
     }
 
+    /// Whether no route is set up at all: every order is unroutable, and the operator's fix is
+    /// enrolment, not a missing country.
+    pub fn has_no_routes(&self) -> bool {
+        self.routes.is_empty()
+    }
+
     /// A partner by id.
     pub fn partner(&self, id: &str) -> Option<&PartnerRecord> {
         self.partners.get(id)
@@ -71,8 +77,16 @@ impl RoutingTable {
 
     /// The route and partner for `ship_to`, or `None` when nothing matches.
     pub fn route(&self, ship_to: &ShipTo) -> Option<Decision<'_>> {
+        self.route_excluding(ship_to, &[])
+    }
+
+    /// [`RoutingTable::route`] skipping the routes of partners in `rejected`: a partner that
+    /// refused an order (`REJECTED_BY_PARTNER`) is never offered it again, so the order goes to
+    /// the next matching route, or nowhere (`UNROUTABLE`, for operators) when none is left.
+    pub fn route_excluding(&self, ship_to: &ShipTo, rejected: &[String]) -> Option<Decision<'_>> {
         self.routes
             .iter()
+            .filter(|route| !rejected.contains(&route.partner_id))
             .find_map(|route| match self.check(route, ship_to) {
                 Ok(partner) => Some(Decision { route, partner }),
                 Err(_) => None,
@@ -236,6 +250,32 @@ mod tests {
                 .partner
                 .id,
             "a"
+        );
+    }
+
+    #[test]
+    fn partners_that_rejected_the_order_are_skipped() {
+        let table = RoutingTable::new(
+            vec![partner("a", true), partner("b", true)],
+            vec![
+                route("de-a", "a", "DE", "", "", 1),
+                route("de-b", "b", "DE", "", "", 2),
+            ],
+        );
+        let berlin = to("DE", "", "10115");
+        assert_eq!(table.route(&berlin).expect("routed").partner.id, "a");
+        let next = table
+            .route_excluding(&berlin, &["a".to_owned()])
+            .expect("the next matching route");
+        assert_eq!(
+            (next.route.id.as_str(), next.partner.id.as_str()),
+            ("de-b", "b")
+        );
+        assert!(
+            table
+                .route_excluding(&berlin, &["a".to_owned(), "b".to_owned()])
+                .is_none(),
+            "every matching partner refused: unroutable"
         );
     }
 

@@ -3,6 +3,8 @@
 //! Headers carry the message type and schema version, the correlation id (= order id), the
 //! reply-to address, the region and the W3C trace context of the placing request.
 
+use std::borrow::Cow;
+
 use prost::Message;
 use waybill_proto::{
     headers,
@@ -24,8 +26,9 @@ pub struct OutgoingMessage {
     pub key: String,
     /// Encoded protobuf.
     pub payload: Vec<u8>,
-    /// Header name and UTF-8 value pairs.
-    pub headers: Vec<(&'static str, String)>,
+    /// Header name and UTF-8 value pairs (names are the static ones of
+    /// [`waybill_proto::headers`] when built here, owned when read back from the audit outbox).
+    pub headers: Vec<(Cow<'static, str>, String)>,
 }
 
 /// Where a message says it comes from and where to answer.
@@ -130,6 +133,7 @@ pub fn order_event_message(
             tracking_id: event.tracking_id.clone(),
             sequence: event.seq,
             recorded_at: Some(to_timestamp(event.recorded_at)),
+            ..OrderStatusEvent::default()
         }),
         customer_id: event.customer_id.clone(),
         customer_email: event.customer_email.clone(),
@@ -149,22 +153,22 @@ fn standard_headers(
     origin: Origin<'_>,
     traceparent: &str,
     tracestate: &str,
-) -> Vec<(&'static str, String)> {
+) -> Vec<(Cow<'static, str>, String)> {
     let mut list = vec![
-        (headers::MESSAGE_TYPE, message_type.to_owned()),
+        (headers::MESSAGE_TYPE.into(), message_type.to_owned()),
         (
-            headers::SCHEMA_VERSION_HEADER,
+            headers::SCHEMA_VERSION_HEADER.into(),
             headers::SCHEMA_VERSION.to_owned(),
         ),
-        (headers::CORRELATION_ID, order_id.to_owned()),
-        (headers::REPLY_TO, origin.reply_to.to_owned()),
-        (headers::REGION, origin.region.to_owned()),
+        (headers::CORRELATION_ID.into(), order_id.to_owned()),
+        (headers::REPLY_TO.into(), origin.reply_to.to_owned()),
+        (headers::REGION.into(), origin.region.to_owned()),
     ];
     if !traceparent.is_empty() {
-        list.push((headers::TRACEPARENT, traceparent.to_owned()));
+        list.push((headers::TRACEPARENT.into(), traceparent.to_owned()));
     }
     if !tracestate.is_empty() {
-        list.push((headers::TRACESTATE, tracestate.to_owned()));
+        list.push((headers::TRACESTATE.into(), tracestate.to_owned()));
     }
     list
 }

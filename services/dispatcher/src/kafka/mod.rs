@@ -63,6 +63,16 @@ impl KafkaSettings {
                 "message.timeout.ms",
                 self.produce_timeout.as_millis().to_string(),
             )
+            // A topic the broker does not know fails its messages with "unknown topic" after
+            // this long (instead of waiting out the whole produce timeout), so the relay creates
+            // it and tries again (brokers with auto-creation off, or that lost their data).
+            .set(
+                "topic.metadata.propagation.max.ms",
+                (self.produce_timeout / 2)
+                    .min(Duration::from_secs(5))
+                    .as_millis()
+                    .to_string(),
+            )
             .set("enable.idempotence", "true")
             .set("acks", "all");
         config

@@ -20,6 +20,9 @@ SELECT l.order_id, l.state, l.attempts, l.resends, l.partner_id, l.traceparent, 
        o.placed_at, o.customer_id, o.customer_name, o.customer_email, o.customer_phone,
        o.ship_line1, o.ship_line2, o.ship_city, o.ship_region, o.ship_postal_code,
        o.ship_country_code, o.currency_code, o.total_minor, o.region,
-       FALSE AS acknowledged
+       FALSE AS acknowledged,
+       -- Partners that refused the order: routing skips them.
+       ARRAY(SELECT r.partner_id FROM dispatch_rejections r
+             WHERE r.order_id = l.order_id ORDER BY r.partner_id) AS rejected_partners
 FROM leased l
 JOIN orders o ON o.id = l.order_id

@@ -22,7 +22,9 @@ SELECT l.order_id, l.state, l.attempts, l.resends, l.partner_id, l.traceparent, 
        EXISTS (
            SELECT 1 FROM order_status_events e
            WHERE e.order_id = l.order_id
+             AND e.partner_id = l.partner_id
              AND e.status IN ('RECEIVED_BY_PARTNER', 'SHIPPED', 'DELIVERED', 'EXCEPTION')
-       ) AS acknowledged
+       ) AS acknowledged,
+       ARRAY[]::text[] AS rejected_partners
 FROM leased l
 JOIN orders o ON o.id = l.order_id

@@ -151,6 +151,42 @@ pub struct BatchRecord {
     pub first_sends: Vec<(Uuid, String)>,
     /// Attempt-log entries.
     pub attempts: Vec<AttemptLog>,
+    /// Audit copies that failed while their partner copy went out: kept in the audit outbox.
+    pub audit_copies: Vec<AuditCopy>,
+}
+
+/// An audit copy waiting in the audit outbox, ready to produce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditCopy {
+    /// The order (the message key).
+    pub order_id: Uuid,
+    /// The audit topic.
+    pub topic: String,
+    /// The encoded message.
+    pub payload: Vec<u8>,
+    /// Header name and value pairs.
+    pub headers: Vec<(String, String)>,
+    /// Failed tries so far.
+    pub attempts: i32,
+    /// The latest failure.
+    pub last_error: String,
+    /// When to try again.
+    pub due_at: DateTime<Utc>,
+}
+
+/// Audit copies claimed for producing; dropping the batch without [`AuditBatch::settle`]
+/// leaves them as they were (they are tried again later).
+#[async_trait]
+pub trait AuditBatch: Send {
+    /// The copies, oldest due first.
+    fn copies(&self) -> &[AuditCopy];
+    /// Removes the delivered copies and stores the new attempt count, error and due time of
+    /// the failed ones (`failed` holds their updated values).
+    async fn settle(
+        self: Box<Self>,
+        delivered: &[Uuid],
+        failed: &[AuditCopy],
+    ) -> Result<(), StoreError>;
 }
 
 /// What recording did.
@@ -172,6 +208,12 @@ pub trait EventBatch: Send {
     fn events(&self) -> &[UnpublishedEvent];
     /// Records that they are on the order-events topic.
     async fn mark_published(self: Box<Self>, now: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Gives the events back unpublished at once. Dropping the batch does the same, but on
+    /// Postgres only when its connection is next used, so other instances skip the events
+    /// until then.
+    async fn release(self: Box<Self>) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// The outbox relay's and the operators' view of the database.
@@ -192,6 +234,13 @@ pub trait DispatchStore: Send + Sync + fmt::Debug + 'static {
     async fn release_leases(&self, owner: &str, now: DateTime<Utc>) -> Result<u64, StoreError>;
     /// Status-history events not yet on the order-events topic, oldest first.
     async fn claim_events(&self, limit: u32) -> Result<Box<dyn EventBatch>, StoreError>;
+    /// Audit copies due by `now` (at most `limit`), claimed so no other instance produces them
+    /// at the same time.
+    async fn claim_audits(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Box<dyn AuditBatch>, StoreError>;
     /// Counts by state and the oldest due row.
     async fn backlog(&self, now: DateTime<Utc>) -> Result<Backlog, StoreError>;
 
@@ -288,6 +337,15 @@ pub(crate) fn retryable_state_list() -> String {
         .map(|state| format!("'{}'", state.short_name()))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Headers as stored in the audit outbox (a JSON array of `[name, value]`).
+pub(crate) fn headers_to_json(headers: &[(String, String)]) -> String {
+    serde_json::to_string(headers).unwrap_or_else(|_| "[]".to_owned())
+}
+
+pub(crate) fn headers_from_json(text: &str) -> Result<Vec<(String, String)>, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("audit headers: {e}")))
 }
 
 pub(crate) fn deadline_from_ms(ms: i64) -> chrono::Duration {

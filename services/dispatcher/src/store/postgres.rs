@@ -11,8 +11,9 @@ use uuid::Uuid;
 use waybill_proto::v1::DispatchState;
 
 use super::{
-    BatchRecord, DispatchStore, EventBatch, Fence, LeaseRequest, RecordReport, RowUpdate,
-    StoreError, deadline_from_ms, parse_state, retryable_state_list,
+    AuditBatch, AuditCopy, BatchRecord, DispatchStore, EventBatch, Fence, LeaseRequest,
+    RecordReport, RowUpdate, StoreError, deadline_from_ms, headers_from_json, headers_to_json,
+    parse_state, retryable_state_list,
 };
 use crate::domain::{
     model::{
@@ -26,6 +27,12 @@ const LEASE_DUE: &str = include_str!("lease_due.pg.sql");
 const LEASE_OVERDUE: &str = include_str!("lease_overdue.pg.sql");
 const RECORD_UPDATES: &str = include_str!("record_updates.pg.sql");
 const RECORD_FIRST_SENDS: &str = include_str!("record_first_sends.pg.sql");
+const SAVE_AUDIT_COPY: &str = "INSERT INTO audit_outbox \
+     (order_id, topic, payload, headers, attempts, last_error, due_at, created_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+     ON CONFLICT (order_id) DO UPDATE SET topic = EXCLUDED.topic, payload = EXCLUDED.payload, \
+         headers = EXCLUDED.headers, attempts = EXCLUDED.attempts, \
+         last_error = EXCLUDED.last_error, due_at = EXCLUDED.due_at";
 
 const DISPATCH_COLUMNS: &str = "d.order_id, d.state, d.attempts, d.next_attempt_at, d.last_error, \
      d.partner_id, d.route_id, d.lease_owner, d.lease_expires_at, d.sent_at, d.resends, d.ack_due_at, \
@@ -217,6 +224,24 @@ impl DispatchStore for PgDispatchStore {
             .execute(&mut *tx)
             .await?;
         }
+        // Rare (the audit topic failed while the partner's took the order): one row each.
+        for copy in batch
+            .audit_copies
+            .iter()
+            .filter(|c| applied_set.contains(&c.order_id))
+        {
+            sqlx::query(SAVE_AUDIT_COPY)
+                .bind(copy.order_id)
+                .bind(&copy.topic)
+                .bind(&copy.payload)
+                .bind(headers_to_json(&copy.headers))
+                .bind(copy.attempts)
+                .bind(&copy.last_error)
+                .bind(copy.due_at)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         let fenced = batch
             .updates
@@ -280,6 +305,39 @@ impl DispatchStore for PgDispatchStore {
         Ok(Box::new(PgEventBatch { tx, events }))
     }
 
+    async fn claim_audits(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Box<dyn AuditBatch>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Row locks held until `settle` commits: another dispatcher skips these copies.
+        let rows = sqlx::query(
+            "SELECT order_id, topic, payload, headers, attempts, last_error, due_at \
+             FROM audit_outbox WHERE due_at <= $1 ORDER BY due_at LIMIT $2 \
+             FOR UPDATE SKIP LOCKED",
+        )
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        let copies = rows
+            .iter()
+            .map(|row| {
+                Ok(AuditCopy {
+                    order_id: row.try_get("order_id")?,
+                    topic: row.try_get("topic")?,
+                    payload: row.try_get("payload")?,
+                    headers: headers_from_json(row.try_get("headers")?)?,
+                    attempts: row.try_get("attempts")?,
+                    last_error: row.try_get("last_error")?,
+                    due_at: row.try_get("due_at")?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Box::new(PgAuditBatch { tx, copies }))
+    }
+
     async fn backlog(&self, now: DateTime<Utc>) -> Result<Backlog, StoreError> {
         let rows = sqlx::query(
             "SELECT state, count(*) AS rows FROM dispatch GROUP BY state ORDER BY state",
@@ -302,9 +360,13 @@ impl DispatchStore for PgDispatchStore {
         .bind(now)
         .fetch_one(&self.pool)
         .await?;
+        let audit_pending: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_outbox")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(Backlog {
             by_state,
             oldest_due_at,
+            audit_pending,
         })
     }
 
@@ -562,6 +624,11 @@ impl EventBatch for PgEventBatch {
         &self.events
     }
 
+    async fn release(self: Box<Self>) -> Result<(), StoreError> {
+        self.tx.rollback().await?;
+        Ok(())
+    }
+
     async fn mark_published(self: Box<Self>, now: DateTime<Utc>) -> Result<(), StoreError> {
         let Self { mut tx, events } = *self;
         if !events.is_empty() {
@@ -581,6 +648,54 @@ impl EventBatch for PgEventBatch {
     }
 }
 
+struct PgAuditBatch {
+    tx: Transaction<'static, Postgres>,
+    copies: Vec<AuditCopy>,
+}
+
+#[async_trait]
+impl AuditBatch for PgAuditBatch {
+    fn copies(&self) -> &[AuditCopy] {
+        &self.copies
+    }
+
+    async fn settle(
+        self: Box<Self>,
+        delivered: &[Uuid],
+        failed: &[AuditCopy],
+    ) -> Result<(), StoreError> {
+        let Self { mut tx, .. } = *self;
+        if !delivered.is_empty() {
+            sqlx::query("DELETE FROM audit_outbox WHERE order_id = ANY($1)")
+                .bind(delivered)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if !failed.is_empty() {
+            sqlx::query(
+                "UPDATE audit_outbox a SET attempts = f.attempts, last_error = f.last_error, \
+                     due_at = f.due_at \
+                 FROM UNNEST($1::uuid[], $2::int[], $3::text[], $4::timestamptz[]) \
+                     AS f (order_id, attempts, last_error, due_at) \
+                 WHERE a.order_id = f.order_id",
+            )
+            .bind(failed.iter().map(|c| c.order_id).collect::<Vec<_>>())
+            .bind(failed.iter().map(|c| c.attempts).collect::<Vec<_>>())
+            .bind(
+                failed
+                    .iter()
+                    .map(|c| c.last_error.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(failed.iter().map(|c| c.due_at).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
 fn leased_from_row(row: &PgRow) -> Result<LeasedOrder, StoreError> {
     Ok(LeasedOrder {
         order_id: row.try_get("order_id")?,
@@ -589,6 +704,7 @@ fn leased_from_row(row: &PgRow) -> Result<LeasedOrder, StoreError> {
         resends: row.try_get("resends")?,
         partner_id: row.try_get("partner_id")?,
         acknowledged: row.try_get("acknowledged")?,
+        rejected_partners: row.try_get("rejected_partners")?,
         traceparent: row.try_get("traceparent")?,
         tracestate: row.try_get("tracestate")?,
         placed_at: row.try_get("placed_at")?,

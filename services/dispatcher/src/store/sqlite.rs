@@ -18,8 +18,9 @@ use waybill_proto::v1::DispatchState;
 use waybill_service_kit::db::{Change, ChangeFeed, from_unix_micros, to_unix_micros};
 
 use super::{
-    ACKNOWLEDGING_STATUSES, BatchRecord, DispatchStore, EventBatch, Fence, LeaseRequest,
-    RecordReport, StoreError, deadline_from_ms, parse_state, retryable_state_list,
+    ACKNOWLEDGING_STATUSES, AuditBatch, AuditCopy, BatchRecord, DispatchStore, EventBatch, Fence,
+    LeaseRequest, RecordReport, StoreError, deadline_from_ms, headers_from_json, headers_to_json,
+    parse_state, retryable_state_list,
 };
 use crate::domain::{
     model::{
@@ -85,7 +86,10 @@ impl SqliteDispatchStore {
                     o.ship_line1, o.ship_line2, o.ship_city, o.ship_region, o.ship_postal_code, \
                     o.ship_country_code, o.currency_code, o.total_minor, o.region, \
                     EXISTS (SELECT 1 FROM order_status_events e WHERE e.order_id = d.order_id \
-                            AND e.status IN ({ACKNOWLEDGING_STATUSES})) AS acknowledged \
+                            AND e.partner_id = d.partner_id \
+                            AND e.status IN ({ACKNOWLEDGING_STATUSES})) AS acknowledged, \
+                    (SELECT group_concat(r.partner_id, ',') FROM dispatch_rejections r \
+                     WHERE r.order_id = d.order_id) AS rejected_partners \
              FROM dispatch d JOIN orders o ON o.id = d.order_id \
              WHERE d.order_id IN (SELECT value FROM json_each(?1)) AND d.batch_id = ?2"
         ))
@@ -210,7 +214,7 @@ impl DispatchStore for SqliteDispatchStore {
                  SELECT o.id, o.status_seq + 1, 'SENT_TO_PARTNER', i.partner, ?2, ?2 \
                  FROM orders o JOIN (SELECT value ->> '$.id' AS id, value ->> '$.partner' AS partner \
                                      FROM json_each(?1)) AS i ON o.id = i.id \
-                 WHERE o.status = 'PLACED' \
+                 WHERE o.status IN ('PLACED', 'REJECTED_BY_PARTNER') \
                  RETURNING order_id",
             )
             .bind(&first_sends)
@@ -219,8 +223,8 @@ impl DispatchStore for SqliteDispatchStore {
             .await?;
             sqlx::query(
                 "UPDATE orders SET partner_id = i.partner, \
-                     status_seq = CASE WHEN orders.status = 'PLACED' THEN orders.status_seq + 1 ELSE orders.status_seq END, \
-                     status = CASE WHEN orders.status = 'PLACED' THEN 'SENT_TO_PARTNER' ELSE orders.status END \
+                     status_seq = CASE WHEN orders.status IN ('PLACED', 'REJECTED_BY_PARTNER') THEN orders.status_seq + 1 ELSE orders.status_seq END, \
+                     status = CASE WHEN orders.status IN ('PLACED', 'REJECTED_BY_PARTNER') THEN 'SENT_TO_PARTNER' ELSE orders.status END \
                  FROM (SELECT value ->> '$.id' AS id, value ->> '$.partner' AS partner FROM json_each(?1)) AS i \
                  WHERE orders.id = i.id",
             )
@@ -255,6 +259,32 @@ impl DispatchStore for SqliteDispatchStore {
             .bind(&fence.owner)
             .bind(fence.batch_id.to_string())
             .bind(json!(attempts).to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        // Rare (the audit topic failed while the partner's took the order): one row each.
+        for copy in batch
+            .audit_copies
+            .iter()
+            .filter(|c| applied_set.contains(&c.order_id))
+        {
+            sqlx::query(
+                "INSERT INTO audit_outbox \
+                     (order_id, topic, payload, headers, attempts, last_error, due_at, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+                 ON CONFLICT (order_id) DO UPDATE SET topic = excluded.topic, \
+                     payload = excluded.payload, headers = excluded.headers, \
+                     attempts = excluded.attempts, last_error = excluded.last_error, \
+                     due_at = excluded.due_at",
+            )
+            .bind(copy.order_id.to_string())
+            .bind(&copy.topic)
+            .bind(&copy.payload)
+            .bind(headers_to_json(&copy.headers))
+            .bind(copy.attempts)
+            .bind(&copy.last_error)
+            .bind(to_unix_micros(copy.due_at))
+            .bind(now_micros)
             .execute(&mut *tx)
             .await?;
         }
@@ -324,6 +354,40 @@ impl DispatchStore for SqliteDispatchStore {
         }))
     }
 
+    async fn claim_audits(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Box<dyn AuditBatch>, StoreError> {
+        // As with events: no row locks in SQLite, and one dispatcher per file.
+        let rows = sqlx::query(
+            "SELECT order_id, topic, payload, headers, attempts, last_error, due_at \
+             FROM audit_outbox WHERE due_at <= ?1 ORDER BY due_at LIMIT ?2",
+        )
+        .bind(to_unix_micros(now))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let copies = rows
+            .iter()
+            .map(|row| {
+                Ok(AuditCopy {
+                    order_id: parse_id(row.try_get("order_id")?)?,
+                    topic: row.try_get("topic")?,
+                    payload: row.try_get("payload")?,
+                    headers: headers_from_json(row.try_get("headers")?)?,
+                    attempts: row.try_get("attempts")?,
+                    last_error: row.try_get("last_error")?,
+                    due_at: from_unix_micros(row.try_get("due_at")?),
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Box::new(SqliteAuditBatch {
+            pool: self.pool.clone(),
+            copies,
+        }))
+    }
+
     async fn backlog(&self, now: DateTime<Utc>) -> Result<Backlog, StoreError> {
         let rows = sqlx::query(
             "SELECT state, count(*) AS rows FROM dispatch GROUP BY state ORDER BY state",
@@ -345,9 +409,13 @@ impl DispatchStore for SqliteDispatchStore {
         .bind(to_unix_micros(now))
         .fetch_one(&self.pool)
         .await?;
+        let audit_pending: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_outbox")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(Backlog {
             by_state,
             oldest_due_at: oldest.map(from_unix_micros),
+            audit_pending,
         })
     }
 
@@ -632,6 +700,59 @@ impl EventBatch for SqliteEventBatch {
     }
 }
 
+struct SqliteAuditBatch {
+    pool: SqlitePool,
+    copies: Vec<AuditCopy>,
+}
+
+#[async_trait]
+impl AuditBatch for SqliteAuditBatch {
+    fn copies(&self) -> &[AuditCopy] {
+        &self.copies
+    }
+
+    async fn settle(
+        self: Box<Self>,
+        delivered: &[Uuid],
+        failed: &[AuditCopy],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if !delivered.is_empty() {
+            let ids: Vec<String> = delivered.iter().map(Uuid::to_string).collect();
+            sqlx::query(
+                "DELETE FROM audit_outbox WHERE order_id IN (SELECT value FROM json_each(?1))",
+            )
+            .bind(json!(ids).to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !failed.is_empty() {
+            let rows = json!(
+                failed
+                    .iter()
+                    .map(|c| json!({
+                        "id": c.order_id.to_string(), "attempts": c.attempts,
+                        "error": c.last_error, "due": to_unix_micros(c.due_at),
+                    }))
+                    .collect::<Vec<_>>()
+            )
+            .to_string();
+            sqlx::query(
+                "UPDATE audit_outbox SET attempts = f.attempts, last_error = f.error, due_at = f.due \
+                 FROM (SELECT value ->> '$.id' AS id, value ->> '$.attempts' AS attempts, \
+                              value ->> '$.error' AS error, value ->> '$.due' AS due \
+                       FROM json_each(?1)) AS f \
+                 WHERE audit_outbox.order_id = f.id",
+            )
+            .bind(rows)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
 fn parse_id(text: &str) -> Result<Uuid, StoreError> {
     Uuid::parse_str(text).map_err(|_| StoreError::Corrupt(format!("bad uuid {text:?}")))
 }
@@ -648,6 +769,11 @@ fn leased_from_row(row: &SqliteRow) -> Result<LeasedOrder, StoreError> {
         resends: row.try_get("resends")?,
         partner_id: row.try_get("partner_id")?,
         acknowledged: row.try_get("acknowledged")?,
+        // Partner ids have no ',' (lower-case letters, digits, '-').
+        rejected_partners: row
+            .try_get::<Option<String>, _>("rejected_partners")?
+            .map(|list| list.split(',').map(str::to_owned).collect())
+            .unwrap_or_default(),
         traceparent: row.try_get("traceparent")?,
         tracestate: row.try_get("tracestate")?,
         placed_at: from_unix_micros(row.try_get("placed_at")?),

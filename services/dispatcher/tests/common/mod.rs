@@ -40,10 +40,14 @@ pub fn start_time() -> DateTime<Utc> {
 
 impl Harness {
     pub async fn new(backend: TestBackend) -> Self {
+        Self::with_broker(backend, TestBroker::start()).await
+    }
+
+    /// A harness on `broker` (a test that needs a broker process, say).
+    pub async fn with_broker(backend: TestBackend, broker: TestBroker) -> Self {
         let test_db = TestDatabase::create(backend).await;
         let db = test_db.connect().await;
         let store = for_database(&db);
-        let broker = TestBroker::start();
         let suffix = Uuid::new_v4().simple().to_string();
         let topics = TopicNames {
             partner_prefix: format!("t{}.partner.", &suffix[..8]),
@@ -103,6 +107,7 @@ impl Harness {
         Relay::new(
             self.store.clone(),
             OrderProducer::new(&self.kafka()).unwrap(),
+            self.broker.topic_creator(),
             clock,
             self.db.feed().clone(),
             settings,
@@ -363,7 +368,8 @@ mod recorder {
     use waybill_dispatcher::{
         domain::{model::*, routing::RoutingTable},
         store::{
-            BatchRecord, DispatchStore, EventBatch, Fence, LeaseRequest, RecordReport, StoreError,
+            AuditBatch, BatchRecord, DispatchStore, EventBatch, Fence, LeaseRequest, RecordReport,
+            StoreError,
         },
     };
 
@@ -398,6 +404,13 @@ mod recorder {
         }
         async fn claim_events(&self, limit: u32) -> Result<Box<dyn EventBatch>, StoreError> {
             self.inner.claim_events(limit).await
+        }
+        async fn claim_audits(
+            &self,
+            now: DateTime<Utc>,
+            limit: u32,
+        ) -> Result<Box<dyn AuditBatch>, StoreError> {
+            self.inner.claim_audits(now, limit).await
         }
         async fn backlog(&self, now: DateTime<Utc>) -> Result<Backlog, StoreError> {
             self.inner.backlog(now).await

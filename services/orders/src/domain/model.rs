@@ -112,6 +112,12 @@ pub struct StatusEvent {
     pub occurred_at: DateTime<Utc>,
     /// When Waybill recorded it.
     pub recorded_at: DateTime<Utc>,
+    /// Partner reports: machine-readable reason (`ADDRESS_NOT_FOUND`); empty when none.
+    pub detail_code: String,
+    /// Partner reports: someone must act.
+    pub action_required: bool,
+    /// Reported after the order reached a final state: kept for operators, changed nothing.
+    pub needs_review: bool,
 }
 
 /// A stored order with its lines and history.

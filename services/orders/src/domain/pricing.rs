@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 
+use waybill_service_kit::text::quote;
+
 use super::{
     InvalidField,
     model::{CatalogItem, PricedLine},
@@ -36,7 +38,7 @@ pub fn price(
             .ok_or_else(|| {
                 InvalidField::new(
                     format!("lines[{index}].sku"),
-                    format!("{} is not in the catalog", line.sku),
+                    format!("{} is not in the catalog", quote(&line.sku)),
                 )
             })?;
         match currency {
@@ -46,7 +48,8 @@ pub fn price(
                     format!("lines[{index}].sku"),
                     format!(
                         "{} is priced in {} but lines[0] is in {first}; one order has one currency",
-                        line.sku, item.currency_code
+                        quote(&line.sku),
+                        item.currency_code
                     ),
                 ));
             }
@@ -125,7 +128,7 @@ mod tests {
         let error = price(&[line("A", 1), line("NOPE", 1)], &catalog).expect_err("unknown");
         assert_eq!(
             error.to_string(),
-            "lines[1].sku: NOPE is not in the catalog"
+            "lines[1].sku: \"NOPE\" is not in the catalog"
         );
         let error = price(&[line("OLD", 1)], &catalog).expect_err("inactive");
         assert_eq!(error.field, "lines[0].sku");

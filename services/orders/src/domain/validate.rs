@@ -3,6 +3,7 @@
 //! is accepted is stored as sent.
 
 use waybill_proto::v1::PlaceOrderRequest;
+use waybill_service_kit::text::{TextKind, check_required_text, check_text, quote};
 
 use super::{
     InvalidField,
@@ -88,8 +89,8 @@ pub fn validate_place_order(request: &PlaceOrderRequest) -> Result<ValidPlaceOrd
         return Err(InvalidField::new(
             "shipping_address.country_code",
             format!(
-                "{:?} is not an ISO 3166-1 alpha-2 code; use two upper-case letters such as \"US\" or \"DE\"",
-                address.country_code
+                "{} is not an ISO 3166-1 alpha-2 code; use two upper-case letters such as \"US\" or \"DE\"",
+                quote(&address.country_code)
             ),
         ));
     }
@@ -118,7 +119,7 @@ pub fn validate_place_order(request: &PlaceOrderRequest) -> Result<ValidPlaceOrd
                 format!("{field}.sku"),
                 format!(
                     "{} is already on lines[{first}]; put the whole quantity on one line",
-                    line.sku
+                    quote(&line.sku)
                 ),
             ));
         }
@@ -148,30 +149,14 @@ pub fn validate_place_order(request: &PlaceOrderRequest) -> Result<ValidPlaceOrd
     })
 }
 
-/// A non-empty, bounded text field.
+/// A non-empty, bounded, single-line text field.
 fn required_text(field: &str, value: &str, max_chars: usize) -> Result<(), InvalidField> {
-    if value.trim().is_empty() {
-        return Err(InvalidField::new(field, "is required"));
-    }
-    text(field, value, max_chars)
+    check_required_text(field, value, max_chars, TextKind::Line)
 }
 
-/// A bounded text field without control characters (empty allowed).
+/// A bounded, single-line text field (empty allowed).
 fn text(field: &str, value: &str, max_chars: usize) -> Result<(), InvalidField> {
-    let chars = value.chars().count();
-    if chars > max_chars {
-        return Err(InvalidField::new(
-            field,
-            format!("must be at most {max_chars} characters, got {chars}"),
-        ));
-    }
-    if value.chars().any(char::is_control) {
-        return Err(InvalidField::new(
-            field,
-            "must not contain control characters (newlines, tabs, NUL)",
-        ));
-    }
-    Ok(())
+    check_text(field, value, max_chars, TextKind::Line)
 }
 
 /// A deliberately simple shape check (full RFC 5322 validation rejects real addresses and

@@ -134,6 +134,9 @@ pub(crate) fn created_record(order: &NewOrder) -> OrderRecord {
             tracking_id: String::new(),
             occurred_at: order.placed_at,
             recorded_at: order.placed_at,
+            detail_code: String::new(),
+            action_required: false,
+            needs_review: false,
         }],
     }
 }

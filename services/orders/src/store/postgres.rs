@@ -63,7 +63,8 @@ impl PgOrderStore {
         }
         let mut history: HashMap<Uuid, Vec<StatusEvent>> = HashMap::new();
         for row in sqlx::query(
-            "SELECT order_id, seq, status, partner_id, detail, tracking_id, occurred_at, recorded_at \
+            "SELECT order_id, seq, status, partner_id, detail, tracking_id, occurred_at, recorded_at, \
+             detail_code, action_required, needs_review \
              FROM order_status_events WHERE order_id = ANY($1) ORDER BY order_id, seq",
         )
         .bind(&ids)
@@ -222,7 +223,8 @@ impl OrderStore for PgOrderStore {
         after_seq: i64,
     ) -> Result<Vec<StatusEvent>, StoreError> {
         sqlx::query(
-            "SELECT order_id, seq, status, partner_id, detail, tracking_id, occurred_at, recorded_at \
+            "SELECT order_id, seq, status, partner_id, detail, tracking_id, occurred_at, recorded_at, \
+             detail_code, action_required, needs_review \
              FROM order_status_events WHERE order_id = $1 AND seq > $2 ORDER BY seq",
         )
         .bind(id)
@@ -272,6 +274,9 @@ fn event_from_row(row: &PgRow) -> Result<StatusEvent, StoreError> {
         detail: row.try_get("detail")?,
         tracking_id: row.try_get("tracking_id")?,
         occurred_at: row.try_get("occurred_at")?,
+        detail_code: row.try_get("detail_code")?,
+        action_required: row.try_get("action_required")?,
+        needs_review: row.try_get("needs_review")?,
         recorded_at: row.try_get("recorded_at")?,
     })
 }

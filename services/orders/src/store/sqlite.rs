@@ -66,7 +66,8 @@ impl SqliteOrderStore {
         }
 
         let mut query = QueryBuilder::<Sqlite>::new(
-            "SELECT order_id, seq, status, partner_id, detail, tracking_id, occurred_at, recorded_at \
+            "SELECT order_id, seq, status, partner_id, detail, tracking_id, occurred_at, recorded_at, \
+             detail_code, action_required, needs_review \
              FROM order_status_events WHERE order_id IN (",
         );
         push_list(&mut query, &ids);
@@ -264,7 +265,8 @@ impl OrderStore for SqliteOrderStore {
         after_seq: i64,
     ) -> Result<Vec<StatusEvent>, StoreError> {
         sqlx::query(
-            "SELECT order_id, seq, status, partner_id, detail, tracking_id, occurred_at, recorded_at \
+            "SELECT order_id, seq, status, partner_id, detail, tracking_id, occurred_at, recorded_at, \
+             detail_code, action_required, needs_review \
              FROM order_status_events WHERE order_id = ? AND seq > ? ORDER BY seq",
         )
         .bind(id.to_string())
@@ -318,6 +320,9 @@ fn event_from_row(row: &SqliteRow) -> Result<StatusEvent, StoreError> {
         detail: row.try_get("detail")?,
         tracking_id: row.try_get("tracking_id")?,
         occurred_at: from_unix_micros(row.try_get("occurred_at")?),
+        detail_code: row.try_get("detail_code")?,
+        action_required: row.try_get("action_required")?,
+        needs_review: row.try_get("needs_review")?,
         recorded_at: from_unix_micros(row.try_get("recorded_at")?),
     })
 }

@@ -3,8 +3,11 @@
 //! One cycle: lease a batch of due rows → route each order (partners and routes re-read per
 //! batch, so changes apply without a restart) → produce every message of the batch at once →
 //! record every outcome in one fenced transaction. Then the same for `SENT` orders whose
-//! handover deadline passed (re-send or flag), and then publish new history events to the
-//! order-events topic.
+//! handover deadline passed (re-send or flag). Beside it, `publish` puts new history events
+//! on the order-events topic and audit copies waiting in the audit outbox on the audit topic.
+//!
+//! Sending goes through [`OrderProducer`], which replaces itself when it breaks; a message
+//! whose topic the broker does not know gets its topic created and one more try.
 //!
 //! The loop wakes on the database's change feed (Postgres `NOTIFY` from other processes, an
 //! in-process signal otherwise) and polls only as a fallback. It never keeps a "last seen id"
@@ -14,7 +17,8 @@
 //! [`Relay::record`]) so tests can stop an instance between produce and bookkeeping.
 
 use std::{
-    sync::Arc,
+    collections::BTreeSet,
+    sync::{Arc, atomic::AtomicBool},
     time::{Duration, Instant},
 };
 
@@ -30,16 +34,22 @@ use waybill_service_kit::{
     telemetry::TraceContext,
 };
 
+mod publish;
+
 use crate::{
     config::RelaySettings,
     domain::model::{LeasedOrder, PartnerRecord},
     error::DispatchError,
     kafka::{
-        messages::{Origin, OutgoingMessage, dispatched_order, order_event_message, order_message},
-        producer::OrderProducer,
+        TopicCreator,
+        messages::{Origin, OutgoingMessage, dispatched_order, order_message},
+        producer::{OrderProducer, SendErrorKind, SendOutcome},
     },
     metrics::RelayMetrics,
-    store::{AttemptLog, BatchRecord, DispatchStore, Fence, LeaseRequest, RecordReport, RowUpdate},
+    store::{
+        AttemptLog, AuditCopy, BatchRecord, DispatchStore, Fence, LeaseRequest, RecordReport,
+        RowUpdate,
+    },
 };
 
 /// Which rows a batch holds.
@@ -80,6 +90,9 @@ pub struct CycleReport {
 pub struct Relay {
     store: Arc<dyn DispatchStore>,
     producer: OrderProducer,
+    topics: Arc<dyn TopicCreator>,
+    /// Whether the latest attempt to publish events failed (so an outage is logged once).
+    events_failing: Arc<AtomicBool>,
     clock: SharedClock,
     feed: ChangeFeed,
     settings: RelaySettings,
@@ -87,11 +100,13 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// A relay over `store`, producing with `producer`, woken by `feed` (the store announces
-    /// its own commits: Postgres by `NOTIFY`, SQLite in-process).
+    /// A relay over `store`, producing with `producer` to topics `topics` creates when they
+    /// are missing, woken by `feed` (the store announces its own commits: Postgres by
+    /// `NOTIFY`, SQLite in-process).
     pub fn new(
         store: Arc<dyn DispatchStore>,
         producer: OrderProducer,
+        topics: Arc<dyn TopicCreator>,
         clock: SharedClock,
         feed: ChangeFeed,
         settings: RelaySettings,
@@ -100,6 +115,8 @@ impl Relay {
         Self {
             store,
             producer,
+            topics,
+            events_failing: Arc::new(AtomicBool::new(false)),
             clock,
             feed,
             settings,
@@ -176,17 +193,22 @@ impl Relay {
             }
             .set_as_parent_of(&span);
             spans.push(span);
+            // Partners that refused this order (REJECTED_BY_PARTNER) are skipped.
+            let rejected = &order.rejected_partners;
             let plan = match batch.kind {
-                BatchKind::Due => match table.route(&order.ship_to) {
-                    None => Plan::Unroutable(order),
+                BatchKind::Due => match table.route_excluding(&order.ship_to, rejected) {
+                    None => Plan::Unroutable {
+                        order,
+                        no_routes: table.has_no_routes(),
+                    },
                     Some(decision) => {
-                        let first = messages.len();
                         let payload = dispatched_order(
                             order,
                             &decision.partner.id,
                             order.resends + 1,
                             origin,
                         );
+                        let partner_message = messages.len();
                         messages.push(order_message(
                             order,
                             &payload,
@@ -194,24 +216,26 @@ impl Relay {
                             false,
                             origin,
                         ));
-                        if self
+                        let audit_message = self
                             .settings
                             .audit
                             .is_audited(&order.currency_code, order.total_minor)
-                        {
-                            messages.push(order_message(
-                                order,
-                                &payload,
-                                self.settings.topics.audit.clone(),
-                                true,
-                                origin,
-                            ));
-                        }
+                            .then(|| {
+                                messages.push(order_message(
+                                    order,
+                                    &payload,
+                                    self.settings.topics.audit.clone(),
+                                    true,
+                                    origin,
+                                ));
+                                messages.len() - 1
+                            });
                         Plan::Send {
                             order,
                             partner: decision.partner.clone(),
                             route_id: decision.route.id.clone(),
-                            messages: first..messages.len(),
+                            partner_message,
+                            audit_message,
                         }
                     }
                 },
@@ -220,7 +244,6 @@ impl Relay {
                     match partner {
                         _ if order.acknowledged => Plan::Acknowledged(order),
                         Some(partner) if order.resends < partner.resend_budget => {
-                            let first = messages.len();
                             let payload =
                                 dispatched_order(order, &partner.id, order.resends + 2, origin);
                             messages.push(order_message(
@@ -233,7 +256,7 @@ impl Relay {
                             Plan::Resend {
                                 order,
                                 partner: partner.clone(),
-                                messages: first..messages.len(),
+                                message: messages.len() - 1,
                             }
                         }
                         _ => Plan::Unacknowledged(order),
@@ -243,45 +266,175 @@ impl Relay {
             plans.push(plan);
         }
 
-        let outcomes = self.producer.send_all(&messages).await;
+        let outcomes = self.send(&messages).await;
+        let failed = outcomes.iter().filter(|o| o.is_err()).count();
+        if failed > 0 {
+            // One line per batch; per order only the first failure of a run and the final one.
+            let error = outcomes.iter().find_map(|o| o.as_ref().err());
+            warn!(
+                batch_id = %batch.fence.batch_id,
+                failed,
+                messages = messages.len(),
+                error = %error.map(ToString::to_string).unwrap_or_default(),
+                "sends failed in batch"
+            );
+        }
         let now = self.clock.now();
         let mut record = BatchRecord::default();
         for (plan, span) in plans.into_iter().zip(spans) {
-            span.in_scope(|| self.plan_outcome(plan, &outcomes, now, &mut record));
+            span.in_scope(|| {
+                self.plan_outcome(plan, &messages, &outcomes, now, &mut record);
+            });
         }
         Ok(record)
+    }
+
+    /// Produces `messages`; a message whose topic the broker does not know gets its topic
+    /// created and one more try, so a broker without auto-creation (or one that lost its data)
+    /// costs a batch a moment, not an attempt.
+    async fn send(&self, messages: &[OutgoingMessage]) -> Vec<SendOutcome> {
+        let mut outcomes = self.producer.send_all(messages).await;
+        let missing: BTreeSet<&str> = messages
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| matches!(o, Err(e) if e.kind == SendErrorKind::UnknownTopic))
+            .map(|(m, _)| m.topic.as_str())
+            .collect();
+        if missing.is_empty() {
+            return outcomes;
+        }
+        let mut created = BTreeSet::new();
+        for topic in missing {
+            match self.topics.ensure_topic(topic).await {
+                Ok(()) => {
+                    info!(topic, "created a missing topic");
+                    self.metrics.add_topics_created(1);
+                    self.producer.refresh_topic(topic).await;
+                    created.insert(topic);
+                }
+                Err(error) => warn!(%error, "cannot create a missing topic"),
+            }
+        }
+        let again: Vec<usize> = (0..messages.len())
+            .filter(|&i| created.contains(messages[i].topic.as_str()) && outcomes[i].is_err())
+            .collect();
+        let retried: Vec<OutgoingMessage> = again.iter().map(|&i| messages[i].clone()).collect();
+        for (i, outcome) in again
+            .into_iter()
+            .zip(self.producer.send_all(&retried).await)
+        {
+            outcomes[i] = outcome;
+        }
+        outcomes
+    }
+
+    /// Creates every topic the relay produces to (audit, order events, each partner's), so a
+    /// broker with auto-creation off, or one that lost its data, gets them back at start-up.
+    /// A failure is logged: producing creates a topic it finds missing anyway.
+    pub async fn ensure_topics(&self) {
+        let mut topics = vec![
+            self.settings.topics.audit.clone(),
+            self.settings.topics.order_events.clone(),
+        ];
+        match self.store.list_partners().await {
+            // Information, not a warning: `waybill dev` enrols its partners a moment after
+            // start. An order that meets no routes says so itself (its UNROUTABLE reason).
+            Ok(partners) if partners.is_empty() => info!(
+                "no partners enrolled yet: orders go UNROUTABLE until partners and routes are \
+                 set (DispatchAdmin EnrollPartner and SetRoute); RetryDispatches sends them then"
+            ),
+            Ok(partners) => topics.extend(partners.into_iter().map(|p| p.topic)),
+            Err(error) => warn!(%error, "cannot list partners to ensure their topics"),
+        }
+        let ensured = futures::future::join_all(topics.iter().map(|t| self.topics.ensure_topic(t)));
+        for error in ensured.await.into_iter().filter_map(Result::err) {
+            warn!(%error, "cannot ensure a topic at start-up; producing will try again");
+        }
+    }
+
+    /// The attempt budget as the row's counter type.
+    fn attempt_budget(&self) -> i32 {
+        i32::try_from(self.settings.attempt_budget).unwrap_or(i32::MAX)
+    }
+
+    /// When to try again after the `failures`-th failure in a row (exponential, full jitter).
+    fn retry_at(&self, failures: i32, now: DateTime<Utc>) -> DateTime<Utc> {
+        let delay = self.settings.backoff.delay(
+            u32::try_from(failures).unwrap_or(u32::MAX),
+            &mut rand::rng(),
+        );
+        now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX)
+    }
+
+    /// What a failed send or re-send shares: the failure count goes up; the attempt log keeps
+    /// only the first failure of a run and the last one (the row keeps the count and the latest
+    /// error); the first failure is a warning, the ones in between debug lines. Returns when to
+    /// try again, or `None` when the attempt budget is spent (the caller logs that outcome).
+    fn failed_again(
+        &self,
+        order: &LeasedOrder,
+        partner: &PartnerRecord,
+        error: &str,
+        what: &str,
+        now: DateTime<Utc>,
+        record: &mut BatchRecord,
+    ) -> Option<DateTime<Utc>> {
+        let failures = order.attempts.saturating_add(1);
+        let spent = failures >= self.attempt_budget();
+        if failures == 1 || spent {
+            record
+                .attempts
+                .push(attempt_log(order, error, &partner.id, &partner.topic));
+        }
+        if spent {
+            return None;
+        }
+        let next = self.retry_at(failures, now);
+        let retry_in_ms = (next - now).num_milliseconds();
+        if failures == 1 {
+            warn!(order_id = %order.order_id, retry_in_ms, %error, "{what} failed, will retry");
+        } else {
+            debug!(order_id = %order.order_id, attempts = failures, retry_in_ms, %error, "{what} failed again, will retry");
+        }
+        Some(next)
     }
 
     fn plan_outcome(
         &self,
         plan: Plan<'_>,
-        outcomes: &[Result<Duration, String>],
+        messages: &[OutgoingMessage],
+        outcomes: &[SendOutcome],
         now: DateTime<Utc>,
         record: &mut BatchRecord,
     ) {
-        let first_error = |range: &std::ops::Range<usize>| -> Option<String> {
-            let results = outcomes.get(range.clone()).unwrap_or_default();
-            if results.len() != range.len() {
-                return Some("message was not produced".to_owned());
-            }
-            results.iter().find_map(|r| r.as_ref().err().cloned())
-        };
-        let latencies = |range: &std::ops::Range<usize>| {
-            for latency in outcomes
-                .get(range.clone())
-                .unwrap_or_default()
-                .iter()
-                .flatten()
-            {
-                self.metrics.record_latency(*latency);
+        let outcome = |index: usize| -> Result<(), String> {
+            match outcomes.get(index) {
+                Some(Ok(latency)) => {
+                    self.metrics.record_latency(*latency);
+                    Ok(())
+                }
+                Some(Err(error)) => Err(error.to_string()),
+                None => Err("message was not produced".to_owned()),
             }
         };
         match plan {
-            Plan::Unroutable(order) => {
-                let reason = format!(
-                    "no route matches country {:?}, region {:?}, postal code {:?}",
-                    order.ship_to.country_code, order.ship_to.region, order.ship_to.postal_code
-                );
+            Plan::Unroutable { order, no_routes } => {
+                let mut reason = if no_routes {
+                    "no routes are set up: enroll partners and set routes (DispatchAdmin \
+                     EnrollPartner, SetRoute), then RetryDispatches sends this order"
+                        .to_owned()
+                } else {
+                    format!(
+                        "no route matches country {:?}, region {:?}, postal code {:?}",
+                        order.ship_to.country_code, order.ship_to.region, order.ship_to.postal_code
+                    )
+                };
+                if !order.rejected_partners.is_empty() {
+                    reason.push_str(&format!(
+                        " (rejected by {}; their routes are skipped)",
+                        order.rejected_partners.join(", ")
+                    ));
+                }
                 warn!(order_id = %order.order_id, %reason, "order unroutable");
                 self.metrics.add_unroutable(1);
                 record.attempts.push(attempt_log(order, &reason, "", ""));
@@ -295,73 +448,82 @@ impl Relay {
                 order,
                 partner,
                 route_id,
-                messages,
-            } => {
-                latencies(&messages);
-                match first_error(&messages) {
-                    None => {
-                        debug!(order_id = %order.order_id, partner_id = %partner.id, "order sent");
-                        self.metrics.add_sent(1);
-                        record
-                            .attempts
-                            .push(attempt_log(order, "", &partner.id, &partner.topic));
-                        record
-                            .first_sends
-                            .push((order.order_id, partner.id.clone()));
-                        record.updates.push(RowUpdate {
-                            state: DispatchState::Sent,
-                            attempts: 0,
-                            last_error: Some(String::new()),
-                            partner_id: Some(partner.id.clone()),
-                            route_id: Some(route_id),
-                            sent_at: Some(now),
-                            ack_due_at: Some(now + partner.handover_deadline),
-                            ..keep(order, now)
+                partner_message,
+                audit_message,
+            } => match outcome(partner_message) {
+                Ok(()) => {
+                    debug!(order_id = %order.order_id, partner_id = %partner.id, "order sent");
+                    self.metrics.add_sent(1);
+                    // The audit copy's fate never decides the order's: a failed one waits in
+                    // the audit outbox instead of holding back (and later re-sending) the
+                    // partner's copy.
+                    if let Some(index) = audit_message
+                        && let Err(error) = outcome(index)
+                        && let Some(message) = messages.get(index)
+                    {
+                        warn!(order_id = %order.order_id, %error, "audit copy failed, kept in the audit outbox");
+                        self.metrics.add_audit_deferred(1);
+                        record.audit_copies.push(AuditCopy {
+                            order_id: order.order_id,
+                            topic: message.topic.clone(),
+                            payload: message.payload.clone(),
+                            headers: message
+                                .headers
+                                .iter()
+                                .map(|(k, v)| (k.to_string(), v.clone()))
+                                .collect(),
+                            attempts: 1,
+                            last_error: error,
+                            due_at: self.retry_at(1, now),
                         });
                     }
-                    Some(error) => {
-                        let failures = order.attempts.saturating_add(1);
-                        let budget =
-                            i32::try_from(self.settings.attempt_budget).unwrap_or(i32::MAX);
-                        record.attempts.push(attempt_log(
-                            order,
-                            &error,
-                            &partner.id,
-                            &partner.topic,
-                        ));
-                        let update = if failures >= budget {
-                            warn!(order_id = %order.order_id, attempts = failures, %error, "attempt budget spent, order dead");
+                    record
+                        .attempts
+                        .push(attempt_log(order, "", &partner.id, &partner.topic));
+                    record
+                        .first_sends
+                        .push((order.order_id, partner.id.clone()));
+                    record.updates.push(RowUpdate {
+                        state: DispatchState::Sent,
+                        attempts: 0,
+                        last_error: Some(String::new()),
+                        partner_id: Some(partner.id.clone()),
+                        route_id: Some(route_id),
+                        sent_at: Some(now),
+                        ack_due_at: Some(now + partner.handover_deadline),
+                        ..keep(order, now)
+                    });
+                }
+                Err(error) => {
+                    let update = match self
+                        .failed_again(order, &partner, &error, "send", now, record)
+                    {
+                        None => {
+                            warn!(order_id = %order.order_id, attempts = order.attempts + 1, %error, "attempt budget spent, order dead");
                             self.metrics.add_dead(1);
                             RowUpdate {
                                 state: DispatchState::Dead,
                                 ..keep(order, now)
                             }
-                        } else {
-                            let delay = self.settings.backoff.delay(
-                                u32::try_from(failures).unwrap_or(u32::MAX),
-                                &mut rand::rng(),
-                            );
-                            let next = now
-                                + chrono::Duration::from_std(delay)
-                                    .unwrap_or(chrono::Duration::MAX);
-                            warn!(order_id = %order.order_id, attempts = failures, retry_in_ms = delay.as_millis() as u64, %error, "send failed, will retry");
+                        }
+                        Some(next) => {
                             self.metrics.add_retries(1);
                             RowUpdate {
                                 state: DispatchState::Retrying,
                                 next_attempt_at: next,
                                 ..keep(order, now)
                             }
-                        };
-                        record.updates.push(RowUpdate {
-                            attempts: failures,
-                            last_error: Some(error),
-                            partner_id: Some(partner.id.clone()),
-                            route_id: Some(route_id),
-                            ..update
-                        });
-                    }
+                        }
+                    };
+                    record.updates.push(RowUpdate {
+                        attempts: order.attempts.saturating_add(1),
+                        last_error: Some(error),
+                        partner_id: Some(partner.id.clone()),
+                        route_id: Some(route_id),
+                        ..update
+                    });
                 }
-            }
+            },
             Plan::Acknowledged(order) => {
                 self.metrics.add_acknowledged(1);
                 record.updates.push(RowUpdate {
@@ -388,41 +550,59 @@ impl Relay {
             Plan::Resend {
                 order,
                 partner,
-                messages,
-            } => {
-                latencies(&messages);
-                let attempt = attempt_log(order, "", &partner.id, &partner.topic);
-                match first_error(&messages) {
-                    None => {
-                        info!(order_id = %order.order_id, partner_id = %partner.id, resends = order.resends + 1, "order re-sent after its handover deadline");
-                        self.metrics.add_resent(1);
-                        record.attempts.push(attempt);
-                        record.updates.push(RowUpdate {
-                            state: DispatchState::Sent,
-                            resends: order.resends.saturating_add(1),
-                            sent_at: Some(now),
-                            ack_due_at: Some(now + partner.handover_deadline),
-                            ..keep(order, now)
-                        });
-                    }
-                    Some(error) => {
-                        // Still SENT; look again after one backoff step.
-                        let retry = chrono::Duration::from_std(self.settings.backoff.ceiling(1))
-                            .unwrap_or(chrono::Duration::MAX);
-                        warn!(order_id = %order.order_id, %error, "re-send failed, will retry");
-                        record.attempts.push(AttemptLog {
-                            error: error.clone(),
-                            ..attempt
-                        });
-                        record.updates.push(RowUpdate {
+                message,
+            } => match outcome(message) {
+                Ok(()) => {
+                    info!(order_id = %order.order_id, partner_id = %partner.id, resends = order.resends + 1, "order re-sent after its handover deadline");
+                    self.metrics.add_resent(1);
+                    record
+                        .attempts
+                        .push(attempt_log(order, "", &partner.id, &partner.topic));
+                    record.updates.push(RowUpdate {
+                        state: DispatchState::Sent,
+                        attempts: 0,
+                        last_error: Some(String::new()),
+                        resends: order.resends.saturating_add(1),
+                        sent_at: Some(now),
+                        ack_due_at: Some(now + partner.handover_deadline),
+                        ..keep(order, now)
+                    });
+                }
+                Err(error) => {
+                    // Failed re-sends back off like first sends, within the same budget; the
+                    // order stays SENT (the broker took it once) until the budget is spent.
+                    self.metrics.add_resend_failures(1);
+                    let failures = order.attempts.saturating_add(1);
+                    let update = match self
+                        .failed_again(order, &partner, &error, "re-send", now, record)
+                    {
+                        None => {
+                            let reason = format!(
+                                "partner {} did not confirm receipt and {failures} re-sends failed, the latest: {error}",
+                                partner.id
+                            );
+                            warn!(order_id = %order.order_id, %reason, "order unacknowledged");
+                            self.metrics.add_unacknowledged(1);
+                            RowUpdate {
+                                state: DispatchState::Unacknowledged,
+                                last_error: Some(reason),
+                                ack_due_at: None,
+                                ..keep(order, now)
+                            }
+                        }
+                        Some(next) => RowUpdate {
                             state: DispatchState::Sent,
                             last_error: Some(error),
-                            ack_due_at: Some(now + retry),
+                            ack_due_at: Some(next),
                             ..keep(order, now)
-                        });
-                    }
+                        },
+                    };
+                    record.updates.push(RowUpdate {
+                        attempts: failures,
+                        ..update
+                    });
                 }
-            }
+            },
         }
     }
 
@@ -445,35 +625,6 @@ impl Relay {
         }
         self.metrics.add_recorded(report.applied.len() as u64);
         Ok(report)
-    }
-
-    /// Publishes unpublished history events to the order-events topic; how many.
-    pub async fn publish_events(&self) -> Result<usize, DispatchError> {
-        let batch = self.store.claim_events(self.settings.batch_size).await?;
-        let events = batch.events();
-        if events.is_empty() {
-            return Ok(0);
-        }
-        let origin = Origin {
-            region: &self.settings.region,
-            reply_to: &self.settings.reply_to,
-        };
-        let messages: Vec<OutgoingMessage> = events
-            .iter()
-            .map(|event| {
-                order_event_message(event, self.settings.topics.order_events.clone(), origin)
-            })
-            .collect();
-        let outcomes = self.producer.send_all(&messages).await;
-        if let Some(error) = outcomes.iter().find_map(|r| r.as_ref().err()) {
-            // Dropping the batch leaves every event unpublished: they go out again next cycle.
-            warn!(%error, events = messages.len(), "publishing order events failed, will retry");
-            return Ok(0);
-        }
-        let count = messages.len();
-        batch.mark_published(self.clock.now()).await?;
-        self.metrics.add_events_published(count as u64);
-        Ok(count)
     }
 
     async fn process(&self, batch: LeasedBatch) -> Result<usize, DispatchError> {
@@ -501,6 +652,7 @@ impl Relay {
         let limit = self.settings.batch_size as usize;
         let (due, overdue) = self.dispatch_once(with_overdue).await?;
         let events = self.publish_events().await?;
+        self.publish_audits().await?;
         Ok(CycleReport {
             due,
             overdue,
@@ -555,9 +707,16 @@ impl Relay {
             &shutdown,
             grace,
             |_| true,
-            || async { Ok(self.publish_events().await? >= self.settings.batch_size as usize) },
+            || async {
+                let limit = self.settings.batch_size as usize;
+                let events = self.publish_events().await?;
+                let audits = self.publish_audits().await?;
+                Ok(events >= limit || audits >= limit)
+            },
         );
-        tokio::join!(dispatching, publishing);
+        // Topics are ensured alongside, not first: a slow admin API must not hold back orders
+        // whose topics exist.
+        tokio::join!(self.ensure_topics(), dispatching, publishing);
         self.stop().await;
     }
 
@@ -638,19 +797,26 @@ async fn wait_for_change(wake: &mut broadcast::Receiver<Change>, wake_on: fn(&Ch
 }
 
 enum Plan<'a> {
-    Unroutable(&'a LeasedOrder),
+    Unroutable {
+        order: &'a LeasedOrder,
+        /// No route is set up at all (the reason then says how to set them up).
+        no_routes: bool,
+    },
     Send {
         order: &'a LeasedOrder,
         partner: PartnerRecord,
         route_id: String,
-        messages: std::ops::Range<usize>,
+        /// Index of the partner's copy in the batch's messages.
+        partner_message: usize,
+        /// Index of the audit copy, for orders at or above the audit threshold.
+        audit_message: Option<usize>,
     },
     Acknowledged(&'a LeasedOrder),
     Unacknowledged(&'a LeasedOrder),
     Resend {
         order: &'a LeasedOrder,
         partner: PartnerRecord,
-        messages: std::ops::Range<usize>,
+        message: usize,
     },
 }
 

@@ -1,0 +1,498 @@
+//! `waybill token sign | verify` and `waybill keys generate`: what an operator or a partner's
+//! developer needs to make, check and enrol report tokens by hand (with grpcurl).
+
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, bail};
+use base64::{Engine as _, engine::general_purpose::STANDARD};
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+use waybill_proto::v1::OrderStatus;
+use waybill_service_kit::{
+    db::{Database, PoolSettings},
+    secrets::read_private_file,
+};
+use waybill_token::{
+    MAX_LIFETIME_SECONDS, MAX_SKEW_SECONDS, ParsedToken, Report, ReportClaims, SigningKey,
+    TokenSigner, VerifyingKey, check_validity, keys,
+};
+
+/// `waybill token …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum TokenCommand {
+    /// Sign a report token with a partner's private key (PKCS#8 PEM) and print it.
+    Sign(SignArgs),
+    /// Check a token the way StatusIngest does; `--explain` says which check fails and why.
+    Verify(VerifyArgs),
+}
+
+/// `waybill keys …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum KeysCommand {
+    /// Write a new Ed25519 key pair for a partner and print the AddPartnerKey call enrolling it.
+    Generate(GenerateArgs),
+}
+
+/// The report a token is for (the fields its claims bind).
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// The reporting partner's id (`iss`).
+    #[arg(long)]
+    partner: Option<String>,
+    /// The order id, i.e. the correlation id of the order's Kafka message (`sub`).
+    #[arg(long)]
+    order: Option<String>,
+    /// The partner's unique id of this report.
+    #[arg(long)]
+    report_id: Option<String>,
+    /// RECEIVED_BY_PARTNER, SHIPPED, DELIVERED, EXCEPTION or REJECTED_BY_PARTNER.
+    #[arg(long)]
+    status: Option<String>,
+    /// The tracking id reported (none: empty).
+    #[arg(long)]
+    tracking_id: Option<String>,
+    /// When it happened, RFC 3339 (default: now when signing).
+    #[arg(long)]
+    occurred_at: Option<DateTime<Utc>>,
+}
+
+/// Settings of `waybill token sign`.
+#[derive(Debug, clap::Args)]
+pub struct SignArgs {
+    /// The partner's private key file: PKCS#8 PEM as `openssl genpkey -algorithm ed25519` or
+    /// `waybill keys generate` writes it (readable by its owner only).
+    #[arg(long)]
+    key: PathBuf,
+    /// The id the key was enrolled under (`kid`).
+    #[arg(long)]
+    key_id: String,
+    #[command(flatten)]
+    report: ReportArgs,
+    /// The Waybill environment the token is for (StatusIngest's `--audience`).
+    #[arg(long, env = "WAYBILL_TOKEN_AUDIENCE", default_value = "waybill-local")]
+    audience: String,
+    /// Seconds the token stays valid (at most 300).
+    #[arg(long, default_value_t = 120)]
+    lifetime: i64,
+    /// Print the whole ReportStatus request as JSON (for `grpcurl -d @`), not just the token.
+    #[arg(long)]
+    request_json: bool,
+    /// Free text for people, put into the request with `--request-json`.
+    #[arg(long, default_value = "")]
+    detail: String,
+}
+
+/// Settings of `waybill token verify`.
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// The token (`-` reads it from stdin).
+    token: String,
+    /// Print every check and which one fails, with what to do about it.
+    #[arg(long)]
+    explain: bool,
+    /// The partner's public key (raw 32 bytes, or SubjectPublicKeyInfo PEM/DER) instead of the
+    /// enrolled one.
+    #[arg(long, conflicts_with = "database_url")]
+    key: Option<PathBuf>,
+    /// Look the key up where StatusIngest does (`partner_keys`, by the token's iss and kid).
+    #[arg(long, env = "WAYBILL_DATABASE_URL")]
+    database_url: Option<String>,
+    /// The audience StatusIngest expects.
+    #[arg(long, env = "WAYBILL_TOKEN_AUDIENCE", default_value = "waybill-local")]
+    audience: String,
+    /// Check at this time instead of now (RFC 3339).
+    #[arg(long)]
+    at: Option<DateTime<Utc>>,
+    /// The request the token travels with: each given field is compared to its claim.
+    #[command(flatten)]
+    report: ReportArgs,
+}
+
+/// Settings of `waybill keys generate`.
+#[derive(Debug, clap::Args)]
+pub struct GenerateArgs {
+    /// The partner the key is for.
+    #[arg(long)]
+    partner: String,
+    /// The id to enrol the key under (the token's `kid`); 1-64 letters, digits, '-', '_', '.'.
+    #[arg(long)]
+    key_id: String,
+    /// Directory to write `<key-id>.pem` (private, mode 600) and `<key-id>.pub.pem` into.
+    #[arg(long, default_value = ".")]
+    out_dir: PathBuf,
+    /// The dispatcher's admin address, for the printed enrolment call.
+    #[arg(long, default_value = "127.0.0.1:50052")]
+    dispatcher: String,
+}
+
+/// Short or full status name → the short name tokens carry.
+fn status_name(name: &str) -> anyhow::Result<String> {
+    let short = name
+        .trim()
+        .trim_start_matches("ORDER_STATUS_")
+        .to_ascii_uppercase();
+    match OrderStatus::from_short_name(&short) {
+        Some(status) => Ok(status.short_name().to_owned()),
+        None => bail!(
+            "unknown status {name:?}: use RECEIVED_BY_PARTNER, SHIPPED, DELIVERED, EXCEPTION or REJECTED_BY_PARTNER"
+        ),
+    }
+}
+
+/// Runs `waybill token …`; the exit code says whether a verified token passed.
+pub async fn run_token(command: TokenCommand) -> anyhow::Result<bool> {
+    match command {
+        TokenCommand::Sign(args) => sign(args).map(|()| true),
+        TokenCommand::Verify(args) => verify(args).await,
+    }
+}
+
+fn sign(args: SignArgs) -> anyhow::Result<()> {
+    if !(1..=MAX_LIFETIME_SECONDS).contains(&args.lifetime) {
+        bail!("--lifetime must be 1 to {MAX_LIFETIME_SECONDS} seconds");
+    }
+    let pem = read_private_file(&args.key)?;
+    let key = keys::signing_key_from_pkcs8(&pem)
+        .with_context(|| format!("cannot read {}", args.key.display()))?;
+    let required = |value: Option<String>, flag: &str| {
+        value.with_context(|| format!("{flag} is required to sign a token"))
+    };
+    let now = Utc::now();
+    let report = Report {
+        partner_id: required(args.report.partner, "--partner")?,
+        order_id: required(args.report.order, "--order")?,
+        report_id: required(args.report.report_id, "--report-id")?,
+        status: status_name(&required(args.report.status, "--status")?)?,
+        tracking_id: args.report.tracking_id.unwrap_or_default(),
+        occurred_at: waybill_service_kit::clock::truncate_to_micros(
+            args.report.occurred_at.unwrap_or(now),
+        ),
+    };
+    let claims = ReportClaims::new(
+        &report,
+        &args.audience,
+        now,
+        args.lifetime,
+        Uuid::new_v4().to_string(),
+    );
+    let token = TokenSigner::new(key, args.key_id).sign(&claims);
+    if args.request_json {
+        let request = serde_json::json!({
+            "correlation_id": report.order_id,
+            "partner_id": report.partner_id,
+            "report_id": report.report_id,
+            "status": format!("ORDER_STATUS_{}", report.status),
+            "tracking_id": report.tracking_id,
+            "detail": args.detail,
+            "occurred_at": claims.occurred_at,
+            "token": token,
+        });
+        println!("{request}");
+    } else {
+        println!("{token}");
+    }
+    Ok(())
+}
+
+/// One line of `--explain` output.
+fn step(explain: bool, ok: bool, what: &str, detail: &str) {
+    if explain {
+        let mark = if ok { "ok  " } else { "FAIL" };
+        println!(
+            "{mark} {what}{}{detail}",
+            if detail.is_empty() { "" } else { ": " }
+        );
+    }
+}
+
+async fn verify(args: VerifyArgs) -> anyhow::Result<bool> {
+    let explain = args.explain;
+    let token = if args.token == "-" {
+        let mut text = String::new();
+        std::io::stdin().read_line(&mut text)?;
+        text.trim().to_owned()
+    } else {
+        args.token.trim().to_owned()
+    };
+    let now = args.at.unwrap_or_else(Utc::now);
+
+    let parsed = match ParsedToken::parse(&token) {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            step(
+                explain,
+                false,
+                "form, typ, alg and headers",
+                &error.to_string(),
+            );
+            hint(
+                explain,
+                "sign with alg EdDSA and the header {\"typ\":\"wb-report+jwt\",\"kid\":\"<enrolled key id>\"}; never put a key (jwk, jku, x5u, x5c) or crit in the header",
+            );
+            return refused(explain, &error.to_string());
+        }
+    };
+    let claims = parsed.unverified_claims().clone();
+    step(
+        explain,
+        true,
+        "form, typ, alg and headers",
+        &format!("kid {:?}, iss {:?}", parsed.key_id(), parsed.issuer()),
+    );
+    if explain {
+        println!(
+            "     claims: sub {:?}, report_id {:?}, status {:?}, tracking_id {:?}, occurred_at {:?}, aud {:?}, iat {}, exp {}, jti {:?}",
+            claims.sub,
+            claims.report_id,
+            claims.status,
+            claims.tracking_id,
+            claims.occurred_at,
+            claims.aud,
+            claims.iat,
+            claims.exp,
+            claims.jti
+        );
+    }
+
+    let key: Option<VerifyingKey> = match (&args.key, &args.database_url) {
+        (Some(path), _) => {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            Some(
+                keys::verifying_key_from_bytes(&bytes)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+            )
+        }
+        (None, Some(url)) => {
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let db = Database::connect(url, &PoolSettings::default(), shutdown.clone()).await?;
+            let store = waybill_status_ingest::store::for_database(&db);
+            let enrolled = store.partner_key(parsed.issuer(), parsed.key_id()).await;
+            db.close().await;
+            shutdown.cancel();
+            match enrolled.context("cannot read the enrolled keys")? {
+                None => {
+                    let message = format!(
+                        "unknown_key: no key {:?} is enrolled for partner {:?}",
+                        parsed.key_id(),
+                        parsed.issuer()
+                    );
+                    step(explain, false, "key enrolled", &message);
+                    hint(
+                        explain,
+                        "enrol the public key with DispatchAdmin.AddPartnerKey (waybill keys generate prints the call), and use its key id as kid and your partner id as iss",
+                    );
+                    return refused(explain, &message);
+                }
+                Some(key) if key.revoked_at.is_some() => {
+                    let message = format!("revoked_key: key {:?} was revoked", parsed.key_id());
+                    step(explain, false, "key enrolled and not revoked", &message);
+                    hint(
+                        explain,
+                        "sign with a current key; enrol a new one first when rotating",
+                    );
+                    return refused(explain, &message);
+                }
+                Some(key) => Some(
+                    keys::verifying_key_from_bytes(&key.public_key)
+                        .context("the enrolled key is not an Ed25519 public key")?,
+                ),
+            }
+        }
+        (None, None) => None,
+    };
+    match key {
+        None => step(
+            explain,
+            true,
+            "key and signature",
+            "not checked (give --key or --database-url)",
+        ),
+        Some(key) => {
+            let source = if args.key.is_some() {
+                "the --key file"
+            } else {
+                "the enrolled key, not revoked"
+            };
+            step(explain, true, "key", source);
+            if let Err(error) = parsed.clone().verify_signature(&key) {
+                step(
+                    explain,
+                    false,
+                    "signature (strict Ed25519)",
+                    &error.to_string(),
+                );
+                hint(
+                    explain,
+                    "the token was signed with another private key than the one enrolled under this kid, or altered after signing",
+                );
+                return refused(explain, &error.to_string());
+            }
+            step(explain, true, "signature (strict Ed25519)", "");
+        }
+    }
+
+    if let Err(error) = check_validity(&claims, &args.audience, now) {
+        step(
+            explain,
+            false,
+            "audience, expiry, issued-at, lifetime",
+            &error.to_string(),
+        );
+        hint(
+            explain,
+            &format!(
+                "aud must be {:?}; iat = now (your clock within {MAX_SKEW_SECONDS} s of UTC), exp = iat + at most {MAX_LIFETIME_SECONDS} s; Waybill's time is {}",
+                args.audience,
+                now.timestamp()
+            ),
+        );
+        return refused(explain, &error.to_string());
+    }
+    step(explain, true, "audience, expiry, issued-at, lifetime", "");
+
+    let given = &args.report;
+    let bound = Report {
+        partner_id: given.partner.clone().unwrap_or_else(|| claims.iss.clone()),
+        order_id: given.order.clone().unwrap_or_else(|| claims.sub.clone()),
+        report_id: given
+            .report_id
+            .clone()
+            .unwrap_or_else(|| claims.report_id.clone()),
+        status: match &given.status {
+            Some(status) => status_name(status)?,
+            None => claims.status.clone(),
+        },
+        tracking_id: given
+            .tracking_id
+            .clone()
+            .unwrap_or_else(|| claims.tracking_id.clone()),
+        occurred_at: match given.occurred_at {
+            Some(at) => at,
+            None => claims.occurred_at()?,
+        },
+    };
+    if let Err(error) = claims.check_bound_to(&bound) {
+        step(
+            explain,
+            false,
+            "claims equal the request",
+            &error.to_string(),
+        );
+        hint(
+            explain,
+            "sign a token for exactly the report you send: same partner, order, report id, status, tracking id and occurred_at",
+        );
+        return refused(explain, &error.to_string());
+    }
+    let compared = given.partner.is_some()
+        || given.order.is_some()
+        || given.report_id.is_some()
+        || given.status.is_some()
+        || given.tracking_id.is_some()
+        || given.occurred_at.is_some();
+    step(
+        explain,
+        true,
+        "claims equal the request",
+        if compared {
+            ""
+        } else {
+            "not compared (give --order, --report-id, … to compare)"
+        },
+    );
+    if explain {
+        println!(
+            "     left to StatusIngest: the order is routed to this partner, the jti is new, the report id is new"
+        );
+    } else {
+        println!("valid");
+    }
+    Ok(true)
+}
+
+fn hint(explain: bool, text: &str) {
+    if explain {
+        println!("     what to do: {text}");
+    }
+}
+
+fn refused(explain: bool, message: &str) -> anyhow::Result<bool> {
+    if !explain {
+        println!("refused: {message}");
+    }
+    Ok(false)
+}
+
+/// Runs `waybill keys …`.
+pub fn run_keys(command: KeysCommand) -> anyhow::Result<()> {
+    match command {
+        KeysCommand::Generate(args) => generate(args),
+    }
+}
+
+fn generate(args: GenerateArgs) -> anyhow::Result<()> {
+    let valid_id = !args.key_id.is_empty()
+        && args.key_id.len() <= 64
+        && args
+            .key_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !args.key_id.starts_with('.');
+    if !valid_id {
+        bail!("--key-id must be 1-64 letters, digits, '-', '_' or '.' (not starting with '.')");
+    }
+    let key = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
+    let private_path = args.out_dir.join(format!("{}.pem", args.key_id));
+    let public_path = args.out_dir.join(format!("{}.pub.pem", args.key_id));
+    std::fs::create_dir_all(&args.out_dir)
+        .with_context(|| format!("cannot create {}", args.out_dir.display()))?;
+    write_new(
+        &private_path,
+        keys::signing_key_to_pem(&key)?.as_bytes(),
+        true,
+    )?;
+    write_new(
+        &public_path,
+        keys::verifying_key_to_pem(&key.verifying_key())?.as_bytes(),
+        false,
+    )?;
+    let body = serde_json::json!({
+        "partner_id": args.partner,
+        "key_id": args.key_id,
+        "public_key": STANDARD.encode(key.verifying_key().to_bytes()),
+    });
+    eprintln!(
+        "wrote {} (private: keep it secret, the partner signs with it) and {} (public)",
+        private_path.display(),
+        public_path.display()
+    );
+    eprintln!("enrol the public key (an operator, against the dispatcher's admin API):");
+    println!(
+        "grpcurl -plaintext -d '{body}' {} waybill.v1.DispatchAdmin/AddPartnerKey",
+        args.dispatcher
+    );
+    Ok(())
+}
+
+/// Writes a file that must not exist yet (never overwrite a key), private ones with mode 600.
+fn write_new(path: &Path, contents: &[u8], private: bool) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(if private { 0o600 } else { 0o644 });
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))?;
+    file.write_all(contents)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,290 @@
+//! [`Connector`]: the running SDK — one poll thread per cluster, the adapter's calls on the
+//! async runtime, the report sender, retention and stats.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use rdkafka::{ClientConfig, producer::FutureProducer, producer::Producer as _};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{
+    TransportPartner,
+    config::ConnectorBuilder,
+    consumer::{PollContext, PollSettings, create_consumer, poll_loop},
+    delivery::{ReportSender, SenderSettings},
+    inbox::{Inbox, InboxError},
+    metrics::{ClusterHealth, ConnectorHealth, ConnectorMetrics},
+    signing::ReportSigningKey,
+    status::StatusReporter,
+    worker::{ClusterSink, Worker, WorkerSettings},
+};
+
+/// Why the connector could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    /// A setting is wrong.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A Kafka client could not be created.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// The inbox could not be opened.
+    #[error(transparent)]
+    Inbox(#[from] InboxError),
+}
+
+/// A partner's connector: configured by [`Connector::builder`], started by [`Connector::run`].
+#[derive(Debug)]
+pub struct Connector {
+    settings: ConnectorBuilder,
+    key: ReportSigningKey,
+    inbox: Arc<dyn Inbox>,
+    wake: Arc<Notify>,
+    health: ConnectorHealth,
+}
+
+impl Connector {
+    /// A builder for partner `partner_id` (as enrolled with Waybill).
+    pub fn builder(partner_id: impl Into<String>) -> ConnectorBuilder {
+        ConnectorBuilder::new(partner_id)
+    }
+
+    pub(crate) fn new(
+        settings: ConnectorBuilder,
+        key: ReportSigningKey,
+        inbox: Arc<dyn Inbox>,
+    ) -> Self {
+        let clusters = settings
+            .clusters
+            .iter()
+            .map(|cluster| ClusterHealth {
+                name: cluster.name.clone(),
+                ..ClusterHealth::default()
+            })
+            .collect();
+        let health = ConnectorHealth {
+            partner_id: settings.partner_id.clone(),
+            metrics: Arc::new(ConnectorMetrics::default()),
+            clusters: Arc::new(Mutex::new(clusters)),
+            running: Arc::new(AtomicBool::new(false)),
+            inbox: Arc::clone(&inbox),
+        };
+        Self {
+            settings,
+            key,
+            inbox,
+            wake: Arc::new(Notify::new()),
+            health,
+        }
+    }
+
+    /// The partner id.
+    pub fn partner_id(&self) -> &str {
+        &self.settings.partner_id
+    }
+
+    /// A handle for reporting later statuses (`SHIPPED`, `DELIVERED`, `EXCEPTION`); hand it to
+    /// the adapter before [`Connector::run`].
+    pub fn reporter(&self) -> StatusReporter {
+        StatusReporter {
+            partner_id: self.settings.partner_id.clone(),
+            inbox: Arc::clone(&self.inbox),
+            wake: Arc::clone(&self.wake),
+        }
+    }
+
+    /// Health and metrics hooks.
+    pub fn health(&self) -> ConnectorHealth {
+        self.health.clone()
+    }
+
+    /// The inbox (for operators' tools and tests).
+    pub fn inbox(&self) -> Arc<dyn Inbox> {
+        Arc::clone(&self.inbox)
+    }
+
+    /// Runs until `shutdown` is cancelled: consumes every cluster, calls `adapter` once per
+    /// order in effect, reports its answers. On shutdown it stops taking records, lets
+    /// in-flight orders finish within the shutdown grace (abandoning the rest to the next
+    /// owner), commits, leaves the group, sends the reports that are due, and returns.
+    pub async fn run<P: TransportPartner>(
+        self,
+        adapter: P,
+        shutdown: CancellationToken,
+    ) -> Result<(), ConnectorError> {
+        // If this future is dropped instead of being let finish, the poll threads must still
+        // stop (a runtime waits for its blocking threads when it shuts down).
+        let shutdown = shutdown.child_token();
+        let _stop_on_drop = shutdown.clone().drop_guard();
+        let settings = &self.settings;
+        let metrics = Arc::clone(&self.health.metrics);
+        let worker = Arc::new(Worker {
+            partner_id: settings.partner_id.clone(),
+            adapter: Arc::new(adapter),
+            inbox: Arc::clone(&self.inbox),
+            settings: WorkerSettings {
+                adapter_timeout: settings.adapter_timeout,
+                adapter_attempts: settings.adapter_attempts,
+                adapter_backoff: settings.adapter_backoff,
+            },
+            metrics: Arc::clone(&metrics),
+            report_wake: Arc::clone(&self.wake),
+        });
+        let sender = Arc::new(ReportSender::new(
+            settings.partner_id.clone(),
+            Arc::clone(&self.inbox),
+            self.key.clone(),
+            SenderSettings {
+                audience: settings.audience.clone(),
+                backoff: settings.report_backoff,
+                attempt_budget: settings.report_attempts,
+                rpc_timeout: settings.report_timeout,
+                tls: settings.report_tls.clone(),
+            },
+            Arc::clone(&metrics),
+            Arc::clone(&self.wake),
+        ));
+
+        // Every client first: a bad setting fails before anything runs.
+        let mut consumers = Vec::new();
+        let mut producers = Vec::new();
+        for (index, cluster) in settings.clusters.iter().enumerate() {
+            let topic = cluster.topic_for(&settings.partner_id);
+            let mut common = ClientConfig::new();
+            common.set("bootstrap.servers", &cluster.bootstrap_servers);
+            common.set(
+                "client.id",
+                format!("waybill-connector.{}", settings.partner_id),
+            );
+            for (key, value) in &cluster.properties {
+                common.set(key, value);
+            }
+            let producer: FutureProducer = common
+                .clone()
+                .set("enable.idempotence", "true")
+                .set("acks", "all")
+                .set("message.timeout.ms", "10000")
+                .create()?;
+            let sink = Arc::new(ClusterSink {
+                name: cluster.name.clone(),
+                dead_letter_topic: cluster
+                    .dead_letter_topic
+                    .clone()
+                    .unwrap_or_else(|| format!("{topic}.dead-letter")),
+                producer: producer.clone(),
+            });
+            producers.push(producer);
+            let context = PollContext::new(
+                Arc::clone(&worker),
+                sink,
+                tokio::runtime::Handle::current(),
+                PollSettings {
+                    topic: topic.clone(),
+                    max_in_flight: settings.max_in_flight_per_partition,
+                    revoke_bound: settings.revoke_bound,
+                    shutdown_grace: settings.shutdown_grace,
+                    commit_interval: settings.commit_interval,
+                },
+                self.health.clone(),
+                index,
+            );
+            let group = cluster
+                .group_id
+                .clone()
+                .unwrap_or_else(|| format!("waybill-connector.{}", settings.partner_id));
+            let mut config = common.clone();
+            config
+                .set("group.id", &group)
+                // Offsets are committed by the SDK only, up to the safe point.
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false")
+                .set("auto.offset.reset", "earliest")
+                .set(
+                    "session.timeout.ms",
+                    cluster.session_timeout.as_millis().to_string(),
+                )
+                .set(
+                    "heartbeat.interval.ms",
+                    (cluster.session_timeout.as_millis() / 3)
+                        .max(100)
+                        .to_string(),
+                );
+            consumers.push((
+                cluster.name.clone(),
+                topic,
+                group,
+                create_consumer(&config, context)?,
+            ));
+        }
+
+        let sender_stop = CancellationToken::new();
+        let sender_task = tokio::spawn(Arc::clone(&sender).run(sender_stop.clone()));
+        let chores = tokio::spawn(chores(
+            self.health.clone(),
+            settings.retention,
+            settings.stats_interval,
+            sender_stop.clone(),
+        ));
+        let mut polls = Vec::new();
+        for (cluster, topic, group, consumer) in consumers {
+            info!(partner = %settings.partner_id, cluster, topic, group, "connector consuming");
+            let stop = shutdown.clone();
+            polls.push(tokio::task::spawn_blocking(move || {
+                poll_loop(consumer, stop)
+            }));
+        }
+        self.health.running.store(true, Ordering::Relaxed);
+        for poll in polls {
+            if let Err(error) = poll.await {
+                warn!(%error, "poll thread ended abnormally");
+            }
+        }
+        self.health.running.store(false, Ordering::Relaxed);
+
+        // Reports that are due go out now, within the grace; the rest wait in the inbox.
+        let _ = tokio::time::timeout(settings.shutdown_grace, sender.send_due()).await;
+        sender_stop.cancel();
+        let _ = sender_task.await;
+        let _ = chores.await;
+        for producer in producers {
+            let _ =
+                tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
+        }
+        info!(partner = %settings.partner_id, metrics = ?metrics.snapshot(), "connector stopped");
+        Ok(())
+    }
+}
+
+/// Periodic chores: forget settled inbox rows past retention, log the counters.
+async fn chores(
+    health: ConnectorHealth,
+    retention: Duration,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        let before = chrono::Utc::now()
+            - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(7));
+        match health.inbox.purge(&health.partner_id, before).await {
+            Ok(purged) if purged > 0 => {
+                info!(purged, "settled inbox rows past retention forgotten")
+            }
+            Ok(_) => {}
+            Err(error) => warn!(%error, "cannot purge the inbox"),
+        }
+        let counts = health.inbox_counts().await.ok();
+        info!(partner = %health.partner_id, metrics = ?health.metrics(), inbox = ?counts,
+            clusters = ?health.clusters(), "connector stats");
+    }
+}

@@ -1,0 +1,273 @@
+//! Sending reports: the inbox's pending reports go to the StatusIngest address each order
+//! carried, each attempt with a fresh token (a new `jti`) for the same report id, so a retry
+//! is answered as a duplicate instead of refused as a replay. Transient failures are retried
+//! with exponential backoff and jitter, kept in the inbox (so a restart resumes them);
+//! `duplicate = true` is success; a refusal that can never pass is kept as `refused`.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use chrono::Utc;
+use tokio::{sync::Notify, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{debug, error, info, warn};
+use waybill_proto::v1::{
+    OrderStatus, ReportStatusRequest, status_ingest_client::StatusIngestClient,
+};
+use waybill_token::{Report, ReportClaims};
+
+use crate::{
+    domain::{
+        backoff::Backoff,
+        report_outcome::{ReportOutcome, classify},
+    },
+    inbox::{Inbox, StoredReport},
+    metrics::ConnectorMetrics,
+    signing::ReportSigningKey,
+};
+
+/// How long each report token is valid (StatusIngest allows at most 300 s).
+const TOKEN_LIFETIME_SECONDS: i64 = 120;
+/// Reports read per pass.
+const BATCH: i64 = 64;
+
+/// Settings of the report sender.
+#[derive(Debug, Clone)]
+pub(crate) struct SenderSettings {
+    pub audience: String,
+    pub backoff: Backoff,
+    pub attempt_budget: u32,
+    pub rpc_timeout: Duration,
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
+}
+
+/// Sends the inbox's pending reports.
+#[derive(Debug)]
+pub(crate) struct ReportSender {
+    pub partner_id: String,
+    pub inbox: Arc<dyn Inbox>,
+    pub key: ReportSigningKey,
+    pub settings: SenderSettings,
+    pub metrics: Arc<ConnectorMetrics>,
+    pub wake: Arc<Notify>,
+    clients: Mutex<HashMap<String, StatusIngestClient<Channel>>>,
+}
+
+impl ReportSender {
+    pub fn new(
+        partner_id: String,
+        inbox: Arc<dyn Inbox>,
+        key: ReportSigningKey,
+        settings: SenderSettings,
+        metrics: Arc<ConnectorMetrics>,
+        wake: Arc<Notify>,
+    ) -> Self {
+        Self {
+            partner_id,
+            inbox,
+            key,
+            settings,
+            metrics,
+            wake,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Sends due reports until `stop` is cancelled; woken by new reports, else by the earliest
+    /// retry time (at most every 5 s, so another instance's reports in a shared inbox are
+    /// picked up too).
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            if stop.is_cancelled() {
+                return;
+            }
+            let sent = self.send_due().await;
+            if sent > 0 {
+                continue;
+            }
+            let wait = match self.inbox.next_report_due(&self.partner_id).await {
+                Ok(Some(due)) => (due - Utc::now())
+                    .to_std()
+                    .unwrap_or(Duration::ZERO)
+                    .min(Duration::from_secs(5)),
+                Ok(None) => Duration::from_secs(5),
+                Err(error) => {
+                    ConnectorMetrics::add(&self.metrics.inbox_errors);
+                    warn!(%error, "cannot read the next report time from the inbox");
+                    Duration::from_secs(1)
+                }
+            };
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// One pass: sends every report due now, concurrently. Returns how many were attempted.
+    pub async fn send_due(self: &Arc<Self>) -> usize {
+        let due = match self
+            .inbox
+            .due_reports(&self.partner_id, Utc::now(), BATCH)
+            .await
+        {
+            Ok(due) => due,
+            Err(error) => {
+                ConnectorMetrics::add(&self.metrics.inbox_errors);
+                warn!(%error, "cannot read due reports from the inbox");
+                return 0;
+            }
+        };
+        let count = due.len();
+        let mut attempts = JoinSet::new();
+        for report in due {
+            let sender = Arc::clone(self);
+            attempts.spawn(async move { sender.attempt(report).await });
+        }
+        while attempts.join_next().await.is_some() {}
+        count
+    }
+
+    /// The client for `reply_to`; an error status when no client can be made (an invalid
+    /// address is refused for good; TLS without a configured CA is retried, so the report
+    /// lands once the connector restarts with one).
+    fn client(&self, reply_to: &str) -> Result<StatusIngestClient<Channel>, tonic::Status> {
+        let mut clients = self
+            .clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(client) = clients.get(reply_to) {
+            return Ok(client.clone());
+        }
+        let mut endpoint = Endpoint::from_shared(reply_to.to_owned())
+            .map_err(|e| {
+                tonic::Status::invalid_argument(format!(
+                    "reply-to {reply_to:?} is not a valid address: {e}"
+                ))
+            })?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(self.settings.rpc_timeout);
+        if reply_to.starts_with("https://") {
+            let Some(tls) = self.settings.tls.clone() else {
+                return Err(tonic::Status::unavailable(format!(
+                    "reply-to {reply_to:?} uses TLS but no CA is configured (ConnectorBuilder::report_tls_ca, WAYBILL_REPORT_TLS_CA)"
+                )));
+            };
+            endpoint = endpoint.tls_config(tls).map_err(|e| {
+                tonic::Status::unavailable(format!("TLS settings for {reply_to:?}: {e}"))
+            })?;
+        }
+        let client = StatusIngestClient::new(endpoint.connect_lazy());
+        clients.insert(reply_to.to_owned(), client.clone());
+        Ok(client)
+    }
+
+    fn request(&self, report: &StoredReport) -> ReportStatusRequest {
+        let now = Utc::now();
+        let claims = ReportClaims::new(
+            &Report {
+                partner_id: self.partner_id.clone(),
+                order_id: report.order_id.clone(),
+                report_id: report.report_id.clone(),
+                status: report.status.clone(),
+                tracking_id: report.tracking_id.clone(),
+                occurred_at: report.occurred_at,
+            },
+            &self.settings.audience,
+            now,
+            TOKEN_LIFETIME_SECONDS,
+            uuid::Uuid::new_v4().to_string(),
+        );
+        ReportStatusRequest {
+            correlation_id: report.order_id.clone(),
+            partner_id: self.partner_id.clone(),
+            report_id: report.report_id.clone(),
+            status: OrderStatus::from_short_name(&report.status).map_or(0, |status| status as i32),
+            tracking_id: report.tracking_id.clone(),
+            detail: report.detail.clone(),
+            occurred_at: Some(waybill_proto::time::to_timestamp(report.occurred_at)),
+            token: self.key.signer().sign(&claims),
+            detail_code: report.detail_code.clone(),
+            action_required: report.action_required,
+        }
+    }
+
+    async fn attempt(&self, report: StoredReport) {
+        let attempt = u32::try_from(report.attempts)
+            .unwrap_or(u32::MAX)
+            .saturating_add(1);
+        let result = match self.client(&report.reply_to) {
+            Ok(mut client) => {
+                let mut call = tonic::Request::new(self.request(&report));
+                if let Some(traceparent) = report.traceparent.as_deref()
+                    && let Ok(value) = traceparent.parse()
+                {
+                    call.metadata_mut().insert("traceparent", value);
+                }
+                client.report_status(call).await
+            }
+            Err(status) => Err(status),
+        };
+        let outcome = match &result {
+            Ok(_) => ReportOutcome::Confirmed,
+            Err(status) => classify(status.code()),
+        };
+        let stored = match (outcome, &result) {
+            (ReportOutcome::Confirmed, Ok(response)) => {
+                let duplicate = response.get_ref().duplicate;
+                ConnectorMetrics::add(&self.metrics.reports_confirmed);
+                if duplicate {
+                    ConnectorMetrics::add(&self.metrics.reports_duplicate);
+                }
+                debug!(order_id = %report.order_id, report_id = %report.report_id,
+                    status = %report.status, attempt, duplicate, "report confirmed");
+                self.inbox
+                    .report_confirmed(&self.partner_id, &report.report_id)
+                    .await
+            }
+            (ReportOutcome::Retry, Err(status)) if attempt < self.settings.attempt_budget => {
+                ConnectorMetrics::add(&self.metrics.report_retries);
+                let delay = self.settings.backoff.jittered(attempt);
+                let next = Utc::now()
+                    + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero());
+                let message = format!("{:?}: {}", status.code(), status.message());
+                if attempt == 1 {
+                    warn!(order_id = %report.order_id, report_id = %report.report_id,
+                        reply_to = %report.reply_to, attempt, error = %message,
+                        retry_in_ms = delay.as_millis() as u64, "report failed, will retry");
+                } else {
+                    debug!(order_id = %report.order_id, report_id = %report.report_id, attempt,
+                        error = %message, retry_in_ms = delay.as_millis() as u64, "report failed again");
+                }
+                self.inbox
+                    .report_failed(&self.partner_id, &report.report_id, next, &message)
+                    .await
+            }
+            (_, Err(status)) => {
+                ConnectorMetrics::add(&self.metrics.reports_refused);
+                let message = format!("{:?}: {}", status.code(), status.message());
+                error!(order_id = %report.order_id, report_id = %report.report_id,
+                    status = %report.status, attempt, error = %message,
+                    "report refused, kept in the inbox as refused");
+                self.inbox
+                    .report_refused(&self.partner_id, &report.report_id, &message)
+                    .await
+            }
+            (_, Ok(_)) => Ok(()),
+        };
+        if let Err(error) = stored {
+            // The report stays pending and is sent again: a duplicate at worst.
+            ConnectorMetrics::add(&self.metrics.inbox_errors);
+            warn!(order_id = %report.order_id, report_id = %report.report_id, %error,
+                "cannot record the report's outcome in the inbox");
+        } else if attempt > 1 && outcome == ReportOutcome::Confirmed {
+            info!(order_id = %report.order_id, report_id = %report.report_id, attempt,
+                "report landed after retries");
+        }
+    }
+}

@@ -1,0 +1,709 @@
+//! [`SqlInbox`]: the inbox on SQLite or Postgres, one SQL text for both (`$N` parameters, which
+//! both accept; instants as Unix microseconds in `BIGINT`, so one row struct decodes on both).
+//!
+//! The schema is created with `CREATE … IF NOT EXISTS` when the inbox opens, not with sqlx's
+//! migrator: the inbox may live in a database of the partner's own whose `_sqlx_migrations`
+//! table belongs to the partner's migrations. Tables are prefixed `waybill_inbox_`.
+
+use std::{path::Path, str::FromStr, time::Duration};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::{
+    PgPool, SqlitePool,
+    postgres::PgPoolOptions,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+
+use super::{
+    Inbox, InboxCounts, InboxError, InboxOrder, OrderDelivery, OrderState, RecordOrigin,
+    ReportState, SetAsideRow, StoredAnswer, StoredReport,
+};
+
+const SCHEMA: [&str; 5] = [
+    "CREATE TABLE IF NOT EXISTS waybill_inbox_orders (
+        partner_id    TEXT NOT NULL,
+        order_id      TEXT NOT NULL,
+        state         TEXT NOT NULL,
+        reply_to      TEXT NOT NULL,
+        region        TEXT NOT NULL,
+        traceparent   TEXT,
+        tracking_id   TEXT NOT NULL DEFAULT '',
+        reason        TEXT NOT NULL DEFAULT '',
+        deliveries    BIGINT NOT NULL,
+        adapter_calls BIGINT NOT NULL DEFAULT 0,
+        first_seen_at BIGINT NOT NULL,
+        updated_at    BIGINT NOT NULL,
+        PRIMARY KEY (partner_id, order_id)
+    )",
+    "CREATE TABLE IF NOT EXISTS waybill_inbox_reports (
+        partner_id      TEXT NOT NULL,
+        report_id       TEXT NOT NULL,
+        order_id        TEXT NOT NULL,
+        status          TEXT NOT NULL,
+        tracking_id     TEXT NOT NULL,
+        detail          TEXT NOT NULL,
+        detail_code     TEXT NOT NULL,
+        action_required BOOLEAN NOT NULL,
+        occurred_at     BIGINT NOT NULL,
+        reply_to        TEXT NOT NULL,
+        traceparent     TEXT,
+        state           TEXT NOT NULL,
+        attempts        BIGINT NOT NULL DEFAULT 0,
+        next_attempt_at BIGINT NOT NULL,
+        last_error      TEXT NOT NULL DEFAULT '',
+        created_at      BIGINT NOT NULL,
+        updated_at      BIGINT NOT NULL,
+        PRIMARY KEY (partner_id, report_id)
+    )",
+    "CREATE INDEX IF NOT EXISTS waybill_inbox_reports_due
+        ON waybill_inbox_reports (partner_id, state, next_attempt_at)",
+    "CREATE INDEX IF NOT EXISTS waybill_inbox_reports_order
+        ON waybill_inbox_reports (partner_id, order_id)",
+    "CREATE TABLE IF NOT EXISTS waybill_inbox_set_aside (
+        partner_id      TEXT NOT NULL,
+        cluster         TEXT NOT NULL,
+        topic           TEXT NOT NULL,
+        kafka_partition INTEGER NOT NULL,
+        kafka_offset    BIGINT NOT NULL,
+        record_key      TEXT NOT NULL,
+        order_id        TEXT NOT NULL DEFAULT '',
+        reason          TEXT NOT NULL,
+        set_aside_at    BIGINT NOT NULL,
+        PRIMARY KEY (partner_id, cluster, topic, kafka_partition, kafka_offset)
+    )",
+];
+
+const ORDER_COLUMNS: &str = "order_id, state, reply_to, region, traceparent, tracking_id, reason, deliveries, adapter_calls";
+
+const REPORT_COLUMNS: &str = "report_id, order_id, status, tracking_id, detail, detail_code, \
+     action_required, occurred_at, reply_to, traceparent, state, attempts, last_error";
+
+#[derive(Debug, Clone)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs the same query-building code against whichever pool this is.
+macro_rules! on_pool {
+    ($inbox:expr, |$pool:ident| $body:expr) => {
+        match &$inbox.pool {
+            Pool::Sqlite($pool) => $body,
+            Pool::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Inserts a report unless its id is stored already; evaluates to `true` when inserted.
+macro_rules! insert_report {
+    ($executor:expr, $partner:expr, $report:expr, $now:expr) => {
+        sqlx::query(INSERT_REPORT)
+            .bind($partner)
+            .bind(&$report.report_id)
+            .bind(&$report.order_id)
+            .bind(&$report.status)
+            .bind(&$report.tracking_id)
+            .bind(&$report.detail)
+            .bind(&$report.detail_code)
+            .bind($report.action_required)
+            .bind(micros($report.occurred_at))
+            .bind(&$report.reply_to)
+            .bind(&$report.traceparent)
+            .bind($now)
+            .execute($executor)
+            .await?
+            .rows_affected()
+            == 1
+    };
+}
+
+/// Inserts a set-aside row unless that record has one; evaluates to `true` when inserted.
+macro_rules! insert_set_aside {
+    ($executor:expr, $partner:expr, $origin:expr, $order_id:expr, $reason:expr, $now:expr) => {
+        sqlx::query(INSERT_SET_ASIDE)
+            .bind($partner)
+            .bind(&$origin.cluster)
+            .bind(&$origin.topic)
+            .bind($origin.partition)
+            .bind($origin.offset)
+            .bind(&$origin.key)
+            .bind($order_id)
+            .bind($reason)
+            .bind($now)
+            .execute($executor)
+            .await?
+            .rows_affected()
+            == 1
+    };
+}
+
+/// The inbox on SQLite or Postgres.
+#[derive(Debug, Clone)]
+pub struct SqlInbox {
+    pool: Pool,
+}
+
+#[derive(sqlx::FromRow)]
+struct OrderRow {
+    order_id: String,
+    state: String,
+    reply_to: String,
+    region: String,
+    traceparent: Option<String>,
+    tracking_id: String,
+    reason: String,
+    deliveries: i64,
+    adapter_calls: i64,
+}
+
+impl OrderRow {
+    fn into_order(self) -> Result<InboxOrder, InboxError> {
+        Ok(InboxOrder {
+            state: OrderState::parse(&self.state)
+                .ok_or_else(|| InboxError(format!("unknown order state {:?}", self.state)))?,
+            order_id: self.order_id,
+            reply_to: self.reply_to,
+            region: self.region,
+            traceparent: self.traceparent,
+            tracking_id: self.tracking_id,
+            reason: self.reason,
+            deliveries: self.deliveries,
+            adapter_calls: self.adapter_calls,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct ReportRow {
+    report_id: String,
+    order_id: String,
+    status: String,
+    tracking_id: String,
+    detail: String,
+    detail_code: String,
+    action_required: bool,
+    occurred_at: i64,
+    reply_to: String,
+    traceparent: Option<String>,
+    state: String,
+    attempts: i64,
+    last_error: String,
+}
+
+impl ReportRow {
+    fn into_report(self) -> Result<StoredReport, InboxError> {
+        Ok(StoredReport {
+            state: ReportState::parse(&self.state)
+                .ok_or_else(|| InboxError(format!("unknown report state {:?}", self.state)))?,
+            occurred_at: from_micros(self.occurred_at)?,
+            report_id: self.report_id,
+            order_id: self.order_id,
+            status: self.status,
+            tracking_id: self.tracking_id,
+            detail: self.detail,
+            detail_code: self.detail_code,
+            action_required: self.action_required,
+            reply_to: self.reply_to,
+            traceparent: self.traceparent,
+            attempts: self.attempts,
+            last_error: self.last_error,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct SetAsideDbRow {
+    cluster: String,
+    topic: String,
+    kafka_partition: i32,
+    kafka_offset: i64,
+    record_key: String,
+    order_id: String,
+    reason: String,
+}
+
+fn micros(at: DateTime<Utc>) -> i64 {
+    at.timestamp_micros()
+}
+
+fn now_micros() -> i64 {
+    micros(Utc::now())
+}
+
+fn from_micros(value: i64) -> Result<DateTime<Utc>, InboxError> {
+    DateTime::from_timestamp_micros(value)
+        .ok_or_else(|| InboxError(format!("instant {value} out of range")))
+}
+
+impl SqlInbox {
+    /// Opens (creating if needed) the SQLite inbox at `path`: WAL journal, `synchronous=FULL`
+    /// (an answer the SDK stored must survive a power cut, or a redelivery would call the
+    /// adapter again).
+    pub async fn open_sqlite(path: impl AsRef<Path>) -> Result<Self, InboxError> {
+        let path = path.as_ref();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                InboxError(format!("cannot create directory {}: {e}", parent.display()))
+            })?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        let inbox = Self {
+            pool: Pool::Sqlite(pool),
+        };
+        inbox.create_schema().await?;
+        Ok(inbox)
+    }
+
+    /// Connects to a Postgres inbox (`postgres://…`) and creates its tables if needed.
+    pub async fn connect_postgres(url: &str) -> Result<Self, InboxError> {
+        let options = sqlx::postgres::PgConnectOptions::from_str(url)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        let inbox = Self {
+            pool: Pool::Postgres(pool),
+        };
+        inbox.create_schema().await?;
+        Ok(inbox)
+    }
+
+    /// Opens the inbox a URL names: `postgres://…`/`postgresql://…`, `sqlite://PATH` or a bare
+    /// file path (SQLite).
+    pub async fn open(url: &str) -> Result<Self, InboxError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Self::connect_postgres(url).await
+        } else {
+            Self::open_sqlite(url.strip_prefix("sqlite://").unwrap_or(url)).await
+        }
+    }
+
+    /// Closes the pool (waits for connections to be returned).
+    pub async fn close(&self) {
+        on_pool!(self, |pool| pool.close().await);
+    }
+
+    async fn create_schema(&self) -> Result<(), InboxError> {
+        match &self.pool {
+            Pool::Sqlite(pool) => {
+                for statement in SCHEMA {
+                    sqlx::query(statement).execute(pool).await?;
+                }
+            }
+            Pool::Postgres(pool) => {
+                // Two instances starting together would race on the catalog: serialise them.
+                let mut tx = pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock(4207319520)")
+                    .execute(&mut *tx)
+                    .await?;
+                for statement in SCHEMA {
+                    sqlx::query(statement).execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Inbox for SqlInbox {
+    async fn begin(&self, partner: &str, order: &OrderDelivery) -> Result<InboxOrder, InboxError> {
+        let sql = format!(
+            "INSERT INTO waybill_inbox_orders
+                (partner_id, order_id, state, reply_to, region, traceparent, deliveries,
+                 adapter_calls, first_seen_at, updated_at)
+             VALUES ($1, $2, 'started', $3, $4, $5, 1, 0, $6, $6)
+             ON CONFLICT (partner_id, order_id) DO UPDATE
+                SET deliveries = waybill_inbox_orders.deliveries + 1, updated_at = excluded.updated_at
+             RETURNING {ORDER_COLUMNS}"
+        );
+        let row: OrderRow = on_pool!(self, |pool| sqlx::query_as(&sql)
+            .bind(partner)
+            .bind(&order.order_id)
+            .bind(&order.reply_to)
+            .bind(&order.region)
+            .bind(&order.traceparent)
+            .bind(now_micros())
+            .fetch_one(pool)
+            .await?);
+        row.into_order()
+    }
+
+    async fn note_adapter_call(&self, partner: &str, order_id: &str) -> Result<(), InboxError> {
+        let sql =
+            "UPDATE waybill_inbox_orders SET adapter_calls = adapter_calls + 1, updated_at = $3
+                   WHERE partner_id = $1 AND order_id = $2";
+        on_pool!(self, |pool| {
+            sqlx::query(sql)
+                .bind(partner)
+                .bind(order_id)
+                .bind(now_micros())
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    async fn record_answer(
+        &self,
+        partner: &str,
+        order_id: &str,
+        answer: &StoredAnswer,
+        report: &StoredReport,
+    ) -> Result<InboxOrder, InboxError> {
+        let (state, tracking_id, reason) = match answer {
+            StoredAnswer::Accepted { tracking_id } => {
+                (OrderState::Accepted, tracking_id.as_str(), "")
+            }
+            StoredAnswer::Rejected { reason } => (OrderState::Rejected, "", reason.as_str()),
+        };
+        let update = "UPDATE waybill_inbox_orders SET state = $3, tracking_id = $4, reason = $5, updated_at = $6
+                      WHERE partner_id = $1 AND order_id = $2 AND state = 'started'";
+        let select = format!(
+            "SELECT {ORDER_COLUMNS} FROM waybill_inbox_orders WHERE partner_id = $1 AND order_id = $2"
+        );
+        let now = now_micros();
+        let row: OrderRow = on_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            let updated = sqlx::query(update)
+                .bind(partner)
+                .bind(order_id)
+                .bind(state.as_str())
+                .bind(tracking_id)
+                .bind(reason)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if updated == 1 {
+                let _added = insert_report!(&mut *tx, partner, report, now);
+            }
+            let row: OrderRow = sqlx::query_as(&select)
+                .bind(partner)
+                .bind(order_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            row
+        });
+        row.into_order()
+    }
+
+    async fn set_aside_order(
+        &self,
+        partner: &str,
+        order_id: &str,
+        origin: &RecordOrigin,
+        reason: &str,
+    ) -> Result<(), InboxError> {
+        let update =
+            "UPDATE waybill_inbox_orders SET state = 'set_aside', reason = $3, updated_at = $4
+                      WHERE partner_id = $1 AND order_id = $2 AND state = 'started'";
+        let now = now_micros();
+        on_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            sqlx::query(update)
+                .bind(partner)
+                .bind(order_id)
+                .bind(reason)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            let _added = insert_set_aside!(&mut *tx, partner, origin, order_id, reason, now);
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    async fn set_aside_record(
+        &self,
+        partner: &str,
+        origin: &RecordOrigin,
+        reason: &str,
+    ) -> Result<bool, InboxError> {
+        let now = now_micros();
+        let inserted = on_pool!(self, |pool| insert_set_aside!(
+            pool, partner, origin, "", reason, now
+        ));
+        Ok(inserted)
+    }
+
+    async fn was_set_aside(
+        &self,
+        partner: &str,
+        origin: &RecordOrigin,
+    ) -> Result<bool, InboxError> {
+        let sql = "SELECT COUNT(*) FROM waybill_inbox_set_aside
+                   WHERE partner_id = $1 AND cluster = $2 AND topic = $3 AND kafka_partition = $4
+                     AND kafka_offset = $5";
+        let count: i64 = on_pool!(self, |pool| sqlx::query_scalar(sql)
+            .bind(partner)
+            .bind(&origin.cluster)
+            .bind(&origin.topic)
+            .bind(origin.partition)
+            .bind(origin.offset)
+            .fetch_one(pool)
+            .await?);
+        Ok(count > 0)
+    }
+
+    async fn order(&self, partner: &str, order_id: &str) -> Result<Option<InboxOrder>, InboxError> {
+        let sql = format!(
+            "SELECT {ORDER_COLUMNS} FROM waybill_inbox_orders WHERE partner_id = $1 AND order_id = $2"
+        );
+        let row: Option<OrderRow> = on_pool!(self, |pool| sqlx::query_as(&sql)
+            .bind(partner)
+            .bind(order_id)
+            .fetch_optional(pool)
+            .await?);
+        row.map(OrderRow::into_order).transpose()
+    }
+
+    async fn add_report(&self, partner: &str, report: &StoredReport) -> Result<bool, InboxError> {
+        let now = now_micros();
+        let inserted = on_pool!(self, |pool| insert_report!(pool, partner, report, now));
+        Ok(inserted)
+    }
+
+    async fn due_reports(
+        &self,
+        partner: &str,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<StoredReport>, InboxError> {
+        let sql = format!(
+            "SELECT {REPORT_COLUMNS} FROM waybill_inbox_reports
+             WHERE partner_id = $1 AND state = 'pending' AND next_attempt_at <= $2
+             ORDER BY next_attempt_at, created_at LIMIT $3"
+        );
+        let rows: Vec<ReportRow> = on_pool!(self, |pool| sqlx::query_as(&sql)
+            .bind(partner)
+            .bind(micros(now))
+            .bind(limit)
+            .fetch_all(pool)
+            .await?);
+        rows.into_iter().map(ReportRow::into_report).collect()
+    }
+
+    async fn next_report_due(&self, partner: &str) -> Result<Option<DateTime<Utc>>, InboxError> {
+        let sql = "SELECT MIN(next_attempt_at) FROM waybill_inbox_reports
+                   WHERE partner_id = $1 AND state = 'pending'";
+        let next: Option<i64> = on_pool!(self, |pool| sqlx::query_scalar(sql)
+            .bind(partner)
+            .fetch_one(pool)
+            .await?);
+        next.map(from_micros).transpose()
+    }
+
+    async fn report_confirmed(&self, partner: &str, report_id: &str) -> Result<(), InboxError> {
+        let sql = "UPDATE waybill_inbox_reports
+                   SET state = 'confirmed', attempts = attempts + 1, last_error = '', updated_at = $3
+                   WHERE partner_id = $1 AND report_id = $2";
+        on_pool!(self, |pool| {
+            sqlx::query(sql)
+                .bind(partner)
+                .bind(report_id)
+                .bind(now_micros())
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    async fn report_failed(
+        &self,
+        partner: &str,
+        report_id: &str,
+        next_attempt_at: DateTime<Utc>,
+        error: &str,
+    ) -> Result<(), InboxError> {
+        let sql = "UPDATE waybill_inbox_reports
+                   SET attempts = attempts + 1, next_attempt_at = $3, last_error = $4, updated_at = $5
+                   WHERE partner_id = $1 AND report_id = $2 AND state = 'pending'";
+        on_pool!(self, |pool| {
+            sqlx::query(sql)
+                .bind(partner)
+                .bind(report_id)
+                .bind(micros(next_attempt_at))
+                .bind(error)
+                .bind(now_micros())
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    async fn report_refused(
+        &self,
+        partner: &str,
+        report_id: &str,
+        error: &str,
+    ) -> Result<(), InboxError> {
+        let sql = "UPDATE waybill_inbox_reports
+                   SET state = 'refused', attempts = attempts + 1, last_error = $3, updated_at = $4
+                   WHERE partner_id = $1 AND report_id = $2 AND state = 'pending'";
+        on_pool!(self, |pool| {
+            sqlx::query(sql)
+                .bind(partner)
+                .bind(report_id)
+                .bind(error)
+                .bind(now_micros())
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    async fn reports_of(
+        &self,
+        partner: &str,
+        order_id: &str,
+    ) -> Result<Vec<StoredReport>, InboxError> {
+        let sql = format!(
+            "SELECT {REPORT_COLUMNS} FROM waybill_inbox_reports
+             WHERE partner_id = $1 AND order_id = $2 ORDER BY created_at, report_id"
+        );
+        let rows: Vec<ReportRow> = on_pool!(self, |pool| sqlx::query_as(&sql)
+            .bind(partner)
+            .bind(order_id)
+            .fetch_all(pool)
+            .await?);
+        rows.into_iter().map(ReportRow::into_report).collect()
+    }
+
+    async fn set_aside_rows(
+        &self,
+        partner: &str,
+        limit: i64,
+    ) -> Result<Vec<SetAsideRow>, InboxError> {
+        let sql =
+            "SELECT cluster, topic, kafka_partition, kafka_offset, record_key, order_id, reason
+                   FROM waybill_inbox_set_aside WHERE partner_id = $1
+                   ORDER BY set_aside_at, kafka_offset LIMIT $2";
+        let rows: Vec<SetAsideDbRow> = on_pool!(self, |pool| sqlx::query_as(sql)
+            .bind(partner)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?);
+        Ok(rows
+            .into_iter()
+            .map(|row| SetAsideRow {
+                origin: RecordOrigin {
+                    cluster: row.cluster,
+                    topic: row.topic,
+                    partition: row.kafka_partition,
+                    offset: row.kafka_offset,
+                    key: row.record_key,
+                },
+                order_id: row.order_id,
+                reason: row.reason,
+            })
+            .collect())
+    }
+
+    async fn counts(&self, partner: &str) -> Result<InboxCounts, InboxError> {
+        let orders =
+            "SELECT state, COUNT(*) FROM waybill_inbox_orders WHERE partner_id = $1 GROUP BY state";
+        let reports = "SELECT state, COUNT(*) FROM waybill_inbox_reports WHERE partner_id = $1 GROUP BY state";
+        let set_aside = "SELECT COUNT(*) FROM waybill_inbox_set_aside WHERE partner_id = $1";
+        let (orders, reports, records): (Vec<(String, i64)>, Vec<(String, i64)>, i64) =
+            on_pool!(self, |pool| (
+                sqlx::query_as(orders).bind(partner).fetch_all(pool).await?,
+                sqlx::query_as(reports)
+                    .bind(partner)
+                    .fetch_all(pool)
+                    .await?,
+                sqlx::query_scalar(set_aside)
+                    .bind(partner)
+                    .fetch_one(pool)
+                    .await?,
+            ));
+        let mut counts = InboxCounts {
+            records_set_aside: records,
+            ..InboxCounts::default()
+        };
+        for (state, n) in orders {
+            match OrderState::parse(&state) {
+                Some(OrderState::Started) => counts.started = n,
+                Some(OrderState::Accepted) => counts.accepted = n,
+                Some(OrderState::Rejected) => counts.rejected = n,
+                Some(OrderState::SetAside) => counts.orders_set_aside = n,
+                None => {}
+            }
+        }
+        for (state, n) in reports {
+            match ReportState::parse(&state) {
+                Some(ReportState::Pending) => counts.reports_pending = n,
+                Some(ReportState::Confirmed) => counts.reports_confirmed = n,
+                Some(ReportState::Refused) => counts.reports_refused = n,
+                None => {}
+            }
+        }
+        Ok(counts)
+    }
+
+    async fn purge(&self, partner: &str, before: DateTime<Utc>) -> Result<u64, InboxError> {
+        // Orders whose reports are all settled; their settled reports go with them.
+        let reports = "DELETE FROM waybill_inbox_reports
+                       WHERE partner_id = $1 AND state <> 'pending' AND order_id IN (
+                         SELECT order_id FROM waybill_inbox_orders
+                         WHERE partner_id = $1 AND updated_at < $2 AND state <> 'started')
+                         AND NOT EXISTS (SELECT 1 FROM waybill_inbox_reports p
+                           WHERE p.partner_id = $1 AND p.order_id = waybill_inbox_reports.order_id
+                             AND p.state = 'pending')";
+        let orders = "DELETE FROM waybill_inbox_orders
+                      WHERE partner_id = $1 AND updated_at < $2 AND state <> 'started'
+                        AND NOT EXISTS (SELECT 1 FROM waybill_inbox_reports r
+                          WHERE r.partner_id = $1 AND r.order_id = waybill_inbox_orders.order_id)";
+        let set_aside =
+            "DELETE FROM waybill_inbox_set_aside WHERE partner_id = $1 AND set_aside_at < $2";
+        let before = micros(before);
+        let purged = on_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            sqlx::query(reports)
+                .bind(partner)
+                .bind(before)
+                .execute(&mut *tx)
+                .await?;
+            let purged = sqlx::query(orders)
+                .bind(partner)
+                .bind(before)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            sqlx::query(set_aside)
+                .bind(partner)
+                .bind(before)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            purged
+        });
+        Ok(purged)
+    }
+}
+
+const INSERT_REPORT: &str = "INSERT INTO waybill_inbox_reports
+    (partner_id, report_id, order_id, status, tracking_id, detail, detail_code,
+     action_required, occurred_at, reply_to, traceparent, state, attempts, next_attempt_at,
+     last_error, created_at, updated_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending', 0, $12, '', $12, $12)
+    ON CONFLICT (partner_id, report_id) DO NOTHING";
+
+const INSERT_SET_ASIDE: &str = "INSERT INTO waybill_inbox_set_aside
+    (partner_id, cluster, topic, kafka_partition, kafka_offset, record_key, order_id, reason,
+     set_aside_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+    ON CONFLICT (partner_id, cluster, topic, kafka_partition, kafka_offset) DO NOTHING";

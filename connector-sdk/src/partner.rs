@@ -1,0 +1,206 @@
+//! The one trait a partner implements, and what goes in and out of it.
+
+use std::{future::Future, time::Duration};
+
+use waybill_proto::v1::DispatchedOrder;
+
+/// A shipping partner's adapter: turns a Waybill order into a shipment request in the
+/// partner's own system.
+///
+/// The SDK calls [`TransportPartner::request_shipment`] once per order in effect: it records
+/// the order id in the durable inbox before the call and the answer after it, so a redelivered
+/// order (a Kafka redelivery, a producer duplicate, a resend after the handover deadline) is
+/// answered from the inbox and never handed to the adapter again.
+///
+/// What the adapter must guarantee: **idempotency on the order id**
+/// ([`ShipmentContext::idempotency_key`]). There is one window the inbox cannot close — the
+/// process dies after the adapter's call reached the partner's system and before its answer
+/// was stored, or the call timed out — and then the SDK calls again with the same order id.
+/// Pass it to the partner's system as its idempotency key (most carrier APIs take one), or
+/// look the order id up before creating a shipment, and answer the same way both times.
+///
+/// Implement it with `async fn`:
+///
+/// ```
+/// use waybill_connector_sdk::{Acceptance, PartnerError, ShipmentContext, TransportPartner};
+/// use waybill_connector_sdk::proto::DispatchedOrder;
+///
+/// struct Acme;
+///
+/// impl TransportPartner for Acme {
+///     async fn request_shipment(
+///         &self,
+///         order: &DispatchedOrder,
+///         ctx: &ShipmentContext,
+///     ) -> Result<Acceptance, PartnerError> {
+///         // call the partner's own API with ctx.idempotency_key() here
+///         Ok(Acceptance::accepted(format!("ACME-{}", &ctx.idempotency_key()[..8])))
+///     }
+/// }
+/// ```
+pub trait TransportPartner: Send + Sync + 'static {
+    /// Asks the partner's system to carry `order`. Answer [`Acceptance::Accepted`] with the
+    /// tracking id, [`Acceptance::Rejected`] when the partner will not carry it (Waybill then
+    /// routes the order to the next partner), or an error: [`PartnerError::Retryable`] when
+    /// trying again later may succeed (the SDK retries with backoff), [`PartnerError::Permanent`]
+    /// when it never will (the order is set aside for a person to look at).
+    fn request_shipment(
+        &self,
+        order: &DispatchedOrder,
+        ctx: &ShipmentContext,
+    ) -> impl Future<Output = Result<Acceptance, PartnerError>> + Send;
+}
+
+/// The partner's answer to a shipment request. Stored in the inbox before it is reported, so a
+/// crash between the two re-sends the stored answer instead of asking again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acceptance {
+    /// The partner will carry the order: reported as `RECEIVED_BY_PARTNER` with the tracking id.
+    Accepted {
+        /// The partner's tracking id (shown on the order).
+        tracking_id: String,
+    },
+    /// The partner will not carry it: reported as `REJECTED_BY_PARTNER`; Waybill tries the
+    /// next matching route.
+    Rejected {
+        /// Why, in words a person can act on.
+        reason: String,
+        /// Optional machine-readable reason (`OUT_OF_AREA`, `NO_CAPACITY`,
+        /// `UNSUPPORTED_ITEM`): upper-case letters, digits and `_`.
+        detail_code: String,
+    },
+}
+
+impl Acceptance {
+    /// Accepted with `tracking_id`.
+    pub fn accepted(tracking_id: impl Into<String>) -> Self {
+        Self::Accepted {
+            tracking_id: tracking_id.into(),
+        }
+    }
+
+    /// Rejected for `reason`, with a detail code such as `OUT_OF_AREA`.
+    pub fn rejected(reason: impl Into<String>, detail_code: impl Into<String>) -> Self {
+        Self::Rejected {
+            reason: reason.into(),
+            detail_code: detail_code.into(),
+        }
+    }
+}
+
+/// Why the adapter could not answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PartnerError {
+    /// Trying again later may succeed (the partner's API is down, rate-limited, timed out).
+    /// The SDK retries this order with exponential backoff; other orders keep flowing.
+    #[error("retryable: {0}")]
+    Retryable(String),
+    /// Trying again will not help (the order cannot be expressed in the partner's system).
+    /// The order is set aside: a dead-letter record and an inbox row with the reason.
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+impl PartnerError {
+    /// A [`PartnerError::Retryable`].
+    pub fn retryable(reason: impl std::fmt::Display) -> Self {
+        Self::Retryable(reason.to_string())
+    }
+
+    /// A [`PartnerError::Permanent`].
+    pub fn permanent(reason: impl std::fmt::Display) -> Self {
+        Self::Permanent(reason.to_string())
+    }
+}
+
+/// What the adapter knows about the order besides its contents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShipmentContext {
+    pub(crate) partner_id: String,
+    pub(crate) order_id: String,
+    pub(crate) region: String,
+    pub(crate) reply_to: String,
+    pub(crate) cluster: String,
+    pub(crate) traceparent: Option<String>,
+    pub(crate) tracestate: Option<String>,
+    pub(crate) attempt: u32,
+    pub(crate) send_count: i32,
+    pub(crate) deadline: Duration,
+}
+
+impl ShipmentContext {
+    /// The key the partner's system must de-duplicate on: the order id. The same order always
+    /// comes with the same key, whichever copy, instance or retry delivers it.
+    pub fn idempotency_key(&self) -> &str {
+        &self.order_id
+    }
+
+    /// The order id (the same as the idempotency key).
+    pub fn order_id(&self) -> &str {
+        &self.order_id
+    }
+
+    /// This connector's partner id.
+    pub fn partner_id(&self) -> &str {
+        &self.partner_id
+    }
+
+    /// The Waybill region that sent the order.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    /// The StatusIngest address the order's reports go to (the SDK sends them there).
+    pub fn reply_to(&self) -> &str {
+        &self.reply_to
+    }
+
+    /// The name of the cluster the order came from (as configured).
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    /// W3C `traceparent` of this order's journey, continued by the SDK's consumer span: pass
+    /// it to the partner's own API so its traces join the order's trace.
+    pub fn traceparent(&self) -> Option<&str> {
+        self.traceparent.as_deref()
+    }
+
+    /// W3C `tracestate`, if the sender had one.
+    pub fn tracestate(&self) -> Option<&str> {
+        self.tracestate.as_deref()
+    }
+
+    /// 1 for the first call for this delivery, higher when the SDK retries after a
+    /// [`PartnerError::Retryable`] or a timeout.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// How many times Waybill has sent this order (1, or more for resends after the handover
+    /// deadline).
+    pub fn send_count(&self) -> i32 {
+        self.send_count
+    }
+
+    /// How long this call may take before the SDK gives up on it and retries.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
+    /// A context for calling an adapter directly (an adapter's own tests).
+    pub fn for_test(order_id: impl Into<String>) -> Self {
+        Self {
+            partner_id: "test".to_owned(),
+            order_id: order_id.into(),
+            region: "test".to_owned(),
+            reply_to: "http://127.0.0.1:50053".to_owned(),
+            cluster: "test".to_owned(),
+            traceparent: None,
+            tracestate: None,
+            attempt: 1,
+            send_count: 1,
+            deadline: Duration::from_secs(30),
+        }
+    }
+}

@@ -1,0 +1,412 @@
+//! What happens to one record, on the async runtime: an order goes through the inbox to the
+//! adapter (with a timeout and retries) and its answer back to the inbox; a record that is not
+//! an order is set aside. Returns whether the record's work is safe (its offset may be
+//! committed) or was abandoned (revocation or shutdown: the next owner redoes it).
+
+use std::{future::Future, panic::AssertUnwindSafe, sync::Arc, time::Duration};
+
+use futures::FutureExt as _;
+
+use rdkafka::{
+    message::{Header, OwnedHeaders},
+    producer::{FutureProducer, FutureRecord},
+};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument as _, error, info, info_span, warn};
+use waybill_proto::v1::OrderStatus;
+
+use crate::{
+    Acceptance, PartnerError, ShipmentContext, TransportPartner,
+    domain::backoff::Backoff,
+    envelope::IncomingOrder,
+    inbox::{
+        Inbox, InboxError, OrderDelivery, OrderState, RecordOrigin, StoredAnswer, StoredReport,
+    },
+    metrics::ConnectorMetrics,
+};
+
+/// The dead-letter record's header naming why it was set aside.
+pub const DEAD_LETTER_REASON: &str = "waybill-dead-letter-reason";
+/// The dead-letter record's header naming where it came from (`topic/partition/offset`).
+pub const DEAD_LETTER_ORIGIN: &str = "waybill-dead-letter-origin";
+
+/// A record as read, kept for the dead-letter topic.
+#[derive(Debug, Clone)]
+pub(crate) struct RawRecord {
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+#[derive(Debug)]
+pub(crate) enum JobKind {
+    Order(Box<IncomingOrder>),
+    Undecodable(String),
+}
+
+/// One record's work.
+#[derive(Debug)]
+pub(crate) struct Job {
+    pub origin: RecordOrigin,
+    pub epoch: u64,
+    pub lane: String,
+    pub kind: JobKind,
+    pub raw: RawRecord,
+    pub cancel: CancellationToken,
+}
+
+/// Per-cluster things a job needs.
+pub(crate) struct ClusterSink {
+    pub name: String,
+    pub dead_letter_topic: String,
+    pub producer: FutureProducer,
+}
+
+impl std::fmt::Debug for ClusterSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterSink")
+            .field("name", &self.name)
+            .field("dead_letter_topic", &self.dead_letter_topic)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Adapter-call settings.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerSettings {
+    pub adapter_timeout: Duration,
+    pub adapter_attempts: u32,
+    pub adapter_backoff: Backoff,
+}
+
+/// Everything jobs share.
+pub(crate) struct Worker<P> {
+    pub partner_id: String,
+    pub adapter: Arc<P>,
+    pub inbox: Arc<dyn Inbox>,
+    pub settings: WorkerSettings,
+    pub metrics: Arc<ConnectorMetrics>,
+    pub report_wake: Arc<Notify>,
+}
+
+impl<P: TransportPartner> Worker<P> {
+    /// Runs `job`; `true` when its work is safe.
+    pub async fn run(&self, job: Job, sink: &ClusterSink) -> bool {
+        match &job.kind {
+            JobKind::Order(incoming) => {
+                let span = info_span!("waybill.connector.order",
+                    order_id = %incoming.order.order_id,
+                    messaging.system = "kafka",
+                    messaging.destination.name = %job.origin.topic,
+                    messaging.destination.partition.id = job.origin.partition,
+                    messaging.kafka.offset = job.origin.offset,
+                    trace_id = crate::trace::trace_id(incoming.traceparent.as_deref()).unwrap_or(""),
+                );
+                self.order(&job, incoming, sink).instrument(span).await
+            }
+            JobKind::Undecodable(reason) => self.undecodable(&job, reason, sink).await,
+        }
+    }
+
+    async fn order(&self, job: &Job, incoming: &IncomingOrder, sink: &ClusterSink) -> bool {
+        let order_id = incoming.order.order_id.clone();
+        let traceparent = crate::trace::continue_trace(incoming.traceparent.as_deref());
+        let delivery = OrderDelivery {
+            order_id: order_id.clone(),
+            reply_to: incoming.reply_to.clone(),
+            region: incoming.region.clone(),
+            traceparent: traceparent.clone(),
+        };
+        let Some(row) = self
+            .inbox_op(&job.cancel, || {
+                self.inbox.begin(&self.partner_id, &delivery)
+            })
+            .await
+        else {
+            return false;
+        };
+        match row.state {
+            OrderState::Accepted | OrderState::Rejected | OrderState::SetAside => {
+                ConnectorMetrics::add(&self.metrics.duplicates_skipped);
+                info!(
+                    deliveries = row.deliveries,
+                    state = row.state.as_str(),
+                    "order delivered again, answered from the inbox without calling the adapter"
+                );
+                // A pending report of this order is (re)sent by the report sender.
+                self.report_wake.notify_one();
+                return true;
+            }
+            OrderState::Started if row.deliveries > 1 => {
+                info!(
+                    deliveries = row.deliveries,
+                    "order seen before without a stored answer, asking the adapter again with the same idempotency key"
+                );
+            }
+            OrderState::Started => ConnectorMetrics::add(&self.metrics.orders_started),
+        }
+
+        let mut attempt = 0_u32;
+        loop {
+            attempt += 1;
+            let ctx = ShipmentContext {
+                partner_id: self.partner_id.clone(),
+                order_id: order_id.clone(),
+                region: incoming.region.clone(),
+                reply_to: incoming.reply_to.clone(),
+                cluster: sink.name.clone(),
+                traceparent: traceparent.clone(),
+                tracestate: incoming.tracestate.clone(),
+                attempt,
+                send_count: incoming.order.send_count,
+                deadline: self.settings.adapter_timeout,
+            };
+            if self
+                .inbox_op(&job.cancel, || {
+                    self.inbox.note_adapter_call(&self.partner_id, &order_id)
+                })
+                .await
+                .is_none()
+            {
+                return false;
+            }
+            ConnectorMetrics::add(&self.metrics.adapter_calls);
+            // A panicking adapter must not kill the job (its lane and offset would never
+            // finish): it is caught and treated as a permanent failure.
+            let call = tokio::time::timeout(
+                self.settings.adapter_timeout,
+                AssertUnwindSafe(self.adapter.request_shipment(&incoming.order, &ctx))
+                    .catch_unwind(),
+            );
+            let result = tokio::select! {
+                () = job.cancel.cancelled() => return false,
+                result = call => result,
+            };
+            let failure = match result {
+                Ok(Err(_panic)) => {
+                    return self
+                        .set_aside_order(job, &order_id, "adapter panicked", sink)
+                        .await;
+                }
+                Ok(Ok(Ok(acceptance))) => {
+                    return self
+                        .store_answer(job, incoming, &order_id, acceptance, traceparent)
+                        .await;
+                }
+                Ok(Ok(Err(PartnerError::Permanent(reason)))) => {
+                    return self
+                        .set_aside_order(
+                            job,
+                            &order_id,
+                            &format!("adapter failed permanently: {reason}"),
+                            sink,
+                        )
+                        .await;
+                }
+                Ok(Ok(Err(PartnerError::Retryable(reason)))) => reason,
+                Err(_) => {
+                    ConnectorMetrics::add(&self.metrics.adapter_timeouts);
+                    format!(
+                        "adapter call timed out after {} ms",
+                        self.settings.adapter_timeout.as_millis()
+                    )
+                }
+            };
+            if attempt >= self.settings.adapter_attempts {
+                return self
+                    .set_aside_order(
+                        job,
+                        &order_id,
+                        &format!("adapter failed {attempt} times, the latest: {failure}"),
+                        sink,
+                    )
+                    .await;
+            }
+            ConnectorMetrics::add(&self.metrics.adapter_retries);
+            let delay = self.settings.adapter_backoff.jittered(attempt);
+            warn!(attempt, error = %failure, retry_in_ms = delay.as_millis() as u64,
+                "adapter call failed, retrying this order (other orders keep flowing)");
+            tokio::select! {
+                () = job.cancel.cancelled() => return false,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    async fn store_answer(
+        &self,
+        job: &Job,
+        incoming: &IncomingOrder,
+        order_id: &str,
+        acceptance: Acceptance,
+        traceparent: Option<String>,
+    ) -> bool {
+        let now = chrono::Utc::now();
+        let (answer, status, tracking_id, detail, detail_code) = match acceptance {
+            Acceptance::Accepted { tracking_id } => (
+                StoredAnswer::Accepted {
+                    tracking_id: tracking_id.clone(),
+                },
+                OrderStatus::ReceivedByPartner,
+                tracking_id,
+                String::new(),
+                String::new(),
+            ),
+            Acceptance::Rejected {
+                reason,
+                detail_code,
+            } => (
+                StoredAnswer::Rejected {
+                    reason: reason.clone(),
+                },
+                OrderStatus::RejectedByPartner,
+                String::new(),
+                reason,
+                detail_code,
+            ),
+        };
+        // One report id per order and answer, the same from any instance: StatusIngest
+        // answers a second copy as a duplicate.
+        let report = StoredReport::pending(
+            format!("{order_id}:{}", status.short_name()),
+            order_id.to_owned(),
+            status.short_name(),
+            tracking_id,
+            detail,
+            detail_code,
+            false,
+            now,
+            incoming.reply_to.clone(),
+            traceparent,
+        );
+        let Some(stored) = self
+            .inbox_op(&job.cancel, || {
+                self.inbox
+                    .record_answer(&self.partner_id, order_id, &answer, &report)
+            })
+            .await
+        else {
+            return false;
+        };
+        match stored.state {
+            OrderState::Accepted => {
+                ConnectorMetrics::add(&self.metrics.orders_accepted);
+                info!(tracking_id = %stored.tracking_id, "order accepted by the partner");
+            }
+            OrderState::Rejected => {
+                ConnectorMetrics::add(&self.metrics.orders_rejected);
+                info!(reason = %stored.reason, "order rejected by the partner");
+            }
+            OrderState::Started | OrderState::SetAside => {}
+        }
+        self.report_wake.notify_one();
+        true
+    }
+
+    async fn set_aside_order(
+        &self,
+        job: &Job,
+        order_id: &str,
+        reason: &str,
+        sink: &ClusterSink,
+    ) -> bool {
+        ConnectorMetrics::add(&self.metrics.set_aside);
+        error!(reason, "order set aside: dead-letter topic and inbox");
+        self.dead_letter(job, reason, sink).await;
+        self.inbox_op(&job.cancel, || {
+            self.inbox
+                .set_aside_order(&self.partner_id, order_id, &job.origin, reason)
+        })
+        .await
+        .is_some()
+    }
+
+    async fn undecodable(&self, job: &Job, reason: &str, sink: &ClusterSink) -> bool {
+        let Some(seen) = self
+            .inbox_op(&job.cancel, || {
+                self.inbox.was_set_aside(&self.partner_id, &job.origin)
+            })
+            .await
+        else {
+            return false;
+        };
+        if seen {
+            return true;
+        }
+        ConnectorMetrics::add(&self.metrics.set_aside);
+        warn!(topic = %job.origin.topic, partition = job.origin.partition,
+            offset = job.origin.offset, key = %job.origin.key, reason,
+            "record is not an order, set aside: dead-letter topic and inbox");
+        self.dead_letter(job, reason, sink).await;
+        self.inbox_op(&job.cancel, || {
+            self.inbox
+                .set_aside_record(&self.partner_id, &job.origin, reason)
+        })
+        .await
+        .is_some()
+    }
+
+    /// Produces the record to the partner's dead-letter topic with the reason. A failure is
+    /// counted and logged; the inbox row keeps the record's place and reason either way.
+    async fn dead_letter(&self, job: &Job, reason: &str, sink: &ClusterSink) {
+        let mut headers = OwnedHeaders::new_with_capacity(job.raw.headers.len() + 2);
+        for (name, value) in &job.raw.headers {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value.as_slice()),
+            });
+        }
+        let origin = format!(
+            "{}/{}/{}",
+            job.origin.topic, job.origin.partition, job.origin.offset
+        );
+        headers = headers
+            .insert(Header {
+                key: DEAD_LETTER_REASON,
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: DEAD_LETTER_ORIGIN,
+                value: Some(&origin),
+            });
+        let mut record = FutureRecord::to(&sink.dead_letter_topic)
+            .payload(&job.raw.payload)
+            .headers(headers);
+        if let Some(key) = &job.raw.key {
+            record = record.key(key);
+        }
+        if let Err((error, _)) = sink.producer.send(record, Duration::from_secs(10)).await {
+            ConnectorMetrics::add(&self.metrics.dead_letter_failures);
+            warn!(topic = %sink.dead_letter_topic, %error, "cannot produce the dead-letter record");
+        }
+    }
+
+    /// Runs an inbox operation until it succeeds (the inbox is the truth: without it nothing
+    /// may proceed), backing off between tries; `None` when the job was cancelled meanwhile.
+    async fn inbox_op<T, F, Fut>(&self, cancel: &CancellationToken, op: F) -> Option<T>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, InboxError>>,
+    {
+        let backoff = Backoff {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(5),
+        };
+        let mut failures = 0_u32;
+        loop {
+            match op().await {
+                Ok(value) => return Some(value),
+                Err(error) => {
+                    failures += 1;
+                    ConnectorMetrics::add(&self.metrics.inbox_errors);
+                    warn!(%error, failures, "inbox unavailable, retrying");
+                    tokio::select! {
+                        () = cancel.cancelled() => return None,
+                        () = tokio::time::sleep(backoff.jittered(failures)) => {}
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! The relay's side loop: history events to the order-events topic, and audit copies from the
+//! audit outbox to the audit topic. Neither ever holds back an order on its way to a partner.
+
+use std::sync::atomic::Ordering;
+
+use tracing::{info, warn};
+
+use super::Relay;
+use crate::{
+    error::DispatchError,
+    kafka::messages::{Origin, OutgoingMessage, order_event_message},
+    store::AuditCopy,
+};
+
+impl Relay {
+    /// Publishes unpublished history events to the order-events topic; how many.
+    pub async fn publish_events(&self) -> Result<usize, DispatchError> {
+        let batch = self.store.claim_events(self.settings.batch_size).await?;
+        let events = batch.events();
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let origin = Origin {
+            region: &self.settings.region,
+            reply_to: &self.settings.reply_to,
+        };
+        let messages: Vec<OutgoingMessage> = events
+            .iter()
+            .map(|event| {
+                order_event_message(event, self.settings.topics.order_events.clone(), origin)
+            })
+            .collect();
+        let outcomes = self.send(&messages).await;
+        if let Some(error) = outcomes.iter().find_map(|r| r.as_ref().err()) {
+            // Released, every event stays unpublished: they go out again next cycle.
+            // Logged once per outage, not once per cycle.
+            if !self.events_failing.swap(true, Ordering::Relaxed) {
+                warn!(%error, events = messages.len(), "publishing order events failed, will retry");
+            }
+            batch.release().await?;
+            return Ok(0);
+        }
+        if self.events_failing.swap(false, Ordering::Relaxed) {
+            info!("publishing order events works again");
+        }
+        let count = messages.len();
+        batch.mark_published(self.clock.now()).await?;
+        self.metrics.add_events_published(count as u64);
+        Ok(count)
+    }
+
+    /// Produces the audit copies that are due from the audit outbox; how many were claimed.
+    /// A copy that fails again backs off (exponentially, capped) and is never given up: the
+    /// audit topic must get every copy.
+    pub async fn publish_audits(&self) -> Result<usize, DispatchError> {
+        let now = self.clock.now();
+        let batch = self
+            .store
+            .claim_audits(now, self.settings.batch_size)
+            .await?;
+        let copies = batch.copies();
+        if copies.is_empty() {
+            return Ok(0);
+        }
+        let messages: Vec<OutgoingMessage> = copies
+            .iter()
+            .map(|copy| OutgoingMessage {
+                topic: copy.topic.clone(),
+                key: copy.order_id.to_string(),
+                payload: copy.payload.clone(),
+                headers: copy
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.clone().into(), v.clone()))
+                    .collect(),
+            })
+            .collect();
+        let outcomes = self.send(&messages).await;
+        let now = self.clock.now();
+        let mut delivered = Vec::new();
+        let mut failed = Vec::new();
+        for (copy, outcome) in copies.iter().zip(&outcomes) {
+            match outcome {
+                Ok(_) => delivered.push(copy.order_id),
+                Err(error) => {
+                    let attempts = copy.attempts.saturating_add(1);
+                    failed.push(AuditCopy {
+                        attempts,
+                        last_error: error.to_string(),
+                        due_at: self.retry_at(attempts, now),
+                        ..copy.clone()
+                    });
+                }
+            }
+        }
+        let claimed = copies.len();
+        if let Some(copy) = failed.first() {
+            warn!(failed = failed.len(), error = %copy.last_error, "audit copies failed again, will retry");
+        }
+        self.metrics.add_audits_published(delivered.len() as u64);
+        batch.settle(&delivered, &failed).await?;
+        Ok(claimed)
+    }
+}

@@ -1,0 +1,267 @@
+//! TLS for a listener: certificate chain and private key from PEM files, optional client
+//! certificate verification (mTLS) against a CA bundle, and reloading on SIGHUP or when the
+//! files change (checked every [`FILE_CHECK_INTERVAL`]) without dropping connections.
+//!
+//! We terminate TLS ourselves (tokio-rustls, the library tonic uses) instead of tonic's
+//! `ServerTlsConfig`, because tonic's configuration is fixed at start: here every new connection
+//! takes the configuration current at its accept, so a reload affects new connections only and
+//! established ones keep their session.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, RwLock},
+    time::{Duration, SystemTime},
+};
+
+use rustls::{
+    RootCertStore, ServerConfig,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    server::WebPkiClientVerifier,
+};
+use tokio_rustls::TlsAcceptor;
+use tracing::{info, warn};
+
+use crate::secrets::{self, SecretFileError};
+
+/// How often the TLS files are checked for changes (a rotated certificate mounted by an
+/// orchestrator, with no signal sent).
+pub const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(30);
+
+/// What identifies one version of the TLS files: each file's modification time and length.
+pub type FileStamps = Vec<Option<(SystemTime, u64)>>;
+
+/// Where a listener's TLS material lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1); must not be readable by group or others.
+    pub key: PathBuf,
+    /// PEM CA bundle: when set, every client must present a certificate issued by one of these
+    /// (mTLS); a connection without one, or with any other, is refused at the handshake.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Why TLS material could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The private key file is unsafe or unreadable.
+    #[error(transparent)]
+    KeyFile(#[from] SecretFileError),
+    /// A file holds no usable PEM item of the expected kind.
+    #[error("{path}: {what}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong (never the file's content).
+        what: &'static str,
+    },
+    /// rustls refused the combination (e.g. a key that does not match the certificate).
+    #[error("tls configuration refused: {0}")]
+    Config(String),
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| TlsError::Pem {
+            path: path.to_owned(),
+            what: "is not a PEM certificate file",
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem {
+            path: path.to_owned(),
+            what: "holds no certificate",
+        });
+    }
+    Ok(certs)
+}
+
+/// Builds the rustls configuration from `files` (reading them now).
+pub fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
+    let certs = read_certs(&files.cert)?;
+    let key_pem = secrets::read_private_file(&files.key)?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| TlsError::Pem {
+        path: files.key.clone(),
+        what: "holds no PEM private key",
+    })?;
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let builder = match &files.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for cert in read_certs(ca)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| TlsError::Config(format!("{}: {e}", ca.display())))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .map_err(|e| TlsError::Config(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    // gRPC is HTTP/2 only.
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// A listener's TLS acceptor that can be reloaded while serving.
+#[derive(Clone)]
+pub struct ReloadableTls {
+    files: TlsFiles,
+    current: Arc<RwLock<TlsAcceptor>>,
+}
+
+impl std::fmt::Debug for ReloadableTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadableTls")
+            .field("files", &self.files)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReloadableTls {
+    /// Loads `files` now (start-up fails on bad material).
+    pub fn load(files: TlsFiles) -> Result<Self, TlsError> {
+        let acceptor = TlsAcceptor::from(Arc::new(server_config(&files)?));
+        Ok(Self {
+            files,
+            current: Arc::new(RwLock::new(acceptor)),
+        })
+    }
+
+    /// Whether clients must present a certificate.
+    pub fn requires_client_cert(&self) -> bool {
+        self.files.client_ca.is_some()
+    }
+
+    /// The acceptor for the next connection.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        match self.current.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Re-reads the files; on error the previous configuration stays in force.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let acceptor = TlsAcceptor::from(Arc::new(server_config(&self.files)?));
+        match self.current.write() {
+            Ok(mut guard) => *guard = acceptor,
+            Err(poisoned) => *poisoned.into_inner() = acceptor,
+        }
+        Ok(())
+    }
+
+    /// The files' current stamps.
+    pub fn stamps(&self) -> FileStamps {
+        [
+            Some(&self.files.cert),
+            Some(&self.files.key),
+            self.files.client_ca.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|path| {
+            std::fs::metadata(path)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())))
+        })
+        .collect()
+    }
+
+    /// Reloads if the files changed since `seen` (updated to the current stamps); `None` when
+    /// nothing changed.
+    pub fn reload_if_changed(&self, seen: &mut FileStamps) -> Option<Result<(), TlsError>> {
+        let now = self.stamps();
+        if now == *seen {
+            return None;
+        }
+        *seen = now;
+        Some(self.reload())
+    }
+
+    fn log_reload(&self, why: &'static str, result: Result<(), TlsError>) {
+        match result {
+            Ok(()) => info!(cert = %self.files.cert.display(), why, "tls certificate reloaded"),
+            Err(error) => {
+                warn!(%error, why, "tls reload failed; keeping the previous certificate")
+            }
+        }
+    }
+
+    /// Until `shutdown`, reloads on every SIGHUP and whenever the files change: new
+    /// connections get the new certificate, established ones are untouched.
+    pub async fn reload_on_sighup(self, shutdown: tokio_util::sync::CancellationToken) {
+        let mut seen = self.stamps();
+        let mut checks = tokio::time::interval(FILE_CHECK_INTERVAL);
+        checks.tick().await;
+        #[cfg(unix)]
+        let mut hangups = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::hangup(),
+        ) {
+            Ok(hangups) => Some(hangups),
+            Err(error) => {
+                warn!(%error, "cannot listen for SIGHUP; tls files are reloaded when they change");
+                None
+            }
+        };
+        loop {
+            #[cfg(unix)]
+            let hangup = async {
+                match hangups.as_mut() {
+                    Some(hangups) => hangups.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let hangup = std::future::pending::<Option<()>>();
+            let signal_gone = tokio::select! {
+                () = shutdown.cancelled() => return,
+                received = hangup => match received {
+                    Some(()) => {
+                        seen = self.stamps();
+                        self.log_reload("sighup", self.reload());
+                        false
+                    }
+                    // The signal driver is gone: keep watching the files.
+                    None => true,
+                },
+                _ = checks.tick() => {
+                    if let Some(result) = self.reload_if_changed(&mut seen) {
+                        self.log_reload("files changed", result);
+                    }
+                    false
+                }
+            };
+            #[cfg(unix)]
+            if signal_gone {
+                hangups = None;
+            }
+            #[cfg(not(unix))]
+            let _ = signal_gone;
+        }
+    }
+}

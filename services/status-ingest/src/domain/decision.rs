@@ -1,0 +1,318 @@
+//! What an authenticated report does, decided from a snapshot of the order taken inside the
+//! report's transaction (the order row locked): both stores gather the same [`OrderSnapshot`]
+//! and carry out the same [`Decision`].
+
+use waybill_proto::v1::{DispatchState, OrderStatus};
+
+/// The order as the report's transaction sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderSnapshot {
+    /// The order's current status (`orders.status`).
+    pub status: OrderStatus,
+    /// The partner the dispatch row is routed to now (`dispatch.partner_id`), if any.
+    pub routed_partner: Option<String>,
+    /// The dispatch row's state.
+    pub dispatch_state: Option<DispatchState>,
+    /// The reporting partner refused this order earlier (a `dispatch_rejections` row).
+    pub rejected_by_reporter: bool,
+    /// An earlier report with the same `(partner, report id)`: `Some(true)` for this order,
+    /// `Some(false)` for another order.
+    pub earlier_report_same_order: Option<bool>,
+    /// The token id had not been seen (the replay guard took it).
+    pub token_id_fresh: bool,
+}
+
+/// The verdict, in the order the checks are made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// The order does not exist, or is not routed to this partner: `PERMISSION_DENIED`, with the
+    /// same answer in every case (a partner learns nothing about other partners' orders).
+    NotRouted,
+    /// The token id was used before: `UNAUTHENTICATED`.
+    Replayed,
+    /// This partner used the report id for another order: `INVALID_ARGUMENT` (report ids are
+    /// unique per partner).
+    ReportIdReused,
+    /// The report was accepted before: `duplicate = true`, nothing changes.
+    Duplicate,
+    /// Accept it.
+    Apply(Effects),
+}
+
+/// What accepting a report changes, all in one transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Effects {
+    /// The order's status afterwards (its history gets the reported status either way).
+    pub order_status: OrderStatus,
+    /// Record the report's tracking id on the order.
+    pub record_tracking: bool,
+    /// Mark the dispatch row `ACKNOWLEDGED` (handover done: no more re-sends).
+    pub acknowledge: bool,
+    /// Remember the partner's refusal and put the dispatch row back to `PENDING` for routing.
+    pub reroute: bool,
+    /// The order had reached a final state: the event is kept, flagged for operators, and
+    /// changes nothing else.
+    pub needs_review: bool,
+}
+
+/// Decides what a report from `reporter` with `reported` status (and a tracking id, or not)
+/// does to the order in `snapshot`.
+pub fn decide(
+    snapshot: &OrderSnapshot,
+    reporter: &str,
+    reported: OrderStatus,
+    has_tracking: bool,
+) -> Decision {
+    let routed_now = snapshot.routed_partner.as_deref() == Some(reporter);
+    // A partner that refused the order saw it: it may still get its own earlier reports
+    // answered as duplicates (a retry of the rejection), nothing more.
+    if !routed_now && !snapshot.rejected_by_reporter {
+        return Decision::NotRouted;
+    }
+    if !snapshot.token_id_fresh {
+        return Decision::Replayed;
+    }
+    match snapshot.earlier_report_same_order {
+        Some(true) => return Decision::Duplicate,
+        Some(false) => return Decision::ReportIdReused,
+        None => {}
+    }
+    if !routed_now {
+        return Decision::NotRouted;
+    }
+    if is_final(snapshot.status) {
+        // Why not apply it: after DELIVERED a partner's "EXCEPTION" or "SHIPPED" is either a
+        // mistake or something a person must look at (a return?); silently moving a delivered
+        // order backwards would mislead the customer.
+        return Decision::Apply(Effects {
+            order_status: snapshot.status,
+            record_tracking: false,
+            acknowledge: false,
+            reroute: false,
+            needs_review: true,
+        });
+    }
+    let reroute = reported == OrderStatus::RejectedByPartner;
+    Decision::Apply(Effects {
+        order_status: status_after(snapshot.status, reported),
+        record_tracking: has_tracking && !reroute,
+        acknowledge: acknowledges(reported)
+            && snapshot.dispatch_state != Some(DispatchState::Acknowledged),
+        reroute,
+        needs_review: false,
+    })
+}
+
+/// A final state: nothing a partner reports afterwards changes the order.
+pub fn is_final(status: OrderStatus) -> bool {
+    status == OrderStatus::Delivered
+}
+
+/// Statuses that show the partner has the order (the relay's handover check uses the same set).
+pub fn acknowledges(status: OrderStatus) -> bool {
+    matches!(
+        status,
+        OrderStatus::ReceivedByPartner
+            | OrderStatus::Shipped
+            | OrderStatus::Delivered
+            | OrderStatus::Exception
+    )
+}
+
+/// Position along the normal journey; `None` for statuses off it (exception, rejection).
+fn progress(status: OrderStatus) -> Option<u8> {
+    match status {
+        OrderStatus::Placed => Some(0),
+        OrderStatus::SentToPartner => Some(1),
+        OrderStatus::ReceivedByPartner => Some(2),
+        OrderStatus::Shipped => Some(3),
+        OrderStatus::Delivered => Some(4),
+        OrderStatus::Unspecified | OrderStatus::Exception | OrderStatus::RejectedByPartner => None,
+    }
+}
+
+/// The order's status after `reported`: a report that arrives late (RECEIVED after SHIPPED) is
+/// kept in the history but does not move the order backwards; anything else becomes current.
+pub fn status_after(current: OrderStatus, reported: OrderStatus) -> OrderStatus {
+    match (progress(current), progress(reported)) {
+        (Some(now), Some(new)) if new < now => current,
+        _ => reported,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routed(status: OrderStatus) -> OrderSnapshot {
+        OrderSnapshot {
+            status,
+            routed_partner: Some("acme".to_owned()),
+            dispatch_state: Some(DispatchState::Sent),
+            rejected_by_reporter: false,
+            earlier_report_same_order: None,
+            token_id_fresh: true,
+        }
+    }
+
+    fn effects(decision: Decision) -> Effects {
+        match decision {
+            Decision::Apply(effects) => effects,
+            other => panic!("expected Apply, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_the_routed_partner_may_report() {
+        let snapshot = routed(OrderStatus::SentToPartner);
+        assert_eq!(
+            decide(&snapshot, "other", OrderStatus::Shipped, false),
+            Decision::NotRouted
+        );
+        let unrouted = OrderSnapshot {
+            routed_partner: None,
+            ..snapshot
+        };
+        assert_eq!(
+            decide(&unrouted, "acme", OrderStatus::Shipped, false),
+            Decision::NotRouted
+        );
+    }
+
+    #[test]
+    fn checks_come_in_order_routed_then_replay_then_new() {
+        let replayed = OrderSnapshot {
+            token_id_fresh: false,
+            earlier_report_same_order: Some(true),
+            ..routed(OrderStatus::Shipped)
+        };
+        assert_eq!(
+            decide(&replayed, "acme", OrderStatus::Shipped, false),
+            Decision::Replayed
+        );
+        assert_eq!(
+            decide(&replayed, "other", OrderStatus::Shipped, false),
+            Decision::NotRouted
+        );
+        let duplicate = OrderSnapshot {
+            token_id_fresh: true,
+            ..replayed
+        };
+        assert_eq!(
+            decide(&duplicate, "acme", OrderStatus::Shipped, false),
+            Decision::Duplicate
+        );
+        let reused = OrderSnapshot {
+            earlier_report_same_order: Some(false),
+            ..duplicate
+        };
+        assert_eq!(
+            decide(&reused, "acme", OrderStatus::Shipped, false),
+            Decision::ReportIdReused
+        );
+    }
+
+    #[test]
+    fn received_acknowledges_the_handover_and_records_tracking() {
+        let applied = effects(decide(
+            &routed(OrderStatus::SentToPartner),
+            "acme",
+            OrderStatus::ReceivedByPartner,
+            true,
+        ));
+        assert_eq!(
+            applied,
+            Effects {
+                order_status: OrderStatus::ReceivedByPartner,
+                record_tracking: true,
+                acknowledge: true,
+                reroute: false,
+                needs_review: false,
+            }
+        );
+        let already = OrderSnapshot {
+            dispatch_state: Some(DispatchState::Acknowledged),
+            ..routed(OrderStatus::ReceivedByPartner)
+        };
+        assert!(!effects(decide(&already, "acme", OrderStatus::Shipped, false)).acknowledge);
+    }
+
+    #[test]
+    fn late_reports_are_kept_without_moving_the_order_back() {
+        let applied = effects(decide(
+            &routed(OrderStatus::Shipped),
+            "acme",
+            OrderStatus::ReceivedByPartner,
+            false,
+        ));
+        assert_eq!(applied.order_status, OrderStatus::Shipped);
+        assert_eq!(
+            status_after(OrderStatus::Exception, OrderStatus::Shipped),
+            OrderStatus::Shipped
+        );
+        assert_eq!(
+            status_after(OrderStatus::Shipped, OrderStatus::Exception),
+            OrderStatus::Exception
+        );
+        assert_eq!(
+            status_after(OrderStatus::ReceivedByPartner, OrderStatus::Delivered),
+            OrderStatus::Delivered
+        );
+    }
+
+    #[test]
+    fn after_delivered_reports_are_flagged_and_change_nothing() {
+        for reported in [
+            OrderStatus::Exception,
+            OrderStatus::Shipped,
+            OrderStatus::RejectedByPartner,
+        ] {
+            let applied = effects(decide(
+                &routed(OrderStatus::Delivered),
+                "acme",
+                reported,
+                true,
+            ));
+            assert_eq!(
+                applied,
+                Effects {
+                    order_status: OrderStatus::Delivered,
+                    record_tracking: false,
+                    acknowledge: false,
+                    reroute: false,
+                    needs_review: true,
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn a_rejection_reroutes_and_then_only_duplicates_are_answered() {
+        let applied = effects(decide(
+            &routed(OrderStatus::SentToPartner),
+            "acme",
+            OrderStatus::RejectedByPartner,
+            true,
+        ));
+        assert!(applied.reroute && !applied.acknowledge && !applied.record_tracking);
+        assert_eq!(applied.order_status, OrderStatus::RejectedByPartner);
+        let after = OrderSnapshot {
+            routed_partner: None,
+            rejected_by_reporter: true,
+            earlier_report_same_order: Some(true),
+            ..routed(OrderStatus::RejectedByPartner)
+        };
+        assert_eq!(
+            decide(&after, "acme", OrderStatus::RejectedByPartner, false),
+            Decision::Duplicate
+        );
+        let new_report = OrderSnapshot {
+            earlier_report_same_order: None,
+            ..after
+        };
+        assert_eq!(
+            decide(&new_report, "acme", OrderStatus::Shipped, false),
+            Decision::NotRouted
+        );
+    }
+}

@@ -1,0 +1,211 @@
+//! `waybill.v1.StatusIngest`: the checks of `ReportStatus`, in order, each refusal changing
+//! nothing:
+//!
+//! 0. the request's fields are well-formed (`INVALID_ARGUMENT` naming the field);
+//! 1. the token is well-formed, of our type and algorithm (`UNAUTHENTICATED` from here to 4);
+//! 2. its key `(iss, kid)` is enrolled and not revoked;
+//! 3. its signature verifies (strict Ed25519);
+//! 4. audience, expiry, issue time not in the future beyond the skew, lifetime; then every bound
+//!    claim equals the request field;
+//! 5. the order exists and is routed to that partner (`PERMISSION_DENIED`, one answer whether
+//!    the order does not exist or is another partner's), the token id is new (replay:
+//!    `UNAUTHENTICATED`), and the report id is new (else `duplicate = true`) — these in the
+//!    store's one transaction, which also carries out the effects.
+//!
+//! Refusals are counted by reason and logged with partner, order and reason — never the token.
+
+use std::{sync::Arc, time::Instant};
+
+use tonic::{Request, Response, Status};
+use tracing::{debug, warn};
+use waybill_proto::v1::{self as pb, status_ingest_server::StatusIngest};
+use waybill_service_kit::{
+    clock::SharedClock,
+    text::{InvalidField, quote},
+};
+use waybill_token::{
+    MAX_SKEW_SECONDS, ParsedToken, RejectReason, Report, TokenError, keys::verifying_key_from_bytes,
+};
+
+use crate::{
+    domain::validate,
+    error::IngestError,
+    metrics::IngestMetrics,
+    store::{AuthenticatedReport, IngestStore, ReportOutcome},
+};
+
+/// The StatusIngest gRPC service.
+#[derive(Debug, Clone)]
+pub struct IngestApi {
+    store: Arc<dyn IngestStore>,
+    clock: SharedClock,
+    audience: String,
+    metrics: Arc<IngestMetrics>,
+}
+
+impl IngestApi {
+    /// The service over `store`, accepting tokens whose audience is `audience`.
+    pub fn new(
+        store: Arc<dyn IngestStore>,
+        clock: SharedClock,
+        audience: impl Into<String>,
+        metrics: Arc<IngestMetrics>,
+    ) -> Self {
+        Self {
+            store,
+            clock,
+            audience: audience.into(),
+            metrics,
+        }
+    }
+
+    /// Every check and the effects; `Ok(true)` for a duplicate.
+    async fn report(&self, request: &pb::ReportStatusRequest) -> Result<bool, IngestError> {
+        let fields = validate::report_fields(request)?;
+        if request.token.is_empty() {
+            return Err(TokenError::new(
+                RejectReason::Malformed,
+                "token is required: a report token signed with your enrolled key",
+            )
+            .into());
+        }
+        let parsed = ParsedToken::parse(&request.token)?;
+        let key = self
+            .store
+            .partner_key(parsed.issuer(), parsed.key_id())
+            .await?
+            .ok_or_else(|| {
+                TokenError::new(
+                    RejectReason::UnknownKey,
+                    format!(
+                        "no key {} is enrolled for partner {} (the token's kid and iss)",
+                        quote(parsed.key_id()),
+                        quote(parsed.issuer())
+                    ),
+                )
+            })?;
+        if let Some(revoked_at) = key.revoked_at {
+            return Err(TokenError::new(
+                RejectReason::RevokedKey,
+                format!(
+                    "key {} of partner {} was revoked at {}; sign with a current key",
+                    quote(parsed.key_id()),
+                    quote(parsed.issuer()),
+                    revoked_at.to_rfc3339()
+                ),
+            )
+            .into());
+        }
+        let public_key = verifying_key_from_bytes(&key.public_key).map_err(|_| {
+            TokenError::new(
+                RejectReason::BadSignature,
+                format!(
+                    "enrolled key {} is not a valid Ed25519 public key; enrol a new one",
+                    quote(parsed.key_id())
+                ),
+            )
+        })?;
+        let verified = parsed.verify_signature(&public_key)?;
+        let now = self.clock.now();
+        verified.check_validity(&self.audience, now)?;
+        let bound = Report {
+            partner_id: request.partner_id.clone(),
+            order_id: request.correlation_id.clone(),
+            report_id: request.report_id.clone(),
+            status: fields.status.short_name().to_owned(),
+            tracking_id: request.tracking_id.clone(),
+            occurred_at: fields.occurred_at,
+        };
+        verified.claims().check_bound_to(&bound)?;
+        let claims = verified.into_claims();
+        let kept_until =
+            chrono::DateTime::from_timestamp(claims.exp.saturating_add(MAX_SKEW_SECONDS), 0)
+                .unwrap_or(now);
+
+        let report = AuthenticatedReport {
+            order_id: fields.order_id,
+            partner_id: fields.partner_id,
+            report_id: fields.report_id,
+            status: fields.status,
+            tracking_id: fields.tracking_id,
+            detail: fields.detail,
+            detail_code: fields.detail_code,
+            action_required: fields.action_required,
+            occurred_at: fields.occurred_at,
+            token_id: claims.jti,
+            token_id_kept_until: kept_until,
+        };
+        match self.store.record_report(&report, now).await? {
+            ReportOutcome::Accepted { sequence, effects } => {
+                self.metrics.add_accepted(effects.needs_review);
+                if effects.needs_review {
+                    warn!(partner_id = %report.partner_id, order_id = %report.order_id, status = report.status.short_name(), sequence, "report after a final state kept and flagged for review");
+                } else {
+                    // Per report: debug, like the relay's "order sent" (a report is routine).
+                    debug!(partner_id = %report.partner_id, order_id = %report.order_id, status = report.status.short_name(), sequence, acknowledged = effects.acknowledge, rerouted = effects.reroute, "report accepted");
+                }
+                Ok(false)
+            }
+            ReportOutcome::Duplicate => {
+                self.metrics.add_duplicate();
+                debug!(partner_id = %report.partner_id, order_id = %report.order_id, report_id = %report.report_id, "duplicate report, nothing changed");
+                Ok(true)
+            }
+            ReportOutcome::NotRouted => Err(IngestError::NotRouted),
+            ReportOutcome::Replayed => Err(TokenError::new(
+                RejectReason::Replayed,
+                "this token (its jti) was used before; sign a fresh token for every attempt",
+            )
+            .into()),
+            ReportOutcome::ReportIdReused => Err(InvalidField::new(
+                "report_id",
+                format!(
+                    "{} was already used by your partner id for another order; report ids are unique per partner",
+                    quote(&report.report_id)
+                ),
+            )
+            .into()),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl StatusIngest for IngestApi {
+    async fn report_status(
+        &self,
+        request: Request<pb::ReportStatusRequest>,
+    ) -> Result<Response<pb::ReportStatusResponse>, Status> {
+        let started = Instant::now();
+        let request = request.into_inner();
+        match self.report(&request).await {
+            Ok(duplicate) => Ok(Response::new(pb::ReportStatusResponse { duplicate })),
+            Err(error) => {
+                let reason = error.reason();
+                self.metrics.add_rejected(reason);
+                // Partner and order as the request gave them (quoted, bounded); never the token.
+                warn!(
+                    partner_id = %quote(&request.partner_id),
+                    order_id = %quote(&request.correlation_id),
+                    reason,
+                    error = %error,
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "report refused"
+                );
+                Err(error.into())
+            }
+        }
+    }
+
+    async fn get_report_stats(
+        &self,
+        _request: Request<pb::GetReportStatsRequest>,
+    ) -> Result<Response<pb::ReportStats>, Status> {
+        let stats = self.metrics.snapshot();
+        Ok(Response::new(pb::ReportStats {
+            accepted: stats.accepted,
+            duplicates: stats.duplicates,
+            flagged_for_review: stats.flagged_for_review,
+            rejected: stats.rejected.into_iter().collect(),
+        }))
+    }
+}

@@ -1,0 +1,178 @@
+//! StatusIngest: where partners report what happened to an order, with tokens signed by their
+//! enrolled keys.
+//!
+//! - [`grpc`]: `waybill.v1.StatusIngest` (`ReportStatus`, `GetReportStats`): the checks in
+//!   order, each refusal counted by reason.
+//! - [`domain`]: request validation and the decision an accepted report carries out (status
+//!   progression, acknowledgement, re-routing after a rejection, flagging after a final state).
+//! - [`store`]: the [`store::IngestStore`] trait with Postgres and SQLite implementations; one
+//!   transaction per report, the replay guard in the database.
+//! - [`metrics`]: in-process counters.
+//! - [`config`]: flags with environment fallbacks.
+//! - [`bench`]: `waybill bench report`.
+//! - The token itself (format, checks, key files) is the `waybill-token` crate, shared with the
+//!   connector SDK.
+//!
+//! [`run`] starts the service from settings; [`serve`] is the seam tests and the all-in-one
+//! binary use (a bound listener and ready dependencies).
+
+pub mod bench;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod grpc;
+pub mod metrics;
+pub mod store;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use waybill_proto::v1::status_ingest_server::StatusIngestServer;
+use waybill_service_kit::{
+    clock::{SharedClock, SystemClock},
+    db::{Database, DbError, PoolSettings},
+    grpc::ServerLimits,
+};
+
+pub use crate::{config::StatusIngestArgs, grpc::IngestApi};
+use crate::{metrics::IngestMetrics, store::IngestStore};
+
+/// The fully qualified gRPC service name, for health reporting.
+pub const SERVICE_NAME: &str = "waybill.v1.StatusIngest";
+
+/// What StatusIngest needs to serve.
+#[derive(Debug, Clone)]
+pub struct IngestDeps {
+    /// Where reports land.
+    pub store: Arc<dyn IngestStore>,
+    /// Time source (token expiry, recorded times).
+    pub clock: SharedClock,
+    /// The audience tokens must name.
+    pub audience: String,
+    /// Counters.
+    pub metrics: Arc<IngestMetrics>,
+}
+
+impl IngestDeps {
+    /// Dependencies over a connected database with the system clock.
+    pub fn new(db: &Database, audience: impl Into<String>) -> Self {
+        Self {
+            store: store::for_database(db),
+            clock: Arc::new(SystemClock),
+            audience: audience.into(),
+            metrics: Arc::new(IngestMetrics::default()),
+        }
+    }
+}
+
+/// Why the service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Connecting or migrating failed.
+    #[error(transparent)]
+    Database(#[from] DbError),
+    /// TLS or the production guard refused the listener's settings.
+    #[error(transparent)]
+    Security(#[from] waybill_service_kit::security::SecurityError),
+    /// The gRPC server failed.
+    #[error("grpc server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Runs StatusIngest until `shutdown` is cancelled: binds first (a taken port fails fast),
+/// connects and migrates, then serves, deleting expired token ids and logging the counters
+/// every stats interval.
+pub async fn run(args: StatusIngestArgs, shutdown: CancellationToken) -> Result<(), RunError> {
+    // Open at the transport level (partners sign their reports), but TLS off loopback.
+    let security = args.security.load(
+        args.listen,
+        waybill_service_kit::security::CallerAuth::InCall,
+    )?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| RunError::Bind {
+            addr: args.listen,
+            source,
+        })?;
+    let settings = PoolSettings {
+        max_connections: args.db_max_connections,
+        ..PoolSettings::default()
+    };
+    let db = Database::connect(&args.database_url, &settings, shutdown.clone()).await?;
+    let deps = IngestDeps::new(&db, args.audience.clone());
+    info!(addr = %args.listen, audience = %args.audience, "status ingest listening");
+    let maintenance = tokio::spawn(maintain(
+        deps.clone(),
+        args.stats_interval(),
+        shutdown.clone(),
+    ));
+    let limits = ServerLimits {
+        security,
+        ..ServerLimits::default()
+    };
+    let result = serve(listener, deps, limits, shutdown).await;
+    let _ = maintenance.await;
+    db.close().await;
+    result
+}
+
+/// Every `interval` until `shutdown`: forget token ids that can no longer be replayed, and log
+/// the counters.
+pub async fn maintain(deps: IngestDeps, interval: Duration, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(interval) => {}
+        }
+        match deps.store.purge_token_ids(deps.clock.now()).await {
+            Ok(purged) if purged > 0 => info!(purged, "expired report token ids forgotten"),
+            Ok(_) => {}
+            Err(error) => warn!(%error, "cannot purge expired report token ids"),
+        }
+        let stats = deps.metrics.snapshot();
+        let rejected: u64 = stats.rejected.values().sum();
+        info!(
+            accepted = stats.accepted,
+            duplicates = stats.duplicates,
+            flagged_for_review = stats.flagged_for_review,
+            rejected,
+            rejected_by_reason = ?stats.rejected.iter().filter(|(_, n)| **n > 0).collect::<Vec<_>>(),
+            "report stats"
+        );
+    }
+}
+
+/// The tonic service, for composing with others on one server.
+pub fn service(deps: IngestDeps) -> StatusIngestServer<IngestApi> {
+    StatusIngestServer::new(IngestApi::new(
+        deps.store,
+        deps.clock,
+        deps.audience,
+        deps.metrics,
+    ))
+    // A report is a few hundred bytes plus its token; 64 KiB is generous, 4 MiB (tonic's
+    // default) is not a deliberate limit.
+    .max_decoding_message_size(64 * 1024)
+}
+
+/// Serves StatusIngest (with health and reflection) on `listener` until `shutdown` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    deps: IngestDeps,
+    limits: ServerLimits,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let routes = tonic::service::Routes::new(service(deps));
+    waybill_service_kit::grpc::serve(listener, routes, &[SERVICE_NAME], &limits, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,30 @@
+-- Appends an accepted report to order $1's history and updates the order, in one statement:
+-- bumping status_seq row-locks the order (already locked by the snapshot), so events commit
+-- in sequence order; the status becomes $4; the tracking id becomes $6 if $5; the partner is
+-- cleared if $7 (a rejection: the order goes back to routing); if $15, the dispatch row is
+-- marked ACKNOWLEDGED (handover done: ack_due_at cleared, and the lease too, which fences out a
+-- relay batch holding the row so a re-send in flight cannot put it back to SENT). Watchers in
+-- other processes are woken by NOTIFY at commit. Returns the new event's sequence.
+WITH bumped AS (
+    UPDATE orders
+    SET status_seq = status_seq + 1,
+        status = $4,
+        tracking_id = CASE WHEN $5 THEN $6 ELSE tracking_id END,
+        partner_id = CASE WHEN $7 THEN NULL ELSE partner_id END
+    WHERE id = $1
+    RETURNING id, status_seq
+), acknowledged AS (
+    UPDATE dispatch
+    SET state = 'ACKNOWLEDGED', ack_due_at = NULL, lease_owner = NULL, lease_expires_at = NULL,
+        batch_id = NULL, updated_at = $11
+    WHERE $15 AND order_id = $1 AND partner_id = $2 AND state <> 'ACKNOWLEDGED'
+), event AS (
+    INSERT INTO order_status_events (order_id, seq, status, partner_id, detail, tracking_id,
+                                     report_id, occurred_at, recorded_at, detail_code,
+                                     action_required, needs_review)
+    SELECT id, status_seq, $8, $2, $9, $6, $3, $10, $11, $12, $13, $14 FROM bumped
+    RETURNING order_id, seq
+)
+SELECT event.seq
+FROM event
+CROSS JOIN LATERAL (SELECT pg_notify('waybill_order_status', event.order_id::text)) AS wake

@@ -1,0 +1,26 @@
+-- The snapshot a report is decided on, in one round trip: takes the token id into the replay
+-- guard ($4 for partner $2, kept until $5; `fresh` says whether it was new), locks order $1 (so
+-- one order's reports append in sequence order), and reads its status, where it is routed,
+-- whether partner $2 refused it, and whether report id $3 of partner $2 exists already (TRUE:
+-- for this order, FALSE: for another). No row: the order does not exist.
+WITH guard AS (
+    INSERT INTO report_token_ids (partner_id, jti, expires_at)
+    VALUES ($2, $4, $5)
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+)
+SELECT o.status,
+       d.partner_id AS routed_partner,
+       d.state AS dispatch_state,
+       EXISTS (
+           SELECT 1 FROM dispatch_rejections r WHERE r.order_id = o.id AND r.partner_id = $2
+       ) AS rejected,
+       (
+           SELECT e.order_id = o.id FROM order_status_events e
+           WHERE e.partner_id = $2 AND e.report_id = $3
+       ) AS earlier_same_order,
+       EXISTS (SELECT 1 FROM guard) AS fresh
+FROM orders o
+LEFT JOIN dispatch d ON d.order_id = o.id
+WHERE o.id = $1
+FOR UPDATE OF o

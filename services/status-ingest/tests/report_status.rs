@@ -1,0 +1,855 @@
+//! `ReportStatus` over real gRPC on loopback, on Postgres and SQLite: what a partner and an
+//! operator would check — accepted reports seen by a `WatchOrder` client, every refusal with
+//! its code and reason changing nothing, replays (also after a restart), key rotation,
+//! duplicates, rejections.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use chrono::{DateTime, Duration, Utc};
+use common::{AUDIENCE, World, signer, token_for};
+use ed25519_dalek::Signer as _;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, transport::Channel};
+use uuid::Uuid;
+use waybill_proto::{
+    time::to_timestamp,
+    v1::{
+        self as pb, GetReportStatsRequest, OrderStatus, ReportStatusRequest,
+        order_service_client::OrderServiceClient, status_ingest_client::StatusIngestClient,
+    },
+};
+use waybill_service_kit::{grpc::ServerLimits, testing::TestBackend};
+use waybill_status_ingest::IngestDeps;
+use waybill_token::{Report, ReportClaims, SigningKey, TokenSigner};
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(waybill_service_kit::testing::TestBackend::Postgres).await; })*
+        }
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(waybill_service_kit::testing::TestBackend::Sqlite).await; })*
+        }
+    };
+}
+
+on_both_backends!(
+    a_valid_report_reaches_history_order_and_watchers_and_ends_the_handover,
+    every_refusal_has_its_code_and_reason_and_changes_nothing,
+    unrouted_foreign_and_missing_orders_get_one_identical_answer,
+    a_replayed_token_is_refused_also_after_a_restart,
+    key_rotation_keeps_old_tokens_until_revoked,
+    duplicates_out_of_order_after_delivered_and_rejection,
+    health_reports_serving_until_shutdown,
+);
+
+/// A running StatusIngest over `deps`.
+struct Service {
+    client: StatusIngestClient<Channel>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Service {
+    async fn start(deps: IngestDeps) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                waybill_status_ingest::serve(listener, deps, ServerLimits::default(), shutdown)
+                    .await
+                    .unwrap();
+            }
+        });
+        let client = StatusIngestClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        Self {
+            client,
+            shutdown,
+            task,
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap();
+    }
+
+    async fn stats(&self) -> pb::ReportStats {
+        self.client
+            .clone()
+            .get_report_stats(GetReportStatsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+    }
+}
+
+fn report(
+    order: Uuid,
+    partner: &str,
+    report_id: &str,
+    status: OrderStatus,
+    tracking: &str,
+    at: DateTime<Utc>,
+) -> Report {
+    Report {
+        partner_id: partner.to_owned(),
+        order_id: order.to_string(),
+        report_id: report_id.to_owned(),
+        status: status.short_name().to_owned(),
+        tracking_id: tracking.to_owned(),
+        occurred_at: at,
+    }
+}
+
+fn request(report: &Report, token: String) -> ReportStatusRequest {
+    ReportStatusRequest {
+        correlation_id: report.order_id.clone(),
+        partner_id: report.partner_id.clone(),
+        report_id: report.report_id.clone(),
+        status: OrderStatus::from_short_name(&report.status).unwrap().into(),
+        tracking_id: report.tracking_id.clone(),
+        detail: "scanned at the depot".to_owned(),
+        occurred_at: Some(to_timestamp(report.occurred_at)),
+        token,
+        detail_code: String::new(),
+        action_required: false,
+    }
+}
+
+/// A token with any header and claims, signed with `key`.
+fn hand_made(key: &SigningKey, header: serde_json::Value, claims: &ReportClaims) -> String {
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap())
+    );
+    let signature = key.sign(input.as_bytes());
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes()))
+}
+
+/// acme (key k1, seed 1) and globex (key g1, seed 2), one order routed to acme.
+async fn world(backend: TestBackend) -> (World, Uuid, TokenSigner) {
+    let world = World::new(backend).await;
+    world.partner("acme").await;
+    world.partner("globex").await;
+    let acme = signer(1, "k1");
+    world.key("acme", &acme).await;
+    world.key("globex", &signer(2, "g1")).await;
+    let order = world.order().await;
+    world.route(order, "acme").await;
+    (world, order, acme)
+}
+
+async fn a_valid_report_reaches_history_order_and_watchers_and_ends_the_handover(
+    backend: TestBackend,
+) {
+    let (world, order, acme) = world(backend).await;
+    let ingest = Service::start(world.deps()).await;
+    // Orders on the same database: a WatchOrder client follows the history.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let orders_addr = listener.local_addr().unwrap();
+    let orders_shutdown = CancellationToken::new();
+    let orders_task = tokio::spawn(waybill_orders::serve(
+        listener,
+        waybill_orders::OrdersDeps::new(&world.db, "local"),
+        ServerLimits::default(),
+        orders_shutdown.clone(),
+    ));
+    let mut orders = OrderServiceClient::connect(format!("http://{orders_addr}"))
+        .await
+        .unwrap();
+    let mut watch = orders
+        .watch_order(pb::WatchOrderRequest {
+            order_id: order.to_string(),
+            after_sequence: 2,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let occurred = world.now() - Duration::seconds(42);
+    let received = report(
+        order,
+        "acme",
+        "r-1",
+        OrderStatus::ReceivedByPartner,
+        "1Z999",
+        occurred,
+    );
+    let response = ingest
+        .client
+        .clone()
+        .report_status(ReportStatusRequest {
+            detail_code: "AWAITING_PICKUP".into(),
+            action_required: true,
+            ..request(&received, token_for(&acme, &received, world.now()))
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!response.duplicate);
+
+    let event = tokio::time::timeout(std::time::Duration::from_secs(5), watch.message())
+        .await
+        .expect("the watcher is woken within 5 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.status(), OrderStatus::ReceivedByPartner);
+    assert_eq!(
+        (
+            event.sequence,
+            event.partner_id.as_str(),
+            event.tracking_id.as_str()
+        ),
+        (3, "acme", "1Z999")
+    );
+    assert_eq!(
+        event.occurred_at,
+        Some(to_timestamp(occurred)),
+        "the partner's time"
+    );
+    assert_eq!(event.detail, "scanned at the depot");
+    assert_eq!(
+        (
+            event.detail_code.as_str(),
+            event.action_required,
+            event.needs_review
+        ),
+        ("AWAITING_PICKUP", true, false)
+    );
+
+    let fetched = orders
+        .get_order(pb::GetOrderRequest {
+            order_id: order.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(fetched.tracking_id, "1Z999");
+    assert_eq!(fetched.status(), OrderStatus::ReceivedByPartner);
+
+    // The handover is closed: the relay's overdue scan (SENT rows past ack_due_at) no longer
+    // finds the row, however late it looks.
+    let dispatch = world.dispatch_row(order).await;
+    assert_eq!(
+        (dispatch.state.as_str(), dispatch.ack_due_at),
+        ("ACKNOWLEDGED", None)
+    );
+    assert_eq!(ingest.stats().await.accepted, 1);
+
+    orders_shutdown.cancel();
+    let _ = orders_task.await;
+    ingest.stop().await;
+}
+
+async fn every_refusal_has_its_code_and_reason_and_changes_nothing(backend: TestBackend) {
+    let (world, order, acme) = world(backend).await;
+    world.key("acme", &signer(3, "k-old")).await;
+    world.revoke("acme", "k-old").await;
+    let ingest = Service::start(world.deps()).await;
+    let now = world.now();
+    let good = report(
+        order,
+        "acme",
+        "r-1",
+        OrderStatus::Shipped,
+        "1Z999",
+        now - Duration::seconds(5),
+    );
+    let claims = |r: &Report, at: DateTime<Utc>, aud: &str| {
+        ReportClaims::new(r, aud, at, 120, Uuid::new_v4().to_string())
+    };
+    let header = |alg: &str| json!({"alg": alg, "typ": "wb-report+jwt", "kid": "k1"});
+    let key1 = SigningKey::from_bytes(&[1; 32]);
+    let other = |change: fn(&mut Report)| {
+        let mut r = good.clone();
+        change(&mut r);
+        r
+    };
+
+    // (what, request, code, reason counted)
+    let cases: Vec<(&str, ReportStatusRequest, Code, &str)> = vec![
+        (
+            "forged signature",
+            request(
+                &good,
+                TokenSigner::new(SigningKey::from_bytes(&[9; 32]), "k1")
+                    .sign(&claims(&good, now, AUDIENCE)),
+            ),
+            Code::Unauthenticated,
+            "bad_signature",
+        ),
+        (
+            "unknown key id",
+            request(
+                &good,
+                signer(1, "k-unknown").sign(&claims(&good, now, AUDIENCE)),
+            ),
+            Code::Unauthenticated,
+            "unknown_key",
+        ),
+        (
+            "revoked key",
+            request(
+                &good,
+                signer(3, "k-old").sign(&claims(&good, now, AUDIENCE)),
+            ),
+            Code::Unauthenticated,
+            "revoked_key",
+        ),
+        (
+            "another partner's key",
+            request(&good, signer(2, "g1").sign(&claims(&good, now, AUDIENCE))),
+            Code::Unauthenticated,
+            "unknown_key",
+        ),
+        (
+            "another partner's token",
+            request(
+                &good,
+                signer(2, "g1").sign(&claims(
+                    &other(|r| r.partner_id = "globex".into()),
+                    now,
+                    AUDIENCE,
+                )),
+            ),
+            Code::Unauthenticated,
+            "claim_mismatch",
+        ),
+        (
+            "expired",
+            request(
+                &good,
+                acme.sign(&claims(&good, now - Duration::minutes(4), AUDIENCE)),
+            ),
+            Code::Unauthenticated,
+            "expired",
+        ),
+        (
+            "from the future",
+            request(
+                &good,
+                acme.sign(&claims(&good, now + Duration::seconds(90), AUDIENCE)),
+            ),
+            Code::Unauthenticated,
+            "issued_in_future",
+        ),
+        (
+            "wrong audience",
+            request(&good, acme.sign(&claims(&good, now, "waybill-sandbox"))),
+            Code::Unauthenticated,
+            "wrong_audience",
+        ),
+        (
+            "alg none",
+            request(
+                &good,
+                format!(
+                    "{}.{}.",
+                    URL_SAFE_NO_PAD.encode(header("none").to_string()),
+                    URL_SAFE_NO_PAD
+                        .encode(serde_json::to_vec(&claims(&good, now, AUDIENCE)).unwrap())
+                ),
+            ),
+            Code::Unauthenticated,
+            "wrong_algorithm",
+        ),
+        (
+            "alg HS256",
+            request(
+                &good,
+                hand_made(&key1, header("HS256"), &claims(&good, now, AUDIENCE)),
+            ),
+            Code::Unauthenticated,
+            "wrong_algorithm",
+        ),
+        (
+            "key in the header",
+            request(
+                &good,
+                hand_made(
+                    &key1,
+                    json!({"alg": "EdDSA", "typ": "wb-report+jwt", "kid": "k1", "jwk": {"kty": "OKP", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode(key1.verifying_key().to_bytes())}}),
+                    &claims(&good, now, AUDIENCE),
+                ),
+            ),
+            Code::Unauthenticated,
+            "key_in_header",
+        ),
+        (
+            "token for another order",
+            request(
+                &good,
+                acme.sign(&claims(
+                    &other(|r| r.order_id = Uuid::now_v7().to_string()),
+                    now,
+                    AUDIENCE,
+                )),
+            ),
+            Code::Unauthenticated,
+            "claim_mismatch",
+        ),
+        (
+            "token for another report id",
+            request(
+                &good,
+                acme.sign(&claims(
+                    &other(|r| r.report_id = "r-2".into()),
+                    now,
+                    AUDIENCE,
+                )),
+            ),
+            Code::Unauthenticated,
+            "claim_mismatch",
+        ),
+        (
+            "token for another status",
+            request(
+                &good,
+                acme.sign(&claims(
+                    &other(|r| r.status = "DELIVERED".into()),
+                    now,
+                    AUDIENCE,
+                )),
+            ),
+            Code::Unauthenticated,
+            "claim_mismatch",
+        ),
+        (
+            "token for another tracking id",
+            request(
+                &good,
+                acme.sign(&claims(
+                    &other(|r| r.tracking_id = "1Z000".into()),
+                    now,
+                    AUDIENCE,
+                )),
+            ),
+            Code::Unauthenticated,
+            "claim_mismatch",
+        ),
+        (
+            "garbage token",
+            request(&good, "not-a-token".into()),
+            Code::Unauthenticated,
+            "malformed",
+        ),
+        (
+            "no token",
+            request(&good, String::new()),
+            Code::Unauthenticated,
+            "malformed",
+        ),
+        (
+            "malformed field",
+            ReportStatusRequest {
+                correlation_id: "order-1".into(),
+                ..request(&good, acme.sign(&claims(&good, now, AUDIENCE)))
+            },
+            Code::InvalidArgument,
+            "invalid_argument",
+        ),
+    ];
+    let before = world.state_of(order).await;
+    for (what, request, code, reason) in cases {
+        let token = request.token.clone();
+        let counted = ingest
+            .stats()
+            .await
+            .rejected
+            .get(reason)
+            .copied()
+            .unwrap_or_default();
+        let status = ingest
+            .client
+            .clone()
+            .report_status(request)
+            .await
+            .expect_err(what);
+        assert_eq!(status.code(), code, "{what}: {}", status.message());
+        assert!(status.message().len() <= 1024, "{what}: bounded message");
+        if token.len() > 20 {
+            assert!(
+                !status.message().contains(&token),
+                "{what}: the token is never echoed"
+            );
+        }
+        assert_eq!(
+            ingest
+                .stats()
+                .await
+                .rejected
+                .get(reason)
+                .copied()
+                .unwrap_or_default(),
+            counted + 1,
+            "{what}: counted as {reason}"
+        );
+        assert_eq!(
+            world.state_of(order).await,
+            before,
+            "{what}: nothing changed"
+        );
+    }
+    // The field is named.
+    let status = ingest
+        .client
+        .clone()
+        .report_status(ReportStatusRequest {
+            tracking_id: "x".repeat(500),
+            ..request(&good, acme.sign(&claims(&good, now, AUDIENCE)))
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        status.message().starts_with("tracking_id:"),
+        "{}",
+        status.message()
+    );
+    // And after all that, the honest report is accepted.
+    ingest
+        .client
+        .clone()
+        .report_status(request(&good, acme.sign(&claims(&good, now, AUDIENCE))))
+        .await
+        .unwrap();
+    ingest.stop().await;
+}
+
+async fn unrouted_foreign_and_missing_orders_get_one_identical_answer(backend: TestBackend) {
+    let (world, _, acme) = world(backend).await;
+    let never_routed = world.order().await;
+    let foreign = world.order().await;
+    world.route(foreign, "globex").await;
+    let ingest = Service::start(world.deps()).await;
+    let mut messages = Vec::new();
+    for order in [never_routed, foreign, Uuid::now_v7()] {
+        let r = report(order, "acme", "r-1", OrderStatus::Shipped, "", world.now());
+        let status = ingest
+            .client
+            .clone()
+            .report_status(request(&r, token_for(&acme, &r, world.now())))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied);
+        messages.push(status.message().to_owned());
+    }
+    assert!(messages.iter().all(|m| *m == messages[0]), "{messages:?}");
+    assert!(
+        !messages[0].contains("globex") && !messages[0].contains("exist"),
+        "{}",
+        messages[0]
+    );
+    assert_eq!(ingest.stats().await.rejected.get("not_routed"), Some(&3));
+    assert_eq!(world.token_ids().await, 0);
+    assert_eq!(world.history(foreign).await.len(), 2);
+    ingest.stop().await;
+}
+
+async fn a_replayed_token_is_refused_also_after_a_restart(backend: TestBackend) {
+    let (world, order, acme) = world(backend).await;
+    let first = Service::start(world.deps()).await;
+    let r = report(
+        order,
+        "acme",
+        "r-1",
+        OrderStatus::ReceivedByPartner,
+        "T1",
+        world.now(),
+    );
+    let token = token_for(&acme, &r, world.now());
+    first
+        .client
+        .clone()
+        .report_status(request(&r, token.clone()))
+        .await
+        .unwrap();
+    let replay = first
+        .client
+        .clone()
+        .report_status(request(&r, token.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(replay.code(), Code::Unauthenticated);
+    assert!(
+        replay.message().contains("replayed"),
+        "{}",
+        replay.message()
+    );
+    first.stop().await;
+
+    // A new instance, with its own connection pool: the guard is in the database.
+    let db = world.test_db.connect().await;
+    let deps = IngestDeps {
+        store: waybill_status_ingest::store::for_database(&db),
+        ..world.deps()
+    };
+    let second = Service::start(deps).await;
+    let before = world.state_of(order).await;
+    let replay = second
+        .client
+        .clone()
+        .report_status(request(&r, token))
+        .await
+        .unwrap_err();
+    assert_eq!(replay.code(), Code::Unauthenticated);
+    assert_eq!(world.state_of(order).await, before);
+    // A retry with a fresh token for the same report is a harmless duplicate.
+    let retried = second
+        .client
+        .clone()
+        .report_status(request(&r, token_for(&acme, &r, world.now())))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(retried.duplicate);
+    second.stop().await;
+}
+
+async fn key_rotation_keeps_old_tokens_until_revoked(backend: TestBackend) {
+    let (world, order, old) = world(backend).await;
+    let ingest = Service::start(world.deps()).await;
+    let new = signer(4, "k2");
+    world.key("acme", &new).await;
+    let now = world.now();
+    let r1 = report(
+        order,
+        "acme",
+        "r-1",
+        OrderStatus::ReceivedByPartner,
+        "",
+        now,
+    );
+    let r2 = report(order, "acme", "r-2", OrderStatus::Shipped, "", now);
+    ingest
+        .client
+        .clone()
+        .report_status(request(&r1, token_for(&new, &r1, now)))
+        .await
+        .expect("the new key works");
+    ingest
+        .client
+        .clone()
+        .report_status(request(&r2, token_for(&old, &r2, now)))
+        .await
+        .expect("the old key still works");
+    world.revoke("acme", "k1").await;
+    let r3 = report(order, "acme", "r-3", OrderStatus::Delivered, "", now);
+    let refused = ingest
+        .client
+        .clone()
+        .report_status(request(&r3, token_for(&old, &r3, now)))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    assert!(
+        refused.message().contains("revoked"),
+        "{}",
+        refused.message()
+    );
+    ingest
+        .client
+        .clone()
+        .report_status(request(&r3, token_for(&new, &r3, now)))
+        .await
+        .expect("the new key goes on");
+    ingest.stop().await;
+}
+
+async fn duplicates_out_of_order_after_delivered_and_rejection(backend: TestBackend) {
+    let (world, order, acme) = world(backend).await;
+    let ingest = Service::start(world.deps()).await;
+    let now = world.now();
+    let send = |r: Report| {
+        let mut client = ingest.client.clone();
+        let token = token_for(&acme, &r, now);
+        async move {
+            client
+                .report_status(request(&r, token))
+                .await
+                .map(|response| response.into_inner().duplicate)
+        }
+    };
+    // Out of order: SHIPPED first, then RECEIVED; both kept in sequence with the partner's time.
+    assert!(
+        !send(report(
+            order,
+            "acme",
+            "r-2",
+            OrderStatus::Shipped,
+            "T1",
+            now - Duration::seconds(10)
+        ))
+        .await
+        .unwrap()
+    );
+    assert!(
+        !send(report(
+            order,
+            "acme",
+            "r-1",
+            OrderStatus::ReceivedByPartner,
+            "T1",
+            now - Duration::seconds(60)
+        ))
+        .await
+        .unwrap()
+    );
+    // Duplicate.
+    assert!(
+        send(report(
+            order,
+            "acme",
+            "r-1",
+            OrderStatus::ReceivedByPartner,
+            "T1",
+            now - Duration::seconds(60)
+        ))
+        .await
+        .unwrap()
+    );
+    assert!(
+        !send(report(
+            order,
+            "acme",
+            "r-3",
+            OrderStatus::Delivered,
+            "T1",
+            now
+        ))
+        .await
+        .unwrap()
+    );
+    // After DELIVERED: kept, flagged, nothing else changes.
+    assert!(
+        !send(report(
+            order,
+            "acme",
+            "r-4",
+            OrderStatus::Exception,
+            "",
+            now
+        ))
+        .await
+        .unwrap()
+    );
+    let statuses: Vec<_> = world
+        .history(order)
+        .await
+        .into_iter()
+        .map(|e| (e.status, e.needs_review))
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![
+            ("PLACED".into(), false),
+            ("SENT_TO_PARTNER".into(), false),
+            ("SHIPPED".into(), false),
+            ("RECEIVED_BY_PARTNER".into(), false),
+            ("DELIVERED".into(), false),
+            ("EXCEPTION".into(), true),
+        ]
+    );
+    assert_eq!(world.order_row(order).await.status, "DELIVERED");
+    let stats = ingest.stats().await;
+    assert_eq!(
+        (stats.accepted, stats.duplicates, stats.flagged_for_review),
+        (4, 1, 1)
+    );
+
+    // A rejection puts another order back for routing, remembering who refused it.
+    let second = world.order().await;
+    world.route(second, "acme").await;
+    let rejection = report(
+        second,
+        "acme",
+        "x-1",
+        OrderStatus::RejectedByPartner,
+        "",
+        now,
+    );
+    ingest
+        .client
+        .clone()
+        .report_status(ReportStatusRequest {
+            detail_code: "OUT_OF_AREA".into(),
+            ..request(&rejection, token_for(&acme, &rejection, now))
+        })
+        .await
+        .unwrap();
+    let dispatch = world.dispatch_row(second).await;
+    assert_eq!(
+        (dispatch.state.as_str(), dispatch.partner_id),
+        ("PENDING", None)
+    );
+    assert_eq!(world.rejections(second).await, vec!["acme".to_owned()]);
+    assert_eq!(
+        world.history(second).await.pop().unwrap().detail_code,
+        "OUT_OF_AREA"
+    );
+    ingest.stop().await;
+}
+
+async fn health_reports_serving_until_shutdown(backend: TestBackend) {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let (world, _, _) = world(backend).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(waybill_status_ingest::serve(
+        listener,
+        world.deps(),
+        ServerLimits::default(),
+        shutdown.clone(),
+    ));
+    let mut health = HealthClient::new(
+        Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let status = health
+        .check(HealthCheckRequest {
+            service: waybill_status_ingest::SERVICE_NAME.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status();
+    assert_eq!(status, ServingStatus::Serving);
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: waybill_status_ingest::SERVICE_NAME.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status(),
+        ServingStatus::Serving
+    );
+    shutdown.cancel();
+    let next = tokio::time::timeout(std::time::Duration::from_secs(5), watch.message())
+        .await
+        .expect("told within 5 s");
+    if let Ok(Some(response)) = next {
+        assert_eq!(response.status(), ServingStatus::NotServing);
+    }
+    // An open watch would hold the drain for its whole grace period.
+    drop((watch, health));
+    task.await.unwrap().unwrap();
+}
