@@ -3,6 +3,11 @@
 //! (assignment, in-flight records, lag) on whatever schedule it scrapes, and
 //! [`ConnectorHealth::inbox_counts`] for the durable state. The SDK logs the same figures every
 //! stats interval.
+//!
+//! The same figures as Prometheus series (`waybill_connector_*`): register them with
+//! [`ConnectorHealth::register_metrics`] and serve the registry with
+//! [`waybill_service_kit::metrics::serve`] (or `MetricsArgs::start`) on a port your scraper
+//! reaches.
 
 use std::{
     collections::BTreeMap,
@@ -12,20 +17,41 @@ use std::{
     },
 };
 
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _},
+    metrics::{
+        MetricType,
+        counter::ConstCounter,
+        gauge::ConstGauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Unit,
+};
+
 use crate::inbox::{Inbox, InboxCounts, InboxError};
 
 macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+    ($($(#[doc = $doc:literal])* $name:ident),* $(,)?) => {
         /// Counters since the connector started.
         #[derive(Debug, Default)]
         pub struct ConnectorMetrics {
-            $($(#[$doc])* pub $name: AtomicU64,)*
+            $($(#[doc = $doc])* pub $name: AtomicU64,)*
+            /// From an order's placing to the adapter's answer (seconds).
+            pub(crate) placed_to_answered: PlacedToAnswered,
+        }
+
+        impl ConnectorMetrics {
+            /// `(name, help, value)` of every counter.
+            fn counters(&self) -> Vec<(&'static str, &'static str, u64)> {
+                vec![$((stringify!($name), concat!($($doc),*).trim_ascii(), self.$name.load(Ordering::Relaxed)),)*]
+            }
         }
 
         /// A copy of [`ConnectorMetrics`] at one instant.
         #[derive(Debug, Clone, Default, PartialEq, Eq)]
         pub struct MetricsSnapshot {
-            $($(#[$doc])* pub $name: u64,)*
+            $($(#[doc = $doc])* pub $name: u64,)*
         }
 
         impl ConnectorMetrics {
@@ -81,6 +107,35 @@ counters! {
 impl ConnectorMetrics {
     pub(crate) fn add(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records the time from `placed_at` (Waybill's clock) to now (this host's clock) when the
+    /// adapter answered an order for the first time. A negative difference (clock skew) counts
+    /// as 0.
+    pub(crate) fn observe_answered(&self, placed_at: Option<&prost_types::Timestamp>) {
+        let Some(placed_at) = placed_at else { return };
+        let Ok(nanos) = u32::try_from(placed_at.nanos) else {
+            return;
+        };
+        let Some(placed) = chrono::DateTime::from_timestamp(placed_at.seconds, nanos) else {
+            return;
+        };
+        let seconds = (chrono::Utc::now() - placed)
+            .num_microseconds()
+            .unwrap_or(0) as f64
+            / 1e6;
+        self.placed_to_answered.0.observe(seconds.max(0.0));
+    }
+}
+
+/// The placed → answered histogram (a newtype for its buckets).
+#[derive(Debug)]
+pub(crate) struct PlacedToAnswered(Histogram);
+
+impl Default for PlacedToAnswered {
+    fn default() -> Self {
+        // 5 ms .. ~40 min, doubling.
+        Self(Histogram::new(exponential_buckets(0.005, 2.0, 19)))
     }
 }
 
@@ -151,4 +206,154 @@ impl ConnectorHealth {
             update(cluster);
         }
     }
+}
+
+impl ConnectorHealth {
+    /// Registers the connector's Prometheus series in `metrics` (names `waybill_connector_*`):
+    /// the counters above, each assigned partition's in-flight records and lag, the inbox's
+    /// counts by state (read from the inbox at every scrape) and the placed → answered
+    /// latency histogram. Serve `metrics` with the kit's `/metrics` endpoint.
+    pub fn register_metrics(&self, metrics: &waybill_service_kit::metrics::Metrics) {
+        let inbox_counts: Arc<Mutex<Option<InboxCounts>>> = Arc::default();
+        let collector = ConnectorCollector {
+            health: self.clone(),
+            inbox_counts: Arc::clone(&inbox_counts),
+        };
+        let histogram = self.metrics.placed_to_answered.0.clone();
+        metrics.register("waybill_connector", |registry| {
+            registry.register_with_unit(
+                "placed_to_acknowledged",
+                "From the order's placing (Waybill's clock) to the adapter's first answer (this host's clock); the RECEIVED_BY_PARTNER or REJECTED_BY_PARTNER report is queued at that moment",
+                Unit::Seconds,
+                histogram,
+            );
+            registry.register_collector(Box::new(collector));
+        });
+        let health = self.clone();
+        metrics.on_scrape(move || {
+            let (health, inbox_counts) = (health.clone(), Arc::clone(&inbox_counts));
+            Box::pin(async move {
+                match health.inbox_counts().await {
+                    Ok(counts) => {
+                        *inbox_counts
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(counts);
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "metrics: cannot read the inbox counts");
+                    }
+                }
+            })
+        });
+    }
+}
+
+/// Encodes the connector's figures at scrape time.
+#[derive(Debug)]
+struct ConnectorCollector {
+    health: ConnectorHealth,
+    /// The inbox counts as read by the last scrape's refresher.
+    inbox_counts: Arc<Mutex<Option<InboxCounts>>>,
+}
+
+impl Collector for ConnectorCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (name, help, value) in self.health.metrics.counters() {
+            let counter = ConstCounter::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        gauge(
+            &mut encoder,
+            "running",
+            "1 while the connector runs (started and not stopping)",
+            &[(vec![], i64::from(self.health.is_running()))],
+        )?;
+        let clusters = self.health.clusters();
+        let mut in_flight = Vec::new();
+        let mut lag = Vec::new();
+        for cluster in &clusters {
+            for (partition, figures) in &cluster.partitions {
+                let labels = vec![
+                    ("cluster", cluster.name.clone()),
+                    ("partition", partition.to_string()),
+                ];
+                in_flight.push((
+                    labels.clone(),
+                    i64::try_from(figures.in_flight).unwrap_or(i64::MAX),
+                ));
+                if let Some(records) = figures.lag {
+                    lag.push((labels, records));
+                }
+            }
+        }
+        gauge(
+            &mut encoder,
+            "partition_in_flight",
+            "Records received from an assigned partition and not yet safe",
+            &in_flight,
+        )?;
+        gauge(
+            &mut encoder,
+            "partition_lag",
+            "Records behind: the partition's high watermark minus the safe offset, as last seen",
+            &lag,
+        )?;
+        let counts = self
+            .inbox_counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(counts) = counts {
+            let state = |s: &str| vec![("state", s.to_owned())];
+            gauge(
+                &mut encoder,
+                "inbox_orders",
+                "Orders in the inbox by state (started: no stored answer yet)",
+                &[
+                    (state("started"), counts.started),
+                    (state("accepted"), counts.accepted),
+                    (state("rejected"), counts.rejected),
+                    (state("set_aside"), counts.orders_set_aside),
+                ],
+            )?;
+            gauge(
+                &mut encoder,
+                "inbox_reports",
+                "Status reports in the inbox by state (pending: not yet confirmed by StatusIngest)",
+                &[
+                    (state("pending"), counts.reports_pending),
+                    (state("confirmed"), counts.reports_confirmed),
+                    (state("refused"), counts.reports_refused),
+                ],
+            )?;
+            gauge(
+                &mut encoder,
+                "inbox_records_set_aside",
+                "Records set aside (undecodable, or orders set aside)",
+                &[(vec![], counts.records_set_aside)],
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// One gauge family: a descriptor and one sample per label set.
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: &[(Vec<(&'static str, String)>, i64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    if let [(labels, value)] = samples
+        && labels.is_empty()
+    {
+        // A single unlabelled sample: `name value`, not `name{} value`.
+        return ConstGauge::new(*value).encode(family);
+    }
+    for (labels, value) in samples {
+        ConstGauge::new(*value).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
 }

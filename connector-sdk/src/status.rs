@@ -192,7 +192,8 @@ impl StatusReporter {
             update.action_required,
             update.occurred_at.unwrap_or_else(Utc::now),
             order.reply_to,
-            crate::trace::continue_trace(order.traceparent.as_deref()),
+            // The connector's span for this order (its parent in the trace).
+            order.traceparent,
         );
         self.inbox.add_report(&self.partner_id, &report).await?;
         self.wake.notify_one();

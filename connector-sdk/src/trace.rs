@@ -3,8 +3,71 @@
 //! id, a new span id for the connector's own work, same flags — into the adapter's context
 //! and into each report's gRPC metadata. One trace per order, whatever the partner's
 //! telemetry set-up.
+//!
+//! When the partner program exports spans (a `tracing-opentelemetry` layer on its
+//! subscriber), the connector's span for the order is an OpenTelemetry span whose parent is the
+//! relay's dispatch span, and the span id carried on is that span's own, so a trace backend
+//! shows place → dispatch → connector → report with every parent present. Without such a
+//! layer, the span id is a fresh random one and only the trace id links the parts.
 
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+};
 use rand::Rng;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+/// Makes `parent` (the record's `traceparent`) the parent of `span` and returns the
+/// `traceparent` that continues from `span`: its own context when it is an OpenTelemetry span
+/// in the same trace, else [`continue_trace`] of `parent`.
+pub(crate) fn continue_in_span(span: &tracing::Span, parent: Option<&str>) -> Option<String> {
+    let parsed = parent.and_then(parse);
+    if let Some(remote) = &parsed {
+        let context = opentelemetry::Context::new().with_remote_span_context(remote.clone());
+        // Fails only when the span is disabled or not an OpenTelemetry span: then the hand-made
+        // continuation below carries the trace.
+        let _ = span.set_parent(context);
+    }
+    let own = span.context().span().span_context().clone();
+    match &parsed {
+        Some(remote) if own.is_valid() && own.trace_id() == remote.trace_id() => Some(format!(
+            "00-{}-{}-{:02x}",
+            own.trace_id(),
+            own.span_id(),
+            own.trace_flags().to_u8()
+        )),
+        _ => continue_trace(parent),
+    }
+}
+
+/// A valid version-00 `traceparent` as a remote span context.
+fn parse(traceparent: &str) -> Option<SpanContext> {
+    let mut parts = traceparent.trim().split('-');
+    let (Some("00"), Some(trace_id), Some(span_id), Some(flags), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return None;
+    };
+    let lower_hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    if !lower_hex(trace_id, 32) || !lower_hex(span_id, 16) || !lower_hex(flags, 2) {
+        return None;
+    }
+    let context = SpanContext::new(
+        TraceId::from_hex(trace_id).ok()?,
+        SpanId::from_hex(span_id).ok()?,
+        TraceFlags::new(u8::from_str_radix(flags, 16).ok()?),
+        true,
+        TraceState::default(),
+    );
+    context.is_valid().then_some(context)
+}
 
 /// A `traceparent` that continues `parent` with a fresh span id, or `None` when `parent` is
 /// absent or not a valid version-00 `traceparent` (a malformed header is dropped, not

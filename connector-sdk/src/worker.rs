@@ -102,16 +102,26 @@ impl<P: TransportPartner> Worker<P> {
                     messaging.destination.partition.id = job.origin.partition,
                     messaging.kafka.offset = job.origin.offset,
                     trace_id = crate::trace::trace_id(incoming.traceparent.as_deref()).unwrap_or(""),
+                    otel.kind = "consumer",
                 );
-                self.order(&job, incoming, sink).instrument(span).await
+                let traceparent =
+                    crate::trace::continue_in_span(&span, incoming.traceparent.as_deref());
+                self.order(&job, incoming, sink, traceparent)
+                    .instrument(span)
+                    .await
             }
             JobKind::Undecodable(reason) => self.undecodable(&job, reason, sink).await,
         }
     }
 
-    async fn order(&self, job: &Job, incoming: &IncomingOrder, sink: &ClusterSink) -> bool {
+    async fn order(
+        &self,
+        job: &Job,
+        incoming: &IncomingOrder,
+        sink: &ClusterSink,
+        traceparent: Option<String>,
+    ) -> bool {
         let order_id = incoming.order.order_id.clone();
-        let traceparent = crate::trace::continue_trace(incoming.traceparent.as_deref());
         let delivery = OrderDelivery {
             order_id: order_id.clone(),
             reply_to: incoming.reply_to.clone(),
@@ -292,10 +302,14 @@ impl<P: TransportPartner> Worker<P> {
         match stored.state {
             OrderState::Accepted => {
                 ConnectorMetrics::add(&self.metrics.orders_accepted);
+                self.metrics
+                    .observe_answered(incoming.order.placed_at.as_ref());
                 info!(tracking_id = %stored.tracking_id, "order accepted by the partner");
             }
             OrderState::Rejected => {
                 ConnectorMetrics::add(&self.metrics.orders_rejected);
+                self.metrics
+                    .observe_answered(incoming.order.placed_at.as_ref());
                 info!(reason = %stored.reason, "order rejected by the partner");
             }
             OrderState::Started | OrderState::SetAside => {}

@@ -21,7 +21,11 @@
 //! it down and bring it back on the same address.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
-use std::{net::SocketAddr, sync::Mutex, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -34,6 +38,7 @@ use waybill_proto::v1::{
 use waybill_service_kit::{
     db::Database,
     grpc::ServerLimits,
+    metrics::Metrics,
     security::{ReloadableTls, ServerSecurity},
     testing::{TestBackend, TestDatabase, tls::TestPki},
 };
@@ -102,13 +107,20 @@ impl TestStackBuilder {
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let orders_addr = listener.local_addr().unwrap();
+        let orders_metrics = Metrics::new();
         tokio::spawn(waybill_orders::serve(
             listener,
-            OrdersDeps::new(&db, "test"),
+            OrdersDeps {
+                metrics: orders_metrics.clone(),
+                ..OrdersDeps::new(&db, "test")
+            },
             ServerLimits::default(),
             shutdown.clone(),
         ));
 
+        let ingest_counters = Arc::new(waybill_status_ingest::metrics::IngestMetrics::default());
+        let ingest_metrics = Metrics::new();
+        let dispatcher_metrics = Metrics::new();
         let ingest_pki = self.status_ingest_tls.then(TestPki::new);
         let ingest_tls = ingest_pki
             .as_ref()
@@ -116,7 +128,13 @@ impl TestStackBuilder {
         let ingest = if self.status_ingest || self.status_ingest_tls {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
-            let running = IngestRunning::spawn(listener, &db, ingest_tls.clone());
+            let running = IngestRunning::spawn(
+                listener,
+                &db,
+                ingest_tls.clone(),
+                &ingest_counters,
+                ingest_metrics.clone(),
+            );
             Some((addr, ingest_tls, Mutex::new(Some(running))))
         } else {
             None
@@ -153,6 +171,7 @@ impl TestStackBuilder {
             )
             .unwrap();
             deps.topic_creator = broker.topic_creator();
+            deps.metrics = dispatcher_metrics.clone();
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let admin_addr = listener.local_addr().unwrap();
             tokio::spawn(waybill_dispatcher::serve(listener, deps, shutdown.clone()));
@@ -164,6 +183,10 @@ impl TestStackBuilder {
         TestStack {
             orders_addr,
             admin_addr,
+            orders_metrics,
+            dispatcher_metrics,
+            ingest_metrics,
+            ingest_counters,
             ingest,
             ingest_pki,
             topics,
@@ -182,6 +205,13 @@ pub struct TestStack {
     pub orders_addr: SocketAddr,
     /// Where the dispatcher's admin API listens (when a dispatcher runs).
     pub admin_addr: Option<SocketAddr>,
+    /// Orders' Prometheus series (serve them with [`TestStack::serve_metrics`]).
+    pub orders_metrics: Metrics,
+    /// The dispatcher's Prometheus series.
+    pub dispatcher_metrics: Metrics,
+    /// StatusIngest's Prometheus series (the same counters across a restart).
+    pub ingest_metrics: Metrics,
+    ingest_counters: Arc<waybill_status_ingest::metrics::IngestMetrics>,
     /// The topic names this stack's dispatcher produces to.
     pub topics: TopicNames,
     /// The shared database.
@@ -211,6 +241,19 @@ impl TestStack {
             status_ingest: false,
             status_ingest_tls: false,
         }
+    }
+
+    /// Serves `metrics` on `GET http://<returned address>/metrics` (loopback, an ephemeral
+    /// port) until the stack stops.
+    pub async fn serve_metrics(&self, metrics: &Metrics) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(waybill_service_kit::metrics::serve(
+            listener,
+            metrics.clone(),
+            self.shutdown.clone(),
+        ));
+        addr
     }
 
     /// Where StatusIngest listens (the orders' reply-to), when it runs.
@@ -252,7 +295,14 @@ impl TestStack {
                 Err(error) => panic!("cannot bind {addr} again: {error}"),
             }
         };
-        let started = IngestRunning::spawn(listener, &self.db, tls.clone());
+        // The same counters; registered once (with the first start) in `ingest_metrics`.
+        let started = IngestRunning::spawn(
+            listener,
+            &self.db,
+            tls.clone(),
+            &self.ingest_counters,
+            Metrics::new(),
+        );
         *running.lock().unwrap() = Some(started);
     }
 
@@ -346,9 +396,19 @@ struct IngestRunning {
 }
 
 impl IngestRunning {
-    fn spawn(listener: tokio::net::TcpListener, db: &Database, tls: Option<ReloadableTls>) -> Self {
+    fn spawn(
+        listener: tokio::net::TcpListener,
+        db: &Database,
+        tls: Option<ReloadableTls>,
+        counters: &Arc<waybill_status_ingest::metrics::IngestMetrics>,
+        registry: Metrics,
+    ) -> Self {
         let stop = CancellationToken::new();
-        let deps = waybill_status_ingest::IngestDeps::new(db, AUDIENCE);
+        let deps = waybill_status_ingest::IngestDeps {
+            metrics: Arc::clone(counters),
+            registry,
+            ..waybill_status_ingest::IngestDeps::new(db, AUDIENCE)
+        };
         let limits = ServerLimits {
             security: ServerSecurity {
                 tls,

@@ -111,6 +111,9 @@ pub struct DispatcherArgs {
     /// TLS, operators' credentials and the production guard of the admin listener.
     #[command(flatten)]
     pub security: waybill_service_kit::security::SecurityArgs,
+    /// The Prometheus metrics listener (off by default).
+    #[command(flatten)]
+    pub metrics: waybill_service_kit::metrics::MetricsArgs,
 }
 
 /// Validated settings of one dispatcher.
@@ -128,6 +131,8 @@ pub struct DispatcherConfig {
     pub relay: RelaySettings,
     /// Admin listener security (loaded, with its files, when the service starts).
     pub security: waybill_service_kit::security::SecurityArgs,
+    /// Where Prometheus metrics are served, if anywhere.
+    pub metrics: waybill_service_kit::metrics::MetricsArgs,
 }
 
 /// How the relay works.
@@ -240,6 +245,7 @@ impl DispatcherArgs {
                 stats_interval: self.stats_interval,
             },
             security: self.security,
+            metrics: self.metrics,
         };
         config.validate()?;
         Ok(config)

@@ -86,6 +86,8 @@ pub struct DispatcherDeps {
     pub limits: ServerLimits,
     /// How long an in-flight batch may take to finish after shutdown begins.
     pub shutdown_grace: Duration,
+    /// Where the relay registers its Prometheus series (`waybill_dispatcher_*`).
+    pub metrics: waybill_service_kit::metrics::Metrics,
 }
 
 impl DispatcherDeps {
@@ -100,6 +102,7 @@ impl DispatcherDeps {
             relay,
             limits: ServerLimits::default(),
             shutdown_grace: Duration::from_secs(10),
+            metrics: waybill_service_kit::metrics::Metrics::new(),
         })
     }
 }
@@ -151,7 +154,22 @@ pub async fn run(config: DispatcherConfig, shutdown: CancellationToken) -> Resul
     info!(addr = %config.listen, instance_id = %config.relay.instance_id, brokers = %config.kafka.brokers, "dispatcher listening");
     let mut deps = DispatcherDeps::new(db.clone(), config.kafka, config.relay)?;
     deps.limits.security = security;
+    // Stopped after the service, whether it ended by shutdown or by failure.
+    let metrics_stop = shutdown.child_token();
+    let metrics_listen = config.metrics.metrics_listen;
+    let metrics = config
+        .metrics
+        .start(&deps.metrics, metrics_stop.clone())
+        .await
+        .map_err(|source| RunError::Bind {
+            addr: metrics_listen.unwrap_or(config.listen),
+            source,
+        })?;
     let result = serve(listener, deps, shutdown).await;
+    metrics_stop.cancel();
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
+    }
     db.close().await;
     result
 }
@@ -166,6 +184,22 @@ pub async fn serve(
     let store = store::for_database(&deps.db);
     let producer = OrderProducer::new(&deps.kafka).map_err(RunError::Kafka)?;
     let metrics = Arc::new(RelayMetrics::default());
+    deps.metrics
+        .register("waybill_dispatcher", |registry| metrics.register(registry));
+    {
+        // The backlog is the database's (all instances'): read it at scrape time.
+        let (store, metrics, clock) = (store.clone(), metrics.clone(), deps.clock.clone());
+        deps.metrics.on_scrape(move || {
+            let (store, metrics, clock) = (store.clone(), metrics.clone(), clock.clone());
+            Box::pin(async move {
+                let now = clock.now();
+                match store.backlog(now).await {
+                    Ok(backlog) => metrics.set_backlog(&backlog, now),
+                    Err(error) => warn!(%error, "metrics: cannot read the dispatch backlog"),
+                }
+            })
+        });
+    }
     let send_health = producer.health().clone();
     let relay = Relay::new(
         store.clone(),
@@ -266,6 +300,7 @@ async fn log_stats(
         let now = clock.now();
         match store.backlog(now).await {
             Ok(backlog) => {
+                metrics.set_backlog(&backlog, now);
                 let m = metrics.snapshot();
                 let producer = send_health.snapshot();
                 let by_state: Vec<String> = backlog

@@ -2,60 +2,101 @@
 //! backlog (rows by state, age of the oldest due row) is read from the database when asked,
 //! since only the database knows it across instances.
 //!
-//! Exposed two ways, with no exporter dependency: the `GetRelayStats` admin RPC (grpcurl-able)
-//! and a structured log line every `--stats-interval` (for log-based alerting).
+//! One source, three views: Prometheus series (`waybill_dispatcher_*`, see [`RelayMetrics::register`]
+//! and the dispatcher's `/metrics`), the `GetRelayStats` admin RPC (grpcurl-able, with exact
+//! percentiles from an HDR histogram) and a structured log line every `--stats-interval`.
 
-use std::{
-    sync::{
-        Mutex,
-        atomic::{AtomicU64, Ordering},
+use std::{sync::Mutex, time::Duration};
+
+use chrono::{DateTime, Utc};
+use hdrhistogram::Histogram;
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram as PromHistogram, exponential_buckets},
     },
-    time::Duration,
+    registry::{Registry, Unit},
 };
 
-use hdrhistogram::Histogram;
+use waybill_proto::v1::DispatchState;
+
+use crate::domain::model::Backlog;
+
+/// Every state a dispatch row can be in (the backlog gauge has a series for each).
+const STATES: [DispatchState; 7] = [
+    DispatchState::Pending,
+    DispatchState::Retrying,
+    DispatchState::Sent,
+    DispatchState::Acknowledged,
+    DispatchState::Dead,
+    DispatchState::Unroutable,
+    DispatchState::Unacknowledged,
+];
+
+/// The label of the backlog gauge.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    /// The dispatch state's short name (`PENDING`, `SENT`, …).
+    pub state: &'static str,
+}
 
 /// Counters and the latency histogram of one relay.
 #[derive(Debug)]
 pub struct RelayMetrics {
-    sent: AtomicU64,
-    retries: AtomicU64,
-    dead: AtomicU64,
-    unroutable: AtomicU64,
-    resent: AtomicU64,
-    unacknowledged: AtomicU64,
-    acknowledged: AtomicU64,
-    fenced: AtomicU64,
-    events_published: AtomicU64,
-    recorded: AtomicU64,
-    topics_created: AtomicU64,
-    audits_published: AtomicU64,
-    audit_deferred: AtomicU64,
-    resend_failures: AtomicU64,
+    sent: Counter,
+    retries: Counter,
+    dead: Counter,
+    unroutable: Counter,
+    resent: Counter,
+    unacknowledged: Counter,
+    acknowledged: Counter,
+    fenced: Counter,
+    events_published: Counter,
+    recorded: Counter,
+    topics_created: Counter,
+    audits_published: Counter,
+    audit_deferred: Counter,
+    resend_failures: Counter,
     /// Microseconds from handing a message to the producer until the broker's ack.
     produce_latency_us: Mutex<Option<Histogram<u64>>>,
+    /// The same, as Prometheus buckets (seconds).
+    produce_latency: PromHistogram,
+    /// Dispatch rows by state, as last read from the database.
+    backlog: Family<StateLabel, Gauge>,
+    /// Seconds since the oldest due row became due, as last read.
+    oldest_due_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Audit copies waiting in the audit outbox, as last read.
+    audit_pending: Gauge,
 }
 
 impl Default for RelayMetrics {
     fn default() -> Self {
         Self {
-            sent: AtomicU64::new(0),
-            retries: AtomicU64::new(0),
-            dead: AtomicU64::new(0),
-            unroutable: AtomicU64::new(0),
-            resent: AtomicU64::new(0),
-            unacknowledged: AtomicU64::new(0),
-            acknowledged: AtomicU64::new(0),
-            fenced: AtomicU64::new(0),
-            events_published: AtomicU64::new(0),
-            recorded: AtomicU64::new(0),
-            topics_created: AtomicU64::new(0),
-            audits_published: AtomicU64::new(0),
-            audit_deferred: AtomicU64::new(0),
-            resend_failures: AtomicU64::new(0),
+            sent: Counter::default(),
+            retries: Counter::default(),
+            dead: Counter::default(),
+            unroutable: Counter::default(),
+            resent: Counter::default(),
+            unacknowledged: Counter::default(),
+            acknowledged: Counter::default(),
+            fenced: Counter::default(),
+            events_published: Counter::default(),
+            recorded: Counter::default(),
+            topics_created: Counter::default(),
+            audits_published: Counter::default(),
+            audit_deferred: Counter::default(),
+            resend_failures: Counter::default(),
             // 1 µs .. 10 min at 3 significant digits. The bounds are constants and valid; were
             // they not, latency would simply go unrecorded.
             produce_latency_us: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3).ok()),
+            // 0.5 ms .. ~16 s, doubling.
+            produce_latency: PromHistogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            backlog: Family::default(),
+            oldest_due_age: Gauge::default(),
+            audit_pending: Gauge::default(),
         }
     }
 }
@@ -103,7 +144,7 @@ macro_rules! counter {
     ($name:ident, $field:ident) => {
         /// Adds to the counter of the same name.
         pub fn $name(&self, n: u64) {
-            self.$field.fetch_add(n, Ordering::Relaxed);
+            self.$field.inc_by(n);
         }
     };
 }
@@ -124,8 +165,132 @@ impl RelayMetrics {
     counter!(add_audits_published, audits_published);
     counter!(add_topics_created, topics_created);
 
+    /// Registers the Prometheus series (names without the registry's prefix).
+    pub fn register(&self, registry: &mut Registry) {
+        let counters: [(&str, &str, &Counter); 14] = [
+            (
+                "sent",
+                "Orders sent (broker acknowledged) for the first time",
+                &self.sent,
+            ),
+            (
+                "retries",
+                "Failed sends that will be tried again",
+                &self.retries,
+            ),
+            (
+                "dead",
+                "Orders that spent their attempt budget (DEAD)",
+                &self.dead,
+            ),
+            (
+                "unroutable",
+                "Orders no route matched (UNROUTABLE)",
+                &self.unroutable,
+            ),
+            (
+                "resent",
+                "Re-sends after a missed handover deadline",
+                &self.resent,
+            ),
+            (
+                "resend_failures",
+                "Re-sends after a handover deadline that failed",
+                &self.resend_failures,
+            ),
+            (
+                "unacknowledged",
+                "Orders flagged because the partner never confirmed receipt",
+                &self.unacknowledged,
+            ),
+            (
+                "acknowledged",
+                "Orders whose receipt the partner confirmed, seen at their deadline",
+                &self.acknowledged,
+            ),
+            (
+                "fenced",
+                "Outcomes refused by the lease fence (another instance owns the row)",
+                &self.fenced,
+            ),
+            (
+                "events_published",
+                "History events put on the order-events topic",
+                &self.events_published,
+            ),
+            (
+                "recorded",
+                "Outcomes committed by bookkeeping",
+                &self.recorded,
+            ),
+            (
+                "topics_created",
+                "Topics the relay created because the broker did not know them",
+                &self.topics_created,
+            ),
+            (
+                "audits_published",
+                "Audit copies produced from the audit outbox",
+                &self.audits_published,
+            ),
+            (
+                "audit_deferred",
+                "Audit copies that failed while their partner copy went out",
+                &self.audit_deferred,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            registry.register(name, help, counter.clone());
+        }
+        registry.register_with_unit(
+            "produce_latency",
+            "From handing a message to the producer until the broker acknowledged it",
+            Unit::Seconds,
+            self.produce_latency.clone(),
+        );
+        registry.register(
+            "outbox_backlog",
+            "Dispatch rows by state, read from the database at scrape time (all instances)",
+            self.backlog.clone(),
+        );
+        registry.register_with_unit(
+            "oldest_due_age",
+            "Age of the oldest dispatch row that is due now (0 when none is due)",
+            Unit::Seconds,
+            self.oldest_due_age.clone(),
+        );
+        registry.register(
+            "audit_outbox_pending",
+            "Audit copies waiting in the audit outbox",
+            self.audit_pending.clone(),
+        );
+    }
+
+    /// Sets the backlog gauges from a fresh read of the database. Every state is set (0 when it
+    /// has no rows), so a drained state reads 0 rather than its last value.
+    pub fn set_backlog(&self, backlog: &Backlog, now: DateTime<Utc>) {
+        for state in STATES {
+            let rows = backlog
+                .by_state
+                .iter()
+                .find(|(s, _)| *s == state)
+                .map_or(0, |(_, n)| *n);
+            self.backlog
+                .get_or_create(&StateLabel {
+                    state: state.short_name(),
+                })
+                .set(rows);
+        }
+        let age = backlog.oldest_due_at.map_or(0.0, |at| {
+            ((now - at).num_milliseconds().max(0) as f64) / 1000.0
+        });
+        self.oldest_due_age.set(age);
+        self.audit_pending.set(backlog.audit_pending);
+    }
+
     /// Records one message's produce latency.
     pub fn record_latency(&self, latency: Duration) {
+        self.produce_latency.observe(latency.as_secs_f64());
         let micros = u64::try_from(latency.as_micros())
             .unwrap_or(u64::MAX)
             .max(1);
@@ -151,20 +316,20 @@ impl RelayMetrics {
             _ => (0, 0, 0),
         };
         MetricsSnapshot {
-            sent: self.sent.load(Ordering::Relaxed),
-            retries: self.retries.load(Ordering::Relaxed),
-            dead: self.dead.load(Ordering::Relaxed),
-            unroutable: self.unroutable.load(Ordering::Relaxed),
-            resent: self.resent.load(Ordering::Relaxed),
-            unacknowledged: self.unacknowledged.load(Ordering::Relaxed),
-            acknowledged: self.acknowledged.load(Ordering::Relaxed),
-            fenced: self.fenced.load(Ordering::Relaxed),
-            events_published: self.events_published.load(Ordering::Relaxed),
-            recorded: self.recorded.load(Ordering::Relaxed),
-            topics_created: self.topics_created.load(Ordering::Relaxed),
-            audits_published: self.audits_published.load(Ordering::Relaxed),
-            audit_deferred: self.audit_deferred.load(Ordering::Relaxed),
-            resend_failures: self.resend_failures.load(Ordering::Relaxed),
+            sent: self.sent.get(),
+            retries: self.retries.get(),
+            dead: self.dead.get(),
+            unroutable: self.unroutable.get(),
+            resent: self.resent.get(),
+            unacknowledged: self.unacknowledged.get(),
+            acknowledged: self.acknowledged.get(),
+            fenced: self.fenced.get(),
+            events_published: self.events_published.get(),
+            recorded: self.recorded.get(),
+            topics_created: self.topics_created.get(),
+            audits_published: self.audits_published.get(),
+            audit_deferred: self.audit_deferred.get(),
+            resend_failures: self.resend_failures.get(),
             produce_latency_p50: Duration::from_micros(p50),
             produce_latency_p99: Duration::from_micros(p99),
             produce_latency_max: Duration::from_micros(max),

@@ -472,6 +472,7 @@ async fn serve_picks_up_a_new_order_within_100ms(backend: TestBackend) {
         relay: settings,
         limits: ServerLimits::default(),
         shutdown_grace: Duration::from_secs(5),
+        metrics: Default::default(),
     };
     let server = tokio::spawn(waybill_dispatcher::serve(listener, deps, shutdown.clone()));
     // Warm up the producer's connection, as a running service would be.
@@ -608,6 +609,7 @@ async fn shutdown_releases_leases_for_the_next_instance(backend: TestBackend) {
         relay: h.settings("dispatcher-a"),
         limits: ServerLimits::default(),
         shutdown_grace: Duration::from_millis(200),
+        metrics: Default::default(),
     };
     let server = tokio::spawn(waybill_dispatcher::serve(listener, deps, shutdown.clone()));
     let order = h.place_at("DE", 100, chrono::Utc::now()).await;

@@ -7,6 +7,8 @@
 //! - [`telemetry`]: structured logs, OpenTelemetry traces over OTLP, W3C trace-context helpers.
 //! - [`grpc`]: serving a tonic router with the health and reflection services and a graceful
 //!   drain.
+//! - [`metrics`]: Prometheus metrics (series registries, refreshers run at scrape time, the
+//!   `/metrics` HTTP endpoint turned on by `--metrics-listen`).
 //! - [`text`]: the one text-field checker (length, control characters) and the one way to
 //!   quote caller input in an error message, used by every RPC of every service.
 //! - [`page_token`]: page tokens authenticated with HMAC-SHA256 under a shared server key.
@@ -20,6 +22,7 @@
 pub mod clock;
 pub mod db;
 pub mod grpc;
+pub mod metrics;
 pub mod page_token;
 pub mod secrets;
 pub mod security;

@@ -49,6 +49,13 @@ pub struct TelemetryGuard {
 }
 
 impl TelemetryGuard {
+    /// Exports what is buffered now (blocks until the exporter answers).
+    pub fn flush(&self) {
+        if let Err(error) = self.provider.force_flush() {
+            eprintln!("telemetry flush: {error}");
+        }
+    }
+
     /// Exports what is buffered, waiting at most `timeout`.
     pub fn shutdown(self, timeout: Duration) {
         if let Err(error) = self.provider.shutdown_with_timeout(timeout) {
@@ -57,16 +64,45 @@ impl TelemetryGuard {
     }
 }
 
-/// Installs the global log subscriber, tracer provider and W3C propagator.
+/// Installs the global log subscriber, tracer provider and W3C propagator. Spans are exported
+/// over OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (the exporter reads it and the
+/// other standard `OTEL_EXPORTER_OTLP_*` variables). Call it inside the Tokio runtime: the
+/// exporter's gRPC channel runs on it.
 pub fn init(service_name: &str, format: LogFormat) -> Result<TelemetryGuard, TelemetryError> {
+    let export = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").map(|_| Export::FromEnvironment);
+    init_with(service_name, format, export)
+}
+
+/// Where spans go, for [`init_with`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Export {
+    /// The endpoint and settings in the standard `OTEL_EXPORTER_OTLP_*` variables.
+    FromEnvironment,
+    /// This OTLP/gRPC endpoint (e.g. `http://127.0.0.1:4317`), whatever the environment says.
+    Endpoint(String),
+}
+
+/// [`init`] with the export chosen by the caller (`None`: spans exist and propagate but are not
+/// exported) — for a program or test that knows its collector.
+pub fn init_with(
+    service_name: &str,
+    format: LogFormat,
+    export: Option<Export>,
+) -> Result<TelemetryGuard, TelemetryError> {
+    use opentelemetry_otlp::WithExportConfig as _;
+
     global::set_text_map_propagator(TraceContextPropagator::new());
     let resource = Resource::builder()
         .with_service_name(service_name.to_owned())
         .build();
     let mut builder = SdkTracerProvider::builder().with_resource(resource);
-    if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
+    if let Some(export) = export {
+        let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+        let exporter = match export {
+            Export::FromEnvironment => exporter,
+            Export::Endpoint(endpoint) => exporter.with_endpoint(endpoint),
+        };
+        let exporter = exporter
             .build()
             .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
         builder = builder.with_batch_exporter(exporter);

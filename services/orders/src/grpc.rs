@@ -51,6 +51,30 @@ pub struct OrdersApi {
     /// `WatchOrder` re-reads this often even without a notification, in case one was missed.
     watch_poll: Duration,
     shutdown: CancellationToken,
+    metrics: Arc<OrdersMetrics>,
+}
+
+/// The Orders service's Prometheus series (`waybill_orders_*`).
+#[derive(Debug, Default)]
+pub struct OrdersMetrics {
+    placed: prometheus_client::metrics::counter::Counter,
+    replayed: prometheus_client::metrics::counter::Counter,
+}
+
+impl OrdersMetrics {
+    /// Registers the series (names without the registry's prefix).
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "placed",
+            "Orders placed (new orders written with their dispatch row)",
+            self.placed.clone(),
+        );
+        registry.register(
+            "place_replayed",
+            "PlaceOrder calls answered with an existing order (same idempotency key and request)",
+            self.replayed.clone(),
+        );
+    }
 }
 
 impl OrdersApi {
@@ -71,7 +95,14 @@ impl OrdersApi {
             page_tokens,
             watch_poll: Duration::from_secs(5),
             shutdown,
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts into `metrics` (registered by the caller).
+    pub fn with_metrics(mut self, metrics: Arc<OrdersMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     async fn place(&self, request: &pb::PlaceOrderRequest) -> Result<Placement, OrdersError> {
@@ -140,10 +171,12 @@ impl OrderService for OrdersApi {
         let request = request.into_inner();
         let (order, replayed) = match self.place(&request).await? {
             Placement::Created(order) => {
+                self.metrics.placed.inc();
                 debug!(order_id = %order.id, total_minor = order.total_minor, currency = %order.currency_code, "order placed");
                 (order, false)
             }
             Placement::Replayed(order) => {
+                self.metrics.replayed.inc();
                 debug!(order_id = %order.id, "idempotent replay");
                 (order, true)
             }

@@ -59,6 +59,9 @@ pub struct OrdersArgs {
     /// Page-token key.
     #[command(flatten)]
     pub page_tokens: PageTokenArgs,
+    /// The Prometheus metrics listener (off by default).
+    #[command(flatten)]
+    pub metrics: waybill_service_kit::metrics::MetricsArgs,
     /// TLS, credentials and rate limits.
     #[command(flatten)]
     pub security: SecurityArgs,
@@ -77,6 +80,8 @@ pub struct OrdersDeps {
     pub region: String,
     /// Authenticates `ListOrders` page tokens; instances behind one address must share it.
     pub page_tokens: PageTokenKey,
+    /// Where the service registers its Prometheus series (`waybill_orders_*`).
+    pub metrics: waybill_service_kit::metrics::Metrics,
 }
 
 impl OrdersDeps {
@@ -89,6 +94,7 @@ impl OrdersDeps {
             clock: Arc::new(SystemClock),
             region: region.into(),
             page_tokens: PageTokenKey::random(),
+            metrics: waybill_service_kit::metrics::Metrics::new(),
         }
     }
 }
@@ -156,25 +162,45 @@ pub async fn run(args: OrdersArgs, shutdown: CancellationToken) -> Result<(), Ru
         page_tokens,
         ..OrdersDeps::new(&db, args.region)
     };
+    // Stopped after the server, whether it ended by shutdown or by failure.
+    let metrics_stop = shutdown.child_token();
+    let metrics = args
+        .metrics
+        .start(&deps.metrics, metrics_stop.clone())
+        .await
+        .map_err(|source| RunError::Bind {
+            addr: args.metrics.metrics_listen.unwrap_or(args.listen),
+            source,
+        })?;
     let limits = ServerLimits {
         security,
         ..ServerLimits::default()
     };
     let result = serve(listener, deps, limits, shutdown).await;
+    metrics_stop.cancel();
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
+    }
     db.close().await;
     result
 }
 
 /// The tonic service, for composing with others on one server.
 pub fn service(deps: OrdersDeps, shutdown: CancellationToken) -> OrderServiceServer<OrdersApi> {
-    OrderServiceServer::new(OrdersApi::new(
-        deps.store,
-        deps.feed,
-        deps.clock,
-        deps.region,
-        deps.page_tokens,
-        shutdown,
-    ))
+    let metrics = Arc::new(grpc::OrdersMetrics::default());
+    deps.metrics
+        .register("waybill_orders", |registry| metrics.register(registry));
+    OrderServiceServer::new(
+        OrdersApi::new(
+            deps.store,
+            deps.feed,
+            deps.clock,
+            deps.region,
+            deps.page_tokens,
+            shutdown,
+        )
+        .with_metrics(metrics),
+    )
     // The largest valid PlaceOrder (100 lines, every text field at its bound in 4-byte
     // characters) is about 40 KiB; anything bigger is refused before it is decoded, instead of
     // tonic's 4 MiB default.

@@ -30,6 +30,9 @@ pub struct StatusIngestArgs {
     /// credentials file is needed: partners prove who they are with signed report tokens.
     #[command(flatten)]
     pub security: waybill_service_kit::security::SecurityArgs,
+    /// The Prometheus metrics listener (off by default).
+    #[command(flatten)]
+    pub metrics: waybill_service_kit::metrics::MetricsArgs,
 }
 
 impl StatusIngestArgs {

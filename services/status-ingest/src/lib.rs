@@ -53,6 +53,8 @@ pub struct IngestDeps {
     pub audience: String,
     /// Counters.
     pub metrics: Arc<IngestMetrics>,
+    /// Where the counters are registered as Prometheus series (`waybill_status_ingest_*`).
+    pub registry: waybill_service_kit::metrics::Metrics,
 }
 
 impl IngestDeps {
@@ -63,6 +65,7 @@ impl IngestDeps {
             clock: Arc::new(SystemClock),
             audience: audience.into(),
             metrics: Arc::new(IngestMetrics::default()),
+            registry: waybill_service_kit::metrics::Metrics::new(),
         }
     }
 }
@@ -110,6 +113,16 @@ pub async fn run(args: StatusIngestArgs, shutdown: CancellationToken) -> Result<
     };
     let db = Database::connect(&args.database_url, &settings, shutdown.clone()).await?;
     let deps = IngestDeps::new(&db, args.audience.clone());
+    // Stopped after the server, whether it ended by shutdown or by failure.
+    let metrics_stop = shutdown.child_token();
+    let metrics = args
+        .metrics
+        .start(&deps.registry, metrics_stop.clone())
+        .await
+        .map_err(|source| RunError::Bind {
+            addr: args.metrics.metrics_listen.unwrap_or(args.listen),
+            source,
+        })?;
     info!(addr = %args.listen, audience = %args.audience, "status ingest listening");
     let maintenance = tokio::spawn(maintain(
         deps.clone(),
@@ -121,6 +134,10 @@ pub async fn run(args: StatusIngestArgs, shutdown: CancellationToken) -> Result<
         ..ServerLimits::default()
     };
     let result = serve(listener, deps, limits, shutdown).await;
+    metrics_stop.cancel();
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
+    }
     let _ = maintenance.await;
     db.close().await;
     result
@@ -154,6 +171,9 @@ pub async fn maintain(deps: IngestDeps, interval: Duration, shutdown: Cancellati
 
 /// The tonic service, for composing with others on one server.
 pub fn service(deps: IngestDeps) -> StatusIngestServer<IngestApi> {
+    deps.registry.register("waybill_status_ingest", |registry| {
+        deps.metrics.register(registry)
+    });
     StatusIngestServer::new(IngestApi::new(
         deps.store,
         deps.clock,

@@ -1,16 +1,23 @@
 //! This instance's counters since it started: reports accepted, duplicates, flagged for review,
-//! and refusals by reason. Exposed with no exporter dependency, as the dispatcher's are: the
-//! `GetReportStats` RPC (grpcurl-able) and a structured log line every stats interval.
+//! and refusals by reason. One source, three views, as the dispatcher's: Prometheus series
+//! (`waybill_status_ingest_*`, see [`IngestMetrics::register`]), the `GetReportStats` RPC
+//! (grpcurl-able) and a structured log line every stats interval.
 
-use std::{
-    collections::BTreeMap,
-    sync::{
-        Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
+use std::{collections::BTreeMap, sync::Mutex};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family},
+    registry::Registry,
 };
-
 use waybill_token::RejectReason;
+
+/// The label of the refusals counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why the report was refused (`bad_signature`, `not_routed`, …).
+    pub reason: &'static str,
+}
 
 /// Refusal names that are not token checks.
 pub const OTHER_REASONS: [&str; 4] = ["invalid_argument", "not_routed", "unavailable", "internal"];
@@ -18,25 +25,32 @@ pub const OTHER_REASONS: [&str; 4] = ["invalid_argument", "not_routed", "unavail
 /// Counters of one StatusIngest instance.
 #[derive(Debug)]
 pub struct IngestMetrics {
-    accepted: AtomicU64,
-    duplicates: AtomicU64,
-    flagged: AtomicU64,
-    rejected: Mutex<BTreeMap<&'static str, u64>>,
+    accepted: Counter,
+    duplicates: Counter,
+    flagged: Counter,
+    rejected: Family<ReasonLabel, Counter>,
+    /// Every reason seen or known, for the snapshot (a family cannot list its labels).
+    reasons: Mutex<std::collections::BTreeSet<&'static str>>,
 }
 
 impl Default for IngestMetrics {
     fn default() -> Self {
-        let rejected = RejectReason::ALL
+        let rejected = Family::<ReasonLabel, Counter>::default();
+        let reasons = RejectReason::ALL
             .iter()
             .map(|reason| reason.as_str())
             .chain(OTHER_REASONS)
-            .map(|name| (name, 0))
+            .inspect(|reason| {
+                // Every known reason is exposed from the start, at 0.
+                let _ = rejected.get_or_create(&ReasonLabel { reason });
+            })
             .collect();
         Self {
-            accepted: AtomicU64::new(0),
-            duplicates: AtomicU64::new(0),
-            flagged: AtomicU64::new(0),
-            rejected: Mutex::new(rejected),
+            accepted: Counter::default(),
+            duplicates: Counter::default(),
+            flagged: Counter::default(),
+            rejected,
+            reasons: Mutex::new(reasons),
         }
     }
 }
@@ -55,40 +69,71 @@ pub struct IngestStats {
 }
 
 impl IngestMetrics {
+    /// Registers the Prometheus series (names without the registry's prefix).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "reports_accepted",
+            "Status reports accepted (flagged ones included)",
+            self.accepted.clone(),
+        );
+        registry.register(
+            "reports_duplicate",
+            "Status reports answered as duplicates (same report id), nothing changed",
+            self.duplicates.clone(),
+        );
+        registry.register(
+            "reports_flagged_for_review",
+            "Status reports accepted after a final state and flagged for review",
+            self.flagged.clone(),
+        );
+        registry.register(
+            "reports_rejected",
+            "Status reports refused, by reason (token checks, invalid_argument, not_routed, ...)",
+            self.rejected.clone(),
+        );
+    }
+
     /// One more accepted report.
     pub fn add_accepted(&self, flagged: bool) {
-        self.accepted.fetch_add(1, Ordering::Relaxed);
+        self.accepted.inc();
         if flagged {
-            self.flagged.fetch_add(1, Ordering::Relaxed);
+            self.flagged.inc();
         }
     }
 
     /// One more duplicate.
     pub fn add_duplicate(&self) {
-        self.duplicates.fetch_add(1, Ordering::Relaxed);
+        self.duplicates.inc();
     }
 
     /// One more refusal for `reason`.
     pub fn add_rejected(&self, reason: &'static str) {
-        let mut rejected = self
-            .rejected
+        self.reasons
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        *rejected.entry(reason).or_default() += 1;
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(reason);
+        self.rejected.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     /// The counters now.
     pub fn snapshot(&self) -> IngestStats {
+        let reasons: Vec<&'static str> = self
+            .reasons
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .copied()
+            .collect();
         IngestStats {
-            accepted: self.accepted.load(Ordering::Relaxed),
-            duplicates: self.duplicates.load(Ordering::Relaxed),
-            flagged_for_review: self.flagged.load(Ordering::Relaxed),
-            rejected: self
-                .rejected
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .iter()
-                .map(|(name, count)| ((*name).to_owned(), *count))
+            accepted: self.accepted.get(),
+            duplicates: self.duplicates.get(),
+            flagged_for_review: self.flagged.get(),
+            rejected: reasons
+                .into_iter()
+                .map(|reason| {
+                    let count = self.rejected.get_or_create(&ReasonLabel { reason }).get();
+                    (reason.to_owned(), count)
+                })
                 .collect(),
         }
     }

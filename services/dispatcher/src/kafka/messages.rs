@@ -31,6 +31,27 @@ pub struct OutgoingMessage {
     pub headers: Vec<(Cow<'static, str>, String)>,
 }
 
+impl OutgoingMessage {
+    /// Carries `trace` (the context of the relay's span for this order) in place of the trace
+    /// context read from the dispatch row, so the consumer's span is a child of the dispatch,
+    /// itself a child of the placing request. An empty `trace` (no tracing subscriber) keeps
+    /// the row's context, so the trace id travels either way.
+    pub fn in_trace(mut self, trace: &waybill_service_kit::telemetry::TraceContext) -> Self {
+        if trace.traceparent.is_empty() {
+            return self;
+        }
+        self.headers
+            .retain(|(name, _)| name != headers::TRACEPARENT && name != headers::TRACESTATE);
+        self.headers
+            .push((headers::TRACEPARENT.into(), trace.traceparent.clone()));
+        if !trace.tracestate.is_empty() {
+            self.headers
+                .push((headers::TRACESTATE.into(), trace.tracestate.clone()));
+        }
+        self
+    }
+}
+
 /// Where a message says it comes from and where to answer.
 #[derive(Debug, Clone, Copy)]
 pub struct Origin<'a> {

@@ -192,6 +192,9 @@ impl Relay {
                 tracestate: order.tracestate.clone(),
             }
             .set_as_parent_of(&span);
+            // The records carry this span's context: the partner's consumer continues from the
+            // dispatch (place → dispatch → partner), not from the placing request.
+            let trace = span.in_scope(TraceContext::current);
             spans.push(span);
             // Partners that refused this order (REJECTED_BY_PARTNER) are skipped.
             let rejected = &order.rejected_partners;
@@ -209,25 +212,31 @@ impl Relay {
                             origin,
                         );
                         let partner_message = messages.len();
-                        messages.push(order_message(
-                            order,
-                            &payload,
-                            decision.partner.topic.clone(),
-                            false,
-                            origin,
-                        ));
+                        messages.push(
+                            order_message(
+                                order,
+                                &payload,
+                                decision.partner.topic.clone(),
+                                false,
+                                origin,
+                            )
+                            .in_trace(&trace),
+                        );
                         let audit_message = self
                             .settings
                             .audit
                             .is_audited(&order.currency_code, order.total_minor)
                             .then(|| {
-                                messages.push(order_message(
-                                    order,
-                                    &payload,
-                                    self.settings.topics.audit.clone(),
-                                    true,
-                                    origin,
-                                ));
+                                messages.push(
+                                    order_message(
+                                        order,
+                                        &payload,
+                                        self.settings.topics.audit.clone(),
+                                        true,
+                                        origin,
+                                    )
+                                    .in_trace(&trace),
+                                );
                                 messages.len() - 1
                             });
                         Plan::Send {
@@ -246,13 +255,16 @@ impl Relay {
                         Some(partner) if order.resends < partner.resend_budget => {
                             let payload =
                                 dispatched_order(order, &partner.id, order.resends + 2, origin);
-                            messages.push(order_message(
-                                order,
-                                &payload,
-                                partner.topic.clone(),
-                                false,
-                                origin,
-                            ));
+                            messages.push(
+                                order_message(
+                                    order,
+                                    &payload,
+                                    partner.topic.clone(),
+                                    false,
+                                    origin,
+                                )
+                                .in_trace(&trace),
+                            );
                             Plan::Resend {
                                 order,
                                 partner: partner.clone(),

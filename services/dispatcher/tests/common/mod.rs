@@ -344,6 +344,7 @@ impl Harness {
             relay: self.settings(instance),
             limits: waybill_service_kit::grpc::ServerLimits::default(),
             shutdown_grace: Duration::from_secs(5),
+            metrics: Default::default(),
         };
         let task = tokio::spawn(waybill_dispatcher::serve(listener, deps, shutdown.clone()));
         Running {

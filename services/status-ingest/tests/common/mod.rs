@@ -113,6 +113,7 @@ impl World {
             clock: Arc::new(self.clock.clone()),
             audience: AUDIENCE.to_owned(),
             metrics: self.metrics.clone(),
+            registry: Default::default(),
         }
     }
 

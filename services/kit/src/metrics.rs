@@ -1,0 +1,155 @@
+//! Metrics in the Prometheus text exposition format (OpenMetrics 1.0, which Prometheus and
+//! every compatible scraper read), served on `GET /metrics` of a plain HTTP listener.
+//!
+//! Each service registers its series in a [`Metrics`] handed to it (no process-wide registry,
+//! so several services in one process — `waybill dev`, tests — each own their series, or share
+//! one handle on purpose). Figures only the database knows (backlogs, ages) are read at scrape
+//! time by refreshers registered with [`Metrics::on_scrape`], each bounded by
+//! [`REFRESH_TIMEOUT`]; a slow or failing refresher leaves its last values.
+//!
+//! The listener is off unless `--metrics-listen` / `WAYBILL_METRICS_LISTEN` names an address
+//! (`waybill dev` turns it on). It serves figures, never data or credentials, but has no TLS and
+//! no caller check: bind it to an interface only the scraper reaches.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use futures::future::BoxFuture;
+use prometheus_client::{encoding::text::encode, registry::Registry};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// The content type of the exposition.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// How long one scrape waits for each refresher before answering with the last values.
+pub const REFRESH_TIMEOUT: Duration = Duration::from_secs(5);
+
+type Refresher = Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// A registry of series and the refreshers that run before each scrape. Cheap to clone; clones
+/// share the registry.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    registry: Arc<Mutex<Registry>>,
+    refreshers: Arc<Mutex<Vec<Refresher>>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers series: `register` gets the registry under `prefix` (e.g. `waybill_dispatcher`;
+    /// every name it registers becomes `prefix_name`).
+    pub fn register(&self, prefix: &str, register: impl FnOnce(&mut Registry)) {
+        let mut registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+        register(registry.sub_registry_with_prefix(prefix));
+    }
+
+    /// Runs `refresh` before every scrape (e.g. to read a backlog from the database into gauges).
+    pub fn on_scrape(&self, refresh: impl Fn() -> BoxFuture<'static, ()> + Send + Sync + 'static) {
+        self.refreshers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Arc::new(refresh));
+    }
+
+    /// Runs the refreshers, then encodes every series.
+    pub async fn render(&self) -> Result<String, std::fmt::Error> {
+        let refreshers: Vec<Refresher> = self
+            .refreshers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let refreshing = refreshers.iter().map(|refresh| async move {
+            if tokio::time::timeout(REFRESH_TIMEOUT, refresh())
+                .await
+                .is_err()
+            {
+                warn!(
+                    timeout_ms = REFRESH_TIMEOUT.as_millis() as u64,
+                    "a metrics refresher timed out; its series keep their last values"
+                );
+            }
+        });
+        futures::future::join_all(refreshing).await;
+        let mut text = String::new();
+        let registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+        encode(&mut text, &registry)?;
+        Ok(text)
+    }
+}
+
+/// Where metrics are served, if anywhere (flags with environment fallbacks, for every service).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct MetricsArgs {
+    /// Serve Prometheus metrics on `http://ADDR/metrics` (off when unset). Plain HTTP: bind it
+    /// to an interface only the scraper reaches.
+    #[arg(long, env = "WAYBILL_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl MetricsArgs {
+    /// Binds the metrics listener if one is configured (a taken port fails here, before the
+    /// service starts) and serves `metrics` on it until `shutdown`.
+    pub async fn start(
+        &self,
+        metrics: &Metrics,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<Option<tokio::task::JoinHandle<std::io::Result<()>>>> {
+        let Some(addr) = self.metrics_listen else {
+            return Ok(None);
+        };
+        let listener = TcpListener::bind(addr).await?;
+        Ok(Some(tokio::spawn(serve(
+            listener,
+            metrics.clone(),
+            shutdown,
+        ))))
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "metrics on http://{addr}/metrics");
+    }
+    let app = Router::new()
+        .route("/metrics", get(scrape))
+        .with_state(metrics);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+async fn scrape(axum::extract::State(metrics): axum::extract::State<Metrics>) -> Response {
+    match metrics.render().await {
+        Ok(text) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
+        Err(error) => {
+            warn!(%error, "cannot encode metrics");
+            (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n").into_response()
+        }
+    }
+}
