@@ -27,7 +27,6 @@ use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn};
 use uuid::Uuid;
-use waybill_proto::v1::DispatchState;
 use waybill_service_kit::{
     clock::SharedClock,
     db::{Change, ChangeFeed},
@@ -36,9 +35,13 @@ use waybill_service_kit::{
 
 mod publish;
 
+pub use crate::domain::cycle::BatchKind;
 use crate::{
     config::RelaySettings,
-    domain::model::{LeasedOrder, PartnerRecord},
+    domain::{
+        cycle::{self, Outcome, Plan, Produced, RetryPolicy},
+        model::LeasedOrder,
+    },
     error::DispatchError,
     kafka::{
         TopicCreator,
@@ -46,20 +49,8 @@ use crate::{
         producer::{OrderProducer, SendErrorKind, SendOutcome},
     },
     metrics::RelayMetrics,
-    store::{
-        AttemptLog, AuditCopy, BatchRecord, DispatchStore, Fence, LeaseRequest, RecordReport,
-        RowUpdate,
-    },
+    store::{AuditCopy, BatchRecord, DispatchStore, Fence, LeaseRequest, RecordReport},
 };
-
-/// Which rows a batch holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BatchKind {
-    /// `PENDING`/`RETRYING` rows due for a send.
-    Due,
-    /// `SENT` rows past their handover deadline.
-    Overdue,
-}
 
 /// Rows under one lease.
 #[derive(Debug, Clone)]
@@ -169,22 +160,20 @@ impl Relay {
         })
     }
 
-    /// Routes and produces a batch; returns what must be recorded. Nothing is written here.
+    /// Routes and produces a batch; returns what must be recorded. Nothing is written here:
+    /// the decisions are [`cycle::plan`] and [`cycle::settle`]; this step adds the spans, the
+    /// messages, the produce call, and the metrics and logs of each outcome.
     pub async fn dispatch(&self, batch: &LeasedBatch) -> Result<BatchRecord, DispatchError> {
         if batch.orders.is_empty() {
             return Ok(BatchRecord::default());
         }
         let table = self.store.routing_table().await?;
-        let origin = Origin {
-            region: &self.settings.region,
-            reply_to: &self.settings.reply_to,
-        };
-        let mut plans: Vec<Plan<'_>> = Vec::with_capacity(batch.orders.len());
+        let mut planned = Vec::with_capacity(batch.orders.len());
         let mut messages: Vec<OutgoingMessage> = Vec::new();
-        // One span per order, parented by the placing request's trace context (from the
-        // dispatch row), open while its messages are produced: the order's trace shows the relay.
-        let mut spans = Vec::with_capacity(batch.orders.len());
         for order in &batch.orders {
+            // One span per order, parented by the placing request's trace context (from the
+            // dispatch row), open while its messages are produced: the order's trace shows
+            // the relay.
             let span =
                 info_span!("dispatch_order", order_id = %order.order_id, otel.kind = "producer");
             TraceContext {
@@ -192,78 +181,15 @@ impl Relay {
                 tracestate: order.tracestate.clone(),
             }
             .set_as_parent_of(&span);
-            spans.push(span);
-            // Partners that refused this order (REJECTED_BY_PARTNER) are skipped.
-            let rejected = &order.rejected_partners;
-            let plan = match batch.kind {
-                BatchKind::Due => match table.route_excluding(&order.ship_to, rejected) {
-                    None => Plan::Unroutable {
-                        order,
-                        no_routes: table.has_no_routes(),
-                    },
-                    Some(decision) => {
-                        let payload = dispatched_order(
-                            order,
-                            &decision.partner.id,
-                            order.resends + 1,
-                            origin,
-                        );
-                        let partner_message = messages.len();
-                        messages.push(order_message(
-                            order,
-                            &payload,
-                            decision.partner.topic.clone(),
-                            false,
-                            origin,
-                        ));
-                        let audit_message = self
-                            .settings
-                            .audit
-                            .is_audited(&order.currency_code, order.total_minor)
-                            .then(|| {
-                                messages.push(order_message(
-                                    order,
-                                    &payload,
-                                    self.settings.topics.audit.clone(),
-                                    true,
-                                    origin,
-                                ));
-                                messages.len() - 1
-                            });
-                        Plan::Send {
-                            order,
-                            partner: decision.partner.clone(),
-                            route_id: decision.route.id.clone(),
-                            partner_message,
-                            audit_message,
-                        }
-                    }
-                },
-                BatchKind::Overdue => {
-                    let partner = order.partner_id.as_deref().and_then(|id| table.partner(id));
-                    match partner {
-                        _ if order.acknowledged => Plan::Acknowledged(order),
-                        Some(partner) if order.resends < partner.resend_budget => {
-                            let payload =
-                                dispatched_order(order, &partner.id, order.resends + 2, origin);
-                            messages.push(order_message(
-                                order,
-                                &payload,
-                                partner.topic.clone(),
-                                false,
-                                origin,
-                            ));
-                            Plan::Resend {
-                                order,
-                                partner: partner.clone(),
-                                message: messages.len() - 1,
-                            }
-                        }
-                        _ => Plan::Unacknowledged(order),
-                    }
-                }
-            };
-            plans.push(plan);
+            let plan = cycle::plan(order, batch.kind, &table, &self.settings.audit);
+            let (partner_message, audit_message) = self.messages_for(order, &plan, &mut messages);
+            planned.push(Planned {
+                order,
+                plan,
+                span,
+                partner_message,
+                audit_message,
+            });
         }
 
         let outcomes = self.send(&messages).await;
@@ -279,14 +205,184 @@ impl Relay {
                 "sends failed in batch"
             );
         }
+        for latency in outcomes.iter().filter_map(|o| o.as_ref().ok()) {
+            self.metrics.record_latency(*latency);
+        }
+        let outcome = |index: usize| -> Result<(), String> {
+            match outcomes.get(index) {
+                Some(Ok(_)) => Ok(()),
+                Some(Err(error)) => Err(error.to_string()),
+                None => Err("message was not produced".to_owned()),
+            }
+        };
+
         let now = self.clock.now();
+        let policy = self.retry_policy();
+        let mut rng = rand::rng();
         let mut record = BatchRecord::default();
-        for (plan, span) in plans.into_iter().zip(spans) {
-            span.in_scope(|| {
-                self.plan_outcome(plan, &messages, &outcomes, now, &mut record);
-            });
+        for planned in planned {
+            let produced = Produced {
+                partner: planned.partner_message.map_or(Ok(()), outcome),
+                audit: planned.audit_message.map(outcome),
+            };
+            let settled = cycle::settle(
+                planned.order,
+                &planned.plan,
+                &produced,
+                now,
+                &policy,
+                &mut rng,
+            );
+            planned
+                .span
+                .in_scope(|| self.observe(planned.order.order_id, &settled.outcome));
+            if let (Some(due_at), Some(message)) = (
+                settled.audit_retry_at,
+                planned.audit_message.and_then(|i| messages.get(i)),
+            ) && let Err(error) = &produced.audit.unwrap_or(Ok(()))
+            {
+                record.audit_copies.push(AuditCopy {
+                    order_id: planned.order.order_id,
+                    topic: message.topic.clone(),
+                    payload: message.payload.clone(),
+                    headers: message
+                        .headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.clone()))
+                        .collect(),
+                    attempts: 1,
+                    last_error: error.clone(),
+                    due_at,
+                });
+            }
+            record.updates.push(settled.update);
+            record.attempts.extend(settled.attempt);
+            record.first_sends.extend(settled.first_send);
         }
         Ok(record)
+    }
+
+    /// Appends the messages `plan` needs to `messages`: the indexes of the partner's copy and
+    /// of the audit copy.
+    fn messages_for(
+        &self,
+        order: &LeasedOrder,
+        plan: &Plan,
+        messages: &mut Vec<OutgoingMessage>,
+    ) -> (Option<usize>, Option<usize>) {
+        let origin = Origin {
+            region: &self.settings.region,
+            reply_to: &self.settings.reply_to,
+        };
+        // The send number the partner sees: first sends (and their retries) are resends + 1.
+        let (partner, send_number, audited) = match plan {
+            Plan::Send {
+                partner, audited, ..
+            } => (partner, order.resends + 1, *audited),
+            Plan::Resend { partner } => (partner, order.resends + 2, false),
+            Plan::Unroutable { .. } | Plan::Acknowledged | Plan::Unacknowledged => {
+                return (None, None);
+            }
+        };
+        let payload = dispatched_order(order, &partner.id, send_number, origin);
+        messages.push(order_message(
+            order,
+            &payload,
+            partner.topic.clone(),
+            false,
+            origin,
+        ));
+        let partner_message = messages.len() - 1;
+        let audit_message = audited.then(|| {
+            messages.push(order_message(
+                order,
+                &payload,
+                self.settings.topics.audit.clone(),
+                true,
+                origin,
+            ));
+            messages.len() - 1
+        });
+        (Some(partner_message), audit_message)
+    }
+
+    /// The metrics and log lines of one order's outcome.
+    fn observe(&self, order_id: Uuid, outcome: &Outcome) {
+        match outcome {
+            Outcome::Unroutable { reason } => {
+                warn!(%order_id, %reason, "order unroutable");
+                self.metrics.add_unroutable(1);
+            }
+            Outcome::Sent {
+                partner_id,
+                audit_deferred,
+            } => {
+                debug!(%order_id, %partner_id, "order sent");
+                self.metrics.add_sent(1);
+                // The audit copy's fate never decides the order's: a failed one waits in the
+                // audit outbox instead of holding back (and later re-sending) the partner's copy.
+                if let Some(error) = audit_deferred {
+                    warn!(%order_id, %error, "audit copy failed, kept in the audit outbox");
+                    self.metrics.add_audit_deferred(1);
+                }
+            }
+            Outcome::Retrying {
+                failures,
+                retry_at,
+                error,
+            } => {
+                self.metrics.add_retries(1);
+                self.failed_again(order_id, "send", *failures, *retry_at, error);
+            }
+            Outcome::Dead { failures, error } => {
+                warn!(%order_id, attempts = failures, %error, "attempt budget spent, order dead");
+                self.metrics.add_dead(1);
+            }
+            Outcome::Acknowledged => self.metrics.add_acknowledged(1),
+            Outcome::Unacknowledged {
+                reason,
+                after_failed_resend,
+            } => {
+                if *after_failed_resend {
+                    self.metrics.add_resend_failures(1);
+                }
+                warn!(%order_id, %reason, "order unacknowledged");
+                self.metrics.add_unacknowledged(1);
+            }
+            Outcome::Resent {
+                partner_id,
+                resends,
+            } => {
+                info!(%order_id, %partner_id, resends, "order re-sent after its handover deadline");
+                self.metrics.add_resent(1);
+            }
+            Outcome::ResendRetrying {
+                failures,
+                retry_at,
+                error,
+            } => {
+                self.metrics.add_resend_failures(1);
+                self.failed_again(order_id, "re-send", *failures, *retry_at, error);
+            }
+        }
+    }
+
+    /// A failure that will be retried: the first of a run is a warning, the ones after it
+    /// debug lines (the batch's warning already counts them).
+    fn failed_again(
+        &self,
+        order_id: Uuid,
+        what: &str,
+        failures: i32,
+        retry_at: DateTime<Utc>,
+        error: &str,
+    ) {
+        let retry_in_ms = (retry_at - self.clock.now()).num_milliseconds();
+        if failures == 1 {
+            warn!(%order_id, retry_in_ms, %error, "{what} failed, will retry");
+        } else {
+            debug!(%order_id, attempts = failures, retry_in_ms, %error, "{what} failed again, will retry");
+        }
     }
 
     /// Produces `messages`; a message whose topic the broker does not know gets its topic
@@ -352,258 +448,18 @@ impl Relay {
         }
     }
 
-    /// The attempt budget as the row's counter type.
-    fn attempt_budget(&self) -> i32 {
-        i32::try_from(self.settings.attempt_budget).unwrap_or(i32::MAX)
+    /// The retry rules of this instance.
+    fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            attempt_budget: i32::try_from(self.settings.attempt_budget).unwrap_or(i32::MAX),
+            backoff: self.settings.backoff,
+        }
     }
 
     /// When to try again after the `failures`-th failure in a row (exponential, full jitter).
     fn retry_at(&self, failures: i32, now: DateTime<Utc>) -> DateTime<Utc> {
-        let delay = self.settings.backoff.delay(
-            u32::try_from(failures).unwrap_or(u32::MAX),
-            &mut rand::rng(),
-        );
-        now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX)
-    }
-
-    /// What a failed send or re-send shares: the failure count goes up; the attempt log keeps
-    /// only the first failure of a run and the last one (the row keeps the count and the latest
-    /// error); the first failure is a warning, the ones in between debug lines. Returns when to
-    /// try again, or `None` when the attempt budget is spent (the caller logs that outcome).
-    fn failed_again(
-        &self,
-        order: &LeasedOrder,
-        partner: &PartnerRecord,
-        error: &str,
-        what: &str,
-        now: DateTime<Utc>,
-        record: &mut BatchRecord,
-    ) -> Option<DateTime<Utc>> {
-        let failures = order.attempts.saturating_add(1);
-        let spent = failures >= self.attempt_budget();
-        if failures == 1 || spent {
-            record
-                .attempts
-                .push(attempt_log(order, error, &partner.id, &partner.topic));
-        }
-        if spent {
-            return None;
-        }
-        let next = self.retry_at(failures, now);
-        let retry_in_ms = (next - now).num_milliseconds();
-        if failures == 1 {
-            warn!(order_id = %order.order_id, retry_in_ms, %error, "{what} failed, will retry");
-        } else {
-            debug!(order_id = %order.order_id, attempts = failures, retry_in_ms, %error, "{what} failed again, will retry");
-        }
-        Some(next)
-    }
-
-    fn plan_outcome(
-        &self,
-        plan: Plan<'_>,
-        messages: &[OutgoingMessage],
-        outcomes: &[SendOutcome],
-        now: DateTime<Utc>,
-        record: &mut BatchRecord,
-    ) {
-        let outcome = |index: usize| -> Result<(), String> {
-            match outcomes.get(index) {
-                Some(Ok(latency)) => {
-                    self.metrics.record_latency(*latency);
-                    Ok(())
-                }
-                Some(Err(error)) => Err(error.to_string()),
-                None => Err("message was not produced".to_owned()),
-            }
-        };
-        match plan {
-            Plan::Unroutable { order, no_routes } => {
-                let mut reason = if no_routes {
-                    "no routes are set up: enroll partners and set routes (DispatchAdmin \
-                     EnrollPartner, SetRoute), then RetryDispatches sends this order"
-                        .to_owned()
-                } else {
-                    format!(
-                        "no route matches country {:?}, region {:?}, postal code {:?}",
-                        order.ship_to.country_code, order.ship_to.region, order.ship_to.postal_code
-                    )
-                };
-                if !order.rejected_partners.is_empty() {
-                    reason.push_str(&format!(
-                        " (rejected by {}; their routes are skipped)",
-                        order.rejected_partners.join(", ")
-                    ));
-                }
-                warn!(order_id = %order.order_id, %reason, "order unroutable");
-                self.metrics.add_unroutable(1);
-                record.attempts.push(attempt_log(order, &reason, "", ""));
-                record.updates.push(RowUpdate {
-                    state: DispatchState::Unroutable,
-                    last_error: Some(reason),
-                    ..keep(order, now)
-                });
-            }
-            Plan::Send {
-                order,
-                partner,
-                route_id,
-                partner_message,
-                audit_message,
-            } => match outcome(partner_message) {
-                Ok(()) => {
-                    debug!(order_id = %order.order_id, partner_id = %partner.id, "order sent");
-                    self.metrics.add_sent(1);
-                    // The audit copy's fate never decides the order's: a failed one waits in
-                    // the audit outbox instead of holding back (and later re-sending) the
-                    // partner's copy.
-                    if let Some(index) = audit_message
-                        && let Err(error) = outcome(index)
-                        && let Some(message) = messages.get(index)
-                    {
-                        warn!(order_id = %order.order_id, %error, "audit copy failed, kept in the audit outbox");
-                        self.metrics.add_audit_deferred(1);
-                        record.audit_copies.push(AuditCopy {
-                            order_id: order.order_id,
-                            topic: message.topic.clone(),
-                            payload: message.payload.clone(),
-                            headers: message
-                                .headers
-                                .iter()
-                                .map(|(k, v)| (k.to_string(), v.clone()))
-                                .collect(),
-                            attempts: 1,
-                            last_error: error,
-                            due_at: self.retry_at(1, now),
-                        });
-                    }
-                    record
-                        .attempts
-                        .push(attempt_log(order, "", &partner.id, &partner.topic));
-                    record
-                        .first_sends
-                        .push((order.order_id, partner.id.clone()));
-                    record.updates.push(RowUpdate {
-                        state: DispatchState::Sent,
-                        attempts: 0,
-                        last_error: Some(String::new()),
-                        partner_id: Some(partner.id.clone()),
-                        route_id: Some(route_id),
-                        sent_at: Some(now),
-                        ack_due_at: Some(now + partner.handover_deadline),
-                        ..keep(order, now)
-                    });
-                }
-                Err(error) => {
-                    let update = match self
-                        .failed_again(order, &partner, &error, "send", now, record)
-                    {
-                        None => {
-                            warn!(order_id = %order.order_id, attempts = order.attempts + 1, %error, "attempt budget spent, order dead");
-                            self.metrics.add_dead(1);
-                            RowUpdate {
-                                state: DispatchState::Dead,
-                                ..keep(order, now)
-                            }
-                        }
-                        Some(next) => {
-                            self.metrics.add_retries(1);
-                            RowUpdate {
-                                state: DispatchState::Retrying,
-                                next_attempt_at: next,
-                                ..keep(order, now)
-                            }
-                        }
-                    };
-                    record.updates.push(RowUpdate {
-                        attempts: order.attempts.saturating_add(1),
-                        last_error: Some(error),
-                        partner_id: Some(partner.id.clone()),
-                        route_id: Some(route_id),
-                        ..update
-                    });
-                }
-            },
-            Plan::Acknowledged(order) => {
-                self.metrics.add_acknowledged(1);
-                record.updates.push(RowUpdate {
-                    state: DispatchState::Acknowledged,
-                    ack_due_at: None,
-                    ..keep(order, now)
-                });
-            }
-            Plan::Unacknowledged(order) => {
-                let reason = format!(
-                    "partner {} did not confirm receipt after {} sends",
-                    order.partner_id.as_deref().unwrap_or("?"),
-                    order.resends.saturating_add(1)
-                );
-                warn!(order_id = %order.order_id, %reason, "order unacknowledged");
-                self.metrics.add_unacknowledged(1);
-                record.updates.push(RowUpdate {
-                    state: DispatchState::Unacknowledged,
-                    last_error: Some(reason),
-                    ack_due_at: None,
-                    ..keep(order, now)
-                });
-            }
-            Plan::Resend {
-                order,
-                partner,
-                message,
-            } => match outcome(message) {
-                Ok(()) => {
-                    info!(order_id = %order.order_id, partner_id = %partner.id, resends = order.resends + 1, "order re-sent after its handover deadline");
-                    self.metrics.add_resent(1);
-                    record
-                        .attempts
-                        .push(attempt_log(order, "", &partner.id, &partner.topic));
-                    record.updates.push(RowUpdate {
-                        state: DispatchState::Sent,
-                        attempts: 0,
-                        last_error: Some(String::new()),
-                        resends: order.resends.saturating_add(1),
-                        sent_at: Some(now),
-                        ack_due_at: Some(now + partner.handover_deadline),
-                        ..keep(order, now)
-                    });
-                }
-                Err(error) => {
-                    // Failed re-sends back off like first sends, within the same budget; the
-                    // order stays SENT (the broker took it once) until the budget is spent.
-                    self.metrics.add_resend_failures(1);
-                    let failures = order.attempts.saturating_add(1);
-                    let update = match self
-                        .failed_again(order, &partner, &error, "re-send", now, record)
-                    {
-                        None => {
-                            let reason = format!(
-                                "partner {} did not confirm receipt and {failures} re-sends failed, the latest: {error}",
-                                partner.id
-                            );
-                            warn!(order_id = %order.order_id, %reason, "order unacknowledged");
-                            self.metrics.add_unacknowledged(1);
-                            RowUpdate {
-                                state: DispatchState::Unacknowledged,
-                                last_error: Some(reason),
-                                ack_due_at: None,
-                                ..keep(order, now)
-                            }
-                        }
-                        Some(next) => RowUpdate {
-                            state: DispatchState::Sent,
-                            last_error: Some(error),
-                            ack_due_at: Some(next),
-                            ..keep(order, now)
-                        },
-                    };
-                    record.updates.push(RowUpdate {
-                        attempts: failures,
-                        ..update
-                    });
-                }
-            },
-        }
+        self.retry_policy()
+            .retry_at(failures, now, &mut rand::rng())
     }
 
     /// Records a batch's outcome, fenced by its lease. Rows whose lease was lost are left alone.
@@ -796,62 +652,20 @@ async fn wait_for_change(wake: &mut broadcast::Receiver<Change>, wake_on: fn(&Ch
     }
 }
 
-enum Plan<'a> {
-    Unroutable {
-        order: &'a LeasedOrder,
-        /// No route is set up at all (the reason then says how to set them up).
-        no_routes: bool,
-    },
-    Send {
-        order: &'a LeasedOrder,
-        partner: PartnerRecord,
-        route_id: String,
-        /// Index of the partner's copy in the batch's messages.
-        partner_message: usize,
-        /// Index of the audit copy, for orders at or above the audit threshold.
-        audit_message: Option<usize>,
-    },
-    Acknowledged(&'a LeasedOrder),
-    Unacknowledged(&'a LeasedOrder),
-    Resend {
-        order: &'a LeasedOrder,
-        partner: PartnerRecord,
-        message: usize,
-    },
+/// One order of a batch between planning and settling.
+struct Planned<'a> {
+    order: &'a LeasedOrder,
+    plan: Plan,
+    span: tracing::Span,
+    /// Index of the partner's copy in the batch's messages.
+    partner_message: Option<usize>,
+    /// Index of the audit copy.
+    audit_message: Option<usize>,
 }
 
 fn fence_of(request: &LeaseRequest) -> Fence {
     Fence {
         owner: request.owner.clone(),
         batch_id: request.batch_id,
-    }
-}
-
-/// An update that leaves the row as it was leased (fields are then overridden).
-fn keep(order: &LeasedOrder, now: DateTime<Utc>) -> RowUpdate {
-    RowUpdate {
-        order_id: order.order_id,
-        state: order.state,
-        attempts: order.attempts,
-        next_attempt_at: now,
-        last_error: None,
-        partner_id: None,
-        route_id: None,
-        resends: order.resends,
-        sent_at: None,
-        ack_due_at: None,
-    }
-}
-
-fn attempt_log(order: &LeasedOrder, error: &str, partner_id: &str, topic: &str) -> AttemptLog {
-    AttemptLog {
-        order_id: order.order_id,
-        attempt: order
-            .attempts
-            .saturating_add(order.resends)
-            .saturating_add(1),
-        error: error.to_owned(),
-        partner_id: partner_id.to_owned(),
-        topic: topic.to_owned(),
     }
 }
