@@ -2,6 +2,7 @@
 //!
 //! - [`cycle`]: the relay's decisions for a leased batch — what each order needs, and what a
 //!   send's outcome makes of its row (the dispatch state machine).
+//! - [`record`]: what a batch's outcome writes (row updates, attempt log, audit copies).
 //! - [`model`]: the records the relay and the operators work with.
 //! - [`routing`]: which partner carries an order, and why (the explanation operators see).
 //! - [`backoff`]: when a failed send is tried again (exponential, full jitter, capped).
@@ -13,4 +14,5 @@ pub mod backoff;
 pub mod cycle;
 pub mod duration;
 pub mod model;
+pub mod record;
 pub mod routing;

@@ -1,10 +1,18 @@
 //! The relay: from the outbox to the partners' topics.
 //!
-//! One cycle: lease a batch of due rows → route each order (partners and routes re-read per
-//! batch, so changes apply without a restart) → produce every message of the batch at once →
-//! record every outcome in one fenced transaction. Then the same for `SENT` orders whose
-//! handover deadline passed (re-send or flag). Beside it, `publish` puts new history events
-//! on the order-events topic and audit copies waiting in the audit outbox on the audit topic.
+//! The steps of one cycle ([`Relay::run_cycle`]), each a method of its own:
+//!
+//! 1. **lease** ([`Relay::lease_due`]): a batch of due rows, fenced by owner and batch id;
+//! 2. **produce** ([`Relay::produce`], in `produce.rs`): plan each order (route, audit copy,
+//!    re-send; partners and routes re-read per batch, so changes apply without a restart),
+//!    produce every message of the batch at once, settle each order on its outcome — the
+//!    decisions are pure functions in [`crate::domain::cycle`]; nothing is written;
+//! 3. **record** ([`Relay::record`]): every outcome in one fenced transaction.
+//!
+//! [`Relay::relay_batch`] is produce + record for one leased batch; the same three steps run
+//! for `SENT` orders whose handover deadline passed ([`Relay::lease_overdue`]: re-send or
+//! flag). Beside them, **publish** (`publish.rs`) puts new history events on the order-events
+//! topic and audit copies waiting in the audit outbox on the audit topic.
 //!
 //! Sending goes through [`OrderProducer`], which replaces itself when it breaks; a message
 //! whose topic the broker does not know gets its topic created and one more try.
@@ -13,11 +21,9 @@
 //! in-process signal otherwise) and polls only as a fallback. It never keeps a "last seen id"
 //! cursor: ids do not commit in id order, so each cycle asks the database what is due now.
 //!
-//! Every step is also a public method ([`Relay::lease_due`], [`Relay::dispatch`],
-//! [`Relay::record`]) so tests can stop an instance between produce and bookkeeping.
+//! The steps are public so tests can stop an instance between produce and record.
 
 use std::{
-    collections::BTreeSet,
     sync::{Arc, atomic::AtomicBool},
     time::{Duration, Instant},
 };
@@ -25,31 +31,24 @@ use std::{
 use chrono::{DateTime, Utc};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, info_span, warn};
+use tracing::{info, warn};
 use uuid::Uuid;
 use waybill_service_kit::{
     clock::SharedClock,
     db::{Change, ChangeFeed},
-    telemetry::TraceContext,
 };
 
+mod produce;
 mod publish;
 
 pub use crate::domain::cycle::BatchKind;
 use crate::{
     config::RelaySettings,
-    domain::{
-        cycle::{self, Outcome, Plan, Produced, RetryPolicy},
-        model::LeasedOrder,
-    },
+    domain::{cycle::RetryPolicy, model::LeasedOrder},
     error::DispatchError,
-    kafka::{
-        TopicCreator,
-        messages::{Origin, OutgoingMessage, dispatched_order, order_message},
-        producer::{OrderProducer, SendErrorKind, SendOutcome},
-    },
+    kafka::{TopicCreator, producer::OrderProducer},
     metrics::RelayMetrics,
-    store::{AuditCopy, BatchRecord, DispatchStore, Fence, LeaseRequest, RecordReport},
+    store::{BatchRecord, DispatchStore, Fence, LeaseRequest, RecordReport},
 };
 
 /// Rows under one lease.
@@ -160,270 +159,6 @@ impl Relay {
         })
     }
 
-    /// Routes and produces a batch; returns what must be recorded. Nothing is written here:
-    /// the decisions are [`cycle::plan`] and [`cycle::settle`]; this step adds the spans, the
-    /// messages, the produce call, and the metrics and logs of each outcome.
-    pub async fn dispatch(&self, batch: &LeasedBatch) -> Result<BatchRecord, DispatchError> {
-        if batch.orders.is_empty() {
-            return Ok(BatchRecord::default());
-        }
-        let table = self.store.routing_table().await?;
-        let mut planned = Vec::with_capacity(batch.orders.len());
-        let mut messages: Vec<OutgoingMessage> = Vec::new();
-        for order in &batch.orders {
-            // One span per order, parented by the placing request's trace context (from the
-            // dispatch row), open while its messages are produced: the order's trace shows
-            // the relay.
-            let span =
-                info_span!("dispatch_order", order_id = %order.order_id, otel.kind = "producer");
-            TraceContext {
-                traceparent: order.traceparent.clone(),
-                tracestate: order.tracestate.clone(),
-            }
-            .set_as_parent_of(&span);
-            let plan = cycle::plan(order, batch.kind, &table, &self.settings.audit);
-            let (partner_message, audit_message) = self.messages_for(order, &plan, &mut messages);
-            planned.push(Planned {
-                order,
-                plan,
-                span,
-                partner_message,
-                audit_message,
-            });
-        }
-
-        let outcomes = self.send(&messages).await;
-        let failed = outcomes.iter().filter(|o| o.is_err()).count();
-        if failed > 0 {
-            // One line per batch; per order only the first failure of a run and the final one.
-            let error = outcomes.iter().find_map(|o| o.as_ref().err());
-            warn!(
-                batch_id = %batch.fence.batch_id,
-                failed,
-                messages = messages.len(),
-                error = %error.map(ToString::to_string).unwrap_or_default(),
-                "sends failed in batch"
-            );
-        }
-        for latency in outcomes.iter().filter_map(|o| o.as_ref().ok()) {
-            self.metrics.record_latency(*latency);
-        }
-        let outcome = |index: usize| -> Result<(), String> {
-            match outcomes.get(index) {
-                Some(Ok(_)) => Ok(()),
-                Some(Err(error)) => Err(error.to_string()),
-                None => Err("message was not produced".to_owned()),
-            }
-        };
-
-        let now = self.clock.now();
-        let policy = self.retry_policy();
-        let mut rng = rand::rng();
-        let mut record = BatchRecord::default();
-        for planned in planned {
-            let produced = Produced {
-                partner: planned.partner_message.map_or(Ok(()), outcome),
-                audit: planned.audit_message.map(outcome),
-            };
-            let settled = cycle::settle(
-                planned.order,
-                &planned.plan,
-                &produced,
-                now,
-                &policy,
-                &mut rng,
-            );
-            planned
-                .span
-                .in_scope(|| self.observe(planned.order.order_id, &settled.outcome));
-            if let (Some(due_at), Some(message)) = (
-                settled.audit_retry_at,
-                planned.audit_message.and_then(|i| messages.get(i)),
-            ) && let Err(error) = &produced.audit.unwrap_or(Ok(()))
-            {
-                record.audit_copies.push(AuditCopy {
-                    order_id: planned.order.order_id,
-                    topic: message.topic.clone(),
-                    payload: message.payload.clone(),
-                    headers: message
-                        .headers
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.clone()))
-                        .collect(),
-                    attempts: 1,
-                    last_error: error.clone(),
-                    due_at,
-                });
-            }
-            record.updates.push(settled.update);
-            record.attempts.extend(settled.attempt);
-            record.first_sends.extend(settled.first_send);
-        }
-        Ok(record)
-    }
-
-    /// Appends the messages `plan` needs to `messages`: the indexes of the partner's copy and
-    /// of the audit copy.
-    fn messages_for(
-        &self,
-        order: &LeasedOrder,
-        plan: &Plan,
-        messages: &mut Vec<OutgoingMessage>,
-    ) -> (Option<usize>, Option<usize>) {
-        let origin = Origin {
-            region: &self.settings.region,
-            reply_to: &self.settings.reply_to,
-        };
-        // The send number the partner sees: first sends (and their retries) are resends + 1.
-        let (partner, send_number, audited) = match plan {
-            Plan::Send {
-                partner, audited, ..
-            } => (partner, order.resends + 1, *audited),
-            Plan::Resend { partner } => (partner, order.resends + 2, false),
-            Plan::Unroutable { .. } | Plan::Acknowledged | Plan::Unacknowledged => {
-                return (None, None);
-            }
-        };
-        let payload = dispatched_order(order, &partner.id, send_number, origin);
-        messages.push(order_message(
-            order,
-            &payload,
-            partner.topic.clone(),
-            false,
-            origin,
-        ));
-        let partner_message = messages.len() - 1;
-        let audit_message = audited.then(|| {
-            messages.push(order_message(
-                order,
-                &payload,
-                self.settings.topics.audit.clone(),
-                true,
-                origin,
-            ));
-            messages.len() - 1
-        });
-        (Some(partner_message), audit_message)
-    }
-
-    /// The metrics and log lines of one order's outcome.
-    fn observe(&self, order_id: Uuid, outcome: &Outcome) {
-        match outcome {
-            Outcome::Unroutable { reason } => {
-                warn!(%order_id, %reason, "order unroutable");
-                self.metrics.add_unroutable(1);
-            }
-            Outcome::Sent {
-                partner_id,
-                audit_deferred,
-            } => {
-                debug!(%order_id, %partner_id, "order sent");
-                self.metrics.add_sent(1);
-                // The audit copy's fate never decides the order's: a failed one waits in the
-                // audit outbox instead of holding back (and later re-sending) the partner's copy.
-                if let Some(error) = audit_deferred {
-                    warn!(%order_id, %error, "audit copy failed, kept in the audit outbox");
-                    self.metrics.add_audit_deferred(1);
-                }
-            }
-            Outcome::Retrying {
-                failures,
-                retry_at,
-                error,
-            } => {
-                self.metrics.add_retries(1);
-                self.failed_again(order_id, "send", *failures, *retry_at, error);
-            }
-            Outcome::Dead { failures, error } => {
-                warn!(%order_id, attempts = failures, %error, "attempt budget spent, order dead");
-                self.metrics.add_dead(1);
-            }
-            Outcome::Acknowledged => self.metrics.add_acknowledged(1),
-            Outcome::Unacknowledged {
-                reason,
-                after_failed_resend,
-            } => {
-                if *after_failed_resend {
-                    self.metrics.add_resend_failures(1);
-                }
-                warn!(%order_id, %reason, "order unacknowledged");
-                self.metrics.add_unacknowledged(1);
-            }
-            Outcome::Resent {
-                partner_id,
-                resends,
-            } => {
-                info!(%order_id, %partner_id, resends, "order re-sent after its handover deadline");
-                self.metrics.add_resent(1);
-            }
-            Outcome::ResendRetrying {
-                failures,
-                retry_at,
-                error,
-            } => {
-                self.metrics.add_resend_failures(1);
-                self.failed_again(order_id, "re-send", *failures, *retry_at, error);
-            }
-        }
-    }
-
-    /// A failure that will be retried: the first of a run is a warning, the ones after it
-    /// debug lines (the batch's warning already counts them).
-    fn failed_again(
-        &self,
-        order_id: Uuid,
-        what: &str,
-        failures: i32,
-        retry_at: DateTime<Utc>,
-        error: &str,
-    ) {
-        let retry_in_ms = (retry_at - self.clock.now()).num_milliseconds();
-        if failures == 1 {
-            warn!(%order_id, retry_in_ms, %error, "{what} failed, will retry");
-        } else {
-            debug!(%order_id, attempts = failures, retry_in_ms, %error, "{what} failed again, will retry");
-        }
-    }
-
-    /// Produces `messages`; a message whose topic the broker does not know gets its topic
-    /// created and one more try, so a broker without auto-creation (or one that lost its data)
-    /// costs a batch a moment, not an attempt.
-    async fn send(&self, messages: &[OutgoingMessage]) -> Vec<SendOutcome> {
-        let mut outcomes = self.producer.send_all(messages).await;
-        let missing: BTreeSet<&str> = messages
-            .iter()
-            .zip(&outcomes)
-            .filter(|(_, o)| matches!(o, Err(e) if e.kind == SendErrorKind::UnknownTopic))
-            .map(|(m, _)| m.topic.as_str())
-            .collect();
-        if missing.is_empty() {
-            return outcomes;
-        }
-        let mut created = BTreeSet::new();
-        for topic in missing {
-            match self.topics.ensure_topic(topic).await {
-                Ok(()) => {
-                    info!(topic, "created a missing topic");
-                    self.metrics.add_topics_created(1);
-                    self.producer.refresh_topic(topic).await;
-                    created.insert(topic);
-                }
-                Err(error) => warn!(%error, "cannot create a missing topic"),
-            }
-        }
-        let again: Vec<usize> = (0..messages.len())
-            .filter(|&i| created.contains(messages[i].topic.as_str()) && outcomes[i].is_err())
-            .collect();
-        let retried: Vec<OutgoingMessage> = again.iter().map(|&i| messages[i].clone()).collect();
-        for (i, outcome) in again
-            .into_iter()
-            .zip(self.producer.send_all(&retried).await)
-        {
-            outcomes[i] = outcome;
-        }
-        outcomes
-    }
-
     /// Creates every topic the relay produces to (audit, order events, each partner's), so a
     /// broker with auto-creation off, or one that lost its data, gets them back at start-up.
     /// A failure is logged: producing creates a topic it finds missing anyway.
@@ -483,30 +218,34 @@ impl Relay {
         Ok(report)
     }
 
-    async fn process(&self, batch: LeasedBatch) -> Result<usize, DispatchError> {
+    /// Produces and records one leased batch: how many orders it held.
+    pub async fn relay_batch(&self, batch: LeasedBatch) -> Result<usize, DispatchError> {
         let leased = batch.orders.len();
         if leased > 0 {
-            let record = self.dispatch(&batch).await?;
+            let record = self.produce(&batch).await?;
             self.record(&batch, &record).await?;
         }
         Ok(leased)
     }
 
     /// Due rows, then (if `with_overdue`) overdue rows: how many of each were leased.
-    async fn dispatch_once(&self, with_overdue: bool) -> Result<(usize, usize), DispatchError> {
-        let due = self.process(self.lease_due().await?).await?;
+    async fn relay_due_and_overdue(
+        &self,
+        with_overdue: bool,
+    ) -> Result<(usize, usize), DispatchError> {
+        let due = self.relay_batch(self.lease_due().await?).await?;
         let overdue = if with_overdue {
-            self.process(self.lease_overdue().await?).await?
+            self.relay_batch(self.lease_overdue().await?).await?
         } else {
             0
         };
         Ok((due, overdue))
     }
 
-    /// One cycle: due rows, then (if `with_overdue`) overdue rows, then events.
-    pub async fn run_once(&self, with_overdue: bool) -> Result<CycleReport, DispatchError> {
+    /// One cycle: due rows, then (if `with_overdue`) overdue rows, then events and audit copies.
+    pub async fn run_cycle(&self, with_overdue: bool) -> Result<CycleReport, DispatchError> {
         let limit = self.settings.batch_size as usize;
-        let (due, overdue) = self.dispatch_once(with_overdue).await?;
+        let (due, overdue) = self.relay_due_and_overdue(with_overdue).await?;
         let events = self.publish_events().await?;
         self.publish_audits().await?;
         Ok(CycleReport {
@@ -544,7 +283,7 @@ impl Relay {
                 due
             };
             let limit = relay.settings.batch_size as usize;
-            let (due, overdue) = relay.dispatch_once(with_overdue).await?;
+            let (due, overdue) = relay.relay_due_and_overdue(with_overdue).await?;
             Ok(due >= limit || overdue >= limit)
         };
         // Dispatching wakes for new outbox rows; publishing for any new history event.
@@ -650,17 +389,6 @@ async fn wait_for_change(wake: &mut broadcast::Receiver<Change>, wake_on: fn(&Ch
             Err(RecvError::Closed) => std::future::pending().await,
         }
     }
-}
-
-/// One order of a batch between planning and settling.
-struct Planned<'a> {
-    order: &'a LeasedOrder,
-    plan: Plan,
-    span: tracing::Span,
-    /// Index of the partner's copy in the batch's messages.
-    partner_message: Option<usize>,
-    /// Index of the audit copy.
-    audit_message: Option<usize>,
 }
 
 fn fence_of(request: &LeaseRequest) -> Fence {

@@ -19,7 +19,7 @@ use waybill_service_kit::db::{Backend, Database};
 
 pub use self::{postgres::PgDispatchStore, sqlite::SqliteDispatchStore};
 /// What the relay decided for a batch, recorded here (defined with the decisions).
-pub use crate::domain::cycle::{AttemptLog, AuditCopy, BatchRecord, Fence, RowUpdate};
+pub use crate::domain::record::{AttemptLog, AuditCopy, BatchRecord, Fence, RowUpdate};
 use crate::domain::{
     model::{
         AttemptRecord, Backlog, DispatchFilter, DispatchRecord, LeasedOrder, PartnerKeyRecord,
