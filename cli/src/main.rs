@@ -5,6 +5,7 @@
 
 mod bench;
 mod dev;
+mod health;
 mod token;
 
 use std::{process::ExitCode, time::Duration};
@@ -62,6 +63,9 @@ enum Command {
     /// Partners' signing keys: generate a key pair and print the call that enrols it.
     #[command(subcommand)]
     Keys(token::KeysCommand),
+    /// Ask one listener's gRPC health service (for container health checks): exits 0 when
+    /// SERVING.
+    Health(health::HealthArgs),
 }
 
 fn main() -> ExitCode {
@@ -126,6 +130,7 @@ async fn run(command: Command) -> ExitCode {
             Err(error) => Err(error),
         },
         Command::Keys(command) => token::run_keys(command),
+        Command::Health(args) => health::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
