@@ -36,6 +36,9 @@ pub struct DevArgs {
         default_value = "127.0.0.1:50053"
     )]
     status_ingest_listen: SocketAddr,
+    /// Where every service's Prometheus metrics are served (`GET /metrics`).
+    #[arg(long, env = "WAYBILL_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
+    metrics_listen: SocketAddr,
     /// The audience report tokens must carry here.
     #[arg(long, env = "WAYBILL_TOKEN_AUDIENCE", default_value = "waybill-local")]
     audience: String,
@@ -77,6 +80,10 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
     let ingest_listener = bind(args.status_ingest_listen).await?;
     let ingest_addr = ingest_listener.local_addr()?;
     let dispatcher_addr = dispatcher_listener.local_addr()?;
+    let metrics_listener = bind(args.metrics_listen).await?;
+    let metrics_addr = metrics_listener.local_addr()?;
+    // One registry for the services of this process: one scrape shows them all.
+    let metrics = waybill_service_kit::metrics::Metrics::new();
 
     let db = Database::connect(
         &args.database_url,
@@ -115,10 +122,14 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
     if let Some(broker) = &embedded {
         dispatcher.topic_creator = broker.topic_creator();
     }
+    dispatcher.metrics = metrics.clone();
 
     let orders = tokio::spawn(waybill_orders::serve(
         orders_listener,
-        OrdersDeps::new(&db, args.region.clone()),
+        OrdersDeps {
+            metrics: metrics.clone(),
+            ..OrdersDeps::new(&db, args.region.clone())
+        },
         ServerLimits::default(),
         shutdown.clone(),
     ));
@@ -146,6 +157,12 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
         "  status-ingest  grpc://{ingest_addr}  (waybill.v1.StatusIngest, token audience {:?})",
         args.audience
     );
+    println!("  metrics        http://{metrics_addr}/metrics  (Prometheus)");
+    tokio::spawn(waybill_service_kit::metrics::serve(
+        metrics_listener,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     println!();
     println!("try:");
     println!("  grpcurl -plaintext {orders_addr} list");
@@ -161,7 +178,10 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
 
     let ingest = tokio::spawn(waybill_status_ingest::serve(
         ingest_listener,
-        waybill_status_ingest::IngestDeps::new(&db, args.audience.clone()),
+        waybill_status_ingest::IngestDeps {
+            registry: metrics.clone(),
+            ..waybill_status_ingest::IngestDeps::new(&db, args.audience.clone())
+        },
         ServerLimits::default(),
         shutdown.clone(),
     ));
