@@ -94,7 +94,22 @@
 //! - **One trace per order.** The record's `traceparent` continues into the adapter's
 //!   [`ShipmentContext::traceparent`] and into each report's gRPC metadata. The SDK installs
 //!   no global subscriber or propagator: logs and spans go through `tracing`, to whatever the
-//!   partner's program set up.
+//!   partner's program set up. With a `tracing-opentelemetry` layer installed, the connector's
+//!   span for the order (`waybill.connector.order`) is exported as the child of the relay's
+//!   dispatch span and the parent of the adapter's spans and of the reports' server spans.
+//! - **Metrics.** [`metrics::ConnectorHealth::register_metrics`] registers the connector's
+//!   Prometheus series (counters, partition lag, inbox counts, placed → acknowledged latency)
+//!   in a `waybill_service_kit::metrics::Metrics`; serve it with
+//!   `waybill_service_kit::metrics::serve` on a port the partner's scraper reaches:
+//!
+//!   ```no_run
+//!   # async fn metrics(connector: &waybill_connector_sdk::Connector, shutdown: tokio_util::sync::CancellationToken) -> std::io::Result<()> {
+//!   let metrics = waybill_service_kit::metrics::Metrics::new();
+//!   connector.health().register_metrics(&metrics);
+//!   let listener = tokio::net::TcpListener::bind("0.0.0.0:9464").await?;
+//!   tokio::spawn(waybill_service_kit::metrics::serve(listener, metrics, shutdown));
+//!   # Ok(()) }
+//!   ```
 //!
 //! # What the adapter must guarantee
 //!
