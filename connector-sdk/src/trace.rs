@@ -125,6 +125,40 @@ mod tests {
     }
 
     #[test]
+    fn without_an_opentelemetry_layer_the_span_id_is_made_by_hand() {
+        // No subscriber here: the span is disabled and has no OpenTelemetry context.
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let span = tracing::info_span!("test");
+        let child = continue_in_span(&span, Some(parent)).expect("continued");
+        assert_eq!(
+            trace_id(Some(&child)),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_ne!(child, parent);
+        assert_eq!(continue_in_span(&span, Some("garbage")), None);
+        assert_eq!(continue_in_span(&span, None), None);
+    }
+
+    #[test]
+    fn parses_only_valid_version_00_contexts() {
+        let parsed = parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        assert_eq!(
+            parsed.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(parsed.span_id().to_string(), "00f067aa0ba902b7");
+        assert!(parsed.is_sampled() && parsed.is_remote());
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+        ] {
+            assert!(parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
     fn drops_malformed_headers() {
         for bad in [
             "",

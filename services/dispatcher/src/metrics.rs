@@ -356,4 +356,44 @@ mod tests {
         assert!((49..=51).contains(&p50), "{p50}");
         assert!(snapshot.produce_latency_max >= Duration::from_millis(99));
     }
+
+    #[test]
+    fn backlog_gauges_cover_every_state_and_the_oldest_due_age() {
+        let metrics = RelayMetrics::default();
+        let mut registry = Registry::with_prefix("waybill_dispatcher");
+        metrics.register(&mut registry);
+        let now = Utc::now();
+        metrics.set_backlog(
+            &Backlog {
+                by_state: vec![(DispatchState::Pending, 4), (DispatchState::Dead, 1)],
+                oldest_due_at: Some(now - chrono::Duration::milliseconds(2500)),
+                audit_pending: 2,
+            },
+            now,
+        );
+        metrics.add_retries(2);
+        metrics.record_latency(Duration::from_millis(3));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "waybill_dispatcher_outbox_backlog{state=\"PENDING\"} 4",
+            "waybill_dispatcher_outbox_backlog{state=\"DEAD\"} 1",
+            "waybill_dispatcher_outbox_backlog{state=\"SENT\"} 0",
+            "waybill_dispatcher_oldest_due_age_seconds 2.5",
+            "waybill_dispatcher_audit_outbox_pending 2",
+            "waybill_dispatcher_retries_total 2",
+            "waybill_dispatcher_produce_latency_seconds_count 1",
+        ] {
+            assert!(text.contains(&format!("{line}\n")), "{line} in:\n{text}");
+        }
+        // A drained state reads 0, not its last value.
+        metrics.set_backlog(&Backlog::default(), now);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains("waybill_dispatcher_outbox_backlog{state=\"PENDING\"} 0\n"));
+        assert!(
+            text.contains("waybill_dispatcher_oldest_due_age_seconds 0.0\n"),
+            "{text}"
+        );
+    }
 }

@@ -153,3 +153,85 @@ async fn scrape(axum::extract::State(metrics): axum::extract::State<Metrics>) ->
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    };
+
+    use clap::Parser as _;
+    use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn refreshers_run_before_each_scrape_and_series_carry_their_prefix() {
+        let metrics = Metrics::new();
+        let counter = Counter::<u64>::default();
+        let gauge = Gauge::<i64, AtomicI64>::default();
+        metrics.register("waybill_test", |registry| {
+            registry.register("things", "Things done", counter.clone());
+            registry.register("backlog", "Rows waiting", gauge.clone());
+        });
+        let reads = Arc::new(AtomicI64::new(0));
+        metrics.on_scrape({
+            let (gauge, reads) = (gauge.clone(), reads.clone());
+            move || {
+                let (gauge, reads) = (gauge.clone(), reads.clone());
+                Box::pin(async move {
+                    gauge.set(reads.fetch_add(1, Ordering::SeqCst) + 10);
+                })
+            }
+        });
+        counter.inc_by(3);
+        let first = metrics.render().await.unwrap();
+        assert!(first.contains("waybill_test_things_total 3\n"), "{first}");
+        assert!(first.contains("waybill_test_backlog 10\n"), "{first}");
+        assert!(first.ends_with("# EOF\n"), "{first}");
+        let second = metrics.render().await.unwrap();
+        assert!(second.contains("waybill_test_backlog 11\n"), "{second}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_refresher_does_not_stop_the_scrape() {
+        let metrics = Metrics::new();
+        let gauge = Gauge::<i64, AtomicI64>::default();
+        gauge.set(7);
+        metrics.register("waybill_test", |registry| {
+            registry.register("backlog", "Rows waiting", gauge.clone());
+        });
+        metrics.on_scrape(|| Box::pin(futures::future::pending()));
+        let text = metrics.render().await.unwrap();
+        assert!(
+            text.contains("waybill_test_backlog 7\n"),
+            "last value: {text}"
+        );
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct Args {
+        #[command(flatten)]
+        metrics: MetricsArgs,
+    }
+
+    #[tokio::test]
+    async fn off_unless_an_address_is_given() {
+        let off = Args::try_parse_from(["test"]).unwrap();
+        assert_eq!(off.metrics.metrics_listen, None);
+        let started = off
+            .metrics
+            .start(&Metrics::new(), CancellationToken::new())
+            .await
+            .unwrap();
+        assert!(started.is_none());
+        let on = Args::try_parse_from(["test", "--metrics-listen", "127.0.0.1:0"]).unwrap();
+        assert_eq!(
+            on.metrics.metrics_listen,
+            Some("127.0.0.1:0".parse().unwrap())
+        );
+    }
+}
