@@ -141,7 +141,8 @@ mod tests {
 
     #[test]
     fn parses_only_valid_version_00_contexts() {
-        let parsed = parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        let parsed =
+            parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").expect("valid");
         assert_eq!(
             parsed.trace_id().to_string(),
             "4bf92f3577b34da6a3ce929d0e0e4736"

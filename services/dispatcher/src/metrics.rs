@@ -374,7 +374,7 @@ mod tests {
         metrics.add_retries(2);
         metrics.record_latency(Duration::from_millis(3));
         let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
         for line in [
             "waybill_dispatcher_outbox_backlog{state=\"PENDING\"} 4",
             "waybill_dispatcher_outbox_backlog{state=\"DEAD\"} 1",
@@ -389,7 +389,7 @@ mod tests {
         // A drained state reads 0, not its last value.
         metrics.set_backlog(&Backlog::default(), now);
         let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
         assert!(text.contains("waybill_dispatcher_outbox_backlog{state=\"PENDING\"} 0\n"));
         assert!(
             text.contains("waybill_dispatcher_oldest_due_age_seconds 0.0\n"),
