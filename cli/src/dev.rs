@@ -76,6 +76,11 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
         shutdown,
     )
     .await?;
+    // A new consumer group's first assignment is delayed by the broker: wait for it, so the
+    // first order placed after the banner is handed over at once.
+    if let Err(error) = system.partners_ready(Duration::from_secs(30)).await {
+        tracing::warn!(%error, "the example partners are not consuming yet; orders wait for them");
+    }
     print_banner(&args, &database_url, &system);
     system.wait().await
 }
