@@ -530,8 +530,8 @@ fn print_table(outcome: &Outcome) {
             order.order_id, order.country, order.total, order.dispatch_state
         );
         println!(
-            "   {:>9}  {:<20}  {:<16}  {}",
-            "after", "status", "partner", "tracking id"
+            "   {:>9}  {:<20}  {:<16}  tracking id",
+            "after", "status", "partner"
         );
         for step in &order.journey {
             let detail = if step.detail_code.is_empty() {

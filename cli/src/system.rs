@@ -492,7 +492,6 @@ async fn enroll(
             partner_id: id.to_owned(),
             key_id: key.key_id().to_owned(),
             public_key: key.public_key().to_vec(),
-            ..Default::default()
         })
         .await
     {

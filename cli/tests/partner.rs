@@ -4,7 +4,6 @@
 //! tracking id, and SIGINT stops it with exit status 0. Bad settings are refused clearly.
 #![allow(clippy::unwrap_used)]
 
-#[allow(dead_code)]
 #[path = "../../integration-tests/tests/support/connector.rs"]
 mod support;
 
