@@ -90,9 +90,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if matches!(cli.command, Command::Demo(_)) {
-        // The demo's own progress lines go to stderr: the services' logs stay at warnings
-        // unless RUST_LOG asks for more.
+    if matches!(
+        cli.command,
+        Command::Demo(_) | Command::Bench(bench::BenchCommand::E2e(_))
+    ) {
+        // The demo's and the e2e bench's own progress lines go to stderr: the services' logs
+        // (a line per order at info) stay at warnings unless RUST_LOG asks for more.
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
         let _ = tracing_subscriber::fmt()
