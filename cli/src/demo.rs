@@ -329,9 +329,14 @@ async fn travel(
                 .unwrap_or_default();
             failures.push(match sample.expect {
                 Some(partner) => format!(
-                    "order {} ({}) was not acknowledged by {partner} within {} s (last: {}, dispatch {})",
+                    "order {} ({}) was not acknowledged{} by {partner} within {} s (last: {}, dispatch {})",
                     order.id,
                     sample.name,
+                    if partner == LOCAL_EXPRESS {
+                        " and reported shipped"
+                    } else {
+                        ""
+                    },
                     args.timeout_secs,
                     last.trim(),
                     dispatch.state().short_name()

@@ -134,3 +134,28 @@ fn the_demo_table_lists_each_journey() {
         assert!(stdout.contains(needle), "{needle} missing:\n{stdout}");
     }
 }
+
+#[test]
+fn the_demo_fails_clearly_when_orders_do_not_arrive_in_time() {
+    // With no time to travel (local-express reports SHIPPED half a second after accepting),
+    // the demo must say which orders did not arrive and exit 1.
+    let output = Command::new(env!("CARGO_BIN_EXE_waybill"))
+        .args(["demo", "--json", "--timeout-secs", "0"])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");
+    let result: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(result["ok"], false);
+    let failures = result["failures"].as_array().unwrap();
+    assert!(
+        failures.iter().any(|f| f
+            .as_str()
+            .unwrap()
+            .contains("was not acknowledged and reported shipped by local-express within 0 s")),
+        "{failures:?}"
+    );
+    assert!(stderr.contains("waybill demo: FAILED: order "), "{stderr}");
+}
