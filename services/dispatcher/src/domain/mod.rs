@@ -1,5 +1,8 @@
 //! The dispatcher's pure logic: no tonic, sqlx or rdkafka in here, so it is unit-tested in place.
 //!
+//! - [`cycle`]: the relay's decisions for a leased batch — what each order needs, and what a
+//!   send's outcome makes of its row (the dispatch state machine).
+//! - [`record`]: what a batch's outcome writes (row updates, attempt log, audit copies).
 //! - [`model`]: the records the relay and the operators work with.
 //! - [`routing`]: which partner carries an order, and why (the explanation operators see).
 //! - [`backoff`]: when a failed send is tried again (exponential, full jitter, capped).
@@ -8,6 +11,8 @@
 
 pub mod audit;
 pub mod backoff;
+pub mod cycle;
 pub mod duration;
 pub mod model;
+pub mod record;
 pub mod routing;

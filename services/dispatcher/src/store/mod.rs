@@ -18,6 +18,8 @@ use waybill_proto::v1::DispatchState;
 use waybill_service_kit::db::{Backend, Database};
 
 pub use self::{postgres::PgDispatchStore, sqlite::SqliteDispatchStore};
+/// What the relay decided for a batch, recorded here (defined with the decisions).
+pub use crate::domain::record::{AttemptLog, AuditCopy, BatchRecord, Fence, RowUpdate};
 use crate::domain::{
     model::{
         AttemptRecord, Backlog, DispatchFilter, DispatchRecord, LeasedOrder, PartnerKeyRecord,
@@ -89,89 +91,6 @@ pub struct LeaseRequest {
     pub expires_at: DateTime<Utc>,
     /// Most rows.
     pub limit: u32,
-}
-
-/// The fence: bookkeeping applies only to rows still leased by this owner with this batch id.
-#[derive(Debug, Clone)]
-pub struct Fence {
-    /// Lease owner.
-    pub owner: String,
-    /// Batch id.
-    pub batch_id: Uuid,
-}
-
-/// The new values of one leased dispatch row, computed from the leased snapshot (which the
-/// fence guarantees is still current).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RowUpdate {
-    /// The row.
-    pub order_id: Uuid,
-    /// New state.
-    pub state: DispatchState,
-    /// New failure count.
-    pub attempts: i32,
-    /// New due time.
-    pub next_attempt_at: DateTime<Utc>,
-    /// New last error (`None` keeps the old one).
-    pub last_error: Option<String>,
-    /// Partner routed to (`None` keeps the old one).
-    pub partner_id: Option<String>,
-    /// Route that matched (`None` keeps the old one).
-    pub route_id: Option<String>,
-    /// New resend count.
-    pub resends: i32,
-    /// New sent time (`None` keeps the old one).
-    pub sent_at: Option<DateTime<Utc>>,
-    /// New handover deadline (`None` clears it).
-    pub ack_due_at: Option<DateTime<Utc>>,
-}
-
-/// One attempt-log entry to write.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AttemptLog {
-    /// The order.
-    pub order_id: Uuid,
-    /// Attempt number.
-    pub attempt: i32,
-    /// Empty on success.
-    pub error: String,
-    /// Partner (may be empty).
-    pub partner_id: String,
-    /// Topic (may be empty).
-    pub topic: String,
-}
-
-/// Everything learned from one batch, recorded together.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BatchRecord {
-    /// New values of dispatch rows.
-    pub updates: Vec<RowUpdate>,
-    /// Orders whose first successful send this was: `(order, partner)`; each gets a
-    /// `SENT_TO_PARTNER` event (unless its history is already past `PLACED`) and its partner.
-    pub first_sends: Vec<(Uuid, String)>,
-    /// Attempt-log entries.
-    pub attempts: Vec<AttemptLog>,
-    /// Audit copies that failed while their partner copy went out: kept in the audit outbox.
-    pub audit_copies: Vec<AuditCopy>,
-}
-
-/// An audit copy waiting in the audit outbox, ready to produce.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuditCopy {
-    /// The order (the message key).
-    pub order_id: Uuid,
-    /// The audit topic.
-    pub topic: String,
-    /// The encoded message.
-    pub payload: Vec<u8>,
-    /// Header name and value pairs.
-    pub headers: Vec<(String, String)>,
-    /// Failed tries so far.
-    pub attempts: i32,
-    /// The latest failure.
-    pub last_error: String,
-    /// When to try again.
-    pub due_at: DateTime<Utc>,
 }
 
 /// Audit copies claimed for producing; dropping the batch without [`AuditBatch::settle`]
