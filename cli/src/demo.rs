@@ -139,7 +139,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
     let started = Instant::now();
     let dir = std::env::temp_dir().join(format!("waybill-demo-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let result = run_in(&args, &dir, started).await;
+    let result = tokio::select! {
+        result = run_in(&args, &dir, started) => result,
+        // ctrl-c: still remove the temporary directory.
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
     let _ = std::fs::remove_dir_all(&dir);
     let outcome = result?;
     if args.json {
