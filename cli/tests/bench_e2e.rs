@@ -1,21 +1,25 @@
-//! `waybill bench e2e`, the real binary, briefly: a tiny fixed rate on the embedded defaults,
-//! every order through to the in-process partner, the figures in one JSON object on the last
-//! line.
+//! `waybill bench e2e`, the real binary, briefly: a tiny fixed rate on the embedded defaults
+//! (SQLite) and on Postgres, every order through to the in-process partner, the figures in one
+//! JSON object on the last line.
 #![allow(clippy::unwrap_used)]
 
 use std::process::Command;
 
 use serde_json::Value;
+use waybill_service_kit::testing::{TestBackend, TestDatabase};
 
-#[test]
-fn bench_e2e_measures_every_order_to_the_partner() {
-    let output = Command::new(env!("CARGO_BIN_EXE_waybill"))
+/// Runs the bench at 20 orders/s for 1 s; returns its JSON after checking the common figures.
+fn bench(database_url: Option<&str>) -> Value {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_waybill"));
+    command
         .args(["bench", "e2e", "--rate", "20", "--duration", "1", "--json"])
         .env_remove("RUST_LOG")
         .env_remove("WAYBILL_DATABASE_URL")
-        .env_remove("WAYBILL_KAFKA_BROKERS")
-        .output()
-        .unwrap();
+        .env_remove("WAYBILL_KAFKA_BROKERS");
+    if let Some(url) = database_url {
+        command.args(["--database-url", url]);
+    }
+    let output = command.output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stdout}\n{stderr}");
@@ -39,8 +43,38 @@ fn bench_e2e_measures_every_order_to_the_partner() {
             "{figure}: {report:#}"
         );
     }
-    // Received is recorded after the adapter answered.
-    assert!(report["to_received_ms"]["max"].as_f64() >= report["to_adapter_ms"]["p50"].as_f64());
+    // RECEIVED_BY_PARTNER is recorded after the adapter was called.
+    assert!(
+        report["to_received_ms"]["max"].as_f64().unwrap()
+            >= report["to_adapter_ms"]["p50"].as_f64().unwrap()
+    );
     assert!(report["behind_schedule"].as_u64().is_some());
     assert!(report["peak_rss_mib"].as_f64().unwrap() > 1.0);
+    report
+}
+
+#[test]
+fn bench_e2e_on_the_embedded_defaults() {
+    let report = bench(None);
+    assert!(
+        report["storage"].as_str().unwrap().starts_with("sqlite://"),
+        "{report:#}"
+    );
+    assert_eq!(report["broker"], "embedded broker");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_e2e_on_postgres() {
+    let db = TestDatabase::create(TestBackend::Postgres).await;
+    let url = db.url.clone();
+    let report = tokio::task::spawn_blocking(move || bench(Some(&url)))
+        .await
+        .unwrap();
+    assert!(
+        report["storage"]
+            .as_str()
+            .unwrap()
+            .starts_with("postgres://"),
+        "{report:#}"
+    );
 }
