@@ -35,6 +35,9 @@ pub enum BenchCommand {
     /// ReportStatus throughput and p50/p99 with signature checks on, against Postgres, next to
     /// the raw rate of the same inserts in the same run (the limit).
     Report(ReportArgs),
+    /// The whole loop at a fixed offered rate (open loop): latency from the PlaceOrder response
+    /// to the partner adapter's call and to RECEIVED_BY_PARTNER being recorded.
+    E2e(crate::bench_e2e::E2eArgs),
 }
 
 /// Settings of `waybill bench report`.
@@ -135,10 +138,10 @@ struct PlaceReport {
 }
 
 #[derive(Debug, Serialize)]
-struct Latency {
-    p50: f64,
-    p99: f64,
-    max: f64,
+pub(crate) struct Latency {
+    pub(crate) p50: f64,
+    pub(crate) p99: f64,
+    pub(crate) max: f64,
 }
 
 /// Runs a benchmark subcommand.
@@ -147,6 +150,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Place(args) => place(args).await,
         BenchCommand::Drain(args) => drain(args).await,
         BenchCommand::Report(args) => report(args).await,
+        BenchCommand::E2e(args) => crate::bench_e2e::run(args).await,
     }
 }
 
@@ -351,7 +355,7 @@ async fn drive(
 }
 
 /// 1 µs to 60 s at 3 significant digits.
-fn new_histogram() -> Result<Histogram<u64>, hdrhistogram::CreationError> {
+pub(crate) fn new_histogram() -> Result<Histogram<u64>, hdrhistogram::CreationError> {
     Histogram::new_with_bounds(1, 60_000_000, 3)
 }
 
@@ -390,7 +394,7 @@ fn sample_order(run_id: &str, index: u64) -> pb::PlaceOrderRequest {
 }
 
 /// The URL without its password, for printing.
-fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     match (url.find("://"), url.find('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let credentials = &url[scheme + 3..at];

@@ -1,20 +1,15 @@
-//! `waybill dev`: every service built so far, in one process, on embedded storage and an
-//! embedded broker, with two example partners enrolled and routed.
+//! `waybill dev`: the whole system in one process on embedded storage and an embedded broker —
+//! Orders, the dispatcher, StatusIngest and the two example partners, enrolled with their
+//! routes and keys — left running for trying things with grpcurl. Its data stays in the data
+//! directory between runs.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use anyhow::Context;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use waybill_dispatcher::{
-    DispatcherDeps, RelaySettings, embedded::EmbeddedBroker, kafka::KafkaSettings,
-};
-use waybill_orders::OrdersDeps;
-use waybill_proto::v1::{self as pb, dispatch_admin_client::DispatchAdminClient};
-use waybill_service_kit::{
-    db::{Database, PoolSettings},
-    grpc::{self, ServerLimits},
-};
+use waybill_connector_sdk::examples::ExamplePartner;
+use waybill_dispatcher::RelaySettings;
+
+use crate::system::{ROUTES, System, SystemSettings};
 
 /// Settings of `waybill dev`.
 #[derive(Debug, clap::Args)]
@@ -36,208 +31,146 @@ pub struct DevArgs {
         default_value = "127.0.0.1:50053"
     )]
     status_ingest_listen: SocketAddr,
-    /// Where every service's Prometheus metrics are served (`GET /metrics`).
+    /// Where every service's and partner's Prometheus metrics are served (`GET /metrics`).
     #[arg(long, env = "WAYBILL_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
     metrics_listen: SocketAddr,
     /// The audience report tokens must carry here.
     #[arg(long, env = "WAYBILL_TOKEN_AUDIENCE", default_value = "waybill-local")]
     audience: String,
-    /// Storage; the embedded default keeps everything in `.waybill/` under the current directory.
-    #[arg(
-        long,
-        env = "WAYBILL_DATABASE_URL",
-        default_value = "sqlite://.waybill/waybill.db"
-    )]
-    database_url: String,
+    /// Where everything is kept between runs: the database (unless --database-url), the
+    /// example partners' keys (`keys/`) and their inboxes. Delete it to start over.
+    #[arg(long, env = "WAYBILL_DATA_DIR", default_value = ".waybill")]
+    data_dir: PathBuf,
+    /// Storage (default: `sqlite://<data dir>/waybill.db`); `postgres://…` works too.
+    #[arg(long, env = "WAYBILL_DATABASE_URL")]
+    database_url: Option<String>,
     /// A real Kafka broker (`host:port,…`) instead of the embedded in-memory one.
     #[arg(long, env = "WAYBILL_KAFKA_BROKERS")]
     kafka_brokers: Option<String>,
     /// Name of this Waybill region.
     #[arg(long, env = "WAYBILL_REGION", default_value = "local")]
     region: String,
+    /// How long after accepting an order `local-express` reports it shipped, in milliseconds.
+    #[arg(long, env = "WAYBILL_SHIPPED_AFTER_MS", default_value_t = 2000)]
+    shipped_after_ms: u64,
 }
-
-/// The example partners `waybill dev` enrolls, and the countries each ships to.
-const EXAMPLE_PARTNERS: &[(&str, &str, &[&str])] = &[
-    (
-        "local-express",
-        "Local Express (acknowledges at once, reports shipped later)",
-        &["US"],
-    ),
-    (
-        "distance-freight",
-        "Distance Freight (acknowledges once with a tracking id)",
-        &["CA", "MX", "GB", "DE", "FR", "NL", "JP", "AU"],
-    ),
-];
 
 /// Runs until `shutdown`.
 pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    // Bind first: a taken port fails before anything else starts.
-    let orders_listener = bind(args.orders_listen).await?;
-    let dispatcher_listener = bind(args.dispatcher_listen).await?;
-    let orders_addr = orders_listener.local_addr()?;
-    let ingest_listener = bind(args.status_ingest_listen).await?;
-    let ingest_addr = ingest_listener.local_addr()?;
-    let dispatcher_addr = dispatcher_listener.local_addr()?;
-    let metrics_listener = bind(args.metrics_listen).await?;
-    let metrics_addr = metrics_listener.local_addr()?;
-    // One registry for the services of this process: one scrape shows them all.
-    let metrics = waybill_service_kit::metrics::Metrics::new();
-
-    let db = Database::connect(
-        &args.database_url,
-        &PoolSettings::default(),
-        shutdown.clone(),
+    let database_url = args
+        .database_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", args.data_dir.join("waybill.db").display()));
+    // Bound first, like the services' ports: a taken port fails before anything starts.
+    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.metrics_listen))?;
+    let metrics_stop = shutdown.clone();
+    let system = System::start(
+        SystemSettings {
+            orders_listen: args.orders_listen,
+            dispatcher_listen: args.dispatcher_listen,
+            status_ingest_listen: args.status_ingest_listen,
+            audience: args.audience.clone(),
+            database_url: database_url.clone(),
+            kafka_brokers: args.kafka_brokers.clone(),
+            region: args.region.clone(),
+            data_dir: args.data_dir.clone(),
+            keep_keys: true,
+            shipped_after: Duration::from_millis(args.shipped_after_ms),
+            audit: RelaySettings::default().audit,
+            observer: None,
+        },
+        shutdown,
     )
     .await?;
-    waybill_orders::store::seed_catalog(&db).await?;
-
-    // Kept alive until the end of this function: dropping it stops the broker.
-    let embedded = match &args.kafka_brokers {
-        Some(_) => None,
-        None => Some(
-            EmbeddedBroker::start()
-                .map_err(|e| anyhow::anyhow!("cannot start the embedded broker: {e}"))?,
-        ),
-    };
-    let brokers = match (&args.kafka_brokers, &embedded) {
-        (Some(brokers), _) => brokers.clone(),
-        (None, Some(broker)) => broker.bootstrap_servers().to_owned(),
-        (None, None) => unreachable!("one of the two is set"),
-    };
-    let relay = RelaySettings {
-        region: args.region.clone(),
-        ..RelaySettings::default()
-    };
-    let kafka = KafkaSettings::new(brokers.clone());
-    if let Some(broker) = &embedded {
-        for topic in [&relay.topics.audit, &relay.topics.order_events] {
-            broker
-                .create_topic(topic, 1)
-                .map_err(|e| anyhow::anyhow!("cannot create topic {topic}: {e}"))?;
-        }
+    // A new consumer group's first assignment is delayed by the broker: wait for it, so the
+    // first order placed after the banner is handed over at once.
+    if let Err(error) = system.partners_ready(Duration::from_secs(30)).await {
+        tracing::warn!(%error, "the example partners are not consuming yet; orders wait for them");
     }
-    let mut dispatcher = DispatcherDeps::new(db.clone(), kafka, relay)?;
-    if let Some(broker) = &embedded {
-        dispatcher.topic_creator = broker.topic_creator();
-    }
-    dispatcher.metrics = metrics.clone();
-
-    let orders = tokio::spawn(waybill_orders::serve(
-        orders_listener,
-        OrdersDeps {
-            metrics: metrics.clone(),
-            ..OrdersDeps::new(&db, args.region.clone())
-        },
-        ServerLimits::default(),
-        shutdown.clone(),
-    ));
-    let relay = tokio::spawn(waybill_dispatcher::serve(
-        dispatcher_listener,
-        dispatcher,
-        shutdown.clone(),
-    ));
-    enroll_example_partners(dispatcher_addr).await?;
-
-    println!("waybill dev is running (ctrl-c stops it)");
-    println!("  storage        {}", args.database_url);
-    match &embedded {
-        Some(_) => {
-            println!("  kafka          {brokers} (embedded, in memory: nothing survives a restart)")
-        }
-        None => println!("  kafka          {brokers}"),
-    }
-    println!("  orders         grpc://{orders_addr}  (waybill.v1.OrderService)");
-    println!("  dispatcher     grpc://{dispatcher_addr}  (waybill.v1.DispatchAdmin)");
-    for (id, _, countries) in EXAMPLE_PARTNERS {
-        println!("  partner        {id} ships to {}", countries.join(", "));
-    }
-    println!(
-        "  status-ingest  grpc://{ingest_addr}  (waybill.v1.StatusIngest, token audience {:?})",
-        args.audience
-    );
-    println!("  metrics        http://{metrics_addr}/metrics  (Prometheus)");
     tokio::spawn(waybill_service_kit::metrics::serve(
         metrics_listener,
-        metrics.clone(),
-        shutdown.clone(),
+        system.metrics.clone(),
+        metrics_stop,
     ));
-    println!();
-    println!("try:");
-    println!("  grpcurl -plaintext {orders_addr} list");
-    println!(
-        "  grpcurl -plaintext -d '{{\"idempotency_key\":\"first\",\"customer\":{{\"id\":\"c1\",\"name\":\"Ada\",\"email\":\"ada@example.com\"}},\"shipping_address\":{{\"line1\":\"1 Main St\",\"city\":\"Springfield\",\"country_code\":\"US\"}},\"lines\":[{{\"sku\":\"MUG-001\",\"quantity\":2}}]}}' {orders_addr} waybill.v1.OrderService/PlaceOrder"
-    );
-    println!(
-        "  grpcurl -plaintext -d '{{\"filter\":{{\"state\":\"DISPATCH_STATE_SENT\"}}}}' {dispatcher_addr} waybill.v1.DispatchAdmin/ListDispatches"
-    );
-    println!(
-        "  scripts/report-status-grpcurl.sh <order id> local-express {dispatcher_addr} {ingest_addr}   (a partner's signed report)"
-    );
-
-    let ingest = tokio::spawn(waybill_status_ingest::serve(
-        ingest_listener,
-        waybill_status_ingest::IngestDeps {
-            registry: metrics.clone(),
-            ..waybill_status_ingest::IngestDeps::new(&db, args.audience.clone())
-        },
-        ServerLimits::default(),
-        shutdown.clone(),
-    ));
-    let (orders, relay, ingest) = tokio::join!(orders, relay, ingest);
-    db.close().await;
-    drop(embedded);
-    orders.context("orders task")??;
-    relay.context("dispatcher task")??;
-    ingest.context("status ingest task")??;
-    Ok(())
+    print_banner(&args, &database_url, &system);
+    system.wait().await
 }
 
-async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    grpc::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))
-}
-
-/// Enrolls the example partners (creating their topics) and routes, through the admin API as
-/// an operator would. Idempotent: enrolling again updates.
-async fn enroll_example_partners(admin: SocketAddr) -> anyhow::Result<()> {
-    let mut client = DispatchAdminClient::connect(format!("http://{admin}"))
-        .await
-        .context("cannot reach the dispatcher admin API")?;
-    for (id, name, countries) in EXAMPLE_PARTNERS {
-        client
-            .enroll_partner(pb::EnrollPartnerRequest {
-                partner: Some(pb::Partner {
-                    id: (*id).to_owned(),
-                    display_name: (*name).to_owned(),
-                    enabled: true,
-                    handover_deadline: Some(prost_types::Duration {
-                        seconds: Duration::from_secs(120).as_secs() as i64,
-                        nanos: 0,
-                    }),
-                    resend_budget: Some(3),
-                    ..Default::default()
-                }),
-            })
-            .await
-            .with_context(|| format!("cannot enroll partner {id}"))?;
-        for country in *countries {
-            client
-                .set_route(pb::SetRouteRequest {
-                    route: Some(pb::Route {
-                        id: format!("{id}-{}", country.to_ascii_lowercase()),
-                        partner_id: (*id).to_owned(),
-                        country_code: (*country).to_owned(),
-                        priority: 100,
-                        enabled: true,
-                        ..Default::default()
-                    }),
-                })
-                .await
-                .with_context(|| format!("cannot route {country} to {id}"))?;
-        }
+fn print_banner(args: &DevArgs, database_url: &str, system: &System) {
+    let (orders, dispatcher, ingest) = (
+        system.orders_addr,
+        system.dispatcher_addr,
+        system.ingest_addr,
+    );
+    let data_dir = args.data_dir.display();
+    println!("waybill dev is running (ctrl-c stops it)");
+    println!(
+        "  storage        {database_url}  (kept between runs; delete {data_dir} to start over)"
+    );
+    if system.embedded() {
+        println!(
+            "  kafka          {} (embedded, in memory: nothing on it survives a restart; unconfirmed orders are re-sent)",
+            system.brokers
+        );
+    } else {
+        println!("  kafka          {}", system.brokers);
     }
-    Ok(())
+    println!("  orders         grpc://{orders}  (waybill.v1.OrderService)");
+    println!("  dispatcher     grpc://{dispatcher}  (waybill.v1.DispatchAdmin)");
+    println!(
+        "  metrics        http://{}/metrics  (Prometheus, every service and partner)",
+        args.metrics_listen
+    );
+    println!(
+        "  status-ingest  grpc://{ingest}  (waybill.v1.StatusIngest, token audience {:?})",
+        args.audience
+    );
+    for partner in ExamplePartner::ALL {
+        let countries: Vec<String> = ROUTES
+            .iter()
+            .filter(|(p, _, _)| *p == partner)
+            .map(|(_, country, priority)| format!("{country}({priority})"))
+            .collect();
+        let key_id = system
+            .key_ids
+            .iter()
+            .find(|(p, _)| *p == partner)
+            .map_or("", |(_, kid)| kid.as_str());
+        println!(
+            "  partner        {partner} (in-process) routes {} key {} ({})",
+            countries.join(" "),
+            key_id,
+            System::key_file(&args.data_dir, partner).display()
+        );
+    }
+    let key_id = system
+        .key_ids
+        .iter()
+        .find(|(p, _)| *p == ExamplePartner::LocalExpress)
+        .map_or("", |(_, kid)| kid.as_str());
+    let key_file = System::key_file(&args.data_dir, ExamplePartner::LocalExpress);
+    println!();
+    println!("try (grpcurl uses the servers' reflection; no proto files needed):");
+    println!(
+        "  # place an order (US goes to local-express; add \"line2\":\"[reject:local-express]\" to see it re-routed)"
+    );
+    println!(
+        "  grpcurl -plaintext -d '{{\"idempotency_key\":\"first\",\"customer\":{{\"id\":\"c1\",\"name\":\"Ada\",\"email\":\"ada@example.com\"}},\"shipping_address\":{{\"line1\":\"1 Main St\",\"city\":\"Springfield\",\"country_code\":\"US\"}},\"lines\":[{{\"sku\":\"MUG-001\",\"quantity\":2}}]}}' {orders} waybill.v1.OrderService/PlaceOrder"
+    );
+    println!("  # watch it travel (ctrl-c ends the watch)");
+    println!(
+        "  grpcurl -plaintext -d '{{\"order_id\":\"ORDER_ID\"}}' {orders} waybill.v1.OrderService/WatchOrder"
+    );
+    println!("  # the dispatcher's view");
+    println!(
+        "  grpcurl -plaintext -d '{{\"filter\":{{\"partner_id\":\"local-express\"}}}}' {dispatcher} waybill.v1.DispatchAdmin/ListDispatches"
+    );
+    println!("  # report a status as local-express would, signed with its key");
+    println!(
+        "  waybill token sign --key {} --key-id {key_id} --audience {} --partner local-express --order ORDER_ID --report-id delivered-1 --status DELIVERED --request-json | grpcurl -plaintext -d @ {ingest} waybill.v1.StatusIngest/ReportStatus",
+        key_file.display(),
+        args.audience
+    );
 }

@@ -4,8 +4,12 @@
 //! telemetry and maps failures to exit codes.
 
 mod bench;
+mod bench_e2e;
+mod demo;
 mod dev;
 mod health;
+mod partner;
+mod system;
 mod token;
 
 use std::{process::ExitCode, time::Duration};
@@ -15,8 +19,6 @@ use waybill_service_kit::{shutdown, telemetry};
 
 /// Exit status for a configuration error (EX_CONFIG-ish usage error, sysexits.h 64).
 const EXIT_USAGE: u8 = 64;
-/// Exit status for a feature a later release builds (sysexits.h EX_UNAVAILABLE).
-const EXIT_UNAVAILABLE: u8 = 69;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -44,8 +46,13 @@ enum Command {
     /// Run every service in one process on embedded storage (SQLite), for a first run and
     /// for trying things with grpcurl. Prints its endpoints; ctrl-c stops it.
     Dev(dev::DevArgs),
-    /// Run the embedded system, place sample orders and print each order's journey.
-    Demo,
+    /// Run the whole system in one process (temporary storage, embedded broker, both example
+    /// partners), place sample orders and print each order's journey; exits 0 only if every
+    /// routable order was acknowledged by its partner.
+    Demo(demo::DemoArgs),
+    /// Run one example partner's connector (`local-express` or `distance-freight`) as a
+    /// process of its own, against a running Waybill.
+    Partner(partner::PartnerArgs),
     /// Run the Orders service (PlaceOrder, GetOrder, ListOrders, WatchOrder).
     Orders(waybill_orders::OrdersArgs),
     /// Run the dispatcher: the relay from the outbox to the partners' Kafka topics, and the
@@ -74,6 +81,7 @@ fn main() -> ExitCode {
         Command::Orders(_) => "waybill-orders",
         Command::Dispatcher(_) => "waybill-dispatcher",
         Command::StatusIngest(_) => "waybill-status-ingest",
+        Command::Partner(_) => "waybill-partner",
         _ => "waybill",
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -86,6 +94,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if matches!(
+        cli.command,
+        Command::Demo(_) | Command::Bench(bench::BenchCommand::E2e(_))
+    ) {
+        // The demo's and the e2e bench's own progress lines go to stderr: the services' logs
+        // (a line per order at info) stay at warnings unless RUST_LOG asks for more.
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
+        return runtime.block_on(run(cli.command));
+    }
     let guard = match runtime.block_on(async { telemetry::init(service_name, cli.log_format) }) {
         Ok(guard) => guard,
         Err(error) => {
@@ -114,12 +136,13 @@ async fn run(command: Command) -> ExitCode {
         },
         Command::Dev(args) => dev::run(args, shutdown::on_signal()).await,
         Command::Bench(command) => bench::run(command).await,
-        Command::Demo => {
-            return not_yet(
-                "demo",
-                "the connector SDK's consumer and example partner adapters",
-            );
-        }
+        Command::Demo(args) => match demo::run(args).await {
+            Ok(true) => Ok(()),
+            // The journey table says which order did not arrive.
+            Ok(false) => return ExitCode::FAILURE,
+            Err(error) => Err(error),
+        },
+        Command::Partner(args) => partner::run(args, shutdown::on_signal()).await,
         Command::StatusIngest(args) => waybill_status_ingest::run(args, shutdown::on_signal())
             .await
             .map_err(anyhow::Error::from),
@@ -159,12 +182,4 @@ fn is_settings_error(error: &anyhow::Error) -> bool {
         error.downcast_ref::<waybill_status_ingest::RunError>(),
         Some(waybill_status_ingest::RunError::Security(_))
     )
-}
-
-/// An honest answer for a subcommand whose part is not built yet.
-fn not_yet(command: &str, needs: &str) -> ExitCode {
-    eprintln!(
-        "waybill {command}: not available yet (it needs {needs}, which this build does not include)"
-    );
-    ExitCode::from(EXIT_UNAVAILABLE)
 }

@@ -479,7 +479,7 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
 }
 
 /// Writes a file that must not exist yet (never overwrite a key), private ones with mode 600.
-fn write_new(path: &Path, contents: &[u8], private: bool) -> anyhow::Result<()> {
+pub(crate) fn write_new(path: &Path, contents: &[u8], private: bool) -> anyhow::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

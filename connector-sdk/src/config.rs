@@ -7,6 +7,7 @@
 //! | `WAYBILL_KAFKA_BROKERS` | `127.0.0.1:9092` | clusters, `;`-separated; each `host:port[,host:port]` or `name=host:port[,…]` |
 //! | `WAYBILL_TOPIC_PREFIX` | `waybill.partner.` | the dispatcher's partner-topic prefix: the topic is prefix + partner id |
 //! | `WAYBILL_CONNECTOR_GROUP` | `waybill-connector.<partner>` | consumer group id |
+//! | `WAYBILL_KAFKA_OPTIONS` | unset | librdkafka properties for every cluster, `,`-separated `key=value` (SASL credentials, TLS) |
 //! | `WAYBILL_KAFKA_SESSION_TIMEOUT_MS` | `10000` | group session timeout (6000 suits Tansu) |
 //! | `WAYBILL_PARTNER_KEY_FILE` | required | the partner's Ed25519 private key, PKCS#8 PEM |
 //! | `WAYBILL_PARTNER_KEY_ID` | required | the key id it was enrolled under |
@@ -195,6 +196,26 @@ impl ConnectorBuilder {
         let session = millis("WAYBILL_KAFKA_SESSION_TIMEOUT_MS")?;
         let group = var("WAYBILL_CONNECTOR_GROUP");
         let brokers = var("WAYBILL_KAFKA_BROKERS").unwrap_or_else(|| "127.0.0.1:9092".to_owned());
+        let properties = var("WAYBILL_KAFKA_OPTIONS")
+            .map(|options| {
+                options
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|entry| !entry.is_empty())
+                    .map(|entry| {
+                        entry
+                            .split_once('=')
+                            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                            .ok_or_else(|| {
+                                ConnectorError::Config(format!(
+                                    "WAYBILL_KAFKA_OPTIONS: {entry:?} must be key=value"
+                                ))
+                            })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?
+            .unwrap_or_default();
         for (index, spec) in brokers
             .split(';')
             .map(str::trim)
@@ -211,6 +232,9 @@ impl ConnectorBuilder {
             }
             if let Some(group) = &group {
                 cluster = cluster.group_id(group.clone());
+            }
+            for (key, value) in &properties {
+                cluster = cluster.property(key.clone(), value.clone());
             }
             builder = builder.cluster(cluster);
         }
@@ -456,6 +480,10 @@ MC4CAQAwBQYDK2VwBCIEIKwxdfQ/DTm2u3QXs+hnXqQPb0IKxYQrPgiuUdip1SSd
                 ("WAYBILL_PARTNER_KEY_ID", "lx-2026"),
                 ("WAYBILL_TOKEN_AUDIENCE", "waybill-production"),
                 ("WAYBILL_ADAPTER_TIMEOUT_MS", "1500"),
+                (
+                    "WAYBILL_KAFKA_OPTIONS",
+                    "security.protocol=SASL_PLAINTEXT, sasl.username=lx",
+                ),
             ]),
         )
         .expect("valid");
@@ -468,6 +496,15 @@ MC4CAQAwBQYDK2VwBCIEIKwxdfQ/DTm2u3QXs+hnXqQPb0IKxYQrPgiuUdip1SSd
             "prod.partner.local-express"
         );
         assert_eq!(builder.clusters[1].session_timeout, Duration::from_secs(6));
+        for cluster in &builder.clusters {
+            assert_eq!(
+                cluster.properties,
+                [
+                    ("security.protocol".to_owned(), "SASL_PLAINTEXT".to_owned()),
+                    ("sasl.username".to_owned(), "lx".to_owned())
+                ]
+            );
+        }
         assert_eq!(
             builder.signing_key.as_ref().map(ReportSigningKey::key_id),
             Some("lx-2026")
@@ -498,6 +535,10 @@ MC4CAQAwBQYDK2VwBCIEIKwxdfQ/DTm2u3QXs+hnXqQPb0IKxYQrPgiuUdip1SSd
                 .contains("WAYBILL_KAFKA_SESSION_TIMEOUT_MS"),
             "{error}"
         );
+        let error =
+            ConnectorBuilder::from_lookup("p", lookup(&[("WAYBILL_KAFKA_OPTIONS", "sasl")]))
+                .expect_err("not key=value");
+        assert!(error.to_string().contains("key=value"), "{error}");
     }
 
     #[tokio::test]

@@ -69,8 +69,10 @@
 //! over a partition knows what the other did. Several regions: add one [`ClusterConfig`] per
 //! region; each order is answered at the reply-to address it carried. Programs configured by
 //! environment use [`ConnectorBuilder::from_env`] (the variables are in [`config`]). Two
-//! complete examples are in `connector-sdk/examples/` (`cargo run -p waybill-connector-sdk
-//! --example local-express`), with [`sandbox`] markers that trigger every path.
+//! complete example partners are in [`examples`], with [`sandbox`] markers that trigger every
+//! path; `connector-sdk/examples/` runs each as a program of its own (`cargo run -p
+//! waybill-connector-sdk --example local-express`), and `waybill partner local-express` runs
+//! one from the `waybill` binary.
 //!
 //! # What the SDK guarantees
 //!
@@ -136,6 +138,7 @@ mod consumer;
 mod delivery;
 pub mod domain;
 pub mod envelope;
+pub mod examples;
 pub mod inbox;
 pub mod metrics;
 pub mod partner;

@@ -43,7 +43,7 @@ macro_rules! counters {
 
         impl ConnectorMetrics {
             /// `(name, help, value)` of every counter.
-            fn counters(&self) -> Vec<(&'static str, &'static str, u64)> {
+            fn counters(&self) -> Counters {
                 vec![$((stringify!($name), concat!($($doc),*).trim_ascii(), self.$name.load(Ordering::Relaxed)),)*]
             }
         }
@@ -209,81 +209,137 @@ impl ConnectorHealth {
 }
 
 impl ConnectorHealth {
-    /// Registers the connector's Prometheus series in `metrics` (names `waybill_connector_*`):
-    /// the counters above, each assigned partition's in-flight records and lag, the inbox's
-    /// counts by state (read from the inbox at every scrape) and the placed → answered
-    /// latency histogram. Serve `metrics` with the kit's `/metrics` endpoint.
+    /// Registers this connector's Prometheus series in `metrics`; the same as
+    /// [`register_metrics`] with this one connector.
     pub fn register_metrics(&self, metrics: &waybill_service_kit::metrics::Metrics) {
-        let inbox_counts: Arc<Mutex<Option<InboxCounts>>> = Arc::default();
-        let collector = ConnectorCollector {
-            health: self.clone(),
-            inbox_counts: Arc::clone(&inbox_counts),
-        };
-        let histogram = self.metrics.placed_to_answered.0.clone();
-        metrics.register("waybill_connector", |registry| {
-            registry.register_with_unit(
-                "placed_to_acknowledged",
-                "From the order's placing (Waybill's clock) to the adapter's first answer (this host's clock); the RECEIVED_BY_PARTNER or REJECTED_BY_PARTNER report is queued at that moment",
-                Unit::Seconds,
-                histogram,
-            );
-            registry.register_collector(Box::new(collector));
-        });
-        let health = self.clone();
-        metrics.on_scrape(move || {
-            let (health, inbox_counts) = (health.clone(), Arc::clone(&inbox_counts));
-            Box::pin(async move {
-                match health.inbox_counts().await {
+        register_metrics(metrics, std::slice::from_ref(self));
+    }
+}
+
+/// Registers the Prometheus series (names `waybill_connector_*`, every sample labelled with its
+/// `partner`) of every connector of this process, in one call (a second call would repeat the
+/// metric families): the counters above, each assigned partition's in-flight records and lag,
+/// the inbox's counts by state (read from the inbox at every scrape) and the placed →
+/// acknowledged latency histogram. Serve `metrics` with the kit's `/metrics` endpoint.
+pub fn register_metrics(
+    metrics: &waybill_service_kit::metrics::Metrics,
+    connectors: &[ConnectorHealth],
+) {
+    let connectors: Vec<Watched> = connectors
+        .iter()
+        .map(|health| Watched {
+            health: health.clone(),
+            inbox_counts: Arc::default(),
+        })
+        .collect();
+    let collector = ConnectorCollector {
+        connectors: connectors.clone(),
+    };
+    metrics.register("waybill_connector", |registry| {
+        registry.register_collector(Box::new(collector));
+    });
+    metrics.on_scrape(move || {
+        let connectors = connectors.clone();
+        Box::pin(async move {
+            for watched in connectors {
+                match watched.health.inbox_counts().await {
                     Ok(counts) => {
-                        *inbox_counts
+                        *watched
+                            .inbox_counts
                             .lock()
                             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(counts);
                     }
                     Err(error) => {
-                        tracing::warn!(%error, "metrics: cannot read the inbox counts");
+                        tracing::warn!(%error, partner = %watched.health.partner_id, "metrics: cannot read the inbox counts");
                     }
                 }
-            })
-        });
-    }
+            }
+        })
+    });
 }
 
-/// Encodes the connector's figures at scrape time.
-#[derive(Debug)]
-struct ConnectorCollector {
+/// One connector and its inbox counts as read by the last scrape's refresher.
+#[derive(Debug, Clone)]
+struct Watched {
     health: ConnectorHealth,
-    /// The inbox counts as read by the last scrape's refresher.
     inbox_counts: Arc<Mutex<Option<InboxCounts>>>,
 }
 
+/// Encodes the connectors' figures at scrape time.
+#[derive(Debug)]
+struct ConnectorCollector {
+    connectors: Vec<Watched>,
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// `(name, help, value)` of every counter of one connector.
+type Counters = Vec<(&'static str, &'static str, u64)>;
+
 impl Collector for ConnectorCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        for (name, help, value) in self.health.metrics.counters() {
-            let counter = ConstCounter::new(value);
-            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
-            counter.encode(metric)?;
+        let partner = |watched: &Watched| vec![("partner", watched.health.partner_id.clone())];
+        let counters: Vec<(Labels, Counters)> = self
+            .connectors
+            .iter()
+            .map(|watched| (partner(watched), watched.health.metrics.counters()))
+            .collect();
+        let names = counters
+            .first()
+            .map(|(_, values)| values.len())
+            .unwrap_or_default();
+        for index in 0..names {
+            let Some((name, help, _)) = counters.first().and_then(|(_, values)| values.get(index))
+            else {
+                continue;
+            };
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (labels, values) in &counters {
+                if let Some((_, _, value)) = values.get(index) {
+                    ConstCounter::new(*value).encode(family.encode_family(labels)?)?;
+                }
+            }
         }
+        let mut histogram = encoder.encode_descriptor(
+            "placed_to_acknowledged",
+            "From the order's placing (Waybill's clock) to the adapter's first answer (this host's clock), when the RECEIVED_BY_PARTNER or REJECTED_BY_PARTNER report is queued",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for watched in &self.connectors {
+            watched
+                .health
+                .metrics
+                .placed_to_answered
+                .0
+                .encode(histogram.encode_family(&partner(watched))?)?;
+        }
+        let running: Vec<(Labels, i64)> = self
+            .connectors
+            .iter()
+            .map(|watched| (partner(watched), i64::from(watched.health.is_running())))
+            .collect();
         gauge(
             &mut encoder,
             "running",
             "1 while the connector runs (started and not stopping)",
-            &[(vec![], i64::from(self.health.is_running()))],
+            &running,
         )?;
-        let clusters = self.health.clusters();
         let mut in_flight = Vec::new();
         let mut lag = Vec::new();
-        for cluster in &clusters {
-            for (partition, figures) in &cluster.partitions {
-                let labels = vec![
-                    ("cluster", cluster.name.clone()),
-                    ("partition", partition.to_string()),
-                ];
-                in_flight.push((
-                    labels.clone(),
-                    i64::try_from(figures.in_flight).unwrap_or(i64::MAX),
-                ));
-                if let Some(records) = figures.lag {
-                    lag.push((labels, records));
+        for watched in &self.connectors {
+            for cluster in watched.health.clusters() {
+                for (partition, figures) in &cluster.partitions {
+                    let mut labels = partner(watched);
+                    labels.push(("cluster", cluster.name.clone()));
+                    labels.push(("partition", partition.to_string()));
+                    in_flight.push((
+                        labels.clone(),
+                        i64::try_from(figures.in_flight).unwrap_or(i64::MAX),
+                    ));
+                    if let Some(records) = figures.lag {
+                        lag.push((labels, records));
+                    }
                 }
             }
         }
@@ -299,41 +355,52 @@ impl Collector for ConnectorCollector {
             "Records behind: the partition's high watermark minus the safe offset, as last seen",
             &lag,
         )?;
-        let counts = self
-            .inbox_counts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        if let Some(counts) = counts {
-            let state = |s: &str| vec![("state", s.to_owned())];
-            gauge(
-                &mut encoder,
-                "inbox_orders",
-                "Orders in the inbox by state (started: no stored answer yet)",
-                &[
-                    (state("started"), counts.started),
-                    (state("accepted"), counts.accepted),
-                    (state("rejected"), counts.rejected),
-                    (state("set_aside"), counts.orders_set_aside),
-                ],
-            )?;
-            gauge(
-                &mut encoder,
-                "inbox_reports",
-                "Status reports in the inbox by state (pending: not yet confirmed by StatusIngest)",
-                &[
-                    (state("pending"), counts.reports_pending),
-                    (state("confirmed"), counts.reports_confirmed),
-                    (state("refused"), counts.reports_refused),
-                ],
-            )?;
-            gauge(
-                &mut encoder,
-                "inbox_records_set_aside",
-                "Records set aside (undecodable, or orders set aside)",
-                &[(vec![], counts.records_set_aside)],
-            )?;
+        let mut orders = Vec::new();
+        let mut reports = Vec::new();
+        let mut set_aside = Vec::new();
+        for watched in &self.connectors {
+            let counts = watched
+                .inbox_counts
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            let Some(counts) = counts else { continue };
+            let state = |s: &str| {
+                let mut labels = partner(watched);
+                labels.push(("state", s.to_owned()));
+                labels
+            };
+            orders.extend([
+                (state("started"), counts.started),
+                (state("accepted"), counts.accepted),
+                (state("rejected"), counts.rejected),
+                (state("set_aside"), counts.orders_set_aside),
+            ]);
+            reports.extend([
+                (state("pending"), counts.reports_pending),
+                (state("confirmed"), counts.reports_confirmed),
+                (state("refused"), counts.reports_refused),
+            ]);
+            set_aside.push((partner(watched), counts.records_set_aside));
         }
+        gauge(
+            &mut encoder,
+            "inbox_orders",
+            "Orders in the inbox by state (started: no stored answer yet)",
+            &orders,
+        )?;
+        gauge(
+            &mut encoder,
+            "inbox_reports",
+            "Status reports in the inbox by state (pending: not yet confirmed by StatusIngest)",
+            &reports,
+        )?;
+        gauge(
+            &mut encoder,
+            "inbox_records_set_aside",
+            "Records set aside (undecodable, or orders set aside)",
+            &set_aside,
+        )?;
         Ok(())
     }
 }
@@ -343,15 +410,9 @@ fn gauge(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    samples: &[(Vec<(&'static str, String)>, i64)],
+    samples: &[(Labels, i64)],
 ) -> Result<(), std::fmt::Error> {
     let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    if let [(labels, value)] = samples
-        && labels.is_empty()
-    {
-        // A single unlabelled sample: `name value`, not `name{} value`.
-        return ConstGauge::new(*value).encode(family);
-    }
     for (labels, value) in samples {
         ConstGauge::new(*value).encode(family.encode_family(labels)?)?;
     }

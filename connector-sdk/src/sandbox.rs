@@ -6,7 +6,8 @@
 //!
 //! | marker | the example partner… |
 //! | --- | --- |
-//! | `[reject]` | rejects the order (`REJECTED_BY_PARTNER`, detail code `OUT_OF_AREA`) |
+//! | `[reject]` | rejects the order (`REJECTED_BY_PARTNER`, detail code `OUT_OF_AREA` or `NO_CAPACITY`) |
+//! | `[reject:<partner id>]` | only that partner rejects it (the order is re-routed to the next matching partner, which accepts it) |
 //! | `[fail-N]` | fails retryably on the first N calls for a delivery (N = 1…9), then accepts |
 //! | `[timeout]` | hangs past the adapter timeout on the first call, then accepts |
 //! | `[permanent]` | fails permanently: the order is set aside (dead-letter topic, inbox row) |
@@ -36,6 +37,15 @@ impl SandboxMarkers {
             .ship_to
             .as_ref()
             .map_or_else(Self::default, |address| Self::parse(&address.line2))
+    }
+
+    /// Reads the markers in `order`'s shipping address line 2 as partner `partner_id` sees
+    /// them: `[reject:<partner_id>]` counts as `[reject]`, another partner's does not.
+    pub fn for_partner(order: &DispatchedOrder, partner_id: &str) -> Self {
+        let line2 = order.ship_to.as_ref().map_or("", |a| a.line2.as_str());
+        let mut markers = Self::parse(line2);
+        markers.reject |= line2.contains(&format!("[reject:{partner_id}]"));
+        markers
     }
 
     /// Reads the markers in `text`.
@@ -76,6 +86,17 @@ mod tests {
             SandboxMarkers::parse("plain address"),
             SandboxMarkers::default()
         );
+        // A partner-specific rejection is that partner's only.
+        let order = DispatchedOrder {
+            ship_to: Some(waybill_proto::v1::Address {
+                line2: "[reject:local-express]".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(SandboxMarkers::for_partner(&order, "local-express").reject);
+        assert!(!SandboxMarkers::for_partner(&order, "distance-freight").reject);
+        assert!(!SandboxMarkers::of(&order).reject);
         // Malformed markers are ignored.
         assert_eq!(
             SandboxMarkers::parse("[fail-x] [fail-12] [fail-").fail_times,

@@ -1,15 +1,11 @@
-//! The two example partners of `connector-sdk/examples/`, compiled here from their own source
-//! and run against the real system: `local-express` in-process through its adapter,
-//! `distance-freight` through its `main` (environment configuration, ctrl-c shutdown) in a
-//! child process. The sandbox markers drive every path.
+//! The two example partners (`waybill_connector_sdk::examples`) run against the real system:
+//! `local-express` in-process through its adapter, `distance-freight` through the `main` of
+//! `connector-sdk/examples/distance-freight.rs`, compiled here from its own source
+//! (environment configuration, ctrl-c shutdown), in a child process. The sandbox markers drive every path.
 #![allow(clippy::unwrap_used)]
 
 #[path = "support/connector.rs"]
 mod support;
-
-#[allow(dead_code)]
-#[path = "../../connector-sdk/examples/local-express.rs"]
-mod local_express;
 
 #[allow(dead_code)]
 #[path = "../../connector-sdk/examples/distance-freight.rs"]
@@ -80,10 +76,8 @@ async fn the_example_partners_take_every_sandbox_path() {
         .build()
         .await
         .unwrap();
-    let adapter = local_express::LocalExpress {
-        reporter: connector.reporter(),
-        shipped_after: Duration::from_millis(200),
-    };
+    let adapter = waybill_connector_sdk::examples::LocalExpress::new(connector.reporter())
+        .shipped_after(Duration::from_millis(200));
     let local = start(connector, adapter);
 
     let plain = place(&stack, "US", "").await;

@@ -128,37 +128,44 @@ async fn each_service_and_the_connector_expose_their_series_after_real_traffic()
     // The connector's report is confirmed asynchronously: wait for the inbox to say so.
     let mut connector = scrape(connector_at).await;
     let deadline = tokio::time::Instant::now() + WITHIN;
-    while connector.value(r#"waybill_connector_inbox_reports{state="confirmed"}"#) < 1.0 {
+    while connector.value(r#"waybill_connector_inbox_reports{partner="acme",state="confirmed"}"#)
+        < 1.0
+    {
         assert!(tokio::time::Instant::now() < deadline, "{}", connector.text);
         tokio::time::sleep(Duration::from_millis(100)).await;
         connector = scrape(connector_at).await;
     }
     assert_eq!(
-        connector.value("waybill_connector_orders_accepted_total"),
+        connector.value(r#"waybill_connector_orders_accepted_total{partner="acme"}"#),
         1.0
     );
     assert_eq!(
-        connector.value("waybill_connector_adapter_calls_total"),
+        connector.value(r#"waybill_connector_adapter_calls_total{partner="acme"}"#),
         1.0
     );
     assert_eq!(
-        connector.value(r#"waybill_connector_inbox_orders{state="accepted"}"#),
+        connector.value(r#"waybill_connector_inbox_orders{partner="acme",state="accepted"}"#),
         1.0
     );
     assert_eq!(
-        connector.value(r#"waybill_connector_inbox_reports{state="pending"}"#),
+        connector.value(r#"waybill_connector_inbox_reports{partner="acme",state="pending"}"#),
         0.0
     );
     assert_eq!(
-        connector.value("waybill_connector_placed_to_acknowledged_seconds_count"),
+        connector
+            .value(r#"waybill_connector_placed_to_acknowledged_seconds_count{partner="acme"}"#),
         1.0
     );
-    let placed_to_ack = connector.value("waybill_connector_placed_to_acknowledged_seconds_sum");
+    let placed_to_ack =
+        connector.value(r#"waybill_connector_placed_to_acknowledged_seconds_sum{partner="acme"}"#);
     assert!(
         (0.0..60.0).contains(&placed_to_ack),
         "placed → acknowledged {placed_to_ack} s"
     );
-    assert_eq!(connector.value("waybill_connector_running"), 1.0);
+    assert_eq!(
+        connector.value(r#"waybill_connector_running{partner="acme"}"#),
+        1.0
+    );
     // The lag is measured every 15 s, for partitions with a safe offset: the order's partition
     // reads 0 once measured (everything is consumed and safe).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(45);

@@ -49,6 +49,13 @@ impl Drop for Server {
 }
 
 async fn start(mtls: bool, rate_limit: Option<RateLimit>) -> Server {
+    start_with(|pki| pki.server_files(mtls), rate_limit).await
+}
+
+async fn start_with(
+    files: impl FnOnce(&TestPki) -> waybill_service_kit::security::TlsFiles,
+    rate_limit: Option<RateLimit>,
+) -> Server {
     let pki = TestPki::new();
     let credentials = Credentials::parse(&format!(
         r#"{{"callers":[
@@ -63,7 +70,7 @@ async fn start(mtls: bool, rate_limit: Option<RateLimit>) -> Server {
     ))
     .unwrap();
     let security = ServerSecurity {
-        tls: Some(ReloadableTls::load(pki.server_files(mtls)).unwrap()),
+        tls: Some(ReloadableTls::load(files(&pki)).unwrap()),
         credentials: Some(Arc::new(credentials)),
         rate_limit,
     };
@@ -237,6 +244,35 @@ async fn mtls_refuses_unknown_client_certificates_at_the_handshake() {
             .unwrap(),
     );
     place(&mut client, None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optional_mtls_takes_certificates_or_api_keys_but_never_a_foreign_certificate() {
+    let s = start_with(TestPki::optional_mtls_files, None).await;
+    // No certificate: the connection is up, and the API key decides.
+    let mut keyed =
+        OrderServiceClient::new(channel(s.addr, s.pki.client_config(None)).await.unwrap());
+    place(&mut keyed, Some(STOREFRONT_KEY)).await.unwrap();
+    let status = place(&mut keyed, None).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{}", status.message());
+    // A CA-issued certificate identifies its caller without a key.
+    let mut by_cert = OrderServiceClient::new(
+        channel(s.addr, s.pki.client_config(Some(&s.pki.storefront_client)))
+            .await
+            .unwrap(),
+    );
+    place(&mut by_cert, None).await.unwrap();
+    // A certificate from another CA is refused at the handshake, key or not.
+    let refused = match channel(s.addr, s.pki.client_config(Some(&s.pki.rogue_client))).await {
+        Err(_) => true,
+        Ok(channel) => {
+            let status = place(&mut OrderServiceClient::new(channel), Some(STOREFRONT_KEY))
+                .await
+                .unwrap_err();
+            std::error::Error::source(&status).is_some()
+        }
+    };
+    assert!(refused, "a foreign certificate got through");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,7 +23,7 @@ use tracing::warn;
 pub use self::{
     auth::{Caller, Credentials, Role},
     rate_limit::RateLimit,
-    tls::{ReloadableTls, TlsFiles},
+    tls::{ClientCerts, ReloadableTls, TlsFiles},
 };
 
 /// How one server protects itself. The default (no TLS, no credentials, no rate limit) is for
@@ -62,6 +62,17 @@ pub struct SecurityArgs {
     /// refused at the handshake.
     #[arg(long, env = "WAYBILL_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// With --tls-client-ca: `required` (every client presents a certificate) or `optional`
+    /// (clients without one identify themselves with an API key; a certificate presented must
+    /// still come from the client CA).
+    #[arg(
+        long,
+        env = "WAYBILL_TLS_CLIENT_CERT",
+        value_enum,
+        default_value_t,
+        requires = "tls_client_ca"
+    )]
+    pub tls_client_cert: ClientCerts,
     /// JSON file of the callers allowed in: name, role (storefront or operator) and the SHA-256
     /// of an API key and/or of a client certificate (see the README). Without it every call is
     /// let through (development only).
@@ -88,6 +99,7 @@ impl Default for SecurityArgs {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            tls_client_cert: ClientCerts::Required,
             credentials_file: None,
             insecure: false,
             rate_limit: NonZeroU32::new(5000).unwrap_or(NonZeroU32::MIN),
@@ -132,6 +144,7 @@ impl SecurityArgs {
                 cert: cert.clone(),
                 key: key.clone(),
                 client_ca: self.tls_client_ca.clone(),
+                client_certs: self.tls_client_cert,
             })?),
             _ => None,
         };

@@ -37,9 +37,24 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1); must not be readable by group or others.
     pub key: PathBuf,
-    /// PEM CA bundle: when set, every client must present a certificate issued by one of these
-    /// (mTLS); a connection without one, or with any other, is refused at the handshake.
+    /// PEM CA bundle: when set, a client certificate must have been issued by one of these
+    /// (mTLS); any other is refused at the handshake.
     pub client_ca: Option<PathBuf>,
+    /// Whether a client must present a certificate at all when `client_ca` is set.
+    pub client_certs: ClientCerts,
+}
+
+/// Whether an mTLS listener requires a client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ClientCerts {
+    /// Every connection presents a certificate the client CA issued; others are refused at the
+    /// handshake.
+    #[default]
+    Required,
+    /// A connection may present no certificate (its calls then carry an API key); one it does
+    /// present must still be issued by the client CA, or the handshake fails. For a listener
+    /// shared by certificate-holding operators and API-key storefronts.
+    Optional,
 }
 
 /// Why TLS material could not be loaded.
@@ -113,7 +128,12 @@ pub fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
                     .add(cert)
                     .map_err(|e| TlsError::Config(format!("{}: {e}", ca.display())))?;
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            let mut verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+            if files.client_certs == ClientCerts::Optional {
+                verifier = verifier.allow_unauthenticated();
+            }
+            let verifier = verifier
                 .build()
                 .map_err(|e| TlsError::Config(e.to_string()))?;
             builder.with_client_cert_verifier(verifier)
@@ -154,7 +174,7 @@ impl ReloadableTls {
 
     /// Whether clients must present a certificate.
     pub fn requires_client_cert(&self) -> bool {
-        self.files.client_ca.is_some()
+        self.files.client_ca.is_some() && self.files.client_certs == ClientCerts::Required
     }
 
     /// The acceptor for the next connection.

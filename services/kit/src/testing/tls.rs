@@ -11,7 +11,7 @@ use rcgen::{
 use sha2::{Digest, Sha256};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
-use crate::security::TlsFiles;
+use crate::security::{ClientCerts, TlsFiles};
 
 /// A certificate and its private key, PEM.
 #[derive(Debug, Clone)]
@@ -135,6 +135,16 @@ impl TestPki {
             cert: self.dir.join("server.pem"),
             key: self.dir.join("server.key"),
             client_ca: mtls.then(|| self.dir.join("ca.pem")),
+            client_certs: ClientCerts::Required,
+        }
+    }
+
+    /// The server's files for a listener on which a client certificate (from the CA) is
+    /// optional.
+    pub fn optional_mtls_files(&self) -> TlsFiles {
+        TlsFiles {
+            client_certs: ClientCerts::Optional,
+            ..self.server_files(true)
         }
     }
 

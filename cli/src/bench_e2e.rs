@@ -1,0 +1,420 @@
+//! `waybill bench e2e`: the whole loop in this process — Orders, the dispatcher, StatusIngest
+//! and the example partner `distance-freight` — at a fixed offered rate.
+//!
+//! Open loop: order *i* is sent at `start + i / rate` whether or not earlier calls have
+//! answered, so a slow system shows up as latency and as orders that fell behind the schedule
+//! instead of as a lower offered rate. Measured per order, from the moment its `PlaceOrder`
+//! response arrived:
+//!
+//! - **to the adapter**: until the partner's adapter is called with it (the relay's lease,
+//!   produce, the broker, the SDK's consumer, inbox record);
+//! - **to received**: until `RECEIVED_BY_PARTNER` is recorded on the order (`recorded_at`:
+//!   the adapter's answer stored, signed, sent to StatusIngest and written).
+//!
+//! Plus `PlaceOrder`'s own latency, how many orders were sent more than 10 ms after their
+//! scheduled time, and the process's peak resident set size.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use waybill_dispatcher::RelaySettings;
+use waybill_proto::v1::{self as pb, OrderStatus, order_service_client::OrderServiceClient};
+
+use crate::{
+    bench::{Latency, new_histogram, redact},
+    system::{CallObserver, System, SystemSettings},
+};
+
+/// A send this late after its scheduled time counts as behind the schedule.
+const BEHIND: Duration = Duration::from_millis(10);
+
+/// Settings of `waybill bench e2e`.
+#[derive(Debug, clap::Args)]
+pub struct E2eArgs {
+    /// Orders offered per second.
+    #[arg(long, default_value_t = 100.0)]
+    rate: f64,
+    /// Seconds to offer them for.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Storage (default: SQLite in a temporary directory); `postgres://…` for Postgres (use a
+    /// dedicated database: the bench enrols the example partners and adds orders).
+    #[arg(long, env = "WAYBILL_DATABASE_URL")]
+    database_url: Option<String>,
+    /// A Kafka broker (`host:port,…`); without it the embedded in-memory broker is used.
+    #[arg(long, env = "WAYBILL_KAFKA_BROKERS")]
+    kafka_brokers: Option<String>,
+    /// How long to wait, after the last order was placed, for every order to be received.
+    #[arg(long, default_value_t = 60)]
+    drain_timeout_secs: u64,
+    /// Print one JSON object on the last line of stdout instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct E2eReport {
+    benchmark: &'static str,
+    storage: String,
+    broker: String,
+    rate_per_s: f64,
+    duration_s: f64,
+    offered: u64,
+    placed: u64,
+    errors: u64,
+    behind_schedule: u64,
+    max_behind_ms: f64,
+    at_adapter: u64,
+    received: u64,
+    place_ms: Latency,
+    to_adapter_ms: Latency,
+    to_received_ms: Latency,
+    peak_rss_mib: Option<f64>,
+}
+
+/// One placed order: when its response arrived.
+struct Placed {
+    order_id: String,
+    answered: Instant,
+    answered_at: DateTime<Utc>,
+}
+
+/// Runs the benchmark.
+pub async fn run(args: E2eArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.rate > 0.0 && args.rate <= 100_000.0,
+        "--rate must be above 0 and at most 100000 orders per second"
+    );
+    anyhow::ensure!(
+        args.duration > 0.0 && args.duration <= 3600.0,
+        "--duration must be above 0 and at most 3600 seconds"
+    );
+    let dir = std::env::temp_dir().join(format!("waybill-bench-e2e-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let result = run_in(&args, dir.clone()).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let report = result?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "e2e: {} orders offered at {}/s for {} s on {} + {}\n  placed {} ({} errors), {} behind schedule (max {:.1} ms late)\n  PlaceOrder            p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms\n  response → adapter    p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  ({} called)\n  response → received   p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  ({} recorded)\n  peak RSS {}",
+            report.offered,
+            report.rate_per_s,
+            report.duration_s,
+            report.storage,
+            report.broker,
+            report.placed,
+            report.errors,
+            report.behind_schedule,
+            report.max_behind_ms,
+            report.place_ms.p50,
+            report.place_ms.p99,
+            report.place_ms.max,
+            report.to_adapter_ms.p50,
+            report.to_adapter_ms.p99,
+            report.to_adapter_ms.max,
+            report.at_adapter,
+            report.to_received_ms.p50,
+            report.to_received_ms.p99,
+            report.to_received_ms.max,
+            report.received,
+            report
+                .peak_rss_mib
+                .map_or_else(|| "unknown".to_owned(), |mib| format!("{mib:.1} MiB")),
+        );
+    }
+    anyhow::ensure!(
+        report.errors == 0 && report.received == report.offered,
+        "{} of {} orders were not placed or not received",
+        report.offered - report.received.min(report.offered),
+        report.offered
+    );
+    Ok(())
+}
+
+async fn run_in(args: &E2eArgs, dir: PathBuf) -> anyhow::Result<E2eReport> {
+    let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let database_url = args
+        .database_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", dir.join("waybill.db").display()));
+    let calls: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let observer: CallObserver = {
+        let calls = calls.clone();
+        Arc::new(move |order_id: &str| {
+            if let Ok(mut calls) = calls.lock() {
+                calls
+                    .entry(order_id.to_owned())
+                    .or_insert_with(Instant::now);
+            }
+        })
+    };
+    let shutdown = CancellationToken::new();
+    eprintln!("starting the system…");
+    let system = System::start(
+        SystemSettings {
+            orders_listen: any,
+            dispatcher_listen: any,
+            status_ingest_listen: any,
+            audience: "waybill-bench".to_owned(),
+            database_url: database_url.clone(),
+            kafka_brokers: args.kafka_brokers.clone(),
+            region: "bench".to_owned(),
+            data_dir: dir,
+            keep_keys: false,
+            shipped_after: Duration::from_secs(2),
+            audit: RelaySettings::default().audit,
+            observer: Some(observer),
+        },
+        shutdown.clone(),
+    )
+    .await?;
+    let result = async {
+        system.partners_ready(Duration::from_secs(60)).await?;
+        measure(args, &system, &calls).await
+    }
+    .await;
+    shutdown.cancel();
+    let stopped = system.wait().await;
+    let mut report = result?;
+    stopped?;
+    report.storage = redact(&database_url);
+    report.broker = args
+        .kafka_brokers
+        .clone()
+        .unwrap_or_else(|| "embedded broker".to_owned());
+    report.peak_rss_mib = peak_rss_mib();
+    Ok(report)
+}
+
+async fn measure(
+    args: &E2eArgs,
+    system: &System,
+    calls: &Mutex<HashMap<String, Instant>>,
+) -> anyhow::Result<E2eReport> {
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(
+            OrderServiceClient::connect(format!("http://{}", system.orders_addr))
+                .await
+                .context("cannot reach Orders")?,
+        );
+    }
+    let offered = (args.rate * args.duration).round().max(1.0) as u64;
+    let interval = Duration::from_secs_f64(1.0 / args.rate);
+    let run_id = uuid::Uuid::now_v7().simple().to_string();
+    eprintln!(
+        "offering {offered} orders at {}/s for {} s (open loop)",
+        args.rate, args.duration
+    );
+
+    // The schedule: each order sent at its time on its own task, whatever the others do.
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(offered as usize);
+    let mut behind = 0u64;
+    let mut max_behind = Duration::ZERO;
+    let mut last_progress = Instant::now();
+    for index in 0..offered {
+        let due = start + interval.mul_f64(index as f64);
+        tokio::time::sleep_until(due).await;
+        let late = tokio::time::Instant::now().saturating_duration_since(due);
+        if late > BEHIND {
+            behind += 1;
+        }
+        max_behind = max_behind.max(late);
+        let mut client = clients[index as usize % clients.len()].clone();
+        let request = order(&run_id, index);
+        tasks.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            let response = client.place_order(request).await;
+            let answered = Instant::now();
+            response.map(|r| {
+                (
+                    r.into_inner().order.map(|o| o.id).unwrap_or_default(),
+                    answered - sent,
+                    answered,
+                    Utc::now(),
+                )
+            })
+        }));
+        if last_progress.elapsed() >= Duration::from_secs(1) {
+            last_progress = Instant::now();
+            eprintln!(
+                "  {:>5.1} s: offered {}, at the adapter {}, behind schedule {behind}",
+                start.elapsed().as_secs_f64(),
+                index + 1,
+                calls.lock().map(|c| c.len()).unwrap_or(0),
+            );
+        }
+    }
+
+    let mut place = new_histogram()?;
+    let mut placed = Vec::new();
+    let mut errors = 0u64;
+    for task in tasks {
+        match task.await? {
+            Ok((order_id, latency, answered, answered_at)) if !order_id.is_empty() => {
+                place.saturating_record(micros(latency));
+                placed.push(Placed {
+                    order_id,
+                    answered,
+                    answered_at,
+                });
+            }
+            Ok(_) => errors += 1,
+            Err(status) => {
+                errors += 1;
+                if errors <= 3 {
+                    eprintln!("place failed: {status}");
+                }
+            }
+        }
+    }
+
+    // Wait for every placed order to be received by the partner, then read when it was.
+    let deadline = Instant::now() + Duration::from_secs(args.drain_timeout_secs);
+    let mut client = clients[0].clone();
+    let mut to_received = new_histogram()?;
+    let mut received = 0u64;
+    let mut pending: Vec<&Placed> = placed.iter().collect();
+    while !pending.is_empty() {
+        let mut still = Vec::new();
+        for order in pending {
+            match received_at(&mut client, &order.order_id).await? {
+                Some(at) => {
+                    received += 1;
+                    let latency = (at - order.answered_at).to_std().unwrap_or(Duration::ZERO);
+                    to_received.saturating_record(micros(latency));
+                }
+                None => still.push(order),
+            }
+        }
+        pending = still;
+        if pending.is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        eprintln!("  waiting for {} orders to be received…", pending.len());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    let mut to_adapter = new_histogram()?;
+    let mut at_adapter = 0u64;
+    if let Ok(calls) = calls.lock() {
+        for order in &placed {
+            if let Some(called) = calls.get(&order.order_id) {
+                at_adapter += 1;
+                to_adapter
+                    .saturating_record(micros(called.saturating_duration_since(order.answered)));
+            }
+        }
+    }
+    Ok(E2eReport {
+        benchmark: "e2e",
+        storage: String::new(),
+        broker: String::new(),
+        rate_per_s: args.rate,
+        duration_s: args.duration,
+        offered,
+        placed: placed.len() as u64,
+        errors,
+        behind_schedule: behind,
+        max_behind_ms: max_behind.as_secs_f64() * 1000.0,
+        at_adapter,
+        received,
+        place_ms: latency(&place),
+        to_adapter_ms: latency(&to_adapter),
+        to_received_ms: latency(&to_received),
+        peak_rss_mib: None,
+    })
+}
+
+/// When RECEIVED_BY_PARTNER was recorded on the order, if it was.
+async fn received_at(
+    client: &mut OrderServiceClient<Channel>,
+    order_id: &str,
+) -> anyhow::Result<Option<DateTime<Utc>>> {
+    let order = client
+        .get_order(pb::GetOrderRequest {
+            order_id: order_id.to_owned(),
+        })
+        .await
+        .context("GetOrder")?
+        .into_inner();
+    Ok(order
+        .status_history
+        .iter()
+        .find(|e| e.status() == OrderStatus::ReceivedByPartner)
+        .and_then(|e| e.recorded_at.as_ref())
+        .and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))))
+}
+
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+fn latency(histogram: &Histogram<u64>) -> Latency {
+    let ms = |micros: u64| micros as f64 / 1000.0;
+    if histogram.is_empty() {
+        return Latency {
+            p50: 0.0,
+            p99: 0.0,
+            max: 0.0,
+        };
+    }
+    Latency {
+        p50: ms(histogram.value_at_quantile(0.50)),
+        p99: ms(histogram.value_at_quantile(0.99)),
+        max: ms(histogram.max()),
+    }
+}
+
+/// The process's peak resident set size (Linux: `VmHWM`).
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+/// An order to `distance-freight` (which only acknowledges: no later reports in the way).
+fn order(run_id: &str, index: u64) -> pb::PlaceOrderRequest {
+    pb::PlaceOrderRequest {
+        idempotency_key: format!("e2e-{run_id}-{index}"),
+        customer: Some(pb::Customer {
+            id: format!("e2e-customer-{}", index % 1000),
+            name: "Bench Customer".into(),
+            email: "bench@example.com".into(),
+            ..Default::default()
+        }),
+        shipping_address: Some(pb::Address {
+            line1: "1 Main St".into(),
+            city: "Toronto".into(),
+            country_code: "CA".into(),
+            ..Default::default()
+        }),
+        lines: vec![pb::LineItem {
+            sku: "BOOK-042".into(),
+            quantity: 1,
+        }],
+    }
+}

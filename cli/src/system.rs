@@ -1,0 +1,524 @@
+//! The whole system in one process, as `waybill dev`, `waybill demo` and `waybill bench e2e`
+//! run it: Orders, the dispatcher, StatusIngest on one database, the embedded Kafka-protocol
+//! broker (or a given cluster), and the two example partners' connectors, enrolled with their
+//! routes and keys through `DispatchAdmin` as an operator would.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+use waybill_connector_sdk::{
+    Acceptance, ClusterConfig, Connector, PartnerError, ReportSigningKey, ShipmentContext,
+    TransportPartner,
+    examples::{DistanceFreight, ExamplePartner, LocalExpress},
+    metrics::ConnectorHealth,
+    proto::DispatchedOrder,
+};
+use waybill_dispatcher::{
+    DispatcherDeps, RelaySettings, embedded::EmbeddedBroker, kafka::KafkaSettings,
+};
+use waybill_orders::OrdersDeps;
+use waybill_proto::v1::{self as pb, dispatch_admin_client::DispatchAdminClient};
+use waybill_service_kit::{
+    db::{Database, PoolSettings},
+    grpc::{self, ServerLimits},
+};
+use waybill_token::{SigningKey, keys};
+
+/// The routes of the example partners: `(partner, country, priority)`. Lower priority wins;
+/// `distance-freight` also serves the US behind `local-express`, so an order `local-express`
+/// rejects there is re-routed to it.
+pub const ROUTES: &[(ExamplePartner, &str, i32)] = &[
+    (ExamplePartner::LocalExpress, "US", 100),
+    (ExamplePartner::DistanceFreight, "US", 200),
+    (ExamplePartner::DistanceFreight, "CA", 100),
+    (ExamplePartner::DistanceFreight, "MX", 100),
+    (ExamplePartner::DistanceFreight, "GB", 100),
+    (ExamplePartner::DistanceFreight, "DE", 100),
+    (ExamplePartner::DistanceFreight, "FR", 100),
+    (ExamplePartner::DistanceFreight, "NL", 100),
+    (ExamplePartner::DistanceFreight, "JP", 100),
+    (ExamplePartner::DistanceFreight, "AU", 100),
+];
+
+/// Called with the order id each time an example partner's adapter is called (`waybill bench
+/// e2e` times the hand-over with it).
+pub type CallObserver = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// How to run the system.
+#[derive(Clone)]
+pub struct SystemSettings {
+    /// Where Orders listens.
+    pub orders_listen: SocketAddr,
+    /// Where the dispatcher's admin API listens.
+    pub dispatcher_listen: SocketAddr,
+    /// Where StatusIngest listens.
+    pub status_ingest_listen: SocketAddr,
+    /// The audience report tokens carry.
+    pub audience: String,
+    /// Storage.
+    pub database_url: String,
+    /// A real Kafka cluster instead of the embedded broker.
+    pub kafka_brokers: Option<String>,
+    /// This region's name.
+    pub region: String,
+    /// Where the example partners keep their keys (`keys/`) and inboxes.
+    pub data_dir: PathBuf,
+    /// Keep the partners' keys in `data_dir` (and reuse them on the next run) instead of
+    /// generating fresh ones for this run only.
+    pub keep_keys: bool,
+    /// How long after accepting `local-express` reports an order shipped.
+    pub shipped_after: Duration,
+    /// The dispatcher's audit thresholds.
+    pub audit: waybill_dispatcher::domain::audit::AuditThresholds,
+    /// Told of every adapter call.
+    pub observer: Option<CallObserver>,
+}
+
+/// A running system; [`System::wait`] stops it in order once its shutdown token is cancelled.
+pub struct System {
+    /// Orders' address.
+    pub orders_addr: SocketAddr,
+    /// The admin API's address.
+    pub dispatcher_addr: SocketAddr,
+    /// StatusIngest's address.
+    pub ingest_addr: SocketAddr,
+    /// Kafka bootstrap servers.
+    pub brokers: String,
+    /// The example partners' connectors (their health and counters).
+    pub partners: Vec<(ExamplePartner, ConnectorHealth)>,
+    /// The key id each partner signs with.
+    pub key_ids: Vec<(ExamplePartner, String)>,
+    /// Every service's and partner's Prometheus series, in one registry (`waybill dev` serves
+    /// it on `--metrics-listen`).
+    pub metrics: waybill_service_kit::metrics::Metrics,
+    embedded: Option<EmbeddedBroker>,
+    db: Database,
+    shutdown: CancellationToken,
+    services_stop: CancellationToken,
+    partners_stop: CancellationToken,
+    services: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
+    connectors: Vec<(ExamplePartner, JoinHandle<anyhow::Result<()>>)>,
+}
+
+impl System {
+    /// Binds, connects, migrates, seeds the catalog, starts every service, enrols the example
+    /// partners (idempotently) and starts their connectors. Everything stops once `shutdown`
+    /// is cancelled and [`System::wait`] is awaited: the partners first (so no report is cut
+    /// off), then the services.
+    pub async fn start(
+        settings: SystemSettings,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        // Bind first: a taken port fails before anything else starts.
+        let orders_listener = bind(settings.orders_listen).await?;
+        let dispatcher_listener = bind(settings.dispatcher_listen).await?;
+        let ingest_listener = bind(settings.status_ingest_listen).await?;
+        let orders_addr = orders_listener.local_addr()?;
+        let dispatcher_addr = dispatcher_listener.local_addr()?;
+        let ingest_addr = ingest_listener.local_addr()?;
+
+        let services_stop = CancellationToken::new();
+        let partners_stop = CancellationToken::new();
+        if let Some(path) = settings.database_url.strip_prefix("sqlite://")
+            && let Some(parent) = Path::new(path.split('?').next().unwrap_or(path)).parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        let db = Database::connect(
+            &settings.database_url,
+            &PoolSettings::default(),
+            services_stop.clone(),
+        )
+        .await?;
+        waybill_orders::store::seed_catalog(&db).await?;
+
+        // Kept alive until the end: dropping it stops the broker.
+        let embedded = match &settings.kafka_brokers {
+            Some(_) => None,
+            None => Some(
+                EmbeddedBroker::start()
+                    .map_err(|e| anyhow::anyhow!("cannot start the embedded broker: {e}"))?,
+            ),
+        };
+        let brokers = match (&settings.kafka_brokers, &embedded) {
+            (Some(brokers), _) => brokers.clone(),
+            (None, Some(broker)) => broker.bootstrap_servers().to_owned(),
+            (None, None) => anyhow::bail!("no broker"),
+        };
+        let relay = RelaySettings {
+            region: settings.region.clone(),
+            reply_to: format!("http://{ingest_addr}"),
+            audit: settings.audit.clone(),
+            ..RelaySettings::default()
+        };
+        if let Some(broker) = &embedded {
+            for topic in [&relay.topics.audit, &relay.topics.order_events] {
+                broker
+                    .create_topic(topic, 1)
+                    .map_err(|e| anyhow::anyhow!("cannot create topic {topic}: {e}"))?;
+            }
+        }
+        let mut dispatcher =
+            DispatcherDeps::new(db.clone(), KafkaSettings::new(brokers.clone()), relay)?;
+        if let Some(broker) = &embedded {
+            dispatcher.topic_creator = broker.topic_creator();
+        }
+        let metrics = waybill_service_kit::metrics::Metrics::new();
+        dispatcher.metrics = metrics.clone();
+        let ingest = waybill_status_ingest::IngestDeps {
+            registry: metrics.clone(),
+            ..waybill_status_ingest::IngestDeps::new(&db, settings.audience.clone())
+        };
+
+        let services: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = vec![
+            (
+                "orders",
+                tokio::spawn({
+                    let stop = services_stop.clone();
+                    let deps = OrdersDeps {
+                        metrics: metrics.clone(),
+                        ..OrdersDeps::new(&db, settings.region.clone())
+                    };
+                    async move {
+                        waybill_orders::serve(orders_listener, deps, ServerLimits::default(), stop)
+                            .await
+                            .map_err(anyhow::Error::from)
+                    }
+                }),
+            ),
+            (
+                "dispatcher",
+                tokio::spawn({
+                    let stop = services_stop.clone();
+                    async move {
+                        waybill_dispatcher::serve(dispatcher_listener, dispatcher, stop)
+                            .await
+                            .map_err(anyhow::Error::from)
+                    }
+                }),
+            ),
+            (
+                "status ingest",
+                tokio::spawn({
+                    let stop = services_stop.clone();
+                    async move {
+                        waybill_status_ingest::serve(
+                            ingest_listener,
+                            ingest,
+                            ServerLimits::default(),
+                            stop,
+                        )
+                        .await
+                        .map_err(anyhow::Error::from)
+                    }
+                }),
+            ),
+        ];
+        let mut system = Self {
+            orders_addr,
+            dispatcher_addr,
+            ingest_addr,
+            brokers,
+            partners: Vec::new(),
+            key_ids: Vec::new(),
+            metrics,
+            embedded,
+            db,
+            shutdown,
+            services_stop,
+            partners_stop,
+            services,
+            connectors: Vec::new(),
+        };
+        if let Err(error) = system.start_partners(&settings).await {
+            system.shutdown.cancel();
+            let _ = system.wait().await;
+            return Err(error);
+        }
+        Ok(system)
+    }
+
+    /// Enrols the partners, their routes and keys, and starts their connectors.
+    async fn start_partners(&mut self, settings: &SystemSettings) -> anyhow::Result<()> {
+        let mut admin = DispatchAdminClient::connect(format!("http://{}", self.dispatcher_addr))
+            .await
+            .context("cannot reach the dispatcher admin API")?;
+        let keys_dir = settings.data_dir.join("keys");
+        for partner in ExamplePartner::ALL {
+            let key = if settings.keep_keys {
+                kept_key(&keys_dir, partner)?
+            } else {
+                fresh_key(partner)?
+            };
+            enroll(&mut admin, partner, &key).await?;
+            let connector = Connector::builder(partner.id())
+                .cluster(
+                    ClusterConfig::new("local", self.brokers.clone())
+                        .session_timeout(Duration::from_secs(6)),
+                )
+                .signing_key(key.clone())
+                .audience(settings.audience.clone())
+                .inbox_path(settings.data_dir.join(format!("{}-inbox.db", partner.id())))
+                .adapter_timeout(Duration::from_secs(5))
+                .adapter_retries(8, Duration::from_millis(100), Duration::from_secs(5))
+                .report_retries(200, Duration::from_millis(100), Duration::from_secs(5))
+                .commit_interval(Duration::from_millis(200))
+                .shutdown_grace(Duration::from_secs(5))
+                .revoke_bound(Duration::from_secs(5))
+                .build()
+                .await
+                .with_context(|| format!("cannot start the {partner} connector"))?;
+            self.partners.push((partner, connector.health()));
+            self.key_ids.push((partner, key.key_id().to_owned()));
+            let stop = self.partners_stop.clone();
+            let observer = settings.observer.clone();
+            let task = match partner {
+                ExamplePartner::LocalExpress => {
+                    let adapter = LocalExpress::new(connector.reporter())
+                        .shipped_after(settings.shipped_after);
+                    tokio::spawn(run_observed(connector, adapter, observer, stop))
+                }
+                ExamplePartner::DistanceFreight => {
+                    tokio::spawn(run_observed(connector, DistanceFreight, observer, stop))
+                }
+            };
+            self.connectors.push((partner, task));
+        }
+        let connectors: Vec<ConnectorHealth> = self
+            .partners
+            .iter()
+            .map(|(_, health)| health.clone())
+            .collect();
+        waybill_connector_sdk::metrics::register_metrics(&self.metrics, &connectors);
+        Ok(())
+    }
+
+    /// Waits until every partner's connector has joined its consumer group and been given
+    /// partitions (the broker delays a new group's first assignment by a few seconds), so that
+    /// what is placed next is timed without that one-off wait.
+    pub async fn partners_ready(&self, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let waiting: Vec<&str> = self
+                .partners
+                .iter()
+                .filter(|(_, health)| {
+                    health
+                        .clusters()
+                        .iter()
+                        .any(|cluster| cluster.partitions.is_empty())
+                })
+                .map(|(partner, _)| partner.id())
+                .collect();
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                anyhow::bail!(
+                    "the {} connector had no partitions assigned within {} s",
+                    waiting.join(" and "),
+                    within.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Where `partner`'s key file is (when keys are kept).
+    pub fn key_file(data_dir: &Path, partner: ExamplePartner) -> PathBuf {
+        data_dir.join("keys").join(format!("{}.pem", partner.id()))
+    }
+
+    /// Waits for the shutdown token, then stops the partners, then the services, and closes
+    /// the database and the broker. The first failure of any part is returned.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        // A part that fails on its own stops everything (a lost port, a broken database).
+        let failed = {
+            let services =
+                futures::future::select_all(self.services.iter_mut().map(|(_, task)| task));
+            tokio::select! {
+                () = self.shutdown.cancelled() => None,
+                (result, index, _) = services => Some((index, result)),
+            }
+        };
+        let mut first_error = None;
+        if let Some((index, result)) = failed {
+            let (name, _) = self.services.remove(index);
+            first_error = Some(
+                flatten(name, result)
+                    .err()
+                    .unwrap_or_else(|| anyhow::anyhow!("{name} stopped by itself")),
+            );
+        }
+        self.partners_stop.cancel();
+        for (partner, task) in self.connectors.drain(..) {
+            if let Err(error) = flatten(partner.id(), task.await) {
+                first_error.get_or_insert(error);
+            }
+        }
+        self.services_stop.cancel();
+        for (name, task) in self.services.drain(..) {
+            if let Err(error) = flatten(name, task.await) {
+                first_error.get_or_insert(error);
+            }
+        }
+        self.db.close().await;
+        drop(self.embedded.take());
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Whether the broker is the embedded one.
+    pub fn embedded(&self) -> bool {
+        self.embedded.is_some()
+    }
+}
+
+/// Runs `adapter` on `connector`, telling `observer` of each call.
+async fn run_observed<P: TransportPartner>(
+    connector: Connector,
+    adapter: P,
+    observer: Option<CallObserver>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    match observer {
+        Some(observer) => connector.run(Observed { adapter, observer }, stop).await?,
+        None => connector.run(adapter, stop).await?,
+    }
+    Ok(())
+}
+
+/// An adapter that tells an observer of each call, then hands it on.
+struct Observed<P> {
+    adapter: P,
+    observer: CallObserver,
+}
+
+impl<P: TransportPartner> TransportPartner for Observed<P> {
+    async fn request_shipment(
+        &self,
+        order: &DispatchedOrder,
+        ctx: &ShipmentContext,
+    ) -> Result<Acceptance, PartnerError> {
+        (self.observer)(&order.order_id);
+        self.adapter.request_shipment(order, ctx).await
+    }
+}
+
+fn flatten(
+    name: &str,
+    result: Result<anyhow::Result<()>, tokio::task::JoinError>,
+) -> anyhow::Result<()> {
+    result
+        .with_context(|| format!("{name} task"))?
+        .with_context(|| format!("{name} failed"))
+}
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    grpc::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
+}
+
+/// A key for this run only.
+fn fresh_key(partner: ExamplePartner) -> anyhow::Result<ReportSigningKey> {
+    let key = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
+    with_key_id(key, partner)
+}
+
+/// The key kept in `dir` (generated and written there, readable by its owner only, on first
+/// use).
+fn kept_key(dir: &Path, partner: ExamplePartner) -> anyhow::Result<ReportSigningKey> {
+    let path = dir.join(format!("{}.pem", partner.id()));
+    let key = match std::fs::read(&path) {
+        Ok(bytes) => keys::signing_key_from_pkcs8(&bytes)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            let key = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
+            crate::token::write_new(&path, keys::signing_key_to_pem(&key)?.as_bytes(), true)?;
+            key
+        }
+        Err(error) => {
+            return Err(error).with_context(|| format!("cannot read {}", path.display()));
+        }
+    };
+    with_key_id(key, partner)
+}
+
+/// The key id names the key (`<partner>-<first bytes of the public key>`), so a replaced key
+/// file is enrolled as a new key rather than clashing with the old one's id.
+fn with_key_id(key: SigningKey, partner: ExamplePartner) -> anyhow::Result<ReportSigningKey> {
+    let fingerprint: String = key.verifying_key().to_bytes()[..4]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    ReportSigningKey::from_key(key, format!("{}-{fingerprint}", partner.id()))
+        .map_err(anyhow::Error::from)
+}
+
+/// Enrols `partner` (creating its topic), its routes and its key through the admin API.
+/// Idempotent: enrolling again updates, a key already enrolled is fine.
+async fn enroll(
+    admin: &mut DispatchAdminClient<tonic::transport::Channel>,
+    partner: ExamplePartner,
+    key: &ReportSigningKey,
+) -> anyhow::Result<()> {
+    let id = partner.id();
+    admin
+        .enroll_partner(pb::EnrollPartnerRequest {
+            partner: Some(pb::Partner {
+                id: id.to_owned(),
+                display_name: partner.display_name().to_owned(),
+                enabled: true,
+                handover_deadline: Some(prost_types::Duration {
+                    seconds: 120,
+                    nanos: 0,
+                }),
+                resend_budget: Some(3),
+                ..Default::default()
+            }),
+        })
+        .await
+        .with_context(|| format!("cannot enroll partner {id}"))?;
+    for (_, country, priority) in ROUTES.iter().filter(|(p, _, _)| *p == partner) {
+        admin
+            .set_route(pb::SetRouteRequest {
+                route: Some(pb::Route {
+                    id: format!("{id}-{}", country.to_ascii_lowercase()),
+                    partner_id: id.to_owned(),
+                    country_code: (*country).to_owned(),
+                    priority: *priority,
+                    enabled: true,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .with_context(|| format!("cannot route {country} to {id}"))?;
+    }
+    match admin
+        .add_partner_key(pb::AddPartnerKeyRequest {
+            partner_id: id.to_owned(),
+            key_id: key.key_id().to_owned(),
+            public_key: key.public_key().to_vec(),
+        })
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(status) if status.code() == tonic::Code::AlreadyExists => Ok(()),
+        Err(status) => Err(anyhow::anyhow!(
+            "cannot enrol {id}'s key {}: {}",
+            key.key_id(),
+            status.message()
+        )),
+    }
+}
