@@ -120,12 +120,12 @@ fn print_banner(args: &DevArgs, database_url: &str, system: &System) {
     println!("  orders         grpc://{orders}  (waybill.v1.OrderService)");
     println!("  dispatcher     grpc://{dispatcher}  (waybill.v1.DispatchAdmin)");
     println!(
-        "  metrics        http://{}/metrics  (Prometheus, every service and partner)",
-        args.metrics_listen
-    );
-    println!(
         "  status-ingest  grpc://{ingest}  (waybill.v1.StatusIngest, token audience {:?})",
         args.audience
+    );
+    println!(
+        "  metrics        http://{}/metrics  (Prometheus, every service and partner)",
+        args.metrics_listen
     );
     for partner in ExamplePartner::ALL {
         let countries: Vec<String> = ROUTES
