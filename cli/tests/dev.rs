@@ -36,6 +36,7 @@ fn start(dir: &Path, orders: SocketAddr) -> (Dev, String) {
         .args(["--orders-listen", &orders.to_string()])
         .args(["--dispatcher-listen", &free_addr().to_string()])
         .args(["--status-ingest-listen", &free_addr().to_string()])
+        .args(["--metrics-listen", &free_addr().to_string()])
         .env_remove("WAYBILL_DATABASE_URL")
         .env_remove("WAYBILL_KAFKA_BROKERS")
         .env_remove("WAYBILL_DATA_DIR")
