@@ -73,6 +73,8 @@ pub struct PartnerArgs {
     /// milliseconds.
     #[arg(long, env = "WAYBILL_SHIPPED_AFTER_MS", default_value_t = 2000)]
     shipped_after_ms: u64,
+    #[command(flatten)]
+    metrics: waybill_service_kit::metrics::MetricsArgs,
 }
 
 /// Runs the partner until `shutdown` (ctrl-c or SIGTERM): stops taking orders, finishes or
@@ -105,6 +107,14 @@ pub async fn run(args: PartnerArgs, shutdown: CancellationToken) -> anyhow::Resu
         .build()
         .await
         .with_context(|| format!("cannot start the {partner} connector"))?;
+    // The connector's series (lag, inbox, counters) on --metrics-listen, when set.
+    let metrics = waybill_service_kit::metrics::Metrics::new();
+    connector.health().register_metrics(&metrics);
+    let metrics_server = args
+        .metrics
+        .start(&metrics, shutdown.clone())
+        .await
+        .context("cannot serve metrics")?;
     tracing::info!(partner = %connector.partner_id(), brokers = %args.kafka_brokers, "example partner running");
     partner
         .run(
@@ -113,5 +123,8 @@ pub async fn run(args: PartnerArgs, shutdown: CancellationToken) -> anyhow::Resu
             shutdown,
         )
         .await?;
+    if let Some(server) = metrics_server {
+        let _ = server.await;
+    }
     Ok(())
 }

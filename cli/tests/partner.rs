@@ -29,6 +29,10 @@ async fn waybill_partner_runs_an_example_partner_as_its_own_process() {
             .unwrap(),
     )
     .unwrap();
+    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let mut partner = Command::new(env!("CARGO_BIN_EXE_waybill"))
         .args(["partner", "distance-freight"])
         .args([
@@ -42,6 +46,7 @@ async fn waybill_partner_runs_an_example_partner_as_its_own_process() {
         .args(["--audience", AUDIENCE])
         .args(["--inbox", dir.join("inbox.db").to_str().unwrap()])
         .args(["--kafka-option", "client.id=distance-freight-test"])
+        .args(["--metrics-listen", &metrics_addr.to_string()])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
@@ -57,6 +62,15 @@ async fn waybill_partner_runs_an_example_partner_as_its_own_process() {
     .await;
     assert_eq!(order.partner_id, "distance-freight");
     assert!(order.tracking_id.starts_with("DF"), "{}", order.tracking_id);
+
+    // Its connector's series on --metrics-listen.
+    let body = scrape(metrics_addr);
+    assert!(
+        body.lines().any(
+            |l| l == r#"waybill_connector_orders_accepted_total{partner="distance-freight"} 1"#
+        ),
+        "{body}"
+    );
 
     Command::new("kill")
         .args(["-INT", &partner.id().to_string()])
@@ -128,4 +142,16 @@ fn waybill_partner_refuses_bad_settings_clearly() {
     assert_ne!(code, Some(0));
     assert!(stderr.contains("key=value"), "{stderr}");
     let _ = std::fs::remove_file(key);
+}
+
+/// `GET /metrics` over plain HTTP/1.0: the body.
+fn scrape(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.contains(" 200 "), "{head}");
+    body.to_owned()
 }
