@@ -20,6 +20,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use uuid::Uuid;
 
+mod value;
+
+pub use self::value::{Id, IdList, Instant, Statement, TextList};
+
 /// Postgres `NOTIFY` channel: payload is the order id whose status history grew.
 pub const ORDER_STATUS_CHANNEL: &str = "waybill_order_status";
 /// Postgres `NOTIFY` channel: the outbox has new due rows (payload empty).
