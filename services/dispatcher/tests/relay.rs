@@ -7,7 +7,7 @@ mod common;
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use chrono::Duration as Span;
-use common::{Harness, eventually};
+use common::Harness;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 use waybill_dispatcher::{
@@ -22,20 +22,12 @@ use waybill_proto::{
     headers,
     v1::{DispatchState, DispatchedOrder, OrderEvent, OrderStatus},
 };
-use waybill_service_kit::{clock::SystemClock, grpc::ServerLimits, testing::TestBackend};
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(waybill_service_kit::testing::TestBackend::Postgres).await; })*
-        }
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(waybill_service_kit::testing::TestBackend::Sqlite).await; })*
-        }
-    };
-}
+use waybill_service_kit::{
+    clock::SystemClock,
+    grpc::ServerLimits,
+    on_both_backends,
+    testing::{TestBackend, eventually},
+};
 
 on_both_backends!(
     produces_key_payload_headers_audit_and_events,
@@ -476,14 +468,16 @@ async fn serve_picks_up_a_new_order_within_100ms(backend: TestBackend) {
     let server = tokio::spawn(waybill_dispatcher::serve(listener, deps, shutdown.clone()));
     // Warm up the producer's connection, as a running service would be.
     let warm = h.place_at("DE", 1, chrono::Utc::now()).await;
-    eventually(Duration::from_secs(10), || async {
-        (h.dispatch(warm).await.state == DispatchState::Sent).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the warm-up order sent",
+        || async { (h.dispatch(warm).await.state == DispatchState::Sent).then_some(()) },
+    )
     .await;
 
     let placed_at = chrono::Utc::now();
     let order = h.place_at("DE", 100, placed_at).await;
-    let sent_at = eventually(Duration::from_secs(5), || async {
+    let sent_at = eventually(Duration::from_secs(5), "the order sent", || async {
         h.dispatch(order).await.sent_at
     })
     .await;
@@ -532,7 +526,7 @@ async fn two_dispatchers_drain_5000_orders_without_double_leases(backend: TestBa
             relay.run(shutdown.clone(), Duration::from_secs(5)),
         ));
     }
-    eventually(Duration::from_secs(120), || async {
+    eventually(Duration::from_secs(120), "5000 orders sent", || async {
         let sent = h.store.backlog(chrono::Utc::now()).await.unwrap();
         let sent = sent
             .by_state
@@ -611,9 +605,13 @@ async fn shutdown_releases_leases_for_the_next_instance(backend: TestBackend) {
     };
     let server = tokio::spawn(waybill_dispatcher::serve(listener, deps, shutdown.clone()));
     let order = h.place_at("DE", 100, chrono::Utc::now()).await;
-    eventually(Duration::from_secs(10), || async {
-        (h.dispatch(order).await.lease_owner.as_deref() == Some("dispatcher-a")).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the order leased by dispatcher-a",
+        || async {
+            (h.dispatch(order).await.lease_owner.as_deref() == Some("dispatcher-a")).then_some(())
+        },
+    )
     .await;
 
     let stopping = tokio::time::Instant::now();

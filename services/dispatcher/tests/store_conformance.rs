@@ -14,22 +14,12 @@ use waybill_dispatcher::{
     store::{AttemptLog, AuditCopy, BatchRecord, Fence, LeaseRequest, RowUpdate, StoreError},
 };
 use waybill_proto::v1::DispatchState;
-use waybill_service_kit::testing::TestBackend;
+use waybill_service_kit::{
+    on_both_backends,
+    testing::{TestBackend, eventually},
+};
 
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(waybill_service_kit::testing::TestBackend::Postgres).await; })*
-        }
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(waybill_service_kit::testing::TestBackend::Sqlite).await; })*
-        }
-    };
-}
-
-conformance!(
+on_both_backends!(
     leases_only_due_unleased_rows,
     concurrent_leases_never_overlap,
     bookkeeping_is_fenced_and_appends_one_event,
@@ -309,10 +299,14 @@ async fn events_are_published_at_least_once(backend: TestBackend) {
     batch.release().await.unwrap();
     // Not marked: offered again. (Released explicitly, the events are free at once; a batch
     // merely dropped frees them when its connection is next used, hence the bounded wait.)
-    let batch = common::eventually(std::time::Duration::from_secs(5), || async {
-        let batch = h.store.claim_events(10).await.unwrap();
-        (batch.events().len() == 1).then_some(batch)
-    })
+    let batch = eventually(
+        std::time::Duration::from_secs(5),
+        "the released event offered again",
+        || async {
+            let batch = h.store.claim_events(10).await.unwrap();
+            (batch.events().len() == 1).then_some(batch)
+        },
+    )
     .await;
     batch.mark_published(h.clock_now()).await.unwrap();
     assert!(h.store.claim_events(10).await.unwrap().events().is_empty());

@@ -22,22 +22,9 @@ use waybill_proto::{
         order_service_client::OrderServiceClient, status_ingest_client::StatusIngestClient,
     },
 };
-use waybill_service_kit::{grpc::ServerLimits, testing::TestBackend};
+use waybill_service_kit::{grpc::ServerLimits, on_both_backends, testing::TestBackend};
 use waybill_status_ingest::IngestDeps;
 use waybill_token::{Report, ReportClaims, SigningKey, TokenSigner};
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(waybill_service_kit::testing::TestBackend::Postgres).await; })*
-        }
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(waybill_service_kit::testing::TestBackend::Sqlite).await; })*
-        }
-    };
-}
 
 on_both_backends!(
     a_valid_report_reaches_history_order_and_watchers_and_ends_the_handover,

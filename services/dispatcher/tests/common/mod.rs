@@ -276,26 +276,6 @@ impl Harness {
     }
 }
 
-/// Polls `check` until it returns `Some` or `timeout` passes (waiting on an effect, not on time
-/// logic: every time-dependent decision uses the manual clock).
-pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 impl Harness {
     /// The lease owner of every successful attempt.
     pub async fn attempt_owners(&self) -> Vec<String> {
