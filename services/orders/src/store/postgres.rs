@@ -3,7 +3,7 @@
 
 use sqlx::PgPool;
 
-use super::StoreError;
+use super::{StoreError, sql::bind_order};
 use crate::domain::model::NewOrder;
 
 const PLACE_ORDER: &str = include_str!("sql/place_order.pg.sql");
@@ -29,24 +29,7 @@ pub(super) async fn place_order(pool: &PgPool, order: &NewOrder) -> Result<bool,
         unit_prices.push(line.unit_price_minor);
         totals.push(line.line_total_minor);
     }
-    let inserted = sqlx::query(PLACE_ORDER)
-        .bind(order.id)
-        .bind(&order.idempotency_key)
-        .bind(&order.request_hash)
-        .bind(&order.customer.id)
-        .bind(&order.customer.name)
-        .bind(&order.customer.email)
-        .bind(&order.customer.phone)
-        .bind(&order.ship_to.line1)
-        .bind(&order.ship_to.line2)
-        .bind(&order.ship_to.city)
-        .bind(&order.ship_to.region)
-        .bind(&order.ship_to.postal_code)
-        .bind(&order.ship_to.country_code)
-        .bind(&order.currency_code)
-        .bind(order.total_minor)
-        .bind(&order.region)
-        .bind(order.placed_at)
+    let inserted = bind_order(sqlx::query(PLACE_ORDER), order)
         .bind(&line_nos)
         .bind(&skus)
         .bind(&names)

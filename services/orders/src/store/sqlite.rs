@@ -6,7 +6,7 @@
 use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 use waybill_service_kit::db::{Change, ChangeFeed, Id, Instant};
 
-use super::StoreError;
+use super::{StoreError, sql::bind_order};
 use crate::domain::model::NewOrder;
 
 const PLACE_ORDER: &str = include_str!("sql/place_order.sqlite.sql");
@@ -27,24 +27,7 @@ pub(super) async fn place_order(
     let id = Id(order.id);
     let placed_at = Instant(order.placed_at);
     let mut tx = pool.begin().await?;
-    let inserted = sqlx::query(PLACE_ORDER)
-        .bind(id)
-        .bind(&order.idempotency_key)
-        .bind(&order.request_hash)
-        .bind(&order.customer.id)
-        .bind(&order.customer.name)
-        .bind(&order.customer.email)
-        .bind(&order.customer.phone)
-        .bind(&order.ship_to.line1)
-        .bind(&order.ship_to.line2)
-        .bind(&order.ship_to.city)
-        .bind(&order.ship_to.region)
-        .bind(&order.ship_to.postal_code)
-        .bind(&order.ship_to.country_code)
-        .bind(&order.currency_code)
-        .bind(order.total_minor)
-        .bind(&order.region)
-        .bind(placed_at)
+    let inserted = bind_order(sqlx::query(PLACE_ORDER), order)
         .execute(&mut *tx)
         .await?
         .rows_affected();
