@@ -102,12 +102,12 @@ impl TestStackBuilder {
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let orders_addr = listener.local_addr().unwrap();
-        tokio::spawn(waybill_orders::serve(
+        let mut servers = vec![spawn_server(waybill_orders::serve(
             listener,
             OrdersDeps::new(&db, "test"),
             ServerLimits::default(),
             shutdown.clone(),
-        ));
+        ))];
 
         let ingest_pki = self.status_ingest_tls.then(TestPki::new);
         let ingest_tls = ingest_pki
@@ -155,7 +155,11 @@ impl TestStackBuilder {
             deps.topic_creator = broker.topic_creator();
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let admin_addr = listener.local_addr().unwrap();
-            tokio::spawn(waybill_dispatcher::serve(listener, deps, shutdown.clone()));
+            servers.push(spawn_server(waybill_dispatcher::serve(
+                listener,
+                deps,
+                shutdown.clone(),
+            )));
             (Some(broker), Some(admin_addr))
         } else {
             (None, None)
@@ -170,9 +174,21 @@ impl TestStackBuilder {
             db,
             broker,
             shutdown,
+            servers,
             _test_db: test_db,
         }
     }
+}
+
+/// Runs a service until its shutdown token is cancelled; [`TestStack::stop`] waits for it.
+fn spawn_server<E: std::fmt::Display>(
+    serve: impl std::future::Future<Output = Result<(), E>> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(error) = serve.await {
+            eprintln!("test stack service failed: {error}");
+        }
+    })
 }
 
 /// A running system.
@@ -196,6 +212,8 @@ pub struct TestStack {
     /// The PKI StatusIngest's TLS certificate comes from (with `.status_ingest_tls(true)`).
     pub ingest_pki: Option<TestPki>,
     shutdown: CancellationToken,
+    /// Orders and the dispatcher, until they have stopped.
+    servers: Vec<tokio::task::JoinHandle<()>>,
     // Last: dropped after the services stop.
     _test_db: TestDatabase,
 }
@@ -211,6 +229,21 @@ impl TestStack {
             status_ingest: false,
             status_ingest_tls: false,
         }
+    }
+
+    /// Stops every service and waits until each has finished (in-flight requests drained, the
+    /// relay's leases released), then closes the pool; the test database is dropped after that.
+    /// Dropping a stack without `stop` only cancels the services, which may then still be
+    /// writing while the database is dropped.
+    pub async fn stop(mut self) {
+        if self.ingest.is_some() {
+            self.stop_status_ingest().await;
+        }
+        self.shutdown.cancel();
+        for server in std::mem::take(&mut self.servers) {
+            let _ = server.await;
+        }
+        self.db.close().await;
     }
 
     /// Where StatusIngest listens (the orders' reply-to), when it runs.

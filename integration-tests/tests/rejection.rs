@@ -11,7 +11,7 @@ use waybill_proto::{
     time::to_timestamp,
     v1::{self as pb, DispatchState, OrderStatus, status_ingest_client::StatusIngestClient},
 };
-use waybill_service_kit::grpc::ServerLimits;
+use waybill_service_kit::{grpc::ServerLimits, testing::eventually};
 use waybill_status_ingest::IngestDeps;
 use waybill_token::{Report, ReportClaims, SigningKey, TokenSigner};
 
@@ -23,26 +23,23 @@ async fn wait_for(
     state: DispatchState,
     partner: &str,
 ) -> pb::Dispatch {
-    let mut admin = stack.admin_client().await;
+    let admin = stack.admin_client().await;
     // The relay polls every 30 s here: reaching the state within 10 s proves it was woken.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let dispatch = admin
-            .get_dispatch(pb::GetDispatchRequest {
-                order_id: order_id.to_owned(),
-            })
-            .await
-            .expect("get dispatch")
-            .into_inner();
-        if dispatch.state() == state && dispatch.partner_id == partner {
-            return dispatch;
+    let what = format!("order {order_id} {state:?} at {partner:?}");
+    eventually(Duration::from_secs(10), &what, || {
+        let mut admin = admin.clone();
+        async move {
+            let dispatch = admin
+                .get_dispatch(pb::GetDispatchRequest {
+                    order_id: order_id.to_owned(),
+                })
+                .await
+                .expect("get dispatch")
+                .into_inner();
+            (dispatch.state() == state && dispatch.partner_id == partner).then_some(dispatch)
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "order {order_id} not {state:?} at {partner:?}: {dispatch:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 async fn reject(
@@ -249,4 +246,5 @@ async fn a_rejected_order_goes_to_the_next_partner_then_to_operators() {
 
     shutdown.cancel();
     server.await.expect("join").expect("serve");
+    stack.stop().await;
 }

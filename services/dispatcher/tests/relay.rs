@@ -37,7 +37,7 @@ on_both_backends!(
     attempt_budget_ends_dead_and_operator_retry_sends,
     route_change_applies_to_the_next_order,
     unacknowledged_orders_are_resent_then_flagged,
-    serve_picks_up_a_new_order_within_100ms,
+    serve_is_woken_by_a_new_order_not_by_its_poll,
     two_dispatchers_drain_5000_orders_without_double_leases,
     shutdown_releases_leases_for_the_next_instance,
 );
@@ -448,13 +448,14 @@ async fn unacknowledged_orders_are_resent_then_flagged(backend: TestBackend) {
     assert_eq!(sent_events, 1, "re-sends do not repeat the history event");
 }
 
-async fn serve_picks_up_a_new_order_within_100ms(backend: TestBackend) {
+async fn serve_is_woken_by_a_new_order_not_by_its_poll(backend: TestBackend) {
     let h = Harness::new(backend).await;
     h.partner("acme", "DE", Span::minutes(10), 2).await;
     let shutdown = CancellationToken::new();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut settings = h.settings("dispatcher-a");
-    // A long poll interval: only the wake-up can make the deadline.
+    // A long poll interval: only the wake-up by the placing commit can send the order within
+    // the 5 s below (a wall-time figure in milliseconds would flake on a busy 2-core CI).
     settings.poll_interval = Duration::from_secs(30);
     let deps = DispatcherDeps {
         db: h.db.clone(),
@@ -483,8 +484,8 @@ async fn serve_picks_up_a_new_order_within_100ms(backend: TestBackend) {
     .await;
     let took = sent_at - placed_at;
     assert!(
-        took < Span::milliseconds(100),
-        "on the topic {took} after placing"
+        took < Span::seconds(5),
+        "on the topic {took} after placing: the relay waited for its poll"
     );
     let on_topic = h
         .broker
