@@ -7,11 +7,14 @@ mod common;
 use std::collections::HashSet;
 
 use chrono::Duration as Span;
-use common::Harness;
+use common::{
+    Harness,
+    batch::{fence, lease, sent},
+};
 use uuid::Uuid;
 use waybill_dispatcher::{
     domain::model::{DispatchFilter, PartnerKeyRecord},
-    store::{AttemptLog, AuditCopy, BatchRecord, Fence, LeaseRequest, RowUpdate, StoreError},
+    store::{AttemptLog, AuditCopy, BatchRecord, Fence, RowUpdate, StoreError},
 };
 use waybill_proto::v1::DispatchState;
 use waybill_service_kit::{
@@ -31,39 +34,6 @@ on_both_backends!(
     dispatches_page_by_id,
     audit_copies_wait_until_delivered,
 );
-
-fn lease(h: &Harness, owner: &str, limit: u32) -> LeaseRequest {
-    let now = h.clock_now();
-    LeaseRequest {
-        owner: owner.to_owned(),
-        batch_id: Uuid::new_v4(),
-        now,
-        expires_at: now + Span::seconds(30),
-        limit,
-    }
-}
-
-fn fence(request: &LeaseRequest) -> Fence {
-    Fence {
-        owner: request.owner.clone(),
-        batch_id: request.batch_id,
-    }
-}
-
-fn sent(order_id: Uuid, now: chrono::DateTime<chrono::Utc>) -> RowUpdate {
-    RowUpdate {
-        order_id,
-        state: DispatchState::Sent,
-        attempts: 0,
-        next_attempt_at: now,
-        last_error: Some(String::new()),
-        partner_id: Some("acme".to_owned()),
-        route_id: Some("acme-DE".to_owned()),
-        resends: 0,
-        sent_at: Some(now),
-        ack_due_at: Some(now + Span::minutes(10)),
-    }
-}
 
 async fn leases_only_due_unleased_rows(backend: TestBackend) {
     let h = Harness::new(backend).await;

@@ -536,7 +536,7 @@ async fn shutdown_ends_watch_streams_with_unavailable_and_health_not_serving() {
         .connect()
         .await
         .unwrap();
-    let mut health = HealthClient::new(channel);
+    let health = HealthClient::new(channel);
 
     s.shutdown.cancel();
     let ended = tokio::time::timeout(Duration::from_secs(5), stream.next())

@@ -2,6 +2,8 @@
 //! broker, a controllable clock, partners and routes, and relays built on them.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod batch;
+
 use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
