@@ -35,7 +35,7 @@ use waybill_service_kit::{
     db::Database,
     grpc::ServerLimits,
     security::{ReloadableTls, ServerSecurity},
-    testing::{TestBackend, TestDatabase, tls::TestPki},
+    testing::{TestBackend, TestDatabase, eventually, tls::TestPki},
 };
 
 /// Configures a [`TestStack`].
@@ -287,6 +287,33 @@ impl TestStack {
         };
         let started = IngestRunning::spawn(listener, &self.db, tls.clone());
         *running.lock().unwrap() = Some(started);
+    }
+
+    /// Waits (up to 10 s) until the order's dispatch row satisfies `done`, and returns it; fails
+    /// the test, naming `what`, otherwise.
+    pub async fn dispatch_when(
+        &self,
+        order_id: &str,
+        what: &str,
+        done: impl Fn(&pb::Dispatch) -> bool,
+    ) -> pb::Dispatch {
+        let admin = self.admin_client().await;
+        let what = format!("order {order_id}: {what}");
+        eventually(Duration::from_secs(10), &what, || {
+            let mut admin = admin.clone();
+            let done = &done;
+            async move {
+                let dispatch = admin
+                    .get_dispatch(pb::GetDispatchRequest {
+                        order_id: order_id.to_owned(),
+                    })
+                    .await
+                    .expect("get dispatch")
+                    .into_inner();
+                done(&dispatch).then_some(dispatch)
+            }
+        })
+        .await
     }
 
     /// Enrols an Ed25519 public key (raw 32 bytes) for `partner_id` as `key_id`, through the

@@ -14,7 +14,7 @@ use waybill_proto::{
     time::from_timestamp,
     v1::{self as pb},
 };
-use waybill_service_kit::{telemetry, testing::eventually};
+use waybill_service_kit::telemetry;
 
 /// The process-wide telemetry pipeline, as the `waybill` binary installs it, so spans carry
 /// trace ids across services.
@@ -48,22 +48,10 @@ fn order_request(key: &str, country: &str, sku: &str, quantity: u32) -> pb::Plac
 }
 
 async fn dispatch(stack: &TestStack, order_id: &str, until: pb::DispatchState) -> pb::Dispatch {
-    let admin = stack.admin_client().await;
-    let what = format!("order {order_id} {until:?}");
-    eventually(Duration::from_secs(10), &what, || {
-        let mut admin = admin.clone();
-        async move {
-            let dispatch = admin
-                .get_dispatch(pb::GetDispatchRequest {
-                    order_id: order_id.to_owned(),
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            (dispatch.state() == until).then_some(dispatch)
-        }
-    })
-    .await
+    let what = format!("{until:?}");
+    stack
+        .dispatch_when(order_id, &what, |d| d.state() == until)
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,15 +3,13 @@
 //! and when every matching partner has refused it the order is UNROUTABLE for operators.
 //! Real Orders, dispatcher (real Kafka-protocol broker), StatusIngest, gRPC on loopback, Postgres.
 
-use std::time::Duration;
-
 use tokio_util::sync::CancellationToken;
 use waybill_integration_tests::TestStack;
 use waybill_proto::{
     time::to_timestamp,
     v1::{self as pb, DispatchState, OrderStatus, status_ingest_client::StatusIngestClient},
 };
-use waybill_service_kit::{grpc::ServerLimits, testing::eventually};
+use waybill_service_kit::grpc::ServerLimits;
 use waybill_status_ingest::IngestDeps;
 use waybill_token::{Report, ReportClaims, SigningKey, TokenSigner};
 
@@ -23,23 +21,13 @@ async fn wait_for(
     state: DispatchState,
     partner: &str,
 ) -> pb::Dispatch {
-    let admin = stack.admin_client().await;
     // The relay polls every 30 s here: reaching the state within 10 s proves it was woken.
-    let what = format!("order {order_id} {state:?} at {partner:?}");
-    eventually(Duration::from_secs(10), &what, || {
-        let mut admin = admin.clone();
-        async move {
-            let dispatch = admin
-                .get_dispatch(pb::GetDispatchRequest {
-                    order_id: order_id.to_owned(),
-                })
-                .await
-                .expect("get dispatch")
-                .into_inner();
-            (dispatch.state() == state && dispatch.partner_id == partner).then_some(dispatch)
-        }
-    })
-    .await
+    let what = format!("{state:?} at {partner:?}");
+    stack
+        .dispatch_when(order_id, &what, |d| {
+            d.state() == state && d.partner_id == partner
+        })
+        .await
 }
 
 async fn reject(

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use uuid::Uuid;
 use waybill_proto::v1::DispatchState;
-use waybill_service_kit::db::{Id, Instant};
+use waybill_service_kit::db::{Id, Instant, OrderLineRow};
 
 use super::{AuditCopy, StoreError};
 use crate::domain::model::{
@@ -101,39 +101,28 @@ impl TryFrom<LeasedRow> for LeasedOrder {
     }
 }
 
-/// One line of an order.
-#[derive(Debug, sqlx::FromRow)]
-pub(super) struct LineRow {
-    order_id: Id,
-    sku: String,
-    name: String,
-    quantity: i32,
-    unit_price_minor: i64,
-    line_total_minor: i64,
-}
-
-/// Gives each order its lines (`rows` in line order).
+/// Gives each order its lines.
 pub(super) fn attach_lines(
     orders: &mut [LeasedOrder],
-    rows: Vec<LineRow>,
+    mut lines: HashMap<Uuid, Vec<OrderLineRow>>,
 ) -> Result<(), StoreError> {
-    let mut lines: HashMap<Uuid, Vec<OrderLine>> = HashMap::new();
-    for row in rows {
-        let quantity = u32::try_from(row.quantity)
-            .map_err(|_| StoreError::Corrupt(format!("bad quantity {}", row.quantity)))?;
-        lines
-            .entry(row.order_id.into())
-            .or_default()
-            .push(OrderLine {
-                sku: row.sku,
-                name: row.name,
-                quantity,
-                unit_price_minor: row.unit_price_minor,
-                line_total_minor: row.line_total_minor,
-            });
-    }
     for order in orders {
-        order.lines = lines.remove(&order.order_id).unwrap_or_default();
+        order.lines = lines
+            .remove(&order.order_id)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|row| {
+                Ok(OrderLine {
+                    quantity: row.units().ok_or_else(|| {
+                        StoreError::Corrupt(format!("bad quantity {}", row.quantity))
+                    })?,
+                    sku: row.sku,
+                    name: row.name,
+                    unit_price_minor: row.unit_price_minor,
+                    line_total_minor: row.line_total_minor,
+                })
+            })
+            .collect::<Result<_, StoreError>>()?;
     }
     Ok(())
 }

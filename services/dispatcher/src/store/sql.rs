@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 use waybill_proto::v1::DispatchState;
 use waybill_service_kit::{
-    db::{Backend, ChangeFeed, Database, Id, IdList, Instant, Statement, TextList},
+    db::{Backend, ChangeFeed, Database, Id, Instant, Statement, TextList, lines_of},
     on_pool,
 };
 
@@ -17,7 +17,7 @@ use super::{
     ACKNOWLEDGING_STATUSES, AuditBatch, AuditCopy, BatchRecord, DispatchStore, EventBatch, Fence,
     LeaseRequest, RETRYABLE_STATES, RecordReport, StoreError, headers_to_json, postgres,
     rows::{
-        AttemptRow, DispatchRow, KeyRow, LineRow, PartnerRow, RouteRow, ShipToRow, StateCountRow,
+        AttemptRow, DispatchRow, KeyRow, PartnerRow, RouteRow, ShipToRow, StateCountRow,
         attach_lines, convert,
     },
     sqlite,
@@ -30,13 +30,6 @@ use crate::domain::{
     routing::RoutingTable,
 };
 
-const LINES: Statement = Statement {
-    postgres: "SELECT order_id, sku, name, quantity, unit_price_minor, line_total_minor \
-               FROM order_lines WHERE order_id = ANY($1) ORDER BY order_id, line_no",
-    sqlite: "SELECT order_id, sku, name, quantity, unit_price_minor, line_total_minor \
-             FROM order_lines WHERE order_id IN (SELECT value FROM json_each($1)) \
-             ORDER BY order_id, line_no",
-};
 const LIST_DISPATCHES: Statement = Statement {
     postgres: include_str!("sql/list_dispatches.pg.sql"),
     sqlite: include_str!("sql/list_dispatches.sqlite.sql"),
@@ -113,13 +106,8 @@ impl SqlDispatchStore {
             Backend::Sqlite(pool) => sqlite::lease(pool, kind, lease).await?,
         };
         let mut orders: Vec<LeasedOrder> = convert(rows)?;
-        if orders.is_empty() {
-            return Ok(orders);
-        }
-        let ids = IdList(orders.iter().map(|order| order.order_id).collect());
-        let lines: Vec<LineRow> = on_pool!(&self.db, LINES, |pool, sql| {
-            sqlx::query_as(sql).bind(&ids).fetch_all(pool).await?
-        });
+        let ids: Vec<Uuid> = orders.iter().map(|order| order.order_id).collect();
+        let lines = lines_of(&self.db, &ids).await?;
         attach_lines(&mut orders, lines)?;
         Ok(orders)
     }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use uuid::Uuid;
 use waybill_proto::v1::OrderStatus;
-use waybill_service_kit::db::{Id, Instant};
+use waybill_service_kit::db::{Id, Instant, OrderLineRow};
 
 use super::StoreError;
 use crate::domain::model::{Address, CatalogItem, Customer, OrderRecord, PricedLine, StatusEvent};
@@ -67,17 +67,6 @@ impl From<OrderRow> for OrderRecord {
             history: Vec::new(),
         }
     }
-}
-
-/// One line of an order.
-#[derive(Debug, sqlx::FromRow)]
-pub(super) struct LineRow {
-    order_id: Id,
-    sku: String,
-    name: String,
-    quantity: i32,
-    unit_price_minor: i64,
-    line_total_minor: i64,
 }
 
 /// One history event.
@@ -147,39 +136,39 @@ pub(super) struct KeyOwnerRow {
     pub(super) request_hash: Vec<u8>,
 }
 
-/// Gives each order its lines and history (`lines` and `events` in order).
+/// Gives each order its lines and history (`events` in order).
 pub(super) fn assemble(
     orders: Vec<OrderRow>,
-    lines: Vec<LineRow>,
+    mut lines_of: HashMap<Uuid, Vec<OrderLineRow>>,
     events: Vec<EventRow>,
 ) -> Result<Vec<OrderRecord>, StoreError> {
-    let mut lines_of: HashMap<Uuid, Vec<PricedLine>> = HashMap::new();
-    for row in lines {
-        let quantity = u32::try_from(row.quantity)
-            .map_err(|_| StoreError::Corrupt(format!("bad quantity {}", row.quantity)))?;
-        lines_of
-            .entry(row.order_id.into())
-            .or_default()
-            .push(PricedLine {
-                sku: row.sku,
-                name: row.name,
-                quantity,
-                unit_price_minor: row.unit_price_minor,
-                line_total_minor: row.line_total_minor,
-            });
-    }
     let mut history_of: HashMap<Uuid, Vec<StatusEvent>> = HashMap::new();
     for row in events {
         let event = StatusEvent::try_from(row)?;
         history_of.entry(event.order_id).or_default().push(event);
     }
-    Ok(orders
+    orders
         .into_iter()
         .map(|row| {
             let mut order = OrderRecord::from(row);
-            order.lines = lines_of.remove(&order.id).unwrap_or_default();
+            order.lines = lines_of
+                .remove(&order.id)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|line| {
+                    Ok(PricedLine {
+                        quantity: line.units().ok_or_else(|| {
+                            StoreError::Corrupt(format!("bad quantity {}", line.quantity))
+                        })?,
+                        sku: line.sku,
+                        name: line.name,
+                        unit_price_minor: line.unit_price_minor,
+                        line_total_minor: line.line_total_minor,
+                    })
+                })
+                .collect::<Result<_, StoreError>>()?;
             order.history = history_of.remove(&order.id).unwrap_or_default();
-            order
+            Ok(order)
         })
-        .collect())
+        .collect()
 }

@@ -6,13 +6,13 @@ use async_trait::async_trait;
 use sqlx::{Database as SqlxDatabase, Encode, Type, query::Query};
 use uuid::Uuid;
 use waybill_service_kit::{
-    db::{Backend, ChangeFeed, Database, Id, IdList, Instant, Statement, TextList},
+    db::{Backend, ChangeFeed, Database, Id, IdList, Instant, Statement, TextList, lines_of},
     on_pool,
 };
 
 use super::{
     OrderStore, Placement, StoreError, created_record, postgres,
-    rows::{CatalogRow, EventRow, KeyOwnerRow, LineRow, OrderRow, assemble},
+    rows::{CatalogRow, EventRow, KeyOwnerRow, OrderRow, assemble},
     sqlite,
 };
 use crate::domain::{
@@ -25,13 +25,6 @@ const CATALOG_ITEMS: Statement = Statement {
                WHERE sku = ANY($1)",
     sqlite: "SELECT sku, name, unit_price_minor, currency_code, active FROM catalog_items \
              WHERE sku IN (SELECT value FROM json_each($1))",
-};
-const LINES: Statement = Statement {
-    postgres: "SELECT order_id, sku, name, quantity, unit_price_minor, line_total_minor \
-               FROM order_lines WHERE order_id = ANY($1) ORDER BY order_id, line_no",
-    sqlite: "SELECT order_id, sku, name, quantity, unit_price_minor, line_total_minor \
-             FROM order_lines WHERE order_id IN (SELECT value FROM json_each($1)) \
-             ORDER BY order_id, line_no",
 };
 const HISTORIES: Statement = Statement {
     postgres: "SELECT order_id, seq, status, partner_id, detail, tracking_id, occurred_at, \
@@ -74,18 +67,11 @@ impl SqlOrderStore {
         if orders.is_empty() {
             return Ok(Vec::new());
         }
-        let ids = IdList(orders.iter().map(OrderRow::id).collect());
-        let (lines, events): (Vec<LineRow>, Vec<EventRow>) = on_pool!(&self.db, |pool| {
-            (
-                sqlx::query_as(LINES.text(&self.db))
-                    .bind(&ids)
-                    .fetch_all(pool)
-                    .await?,
-                sqlx::query_as(HISTORIES.text(&self.db))
-                    .bind(&ids)
-                    .fetch_all(pool)
-                    .await?,
-            )
+        let ids: Vec<Uuid> = orders.iter().map(OrderRow::id).collect();
+        let lines = lines_of(&self.db, &ids).await?;
+        let ids = IdList(ids);
+        let events: Vec<EventRow> = on_pool!(&self.db, HISTORIES, |pool, sql| {
+            sqlx::query_as(sql).bind(&ids).fetch_all(pool).await?
         });
         assemble(orders, lines, events)
     }
