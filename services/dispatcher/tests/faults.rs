@@ -15,7 +15,7 @@ use std::{
 
 use async_trait::async_trait;
 use chrono::Duration as Span;
-use common::{Harness, eventually};
+use common::Harness;
 use tokio_util::sync::CancellationToken;
 use waybill_dispatcher::{
     DispatcherDeps, RELAY_HEALTH_NAME, RelaySettings,
@@ -28,7 +28,10 @@ use waybill_dispatcher::{
 use waybill_proto::v1::{
     DispatchState, GetRelayStatsRequest, dispatch_admin_client::DispatchAdminClient,
 };
-use waybill_service_kit::{grpc::ServerLimits, testing::TestBackend};
+use waybill_service_kit::{
+    grpc::ServerLimits,
+    testing::{TestBackend, eventually},
+};
 
 waybill_service_kit::on_both_backends!(
     failed_resends_back_off_within_the_budget,
@@ -323,7 +326,7 @@ async fn start_up_ensures_every_topic(backend: TestBackend) {
         h.topics.partner_topic("globex"),
     ]
     .into();
-    eventually(Duration::from_secs(10), || async {
+    eventually(Duration::from_secs(10), "every topic created", || async {
         let calls: HashSet<String> = creator.calls().into_iter().collect();
         wanted.is_subset(&calls).then_some(())
     })
@@ -365,7 +368,7 @@ async fn a_producer_that_cannot_send_is_rebuilt_and_health_says_so(backend: Test
         }
     };
     use tonic_health::pb::health_check_response::ServingStatus;
-    eventually(Duration::from_secs(10), || async {
+    eventually(Duration::from_secs(10), "the relay serving", || async {
         (relay_status().await == Some(ServingStatus::Serving)).then_some(())
     })
     .await;
@@ -377,11 +380,13 @@ async fn a_producer_that_cannot_send_is_rebuilt_and_health_says_so(backend: Test
     for _ in 0..3 {
         h.place_at("DE", 100, chrono::Utc::now()).await;
     }
-    eventually(Duration::from_secs(60), || async {
-        (relay_status().await == Some(ServingStatus::NotServing)).then_some(())
-    })
+    eventually(
+        Duration::from_secs(60),
+        "the relay not serving during the outage",
+        || async { (relay_status().await == Some(ServingStatus::NotServing)).then_some(()) },
+    )
     .await;
-    let stats = eventually(Duration::from_secs(90), || async {
+    let stats = eventually(Duration::from_secs(90), "the producer rebuilt", || async {
         let stats = admin
             .clone()
             .get_relay_stats(GetRelayStatsRequest {})
@@ -410,11 +415,13 @@ async fn a_producer_that_cannot_send_is_rebuilt_and_health_says_so(backend: Test
 
     // The broker is back: the rebuilt producer sends, health turns SERVING, nothing is lost.
     assert!(h.broker.set_available(true));
-    eventually(Duration::from_secs(60), || async {
-        (relay_status().await == Some(ServingStatus::Serving)).then_some(())
-    })
+    eventually(
+        Duration::from_secs(60),
+        "the relay serving again",
+        || async { (relay_status().await == Some(ServingStatus::Serving)).then_some(()) },
+    )
     .await;
-    eventually(Duration::from_secs(60), || async {
+    eventually(Duration::from_secs(60), "every order sent", || async {
         let backlog = h.store.backlog(chrono::Utc::now()).await.unwrap();
         (backlog.by_state == [(DispatchState::Sent, 3)]).then_some(())
     })
@@ -458,7 +465,7 @@ async fn a_broker_stall_that_fences_the_producer_is_recovered_from() {
     let running = tokio::spawn(relay.run(shutdown.clone(), Duration::from_secs(5)));
 
     let mut placed = vec![h.place_at("DE", 100, chrono::Utc::now()).await];
-    eventually(Duration::from_secs(30), || async {
+    eventually(Duration::from_secs(30), "one send counted", || async {
         (metrics.snapshot().sent == 1).then_some(())
     })
     .await;
@@ -472,7 +479,7 @@ async fn a_broker_stall_that_fences_the_producer_is_recovered_from() {
     for _ in 0..5 {
         placed.push(h.place_at("DE", 100, chrono::Utc::now()).await);
     }
-    eventually(Duration::from_secs(90), || async {
+    eventually(Duration::from_secs(90), "every order sent", || async {
         let backlog = h.store.backlog(chrono::Utc::now()).await.unwrap();
         (backlog.by_state == [(DispatchState::Sent, placed.len() as i64)]).then_some(())
     })

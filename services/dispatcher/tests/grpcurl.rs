@@ -10,7 +10,7 @@ use std::process::Command;
 use common::Harness;
 use serde_json::Value;
 use waybill_proto::v1::DispatchState;
-use waybill_service_kit::testing::TestBackend;
+use waybill_service_kit::testing::{TestBackend, eventually};
 
 fn grpcurl_available() -> bool {
     Command::new("grpcurl")
@@ -109,9 +109,11 @@ async fn every_admin_rpc_through_grpcurl() {
         (sent, DispatchState::Sent),
         (lost, DispatchState::Unroutable),
     ] {
-        common::eventually(std::time::Duration::from_secs(10), || async {
-            (h.dispatch(id).await.state == state).then_some(())
-        })
+        eventually(
+            std::time::Duration::from_secs(10),
+            "the order in its state",
+            || async { (h.dispatch(id).await.state == state).then_some(()) },
+        )
         .await;
     }
     let listed = call(
@@ -169,9 +171,11 @@ async fn the_operator_script_calls_every_rpc() {
     let h = Harness::new(TestBackend::Sqlite).await;
     let running = h.serve("dispatcher-script").await;
     let order = h.place_at("FR", 100, chrono::Utc::now()).await;
-    common::eventually(std::time::Duration::from_secs(10), || async {
-        (h.dispatch(order).await.state == DispatchState::Unroutable).then_some(())
-    })
+    eventually(
+        std::time::Duration::from_secs(10),
+        "the order unroutable",
+        || async { (h.dispatch(order).await.state == DispatchState::Unroutable).then_some(()) },
+    )
     .await;
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),

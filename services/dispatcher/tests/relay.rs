@@ -1,5 +1,6 @@
 //! The relay against a real database (Postgres and SQLite) and a real Kafka-protocol broker:
 //! what reaches the topics, retries and DEAD, fencing, handover deadlines, routing changes.
+//! Several instances together are in `relay_instances.rs`.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -7,35 +8,24 @@ mod common;
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use chrono::Duration as Span;
-use common::{Harness, eventually};
+use common::Harness;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 use waybill_dispatcher::{
     DispatcherDeps,
     domain::model::DispatchFilter,
-    kafka::producer::OrderProducer,
-    metrics::RelayMetrics,
     outbox_fixture::{FixtureOrder, insert_orders},
-    relay::Relay,
 };
 use waybill_proto::{
     headers,
     v1::{DispatchState, DispatchedOrder, OrderEvent, OrderStatus},
 };
-use waybill_service_kit::{clock::SystemClock, grpc::ServerLimits, testing::TestBackend};
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(waybill_service_kit::testing::TestBackend::Postgres).await; })*
-        }
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(waybill_service_kit::testing::TestBackend::Sqlite).await; })*
-        }
-    };
-}
+use waybill_service_kit::{
+    clock::SystemClock,
+    grpc::ServerLimits,
+    on_both_backends,
+    testing::{TestBackend, eventually},
+};
 
 on_both_backends!(
     produces_key_payload_headers_audit_and_events,
@@ -45,9 +35,7 @@ on_both_backends!(
     attempt_budget_ends_dead_and_operator_retry_sends,
     route_change_applies_to_the_next_order,
     unacknowledged_orders_are_resent_then_flagged,
-    serve_picks_up_a_new_order_within_100ms,
-    two_dispatchers_drain_5000_orders_without_double_leases,
-    shutdown_releases_leases_for_the_next_instance,
+    serve_is_woken_by_a_new_order_not_by_its_poll,
 );
 
 async fn produces_key_payload_headers_audit_and_events(backend: TestBackend) {
@@ -456,13 +444,14 @@ async fn unacknowledged_orders_are_resent_then_flagged(backend: TestBackend) {
     assert_eq!(sent_events, 1, "re-sends do not repeat the history event");
 }
 
-async fn serve_picks_up_a_new_order_within_100ms(backend: TestBackend) {
+async fn serve_is_woken_by_a_new_order_not_by_its_poll(backend: TestBackend) {
     let h = Harness::new(backend).await;
     h.partner("acme", "DE", Span::minutes(10), 2).await;
     let shutdown = CancellationToken::new();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut settings = h.settings("dispatcher-a");
-    // A long poll interval: only the wake-up can make the deadline.
+    // A long poll interval: only the wake-up by the placing commit can send the order within
+    // the 5 s below (a wall-time figure in milliseconds would flake on a busy 2-core CI).
     settings.poll_interval = Duration::from_secs(30);
     let deps = DispatcherDeps {
         db: h.db.clone(),
@@ -477,21 +466,23 @@ async fn serve_picks_up_a_new_order_within_100ms(backend: TestBackend) {
     let server = tokio::spawn(waybill_dispatcher::serve(listener, deps, shutdown.clone()));
     // Warm up the producer's connection, as a running service would be.
     let warm = h.place_at("DE", 1, chrono::Utc::now()).await;
-    eventually(Duration::from_secs(10), || async {
-        (h.dispatch(warm).await.state == DispatchState::Sent).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the warm-up order sent",
+        || async { (h.dispatch(warm).await.state == DispatchState::Sent).then_some(()) },
+    )
     .await;
 
     let placed_at = chrono::Utc::now();
     let order = h.place_at("DE", 100, placed_at).await;
-    let sent_at = eventually(Duration::from_secs(5), || async {
+    let sent_at = eventually(Duration::from_secs(5), "the order sent", || async {
         h.dispatch(order).await.sent_at
     })
     .await;
     let took = sent_at - placed_at;
     assert!(
-        took < Span::milliseconds(100),
-        "on the topic {took} after placing"
+        took < Span::seconds(5),
+        "on the topic {took} after placing: the relay waited for its poll"
     );
     let on_topic = h
         .broker
@@ -501,144 +492,4 @@ async fn serve_picks_up_a_new_order_within_100ms(backend: TestBackend) {
 
     shutdown.cancel();
     server.await.unwrap().unwrap();
-}
-
-async fn two_dispatchers_drain_5000_orders_without_double_leases(backend: TestBackend) {
-    let h = Harness::new(backend).await;
-    h.partner("acme", "DE", Span::minutes(10), 2).await;
-    let orders: Vec<_> = (0..5_000)
-        .map(|_| FixtureOrder::new("DE", 100, chrono::Utc::now()))
-        .collect();
-    insert_orders(&h.db, &orders).await.unwrap();
-
-    let recorder = Arc::new(common::LeaseRecorder {
-        inner: h.store.clone(),
-        leased: Default::default(),
-    });
-    let shutdown = CancellationToken::new();
-    let mut runs = Vec::new();
-    for instance in ["dispatcher-a", "dispatcher-b"] {
-        let mut settings = h.settings(instance);
-        settings.batch_size = 250;
-        let relay = Relay::new(
-            recorder.clone(),
-            OrderProducer::new(&h.kafka()).unwrap(),
-            h.broker.topic_creator(),
-            Arc::new(SystemClock),
-            h.db.feed().clone(),
-            settings,
-            Arc::new(RelayMetrics::default()),
-        );
-        runs.push(tokio::spawn(
-            relay.run(shutdown.clone(), Duration::from_secs(5)),
-        ));
-    }
-    eventually(Duration::from_secs(120), || async {
-        let sent = h.store.backlog(chrono::Utc::now()).await.unwrap();
-        let sent = sent
-            .by_state
-            .iter()
-            .find(|(s, _)| *s == DispatchState::Sent)
-            .map_or(0, |(_, n)| *n);
-        (sent == 5_000).then_some(())
-    })
-    .await;
-    shutdown.cancel();
-    for run in runs {
-        run.await.unwrap();
-    }
-
-    // No row was leased twice (no lease expired during the run, so any second lease of a row
-    // would have been a lease of a row already held).
-    let leased = recorder.leased.lock().unwrap().clone();
-    assert_eq!(leased.len(), 5_000);
-    assert_eq!(
-        leased
-            .iter()
-            .map(|(id, _)| id)
-            .collect::<HashSet<_>>()
-            .len(),
-        5_000
-    );
-    let by_a = leased
-        .iter()
-        .filter(|(_, owner)| owner == "dispatcher-a")
-        .count();
-    assert!(
-        by_a > 0 && by_a < 5_000,
-        "both dispatchers leased: a took {by_a}"
-    );
-    // Each order has exactly one successful attempt, and is on the partner's topic.
-    assert_eq!(h.attempt_owners().await.len(), 5_000);
-    let on_topic = h
-        .broker
-        .read_topic(
-            &h.topics.partner_topic("acme"),
-            5_000,
-            Duration::from_secs(15),
-        )
-        .await;
-    let keys: HashSet<&str> = on_topic.iter().map(|m| m.key.as_str()).collect();
-    assert_eq!(
-        keys,
-        orders
-            .iter()
-            .map(|o| o.id.to_string())
-            .collect::<HashSet<_>>()
-            .iter()
-            .map(String::as_str)
-            .collect()
-    );
-}
-
-async fn shutdown_releases_leases_for_the_next_instance(backend: TestBackend) {
-    let h = Harness::new(backend).await;
-    h.partner("acme", "DE", Span::minutes(10), 2).await;
-    // The broker is down, so the batch is stuck in flight when shutdown comes.
-    if !h.broker.set_available(false) {
-        eprintln!("skipping: this broker cannot be taken down");
-        return;
-    }
-    let shutdown = CancellationToken::new();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let deps = DispatcherDeps {
-        db: h.db.clone(),
-        clock: Arc::new(SystemClock),
-        kafka: h.broker.kafka_settings(Duration::from_secs(20)),
-        topic_creator: h.broker.topic_creator(),
-        relay: h.settings("dispatcher-a"),
-        limits: ServerLimits::default(),
-        shutdown_grace: Duration::from_millis(200),
-        metrics: Default::default(),
-    };
-    let server = tokio::spawn(waybill_dispatcher::serve(listener, deps, shutdown.clone()));
-    let order = h.place_at("DE", 100, chrono::Utc::now()).await;
-    eventually(Duration::from_secs(10), || async {
-        (h.dispatch(order).await.lease_owner.as_deref() == Some("dispatcher-a")).then_some(())
-    })
-    .await;
-
-    let stopping = tokio::time::Instant::now();
-    shutdown.cancel();
-    server.await.unwrap().unwrap();
-    assert!(
-        stopping.elapsed() < Duration::from_secs(10),
-        "shutdown is bounded by the grace and the flush timeout"
-    );
-    let row = h.dispatch(order).await;
-    assert_eq!(
-        (row.state, row.attempts, row.lease_owner),
-        (DispatchState::Pending, 0, None),
-        "released, not failed"
-    );
-
-    // Another instance takes it at once, without waiting for the lease to expire.
-    h.broker.set_available(true);
-    let next = h.relay_with(
-        "dispatcher-b",
-        Arc::new(SystemClock),
-        h.settings("dispatcher-b"),
-    );
-    assert_eq!(next.run_cycle(true).await.unwrap().due, 1);
-    assert_eq!(h.dispatch(order).await.state, DispatchState::Sent);
 }

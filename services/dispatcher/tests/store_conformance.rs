@@ -7,29 +7,22 @@ mod common;
 use std::collections::HashSet;
 
 use chrono::Duration as Span;
-use common::Harness;
+use common::{
+    Harness,
+    batch::{fence, lease, sent},
+};
 use uuid::Uuid;
 use waybill_dispatcher::{
     domain::model::{DispatchFilter, PartnerKeyRecord},
-    store::{AttemptLog, AuditCopy, BatchRecord, Fence, LeaseRequest, RowUpdate, StoreError},
+    store::{AttemptLog, AuditCopy, BatchRecord, Fence, RowUpdate, StoreError},
 };
 use waybill_proto::v1::DispatchState;
-use waybill_service_kit::testing::TestBackend;
+use waybill_service_kit::{
+    on_both_backends,
+    testing::{TestBackend, eventually},
+};
 
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(waybill_service_kit::testing::TestBackend::Postgres).await; })*
-        }
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(waybill_service_kit::testing::TestBackend::Sqlite).await; })*
-        }
-    };
-}
-
-conformance!(
+on_both_backends!(
     leases_only_due_unleased_rows,
     concurrent_leases_never_overlap,
     bookkeeping_is_fenced_and_appends_one_event,
@@ -41,39 +34,6 @@ conformance!(
     dispatches_page_by_id,
     audit_copies_wait_until_delivered,
 );
-
-fn lease(h: &Harness, owner: &str, limit: u32) -> LeaseRequest {
-    let now = h.clock_now();
-    LeaseRequest {
-        owner: owner.to_owned(),
-        batch_id: Uuid::new_v4(),
-        now,
-        expires_at: now + Span::seconds(30),
-        limit,
-    }
-}
-
-fn fence(request: &LeaseRequest) -> Fence {
-    Fence {
-        owner: request.owner.clone(),
-        batch_id: request.batch_id,
-    }
-}
-
-fn sent(order_id: Uuid, now: chrono::DateTime<chrono::Utc>) -> RowUpdate {
-    RowUpdate {
-        order_id,
-        state: DispatchState::Sent,
-        attempts: 0,
-        next_attempt_at: now,
-        last_error: Some(String::new()),
-        partner_id: Some("acme".to_owned()),
-        route_id: Some("acme-DE".to_owned()),
-        resends: 0,
-        sent_at: Some(now),
-        ack_due_at: Some(now + Span::minutes(10)),
-    }
-}
 
 async fn leases_only_due_unleased_rows(backend: TestBackend) {
     let h = Harness::new(backend).await;
@@ -309,10 +269,14 @@ async fn events_are_published_at_least_once(backend: TestBackend) {
     batch.release().await.unwrap();
     // Not marked: offered again. (Released explicitly, the events are free at once; a batch
     // merely dropped frees them when its connection is next used, hence the bounded wait.)
-    let batch = common::eventually(std::time::Duration::from_secs(5), || async {
-        let batch = h.store.claim_events(10).await.unwrap();
-        (batch.events().len() == 1).then_some(batch)
-    })
+    let batch = eventually(
+        std::time::Duration::from_secs(5),
+        "the released event offered again",
+        || async {
+            let batch = h.store.claim_events(10).await.unwrap();
+            (batch.events().len() == 1).then_some(batch)
+        },
+    )
     .await;
     batch.mark_published(h.clock_now()).await.unwrap();
     assert!(h.store.claim_events(10).await.unwrap().events().is_empty());

@@ -20,6 +20,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use uuid::Uuid;
 
+mod order_lines;
+mod value;
+
+pub use self::{
+    order_lines::{OrderLineRow, lines_of},
+    value::{Id, IdList, Instant, Statement, TextList},
+};
+
 /// Postgres `NOTIFY` channel: payload is the order id whose status history grew.
 pub const ORDER_STATUS_CHANNEL: &str = "waybill_order_status";
 /// Postgres `NOTIFY` channel: the outbox has new due rows (payload empty).

@@ -5,7 +5,7 @@
 
 pub mod tls;
 
-use std::path::PathBuf;
+use std::{future::Future, path::PathBuf, time::Duration};
 
 use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
@@ -156,6 +156,54 @@ macro_rules! on_both_backends {
             })*
         }
     };
+}
+
+/// What an [`eventually`] check returns: `bool` (done or not) or `Option<T>` (the value once
+/// there).
+pub trait Ready {
+    /// What [`eventually`] returns once the check holds.
+    type Value;
+    /// `Some` once the check holds.
+    fn ready(self) -> Option<Self::Value>;
+}
+
+impl Ready for bool {
+    type Value = ();
+
+    fn ready(self) -> Option<()> {
+        self.then_some(())
+    }
+}
+
+impl<T> Ready for Option<T> {
+    type Value = T;
+
+    fn ready(self) -> Option<T> {
+        self
+    }
+}
+
+/// Polls `check` until it holds (`true`, or `Some(value)`: then returns the value); fails the
+/// test, naming `what`, when `within` passes first. For waiting on an effect (a row written, a
+/// message consumed), never on time logic: time-dependent decisions use the manual clock.
+/// Deadlines should be generous (CI is slow): the wait ends as soon as the effect is there.
+pub async fn eventually<R, F, Fut>(within: Duration, what: &str, mut check: F) -> R::Value
+where
+    R: Ready,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = R>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check().await.ready() {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[cfg(test)]

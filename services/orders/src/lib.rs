@@ -2,9 +2,9 @@
 //!
 //! - [`grpc`]: `waybill.v1.OrderService` (`PlaceOrder`, `GetOrder`, `ListOrders`, `WatchOrder`).
 //! - [`domain`]: validation, pricing, page tokens — pure logic.
-//! - [`store`]: the `OrderStore` trait with Postgres and SQLite implementations. `PlaceOrder`
-//!   writes the order, its lines, its `PLACED` event and its `PENDING` dispatch row in one
-//!   transaction: the transactional outbox the dispatcher relays from.
+//! - [`store`]: the `OrderStore` trait and its one implementation on Postgres or SQLite.
+//!   `PlaceOrder` writes the order, its lines, its `PLACED` event and its `PENDING` dispatch row
+//!   in one transaction: the transactional outbox the dispatcher relays from.
 //! - [`run`] starts the service from settings; [`serve`] is the seam tests and the all-in-one
 //!   binary use (a bound listener and ready dependencies).
 

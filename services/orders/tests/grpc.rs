@@ -13,7 +13,10 @@ use tonic::{Code, transport::Channel};
 use uuid::Uuid;
 use waybill_orders::{OrdersDeps, serve};
 use waybill_proto::v1::{self as pb, order_service_client::OrderServiceClient};
-use waybill_service_kit::{grpc::ServerLimits, testing::TestBackend};
+use waybill_service_kit::{
+    grpc::ServerLimits,
+    testing::{TestBackend, eventually},
+};
 
 struct Running {
     client: OrderServiceClient<Channel>,
@@ -533,7 +536,7 @@ async fn shutdown_ends_watch_streams_with_unavailable_and_health_not_serving() {
         .connect()
         .await
         .unwrap();
-    let mut health = HealthClient::new(channel);
+    let health = HealthClient::new(channel);
 
     s.shutdown.cancel();
     let ended = tokio::time::timeout(Duration::from_secs(5), stream.next())
@@ -551,27 +554,23 @@ async fn shutdown_ends_watch_streams_with_unavailable_and_health_not_serving() {
     // connection closes; either way, promptly, nobody is told SERVING any more. (The stream
     // and the health reporter react to the same signal on different tasks, so the first
     // check may still race the reporter.)
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let status = match health
-            .check(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await
-        {
-            Ok(response) => response.into_inner().status(),
-            Err(status) => {
-                assert_ne!(status.code(), Code::Ok);
-                break;
+    eventually(
+        Duration::from_secs(5),
+        "health NOT_SERVING or the connection closed after shutdown",
+        || {
+            let mut health = health.clone();
+            async move {
+                match health
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                {
+                    Ok(response) => response.into_inner().status() == ServingStatus::NotServing,
+                    Err(status) => status.code() != Code::Ok,
+                }
             }
-        };
-        if status == ServingStatus::NotServing {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "health still says {status:?} 5 s after shutdown"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        },
+    )
+    .await;
 }

@@ -13,20 +13,7 @@ use waybill_orders::{
     store::{Placement, StoreError},
 };
 use waybill_proto::v1::OrderStatus;
-use waybill_service_kit::{db::Backend, testing::TestBackend};
-
-macro_rules! on_both_backends {
-    ($($case:ident),* $(,)?) => {
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() { super::$case(waybill_service_kit::testing::TestBackend::Postgres).await }) *
-        }
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() { super::$case(waybill_service_kit::testing::TestBackend::Sqlite).await }) *
-        }
-    };
-}
+use waybill_service_kit::{db::Backend, on_both_backends, testing::TestBackend};
 
 on_both_backends!(
     place_writes_order_lines_event_and_dispatch_row,

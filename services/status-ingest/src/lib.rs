@@ -5,8 +5,8 @@
 //!   order, each refusal counted by reason.
 //! - [`domain`]: request validation and the decision an accepted report carries out (status
 //!   progression, acknowledgement, re-routing after a rejection, flagging after a final state).
-//! - [`store`]: the [`store::IngestStore`] trait with Postgres and SQLite implementations; one
-//!   transaction per report, the replay guard in the database.
+//! - [`store`]: the [`store::IngestStore`] trait and its one implementation on Postgres or
+//!   SQLite; one transaction per report, the replay guard in the database.
 //! - [`metrics`]: in-process counters.
 //! - [`config`]: flags with environment fallbacks.
 //! - [`bench`]: `waybill bench report`.

@@ -11,7 +11,10 @@ use common::{World, start};
 use sqlx::Connection;
 use uuid::Uuid;
 use waybill_proto::v1::OrderStatus;
-use waybill_service_kit::{db::Backend, testing::TestBackend};
+use waybill_service_kit::{
+    db::Backend,
+    testing::{TestBackend, eventually},
+};
 use waybill_status_ingest::store::{AuthenticatedReport, ReportOutcome};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,23 +61,21 @@ async fn a_report_that_loses_a_deadlock_is_tried_again() {
     let reporting = tokio::spawn(async move { store.record_report(&report, now).await });
 
     // Wait until the report holds the order and waits for the dispatch row.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        if waiting == 1 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the report never blocked on the dispatch row"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        "the report blocked on the dispatch row",
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(pool)
+            .await
+            .unwrap();
+            waiting == 1
+        },
+    )
+    .await;
     // Now the relay wants the order: a cycle. The report's backend breaks it by rolling back.
     sqlx::query("UPDATE orders SET status_seq = status_seq WHERE id = $1")
         .bind(order)

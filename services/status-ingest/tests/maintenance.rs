@@ -11,7 +11,7 @@ use common::{World, start};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use waybill_proto::v1::OrderStatus;
-use waybill_service_kit::testing::TestBackend;
+use waybill_service_kit::testing::{TestBackend, eventually};
 use waybill_status_ingest::store::AuthenticatedReport;
 
 async fn expired_token_ids_are_forgotten(backend: TestBackend) {
@@ -47,14 +47,12 @@ async fn expired_token_ids_are_forgotten(backend: TestBackend) {
         StdDuration::from_millis(50),
         shutdown.clone(),
     ));
-    let deadline = tokio::time::Instant::now() + StdDuration::from_secs(5);
-    while world.token_ids().await != 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the expired token id was not purged"
-        );
-        tokio::time::sleep(StdDuration::from_millis(20)).await;
-    }
+    eventually(
+        StdDuration::from_secs(5),
+        "the expired token id purged",
+        || async { world.token_ids().await == 1 },
+    )
+    .await;
     shutdown.cancel();
     task.await.unwrap();
     assert_eq!(world.token_ids().await, 1, "the unexpired one stays");

@@ -8,23 +8,10 @@ use chrono::Duration;
 use common::{World, start};
 use uuid::Uuid;
 use waybill_proto::v1::OrderStatus;
-use waybill_service_kit::testing::TestBackend;
+use waybill_service_kit::{on_both_backends, testing::TestBackend};
 use waybill_status_ingest::store::{AuthenticatedReport, ReportOutcome};
 
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(waybill_service_kit::testing::TestBackend::Postgres).await; })*
-        }
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(waybill_service_kit::testing::TestBackend::Sqlite).await; })*
-        }
-    };
-}
-
-conformance!(
+on_both_backends!(
     an_accepted_report_lands_on_the_order_and_acknowledges_the_handover,
     a_duplicate_report_id_changes_nothing,
     a_replayed_token_id_changes_nothing,

@@ -1,5 +1,9 @@
-//! Where the relay's state lives: one [`DispatchStore`] trait, a Postgres and a SQLite
-//! implementation. The conformance suite (`tests/store_conformance.rs`) runs against both.
+//! Where the relay's state lives: the [`DispatchStore`] trait and its one implementation,
+//! [`SqlDispatchStore`], on Postgres or SQLite. Rows decode alike on both (`rows.rs`); what
+//! differs is only the SQL text (`sql/*.pg.sql`, `sql/*.sqlite.sql`; `sql/*.sql` serve both)
+//! and the steps that move whole batches (`postgres.rs`: arrays and row locks; `sqlite.rs`:
+//! JSON arrays and the single writer). The conformance suite (`tests/store_conformance.rs`)
+//! runs against both.
 //!
 //! The relay's writes are fenced: every bookkeeping statement is conditional on the lease owner
 //! and batch id written when the batch was leased, so an instance whose lease expired (and was
@@ -7,6 +11,8 @@
 //! statement per kind of change for the whole batch, inside one transaction.
 
 mod postgres;
+mod rows;
+mod sql;
 mod sqlite;
 
 use std::{fmt, sync::Arc};
@@ -14,10 +20,10 @@ use std::{fmt, sync::Arc};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
-use waybill_proto::v1::DispatchState;
-use waybill_service_kit::db::{Backend, Database};
+use waybill_proto::v1::{DispatchState, OrderStatus};
+use waybill_service_kit::db::Database;
 
-pub use self::{postgres::PgDispatchStore, sqlite::SqliteDispatchStore};
+pub use self::sql::SqlDispatchStore;
 /// What the relay decided for a batch, recorded here (defined with the decisions).
 pub use crate::domain::record::{AttemptLog, AuditCopy, BatchRecord, Fence, RowUpdate};
 use crate::domain::{
@@ -231,42 +237,21 @@ pub const RETRYABLE_STATES: [DispatchState; 4] = [
     DispatchState::Unacknowledged,
 ];
 
-/// Status names that show the partner has the order.
-pub(crate) const ACKNOWLEDGING_STATUSES: &str =
-    "'RECEIVED_BY_PARTNER', 'SHIPPED', 'DELIVERED', 'EXCEPTION'";
+/// Order statuses that show the partner has the order: the one list, bound into the statements
+/// that look for a confirmation of receipt.
+pub(crate) const ACKNOWLEDGING_STATUSES: [OrderStatus; 4] = [
+    OrderStatus::ReceivedByPartner,
+    OrderStatus::Shipped,
+    OrderStatus::Delivered,
+    OrderStatus::Exception,
+];
 
 /// The store for `db`'s backend.
 pub fn for_database(db: &Database) -> Arc<dyn DispatchStore> {
-    match db.backend() {
-        Backend::Postgres(pool) => Arc::new(PgDispatchStore::new(pool.clone())),
-        Backend::Sqlite(pool) => {
-            Arc::new(SqliteDispatchStore::new(pool.clone(), db.feed().clone()))
-        }
-    }
-}
-
-pub(crate) fn parse_state(name: &str) -> Result<DispatchState, StoreError> {
-    DispatchState::from_short_name(name)
-        .ok_or_else(|| StoreError::Corrupt(format!("unknown dispatch state {name:?}")))
-}
-
-pub(crate) fn retryable_state_list() -> String {
-    RETRYABLE_STATES
-        .iter()
-        .map(|state| format!("'{}'", state.short_name()))
-        .collect::<Vec<_>>()
-        .join(", ")
+    Arc::new(SqlDispatchStore::new(db))
 }
 
 /// Headers as stored in the audit outbox (a JSON array of `[name, value]`).
 pub(crate) fn headers_to_json(headers: &[(String, String)]) -> String {
     serde_json::to_string(headers).unwrap_or_else(|_| "[]".to_owned())
-}
-
-pub(crate) fn headers_from_json(text: &str) -> Result<Vec<(String, String)>, StoreError> {
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("audit headers: {e}")))
-}
-
-pub(crate) fn deadline_from_ms(ms: i64) -> chrono::Duration {
-    chrono::Duration::milliseconds(ms)
 }

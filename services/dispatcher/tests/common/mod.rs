@@ -2,6 +2,8 @@
 //! broker, a controllable clock, partners and routes, and relays built on them.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod batch;
+
 use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
@@ -273,26 +275,6 @@ impl Harness {
                 tx.commit().await.unwrap();
             }
         }
-    }
-}
-
-/// Polls `check` until it returns `Some` or `timeout` passes (waiting on an effect, not on time
-/// logic: every time-dependent decision uses the manual clock).
-pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

@@ -1,19 +1,24 @@
-//! Where orders live: one trait, a Postgres and a SQLite implementation. The same conformance
-//! suite (`tests/store_conformance.rs`) runs against both.
+//! Where orders live: the [`OrderStore`] trait and its one implementation, [`SqlOrderStore`],
+//! on Postgres or SQLite. Rows decode alike on both (`rows.rs`); what differs is only the SQL
+//! text (`sql/*.pg.sql`, `sql/*.sqlite.sql`; `sql/*.sql` serve both) and the placing write
+//! (`postgres.rs`, `sqlite.rs`). The same conformance suite (`tests/store_conformance.rs`) runs
+//! against both.
 //!
 //! The placing transaction is the heart of the transactional outbox: the order, its lines, its
 //! `PLACED` event and its `PENDING` dispatch row are written together or not at all.
 
 mod postgres;
+mod rows;
+mod sql;
 mod sqlite;
 
 use std::{fmt, sync::Arc};
 
 use async_trait::async_trait;
 use uuid::Uuid;
-use waybill_service_kit::db::{Backend, Database};
+use waybill_service_kit::{db::Database, on_pool};
 
-pub use self::{postgres::PgOrderStore, sqlite::SqliteOrderStore};
+pub use self::sql::SqlOrderStore;
 use crate::domain::{
     model::{CatalogItem, NewOrder, OrderRecord, StatusEvent},
     page_token::PageCursor,
@@ -93,22 +98,17 @@ pub trait OrderStore: Send + Sync + fmt::Debug + 'static {
 
 /// The store for `db`'s backend.
 pub fn for_database(db: &Database) -> Arc<dyn OrderStore> {
-    match db.backend() {
-        Backend::Postgres(pool) => Arc::new(PgOrderStore::new(pool.clone())),
-        Backend::Sqlite(pool) => Arc::new(SqliteOrderStore::new(pool.clone(), db.feed().clone())),
-    }
+    Arc::new(SqlOrderStore::new(db))
 }
 
 /// Loads the sample catalog (idempotent).
 pub async fn seed_catalog(db: &Database) -> Result<(), StoreError> {
-    match db.backend() {
-        Backend::Postgres(pool) => {
-            sqlx::raw_sql(CATALOG_SEED_SQL).execute(pool).await?;
-        }
-        Backend::Sqlite(pool) => {
-            sqlx::raw_sql(CATALOG_SEED_SQL).execute(pool).await?;
-        }
-    }
+    on_pool!(db.backend(), |pool| {
+        sqlx::raw_sql(CATALOG_SEED_SQL)
+            .execute(pool)
+            .await?
+            .rows_affected()
+    });
     Ok(())
 }
 
@@ -139,10 +139,4 @@ pub(crate) fn created_record(order: &NewOrder) -> OrderRecord {
             needs_review: false,
         }],
     }
-}
-
-/// Reads a stored status name.
-pub(crate) fn parse_status(name: &str) -> Result<waybill_proto::v1::OrderStatus, StoreError> {
-    waybill_proto::v1::OrderStatus::from_short_name(name)
-        .ok_or_else(|| StoreError::Corrupt(format!("unknown order status {name:?}")))
 }

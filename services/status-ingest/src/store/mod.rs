@@ -1,5 +1,7 @@
-//! Where reports land: one [`IngestStore`] trait, a Postgres and a SQLite implementation. The
-//! conformance suite (`tests/store_conformance.rs`) runs against both.
+//! Where reports land: the [`IngestStore`] trait and its one implementation,
+//! [`SqlIngestStore`], on Postgres or SQLite; only the report transaction's statements differ
+//! per backend (`postgres.rs`, `sqlite.rs`, `sql/`). The conformance suite
+//! (`tests/store_conformance.rs`) runs against both.
 //!
 //! [`IngestStore::record_report`] is one transaction: it locks the order row, takes the token id
 //! into the replay guard, looks for an earlier report with the same id, lets
@@ -9,6 +11,7 @@
 //! `NOTIFY` from the transaction, SQLite through the in-process change feed.
 
 mod postgres;
+mod sql;
 mod sqlite;
 
 use std::{fmt, sync::Arc};
@@ -16,10 +19,10 @@ use std::{fmt, sync::Arc};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
-use waybill_proto::v1::{DispatchState, OrderStatus};
-use waybill_service_kit::db::{Backend, Database};
+use waybill_proto::v1::OrderStatus;
+use waybill_service_kit::db::Database;
 
-pub use self::{postgres::PgIngestStore, sqlite::SqliteIngestStore};
+pub use self::sql::SqlIngestStore;
 use crate::domain::decision::Effects;
 
 /// Why a store operation failed.
@@ -126,26 +129,5 @@ pub trait IngestStore: Send + Sync + fmt::Debug + 'static {
 
 /// The store for `db`'s backend.
 pub fn for_database(db: &Database) -> Arc<dyn IngestStore> {
-    match db.backend() {
-        Backend::Postgres(pool) => Arc::new(PgIngestStore::new(pool.clone())),
-        Backend::Sqlite(pool) => Arc::new(SqliteIngestStore::new(pool.clone(), db.feed().clone())),
-    }
-}
-
-pub(crate) fn parse_status(name: &str) -> Result<OrderStatus, StoreError> {
-    OrderStatus::from_short_name(name)
-        .ok_or_else(|| StoreError::Corrupt(format!("unknown order status {name:?}")))
-}
-
-pub(crate) fn parse_state(name: Option<&str>) -> Result<Option<DispatchState>, StoreError> {
-    name.map(|name| {
-        DispatchState::from_short_name(name)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown dispatch state {name:?}")))
-    })
-    .transpose()
-}
-
-/// The dispatch row's last error after a rejection: operators see who refused.
-pub(crate) fn rejection_note(partner_id: &str, report_id: &str) -> String {
-    format!("rejected by partner {partner_id} (report {report_id}); routing to the next partner")
+    Arc::new(SqlIngestStore::new(db))
 }

@@ -3,6 +3,8 @@
 //! code), and read-backs of what a report changed.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod service;
+
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};

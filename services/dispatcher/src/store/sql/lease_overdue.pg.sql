@@ -1,12 +1,12 @@
--- Leases up to $2 due rows for owner $3 until $4 with batch id $5, at time $1, and returns them
--- with what producing needs. SKIP LOCKED lets any number of dispatchers lease side by side:
--- rows another transaction is leasing right now are skipped, not waited for.
+-- Leases up to $2 SENT rows whose handover deadline passed by $1, for owner $3 until $4 with
+-- batch id $5. `acknowledged` tells whether the partner confirmed receipt in the meantime (an
+-- event of that partner with a status in $6, the acknowledging statuses).
 WITH due AS (
     SELECT order_id FROM dispatch
-    WHERE state IN ('PENDING', 'RETRYING')
-      AND next_attempt_at <= $1
+    WHERE state = 'SENT'
+      AND ack_due_at <= $1
       AND (lease_expires_at IS NULL OR lease_expires_at <= $1)
-    ORDER BY next_attempt_at
+    ORDER BY ack_due_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED
 ), leased AS (
@@ -20,9 +20,12 @@ SELECT l.order_id, l.state, l.attempts, l.resends, l.partner_id, l.traceparent, 
        o.placed_at, o.customer_id, o.customer_name, o.customer_email, o.customer_phone,
        o.ship_line1, o.ship_line2, o.ship_city, o.ship_region, o.ship_postal_code,
        o.ship_country_code, o.currency_code, o.total_minor, o.region,
-       FALSE AS acknowledged,
-       -- Partners that refused the order: routing skips them.
-       ARRAY(SELECT r.partner_id FROM dispatch_rejections r
-             WHERE r.order_id = l.order_id ORDER BY r.partner_id) AS rejected_partners
+       EXISTS (
+           SELECT 1 FROM order_status_events e
+           WHERE e.order_id = l.order_id
+             AND e.partner_id = l.partner_id
+             AND e.status = ANY($6)
+       ) AS acknowledged,
+       NULL::text AS rejected_partners
 FROM leased l
 JOIN orders o ON o.id = l.order_id

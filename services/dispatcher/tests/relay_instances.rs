@@ -1,0 +1,175 @@
+//! Several relay instances on one database (Postgres and SQLite) and a real Kafka-protocol
+//! broker: two dispatchers drain the outbox together without leasing a row twice, and one that
+//! shuts down gives its leases to the next at once.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use chrono::Duration as Span;
+use common::Harness;
+use tokio_util::sync::CancellationToken;
+use waybill_dispatcher::{
+    DispatcherDeps,
+    kafka::producer::OrderProducer,
+    metrics::RelayMetrics,
+    outbox_fixture::{FixtureOrder, insert_orders},
+    relay::Relay,
+};
+use waybill_proto::v1::DispatchState;
+use waybill_service_kit::{
+    clock::SystemClock,
+    grpc::ServerLimits,
+    on_both_backends,
+    testing::{TestBackend, eventually},
+};
+
+on_both_backends!(
+    two_dispatchers_drain_5000_orders_without_double_leases,
+    shutdown_releases_leases_for_the_next_instance,
+);
+
+async fn two_dispatchers_drain_5000_orders_without_double_leases(backend: TestBackend) {
+    let h = Harness::new(backend).await;
+    h.partner("acme", "DE", Span::minutes(10), 2).await;
+    let orders: Vec<_> = (0..5_000)
+        .map(|_| FixtureOrder::new("DE", 100, chrono::Utc::now()))
+        .collect();
+    insert_orders(&h.db, &orders).await.unwrap();
+
+    let recorder = Arc::new(common::LeaseRecorder {
+        inner: h.store.clone(),
+        leased: Default::default(),
+    });
+    let shutdown = CancellationToken::new();
+    let mut runs = Vec::new();
+    for instance in ["dispatcher-a", "dispatcher-b"] {
+        let mut settings = h.settings(instance);
+        settings.batch_size = 250;
+        let relay = Relay::new(
+            recorder.clone(),
+            OrderProducer::new(&h.kafka()).unwrap(),
+            h.broker.topic_creator(),
+            Arc::new(SystemClock),
+            h.db.feed().clone(),
+            settings,
+            Arc::new(RelayMetrics::default()),
+        );
+        runs.push(tokio::spawn(
+            relay.run(shutdown.clone(), Duration::from_secs(5)),
+        ));
+    }
+    eventually(Duration::from_secs(120), "5000 orders sent", || async {
+        let sent = h.store.backlog(chrono::Utc::now()).await.unwrap();
+        let sent = sent
+            .by_state
+            .iter()
+            .find(|(s, _)| *s == DispatchState::Sent)
+            .map_or(0, |(_, n)| *n);
+        (sent == 5_000).then_some(())
+    })
+    .await;
+    shutdown.cancel();
+    for run in runs {
+        run.await.unwrap();
+    }
+
+    // No row was leased twice (no lease expired during the run, so any second lease of a row
+    // would have been a lease of a row already held).
+    let leased = recorder.leased.lock().unwrap().clone();
+    assert_eq!(leased.len(), 5_000);
+    assert_eq!(
+        leased
+            .iter()
+            .map(|(id, _)| id)
+            .collect::<HashSet<_>>()
+            .len(),
+        5_000
+    );
+    let by_a = leased
+        .iter()
+        .filter(|(_, owner)| owner == "dispatcher-a")
+        .count();
+    assert!(
+        by_a > 0 && by_a < 5_000,
+        "both dispatchers leased: a took {by_a}"
+    );
+    // Each order has exactly one successful attempt, and is on the partner's topic.
+    assert_eq!(h.attempt_owners().await.len(), 5_000);
+    let on_topic = h
+        .broker
+        .read_topic(
+            &h.topics.partner_topic("acme"),
+            5_000,
+            Duration::from_secs(15),
+        )
+        .await;
+    let keys: HashSet<&str> = on_topic.iter().map(|m| m.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        orders
+            .iter()
+            .map(|o| o.id.to_string())
+            .collect::<HashSet<_>>()
+            .iter()
+            .map(String::as_str)
+            .collect()
+    );
+}
+
+async fn shutdown_releases_leases_for_the_next_instance(backend: TestBackend) {
+    let h = Harness::new(backend).await;
+    h.partner("acme", "DE", Span::minutes(10), 2).await;
+    // The broker is down, so the batch is stuck in flight when shutdown comes.
+    if !h.broker.set_available(false) {
+        eprintln!("skipping: this broker cannot be taken down");
+        return;
+    }
+    let shutdown = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let deps = DispatcherDeps {
+        db: h.db.clone(),
+        clock: Arc::new(SystemClock),
+        kafka: h.broker.kafka_settings(Duration::from_secs(20)),
+        topic_creator: h.broker.topic_creator(),
+        relay: h.settings("dispatcher-a"),
+        limits: ServerLimits::default(),
+        shutdown_grace: Duration::from_millis(200),
+        metrics: Default::default(),
+    };
+    let server = tokio::spawn(waybill_dispatcher::serve(listener, deps, shutdown.clone()));
+    let order = h.place_at("DE", 100, chrono::Utc::now()).await;
+    eventually(
+        Duration::from_secs(10),
+        "the order leased by dispatcher-a",
+        || async {
+            (h.dispatch(order).await.lease_owner.as_deref() == Some("dispatcher-a")).then_some(())
+        },
+    )
+    .await;
+
+    let stopping = tokio::time::Instant::now();
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "shutdown is bounded by the grace and the flush timeout"
+    );
+    let row = h.dispatch(order).await;
+    assert_eq!(
+        (row.state, row.attempts, row.lease_owner),
+        (DispatchState::Pending, 0, None),
+        "released, not failed"
+    );
+
+    // Another instance takes it at once, without waiting for the lease to expire.
+    h.broker.set_available(true);
+    let next = h.relay_with(
+        "dispatcher-b",
+        Arc::new(SystemClock),
+        h.settings("dispatcher-b"),
+    );
+    assert_eq!(next.run_cycle(true).await.unwrap().due, 1);
+    assert_eq!(h.dispatch(order).await.state, DispatchState::Sent);
+}

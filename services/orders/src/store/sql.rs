@@ -1,0 +1,205 @@
+//! The one [`OrderStore`]: every statement whose Rust is the same on both backends is here,
+//! written once with [`on_pool!`]; the placing write goes to `postgres.rs` (one statement) or
+//! `sqlite.rs` (one transaction under the single writer).
+
+use async_trait::async_trait;
+use sqlx::{Database as SqlxDatabase, Encode, Type, query::Query};
+use uuid::Uuid;
+use waybill_service_kit::{
+    db::{Backend, ChangeFeed, Database, Id, IdList, Instant, Statement, TextList, lines_of},
+    on_pool,
+};
+
+use super::{
+    OrderStore, Placement, StoreError, created_record, postgres,
+    rows::{CatalogRow, EventRow, KeyOwnerRow, OrderRow, assemble},
+    sqlite,
+};
+use crate::domain::{
+    model::{CatalogItem, NewOrder, OrderRecord, StatusEvent},
+    page_token::PageCursor,
+};
+
+const CATALOG_ITEMS: Statement = Statement {
+    postgres: "SELECT sku, name, unit_price_minor, currency_code, active FROM catalog_items \
+               WHERE sku = ANY($1)",
+    sqlite: "SELECT sku, name, unit_price_minor, currency_code, active FROM catalog_items \
+             WHERE sku IN (SELECT value FROM json_each($1))",
+};
+const HISTORIES: Statement = Statement {
+    postgres: "SELECT order_id, seq, status, partner_id, detail, tracking_id, occurred_at, \
+               recorded_at, detail_code, action_required, needs_review \
+               FROM order_status_events WHERE order_id = ANY($1) ORDER BY order_id, seq",
+    sqlite: "SELECT order_id, seq, status, partner_id, detail, tracking_id, occurred_at, \
+             recorded_at, detail_code, action_required, needs_review \
+             FROM order_status_events WHERE order_id IN (SELECT value FROM json_each($1)) \
+             ORDER BY order_id, seq",
+};
+const HISTORY_AFTER: &str = "SELECT order_id, seq, status, partner_id, detail, tracking_id, \
+                             occurred_at, recorded_at, detail_code, action_required, \
+                             needs_review FROM order_status_events \
+                             WHERE order_id = $1 AND seq > $2 ORDER BY seq";
+const KEY_OWNER: &str = "SELECT id, request_hash FROM orders WHERE idempotency_key = $1";
+const GET_ORDER: &str = include_str!("sql/get_order.sql");
+const LIST_ORDERS: &str = include_str!("sql/list_orders.sql");
+const LIST_ORDERS_AFTER: &str = include_str!("sql/list_orders_after.sql");
+
+/// Orders in the services' database, Postgres or SQLite.
+#[derive(Debug, Clone)]
+pub struct SqlOrderStore {
+    db: Backend,
+    /// Commits announced in this process (SQLite has no `NOTIFY`; on Postgres the placing
+    /// statement `NOTIFY`s itself).
+    feed: ChangeFeed,
+}
+
+impl SqlOrderStore {
+    /// A store on `db` (already migrated).
+    pub fn new(db: &Database) -> Self {
+        Self {
+            db: db.backend().clone(),
+            feed: db.feed().clone(),
+        }
+    }
+
+    /// `orders` with their lines and history: two queries for all of them.
+    async fn complete(&self, orders: Vec<OrderRow>) -> Result<Vec<OrderRecord>, StoreError> {
+        if orders.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Uuid> = orders.iter().map(OrderRow::id).collect();
+        let lines = lines_of(&self.db, &ids).await?;
+        let ids = IdList(ids);
+        let events: Vec<EventRow> = on_pool!(&self.db, HISTORIES, |pool, sql| {
+            sqlx::query_as(sql).bind(&ids).fetch_all(pool).await?
+        });
+        assemble(orders, lines, events)
+    }
+}
+
+/// Binds the order's own columns, `$1` to `$17` of both backends' placing statement.
+pub(super) fn bind_order<'q, DB>(
+    query: Query<'q, DB, <DB as SqlxDatabase>::Arguments<'q>>,
+    order: &'q NewOrder,
+) -> Query<'q, DB, <DB as SqlxDatabase>::Arguments<'q>>
+where
+    DB: SqlxDatabase,
+    Id: Encode<'q, DB> + Type<DB>,
+    Instant: Encode<'q, DB> + Type<DB>,
+    &'q str: Encode<'q, DB> + Type<DB>,
+    &'q [u8]: Encode<'q, DB> + Type<DB>,
+    i64: Encode<'q, DB> + Type<DB>,
+{
+    query
+        .bind(Id(order.id))
+        .bind(order.idempotency_key.as_str())
+        .bind(order.request_hash.as_slice())
+        .bind(order.customer.id.as_str())
+        .bind(order.customer.name.as_str())
+        .bind(order.customer.email.as_str())
+        .bind(order.customer.phone.as_str())
+        .bind(order.ship_to.line1.as_str())
+        .bind(order.ship_to.line2.as_str())
+        .bind(order.ship_to.city.as_str())
+        .bind(order.ship_to.region.as_str())
+        .bind(order.ship_to.postal_code.as_str())
+        .bind(order.ship_to.country_code.as_str())
+        .bind(order.currency_code.as_str())
+        .bind(order.total_minor)
+        .bind(order.region.as_str())
+        .bind(Instant(order.placed_at))
+}
+
+#[async_trait]
+impl OrderStore for SqlOrderStore {
+    async fn catalog_items(&self, skus: &[String]) -> Result<Vec<CatalogItem>, StoreError> {
+        if skus.is_empty() {
+            return Ok(Vec::new());
+        }
+        let skus: TextList = skus.iter().map(String::as_str).collect();
+        let rows: Vec<CatalogRow> = on_pool!(&self.db, CATALOG_ITEMS, |pool, sql| {
+            sqlx::query_as(sql).bind(&skus).fetch_all(pool).await?
+        });
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    async fn place_order(&self, order: &NewOrder) -> Result<Placement, StoreError> {
+        let inserted = match &self.db {
+            Backend::Postgres(pool) => postgres::place_order(pool, order).await?,
+            Backend::Sqlite(pool) => sqlite::place_order(pool, &self.feed, order).await?,
+        };
+        if inserted {
+            return Ok(Placement::Created(created_record(order)));
+        }
+        // The key exists (a concurrent first call has committed by now: the insert waited).
+        let owner: KeyOwnerRow = on_pool!(&self.db, |pool| {
+            sqlx::query_as(KEY_OWNER)
+                .bind(&order.idempotency_key)
+                .fetch_one(pool)
+                .await?
+        });
+        let existing_id = Uuid::from(owner.id);
+        if owner.request_hash != order.request_hash {
+            return Err(StoreError::IdempotencyConflict {
+                key: order.idempotency_key.clone(),
+                order_id: existing_id,
+            });
+        }
+        let record = self.get_order(existing_id).await?.ok_or_else(|| {
+            StoreError::Corrupt(format!("order {existing_id} vanished while replaying"))
+        })?;
+        Ok(Placement::Replayed(record))
+    }
+
+    async fn get_order(&self, id: Uuid) -> Result<Option<OrderRecord>, StoreError> {
+        let row: Option<OrderRow> = on_pool!(&self.db, |pool| {
+            sqlx::query_as(GET_ORDER)
+                .bind(Id(id))
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(self.complete(row.into_iter().collect()).await?.pop())
+    }
+
+    async fn list_orders(
+        &self,
+        customer_id: &str,
+        after: Option<PageCursor>,
+        limit: u32,
+    ) -> Result<Vec<OrderRecord>, StoreError> {
+        let rows: Vec<OrderRow> = on_pool!(&self.db, |pool| match &after {
+            None => {
+                sqlx::query_as(LIST_ORDERS)
+                    .bind(customer_id)
+                    .bind(i64::from(limit))
+                    .fetch_all(pool)
+                    .await?
+            }
+            Some(cursor) => {
+                sqlx::query_as(LIST_ORDERS_AFTER)
+                    .bind(customer_id)
+                    .bind(Instant(cursor.placed_at))
+                    .bind(Id(cursor.id))
+                    .bind(i64::from(limit))
+                    .fetch_all(pool)
+                    .await?
+            }
+        });
+        self.complete(rows).await
+    }
+
+    async fn history_after(
+        &self,
+        id: Uuid,
+        after_seq: i64,
+    ) -> Result<Vec<StatusEvent>, StoreError> {
+        let rows: Vec<EventRow> = on_pool!(&self.db, |pool| {
+            sqlx::query_as(HISTORY_AFTER)
+                .bind(Id(id))
+                .bind(after_seq)
+                .fetch_all(pool)
+                .await?
+        });
+        rows.into_iter().map(StatusEvent::try_from).collect()
+    }
+}

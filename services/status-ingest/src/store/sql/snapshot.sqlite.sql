@@ -1,0 +1,18 @@
+-- The snapshot a report is decided on: order $1's status, where it is routed, whether partner
+-- $2 refused it, and whether report id $3 of partner $2 exists already (TRUE: for this order,
+-- FALSE: for another); `fresh` echoes $4, whether the replay guard's insert (the transaction's
+-- first statement, taking the write lock) found the token id new. No row: no such order.
+SELECT o.status,
+       d.partner_id AS routed_partner,
+       d.state AS dispatch_state,
+       EXISTS (
+           SELECT 1 FROM dispatch_rejections r WHERE r.order_id = o.id AND r.partner_id = $2
+       ) AS rejected,
+       (
+           SELECT e.order_id = o.id FROM order_status_events e
+           WHERE e.partner_id = $2 AND e.report_id = $3
+       ) AS earlier_same_order,
+       $4 AS fresh
+FROM orders o
+LEFT JOIN dispatch d ON d.order_id = o.id
+WHERE o.id = $1
