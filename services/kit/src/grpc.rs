@@ -183,13 +183,20 @@ pub async fn serve_with_health(
         router = router.add_service(reflection);
     }
 
-    let draining = {
+    // Health turns NOT_SERVING the moment shutdown starts, in a task of its own: the server's
+    // shutdown signal is not polled once the incoming stream (which also stops on shutdown)
+    // has ended first, and open Watch calls must still be told.
+    tokio::spawn({
         let shutdown = shutdown.clone();
         let health = health.clone();
         async move {
             shutdown.cancelled().await;
             health.set_all(ServingStatus::NotServing).await;
         }
+    });
+    let draining = {
+        let shutdown = shutdown.clone();
+        async move { shutdown.cancelled().await }
     };
     let server = router.serve_with_incoming_shutdown(incoming, draining);
     tokio::pin!(server);

@@ -1,6 +1,7 @@
-//! Postgres only: a report that loses a deadlock against the relay's lock order (the relay locks
-//! a dispatch row, then its order; a report locks the order, then the dispatch row) is run again
-//! and accepted — never answered INTERNAL. SQLite has one writer at a time: no deadlock there.
+//! Postgres only: a report locks in the relay's order (an order's dispatch row, then the order),
+//! so a relay batch holding the dispatch row and then wanting the order is never in a deadlock
+//! with it: the report waits without holding the order, and is accepted once the relay commits
+//! — never answered INTERNAL. SQLite has one writer at a time: no deadlock there.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -18,7 +19,7 @@ use waybill_service_kit::{
 use waybill_status_ingest::store::{AuthenticatedReport, ReportOutcome};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_report_that_loses_a_deadlock_is_tried_again() {
+async fn a_report_waits_behind_the_relay_without_holding_the_order() {
     let world = World::new(TestBackend::Postgres).await;
     world.partner("acme").await;
     let order = world.order().await;
@@ -27,8 +28,8 @@ async fn a_report_that_loses_a_deadlock_is_tried_again() {
         unreachable!()
     };
 
-    // The "relay": holds the dispatch row; its deadlock timer is long, so the report's
-    // backend (1 s, the default) is the one that detects the cycle and is rolled back.
+    // The "relay": holds the dispatch row; its deadlock timer is long, so if the report took
+    // the order first, the report's backend (1 s, the default) would detect the cycle.
     let mut relay = sqlx::PgConnection::connect(&world.test_db.url)
         .await
         .unwrap();
@@ -60,7 +61,7 @@ async fn a_report_that_loses_a_deadlock_is_tried_again() {
     };
     let reporting = tokio::spawn(async move { store.record_report(&report, now).await });
 
-    // Wait until the report holds the order and waits for the dispatch row.
+    // Wait until the report waits for the dispatch row.
     eventually(
         Duration::from_secs(10),
         "the report blocked on the dispatch row",
@@ -76,7 +77,21 @@ async fn a_report_that_loses_a_deadlock_is_tried_again() {
         },
     )
     .await;
-    // Now the relay wants the order: a cycle. The report's backend breaks it by rolling back.
+    // It waits without holding the order: anyone can lock the order now.
+    let mut other = sqlx::PgConnection::connect(&world.test_db.url)
+        .await
+        .unwrap();
+    sqlx::query("BEGIN").execute(&mut other).await.unwrap();
+    let free = sqlx::query("SELECT 1 FROM orders WHERE id = $1 FOR UPDATE NOWAIT")
+        .bind(order)
+        .execute(&mut other)
+        .await;
+    assert!(
+        free.is_ok(),
+        "the waiting report holds the order row: {free:?}"
+    );
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    // Now the relay takes the order as well (dispatch row, then order) and commits.
     sqlx::query("UPDATE orders SET status_seq = status_seq WHERE id = $1")
         .bind(order)
         .execute(&mut relay)

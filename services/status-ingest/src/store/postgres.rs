@@ -1,7 +1,9 @@
-//! The Postgres report transaction (production). A typical report is two statements: the
-//! snapshot (replay guard taken, order row locked) and the append (history event, order status
-//! and tracking id, dispatch row acknowledged, `NOTIFY` for watchers). A transaction that loses
-//! a deadlock is run again.
+//! The Postgres report transaction (production). A typical report is three statements: the
+//! dispatch row locked first, the snapshot (replay guard taken, order row locked) and the append
+//! (history event, order status and tracking id, dispatch row acknowledged, `NOTIFY` for
+//! watchers). Rows are locked in the relay's order — dispatch row, then order — so a report and
+//! a relay batch recording the same order wait for each other instead of deadlocking; a
+//! transaction that loses a deadlock or serialization conflict all the same is run again.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -14,6 +16,9 @@ use super::{
 
 const SNAPSHOT: &str = include_str!("sql/snapshot.pg.sql");
 const APPEND: &str = include_str!("sql/append.pg.sql");
+/// Every writer locks an order's dispatch row before the order row (the relay records a batch
+/// that way); a report does the same.
+const LOCK_DISPATCH: &str = "SELECT 1 FROM dispatch WHERE order_id = $1 FOR UPDATE";
 const WAKE_RELAYS: &str = "SELECT pg_notify('waybill_outbox', '')";
 const REPORT_OWNER: &str = "SELECT order_id FROM order_status_events \
                             WHERE partner_id = $1 AND report_id = $2";
@@ -69,6 +74,10 @@ async fn try_record(
     now: DateTime<Utc>,
 ) -> Result<ReportOutcome, StoreError> {
     let mut tx = pool.begin().await?;
+    sqlx::query(LOCK_DISPATCH)
+        .bind(report.order_id)
+        .execute(&mut *tx)
+        .await?;
     let row: Option<SnapshotRow> = sqlx::query_as(SNAPSHOT)
         .bind(report.order_id)
         .bind(&report.partner_id)
@@ -116,8 +125,8 @@ async fn try_record(
 }
 
 /// A deadlock (40P01) or serialization failure (40001): the transaction was rolled back and may
-/// simply be run again. A deadlock can happen because the relay locks a dispatch row and then
-/// its order (recording a first send) while a report locks the order and then the dispatch row.
+/// simply be run again. Reports lock in the relay's order, so this is defence in depth against
+/// a writer added later with another order.
 fn is_transient(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(db)
         if matches!(db.code().as_deref(), Some("40P01" | "40001")))
