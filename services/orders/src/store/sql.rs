@@ -39,6 +39,15 @@ const HISTORY_AFTER: &str = "SELECT order_id, seq, status, partner_id, detail, t
                              occurred_at, recorded_at, detail_code, action_required, \
                              needs_review FROM order_status_events \
                              WHERE order_id = $1 AND seq > $2 ORDER BY seq";
+/// Starts a read of orders with their histories as one snapshot. Every report changes an
+/// order's row (status, tracking id) and appends to its history in one transaction; read in two
+/// plain statements, a report committing in between would show a history event the row does
+/// not reflect yet. Postgres: a repeatable-read, read-only transaction. SQLite: the deferred
+/// transaction's first read fixes its snapshot (WAL), so the statement is a no-op.
+const READ_SNAPSHOT: Statement = Statement {
+    postgres: "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+    sqlite: "SELECT 1",
+};
 const KEY_OWNER: &str = "SELECT id, request_hash FROM orders WHERE idempotency_key = $1";
 const GET_ORDER: &str = include_str!("sql/get_order.sql");
 const LIST_ORDERS: &str = include_str!("sql/list_orders.sql");
@@ -62,17 +71,15 @@ impl SqlOrderStore {
         }
     }
 
-    /// `orders` with their lines and history: two queries for all of them.
-    async fn complete(&self, orders: Vec<OrderRow>) -> Result<Vec<OrderRecord>, StoreError> {
-        if orders.is_empty() {
-            return Ok(Vec::new());
-        }
+    /// Joins `orders` and their `events` with their lines (which never change once placed, so
+    /// they need not be read in the same snapshot).
+    async fn with_lines(
+        &self,
+        orders: Vec<OrderRow>,
+        events: Vec<EventRow>,
+    ) -> Result<Vec<OrderRecord>, StoreError> {
         let ids: Vec<Uuid> = orders.iter().map(OrderRow::id).collect();
         let lines = lines_of(&self.db, &ids).await?;
-        let ids = IdList(ids);
-        let events: Vec<EventRow> = on_pool!(&self.db, HISTORIES, |pool, sql| {
-            sqlx::query_as(sql).bind(&ids).fetch_all(pool).await?
-        });
         assemble(orders, lines, events)
     }
 }
@@ -152,13 +159,22 @@ impl OrderStore for SqlOrderStore {
     }
 
     async fn get_order(&self, id: Uuid) -> Result<Option<OrderRecord>, StoreError> {
-        let row: Option<OrderRow> = on_pool!(&self.db, |pool| {
-            sqlx::query_as(GET_ORDER)
+        let histories = HISTORIES.text(&self.db);
+        let (rows, events) = on_pool!(&self.db, READ_SNAPSHOT, |pool, snapshot| {
+            let mut tx = pool.begin().await?;
+            sqlx::query(snapshot).execute(&mut *tx).await?;
+            let rows: Vec<OrderRow> = sqlx::query_as(GET_ORDER)
                 .bind(Id(id))
-                .fetch_optional(pool)
-                .await?
+                .fetch_all(&mut *tx)
+                .await?;
+            let events: Vec<EventRow> = sqlx::query_as(histories)
+                .bind(IdList(vec![id]))
+                .fetch_all(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            (rows, events)
         });
-        Ok(self.complete(row.into_iter().collect()).await?.pop())
+        Ok(self.with_lines(rows, events).await?.pop())
     }
 
     async fn list_orders(
@@ -167,25 +183,37 @@ impl OrderStore for SqlOrderStore {
         after: Option<PageCursor>,
         limit: u32,
     ) -> Result<Vec<OrderRecord>, StoreError> {
-        let rows: Vec<OrderRow> = on_pool!(&self.db, |pool| match &after {
-            None => {
-                sqlx::query_as(LIST_ORDERS)
-                    .bind(customer_id)
-                    .bind(i64::from(limit))
-                    .fetch_all(pool)
-                    .await?
-            }
-            Some(cursor) => {
-                sqlx::query_as(LIST_ORDERS_AFTER)
-                    .bind(customer_id)
-                    .bind(Instant(cursor.placed_at))
-                    .bind(Id(cursor.id))
-                    .bind(i64::from(limit))
-                    .fetch_all(pool)
-                    .await?
-            }
+        let histories = HISTORIES.text(&self.db);
+        let (rows, events) = on_pool!(&self.db, READ_SNAPSHOT, |pool, snapshot| {
+            let mut tx = pool.begin().await?;
+            sqlx::query(snapshot).execute(&mut *tx).await?;
+            let rows: Vec<OrderRow> = match &after {
+                None => {
+                    sqlx::query_as(LIST_ORDERS)
+                        .bind(customer_id)
+                        .bind(i64::from(limit))
+                        .fetch_all(&mut *tx)
+                        .await?
+                }
+                Some(cursor) => {
+                    sqlx::query_as(LIST_ORDERS_AFTER)
+                        .bind(customer_id)
+                        .bind(Instant(cursor.placed_at))
+                        .bind(Id(cursor.id))
+                        .bind(i64::from(limit))
+                        .fetch_all(&mut *tx)
+                        .await?
+                }
+            };
+            let ids = IdList(rows.iter().map(OrderRow::id).collect());
+            let events: Vec<EventRow> = sqlx::query_as(histories)
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            (rows, events)
         });
-        self.complete(rows).await
+        self.with_lines(rows, events).await
     }
 
     async fn history_after(
