@@ -51,6 +51,9 @@ const POLL_TIMEOUT: Duration = Duration::from_millis(20);
 
 /// How often the lag is measured.
 const LAG_INTERVAL: Duration = Duration::from_secs(15);
+/// How soon a lag measurement that could not reach every partition's watermark (a busy broker)
+/// is tried again.
+const LAG_RETRY: Duration = Duration::from_secs(1);
 
 /// The poll loop's settings.
 #[derive(Debug, Clone)]
@@ -398,9 +401,11 @@ impl<P: TransportPartner> PollContext<P> {
     }
 
     /// Asks the broker for each partition's high watermark (a request per partition, so
-    /// only every [`LAG_INTERVAL`]) and records the lag behind the safe offset.
-    fn refresh_lag(&self, consumer: &BaseConsumer<Self>) {
+    /// only every [`LAG_INTERVAL`]) and records the lag behind the safe offset. `false` when
+    /// some watermark could not be read.
+    fn refresh_lag(&self, consumer: &BaseConsumer<Self>) -> bool {
         let partitions: Vec<i32> = self.lock().partitions.keys().copied().collect();
+        let asked = partitions.len();
         let mut highs = Vec::new();
         for partition in partitions {
             if let Ok((_, high)) = consumer.fetch_watermarks(
@@ -411,6 +416,7 @@ impl<P: TransportPartner> PollContext<P> {
                 highs.push((partition, high));
             }
         }
+        let complete = highs.len() == asked;
         let mut state = self.lock();
         for (partition, high) in highs {
             if let Some(slot) = state.partitions.get_mut(&partition)
@@ -421,6 +427,7 @@ impl<P: TransportPartner> PollContext<P> {
             }
         }
         self.publish_health(&state);
+        complete
     }
 
     fn publish_health(&self, state: &PollState) {
@@ -490,8 +497,14 @@ pub(crate) fn poll_loop<P: TransportPartner>(
             last_commit = Instant::now();
         }
         if last_lag.elapsed() >= LAG_INTERVAL {
-            context.refresh_lag(&consumer);
+            let complete = context.refresh_lag(&consumer);
             last_lag = Instant::now();
+            if !complete {
+                // A watermark request timed out: try again in a second, not a whole interval.
+                last_lag = last_lag
+                    .checked_sub(LAG_INTERVAL - LAG_RETRY)
+                    .unwrap_or(last_lag);
+            }
         }
     }
     let partitions: Vec<i32> = context.lock().partitions.keys().copied().collect();

@@ -168,7 +168,7 @@ async fn each_service_and_the_connector_expose_their_series_after_real_traffic()
     );
     // The lag is measured every 15 s, for partitions with a safe offset: the order's partition
     // reads 0 once measured (everything is consumed and safe).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(45);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(75);
     loop {
         let lag = connector.family("waybill_connector_partition_lag");
         if !lag.is_empty() {
