@@ -317,9 +317,16 @@ async fn a_revoked_partitions_stuck_orders_are_abandoned_within_the_bound_and_fe
     for order_id in &order_ids {
         let order = wait_for_status(&stack, order_id, OrderStatus::ReceivedByPartner, WITHIN).await;
         assert_eq!(events(&order, OrderStatus::ReceivedByPartner), 1);
+    }
+    // An order is asked again only after a call for it was abandoned: one more call per
+    // abandonment at most (a loaded machine may rebalance more than once, and an instance that
+    // gets a partition back asks again).
+    let abandoned = first.health.metrics().abandoned + second.health.metrics().abandoned;
+    for order_id in &order_ids {
+        let calls = stuck.calls_for(order_id) + quick.calls_for(order_id);
         assert!(
-            stuck.calls_for(order_id) + quick.calls_for(order_id) <= 2,
-            "asked at most once more after being abandoned"
+            calls as u64 <= 1 + abandoned,
+            "{order_id}: {calls} adapter calls after {abandoned} abandoned"
         );
     }
     assert_eq!(
