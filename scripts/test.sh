@@ -33,4 +33,5 @@ if [ -z "${WAYBILL_TANSU_BIN:-}" ]; then
   export WAYBILL_TANSU_BIN
 fi
 
-exec cargo test --workspace --all-targets --locked "$@"
+# --no-fail-fast: a red run lists every failing test, not only those of the first failing binary.
+exec cargo test --workspace --all-targets --locked --no-fail-fast "$@"
