@@ -283,3 +283,71 @@ async fn unknown_order_is_none(backend: TestBackend) {
             .is_empty()
     );
 }
+
+/// Postgres: a report that commits between the reads of GetOrder (the order's row, then its
+/// history) is seen whole or not at all. The history table is locked so that the read stops
+/// between the two statements while the "report" commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_order_reads_the_row_and_its_history_in_one_snapshot() {
+    let f = fixture(TestBackend::Postgres).await;
+    let order = new_order("k-snapshot", "c1", at(0));
+    f.store.place_order(&order).await.unwrap();
+    let Backend::Postgres(pool) = f.db.backend() else {
+        unreachable!()
+    };
+    let mut report = pool.acquire().await.unwrap();
+    report.execute("BEGIN").await.unwrap();
+    report
+        .execute("LOCK TABLE order_status_events IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let store = f.store.clone();
+    let reading = tokio::spawn(async move { store.get_order(order.id).await });
+    waybill_service_kit::testing::eventually(
+        std::time::Duration::from_secs(10),
+        "GetOrder waiting for the history",
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(pool)
+            .await
+            .unwrap();
+            waiting == 1
+        },
+    )
+    .await;
+    // The report: the order's row and its history change together, and commit.
+    sqlx::query(
+        "UPDATE orders SET status_seq = status_seq + 1, status = 'RECEIVED_BY_PARTNER', \
+         tracking_id = 'LATE-1' WHERE id = $1",
+    )
+    .bind(order.id)
+    .execute(&mut *report)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO order_status_events (order_id, seq, status, partner_id, tracking_id, \
+         occurred_at, recorded_at) VALUES ($1, 2, 'RECEIVED_BY_PARTNER', 'acme', 'LATE-1', \
+         now(), now())",
+    )
+    .bind(order.id)
+    .execute(&mut *report)
+    .await
+    .unwrap();
+    report.execute("COMMIT").await.unwrap();
+
+    let read = reading.await.unwrap().unwrap().unwrap();
+    let has_event = read
+        .history
+        .iter()
+        .any(|e| e.status == OrderStatus::ReceivedByPartner);
+    assert!(
+        !has_event && read.tracking_id.as_deref().unwrap_or("").is_empty(),
+        "a read that began before the report must not see half of it: {read:?}"
+    );
+    let after = f.store.get_order(order.id).await.unwrap().unwrap();
+    assert_eq!(after.tracking_id.as_deref(), Some("LATE-1"));
+    assert_eq!(after.history.len(), 2);
+}
