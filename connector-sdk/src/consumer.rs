@@ -475,7 +475,7 @@ pub(crate) fn poll_loop<P: TransportPartner>(
         .health
         .update_cluster(context.cluster_index, |cluster| cluster.polling = true);
     let mut last_commit = Instant::now();
-    let mut last_lag = Instant::now();
+    let mut next_lag = Instant::now() + LAG_INTERVAL;
     let mut error_logged = Instant::now() - Duration::from_secs(60);
     while !shutdown.is_cancelled() {
         match consumer.poll(POLL_TIMEOUT) {
@@ -496,15 +496,10 @@ pub(crate) fn poll_loop<P: TransportPartner>(
             }
             last_commit = Instant::now();
         }
-        if last_lag.elapsed() >= LAG_INTERVAL {
+        if Instant::now() >= next_lag {
+            // A watermark request that timed out is tried again in a second, not an interval.
             let complete = context.refresh_lag(&consumer);
-            last_lag = Instant::now();
-            if !complete {
-                // A watermark request timed out: try again in a second, not a whole interval.
-                last_lag = last_lag
-                    .checked_sub(LAG_INTERVAL - LAG_RETRY)
-                    .unwrap_or(last_lag);
-            }
+            next_lag = Instant::now() + if complete { LAG_INTERVAL } else { LAG_RETRY };
         }
     }
     let partitions: Vec<i32> = context.lock().partitions.keys().copied().collect();

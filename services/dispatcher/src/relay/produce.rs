@@ -104,11 +104,19 @@ impl Relay {
             planned
                 .span
                 .in_scope(|| self.observe(planned.order.order_id, &settled.outcome));
-            if let (Some(due_at), Some(message)) = (
+            // A failed audit copy waits in the audit outbox, ready to produce.
+            if let (
+                Some(due_at),
+                Outcome::Sent {
+                    audit_deferred: Some(error),
+                    ..
+                },
+                Some(message),
+            ) = (
                 settled.audit_retry_at,
+                &settled.outcome,
                 planned.audit_message.and_then(|i| messages.get(i)),
-            ) && let Err(error) = &produced.audit.unwrap_or(Ok(()))
-            {
+            ) {
                 record.audit_copies.push(AuditCopy {
                     order_id: planned.order.order_id,
                     topic: message.topic.clone(),

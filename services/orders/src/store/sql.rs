@@ -43,10 +43,10 @@ const HISTORY_AFTER: &str = "SELECT order_id, seq, status, partner_id, detail, t
 /// order's row (status, tracking id) and appends to its history in one transaction; read in two
 /// plain statements, a report committing in between would show a history event the row does
 /// not reflect yet. Postgres: a repeatable-read, read-only transaction. SQLite: the deferred
-/// transaction's first read fixes its snapshot (WAL), so the statement is a no-op.
+/// transaction's first read fixes its snapshot (WAL), so nothing is needed (empty: not sent).
 const READ_SNAPSHOT: Statement = Statement {
     postgres: "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
-    sqlite: "SELECT 1",
+    sqlite: "",
 };
 const KEY_OWNER: &str = "SELECT id, request_hash FROM orders WHERE idempotency_key = $1";
 const GET_ORDER: &str = include_str!("sql/get_order.sql");
@@ -162,7 +162,9 @@ impl OrderStore for SqlOrderStore {
         let histories = HISTORIES.text(&self.db);
         let (rows, events) = on_pool!(&self.db, READ_SNAPSHOT, |pool, snapshot| {
             let mut tx = pool.begin().await?;
-            sqlx::query(snapshot).execute(&mut *tx).await?;
+            if !snapshot.is_empty() {
+                sqlx::query(snapshot).execute(&mut *tx).await?;
+            }
             let rows: Vec<OrderRow> = sqlx::query_as(GET_ORDER)
                 .bind(Id(id))
                 .fetch_all(&mut *tx)
@@ -186,7 +188,9 @@ impl OrderStore for SqlOrderStore {
         let histories = HISTORIES.text(&self.db);
         let (rows, events) = on_pool!(&self.db, READ_SNAPSHOT, |pool, snapshot| {
             let mut tx = pool.begin().await?;
-            sqlx::query(snapshot).execute(&mut *tx).await?;
+            if !snapshot.is_empty() {
+                sqlx::query(snapshot).execute(&mut *tx).await?;
+            }
             let rows: Vec<OrderRow> = match &after {
                 None => {
                     sqlx::query_as(LIST_ORDERS)
