@@ -29,9 +29,9 @@ use waybill_service_kit::{
 pub enum BenchCommand {
     /// PlaceOrder throughput and latency.
     Place(PlaceArgs),
-    /// How fast one dispatcher (or several) drains a full outbox, next to the raw produce rate
-    /// of the same messages to the same broker (the limit).
-    Drain(DrainArgs),
+    /// How fast one dispatcher (or several) drains a full outbox, next to the bare SQL
+    /// bookkeeping on the same database in the same run (the limit).
+    Drain(crate::bench_drain::DrainArgs),
     /// ReportStatus throughput and p50/p99 with signature checks on, against Postgres, next to
     /// the raw rate of the same inserts in the same run (the limit).
     Report(ReportArgs),
@@ -60,37 +60,6 @@ pub struct ReportArgs {
     /// Reports sent first and not measured.
     #[arg(long, default_value_t = 200)]
     warmup: usize,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    json: bool,
-}
-
-/// Settings of `waybill bench drain`.
-#[derive(Debug, clap::Args)]
-pub struct DrainArgs {
-    /// Storage to fill and drain (use a dedicated database: the bench adds a partner and orders).
-    #[arg(
-        long,
-        env = "WAYBILL_DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-    )]
-    database_url: String,
-    /// A Kafka broker (`host:port,…`); without it an embedded in-memory broker is used.
-    #[arg(long, env = "WAYBILL_KAFKA_BROKERS")]
-    kafka_brokers: Option<String>,
-    /// Orders to place and drain (the embedded broker keeps 5 MiB per partition: stay under
-    /// about 20,000 with it).
-    #[arg(long, short = 'n', default_value_t = 10_000)]
-    orders: usize,
-    /// Relay batch size.
-    #[arg(long, default_value_t = 500)]
-    batch_size: u32,
-    /// Batches each dispatcher works on at once.
-    #[arg(long, default_value_t = 2)]
-    batches_in_flight: u32,
-    /// Dispatchers draining side by side (each its own relay, producer and lease owner).
-    #[arg(long, default_value_t = 1)]
-    dispatchers: u32,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -148,7 +117,7 @@ pub(crate) struct Latency {
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Place(args) => place(args).await,
-        BenchCommand::Drain(args) => drain(args).await,
+        BenchCommand::Drain(args) => crate::bench_drain::run(args).await,
         BenchCommand::Report(args) => report(args).await,
         BenchCommand::E2e(args) => crate::bench_e2e::run(args).await,
     }
@@ -170,53 +139,6 @@ async fn report(args: ReportArgs) -> anyhow::Result<()> {
         warmup: args.warmup,
     };
     let report = waybill_status_ingest::bench::report_bench(&db, &options).await?;
-    shutdown.cancel();
-    db.close().await;
-    if args.json {
-        println!("{}", report.to_json());
-    } else {
-        println!("{}", report.to_text());
-    }
-    Ok(())
-}
-
-async fn drain(args: DrainArgs) -> anyhow::Result<()> {
-    let shutdown = CancellationToken::new();
-    let db = Database::connect(
-        &args.database_url,
-        &PoolSettings::default(),
-        shutdown.clone(),
-    )
-    .await
-    .context("cannot open the bench database")?;
-    let embedded = match &args.kafka_brokers {
-        Some(_) => None,
-        None => Some(
-            waybill_dispatcher::embedded::EmbeddedBroker::start()
-                .map_err(|e| anyhow::anyhow!("cannot start the embedded broker: {e}"))?,
-        ),
-    };
-    let (kafka, topics) = match (&args.kafka_brokers, &embedded) {
-        (Some(brokers), _) => {
-            let kafka = waybill_dispatcher::kafka::KafkaSettings::new(brokers.clone());
-            let creator: Arc<dyn waybill_dispatcher::kafka::TopicCreator> =
-                Arc::new(waybill_dispatcher::kafka::AdminTopicCreator::new(&kafka)?);
-            (kafka, creator)
-        }
-        (None, Some(broker)) => (
-            waybill_dispatcher::kafka::KafkaSettings::new(broker.bootstrap_servers().to_owned()),
-            broker.topic_creator(),
-        ),
-        (None, None) => anyhow::bail!("no broker"),
-    };
-    let options = waybill_dispatcher::bench::DrainOptions {
-        orders: args.orders,
-        batch_size: args.batch_size,
-        batches_in_flight: args.batches_in_flight,
-        dispatchers: args.dispatchers,
-        ..Default::default()
-    };
-    let report = waybill_dispatcher::bench::drain(&db, &kafka, topics, &options).await?;
     shutdown.cancel();
     db.close().await;
     if args.json {
@@ -405,4 +327,18 @@ pub(crate) fn redact(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
+}
+
+/// The process's peak resident set size (Linux: `VmHWM`).
+pub(crate) fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
 }

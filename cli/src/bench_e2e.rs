@@ -32,7 +32,7 @@ use waybill_dispatcher::RelaySettings;
 use waybill_proto::v1::{self as pb, OrderStatus, order_service_client::OrderServiceClient};
 
 use crate::{
-    bench::{Latency, new_histogram, redact},
+    bench::{Latency, new_histogram, peak_rss_mib, redact},
     system::{CallObserver, System, SystemSettings},
 };
 
@@ -380,20 +380,6 @@ fn latency(histogram: &Histogram<u64>) -> Latency {
         p99: ms(histogram.value_at_quantile(0.99)),
         max: ms(histogram.max()),
     }
-}
-
-/// The process's peak resident set size (Linux: `VmHWM`).
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib / 1024.0)
 }
 
 /// An order to `distance-freight` (which only acknowledges: no later reports in the way).

@@ -4,6 +4,7 @@
 //! telemetry and maps failures to exit codes.
 
 mod bench;
+mod bench_drain;
 mod bench_e2e;
 mod demo;
 mod dev;

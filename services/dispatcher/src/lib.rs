@@ -11,15 +11,12 @@
 //! - [`grpc`] and [`convert`]: `waybill.v1.DispatchAdmin`.
 //! - [`metrics`]: in-process counters and produce latency, served by `GetRelayStats`.
 //! - [`config`]: flags with environment fallbacks.
-//! - [`bench`]: `waybill bench drain`.
-//! - [`outbox_fixture`]: writes orders into the outbox the way Orders does (benchmarks, tests).
 //! - [`embedded`]: the in-process broker `waybill dev` and `waybill demo` use.
 //! - `testing` (feature `testing`): a Kafka-protocol test broker for tests.
 //!
 //! [`run`] starts the service from settings; [`serve`] is the seam tests and the all-in-one
 //! binary use (a bound listener and ready dependencies).
 
-pub mod bench;
 pub mod config;
 pub mod convert;
 pub mod domain;
@@ -28,7 +25,6 @@ pub mod error;
 pub mod grpc;
 pub mod kafka;
 pub mod metrics;
-pub mod outbox_fixture;
 pub mod relay;
 pub mod store;
 #[cfg(feature = "testing")]

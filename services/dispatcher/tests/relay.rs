@@ -8,14 +8,13 @@ mod common;
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use chrono::Duration as Span;
-use common::Harness;
+use common::{
+    Harness,
+    fixture::{FixtureOrder, insert_orders},
+};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
-use waybill_dispatcher::{
-    DispatcherDeps,
-    domain::model::DispatchFilter,
-    outbox_fixture::{FixtureOrder, insert_orders},
-};
+use waybill_dispatcher::{DispatcherDeps, domain::model::DispatchFilter};
 use waybill_proto::{
     headers,
     v1::{DispatchState, DispatchedOrder, OrderEvent, OrderStatus},

@@ -8,14 +8,13 @@ mod common;
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use chrono::Duration as Span;
-use common::Harness;
+use common::{
+    Harness,
+    fixture::{FixtureOrder, insert_orders},
+};
 use tokio_util::sync::CancellationToken;
 use waybill_dispatcher::{
-    DispatcherDeps,
-    kafka::producer::OrderProducer,
-    metrics::RelayMetrics,
-    outbox_fixture::{FixtureOrder, insert_orders},
-    relay::Relay,
+    DispatcherDeps, kafka::producer::OrderProducer, metrics::RelayMetrics, relay::Relay,
 };
 use waybill_proto::v1::DispatchState;
 use waybill_service_kit::{

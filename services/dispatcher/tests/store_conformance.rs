@@ -11,19 +11,22 @@ use common::{
     Harness,
     batch::{fence, lease, sent},
 };
+use prost::Message;
 use uuid::Uuid;
 use waybill_dispatcher::{
     domain::model::{DispatchFilter, PartnerKeyRecord},
     store::{AttemptLog, AuditCopy, BatchRecord, Fence, RowUpdate, StoreError},
 };
-use waybill_proto::v1::DispatchState;
+use waybill_proto::v1::{DispatchState, DispatchedOrder};
 use waybill_service_kit::{
-    on_both_backends,
+    db::Id,
+    on_both_backends, on_pool,
     testing::{TestBackend, eventually},
 };
 
 on_both_backends!(
     leases_only_due_unleased_rows,
+    rows_placed_before_the_outbox_carried_messages_get_them_built,
     concurrent_leases_never_overlap,
     bookkeeping_is_fenced_and_appends_one_event,
     released_leases_are_due_at_once,
@@ -34,6 +37,51 @@ on_both_backends!(
     dispatches_page_by_id,
     audit_copies_wait_until_delivered,
 );
+
+/// Outbox rows written before migration 0005 have no message: the lease builds it from the
+/// order tables, byte for byte what Orders stores at placing now.
+async fn rows_placed_before_the_outbox_carried_messages_get_them_built(backend: TestBackend) {
+    let h = Harness::new(backend).await;
+    let stored = h.place("DE", 250).await;
+    let legacy = h.place("DE", 300).await;
+    let stored_message: Vec<u8> = on_pool!(h.db.backend(), |pool| {
+        sqlx::query("UPDATE dispatch SET message = NULL WHERE order_id = $1")
+            .bind(Id(legacy))
+            .execute(pool)
+            .await
+            .unwrap();
+        sqlx::query_scalar("SELECT message FROM dispatch WHERE order_id = $1")
+            .bind(Id(stored))
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    });
+    let leased = h.store.lease_due(&lease(&h, "a", 10)).await.unwrap();
+    assert_eq!(leased.len(), 2);
+    let by_id = |id: Uuid| leased.iter().find(|o| o.order_id == id).unwrap();
+    assert_eq!(by_id(stored).message, stored_message);
+    let built = DispatchedOrder::decode(by_id(legacy).message.as_slice()).unwrap();
+    let original = DispatchedOrder::decode(stored_message.as_slice()).unwrap();
+    assert_eq!(
+        built,
+        DispatchedOrder {
+            order_id: legacy.to_string(),
+            total: built.total.clone(),
+            lines: built.lines.clone(),
+            ..original
+        },
+        "the same message but for the order's own id and amounts"
+    );
+    assert_eq!(built.total.unwrap().minor_units, 300);
+    assert_eq!(built.lines[0].line_total.as_ref().unwrap().minor_units, 300);
+    assert_eq!(
+        (
+            by_id(legacy).total_minor,
+            by_id(legacy).ship_to.country_code.as_str()
+        ),
+        (300, "DE")
+    );
+}
 
 async fn leases_only_due_unleased_rows(backend: TestBackend) {
     let h = Harness::new(backend).await;
@@ -51,8 +99,20 @@ async fn leases_only_due_unleased_rows(backend: TestBackend) {
     );
     let order = &leased[0];
     assert_eq!(order.state, DispatchState::Pending);
-    assert_eq!(order.lines.len(), 1);
-    assert_eq!(order.total_minor, 100);
+    // The row's own message: the order as Orders stored it, nothing read from the order tables.
+    let message = DispatchedOrder::decode(order.message.as_slice()).unwrap();
+    assert_eq!(message.order_id, due.to_string());
+    assert_eq!(message.lines.len(), 1);
+    assert_eq!(message.recipient.unwrap().name, "Ada Lovelace");
+    assert!(
+        message.partner_id.is_empty() && message.send_count == 0,
+        "no per-send fields"
+    );
+    assert_eq!(
+        (order.total_minor, order.currency_code.as_str()),
+        (100, "USD")
+    );
+    assert_eq!(order.ship_to.country_code, "DE");
     assert!(order.traceparent.starts_with("00-"));
     let row = h.dispatch(due).await;
     assert_eq!(
@@ -88,9 +148,9 @@ async fn leases_only_due_unleased_rows(backend: TestBackend) {
 async fn concurrent_leases_never_overlap(backend: TestBackend) {
     let h = Harness::new(backend).await;
     let orders: Vec<_> = (0..400)
-        .map(|_| waybill_dispatcher::outbox_fixture::FixtureOrder::new("DE", 1, h.clock_now()))
+        .map(|_| common::fixture::FixtureOrder::new("DE", 1, h.clock_now()))
         .collect();
-    waybill_dispatcher::outbox_fixture::insert_orders(&h.db, &orders)
+    common::fixture::insert_orders(&h.db, &orders)
         .await
         .unwrap();
     let leases = (0..8).map(|i| {

@@ -21,21 +21,6 @@ pub struct ShipTo {
     pub country_code: String,
 }
 
-/// One priced line of an order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OrderLine {
-    /// Catalog SKU.
-    pub sku: String,
-    /// Catalog name at ordering time.
-    pub name: String,
-    /// Units ordered.
-    pub quantity: u32,
-    /// Price of one unit, minor units.
-    pub unit_price_minor: i64,
-    /// `unit_price_minor × quantity`.
-    pub line_total_minor: i64,
-}
-
 /// An order under this instance's lease: everything needed to route and produce it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeasedOrder {
@@ -58,26 +43,15 @@ pub struct LeasedOrder {
     pub traceparent: String,
     /// W3C trace state of the placing request.
     pub tracestate: String,
-    /// When the order was placed.
-    pub placed_at: DateTime<Utc>,
-    /// Storefront customer id.
-    pub customer_id: String,
-    /// Recipient name.
-    pub customer_name: String,
-    /// Recipient e-mail.
-    pub customer_email: String,
-    /// Recipient phone (may be empty).
-    pub customer_phone: String,
-    /// Destination.
+    /// The order as partners receive it: an encoded `DispatchedOrder` without the per-send
+    /// fields (partner, send count, reply-to, region), as Orders stored it in the outbox row.
+    pub message: Vec<u8>,
+    /// Destination (read from the message, for routing).
     pub ship_to: ShipTo,
-    /// ISO 4217 currency of the total.
+    /// ISO 4217 currency of the total (read from the message, for the audit rule).
     pub currency_code: String,
-    /// Order total, minor units.
+    /// Order total, minor units (read from the message, for the audit rule).
     pub total_minor: i64,
-    /// The Waybill region that owns the order.
-    pub region: String,
-    /// Lines, in order.
-    pub lines: Vec<OrderLine>,
 }
 
 /// A shipping partner.

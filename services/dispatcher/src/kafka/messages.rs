@@ -9,10 +9,7 @@ use prost::Message;
 use waybill_proto::{
     headers,
     time::to_timestamp,
-    v1::{
-        Address, DispatchedOrder, Money, OrderEvent, OrderLine, OrderStatus, OrderStatusEvent,
-        Recipient,
-    },
+    v1::{DispatchedOrder, OrderEvent, OrderStatus, OrderStatusEvent},
 };
 
 use crate::domain::model::{LeasedOrder, UnpublishedEvent};
@@ -61,56 +58,33 @@ pub struct Origin<'a> {
     pub reply_to: &'a str,
 }
 
-/// The `DispatchedOrder` for `order`, meant for `partner_id`, on its `send_count`-th send.
-pub fn dispatched_order(
+/// The `DispatchedOrder` payload for `order`, meant for `partner_id`, on its `send_count`-th
+/// send: the stored message with the per-send fields appended. Protobuf merges concatenated
+/// messages, so the partner decodes one `DispatchedOrder` with every field; the order's own
+/// fields are never decoded and encoded again on the way.
+pub fn dispatched_payload(
     order: &LeasedOrder,
     partner_id: &str,
     send_count: i32,
     origin: Origin<'_>,
-) -> DispatchedOrder {
-    let money = |minor_units| Money {
-        currency_code: order.currency_code.clone(),
-        minor_units,
-    };
-    DispatchedOrder {
-        order_id: order.order_id.to_string(),
-        placed_at: Some(to_timestamp(order.placed_at)),
-        ship_to: Some(Address {
-            line1: order.ship_to.line1.clone(),
-            line2: order.ship_to.line2.clone(),
-            city: order.ship_to.city.clone(),
-            region: order.ship_to.region.clone(),
-            postal_code: order.ship_to.postal_code.clone(),
-            country_code: order.ship_to.country_code.clone(),
-        }),
-        lines: order
-            .lines
-            .iter()
-            .map(|line| OrderLine {
-                sku: line.sku.clone(),
-                name: line.name.clone(),
-                quantity: line.quantity,
-                unit_price: Some(money(line.unit_price_minor)),
-                line_total: Some(money(line.line_total_minor)),
-            })
-            .collect(),
-        total: Some(money(order.total_minor)),
-        recipient: Some(Recipient {
-            name: order.customer_name.clone(),
-            email: order.customer_email.clone(),
-            phone: order.customer_phone.clone(),
-        }),
+) -> Vec<u8> {
+    let per_send = DispatchedOrder {
         reply_to: origin.reply_to.to_owned(),
         region: origin.region.to_owned(),
         partner_id: partner_id.to_owned(),
         send_count,
-    }
+        ..DispatchedOrder::default()
+    };
+    let mut payload = Vec::with_capacity(order.message.len() + per_send.encoded_len());
+    payload.extend_from_slice(&order.message);
+    payload.extend_from_slice(&per_send.encode_to_vec());
+    payload
 }
 
-/// The partner's copy (`audit == false`) or the audit copy of an order.
+/// The partner's copy (`audit == false`) or the audit copy of an order, carrying `payload`.
 pub fn order_message(
     order: &LeasedOrder,
-    payload: &DispatchedOrder,
+    payload: Vec<u8>,
     topic: String,
     audit: bool,
     origin: Origin<'_>,
@@ -123,7 +97,7 @@ pub fn order_message(
     OutgoingMessage {
         topic,
         key: order.order_id.to_string(),
-        payload: payload.encode_to_vec(),
+        payload,
         headers: standard_headers(
             message_type,
             &order.order_id.to_string(),

@@ -17,7 +17,7 @@ use crate::{
     },
     error::DispatchError,
     kafka::{
-        messages::{Origin, OutgoingMessage, dispatched_order, order_message},
+        messages::{Origin, OutgoingMessage, dispatched_payload, order_message},
         producer::{SendErrorKind, SendOutcome},
     },
     store::{AuditCopy, BatchRecord},
@@ -161,16 +161,17 @@ impl Relay {
                 return (None, None);
             }
         };
-        let payload = dispatched_order(order, &partner.id, send_number, origin);
+        let payload = dispatched_payload(order, &partner.id, send_number, origin);
+        let audit_payload = audited.then(|| payload.clone());
         messages.push(
-            order_message(order, &payload, partner.topic.clone(), false, origin).in_trace(trace),
+            order_message(order, payload, partner.topic.clone(), false, origin).in_trace(trace),
         );
         let partner_message = messages.len() - 1;
-        let audit_message = audited.then(|| {
+        let audit_message = audit_payload.map(|payload| {
             messages.push(
                 order_message(
                     order,
-                    &payload,
+                    payload,
                     self.settings.topics.audit.clone(),
                     true,
                     origin,

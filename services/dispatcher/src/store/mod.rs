@@ -10,6 +10,7 @@
 //! taken over) cannot record an outcome over the new holder's. Every bookkeeping step is one
 //! statement per kind of change for the whole batch, inside one transaction.
 
+mod legacy;
 mod postgres;
 mod rows;
 mod sql;

@@ -3,14 +3,15 @@
 
 use std::collections::HashMap;
 
+use prost::Message;
 use uuid::Uuid;
-use waybill_proto::v1::DispatchState;
-use waybill_service_kit::db::{Id, Instant, OrderLineRow};
+use waybill_proto::v1::{DispatchState, DispatchedOrder};
+use waybill_service_kit::db::{Id, Instant};
 
 use super::{AuditCopy, StoreError};
 use crate::domain::model::{
-    AttemptRecord, DispatchRecord, LeasedOrder, OrderLine, PartnerKeyRecord, PartnerRecord,
-    RouteRecord, ShipTo, UnpublishedEvent,
+    AttemptRecord, DispatchRecord, LeasedOrder, PartnerKeyRecord, PartnerRecord, RouteRecord,
+    ShipTo, UnpublishedEvent,
 };
 
 fn parse_state(name: &str) -> Result<DispatchState, StoreError> {
@@ -42,7 +43,7 @@ impl From<ShipToRow> for ShipTo {
     }
 }
 
-/// A leased dispatch row joined with its order.
+/// A leased dispatch row: its state and its stored message.
 #[derive(Debug, sqlx::FromRow)]
 pub(super) struct LeasedRow {
     order_id: Id,
@@ -55,76 +56,70 @@ pub(super) struct LeasedRow {
     rejected_partners: Option<String>,
     traceparent: String,
     tracestate: String,
-    placed_at: Instant,
-    customer_id: String,
-    customer_name: String,
-    customer_email: String,
-    customer_phone: String,
-    #[sqlx(flatten)]
-    ship_to: ShipToRow,
-    currency_code: String,
-    total_minor: i64,
-    region: String,
+    /// `NULL` on rows placed before the outbox carried its message (see `legacy.rs`).
+    message: Option<Vec<u8>>,
 }
 
-impl TryFrom<LeasedRow> for LeasedOrder {
-    type Error = StoreError;
+impl LeasedRow {
+    /// The order id.
+    pub(super) fn id(&self) -> Uuid {
+        self.order_id.into()
+    }
 
-    fn try_from(row: LeasedRow) -> Result<Self, StoreError> {
-        Ok(Self {
-            order_id: row.order_id.into(),
-            state: parse_state(&row.state)?,
-            attempts: row.attempts,
-            resends: row.resends,
-            partner_id: row.partner_id,
-            acknowledged: row.acknowledged,
-            rejected_partners: row
+    /// Whether the row carries its message.
+    pub(super) fn has_message(&self) -> bool {
+        self.message.is_some()
+    }
+
+    /// The leased order; `legacy` holds the messages of rows that carry none.
+    pub(super) fn into_leased(
+        self,
+        legacy: &mut HashMap<Uuid, Vec<u8>>,
+    ) -> Result<LeasedOrder, StoreError> {
+        let order_id: Uuid = self.order_id.into();
+        let message = match self.message {
+            Some(message) => message,
+            None => legacy
+                .remove(&order_id)
+                .ok_or_else(|| StoreError::Corrupt(format!("order {order_id} has no order row")))?,
+        };
+        // Routing reads the destination and the total from the message itself.
+        let order = DispatchedOrder::decode(message.as_slice()).map_err(|error| {
+            StoreError::Corrupt(format!(
+                "order {order_id}: undecodable outbox message: {error}"
+            ))
+        })?;
+        let ship_to = order.ship_to.unwrap_or_default();
+        let total = order.total.unwrap_or_default();
+        Ok(LeasedOrder {
+            order_id,
+            state: parse_state(&self.state)?,
+            attempts: self.attempts,
+            resends: self.resends,
+            partner_id: self.partner_id,
+            acknowledged: self.acknowledged,
+            rejected_partners: self
                 .rejected_partners
                 .iter()
                 .flat_map(|list| list.split(','))
                 .filter(|id| !id.is_empty())
                 .map(str::to_owned)
                 .collect(),
-            traceparent: row.traceparent,
-            tracestate: row.tracestate,
-            placed_at: row.placed_at.into(),
-            customer_id: row.customer_id,
-            customer_name: row.customer_name,
-            customer_email: row.customer_email,
-            customer_phone: row.customer_phone,
-            ship_to: row.ship_to.into(),
-            currency_code: row.currency_code,
-            total_minor: row.total_minor,
-            region: row.region,
-            lines: Vec::new(),
+            traceparent: self.traceparent,
+            tracestate: self.tracestate,
+            message,
+            ship_to: ShipTo {
+                line1: ship_to.line1,
+                line2: ship_to.line2,
+                city: ship_to.city,
+                region: ship_to.region,
+                postal_code: ship_to.postal_code,
+                country_code: ship_to.country_code,
+            },
+            currency_code: total.currency_code,
+            total_minor: total.minor_units,
         })
     }
-}
-
-/// Gives each order its lines.
-pub(super) fn attach_lines(
-    orders: &mut [LeasedOrder],
-    mut lines: HashMap<Uuid, Vec<OrderLineRow>>,
-) -> Result<(), StoreError> {
-    for order in orders {
-        order.lines = lines
-            .remove(&order.order_id)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|row| {
-                Ok(OrderLine {
-                    quantity: row.units().ok_or_else(|| {
-                        StoreError::Corrupt(format!("bad quantity {}", row.quantity))
-                    })?,
-                    sku: row.sku,
-                    name: row.name,
-                    unit_price_minor: row.unit_price_minor,
-                    line_total_minor: row.line_total_minor,
-                })
-            })
-            .collect::<Result<_, StoreError>>()?;
-    }
-    Ok(())
 }
 
 /// A partner.

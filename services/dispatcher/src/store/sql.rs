@@ -2,23 +2,23 @@
 //! written once with [`on_pool!`]; the steps that move whole batches go to `postgres.rs`
 //! (arrays, row locks, `NOTIFY`) or `sqlite.rs` (JSON arrays, one writer, the change feed).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 use waybill_proto::v1::DispatchState;
 use waybill_service_kit::{
-    db::{Backend, ChangeFeed, Database, Id, Instant, Statement, TextList, lines_of},
+    db::{Backend, ChangeFeed, Database, Id, Instant, Statement, TextList},
     on_pool,
 };
 
 use super::{
     ACKNOWLEDGING_STATUSES, AuditBatch, AuditCopy, BatchRecord, DispatchStore, EventBatch, Fence,
-    LeaseRequest, RETRYABLE_STATES, RecordReport, StoreError, headers_to_json, postgres,
+    LeaseRequest, RETRYABLE_STATES, RecordReport, StoreError, headers_to_json, legacy, postgres,
     rows::{
-        AttemptRow, DispatchRow, KeyRow, PartnerRow, RouteRow, ShipToRow, StateCountRow,
-        attach_lines, convert,
+        AttemptRow, DispatchRow, KeyRow, LeasedRow, PartnerRow, RouteRow, ShipToRow, StateCountRow,
+        convert,
     },
     sqlite,
 };
@@ -95,7 +95,8 @@ impl SqlDispatchStore {
         }
     }
 
-    /// Leases rows of `kind` and loads their lines.
+    /// Leases rows of `kind`; rows placed before the outbox carried its message get it built
+    /// from the order tables.
     async fn lease(
         &self,
         kind: LeaseKind,
@@ -105,11 +106,19 @@ impl SqlDispatchStore {
             Backend::Postgres(pool) => postgres::lease(pool, kind, lease).await?,
             Backend::Sqlite(pool) => sqlite::lease(pool, kind, lease).await?,
         };
-        let mut orders: Vec<LeasedOrder> = convert(rows)?;
-        let ids: Vec<Uuid> = orders.iter().map(|order| order.order_id).collect();
-        let lines = lines_of(&self.db, &ids).await?;
-        attach_lines(&mut orders, lines)?;
-        Ok(orders)
+        let without: Vec<Uuid> = rows
+            .iter()
+            .filter(|row| !row.has_message())
+            .map(LeasedRow::id)
+            .collect();
+        let mut legacy = if without.is_empty() {
+            HashMap::new()
+        } else {
+            legacy::messages(&self.db, &without).await?
+        };
+        rows.into_iter()
+            .map(|row| row.into_leased(&mut legacy))
+            .collect()
     }
 }
 

@@ -3,9 +3,11 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod batch;
+pub mod fixture;
 
 use std::{sync::Arc, time::Duration};
 
+use self::fixture::{FixtureOrder, insert_orders};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 use waybill_dispatcher::{
@@ -16,7 +18,6 @@ use waybill_dispatcher::{
     },
     kafka::{KafkaSettings, TopicNames, producer::OrderProducer},
     metrics::RelayMetrics,
-    outbox_fixture::{FixtureOrder, insert_orders},
     relay::Relay,
     store::{DispatchStore, for_database},
     testing::TestBroker,

@@ -4,7 +4,7 @@
 use sqlx::PgPool;
 
 use super::{StoreError, sql::bind_order};
-use crate::domain::model::NewOrder;
+use crate::{convert::outbox_message, domain::model::NewOrder};
 
 const PLACE_ORDER: &str = include_str!("sql/place_order.pg.sql");
 
@@ -38,6 +38,7 @@ pub(super) async fn place_order(pool: &PgPool, order: &NewOrder) -> Result<bool,
         .bind(&totals)
         .bind(&order.traceparent)
         .bind(&order.tracestate)
+        .bind(outbox_message(order))
         .fetch_optional(pool)
         .await?;
     Ok(inserted.is_some())

@@ -7,15 +7,15 @@ use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 use waybill_service_kit::db::{Change, ChangeFeed, Id, Instant};
 
 use super::{StoreError, sql::bind_order};
-use crate::domain::model::NewOrder;
+use crate::{convert::outbox_message, domain::model::NewOrder};
 
 const PLACE_ORDER: &str = include_str!("sql/place_order.sqlite.sql");
 const PLACED_EVENT: &str = "INSERT INTO order_status_events \
                             (order_id, seq, status, occurred_at, recorded_at) \
                             VALUES ($1, 1, 'PLACED', $2, $2)";
 const OUTBOX_ROW: &str = "INSERT INTO dispatch (order_id, state, next_attempt_at, traceparent, \
-                          tracestate, created_at, updated_at) \
-                          VALUES ($1, 'PENDING', $2, $3, $4, $2, $2)";
+                          tracestate, message, created_at, updated_at) \
+                          VALUES ($1, 'PENDING', $2, $3, $4, $5, $2, $2)";
 
 /// Writes `order` with its lines, `PLACED` event and `PENDING` dispatch row in one transaction;
 /// `false` (nothing written) when its idempotency key exists.
@@ -60,6 +60,7 @@ pub(super) async fn place_order(
         .bind(placed_at)
         .bind(&order.traceparent)
         .bind(&order.tracestate)
+        .bind(outbox_message(order))
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;

@@ -66,11 +66,7 @@ fn order(country: &str) -> LeasedOrder {
         rejected_partners: Vec::new(),
         traceparent: String::new(),
         tracestate: String::new(),
-        placed_at: now(),
-        customer_id: "c1".to_owned(),
-        customer_name: "Ada".to_owned(),
-        customer_email: "ada@example.com".to_owned(),
-        customer_phone: String::new(),
+        message: Vec::new(),
         ship_to: ShipTo {
             country_code: country.to_owned(),
             postal_code: "10115".to_owned(),
@@ -78,8 +74,6 @@ fn order(country: &str) -> LeasedOrder {
         },
         currency_code: "EUR".to_owned(),
         total_minor: 5_000,
-        region: "local".to_owned(),
-        lines: Vec::new(),
     }
 }
 

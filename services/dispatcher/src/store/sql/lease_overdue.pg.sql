@@ -14,12 +14,11 @@ WITH due AS (
     SET lease_owner = $3, lease_expires_at = $4, batch_id = $5, updated_at = $1
     FROM due
     WHERE d.order_id = due.order_id
-    RETURNING d.order_id, d.state, d.attempts, d.resends, d.partner_id, d.traceparent, d.tracestate
+    RETURNING d.order_id, d.state, d.attempts, d.resends, d.partner_id, d.traceparent, d.tracestate,
+              d.message
 )
 SELECT l.order_id, l.state, l.attempts, l.resends, l.partner_id, l.traceparent, l.tracestate,
-       o.placed_at, o.customer_id, o.customer_name, o.customer_email, o.customer_phone,
-       o.ship_line1, o.ship_line2, o.ship_city, o.ship_region, o.ship_postal_code,
-       o.ship_country_code, o.currency_code, o.total_minor, o.region,
+       l.message,
        EXISTS (
            SELECT 1 FROM order_status_events e
            WHERE e.order_id = l.order_id
@@ -28,4 +27,3 @@ SELECT l.order_id, l.state, l.attempts, l.resends, l.partner_id, l.traceparent, 
        ) AS acknowledged,
        NULL::text AS rejected_partners
 FROM leased l
-JOIN orders o ON o.id = l.order_id

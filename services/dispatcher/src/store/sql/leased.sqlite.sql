@@ -1,16 +1,15 @@
--- The rows $1 (a JSON array) just leased with batch id $2, with what producing needs.
+-- The rows $1 (a JSON array) just leased with batch id $2, with what producing needs
+-- (the stored message: the order tables are not read).
 -- `acknowledged`: the partner confirmed receipt (an event of that partner with a status in $3,
 -- the acknowledging statuses, a JSON array); `rejected_partners`: the partners that refused the
 -- order, comma-separated (partner ids have no ','): routing skips them.
 SELECT d.order_id, d.state, d.attempts, d.resends, d.partner_id, d.traceparent, d.tracestate,
-       o.placed_at, o.customer_id, o.customer_name, o.customer_email, o.customer_phone,
-       o.ship_line1, o.ship_line2, o.ship_city, o.ship_region, o.ship_postal_code,
-       o.ship_country_code, o.currency_code, o.total_minor, o.region,
+       d.message,
        EXISTS (SELECT 1 FROM order_status_events e
                WHERE e.order_id = d.order_id
                  AND e.partner_id = d.partner_id
                  AND e.status IN (SELECT value FROM json_each($3))) AS acknowledged,
        (SELECT group_concat(r.partner_id, ',') FROM dispatch_rejections r
         WHERE r.order_id = d.order_id) AS rejected_partners
-FROM dispatch d JOIN orders o ON o.id = d.order_id
+FROM dispatch d
 WHERE d.order_id IN (SELECT value FROM json_each($1)) AND d.batch_id = $2

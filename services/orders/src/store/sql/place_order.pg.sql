@@ -1,5 +1,6 @@
 -- The whole placing transaction as ONE statement: one round trip, atomic by itself.
--- If the idempotency key exists, nothing is written and no row is returned.
+-- If the idempotency key exists, nothing is written and no row is returned. The outbox row
+-- carries its message ($26: the encoded order as partners receive it, see `outbox_message`).
 WITH new_order AS (
     INSERT INTO orders (
         id, idempotency_key, request_hash,
@@ -19,8 +20,8 @@ WITH new_order AS (
     INSERT INTO order_status_events (order_id, seq, status, occurred_at, recorded_at)
     SELECT id, 1, 'PLACED', placed_at, placed_at FROM new_order
 ), outbox AS (
-    INSERT INTO dispatch (order_id, state, next_attempt_at, traceparent, tracestate, created_at, updated_at)
-    SELECT id, 'PENDING', placed_at, $24, $25, placed_at, placed_at FROM new_order
+    INSERT INTO dispatch (order_id, state, next_attempt_at, traceparent, tracestate, message, created_at, updated_at)
+    SELECT id, 'PENDING', placed_at, $24, $25, $26, placed_at, placed_at FROM new_order
 )
 -- Wakes dispatchers in other processes at commit (Postgres folds identical notifications).
 SELECT new_order.id FROM new_order CROSS JOIN LATERAL (SELECT pg_notify('waybill_outbox', '')) AS wake

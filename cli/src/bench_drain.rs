@@ -1,0 +1,609 @@
+//! `waybill bench drain`: how fast one dispatcher (or several side by side) drains a full
+//! outbox, next to the limit measured on the same database in the same run.
+//!
+//! 1. **Fill.** Orders are placed through the Orders store itself (the placing write Orders
+//!    runs for `PlaceOrder`), so the outbox rows are exactly what production writes: `--orders`
+//!    for the drain, and `--limit-orders` placed an hour earlier, for the limit.
+//! 2. **The limit.** On one connection, plain SQL does the bookkeeping the relay cannot avoid,
+//!    1,000 orders at a time: lease due rows (`FOR UPDATE SKIP LOCKED`), mark them `SENT` and
+//!    append one `SENT_TO_PARTNER` event each. It takes the hour-older rows (due first), so it
+//!    never touches the drain's orders.
+//! 3. **The drain.** The real relay loops, exactly as `waybill dispatcher` runs them (lease →
+//!    produce → record, batches in flight, order events published alongside). An order counts
+//!    as drained once it is recorded `SENT` and its `SENT_TO_PARTNER` event is on the
+//!    order-events topic; the counts are checked against the database at the end.
+//! 4. **The broker alone.** The same messages produced with no database work, for context.
+//!
+//! The ratio drain / limit is the figure to judge a change by: these machines vary from run to
+//! run by a third, a ratio measured in one run does not. Run it against a dedicated database:
+//! the relay drains every due row it finds there.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+use waybill_dispatcher::{
+    RelaySettings,
+    domain::model::{PartnerRecord, RouteRecord},
+    embedded::EmbeddedBroker,
+    kafka::{
+        AdminTopicCreator, KafkaSettings, TopicCreator, TopicNames, messages::OutgoingMessage,
+        producer::OrderProducer,
+    },
+    metrics::RelayMetrics,
+    relay::Relay,
+};
+use waybill_orders::{
+    domain::model::{Address, Customer, NewOrder, PricedLine},
+    store::{OrderStore, SqlOrderStore},
+};
+use waybill_service_kit::{
+    clock::{SharedClock, SystemClock},
+    db::{Backend, Database, PoolSettings},
+};
+
+use crate::bench::{peak_rss_mib, redact};
+
+/// Settings of `waybill bench drain`.
+#[derive(Debug, clap::Args)]
+pub struct DrainArgs {
+    /// Storage to fill and drain (use a dedicated database: the bench adds a partner and orders,
+    /// and the relay drains every due row it finds).
+    #[arg(
+        long,
+        env = "WAYBILL_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    database_url: String,
+    /// A Kafka broker (`host:port,…`); without it an embedded in-memory broker is used.
+    #[arg(long, env = "WAYBILL_KAFKA_BROKERS")]
+    kafka_brokers: Option<String>,
+    /// Orders to place and drain (the embedded broker keeps 5 MiB per partition: stay under
+    /// about 20,000 with it, and use a broker process for more).
+    #[arg(long, short = 'n', default_value_t = 10_000)]
+    orders: usize,
+    /// Orders the bare-SQL limit is measured on (Postgres), in thousands-sized batches.
+    #[arg(long, default_value_t = 20_000)]
+    limit_orders: usize,
+    /// Relay batch size.
+    #[arg(long, default_value_t = 500)]
+    batch_size: u32,
+    /// Batches each dispatcher works on at once.
+    #[arg(long, default_value_t = RelaySettings::default().batches_in_flight)]
+    batches_in_flight: u32,
+    /// Dispatchers draining side by side (each its own relay, producer and lease owner).
+    #[arg(long, default_value_t = 1)]
+    dispatchers: u32,
+    /// Give up when the drain takes longer than this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout_secs: u64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The figures of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrainReport {
+    benchmark: &'static str,
+    storage: String,
+    broker: String,
+    orders: usize,
+    batch_size: u32,
+    batches_in_flight: u32,
+    dispatchers: u32,
+    /// Seconds to place the orders (drain and limit) through the Orders store.
+    fill_seconds: f64,
+    /// The bare bookkeeping on one connection (Postgres only; `null` on SQLite).
+    limit: Option<Rate>,
+    /// The relay.
+    drain: Rate,
+    /// `drain / limit`.
+    ratio: Option<f64>,
+    /// The same partner messages produced with no database work.
+    broker_only: Rate,
+    /// History events the dispatchers published during the drain.
+    events_published: u64,
+    produce_latency_p50_ms: f64,
+    produce_latency_p99_ms: f64,
+    /// Peak resident set size of this process (relays, producers, the embedded broker if
+    /// any), MiB.
+    peak_rss_mib: Option<f64>,
+}
+
+/// A count over a time.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Rate {
+    orders: usize,
+    seconds: f64,
+    orders_per_second: f64,
+}
+
+impl Rate {
+    fn new(orders: usize, elapsed: Duration) -> Self {
+        Self {
+            orders,
+            seconds: elapsed.as_secs_f64(),
+            orders_per_second: orders as f64 / elapsed.as_secs_f64().max(1e-9),
+        }
+    }
+}
+
+impl DrainReport {
+    fn to_text(&self) -> String {
+        let limit = match (&self.limit, self.ratio) {
+            (Some(limit), Some(ratio)) => format!(
+                "limit     {:>8.2} s  {:>10.0} orders/s  (bare SQL bookkeeping, one connection)\n\
+                 drain / limit: {:.0}%",
+                limit.seconds,
+                limit.orders_per_second,
+                ratio * 100.0
+            ),
+            _ => "limit     not measured (the bare-SQL limit is defined on Postgres)".to_owned(),
+        };
+        format!(
+            "bench drain: {orders} orders, {dispatchers} dispatcher(s), batch {batch} × {in_flight} in flight\n  \
+             storage {storage}, broker {broker}\n\
+             fill      {fill:>8.2} s\n\
+             drain     {drain:>8.2} s  {rate:>10.0} orders/s  (produce p50 {p50:.1} ms, p99 {p99:.1} ms; {events} events published)\n\
+             {limit}\n\
+             broker    {produce:>8.2} s  {prate:>10.0} msgs/s   (same messages, no database)\n\
+             peak RSS  {rss}",
+            orders = self.orders,
+            dispatchers = self.dispatchers,
+            batch = self.batch_size,
+            in_flight = self.batches_in_flight,
+            storage = self.storage,
+            broker = self.broker,
+            fill = self.fill_seconds,
+            drain = self.drain.seconds,
+            rate = self.drain.orders_per_second,
+            p50 = self.produce_latency_p50_ms,
+            p99 = self.produce_latency_p99_ms,
+            events = self.events_published,
+            produce = self.broker_only.seconds,
+            prate = self.broker_only.orders_per_second,
+            rss = self
+                .peak_rss_mib
+                .map_or_else(|| "unknown".to_owned(), |mib| format!("{mib:.0} MiB")),
+        )
+    }
+}
+
+/// Runs `waybill bench drain`.
+pub async fn run(args: DrainArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.orders > 0
+            && args.batch_size > 0
+            && args.batches_in_flight > 0
+            && args.dispatchers > 0,
+        "--orders, --batch-size, --batches-in-flight and --dispatchers must be positive"
+    );
+    let shutdown = CancellationToken::new();
+    let pool = PoolSettings {
+        max_connections: 16,
+        ..PoolSettings::default()
+    };
+    let db = Database::connect(&args.database_url, &pool, shutdown.clone())
+        .await
+        .context("cannot open the bench database")?;
+    let embedded = match &args.kafka_brokers {
+        Some(_) => None,
+        None => Some(
+            EmbeddedBroker::start()
+                .map_err(|e| anyhow::anyhow!("cannot start the embedded broker: {e}"))?,
+        ),
+    };
+    let (kafka, topics, broker): (KafkaSettings, Arc<dyn TopicCreator>, String) =
+        match (&args.kafka_brokers, &embedded) {
+            (Some(brokers), _) => {
+                let kafka = KafkaSettings::new(brokers.clone());
+                let creator = Arc::new(AdminTopicCreator::new(&kafka)?);
+                (kafka, creator, brokers.clone())
+            }
+            (None, Some(broker)) => (
+                KafkaSettings::new(broker.bootstrap_servers().to_owned()),
+                broker.topic_creator(),
+                "embedded".to_owned(),
+            ),
+            (None, None) => anyhow::bail!("no broker"),
+        };
+    let result = drain(&db, &kafka, topics, &args).await;
+    shutdown.cancel();
+    db.close().await;
+    let mut report = result?;
+    report.storage = redact(&args.database_url);
+    report.broker = broker;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{}", report.to_text());
+    }
+    Ok(())
+}
+
+async fn drain(
+    db: &Database,
+    kafka: &KafkaSettings,
+    topics: Arc<dyn TopicCreator>,
+    args: &DrainArgs,
+) -> anyhow::Result<DrainReport> {
+    let store = waybill_dispatcher::store::for_database(db);
+    let clock: SharedClock = Arc::new(SystemClock);
+    let run = Uuid::new_v4().simple().to_string();
+    let partner_id = format!("bench-{}", &run[..8]);
+    let postal_prefix = format!("B{}", &run[..8]).to_ascii_uppercase();
+    let names = TopicNames {
+        partner_prefix: "waybill.bench.".to_owned(),
+        ..TopicNames::default()
+    };
+    let topic = names.partner_topic(&partner_id);
+    topics.ensure_topic(&topic).await?;
+    let now = clock.now();
+    store
+        .upsert_partner(&PartnerRecord {
+            id: partner_id.clone(),
+            display_name: "bench".to_owned(),
+            enabled: true,
+            handover_deadline: chrono::Duration::days(1),
+            resend_budget: 0,
+            topic: topic.clone(),
+            created_at: now,
+            updated_at: now,
+        })
+        .await?;
+    // A unique postal prefix at the highest priority: only the bench orders take this route.
+    store
+        .set_route(
+            &RouteRecord {
+                id: partner_id.clone(),
+                partner_id: partner_id.clone(),
+                country_code: "DE".to_owned(),
+                region: String::new(),
+                postal_prefix: postal_prefix.clone(),
+                priority: i32::MIN,
+                enabled: true,
+            },
+            now,
+        )
+        .await?;
+
+    // Fill: the limit's orders an hour earlier (due first), then the drain's.
+    let postgres = match db.backend() {
+        Backend::Postgres(pool) => Some(pool.clone()),
+        Backend::Sqlite(_) => None,
+    };
+    let limit_orders = if postgres.is_some() {
+        args.limit_orders.div_ceil(LIMIT_BATCH) * LIMIT_BATCH
+    } else {
+        0
+    };
+    let customer = format!("bench-{run}");
+    let fill_started = Instant::now();
+    place(
+        db,
+        &format!("{run}-limit"),
+        &format!("{customer}-limit"),
+        &postal_prefix,
+        now - chrono::Duration::hours(1),
+        limit_orders,
+    )
+    .await?;
+    place(
+        db,
+        &run,
+        &customer,
+        &postal_prefix,
+        now - chrono::Duration::seconds(1),
+        args.orders,
+    )
+    .await?;
+    let fill = fill_started.elapsed();
+
+    let limit = match &postgres {
+        Some(pool) => Some(measure_limit(pool, &customer, limit_orders, &partner_id).await?),
+        None => None,
+    };
+
+    let settings = RelaySettings {
+        topics: names,
+        batch_size: args.batch_size,
+        batches_in_flight: args.batches_in_flight,
+        ..RelaySettings::default()
+    };
+    // Connect and fetch the topic's metadata before the clock starts, as a running dispatcher
+    // would have: the figure is the steady drain rate, not connection set-up.
+    let warm_up = OutgoingMessage {
+        topic: topic.clone(),
+        key: "warm-up".to_owned(),
+        payload: Vec::new(),
+        headers: Vec::new(),
+    };
+    let mut relays = Vec::new();
+    for n in 0..args.dispatchers {
+        let producer = OrderProducer::new(kafka)?;
+        if let Some(error) = producer
+            .send_all(std::slice::from_ref(&warm_up))
+            .await
+            .into_iter()
+            .find_map(Result::err)
+        {
+            anyhow::bail!("cannot produce to {topic}: {error}");
+        }
+        relays.push(Relay::new(
+            store.clone(),
+            producer,
+            topics.clone(),
+            clock.clone(),
+            db.feed().clone(),
+            RelaySettings {
+                instance_id: format!("bench-{run}-{n}"),
+                ..settings.clone()
+            },
+            Arc::new(RelayMetrics::default()),
+        ));
+    }
+    let metrics: Vec<Arc<RelayMetrics>> = relays.iter().map(|r| r.metrics().clone()).collect();
+    // Drained: every order recorded SENT, and its PLACED and SENT_TO_PARTNER events published.
+    let done = || {
+        let (recorded, published) = metrics.iter().fold((0, 0), |(r, p), m| {
+            let s = m.snapshot();
+            (r + s.recorded, p + s.events_published)
+        });
+        recorded >= args.orders as u64 && published >= 2 * args.orders as u64
+    };
+
+    let stop = CancellationToken::new();
+    let timeout = Duration::from_secs(args.timeout_secs);
+    let drain_started = Instant::now();
+    let running: Vec<_> = relays
+        .into_iter()
+        .map(|relay| tokio::spawn(relay.run(stop.clone(), Duration::from_secs(5))))
+        .collect();
+    while !done() && drain_started.elapsed() <= timeout {
+        // The relays run on their own tasks; this only watches their counters.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let drain = drain_started.elapsed();
+    stop.cancel();
+    for relay in running {
+        relay.await.context("a relay task failed")?;
+    }
+    let drained = count_drained(db, &customer).await?;
+    anyhow::ensure!(
+        drained == args.orders,
+        "{drained} of {} orders were drained (recorded SENT with their SENT_TO_PARTNER event \
+         published) within {timeout:?}",
+        args.orders
+    );
+
+    let broker_only = produce_only(kafka, &topic, args).await?;
+    let snapshots: Vec<_> = metrics.iter().map(|m| m.snapshot()).collect();
+    let drain = Rate::new(args.orders, drain);
+    Ok(DrainReport {
+        benchmark: "drain",
+        storage: String::new(),
+        broker: String::new(),
+        orders: args.orders,
+        batch_size: args.batch_size,
+        batches_in_flight: args.batches_in_flight,
+        dispatchers: args.dispatchers,
+        fill_seconds: fill.as_secs_f64(),
+        ratio: limit.map(|limit| drain.orders_per_second / limit.orders_per_second.max(1e-9)),
+        limit,
+        drain,
+        broker_only,
+        events_published: snapshots.iter().map(|s| s.events_published).sum(),
+        produce_latency_p50_ms: snapshots[0].produce_latency_p50.as_secs_f64() * 1_000.0,
+        produce_latency_p99_ms: snapshots[0].produce_latency_p99.as_secs_f64() * 1_000.0,
+        peak_rss_mib: peak_rss_mib(),
+    })
+}
+
+/// Orders the bare-SQL limit leases at a time.
+const LIMIT_BATCH: usize = 1_000;
+
+/// The bare bookkeeping: lease [`LIMIT_BATCH`] due rows, then in one transaction mark them
+/// `SENT` and append a `SENT_TO_PARTNER` event each (published already, so the relay has no
+/// work left from them).
+const LIMIT_LEASE: &str = "UPDATE dispatch SET lease_owner = $1, lease_expires_at = $2, \
+                           batch_id = $3, updated_at = $4 \
+                           WHERE order_id IN (SELECT order_id FROM dispatch \
+                               WHERE state IN ('PENDING', 'RETRYING') AND next_attempt_at <= $4 \
+                               ORDER BY next_attempt_at LIMIT $5 FOR UPDATE SKIP LOCKED) \
+                           RETURNING order_id";
+const LIMIT_RECORD: &str = "WITH sent AS ( \
+                                UPDATE dispatch SET state = 'SENT', partner_id = $3, \
+                                    sent_at = $4, lease_owner = NULL, lease_expires_at = NULL, \
+                                    batch_id = NULL, updated_at = $4 \
+                                WHERE order_id = ANY($1) AND batch_id = $2 \
+                                RETURNING order_id) \
+                            INSERT INTO order_status_events (order_id, seq, status, \
+                                partner_id, occurred_at, recorded_at, published_at) \
+                            SELECT order_id, 2, 'SENT_TO_PARTNER', $3, $4, $4, $4 FROM sent";
+/// The limit's orders' `PLACED` events count as published: the relay would otherwise publish
+/// them during the drain, work that is not the drain's.
+const LIMIT_PLACED_PUBLISHED: &str = "UPDATE order_status_events e SET published_at = $2 \
+                                      FROM orders o WHERE o.id = e.order_id \
+                                      AND o.customer_id = $1 AND e.published_at IS NULL";
+
+async fn measure_limit(
+    pool: &PgPool,
+    customer: &str,
+    orders: usize,
+    partner_id: &str,
+) -> anyhow::Result<Rate> {
+    let now = Utc::now();
+    sqlx::query(LIMIT_PLACED_PUBLISHED)
+        .bind(format!("{customer}-limit"))
+        .bind(now)
+        .execute(pool)
+        .await?;
+    let mut connection = pool.acquire().await?;
+    let started = Instant::now();
+    let mut done = 0;
+    while done < orders {
+        let now = Utc::now();
+        let batch_id = Uuid::new_v4();
+        let ids: Vec<Uuid> = sqlx::query_scalar(LIMIT_LEASE)
+            .bind("bench-limit")
+            .bind(now + chrono::Duration::seconds(30))
+            .bind(batch_id)
+            .bind(now)
+            .bind(LIMIT_BATCH as i64)
+            .fetch_all(&mut *connection)
+            .await?;
+        anyhow::ensure!(
+            !ids.is_empty(),
+            "the limit ran out of due rows after {done}"
+        );
+        let mut tx = sqlx::Connection::begin(&mut *connection).await?;
+        sqlx::query(LIMIT_RECORD)
+            .bind(&ids)
+            .bind(batch_id)
+            .bind(partner_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        done += ids.len();
+    }
+    Ok(Rate::new(done, started.elapsed()))
+}
+
+/// Drain orders recorded `SENT` whose `SENT_TO_PARTNER` event is published.
+const COUNT_DRAINED: &str = "SELECT count(*) FROM orders o \
+                             JOIN dispatch d ON d.order_id = o.id AND d.state = 'SENT' \
+                             WHERE o.customer_id = $1 \
+                             AND EXISTS (SELECT 1 FROM order_status_events e \
+                                 WHERE e.order_id = o.id AND e.status = 'SENT_TO_PARTNER' \
+                                 AND e.published_at IS NOT NULL)";
+
+async fn count_drained(db: &Database, customer: &str) -> anyhow::Result<usize> {
+    let count: i64 = waybill_service_kit::on_pool!(db.backend(), |pool| {
+        sqlx::query_scalar(COUNT_DRAINED)
+            .bind(customer)
+            .fetch_one(pool)
+            .await?
+    });
+    Ok(usize::try_from(count).unwrap_or(0))
+}
+
+/// Places `count` orders to the bench route through the Orders store, placed at `placed_at`.
+async fn place(
+    db: &Database,
+    run: &str,
+    customer: &str,
+    postal_prefix: &str,
+    placed_at: DateTime<Utc>,
+    count: usize,
+) -> anyhow::Result<()> {
+    let store = Arc::new(SqlOrderStore::new(db));
+    // Postgres takes placing transactions side by side; SQLite has one writer.
+    let in_flight = match db.backend() {
+        Backend::Postgres(_) => 12,
+        Backend::Sqlite(_) => 1,
+    };
+    futures::stream::iter(0..count)
+        .map(|index| {
+            let store = store.clone();
+            let order = bench_order(run, customer, postal_prefix, placed_at, index);
+            async move { store.place_order(&order).await }
+        })
+        .buffer_unordered(in_flight)
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok(())
+}
+
+/// One bench order: three lines, to the bench route.
+fn bench_order(
+    run: &str,
+    customer: &str,
+    postal_prefix: &str,
+    placed_at: DateTime<Utc>,
+    index: usize,
+) -> NewOrder {
+    let line = |sku: &str, name: &str, quantity: u32, unit_price_minor: i64| PricedLine {
+        sku: sku.to_owned(),
+        name: name.to_owned(),
+        quantity,
+        unit_price_minor,
+        line_total_minor: unit_price_minor * i64::from(quantity),
+    };
+    let lines = vec![
+        line("MUG-001", "Mug", 2, 1_250),
+        line("BOOK-042", "Book", 1, 2_999),
+        line("SOCKS-3PK", "Socks", 5, 899),
+    ];
+    NewOrder {
+        id: Uuid::now_v7(),
+        idempotency_key: format!("bench-{run}-{index}"),
+        request_hash: vec![0; 32],
+        customer: Customer {
+            id: customer.to_owned(),
+            name: "Bench Customer".to_owned(),
+            email: "bench@example.com".to_owned(),
+            phone: String::new(),
+        },
+        ship_to: Address {
+            line1: "1 Hauptstraße".to_owned(),
+            line2: String::new(),
+            city: "Berlin".to_owned(),
+            region: String::new(),
+            postal_code: format!("{postal_prefix}1"),
+            country_code: "DE".to_owned(),
+        },
+        total_minor: lines.iter().map(|l| l.line_total_minor).sum(),
+        lines,
+        currency_code: "EUR".to_owned(),
+        region: "bench".to_owned(),
+        placed_at,
+        traceparent: format!(
+            "00-{}-{}-01",
+            Uuid::new_v4().simple(),
+            &Uuid::new_v4().simple().to_string()[..16]
+        ),
+        tracestate: String::new(),
+    }
+}
+
+/// Produces `args.orders` messages the size of a bench order's to `topic`, in batches of the
+/// relay's size, with no database work: what the broker alone allows.
+async fn produce_only(
+    kafka: &KafkaSettings,
+    topic: &str,
+    args: &DrainArgs,
+) -> anyhow::Result<Rate> {
+    let producer = OrderProducer::new(kafka)?;
+    let message = |index: usize| OutgoingMessage {
+        topic: topic.to_owned(),
+        key: format!("{index:036}"),
+        payload: vec![0x5a; BENCH_MESSAGE_BYTES],
+        headers: Vec::new(),
+    };
+    let messages: Vec<OutgoingMessage> = (0..args.orders).map(message).collect();
+    let started = Instant::now();
+    for chunk in messages.chunks(args.batch_size as usize) {
+        if let Some(error) = producer
+            .send_all(chunk)
+            .await
+            .into_iter()
+            .find_map(Result::err)
+        {
+            anyhow::bail!("cannot produce to {topic}: {error}");
+        }
+    }
+    Ok(Rate::new(messages.len(), started.elapsed()))
+}
+
+/// About the encoded size of a bench order's `DispatchedOrder` with its headers.
+const BENCH_MESSAGE_BYTES: usize = 600;
