@@ -63,7 +63,24 @@ pub(super) async fn lease(
         LeaseKind::Due => query,
         LeaseKind::Overdue => query.bind(acknowledging_statuses()),
     };
-    Ok(query.fetch_all(pool).await?)
+    let mut tx = pool.begin().await?;
+    walk_indexes_in_order(&mut tx).await?;
+    let rows = query.fetch_all(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(rows)
+}
+
+/// Takes the oldest rows by walking their partial index in order (`dispatch_due`,
+/// `dispatch_handover_due`, `order_status_events_unpublished`) and stopping at the batch size,
+/// for the rest of `tx`. The planner would otherwise sort the whole backlog whenever its
+/// statistics say the backlog is small — as they do on a fresh table, or in production after a
+/// quiet spell, right before an outage builds a real backlog: measured at 30 ms per claim of 500
+/// with 20,000 events pending, growing with the backlog, where the in-order walk takes 2 ms.
+async fn walk_indexes_in_order(tx: &mut Transaction<'static, Postgres>) -> Result<(), StoreError> {
+    sqlx::query("SET LOCAL enable_sort = off")
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// Records a batch's outcome in one transaction, fenced.
@@ -194,6 +211,7 @@ pub(super) async fn claim_events(
     limit: u32,
 ) -> Result<Box<dyn EventBatch>, StoreError> {
     let mut tx = pool.begin().await?;
+    walk_indexes_in_order(&mut tx).await?;
     let rows: Vec<EventRow> = sqlx::query_as(CLAIM_EVENTS)
         .bind(i64::from(limit))
         .fetch_all(&mut *tx)

@@ -1,0 +1,14 @@
+-- The outbox row carries its message: the order as partners receive it (an encoded
+-- waybill.v1.DispatchedOrder without the per-send fields — partner, send count, reply-to,
+-- region — which the relay appends), written by Orders in the placing transaction. A lease
+-- returns ready bytes and never reads the order tables. NULL on rows placed before this
+-- migration: the relay builds those from the order tables.
+ALTER TABLE dispatch ADD COLUMN message BLOB;
+
+-- Unpublished history events are claimed oldest first in (recorded_at, order_id, seq) order: an
+-- index in exactly that order lets a claim read just its batch. On recorded_at alone, every
+-- claim sorted the whole unpublished backlog (250 ms per claim of 500 at 80,000 pending, so
+-- publishing a backlog took time quadratic in its size).
+DROP INDEX order_status_events_unpublished;
+CREATE INDEX order_status_events_unpublished ON order_status_events (recorded_at, order_id, seq)
+    WHERE published_at IS NULL;
