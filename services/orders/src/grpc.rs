@@ -17,27 +17,19 @@ use waybill_service_kit::{
     db::{Change, ChangeFeed},
     page_token::PageTokenKey,
     telemetry::TraceContext,
-    text::{TextKind, check_required_text, quote},
 };
 
 use crate::{
     convert::{event_to_proto, order_to_proto},
     domain::{
-        InvalidField,
         model::NewOrder,
         page_token::{self, PageCursor},
         pricing::price,
-        validate::validate_place_order,
+        validate::{self, validate_place_order},
     },
     error::OrdersError,
     store::{OrderStore, Placement},
 };
-
-/// Default and largest `ListOrders` page.
-const DEFAULT_PAGE_SIZE: u32 = 20;
-const MAX_PAGE_SIZE: u32 = 100;
-/// Longest `customer_id` (as `PlaceOrder` accepts it).
-const MAX_CUSTOMER_ID_CHARS: usize = 128;
 
 /// The Orders gRPC service.
 #[derive(Debug, Clone)]
@@ -153,7 +145,7 @@ impl OrdersApi {
     }
 
     async fn get(&self, request: &pb::GetOrderRequest) -> Result<pb::Order, OrdersError> {
-        let id = parse_order_id("order_id", &request.order_id)?;
+        let id = validate::order_id("order_id", &request.order_id)?;
         let order = self
             .store
             .get_order(id)
@@ -166,25 +158,8 @@ impl OrdersApi {
         &self,
         request: &pb::ListOrdersRequest,
     ) -> Result<pb::ListOrdersResponse, OrdersError> {
-        check_required_text(
-            "customer_id",
-            &request.customer_id,
-            MAX_CUSTOMER_ID_CHARS,
-            TextKind::Line,
-        )?;
-        let page_size = match request.page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            size if size <= MAX_PAGE_SIZE => size,
-            size => {
-                return Err(InvalidField::new(
-                    "page_size",
-                    format!(
-                        "must be 0 (default {DEFAULT_PAGE_SIZE}) to {MAX_PAGE_SIZE}, got {size}"
-                    ),
-                )
-                .into());
-            }
-        };
+        validate::customer_id(&request.customer_id)?;
+        let page_size = validate::page_size(request.page_size)?;
         let after = if request.page_token.is_empty() {
             None
         } else {
@@ -219,10 +194,8 @@ impl OrdersApi {
     }
 
     async fn watch(&self, request: &pb::WatchOrderRequest) -> Result<EventStream, OrdersError> {
-        let id = parse_order_id("order_id", &request.order_id)?;
-        if request.after_sequence < 0 {
-            return Err(InvalidField::new("after_sequence", "must not be negative").into());
-        }
+        let id = validate::order_id("order_id", &request.order_id)?;
+        let after_sequence = validate::after_sequence(request.after_sequence)?;
         // Subscribe before reading, so an event committed in between is not missed.
         let changes = self.feed.subscribe();
         let history = self.store.history_after(id, 0).await?;
@@ -233,7 +206,7 @@ impl OrdersApi {
         let watch = Watch {
             store: self.store.clone(),
             order_id: id,
-            last_seq: request.after_sequence,
+            last_seq: after_sequence,
             sender,
             poll: self.watch_poll,
         };
@@ -249,22 +222,6 @@ fn request_hash(request: &pb::PlaceOrderRequest) -> Vec<u8> {
     hasher.update(b"waybill.v1.PlaceOrderRequest\0");
     hasher.update(request.encode_to_vec());
     hasher.finalize().to_vec()
-}
-
-fn parse_order_id(field: &str, text: &str) -> Result<Uuid, OrdersError> {
-    if text.is_empty() {
-        return Err(InvalidField::new(field, "is required").into());
-    }
-    Uuid::parse_str(text).map_err(|_| {
-        InvalidField::new(
-            field,
-            format!(
-                "{} is not an order id (a UUID such as 0190f2c4-…)",
-                quote(text)
-            ),
-        )
-        .into()
-    })
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::OrderStatusEvent, Status>> + Send>>;
