@@ -62,9 +62,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", args.data_dir.join("waybill.db").display()));
     // Bound first, like the services' ports: a taken port fails before anything starts.
-    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.metrics_listen))?;
+    let metrics_listener = waybill_service_kit::run::bind(args.metrics_listen).await?;
     let metrics_stop = shutdown.clone();
     let system = System::start(
         SystemSettings {

@@ -25,7 +25,7 @@ pub struct HealthArgs {
     #[arg(long)]
     server_name: Option<String>,
     /// How long to wait for an answer.
-    #[arg(long, default_value = "3s", value_parser = waybill_dispatcher::domain::duration::parse_duration)]
+    #[arg(long, default_value = "3s", value_parser = waybill_service_kit::duration::parse_duration)]
     timeout: Duration,
 }
 

@@ -123,17 +123,23 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> ExitCode {
     let result = match command {
-        Command::Orders(args) => waybill_orders::run(args, shutdown::on_signal())
-            .await
-            .map_err(anyhow::Error::from),
+        Command::Orders(args) => match args.into_config() {
+            Ok(config) => waybill_orders::run(config, shutdown::on_signal())
+                .await
+                .map_err(anyhow::Error::from),
+            Err(error) => return usage_error(&error),
+        },
         Command::Dispatcher(args) => match args.into_config() {
             Ok(config) => waybill_dispatcher::run(config, shutdown::on_signal())
                 .await
                 .map_err(anyhow::Error::from),
-            Err(error) => {
-                eprintln!("error: {error}");
-                return ExitCode::from(EXIT_USAGE);
-            }
+            Err(error) => return usage_error(&error),
+        },
+        Command::StatusIngest(args) => match args.into_config() {
+            Ok(config) => waybill_status_ingest::run(config, shutdown::on_signal())
+                .await
+                .map_err(anyhow::Error::from),
+            Err(error) => return usage_error(&error),
         },
         Command::Dev(args) => dev::run(args, shutdown::on_signal()).await,
         Command::Bench(command) => bench::run(command).await,
@@ -144,9 +150,6 @@ async fn run(command: Command) -> ExitCode {
             Err(error) => Err(error),
         },
         Command::Partner(args) => partner::run(args, shutdown::on_signal()).await,
-        Command::StatusIngest(args) => waybill_status_ingest::run(args, shutdown::on_signal())
-            .await
-            .map_err(anyhow::Error::from),
         Command::Token(command) => match token::run_token(command).await {
             Ok(true) => Ok(()),
             // A refused token: the explanation is printed; exit 1 like a failed check.
@@ -169,18 +172,22 @@ async fn run(command: Command) -> ExitCode {
     }
 }
 
+/// A refused setting: printed, exit 64.
+fn usage_error(error: &waybill_service_kit::config::ConfigError) -> ExitCode {
+    eprintln!("error: {error}");
+    ExitCode::from(EXIT_USAGE)
+}
+
 /// Whether a service refused its settings (TLS files, credentials, the production guard, the
 /// page-token key) before starting: a usage error (64), not a failure of the service.
 fn is_settings_error(error: &anyhow::Error) -> bool {
-    use waybill_orders::RunError as Orders;
-    matches!(
-        error.downcast_ref::<Orders>(),
-        Some(Orders::Security(_) | Orders::PageTokenKey(_))
-    ) || matches!(
-        error.downcast_ref::<waybill_dispatcher::RunError>(),
-        Some(waybill_dispatcher::RunError::Security(_))
-    ) || matches!(
-        error.downcast_ref::<waybill_status_ingest::RunError>(),
-        Some(waybill_status_ingest::RunError::Security(_))
-    )
+    error
+        .downcast_ref::<waybill_orders::RunError>()
+        .is_some_and(waybill_orders::RunError::is_settings_error)
+        || error
+            .downcast_ref::<waybill_dispatcher::RunError>()
+            .is_some_and(waybill_dispatcher::RunError::is_settings_error)
+        || error
+            .downcast_ref::<waybill_status_ingest::RunError>()
+            .is_some_and(waybill_status_ingest::RunError::is_settings_error)
 }

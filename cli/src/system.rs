@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::Context;
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use waybill_connector_sdk::{
     Acceptance, ClusterConfig, Connector, PartnerError, ReportSigningKey, ShipmentContext,
@@ -27,7 +27,8 @@ use waybill_orders::OrdersDeps;
 use waybill_proto::v1::{self as pb, dispatch_admin_client::DispatchAdminClient};
 use waybill_service_kit::{
     db::{Database, PoolSettings},
-    grpc::{self, ServerLimits},
+    grpc::ServerLimits,
+    run::bind,
 };
 use waybill_token::{SigningKey, keys};
 
@@ -420,12 +421,6 @@ fn flatten(
     result
         .with_context(|| format!("{name} task"))?
         .with_context(|| format!("{name} failed"))
-}
-
-async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    grpc::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))
 }
 
 /// A key for this run only.

@@ -17,11 +17,11 @@
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::BTreeMap,
     net::SocketAddr,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -29,9 +29,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use rdkafka::{
-    ClientConfig, Message, Offset, TopicPartitionList,
-    consumer::{BaseConsumer, Consumer},
+use common::{
+    partner_topics::{Seen, confirm, read_partner_topics},
+    processes::{Service, free_addr, wait_serving},
 };
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
@@ -68,140 +68,6 @@ impl Plan {
             kill_every: Duration::from_secs(var("WAYBILL_CHAOS_KILL_EVERY", 6)),
             broker_restarts: u32::try_from(var("WAYBILL_CHAOS_BROKER_RESTARTS", 1)).unwrap(),
         }
-    }
-}
-
-/// One `waybill` process, restartable, its memory sampled.
-struct Service {
-    role: &'static str,
-    args: Vec<String>,
-    log: PathBuf,
-    child: Option<Child>,
-    peak_rss_kib: u64,
-}
-
-impl Service {
-    fn start(role: &'static str, args: Vec<String>, logs: &Path) -> Self {
-        let mut service = Self {
-            role,
-            args,
-            log: logs.join(format!("{role}.log")),
-            child: None,
-            peak_rss_kib: 0,
-        };
-        service.spawn();
-        service
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_waybill"))
-            .args(&self.args)
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start waybill");
-        self.child = Some(child);
-    }
-
-    fn kill_hard(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
-    }
-
-    /// SIGTERM, then waits for a clean exit.
-    fn stop(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else {
-            return true;
-        };
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                if !status.success() {
-                    eprintln!("{} did not stop cleanly: {status}", self.role);
-                }
-                return status.success();
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// If the process died on its own, its exit status (and it is started again, as a
-    /// supervisor would).
-    fn restart_if_exited(&mut self) -> Option<std::process::ExitStatus> {
-        let status = self.child.as_mut()?.try_wait().unwrap()?;
-        self.child = None;
-        self.spawn();
-        Some(status)
-    }
-
-    fn sample_rss(&mut self) {
-        if let Some(child) = &self.child
-            && let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
-            && let Some(kib) = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        {
-            self.peak_rss_kib = self.peak_rss_kib.max(kib);
-        }
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        self.kill_hard();
-    }
-}
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-async fn wait_serving(addr: SocketAddr, what: &str, log: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-        {
-            let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-            if let Ok(reply) = health
-                .check(tonic_health::pb::HealthCheckRequest::default())
-                .await
-                && reply.into_inner().status()
-                    == tonic_health::pb::health_check_response::ServingStatus::Serving
-            {
-                return;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not start; its log:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -242,127 +108,6 @@ fn dispatcher_args(
     ]
     .map(str::to_owned)
     .to_vec()
-}
-
-/// What the checker saw on the partner topics.
-#[derive(Default)]
-struct Seen {
-    /// (topic, order id) → copies seen (distinct records, not re-reads).
-    copies: HashMap<(String, String), u32>,
-    /// Records read: (consumer generation, topic, partition, offset). A restarted broker starts
-    /// its offsets again, hence the generation; re-assigning re-reads, hence the set.
-    records: HashSet<(u32, String, i32, i64)>,
-    /// Order ids seen and not yet confirmed to the database.
-    to_confirm: Vec<(Uuid, String)>,
-}
-
-/// Reads every partition of the partner topics from the beginning, the whole run, following
-/// partitions that appear (a restarted broker re-creates topics) and offsets that reset.
-///
-/// While the broker restarts (`paused`), the consumer is dropped and made anew once the topics
-/// exist again: librdkafka 2.12 crashes (SIGSEGV in its metadata cache) on the metadata Tansu
-/// 0.6 answers for an assigned topic that vanished. The dispatchers' producers are not affected.
-fn read_partner_topics(
-    brokers: String,
-    seen: Arc<Mutex<Seen>>,
-    paused: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-) {
-    let topics: Vec<String> = PARTNERS
-        .iter()
-        .map(|(id, _)| format!("{TOPIC_PREFIX}{id}"))
-        .collect();
-    let mut generation = 0u32;
-    while !stop.load(Ordering::Relaxed) {
-        if paused.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(50));
-            continue;
-        }
-        generation += 1;
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("group.id", "waybill-chaos-checker")
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "6000")
-            .create()
-            .unwrap();
-        let mut assigned: HashSet<(String, i32)> = HashSet::new();
-        let mut last_metadata = Instant::now() - Duration::from_secs(10);
-        while !stop.load(Ordering::Relaxed) && !paused.load(Ordering::Relaxed) {
-            if last_metadata.elapsed() > Duration::from_secs(1) {
-                last_metadata = Instant::now();
-                let mut grown = false;
-                if let Ok(metadata) = consumer.fetch_metadata(None, Duration::from_secs(1)) {
-                    for t in metadata.topics() {
-                        if !topics.iter().any(|name| name == t.name()) {
-                            continue;
-                        }
-                        for p in t.partitions() {
-                            grown |= assigned.insert((t.name().to_owned(), p.id()));
-                        }
-                    }
-                }
-                if grown {
-                    let mut list = TopicPartitionList::new();
-                    for (topic, partition) in &assigned {
-                        list.add_partition_offset(topic, *partition, Offset::Beginning)
-                            .unwrap();
-                    }
-                    // Re-assigning restarts every partition from the beginning; re-read records
-                    // are recognised by their (generation, partition, offset) below.
-                    consumer.assign(&list).unwrap();
-                }
-            }
-            let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) else {
-                continue;
-            };
-            let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
-            let topic = message.topic().to_owned();
-            let mut seen = seen.lock().unwrap();
-            let record = (
-                generation,
-                topic.clone(),
-                message.partition(),
-                message.offset(),
-            );
-            if !seen.records.insert(record) {
-                continue;
-            }
-            let copies = seen.copies.entry((topic.clone(), key.clone())).or_default();
-            *copies += 1;
-            if *copies == 1
-                && let Ok(id) = Uuid::parse_str(&key)
-            {
-                let partner = topic.trim_start_matches(TOPIC_PREFIX).to_owned();
-                seen.to_confirm.push((id, partner));
-            }
-        }
-    }
-}
-
-/// Confirms receipt of the orders the checker saw, as a partner's report would: one order per
-/// transaction, as StatusIngest writes them (a multi-row update here could deadlock with the
-/// relay's bookkeeping on the same orders, which a real partner cannot cause).
-async fn confirm(pool: &PgPool, orders: Vec<(Uuid, String)>) {
-    use futures::StreamExt;
-    futures::stream::iter(orders)
-        .for_each_concurrent(8, |(id, partner)| async move {
-            sqlx::query(
-                "WITH bumped AS ( \
-                     UPDATE orders SET status_seq = status_seq + 1, status = 'RECEIVED_BY_PARTNER' \
-                     WHERE id = $1 RETURNING status_seq) \
-                 INSERT INTO order_status_events \
-                     (order_id, seq, status, partner_id, occurred_at, recorded_at) \
-                 SELECT $1, status_seq, 'RECEIVED_BY_PARTNER', $2, now(), now() FROM bumped",
-            )
-            .bind(id)
-            .bind(&partner)
-            .execute(pool)
-            .await
-            .unwrap();
-        })
-        .await;
 }
 
 fn order_request(key: &str, country: &str) -> pb::PlaceOrderRequest {
@@ -478,7 +223,10 @@ async fn orders_survive_killed_dispatchers_and_a_broker_that_loses_its_data() {
     let reader = {
         let (brokers, seen) = (brokers.clone(), seen.clone());
         let (paused, stop) = (reader_paused.clone(), stop_reading.clone());
-        std::thread::spawn(move || read_partner_topics(brokers, seen, paused, stop))
+        let partners = PARTNERS.map(|(id, _)| id).to_vec();
+        std::thread::spawn(move || {
+            read_partner_topics(brokers, TOPIC_PREFIX, partners, seen, paused, stop)
+        })
     };
 
     // Place at a steady rate (open loop: the schedule does not wait for answers).

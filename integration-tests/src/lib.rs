@@ -203,13 +203,20 @@ impl TestStackBuilder {
     }
 }
 
-/// Runs a service until its shutdown token is cancelled; [`TestStack::stop`] waits for it.
-fn spawn_server<E: std::fmt::Display>(
+/// Runs a service until its shutdown token is cancelled; [`TestStack::stop`] waits for it. A
+/// failure is printed with its causes (a service's error names what failed, its `source` why).
+fn spawn_server<E: std::error::Error + Send + 'static>(
     serve: impl std::future::Future<Output = Result<(), E>> + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         if let Err(error) = serve.await {
-            eprintln!("test stack service failed: {error}");
+            let mut message = error.to_string();
+            let mut cause = error.source();
+            while let Some(inner) = cause {
+                message = format!("{message}: {inner}");
+                cause = inner.source();
+            }
+            eprintln!("test stack service failed: {message}");
         }
     })
 }

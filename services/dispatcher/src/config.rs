@@ -4,12 +4,17 @@
 use std::{net::SocketAddr, time::Duration};
 
 use uuid::Uuid;
+pub use waybill_service_kit::config::ConfigError;
+use waybill_service_kit::{
+    config::{check_name, check_pool_size},
+    duration::{format_duration, parse_duration},
+    text::quote,
+};
 
 use crate::{
     domain::{
         audit::{AuditThresholds, DEFAULT_THRESHOLD},
         backoff::{BackoffPolicy, Jitter},
-        duration::parse_duration,
     },
     kafka::{KafkaSettings, TopicNames},
 };
@@ -189,11 +194,6 @@ pub fn default_instance_id() -> String {
     format!("dispatcher-{}", Uuid::new_v4().simple())
 }
 
-/// A setting that makes no sense; the message says which and why.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid setting: {0}")]
-pub struct ConfigError(pub String);
-
 impl DispatcherArgs {
     /// Validates the flags.
     pub fn into_config(self) -> Result<DispatcherConfig, ConfigError> {
@@ -206,11 +206,15 @@ impl DispatcherArgs {
                     .split_once('=')
                     .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
                     .ok_or_else(|| {
-                        ConfigError(format!("--kafka-option {entry:?} must be key=value"))
+                        ConfigError::new(
+                            "--kafka-option",
+                            format!("must be key=value, got {}", quote(entry)),
+                        )
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let audit = AuditThresholds::parse(&self.audit_thresholds).map_err(ConfigError)?;
+        let audit = AuditThresholds::parse(&self.audit_thresholds)
+            .map_err(|rule| ConfigError::new("--audit-threshold", rule))?;
         let config = DispatcherConfig {
             listen: self.listen,
             database_url: self.database_url,
@@ -256,71 +260,94 @@ impl DispatcherConfig {
     /// Checks the settings against each other.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let relay = &self.relay;
-        let fail = |message: String| Err(ConfigError(message));
+        let fail = |flag, rule: String| Err(ConfigError::new(flag, rule));
+        check_pool_size(self.db_max_connections)?;
         if relay.batch_size == 0 || relay.batch_size > 10_000 {
-            return fail(format!(
-                "--batch-size {} must be between 1 and 10000",
-                relay.batch_size
-            ));
+            return fail(
+                "--batch-size",
+                format!("must be between 1 and 10000, got {}", relay.batch_size),
+            );
         }
         if relay.batches_in_flight == 0 || relay.batches_in_flight > 16 {
-            return fail(format!(
-                "--batches-in-flight {} must be between 1 and 16",
-                relay.batches_in_flight
-            ));
+            return fail(
+                "--batches-in-flight",
+                format!("must be between 1 and 16, got {}", relay.batches_in_flight),
+            );
         }
         if relay.lease <= self.kafka.produce_timeout + Duration::from_secs(1) {
-            return fail(format!(
-                "--lease ({:?}) must exceed --produce-timeout ({:?}) by more than a second, or a \
-                 slow send would outlive its lease",
-                relay.lease, self.kafka.produce_timeout
-            ));
+            return fail(
+                "--lease",
+                format!(
+                    "must exceed --produce-timeout ({}) by more than a second, or a slow send \
+                     would outlive its lease; got {}",
+                    format_duration(self.kafka.produce_timeout),
+                    format_duration(relay.lease)
+                ),
+            );
         }
         if relay.poll_interval.is_zero() {
-            return fail("--poll-interval must be positive".to_owned());
+            return fail("--poll-interval", "must be positive".to_owned());
         }
         if relay.attempt_budget == 0 {
-            return fail("--attempt-budget must be at least 1".to_owned());
+            return fail("--attempt-budget", "must be at least 1".to_owned());
         }
         if relay.backoff.base.is_zero() || relay.backoff.cap < relay.backoff.base {
-            return fail("--backoff-base must be positive and at most --backoff-cap".to_owned());
+            return fail(
+                "--backoff-base",
+                format!(
+                    "must be positive and at most --backoff-cap ({}), got {}",
+                    format_duration(relay.backoff.cap),
+                    format_duration(relay.backoff.base)
+                ),
+            );
         }
         if relay.instance_id.trim().is_empty() {
-            return fail("--instance-id must not be empty".to_owned());
+            return fail("--instance-id", "must not be empty".to_owned());
         }
-        if relay.region.trim().is_empty() {
-            return fail("--region must not be empty".to_owned());
-        }
+        check_name("--region", &relay.region)?;
         if !(relay.reply_to.starts_with("http://") || relay.reply_to.starts_with("https://")) {
-            return fail(format!(
-                "--reply-to {:?} must be the StatusIngest URL, e.g. http://ingest.example:50053",
-                relay.reply_to
-            ));
+            return fail(
+                "--reply-to",
+                format!(
+                    "must be the StatusIngest URL, e.g. http://ingest.example:50053, got {}",
+                    quote(&relay.reply_to)
+                ),
+            );
         }
         if self.kafka.brokers.trim().is_empty() {
-            return fail("--kafka-brokers must name at least one broker".to_owned());
+            return fail(
+                "--kafka-brokers",
+                "must name at least one broker".to_owned(),
+            );
         }
         if self.kafka.produce_timeout < Duration::from_millis(100) {
-            return fail("--produce-timeout must be at least 100ms".to_owned());
+            return fail("--produce-timeout", "must be at least 100ms".to_owned());
         }
-        if self.kafka.topic_partitions < 1 || self.kafka.topic_replication < 1 {
-            return fail(
-                "--topic-partitions and --topic-replication must be at least 1".to_owned(),
-            );
+        if self.kafka.topic_partitions < 1 {
+            return fail("--topic-partitions", "must be at least 1".to_owned());
+        }
+        if self.kafka.topic_replication < 1 {
+            return fail("--topic-replication", "must be at least 1".to_owned());
         }
         for (flag, topic) in [
             ("--audit-topic", &relay.topics.audit),
             ("--order-events-topic", &relay.topics.order_events),
         ] {
             if !crate::kafka::is_valid_topic_name(topic) {
-                return fail(format!("{flag} {topic:?} is not a valid Kafka topic name"));
+                return fail(
+                    flag,
+                    format!("{} is not a valid Kafka topic name", quote(topic)),
+                );
             }
         }
         if !crate::kafka::is_valid_topic_name(&format!("{}x", relay.topics.partner_prefix)) {
-            return fail(format!(
-                "--topic-prefix {:?} may hold only letters, digits, '.', '_' and '-'",
-                relay.topics.partner_prefix
-            ));
+            return fail(
+                "--topic-prefix",
+                format!(
+                    "may hold only letters, digits, '.', '_' and '-', got {}",
+                    quote(&relay.topics.partner_prefix)
+                ),
+            );
         }
         Ok(())
     }
@@ -357,7 +384,12 @@ mod tests {
             .args
             .into_config()
             .expect_err("invalid");
-        assert!(error.to_string().contains("--lease"), "{error}");
+        assert_eq!(error.flag, "--lease");
+        assert_eq!(
+            error.to_string(),
+            "invalid setting --lease: must exceed --produce-timeout (15s) by more than a second, \
+             or a slow send would outlive its lease; got 10s"
+        );
     }
 
     #[test]
@@ -386,7 +418,8 @@ mod tests {
                 .args
                 .into_config()
                 .expect_err("invalid");
-            assert!(error.to_string().contains("--batches-in-flight"), "{error}");
+            assert_eq!(error.flag, "--batches-in-flight");
+            assert!(error.rule.ends_with(&format!("got {value}")), "{error}");
         }
     }
 

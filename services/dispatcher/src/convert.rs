@@ -2,10 +2,7 @@
 
 use std::time::Duration;
 
-use waybill_proto::{
-    time::to_timestamp,
-    v1::{self, DispatchState},
-};
+use waybill_proto::{time::to_timestamp, v1};
 
 use crate::domain::{
     model::{AttemptRecord, DispatchRecord, PartnerKeyRecord, PartnerRecord, RouteRecord, ShipTo},
@@ -123,14 +120,5 @@ pub fn explanation(explanation: Explanation) -> v1::ExplainRouteResponse {
                 },
             )
             .collect(),
-    }
-}
-
-/// The state a request names; `None` for unspecified.
-pub fn state_filter(value: i32) -> Result<Option<DispatchState>, String> {
-    match DispatchState::try_from(value) {
-        Ok(DispatchState::Unspecified) => Ok(None),
-        Ok(state) => Ok(Some(state)),
-        Err(_) => Err(format!("unknown dispatch state {value}")),
     }
 }

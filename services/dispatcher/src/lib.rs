@@ -8,9 +8,12 @@
 //! - [`store`]: the [`store::DispatchStore`] trait and its one implementation on Postgres or
 //!   SQLite.
 //! - [`kafka`]: producer settings (one place), the records and headers, topic creation.
-//! - [`grpc`] and [`convert`]: `waybill.v1.DispatchAdmin`.
+//! - [`grpc`] and [`convert`]: `waybill.v1.DispatchAdmin` (dispatches, partners and keys,
+//!   routes); its request checks are in [`domain::request`].
 //! - [`metrics`]: in-process counters and produce latency, served by `GetRelayStats`.
-//! - [`config`]: flags with environment fallbacks.
+//! - [`config`]: flags with environment fallbacks, validated into a [`DispatcherConfig`].
+//! - [`error`]: everything an admin call or a relay step can fail with, and its one mapping to
+//!   gRPC.
 //! - [`embedded`]: the in-process broker `waybill dev` and `waybill demo` use.
 //! - `testing` (feature `testing`): a Kafka-protocol test broker for tests.
 //!
@@ -30,7 +33,7 @@ pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -39,8 +42,10 @@ use tracing::{info, warn};
 use waybill_proto::v1::dispatch_admin_server::DispatchAdminServer;
 use waybill_service_kit::{
     clock::{SharedClock, SystemClock},
-    db::{Database, DbError, PoolSettings},
+    db::Database,
     grpc::{HealthParts, ServerLimits},
+    run::{MetricsEndpoint, RunError as KitRunError, bind, connect},
+    security::CallerAuth,
 };
 
 pub use crate::config::{DispatcherArgs, DispatcherConfig, RelaySettings};
@@ -104,69 +109,50 @@ impl DispatcherDeps {
     }
 }
 
-/// Why the service could not start or stopped with an error.
+/// Why the service could not start or stopped with an error: the kit's reasons every service
+/// shares, and the dispatcher's own.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// Connecting or migrating failed.
+    /// Binding, connecting, security settings or the server itself (as every service).
     #[error(transparent)]
-    Database(#[from] DbError),
+    Run(#[from] KitRunError),
     /// A Kafka client could not be built (bad settings).
-    #[error("cannot set up the kafka client: {0}")]
+    #[error("cannot set up the kafka client")]
     Kafka(#[source] rdkafka::error::KafkaError),
-    /// TLS, credentials or the production guard refused the admin listener's settings.
-    #[error(transparent)]
-    Security(#[from] waybill_service_kit::security::SecurityError),
-    /// The gRPC server failed.
-    #[error("grpc server failed: {0}")]
-    Serve(#[from] tonic::transport::Error),
+}
+
+impl RunError {
+    /// Whether the service refused its settings before starting (TLS files, credentials, the
+    /// production guard): a usage error, not a failure of the service.
+    pub fn is_settings_error(&self) -> bool {
+        match self {
+            Self::Run(run) => run.is_settings_error(),
+            Self::Kafka(_) => false,
+        }
+    }
 }
 
 /// Runs the dispatcher until `shutdown` is cancelled: binds first (a taken port fails fast),
 /// connects and migrates, then serves the admin API and runs the relay.
 pub async fn run(config: DispatcherConfig, shutdown: CancellationToken) -> Result<(), RunError> {
     // Operators only: the admin API enrols partners and re-routes orders.
-    let security = config.security.load(
-        config.listen,
-        waybill_service_kit::security::CallerAuth::Required,
-    )?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| RunError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let settings = PoolSettings {
-        max_connections: config.db_max_connections,
-        ..PoolSettings::default()
-    };
-    let db = Database::connect(&config.database_url, &settings, shutdown.clone()).await?;
+    let security = config
+        .security
+        .load(config.listen, CallerAuth::Required)
+        .map_err(KitRunError::from)?;
+    let listener = bind(config.listen).await?;
+    let db = connect(
+        &config.database_url,
+        config.db_max_connections,
+        shutdown.clone(),
+    )
+    .await?;
     info!(addr = %config.listen, instance_id = %config.relay.instance_id, brokers = %config.kafka.brokers, "dispatcher listening");
     let mut deps = DispatcherDeps::new(db.clone(), config.kafka, config.relay)?;
     deps.limits.security = security;
-    // Stopped after the service, whether it ended by shutdown or by failure.
-    let metrics_stop = shutdown.child_token();
-    let metrics_listen = config.metrics.metrics_listen;
-    let metrics = config
-        .metrics
-        .start(&deps.metrics, metrics_stop.clone())
-        .await
-        .map_err(|source| RunError::Bind {
-            addr: metrics_listen.unwrap_or(config.listen),
-            source,
-        })?;
+    let metrics = MetricsEndpoint::start(&config.metrics, &deps.metrics, &shutdown).await?;
     let result = serve(listener, deps, shutdown).await;
-    metrics_stop.cancel();
-    if let Some(metrics) = metrics {
-        let _ = metrics.await;
-    }
+    metrics.stop().await;
     db.close().await;
     result
 }
@@ -252,7 +238,7 @@ pub async fn serve(
     // The server returns on shutdown or on failure; either way the relay must stop too.
     shutdown.cancel();
     tasks.wait().await;
-    served.map_err(RunError::from)
+    served.map_err(|error| RunError::Run(error.into()))
 }
 
 /// Keeps [`RELAY_HEALTH_NAME`] in step with whether the producer can send.

@@ -117,7 +117,7 @@ async fn hostile_admin_input_is_invalid_argument_on_both_backends() {
                     country_code: long.clone(),
                     ..Default::default()
                 },
-                "country_code \"xxx",
+                "route.country_code: \"xxx",
             ),
         ] {
             let status = admin
@@ -163,7 +163,7 @@ async fn hostile_admin_input_is_invalid_argument_on_both_backends() {
             })
             .await
             .unwrap_err();
-        assert_invalid(&status, "partner id \"ac\\0me\"", &ctx("disable"));
+        assert_invalid(&status, "partner_id: \"ac\\0me\"", &ctx("disable"));
 
         let listed = admin
             .list_partners(v1::ListPartnersRequest {})

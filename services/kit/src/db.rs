@@ -42,12 +42,13 @@ pub enum DbError {
     /// The URL is neither `postgres://…` nor `sqlite:…`, or is malformed.
     #[error("invalid database url: {0}")]
     InvalidUrl(String),
-    /// Connecting failed.
+    /// Connecting failed (the driver's error is in the message, so it is not also a `source`:
+    /// printed with its chain, the cause appears once).
     #[error("cannot connect to the database: {0}")]
-    Connect(#[source] sqlx::Error),
-    /// A migration failed.
+    Connect(sqlx::Error),
+    /// A migration failed (the cause is in the message, as for `Connect`).
     #[error("database migration failed: {0}")]
-    Migrate(#[source] sqlx::migrate::MigrateError),
+    Migrate(sqlx::migrate::MigrateError),
 }
 
 /// Pool sizing and connection settings.

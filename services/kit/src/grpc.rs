@@ -3,7 +3,7 @@
 //! files), a trace span per request continuing the caller's W3C trace, server limits, and a
 //! graceful drain bounded by a grace period.
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -56,11 +56,6 @@ impl Health {
             self.reporter.set_service_status(*service, status).await;
         }
     }
-}
-
-/// Binds a TCP listener early, so that a port conflict fails start-up before anything else runs.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }
 
 /// Serves `routes` on `listener` with health and reflection until `shutdown` is cancelled, then

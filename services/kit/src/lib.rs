@@ -7,6 +7,12 @@
 //! - [`telemetry`]: structured logs, OpenTelemetry traces over OTLP, W3C trace-context helpers.
 //! - [`grpc`]: serving a tonic router with the health and reflection services and a graceful
 //!   drain.
+//! - [`run`]: starting a service alike everywhere — binding the listener (an error naming the
+//!   address), connecting, the metrics endpoint beside the server — and [`run::RunError`], what
+//!   every service can stop with.
+//! - [`config`]: the typed error of a refused setting ([`config::ConfigError`]) and the checks
+//!   every service's settings share; [`duration`]: the `250ms`/`30s`/`10m` notation of
+//!   duration settings.
 //! - [`metrics`]: Prometheus metrics (series registries, refreshers run at scrape time, the
 //!   `/metrics` HTTP endpoint turned on by `--metrics-listen`).
 //! - [`text`]: the one text-field checker (length, control characters) and the one way to
@@ -20,10 +26,13 @@
 //! - `testing` (feature `testing`): throw-away databases for tests.
 
 pub mod clock;
+pub mod config;
 pub mod db;
+pub mod duration;
 pub mod grpc;
 pub mod metrics;
 pub mod page_token;
+pub mod run;
 pub mod secrets;
 pub mod security;
 pub mod shutdown;

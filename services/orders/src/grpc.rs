@@ -17,27 +17,19 @@ use waybill_service_kit::{
     db::{Change, ChangeFeed},
     page_token::PageTokenKey,
     telemetry::TraceContext,
-    text::{TextKind, check_required_text, quote},
 };
 
 use crate::{
     convert::{event_to_proto, order_to_proto},
     domain::{
-        InvalidField,
         model::NewOrder,
         page_token::{self, PageCursor},
         pricing::price,
-        validate::validate_place_order,
+        validate::{self, validate_place_order},
     },
     error::OrdersError,
     store::{OrderStore, Placement},
 };
-
-/// Default and largest `ListOrders` page.
-const DEFAULT_PAGE_SIZE: u32 = 20;
-const MAX_PAGE_SIZE: u32 = 100;
-/// Longest `customer_id` (as `PlaceOrder` accepts it).
-const MAX_CUSTOMER_ID_CHARS: usize = 128;
 
 /// The Orders gRPC service.
 #[derive(Debug, Clone)]
@@ -105,7 +97,10 @@ impl OrdersApi {
         self
     }
 
-    async fn place(&self, request: &pb::PlaceOrderRequest) -> Result<Placement, OrdersError> {
+    async fn place(
+        &self,
+        request: &pb::PlaceOrderRequest,
+    ) -> Result<pb::PlaceOrderResponse, OrdersError> {
         let valid = validate_place_order(request)?;
         let skus: Vec<String> = valid.lines.iter().map(|line| line.sku.clone()).collect();
         let catalog: HashMap<_, _> = self
@@ -131,45 +126,7 @@ impl OrdersApi {
             traceparent: trace.traceparent,
             tracestate: trace.tracestate,
         };
-        Ok(self.store.place_order(&order).await?)
-    }
-}
-
-/// SHA-256 of the request's protobuf encoding (deterministic for equal messages): equal for a
-/// true retry, different for any change in customer, address or lines.
-fn request_hash(request: &pb::PlaceOrderRequest) -> Vec<u8> {
-    let mut hasher = Sha256::new();
-    hasher.update(b"waybill.v1.PlaceOrderRequest\0");
-    hasher.update(request.encode_to_vec());
-    hasher.finalize().to_vec()
-}
-
-fn parse_order_id(field: &str, text: &str) -> Result<Uuid, OrdersError> {
-    if text.is_empty() {
-        return Err(InvalidField::new(field, "is required").into());
-    }
-    Uuid::parse_str(text).map_err(|_| {
-        InvalidField::new(
-            field,
-            format!(
-                "{} is not an order id (a UUID such as 0190f2c4-…)",
-                quote(text)
-            ),
-        )
-        .into()
-    })
-}
-
-type EventStream = Pin<Box<dyn Stream<Item = Result<pb::OrderStatusEvent, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl OrderService for OrdersApi {
-    async fn place_order(
-        &self,
-        request: Request<pb::PlaceOrderRequest>,
-    ) -> Result<Response<pb::PlaceOrderResponse>, Status> {
-        let request = request.into_inner();
-        let (order, replayed) = match self.place(&request).await? {
+        let (order, replayed) = match self.store.place_order(&order).await? {
             Placement::Created(order) => {
                 self.metrics.placed.inc();
                 debug!(order_id = %order.id, total_minor = order.total_minor, currency = %order.currency_code, "order placed");
@@ -181,65 +138,42 @@ impl OrderService for OrdersApi {
                 (order, true)
             }
         };
-        Ok(Response::new(pb::PlaceOrderResponse {
+        Ok(pb::PlaceOrderResponse {
             order: Some(order_to_proto(&order)),
             replayed,
-        }))
+        })
     }
 
-    async fn get_order(
-        &self,
-        request: Request<pb::GetOrderRequest>,
-    ) -> Result<Response<pb::Order>, Status> {
-        let id = parse_order_id("order_id", &request.get_ref().order_id)?;
+    async fn get(&self, request: &pb::GetOrderRequest) -> Result<pb::Order, OrdersError> {
+        let id = validate::order_id("order_id", &request.order_id)?;
         let order = self
             .store
             .get_order(id)
-            .await
-            .map_err(OrdersError::from)?
+            .await?
             .ok_or_else(|| OrdersError::NotFound(id.to_string()))?;
-        Ok(Response::new(order_to_proto(&order)))
+        Ok(order_to_proto(&order))
     }
 
-    async fn list_orders(
+    async fn list(
         &self,
-        request: Request<pb::ListOrdersRequest>,
-    ) -> Result<Response<pb::ListOrdersResponse>, Status> {
-        let request = request.get_ref();
-        check_required_text(
-            "customer_id",
-            &request.customer_id,
-            MAX_CUSTOMER_ID_CHARS,
-            TextKind::Line,
-        )
-        .map_err(OrdersError::from)?;
-        let page_size = match request.page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            size if size <= MAX_PAGE_SIZE => size,
-            size => {
-                return Err(OrdersError::from(InvalidField::new(
-                    "page_size",
-                    format!(
-                        "must be 0 (default {DEFAULT_PAGE_SIZE}) to {MAX_PAGE_SIZE}, got {size}"
-                    ),
-                ))
-                .into());
-            }
-        };
+        request: &pb::ListOrdersRequest,
+    ) -> Result<pb::ListOrdersResponse, OrdersError> {
+        validate::customer_id(&request.customer_id)?;
+        let page_size = validate::page_size(request.page_size)?;
         let after = if request.page_token.is_empty() {
             None
         } else {
-            Some(
-                page_token::decode(&self.page_tokens, &request.customer_id, &request.page_token)
-                    .map_err(OrdersError::from)?,
-            )
+            Some(page_token::decode(
+                &self.page_tokens,
+                &request.customer_id,
+                &request.page_token,
+            )?)
         };
         // One extra row tells whether another page exists.
         let mut orders = self
             .store
             .list_orders(&request.customer_id, after, page_size + 1)
-            .await
-            .map_err(OrdersError::from)?;
+            .await?;
         let more = orders.len() > page_size as usize;
         orders.truncate(page_size as usize);
         let next_page_token = match orders.last() {
@@ -253,10 +187,67 @@ impl OrderService for OrdersApi {
             ),
             _ => String::new(),
         };
-        Ok(Response::new(pb::ListOrdersResponse {
+        Ok(pb::ListOrdersResponse {
             orders: orders.iter().map(order_to_proto).collect(),
             next_page_token,
-        }))
+        })
+    }
+
+    async fn watch(&self, request: &pb::WatchOrderRequest) -> Result<EventStream, OrdersError> {
+        let id = validate::order_id("order_id", &request.order_id)?;
+        let after_sequence = validate::after_sequence(request.after_sequence)?;
+        // Subscribe before reading, so an event committed in between is not missed.
+        let changes = self.feed.subscribe();
+        let history = self.store.history_after(id, 0).await?;
+        if history.is_empty() {
+            return Err(OrdersError::NotFound(id.to_string()));
+        }
+        let (sender, receiver) = mpsc::channel(16);
+        let watch = Watch {
+            store: self.store.clone(),
+            order_id: id,
+            last_seq: after_sequence,
+            sender,
+            poll: self.watch_poll,
+        };
+        tokio::spawn(watch.run(history, changes, self.shutdown.clone()));
+        Ok(Box::pin(ReceiverStream::new(receiver)))
+    }
+}
+
+/// SHA-256 of the request's protobuf encoding (deterministic for equal messages): equal for a
+/// true retry, different for any change in customer, address or lines.
+fn request_hash(request: &pb::PlaceOrderRequest) -> Vec<u8> {
+    let mut hasher = Sha256::new();
+    hasher.update(b"waybill.v1.PlaceOrderRequest\0");
+    hasher.update(request.encode_to_vec());
+    hasher.finalize().to_vec()
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::OrderStatusEvent, Status>> + Send>>;
+
+type Reply<T> = Result<Response<T>, Status>;
+
+/// Each RPC is one line: the inner method's [`OrdersError`] becomes a `Status` in one place
+/// (`From<OrdersError> for Status`).
+#[tonic::async_trait]
+impl OrderService for OrdersApi {
+    async fn place_order(
+        &self,
+        request: Request<pb::PlaceOrderRequest>,
+    ) -> Reply<pb::PlaceOrderResponse> {
+        Ok(Response::new(self.place(request.get_ref()).await?))
+    }
+
+    async fn get_order(&self, request: Request<pb::GetOrderRequest>) -> Reply<pb::Order> {
+        Ok(Response::new(self.get(request.get_ref()).await?))
+    }
+
+    async fn list_orders(
+        &self,
+        request: Request<pb::ListOrdersRequest>,
+    ) -> Reply<pb::ListOrdersResponse> {
+        Ok(Response::new(self.list(request.get_ref()).await?))
     }
 
     type WatchOrderStream = EventStream;
@@ -264,36 +255,8 @@ impl OrderService for OrdersApi {
     async fn watch_order(
         &self,
         request: Request<pb::WatchOrderRequest>,
-    ) -> Result<Response<Self::WatchOrderStream>, Status> {
-        let request = request.get_ref();
-        let id = parse_order_id("order_id", &request.order_id)?;
-        if request.after_sequence < 0 {
-            return Err(OrdersError::from(InvalidField::new(
-                "after_sequence",
-                "must not be negative",
-            ))
-            .into());
-        }
-        // Subscribe before reading, so an event committed in between is not missed.
-        let changes = self.feed.subscribe();
-        let history = self
-            .store
-            .history_after(id, 0)
-            .await
-            .map_err(OrdersError::from)?;
-        if history.is_empty() {
-            return Err(OrdersError::NotFound(id.to_string()).into());
-        }
-        let (sender, receiver) = mpsc::channel(16);
-        let watch = Watch {
-            store: self.store.clone(),
-            order_id: id,
-            last_seq: request.after_sequence,
-            sender,
-            poll: self.watch_poll,
-        };
-        tokio::spawn(watch.run(history, changes, self.shutdown.clone()));
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    ) -> Reply<Self::WatchOrderStream> {
+        Ok(Response::new(self.watch(request.get_ref()).await?))
     }
 }
 

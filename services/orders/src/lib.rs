@@ -5,16 +5,19 @@
 //! - [`store`]: the `OrderStore` trait and its one implementation on Postgres or SQLite.
 //!   `PlaceOrder` writes the order, its lines, its `PLACED` event and its `PENDING` dispatch row
 //!   in one transaction: the transactional outbox the dispatcher relays from.
+//! - [`config`]: flags with environment fallbacks, validated into an [`OrdersConfig`].
+//! - [`error`]: everything a call can fail with, and its one mapping to gRPC status codes.
 //! - [`run`] starts the service from settings; [`serve`] is the seam tests and the all-in-one
 //!   binary use (a bound listener and ready dependencies).
 
+pub mod config;
 pub mod convert;
 pub mod domain;
 pub mod error;
 pub mod grpc;
 pub mod store;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -22,50 +25,21 @@ use tracing::{info, warn};
 use waybill_proto::v1::order_service_server::OrderServiceServer;
 use waybill_service_kit::{
     clock::{SharedClock, SystemClock},
-    db::{ChangeFeed, Database, DbError, PoolSettings},
+    db::{ChangeFeed, Database},
     grpc::ServerLimits,
-    page_token::{PageTokenArgs, PageTokenKey, PageTokenKeyError},
-    security::{CallerAuth, SecurityArgs, SecurityError},
+    page_token::{PageTokenKey, PageTokenKeyError},
+    run::{MetricsEndpoint, RunError as KitRunError, bind, connect},
+    security::CallerAuth,
 };
 
-pub use crate::grpc::OrdersApi;
 use crate::store::OrderStore;
+pub use crate::{
+    config::{OrdersArgs, OrdersConfig},
+    grpc::OrdersApi,
+};
 
 /// The fully qualified gRPC service name, for health reporting.
 pub const SERVICE_NAME: &str = "waybill.v1.OrderService";
-
-/// Settings of `waybill orders`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct OrdersArgs {
-    /// Address the gRPC server listens on.
-    #[arg(long, env = "WAYBILL_LISTEN", default_value = "127.0.0.1:50051")]
-    pub listen: SocketAddr,
-    /// `postgres://user@host/db` in production, `sqlite://path.db` embedded.
-    #[arg(
-        long,
-        env = "WAYBILL_DATABASE_URL",
-        default_value = "sqlite://.waybill/waybill.db"
-    )]
-    pub database_url: String,
-    /// Name of this Waybill region, stamped on every order.
-    #[arg(long, env = "WAYBILL_REGION", default_value = "local")]
-    pub region: String,
-    /// Load the sample catalog (`services/orders/seed/catalog.sql`) at start-up.
-    #[arg(long, env = "WAYBILL_SEED_CATALOG")]
-    pub seed_catalog: bool,
-    /// Most database connections this service opens.
-    #[arg(long, env = "WAYBILL_DB_MAX_CONNECTIONS", default_value_t = 16)]
-    pub db_max_connections: u32,
-    /// Page-token key.
-    #[command(flatten)]
-    pub page_tokens: PageTokenArgs,
-    /// The Prometheus metrics listener (off by default).
-    #[command(flatten)]
-    pub metrics: waybill_service_kit::metrics::MetricsArgs,
-    /// TLS, credentials and rate limits.
-    #[command(flatten)]
-    pub security: SecurityArgs,
-}
 
 /// What the Orders service needs to serve.
 #[derive(Debug, Clone)]
@@ -99,88 +73,76 @@ impl OrdersDeps {
     }
 }
 
-/// Why the service could not start or stopped with an error.
+/// Why the service could not start or stopped with an error: the kit's reasons every service
+/// shares, and Orders' own.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// Connecting or migrating failed.
+    /// Binding, connecting, security settings or the server itself (as every service).
     #[error(transparent)]
-    Database(#[from] DbError),
+    Run(#[from] waybill_service_kit::run::RunError),
     /// The page-token key setting is unusable.
     #[error(transparent)]
     PageTokenKey(#[from] PageTokenKeyError),
-    /// TLS, credentials or the production guard refused the settings.
-    #[error(transparent)]
-    Security(#[from] SecurityError),
-    /// Seeding the catalog failed.
+    /// Seeding the catalog failed. The store's error is in the message and not a `source`: it
+    /// carries the driver's error both ways itself, and printed with its chain would show it
+    /// twice.
     #[error("cannot seed the catalog: {0}")]
-    Seed(#[from] store::StoreError),
-    /// The gRPC server failed.
-    #[error("grpc server failed: {0}")]
-    Serve(#[from] tonic::transport::Error),
+    Seed(store::StoreError),
+}
+
+impl RunError {
+    /// Whether the service refused its settings before starting (TLS files, credentials, the
+    /// production guard, the page-token key): a usage error, not a failure of the service.
+    pub fn is_settings_error(&self) -> bool {
+        match self {
+            Self::Run(run) => run.is_settings_error(),
+            Self::PageTokenKey(_) => true,
+            Self::Seed(_) => false,
+        }
+    }
 }
 
 /// Runs the Orders service until `shutdown` is cancelled: binds first (a taken port fails
 /// fast), connects and migrates, then serves.
-pub async fn run(args: OrdersArgs, shutdown: CancellationToken) -> Result<(), RunError> {
-    let page_tokens = args.page_tokens.load()?;
-    let security = args.security.load(args.listen, CallerAuth::Required)?;
+pub async fn run(config: OrdersConfig, shutdown: CancellationToken) -> Result<(), RunError> {
+    let page_tokens = config.page_tokens.load()?;
+    let security = config
+        .security
+        .load(config.listen, CallerAuth::Required)
+        .map_err(KitRunError::from)?;
     if page_tokens.is_ephemeral() {
         warn!(
             "no page-token key configured: using a random one for this process, so ListOrders page tokens do not survive a restart or reach another instance (set WAYBILL_PAGE_TOKEN_KEY or --page-token-key-file)"
         );
     }
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .map_err(|source| RunError::Bind {
-            addr: args.listen,
-            source,
-        })?;
-    let settings = PoolSettings {
-        max_connections: args.db_max_connections,
-        ..PoolSettings::default()
-    };
-    let db = Database::connect(&args.database_url, &settings, shutdown.clone()).await?;
-    if args.seed_catalog {
-        store::seed_catalog(&db).await?;
+    let listener = bind(config.listen).await?;
+    let db = connect(
+        &config.database_url,
+        config.db_max_connections,
+        shutdown.clone(),
+    )
+    .await?;
+    if config.seed_catalog {
+        store::seed_catalog(&db).await.map_err(RunError::Seed)?;
     }
     info!(
-        addr = %args.listen,
-        region = %args.region,
+        addr = %config.listen,
+        region = %config.region,
         tls = security.tls.is_some(),
         credentials = security.credentials.is_some(),
         "orders service listening"
     );
     let deps = OrdersDeps {
         page_tokens,
-        ..OrdersDeps::new(&db, args.region)
+        ..OrdersDeps::new(&db, config.region)
     };
-    // Stopped after the server, whether it ended by shutdown or by failure.
-    let metrics_stop = shutdown.child_token();
-    let metrics = args
-        .metrics
-        .start(&deps.metrics, metrics_stop.clone())
-        .await
-        .map_err(|source| RunError::Bind {
-            addr: args.metrics.metrics_listen.unwrap_or(args.listen),
-            source,
-        })?;
+    let metrics = MetricsEndpoint::start(&config.metrics, &deps.metrics, &shutdown).await?;
     let limits = ServerLimits {
         security,
         ..ServerLimits::default()
     };
     let result = serve(listener, deps, limits, shutdown).await;
-    metrics_stop.cancel();
-    if let Some(metrics) = metrics {
-        let _ = metrics.await;
-    }
+    metrics.stop().await;
     db.close().await;
     result
 }
@@ -218,6 +180,8 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let routes = tonic::service::Routes::new(service(deps, shutdown.clone()));
-    waybill_service_kit::grpc::serve(listener, routes, &[SERVICE_NAME], &limits, shutdown).await?;
+    waybill_service_kit::grpc::serve(listener, routes, &[SERVICE_NAME], &limits, shutdown)
+        .await
+        .map_err(KitRunError::from)?;
     Ok(())
 }

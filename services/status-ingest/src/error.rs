@@ -21,9 +21,10 @@ pub enum IngestError {
     /// A field broke a rule; nothing was changed.
     #[error(transparent)]
     InvalidArgument(#[from] InvalidField),
-    /// The token or its key was refused.
+    /// The token or its key was refused (the cause is in the message callers see, so it is not
+    /// also a `source`).
     #[error("report token refused: {0}")]
-    Unauthenticated(#[from] TokenError),
+    Unauthenticated(TokenError),
     /// The order does not exist or is not routed to this partner.
     #[error("{NOT_ROUTED_MESSAGE}")]
     NotRouted,
@@ -45,6 +46,12 @@ impl IngestError {
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
         }
+    }
+}
+
+impl From<TokenError> for IngestError {
+    fn from(error: TokenError) -> Self {
+        Self::Unauthenticated(error)
     }
 }
 

@@ -169,16 +169,15 @@ impl IngestApi {
     }
 }
 
-#[tonic::async_trait]
-impl StatusIngest for IngestApi {
-    async fn report_status(
+impl IngestApi {
+    /// [`IngestApi::report`], with a refusal counted by reason and logged.
+    async fn report_counted(
         &self,
-        request: Request<pb::ReportStatusRequest>,
-    ) -> Result<Response<pb::ReportStatusResponse>, Status> {
+        request: &pb::ReportStatusRequest,
+    ) -> Result<pb::ReportStatusResponse, IngestError> {
         let started = Instant::now();
-        let request = request.into_inner();
-        match self.report(&request).await {
-            Ok(duplicate) => Ok(Response::new(pb::ReportStatusResponse { duplicate })),
+        match self.report(request).await {
+            Ok(duplicate) => Ok(pb::ReportStatusResponse { duplicate }),
             Err(error) => {
                 let reason = error.reason();
                 self.metrics.add_rejected(reason);
@@ -191,21 +190,37 @@ impl StatusIngest for IngestApi {
                     elapsed_us = started.elapsed().as_micros() as u64,
                     "report refused"
                 );
-                Err(error.into())
+                Err(error)
             }
         }
+    }
+
+    fn stats(&self) -> pb::ReportStats {
+        let stats = self.metrics.snapshot();
+        pb::ReportStats {
+            accepted: stats.accepted,
+            duplicates: stats.duplicates,
+            flagged_for_review: stats.flagged_for_review,
+            rejected: stats.rejected.into_iter().collect(),
+        }
+    }
+}
+
+/// Each RPC is one line: the inner method's [`IngestError`] becomes a `Status` in one place
+/// (`From<IngestError> for Status`).
+#[tonic::async_trait]
+impl StatusIngest for IngestApi {
+    async fn report_status(
+        &self,
+        request: Request<pb::ReportStatusRequest>,
+    ) -> Result<Response<pb::ReportStatusResponse>, Status> {
+        Ok(Response::new(self.report_counted(request.get_ref()).await?))
     }
 
     async fn get_report_stats(
         &self,
         _request: Request<pb::GetReportStatsRequest>,
     ) -> Result<Response<pb::ReportStats>, Status> {
-        let stats = self.metrics.snapshot();
-        Ok(Response::new(pb::ReportStats {
-            accepted: stats.accepted,
-            duplicates: stats.duplicates,
-            flagged_for_review: stats.flagged_for_review,
-            rejected: stats.rejected.into_iter().collect(),
-        }))
+        Ok(Response::new(self.stats()))
     }
 }

@@ -8,7 +8,8 @@
 //! - [`store`]: the [`store::IngestStore`] trait and its one implementation on Postgres or
 //!   SQLite; one transaction per report, the replay guard in the database.
 //! - [`metrics`]: in-process counters.
-//! - [`config`]: flags with environment fallbacks.
+//! - [`config`]: flags with environment fallbacks, validated into a [`StatusIngestConfig`].
+//! - [`error`]: everything a report can be refused with, and its one mapping to gRPC.
 //! - [`bench`]: `waybill bench report`.
 //! - The token itself (format, checks, key files) is the `waybill-token` crate, shared with the
 //!   connector SDK.
@@ -24,7 +25,7 @@ pub mod grpc;
 pub mod metrics;
 pub mod store;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -32,11 +33,16 @@ use tracing::{info, warn};
 use waybill_proto::v1::status_ingest_server::StatusIngestServer;
 use waybill_service_kit::{
     clock::{SharedClock, SystemClock},
-    db::{Database, DbError, PoolSettings},
+    db::Database,
     grpc::ServerLimits,
+    run::{MetricsEndpoint, bind, connect},
+    security::CallerAuth,
 };
 
-pub use crate::{config::StatusIngestArgs, grpc::IngestApi};
+pub use crate::{
+    config::{StatusIngestArgs, StatusIngestConfig},
+    grpc::IngestApi,
+};
 use crate::{metrics::IngestMetrics, store::IngestStore};
 
 /// The fully qualified gRPC service name, for health reporting.
@@ -70,63 +76,29 @@ impl IngestDeps {
     }
 }
 
-/// Why the service could not start or stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// Connecting or migrating failed.
-    #[error(transparent)]
-    Database(#[from] DbError),
-    /// TLS or the production guard refused the listener's settings.
-    #[error(transparent)]
-    Security(#[from] waybill_service_kit::security::SecurityError),
-    /// The gRPC server failed.
-    #[error("grpc server failed: {0}")]
-    Serve(#[from] tonic::transport::Error),
-}
+/// Why the service could not start or stopped with an error: StatusIngest has no reasons of its
+/// own beyond those every service shares (binding, connecting, security settings, the server).
+pub use waybill_service_kit::run::RunError;
 
 /// Runs StatusIngest until `shutdown` is cancelled: binds first (a taken port fails fast),
 /// connects and migrates, then serves, deleting expired token ids and logging the counters
 /// every stats interval.
-pub async fn run(args: StatusIngestArgs, shutdown: CancellationToken) -> Result<(), RunError> {
+pub async fn run(config: StatusIngestConfig, shutdown: CancellationToken) -> Result<(), RunError> {
     // Open at the transport level (partners sign their reports), but TLS off loopback.
-    let security = args.security.load(
-        args.listen,
-        waybill_service_kit::security::CallerAuth::InCall,
-    )?;
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .map_err(|source| RunError::Bind {
-            addr: args.listen,
-            source,
-        })?;
-    let settings = PoolSettings {
-        max_connections: args.db_max_connections,
-        ..PoolSettings::default()
-    };
-    let db = Database::connect(&args.database_url, &settings, shutdown.clone()).await?;
-    let deps = IngestDeps::new(&db, args.audience.clone());
-    // Stopped after the server, whether it ended by shutdown or by failure.
-    let metrics_stop = shutdown.child_token();
-    let metrics = args
-        .metrics
-        .start(&deps.registry, metrics_stop.clone())
-        .await
-        .map_err(|source| RunError::Bind {
-            addr: args.metrics.metrics_listen.unwrap_or(args.listen),
-            source,
-        })?;
-    info!(addr = %args.listen, audience = %args.audience, "status ingest listening");
+    let security = config.security.load(config.listen, CallerAuth::InCall)?;
+    let listener = bind(config.listen).await?;
+    let db = connect(
+        &config.database_url,
+        config.db_max_connections,
+        shutdown.clone(),
+    )
+    .await?;
+    let deps = IngestDeps::new(&db, config.audience.clone());
+    let metrics = MetricsEndpoint::start(&config.metrics, &deps.registry, &shutdown).await?;
+    info!(addr = %config.listen, audience = %config.audience, "status ingest listening");
     let maintenance = tokio::spawn(maintain(
         deps.clone(),
-        args.stats_interval(),
+        config.stats_interval,
         shutdown.clone(),
     ));
     let limits = ServerLimits {
@@ -134,10 +106,7 @@ pub async fn run(args: StatusIngestArgs, shutdown: CancellationToken) -> Result<
         ..ServerLimits::default()
     };
     let result = serve(listener, deps, limits, shutdown).await;
-    metrics_stop.cancel();
-    if let Some(metrics) = metrics {
-        let _ = metrics.await;
-    }
+    metrics.stop().await;
     let _ = maintenance.await;
     db.close().await;
     result

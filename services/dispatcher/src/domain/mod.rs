@@ -7,12 +7,13 @@
 //! - [`routing`]: which partner carries an order, and why (the explanation operators see).
 //! - [`backoff`]: when a failed send is tried again (exponential, full jitter, capped).
 //! - [`audit`]: which order totals also go to the audit topic.
-//! - [`duration`]: the `30s`/`500ms`/`10m` notation settings and the admin API use.
+//! - [`request`]: the checks of `DispatchAdmin` requests, each refusal naming the field and
+//!   its rule.
 
 pub mod audit;
 pub mod backoff;
 pub mod cycle;
-pub mod duration;
 pub mod model;
 pub mod record;
+pub mod request;
 pub mod routing;

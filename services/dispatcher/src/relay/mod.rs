@@ -127,7 +127,7 @@ impl Relay {
     fn lease_request(&self) -> Result<LeaseRequest, DispatchError> {
         let now = self.clock.now();
         let lease = chrono::Duration::from_std(self.settings.lease)
-            .map_err(|_| DispatchError::InvalidArgument("lease too long".to_owned()))?;
+            .map_err(|_| waybill_service_kit::text::InvalidField::new("--lease", "is too long"))?;
         Ok(LeaseRequest {
             owner: self.settings.instance_id.clone(),
             batch_id: Uuid::new_v4(),

@@ -1,7 +1,9 @@
-//! The rules a `PlaceOrderRequest` must meet. Each failure names the field and the rule, so a
-//! caller can fix the request without reading our code. Nothing is trimmed or rewritten: what
+//! The rules a `PlaceOrderRequest` must meet, and the fields of the other RPCs (order ids,
+//! `ListOrders` paging, `WatchOrder`'s position). Each failure names the field and the rule, so
+//! a caller can fix the request without reading our code. Nothing is trimmed or rewritten: what
 //! is accepted is stored as sent.
 
+use uuid::Uuid;
 use waybill_proto::v1::PlaceOrderRequest;
 use waybill_service_kit::text::{TextKind, check_required_text, check_text, quote};
 
@@ -17,6 +19,12 @@ pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
 pub const MAX_LINES: usize = 100;
 /// Largest quantity on one line.
 pub const MAX_QUANTITY: u32 = 10_000;
+/// Longest customer id.
+pub const MAX_CUSTOMER_ID_CHARS: usize = 128;
+/// Default and largest `ListOrders` page.
+pub const DEFAULT_PAGE_SIZE: u32 = 20;
+/// Largest `ListOrders` page.
+pub const MAX_PAGE_SIZE: u32 = 100;
 
 /// A requested line that passed validation; not yet priced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +63,7 @@ pub fn validate_place_order(request: &PlaceOrderRequest) -> Result<ValidPlaceOrd
         .customer
         .as_ref()
         .ok_or_else(|| InvalidField::new("customer", "is required"))?;
-    required_text("customer.id", &customer.id, 128)?;
+    required_text("customer.id", &customer.id, MAX_CUSTOMER_ID_CHARS)?;
     required_text("customer.name", &customer.name, 200)?;
     required_text("customer.email", &customer.email, 254)?;
     if !looks_like_email(&customer.email) {
@@ -150,6 +158,48 @@ pub fn validate_place_order(request: &PlaceOrderRequest) -> Result<ValidPlaceOrd
 }
 
 /// A non-empty, bounded, single-line text field.
+/// An order id field: required, a UUID.
+pub fn order_id(field: &str, text: &str) -> Result<Uuid, InvalidField> {
+    if text.is_empty() {
+        return Err(InvalidField::new(field, "is required"));
+    }
+    Uuid::parse_str(text).map_err(|_| {
+        InvalidField::new(
+            field,
+            format!(
+                "{} is not an order id (a UUID such as 0190f2c4-…)",
+                quote(text)
+            ),
+        )
+    })
+}
+
+/// `ListOrders`' customer: required, as `PlaceOrder` accepts it.
+pub fn customer_id(value: &str) -> Result<(), InvalidField> {
+    required_text("customer_id", value, MAX_CUSTOMER_ID_CHARS)
+}
+
+/// `ListOrders`' page size: 0 for [`DEFAULT_PAGE_SIZE`], at most [`MAX_PAGE_SIZE`].
+pub fn page_size(size: u32) -> Result<u32, InvalidField> {
+    match size {
+        0 => Ok(DEFAULT_PAGE_SIZE),
+        size if size <= MAX_PAGE_SIZE => Ok(size),
+        size => Err(InvalidField::new(
+            "page_size",
+            format!("must be 0 (default {DEFAULT_PAGE_SIZE}) to {MAX_PAGE_SIZE}, got {size}"),
+        )),
+    }
+}
+
+/// `WatchOrder`'s position: the last event sequence the caller has, 0 for all.
+pub fn after_sequence(sequence: i64) -> Result<i64, InvalidField> {
+    if sequence < 0 {
+        Err(InvalidField::new("after_sequence", "must not be negative"))
+    } else {
+        Ok(sequence)
+    }
+}
+
 fn required_text(field: &str, value: &str, max_chars: usize) -> Result<(), InvalidField> {
     check_required_text(field, value, max_chars, TextKind::Line)
 }
@@ -179,6 +229,36 @@ mod tests {
     use waybill_proto::v1::{self as pb};
 
     use super::*;
+
+    #[test]
+    fn order_ids_are_required_uuids() {
+        assert_eq!(
+            order_id("order_id", "").expect_err("empty").to_string(),
+            "order_id: is required"
+        );
+        let error = order_id("order_id", "42").expect_err("not a uuid");
+        assert!(
+            error.rule.starts_with("\"42\" is not an order id"),
+            "{error}"
+        );
+        let id = Uuid::now_v7();
+        assert_eq!(order_id("order_id", &id.to_string()), Ok(id));
+    }
+
+    #[test]
+    fn pages_default_and_are_bounded() {
+        assert_eq!(page_size(0), Ok(DEFAULT_PAGE_SIZE));
+        assert_eq!(page_size(MAX_PAGE_SIZE), Ok(MAX_PAGE_SIZE));
+        assert_eq!(
+            page_size(MAX_PAGE_SIZE + 1).expect_err("too big").field,
+            "page_size"
+        );
+        assert_eq!(
+            after_sequence(-1).expect_err("negative").field,
+            "after_sequence"
+        );
+        assert!(customer_id(" ").is_err());
+    }
 
     pub(crate) fn valid_request() -> PlaceOrderRequest {
         PlaceOrderRequest {

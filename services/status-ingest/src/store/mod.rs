@@ -28,12 +28,13 @@ use crate::domain::decision::Effects;
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database could not be reached in time; retrying later may succeed.
+    /// The database could not be reached in time; retrying later may succeed. (The driver's
+    /// error is in the message, so it is not also a `source`: a chain prints it once.)
     #[error("database unavailable: {0}")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(sqlx::Error),
     /// Anything else the database reported.
     #[error("database error: {0}")]
-    Database(#[source] sqlx::Error),
+    Database(sqlx::Error),
     /// A stored value could not be read back.
     #[error("corrupt row: {0}")]
     Corrupt(String),

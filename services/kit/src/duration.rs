@@ -1,6 +1,6 @@
-//! Human-readable durations for settings: `250ms`, `30s`, `10m`, `2h`, `1d` (one number, one
-//! unit). Kept here instead of a dependency because it is a dozen lines and has no edge cases
-//! we would want someone else's answer to.
+//! Human-readable durations for every service's settings: `250ms`, `30s`, `10m`, `2h`, `1d`
+//! (one number, one unit). Kept here instead of a dependency because it is a dozen lines and
+//! has no edge cases we would want someone else's answer to.
 
 use std::time::Duration;
 

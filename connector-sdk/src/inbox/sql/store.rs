@@ -1,99 +1,20 @@
-//! [`SqlInbox`]: the inbox on SQLite or Postgres, one SQL text for both (`$N` parameters, which
-//! both accept; instants as Unix microseconds in `BIGINT`, so one row struct decodes on both).
-//!
-//! The schema is created with `CREATE … IF NOT EXISTS` when the inbox opens, not with sqlx's
-//! migrator: the inbox may live in a database of the partner's own whose `_sqlx_migrations`
-//! table belongs to the partner's migrations. Tables are prefixed `waybill_inbox_`.
-
-use std::{path::Path, str::FromStr, time::Duration};
+//! [`Inbox`] on [`SqlInbox`]: one SQL text per method for both backends (`$N` parameters),
+//! run on whichever pool the inbox has.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::{
-    PgPool, SqlitePool,
-    postgres::PgPoolOptions,
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
-};
 
 use super::{
+    Pool, SqlInbox,
+    rows::{
+        INSERT_REPORT, INSERT_SET_ASIDE, ORDER_COLUMNS, OrderRow, REPORT_COLUMNS, ReportRow,
+        SetAsideDbRow, from_micros, micros, now_micros,
+    },
+};
+use crate::inbox::{
     Inbox, InboxCounts, InboxError, InboxOrder, OrderDelivery, OrderState, RecordOrigin,
     ReportState, SetAsideRow, StoredAnswer, StoredReport,
 };
-
-const SCHEMA: [&str; 5] = [
-    "CREATE TABLE IF NOT EXISTS waybill_inbox_orders (
-        partner_id    TEXT NOT NULL,
-        order_id      TEXT NOT NULL,
-        state         TEXT NOT NULL,
-        reply_to      TEXT NOT NULL,
-        region        TEXT NOT NULL,
-        traceparent   TEXT,
-        tracking_id   TEXT NOT NULL DEFAULT '',
-        reason        TEXT NOT NULL DEFAULT '',
-        deliveries    BIGINT NOT NULL,
-        adapter_calls BIGINT NOT NULL DEFAULT 0,
-        first_seen_at BIGINT NOT NULL,
-        updated_at    BIGINT NOT NULL,
-        PRIMARY KEY (partner_id, order_id)
-    )",
-    "CREATE TABLE IF NOT EXISTS waybill_inbox_reports (
-        partner_id      TEXT NOT NULL,
-        report_id       TEXT NOT NULL,
-        order_id        TEXT NOT NULL,
-        status          TEXT NOT NULL,
-        tracking_id     TEXT NOT NULL,
-        detail          TEXT NOT NULL,
-        detail_code     TEXT NOT NULL,
-        action_required BOOLEAN NOT NULL,
-        occurred_at     BIGINT NOT NULL,
-        reply_to        TEXT NOT NULL,
-        traceparent     TEXT,
-        state           TEXT NOT NULL,
-        attempts        BIGINT NOT NULL DEFAULT 0,
-        next_attempt_at BIGINT NOT NULL,
-        last_error      TEXT NOT NULL DEFAULT '',
-        created_at      BIGINT NOT NULL,
-        updated_at      BIGINT NOT NULL,
-        PRIMARY KEY (partner_id, report_id)
-    )",
-    "CREATE INDEX IF NOT EXISTS waybill_inbox_reports_due
-        ON waybill_inbox_reports (partner_id, state, next_attempt_at)",
-    "CREATE INDEX IF NOT EXISTS waybill_inbox_reports_order
-        ON waybill_inbox_reports (partner_id, order_id)",
-    "CREATE TABLE IF NOT EXISTS waybill_inbox_set_aside (
-        partner_id      TEXT NOT NULL,
-        cluster         TEXT NOT NULL,
-        topic           TEXT NOT NULL,
-        kafka_partition INTEGER NOT NULL,
-        kafka_offset    BIGINT NOT NULL,
-        record_key      TEXT NOT NULL,
-        order_id        TEXT NOT NULL DEFAULT '',
-        reason          TEXT NOT NULL,
-        set_aside_at    BIGINT NOT NULL,
-        PRIMARY KEY (partner_id, cluster, topic, kafka_partition, kafka_offset)
-    )",
-];
-
-const ORDER_COLUMNS: &str = "order_id, state, reply_to, region, traceparent, tracking_id, reason, deliveries, adapter_calls";
-
-const REPORT_COLUMNS: &str = "report_id, order_id, status, tracking_id, detail, detail_code, \
-     action_required, occurred_at, reply_to, traceparent, state, attempts, last_error";
-
-#[derive(Debug, Clone)]
-enum Pool {
-    Sqlite(SqlitePool),
-    Postgres(PgPool),
-}
-
-/// Runs the same query-building code against whichever pool this is.
-macro_rules! on_pool {
-    ($inbox:expr, |$pool:ident| $body:expr) => {
-        match &$inbox.pool {
-            Pool::Sqlite($pool) => $body,
-            Pool::Postgres($pool) => $body,
-        }
-    };
-}
 
 /// Inserts a report unless its id is stored already; evaluates to `true` when inserted.
 macro_rules! insert_report {
@@ -136,185 +57,6 @@ macro_rules! insert_set_aside {
             .rows_affected()
             == 1
     };
-}
-
-/// The inbox on SQLite or Postgres.
-#[derive(Debug, Clone)]
-pub struct SqlInbox {
-    pool: Pool,
-}
-
-#[derive(sqlx::FromRow)]
-struct OrderRow {
-    order_id: String,
-    state: String,
-    reply_to: String,
-    region: String,
-    traceparent: Option<String>,
-    tracking_id: String,
-    reason: String,
-    deliveries: i64,
-    adapter_calls: i64,
-}
-
-impl OrderRow {
-    fn into_order(self) -> Result<InboxOrder, InboxError> {
-        Ok(InboxOrder {
-            state: OrderState::parse(&self.state)
-                .ok_or_else(|| InboxError(format!("unknown order state {:?}", self.state)))?,
-            order_id: self.order_id,
-            reply_to: self.reply_to,
-            region: self.region,
-            traceparent: self.traceparent,
-            tracking_id: self.tracking_id,
-            reason: self.reason,
-            deliveries: self.deliveries,
-            adapter_calls: self.adapter_calls,
-        })
-    }
-}
-
-#[derive(sqlx::FromRow)]
-struct ReportRow {
-    report_id: String,
-    order_id: String,
-    status: String,
-    tracking_id: String,
-    detail: String,
-    detail_code: String,
-    action_required: bool,
-    occurred_at: i64,
-    reply_to: String,
-    traceparent: Option<String>,
-    state: String,
-    attempts: i64,
-    last_error: String,
-}
-
-impl ReportRow {
-    fn into_report(self) -> Result<StoredReport, InboxError> {
-        Ok(StoredReport {
-            state: ReportState::parse(&self.state)
-                .ok_or_else(|| InboxError(format!("unknown report state {:?}", self.state)))?,
-            occurred_at: from_micros(self.occurred_at)?,
-            report_id: self.report_id,
-            order_id: self.order_id,
-            status: self.status,
-            tracking_id: self.tracking_id,
-            detail: self.detail,
-            detail_code: self.detail_code,
-            action_required: self.action_required,
-            reply_to: self.reply_to,
-            traceparent: self.traceparent,
-            attempts: self.attempts,
-            last_error: self.last_error,
-        })
-    }
-}
-
-#[derive(sqlx::FromRow)]
-struct SetAsideDbRow {
-    cluster: String,
-    topic: String,
-    kafka_partition: i32,
-    kafka_offset: i64,
-    record_key: String,
-    order_id: String,
-    reason: String,
-}
-
-fn micros(at: DateTime<Utc>) -> i64 {
-    at.timestamp_micros()
-}
-
-fn now_micros() -> i64 {
-    micros(Utc::now())
-}
-
-fn from_micros(value: i64) -> Result<DateTime<Utc>, InboxError> {
-    DateTime::from_timestamp_micros(value)
-        .ok_or_else(|| InboxError(format!("instant {value} out of range")))
-}
-
-impl SqlInbox {
-    /// Opens (creating if needed) the SQLite inbox at `path`: WAL journal, `synchronous=FULL`
-    /// (an answer the SDK stored must survive a power cut, or a redelivery would call the
-    /// adapter again).
-    pub async fn open_sqlite(path: impl AsRef<Path>) -> Result<Self, InboxError> {
-        let path = path.as_ref();
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                InboxError(format!("cannot create directory {}: {e}", parent.display()))
-            })?;
-        }
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await?;
-        let inbox = Self {
-            pool: Pool::Sqlite(pool),
-        };
-        inbox.create_schema().await?;
-        Ok(inbox)
-    }
-
-    /// Connects to a Postgres inbox (`postgres://…`) and creates its tables if needed.
-    pub async fn connect_postgres(url: &str) -> Result<Self, InboxError> {
-        let options = sqlx::postgres::PgConnectOptions::from_str(url)?;
-        let pool = PgPoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
-            .await?;
-        let inbox = Self {
-            pool: Pool::Postgres(pool),
-        };
-        inbox.create_schema().await?;
-        Ok(inbox)
-    }
-
-    /// Opens the inbox a URL names: `postgres://…`/`postgresql://…`, `sqlite://PATH` or a bare
-    /// file path (SQLite).
-    pub async fn open(url: &str) -> Result<Self, InboxError> {
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Self::connect_postgres(url).await
-        } else {
-            Self::open_sqlite(url.strip_prefix("sqlite://").unwrap_or(url)).await
-        }
-    }
-
-    /// Closes the pool (waits for connections to be returned).
-    pub async fn close(&self) {
-        on_pool!(self, |pool| pool.close().await);
-    }
-
-    async fn create_schema(&self) -> Result<(), InboxError> {
-        match &self.pool {
-            Pool::Sqlite(pool) => {
-                for statement in SCHEMA {
-                    sqlx::query(statement).execute(pool).await?;
-                }
-            }
-            Pool::Postgres(pool) => {
-                // Two instances starting together would race on the catalog: serialise them.
-                let mut tx = pool.begin().await?;
-                sqlx::query("SELECT pg_advisory_xact_lock(4207319520)")
-                    .execute(&mut *tx)
-                    .await?;
-                for statement in SCHEMA {
-                    sqlx::query(statement).execute(&mut *tx).await?;
-                }
-                tx.commit().await?;
-            }
-        }
-        Ok(())
-    }
 }
 
 #[async_trait]
@@ -694,16 +436,3 @@ impl Inbox for SqlInbox {
         Ok(purged)
     }
 }
-
-const INSERT_REPORT: &str = "INSERT INTO waybill_inbox_reports
-    (partner_id, report_id, order_id, status, tracking_id, detail, detail_code,
-     action_required, occurred_at, reply_to, traceparent, state, attempts, next_attempt_at,
-     last_error, created_at, updated_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending', 0, $12, '', $12, $12)
-    ON CONFLICT (partner_id, report_id) DO NOTHING";
-
-const INSERT_SET_ASIDE: &str = "INSERT INTO waybill_inbox_set_aside
-    (partner_id, cluster, topic, kafka_partition, kafka_offset, record_key, order_id, reason,
-     set_aside_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-    ON CONFLICT (partner_id, cluster, topic, kafka_partition, kafka_offset) DO NOTHING";

@@ -1,0 +1,9 @@
+//! What the CLI's process-level tests share.
+//!
+//! - [`processes`]: one `waybill` process (start, kill, stop, restart, peak memory), free
+//!   addresses, waiting for SERVING.
+//! - [`partner_topics`]: the chaos checker — reading the partner topics as a partner would and
+//!   confirming what it saw.
+
+pub mod partner_topics;
+pub mod processes;

@@ -1,0 +1,144 @@
+//! One `waybill` process of a test: started with its log in a file, killed hard or stopped with
+//! SIGTERM, restarted as a supervisor would, its peak memory sampled; and waiting for a
+//! listener's health to say SERVING.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// One `waybill` process, restartable, its memory sampled.
+pub struct Service {
+    pub role: &'static str,
+    pub args: Vec<String>,
+    pub log: PathBuf,
+    child: Option<Child>,
+    pub peak_rss_kib: u64,
+}
+
+impl Service {
+    pub fn start(role: &'static str, args: Vec<String>, logs: &Path) -> Self {
+        let mut service = Self {
+            role,
+            args,
+            log: logs.join(format!("{role}.log")),
+            child: None,
+            peak_rss_kib: 0,
+        };
+        service.spawn();
+        service
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_waybill"))
+            .args(&self.args)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start waybill");
+        self.child = Some(child);
+    }
+
+    pub fn kill_hard(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                if !status.success() {
+                    eprintln!("{} did not stop cleanly: {status}", self.role);
+                }
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// If the process died on its own, its exit status (and it is started again, as a
+    /// supervisor would).
+    pub fn restart_if_exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().unwrap()?;
+        self.child = None;
+        self.spawn();
+        Some(status)
+    }
+
+    pub fn sample_rss(&mut self) {
+        if let Some(child) = &self.child
+            && let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+            && let Some(kib) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        {
+            self.peak_rss_kib = self.peak_rss_kib.max(kib);
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill_hard();
+    }
+}
+
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+pub async fn wait_serving(addr: SocketAddr, what: &str, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+        {
+            let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+            if let Ok(reply) = health
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await
+                && reply.into_inner().status()
+                    == tonic_health::pb::health_check_response::ServingStatus::Serving
+            {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not start; its log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,130 @@
+//! [`SqlInbox`]: the inbox on SQLite or Postgres, one SQL text for both (`$N` parameters, which
+//! both accept; instants as Unix microseconds in `BIGINT`, so one row struct decodes on both).
+//!
+//! The schema is created with `CREATE … IF NOT EXISTS` when the inbox opens, not with sqlx's
+//! migrator: the inbox may live in a database of the partner's own whose `_sqlx_migrations`
+//! table belongs to the partner's migrations. Tables are prefixed `waybill_inbox_`.
+//!
+//! - this module: [`SqlInbox`], opening it on either backend and the backend-specific steps
+//!   (SQLite's file and journal settings, Postgres's pool, creating the schema under an
+//!   advisory lock on Postgres);
+//! - `rows`: the schema, the statements and column lists used by several methods, the row
+//!   structs and the instant encoding;
+//! - `store`: the [`Inbox`](super::Inbox) implementation, one SQL text per method for both backends.
+
+use std::{path::Path, str::FromStr, time::Duration};
+
+use sqlx::{
+    PgPool, SqlitePool,
+    postgres::PgPoolOptions,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+
+use super::InboxError;
+use rows::SCHEMA;
+
+#[derive(Debug, Clone)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs the same query-building code against whichever pool this is.
+macro_rules! on_pool {
+    ($inbox:expr, |$pool:ident| $body:expr) => {
+        match &$inbox.pool {
+            Pool::Sqlite($pool) => $body,
+            Pool::Postgres($pool) => $body,
+        }
+    };
+}
+
+mod rows;
+mod store;
+
+/// The inbox on SQLite or Postgres.
+#[derive(Debug, Clone)]
+pub struct SqlInbox {
+    pool: Pool,
+}
+
+impl SqlInbox {
+    /// Opens (creating if needed) the SQLite inbox at `path`: WAL journal, `synchronous=FULL`
+    /// (an answer the SDK stored must survive a power cut, or a redelivery would call the
+    /// adapter again).
+    pub async fn open_sqlite(path: impl AsRef<Path>) -> Result<Self, InboxError> {
+        let path = path.as_ref();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                InboxError(format!("cannot create directory {}: {e}", parent.display()))
+            })?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        let inbox = Self {
+            pool: Pool::Sqlite(pool),
+        };
+        inbox.create_schema().await?;
+        Ok(inbox)
+    }
+
+    /// Connects to a Postgres inbox (`postgres://…`) and creates its tables if needed.
+    pub async fn connect_postgres(url: &str) -> Result<Self, InboxError> {
+        let options = sqlx::postgres::PgConnectOptions::from_str(url)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        let inbox = Self {
+            pool: Pool::Postgres(pool),
+        };
+        inbox.create_schema().await?;
+        Ok(inbox)
+    }
+
+    /// Opens the inbox a URL names: `postgres://…`/`postgresql://…`, `sqlite://PATH` or a bare
+    /// file path (SQLite).
+    pub async fn open(url: &str) -> Result<Self, InboxError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Self::connect_postgres(url).await
+        } else {
+            Self::open_sqlite(url.strip_prefix("sqlite://").unwrap_or(url)).await
+        }
+    }
+
+    /// Closes the pool (waits for connections to be returned).
+    pub async fn close(&self) {
+        on_pool!(self, |pool| pool.close().await);
+    }
+
+    async fn create_schema(&self) -> Result<(), InboxError> {
+        match &self.pool {
+            Pool::Sqlite(pool) => {
+                for statement in SCHEMA {
+                    sqlx::query(statement).execute(pool).await?;
+                }
+            }
+            Pool::Postgres(pool) => {
+                // Two instances starting together would race on the catalog: serialise them.
+                let mut tx = pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock(4207319520)")
+                    .execute(&mut *tx)
+                    .await?;
+                for statement in SCHEMA {
+                    sqlx::query(statement).execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+}

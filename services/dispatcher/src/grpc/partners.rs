@@ -1,0 +1,148 @@
+//! Partners and their signing keys: `ListPartners`, `EnrollPartner` (the partner's topic is
+//! created first: a partner is saved only once it has somewhere to receive orders),
+//! `DisablePartner`, `AddPartnerKey`, `RevokePartnerKey`, `ListPartnerKeys`.
+
+use tracing::info;
+use waybill_proto::v1;
+use waybill_service_kit::text::quote;
+
+use super::AdminApi;
+use crate::{
+    convert,
+    domain::{model::PartnerKeyRecord, model::PartnerRecord, request},
+    error::{DispatchError, NotFound},
+    store::StoreError,
+};
+
+impl AdminApi {
+    pub(super) async fn partners(&self) -> Result<v1::ListPartnersResponse, DispatchError> {
+        let partners = self.store.list_partners().await?;
+        Ok(v1::ListPartnersResponse {
+            partners: partners.into_iter().map(convert::partner).collect(),
+        })
+    }
+
+    pub(super) async fn enroll(
+        &self,
+        caller: &str,
+        partner: Option<v1::Partner>,
+    ) -> Result<v1::Partner, DispatchError> {
+        let partner =
+            partner.ok_or_else(|| request::InvalidField::new("partner", "is required"))?;
+        let id = partner.id.trim().to_owned();
+        request::partner_id("partner.id", &id)?;
+        request::text("partner.display_name", &partner.display_name, 200)?;
+        let handover_deadline = request::handover_deadline(partner.handover_deadline)?;
+        let resend_budget = request::resend_budget(partner.resend_budget)?;
+        let topic = self.topic_names.partner_topic(&id);
+        // The topic first: a partner is saved only once it has somewhere to receive orders.
+        self.topics.ensure_topic(&topic).await?;
+        let now = self.clock.now();
+        let display_name = match partner.display_name.trim() {
+            "" => id.clone(),
+            name => name.to_owned(),
+        };
+        let record = PartnerRecord {
+            id,
+            display_name,
+            // Enrolling (again) enables: DisablePartner is the way to switch one off.
+            enabled: true,
+            handover_deadline,
+            resend_budget,
+            topic,
+            created_at: now,
+            updated_at: now,
+        };
+        let partner = convert::partner(self.store.upsert_partner(&record).await?);
+        info!(target: "waybill::audit", %caller, rpc = "EnrollPartner", partner_id = %partner.id, "partner enrolled");
+        Ok(partner)
+    }
+
+    pub(super) async fn disable(
+        &self,
+        caller: &str,
+        request: v1::DisablePartnerRequest,
+    ) -> Result<v1::Partner, DispatchError> {
+        let id = request.partner_id.trim();
+        request::partner_id("partner_id", id)?;
+        let partner = self
+            .store
+            .disable_partner(id, self.clock.now())
+            .await?
+            .ok_or_else(|| NotFound::Partner(id.to_owned()))?;
+        info!(target: "waybill::audit", %caller, rpc = "DisablePartner", partner_id = %id, "partner disabled");
+        Ok(convert::partner(partner))
+    }
+
+    pub(super) async fn add_key(
+        &self,
+        caller: &str,
+        request: v1::AddPartnerKeyRequest,
+    ) -> Result<v1::PartnerKey, DispatchError> {
+        let partner_id = request.partner_id.trim().to_owned();
+        request::partner_id("partner_id", &partner_id)?;
+        let key_id = request.key_id.trim().to_owned();
+        request::name("key_id", &key_id)?;
+        request::public_key(&request.public_key)?;
+        let record = PartnerKeyRecord {
+            partner_id: partner_id.clone(),
+            key_id: key_id.clone(),
+            public_key: request.public_key,
+            created_at: self.clock.now(),
+            revoked_at: None,
+        };
+        let key = match self.store.add_key(&record).await {
+            Ok(saved) => convert::key(saved),
+            Err(StoreError::MissingReference) => return Err(NotFound::Partner(partner_id).into()),
+            Err(StoreError::Duplicate) => {
+                return Err(DispatchError::KeyExists { partner_id, key_id });
+            }
+            Err(other) => return Err(other.into()),
+        };
+        info!(target: "waybill::audit", %caller, rpc = "AddPartnerKey", partner_id = %key.partner_id, key_id = %key.key_id, "partner key added");
+        Ok(key)
+    }
+
+    pub(super) async fn revoke_key(
+        &self,
+        caller: &str,
+        request: v1::RevokePartnerKeyRequest,
+    ) -> Result<v1::PartnerKey, DispatchError> {
+        let partner_id = request.partner_id.trim();
+        let key_id = request.key_id.trim();
+        info!(target: "waybill::audit", %caller, rpc = "RevokePartnerKey", partner_id = %quote(partner_id), key_id = %quote(key_id), "partner key revocation requested");
+        request::partner_id("partner_id", partner_id)?;
+        request::name("key_id", key_id)?;
+        let key = self
+            .store
+            .revoke_key(partner_id, key_id, self.clock.now())
+            .await?
+            .ok_or_else(|| NotFound::Key {
+                partner_id: partner_id.to_owned(),
+                key_id: key_id.to_owned(),
+            })?;
+        Ok(convert::key(key))
+    }
+
+    pub(super) async fn keys(
+        &self,
+        partner_id: &str,
+    ) -> Result<v1::ListPartnerKeysResponse, DispatchError> {
+        let partner_id = partner_id.trim();
+        request::partner_id("partner_id", partner_id)?;
+        let keys = self.store.list_keys(partner_id).await?;
+        if keys.is_empty()
+            && !self
+                .store
+                .list_partners()
+                .await?
+                .iter()
+                .any(|p| p.id == partner_id)
+        {
+            return Err(NotFound::Partner(partner_id.to_owned()).into());
+        }
+        Ok(v1::ListPartnerKeysResponse {
+            keys: keys.into_iter().map(convert::key).collect(),
+        })
+    }
+}

@@ -1,0 +1,129 @@
+//! Settings of `waybill orders`: flags with environment fallbacks ([`OrdersArgs`]), validated
+//! into an [`OrdersConfig`] before anything starts (the dispatcher's and StatusIngest's shape).
+
+use std::net::SocketAddr;
+
+use waybill_service_kit::{
+    config::{ConfigError, check_name, check_pool_size},
+    metrics::MetricsArgs,
+    page_token::PageTokenArgs,
+    security::SecurityArgs,
+};
+
+/// Flags of `waybill orders` (each with an environment fallback).
+#[derive(Debug, Clone, clap::Args)]
+pub struct OrdersArgs {
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "WAYBILL_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// `postgres://user@host/db` in production, `sqlite://path.db` embedded.
+    #[arg(
+        long,
+        env = "WAYBILL_DATABASE_URL",
+        default_value = "sqlite://.waybill/waybill.db"
+    )]
+    pub database_url: String,
+    /// Name of this Waybill region, stamped on every order.
+    #[arg(long, env = "WAYBILL_REGION", default_value = "local")]
+    pub region: String,
+    /// Load the sample catalog (`services/orders/seed/catalog.sql`) at start-up.
+    #[arg(long, env = "WAYBILL_SEED_CATALOG")]
+    pub seed_catalog: bool,
+    /// Most database connections this service opens.
+    #[arg(long, env = "WAYBILL_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+    /// Page-token key.
+    #[command(flatten)]
+    pub page_tokens: PageTokenArgs,
+    /// The Prometheus metrics listener (off by default).
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+    /// TLS, credentials and rate limits.
+    #[command(flatten)]
+    pub security: SecurityArgs,
+}
+
+/// Validated settings of one Orders service.
+#[derive(Debug, Clone)]
+pub struct OrdersConfig {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Database URL.
+    pub database_url: String,
+    /// Database pool size.
+    pub db_max_connections: u32,
+    /// Region stamped on new orders.
+    pub region: String,
+    /// Whether the sample catalog is loaded at start-up.
+    pub seed_catalog: bool,
+    /// The page-token key (read, with its file, when the service starts).
+    pub page_tokens: PageTokenArgs,
+    /// Where Prometheus metrics are served, if anywhere.
+    pub metrics: MetricsArgs,
+    /// Listener security (loaded, with its files, when the service starts).
+    pub security: SecurityArgs,
+}
+
+impl OrdersArgs {
+    /// Validates the flags.
+    pub fn into_config(self) -> Result<OrdersConfig, ConfigError> {
+        let config = OrdersConfig {
+            listen: self.listen,
+            database_url: self.database_url,
+            db_max_connections: self.db_max_connections,
+            region: self.region,
+            seed_catalog: self.seed_catalog,
+            page_tokens: self.page_tokens,
+            metrics: self.metrics,
+            security: self.security,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl OrdersConfig {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_pool_size(self.db_max_connections)?;
+        check_name("--region", &self.region)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: OrdersArgs,
+    }
+
+    fn config(flags: &[&str]) -> Result<OrdersConfig, ConfigError> {
+        let argv = std::iter::once("x").chain(flags.iter().copied());
+        Cli::try_parse_from(argv).expect("parse").args.into_config()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = config(&[]).expect("valid");
+        assert_eq!(config.listen.port(), 50051);
+        assert_eq!(config.region, "local");
+        assert_eq!(config.db_max_connections, 16);
+    }
+
+    #[test]
+    fn refuses_a_blank_region_naming_the_flag() {
+        let error = config(&["--region", " "]).expect_err("blank");
+        assert_eq!(error.flag, "--region");
+    }
+
+    #[test]
+    fn refuses_an_empty_pool() {
+        let error = config(&["--db-max-connections", "0"]).expect_err("empty pool");
+        assert_eq!(error.flag, "--db-max-connections");
+    }
+}
