@@ -20,10 +20,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use uuid::Uuid;
 
+mod failure;
 mod order_lines;
 mod value;
 
 pub use self::{
+    failure::{Failure, classify},
     order_lines::{OrderLineRow, lines_of},
     value::{Id, IdList, Instant, Statement, TextList},
 };

@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 use waybill_proto::v1::{DispatchState, OrderStatus};
-use waybill_service_kit::db::Database;
+use waybill_service_kit::db::{Database, Failure, classify};
 
 pub use self::sql::SqlDispatchStore;
 /// What the relay decided for a batch, recorded here (defined with the decisions).
@@ -48,11 +48,13 @@ pub enum StoreError {
     #[error("value rejected by the schema")]
     CheckViolation,
     /// The database could not be reached in time; retrying later may succeed.
+    /// (The driver's error is in the message, so it is not also a `source`: a chain prints it
+    /// once.)
     #[error("database unavailable: {0}")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(sqlx::Error),
     /// Anything else the database reported.
     #[error("database error: {0}")]
-    Database(#[source] sqlx::Error),
+    Database(sqlx::Error),
     /// A stored value could not be read back.
     #[error("corrupt row: {0}")]
     Corrupt(String),
@@ -67,20 +69,12 @@ impl StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
-        use sqlx::error::ErrorKind;
-        if let sqlx::Error::Database(db_error) = &error {
-            match db_error.kind() {
-                ErrorKind::UniqueViolation => return Self::Duplicate,
-                ErrorKind::ForeignKeyViolation => return Self::MissingReference,
-                ErrorKind::CheckViolation => return Self::CheckViolation,
-                _ => {}
-            }
-        }
-        match error {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-                Self::Unavailable(error)
-            }
-            other => Self::Database(other),
+        match classify(&error) {
+            Failure::Duplicate => Self::Duplicate,
+            Failure::MissingReference => Self::MissingReference,
+            Failure::CheckViolation => Self::CheckViolation,
+            Failure::Unavailable => Self::Unavailable(error),
+            Failure::Other => Self::Database(error),
         }
     }
 }

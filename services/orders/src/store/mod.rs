@@ -16,7 +16,10 @@ use std::{fmt, sync::Arc};
 
 use async_trait::async_trait;
 use uuid::Uuid;
-use waybill_service_kit::{db::Database, on_pool};
+use waybill_service_kit::{
+    db::{Database, Failure, classify},
+    on_pool,
+};
 
 pub use self::sql::SqlOrderStore;
 use crate::domain::{
@@ -49,11 +52,13 @@ pub enum StoreError {
         order_id: Uuid,
     },
     /// The database could not be reached in time; retrying later may succeed.
+    /// (The driver's error is in the message, so it is not also a `source`: a chain prints it
+    /// once.)
     #[error("database unavailable: {0}")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(sqlx::Error),
     /// Anything else the database reported; a bug or a broken schema, not the caller's fault.
     #[error("database error: {0}")]
-    Database(#[source] sqlx::Error),
+    Database(sqlx::Error),
     /// A stored value could not be read back (corrupt or from a newer schema).
     #[error("corrupt row: {0}")]
     Corrupt(String),
@@ -61,11 +66,9 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
-        match error {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-                Self::Unavailable(error)
-            }
-            other => Self::Database(other),
+        match classify(&error) {
+            Failure::Unavailable => Self::Unavailable(error),
+            _ => Self::Database(error),
         }
     }
 }

@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 use waybill_proto::v1::OrderStatus;
-use waybill_service_kit::db::Database;
+use waybill_service_kit::db::{Database, Failure, classify};
 
 pub use self::sql::SqlIngestStore;
 use crate::domain::decision::Effects;
@@ -42,11 +42,9 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
-        match error {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-                Self::Unavailable(error)
-            }
-            other => Self::Database(other),
+        match classify(&error) {
+            Failure::Unavailable => Self::Unavailable(error),
+            _ => Self::Database(error),
         }
     }
 }
