@@ -126,11 +126,11 @@ pub struct DrainReport {
 pub struct Rate {
     orders: usize,
     seconds: f64,
-    orders_per_second: f64,
+    pub(crate) orders_per_second: f64,
 }
 
 impl Rate {
-    fn new(orders: usize, elapsed: Duration) -> Self {
+    pub(crate) fn new(orders: usize, elapsed: Duration) -> Self {
         Self {
             orders,
             seconds: elapsed.as_secs_f64(),
@@ -545,8 +545,8 @@ async fn place(
     Ok(())
 }
 
-/// One bench order: three lines, to the bench route.
-fn bench_order(
+/// One bench order: three lines, to Germany (`postal_prefix` then `1`: the bench route).
+pub(crate) fn bench_order(
     run: &str,
     customer: &str,
     postal_prefix: &str,

@@ -39,7 +39,7 @@ pub fn order_to_proto(order: &OrderRecord) -> pb::Order {
             })
             .collect(),
         total: Some(money(order.total_minor)),
-        partner_id: order.partner_id.clone().unwrap_or_default(),
+        partner_id: order.partner_id().unwrap_or_default().to_owned(),
         tracking_id: order.tracking_id.clone().unwrap_or_default(),
         status_history: order.history.iter().map(event_to_proto).collect(),
         status: order.status().into(),
