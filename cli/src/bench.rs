@@ -13,11 +13,13 @@ use std::{
 };
 
 use anyhow::Context;
+use futures::{StreamExt, TryStreamExt};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use waybill_orders::OrdersDeps;
+use waybill_orders::store::OrderStore;
 use waybill_proto::v1::{self as pb, order_service_client::OrderServiceClient};
 use waybill_service_kit::{
     db::{Database, PoolSettings},
@@ -103,7 +105,15 @@ struct PlaceReport {
     errors: u64,
     seconds: f64,
     throughput_per_s: f64,
+    /// The placing write alone (the Orders store's one statement, no gRPC, no validation or
+    /// pricing), as many in flight, on the same database in the same run; `null` with
+    /// `--target`.
+    limit: Option<crate::bench_drain::Rate>,
+    /// `throughput_per_s / limit`.
+    ratio: Option<f64>,
     latency_ms: Latency,
+    /// Peak resident set size of this process (client and, without `--target`, the server).
+    peak_rss_mib: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -152,6 +162,7 @@ async fn report(args: ReportArgs) -> anyhow::Result<()> {
 async fn place(args: PlaceArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
     let shutdown = CancellationToken::new();
+    let mut in_process = None;
     let (target, storage) = match &args.target {
         Some(target) => (target.clone(), "remote".to_owned()),
         None => {
@@ -171,6 +182,7 @@ async fn place(args: PlaceArgs) -> anyhow::Result<()> {
                 ServerLimits::default(),
                 shutdown.clone(),
             ));
+            in_process = Some(db);
             (format!("http://{addr}"), redact(&args.database_url))
         }
     };
@@ -190,6 +202,12 @@ async fn place(args: PlaceArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let (histogram, errors) = drive(&clients, &run_id, args.requests).await?;
     let elapsed = started.elapsed();
+    let throughput = (args.requests - errors) as f64 / elapsed.as_secs_f64().max(f64::EPSILON);
+    // The limit, on the same database right after: the placing write alone, as many at once.
+    let limit = match &in_process {
+        Some(db) => Some(placing_limit(db, &run_id, args.requests, args.concurrency).await?),
+        None => None,
+    };
     shutdown.cancel();
 
     let ms = |micros: u64| Duration::from_micros(micros).as_secs_f64() * 1000.0;
@@ -201,32 +219,82 @@ async fn place(args: PlaceArgs) -> anyhow::Result<()> {
         concurrency: args.concurrency,
         errors,
         seconds: elapsed.as_secs_f64(),
-        throughput_per_s: (args.requests - errors) as f64 / elapsed.as_secs_f64().max(f64::EPSILON),
+        throughput_per_s: throughput,
+        ratio: limit.map(|limit| throughput / limit.orders_per_second.max(f64::EPSILON)),
+        limit,
         latency_ms: Latency {
             p50: ms(histogram.value_at_quantile(0.50)),
             p99: ms(histogram.value_at_quantile(0.99)),
             max: ms(histogram.max()),
         },
+        peak_rss_mib: peak_rss_mib(),
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "place: {} orders, {} in flight, {} errors, {:.2} s\n  throughput {:.0} orders/s\n  latency    p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms\n  target {} ({})",
+            "place: {} orders, {} in flight, {} errors, {:.2} s\n  throughput {:.0} orders/s{}\n  latency    p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms\n  target {} ({})\n  peak RSS {}",
             report.requests,
             report.concurrency,
             report.errors,
             report.seconds,
             report.throughput_per_s,
+            match (&report.limit, report.ratio) {
+                (Some(limit), Some(ratio)) => format!(
+                    "\n  limit      {:.0} orders/s (the placing write alone), ratio {:.0}%",
+                    limit.orders_per_second,
+                    ratio * 100.0
+                ),
+                _ => String::new(),
+            },
             report.latency_ms.p50,
             report.latency_ms.p99,
             report.latency_ms.max,
             report.target,
             report.storage,
+            report
+                .peak_rss_mib
+                .map_or_else(|| "unknown".to_owned(), |mib| format!("{mib:.0} MiB")),
         );
     }
     anyhow::ensure!(errors == 0, "{errors} requests failed");
     Ok(())
+}
+
+/// Runs `count` placing writes straight through the Orders store, `concurrency` at once: the
+/// limit `PlaceOrder` is measured against.
+async fn placing_limit(
+    db: &Database,
+    run_id: &str,
+    count: u64,
+    concurrency: u64,
+) -> anyhow::Result<crate::bench_drain::Rate> {
+    let store = Arc::new(waybill_orders::store::SqlOrderStore::new(db));
+    let orders: Vec<_> = (0..count)
+        .map(|index| {
+            crate::bench_drain::bench_order(
+                &format!("{run_id}-limit"),
+                "bench-limit",
+                "10115",
+                chrono::Utc::now(),
+                usize::try_from(index).unwrap_or(usize::MAX),
+            )
+        })
+        .collect();
+    let started = Instant::now();
+    futures::stream::iter(orders)
+        .map(|order| {
+            let store = store.clone();
+            async move { store.place_order(&order).await }
+        })
+        .buffer_unordered(usize::try_from(concurrency).unwrap_or(1))
+        // Nothing kept: a placement's record is dropped as soon as it arrives.
+        .try_for_each(|_| async { Ok(()) })
+        .await?;
+    Ok(crate::bench_drain::Rate::new(
+        usize::try_from(count).unwrap_or(usize::MAX),
+        started.elapsed(),
+    ))
 }
 
 /// Places `count` orders through `clients`, one worker per client; returns latencies (µs) and

@@ -325,15 +325,20 @@ impl<P: TransportPartner> Worker<P> {
         reason: &str,
         sink: &ClusterSink,
     ) -> bool {
-        ConnectorMetrics::add(&self.metrics.set_aside);
         error!(reason, "order set aside: dead-letter topic and inbox");
         self.dead_letter(job, reason, sink).await;
-        self.inbox_op(&job.cancel, || {
-            self.inbox
-                .set_aside_order(&self.partner_id, order_id, &job.origin, reason)
-        })
-        .await
-        .is_some()
+        let kept = self
+            .inbox_op(&job.cancel, || {
+                self.inbox
+                    .set_aside_order(&self.partner_id, order_id, &job.origin, reason)
+            })
+            .await
+            .is_some();
+        // Counted once the inbox holds it: whoever reads the count finds the row.
+        if kept {
+            ConnectorMetrics::add(&self.metrics.set_aside);
+        }
+        kept
     }
 
     async fn undecodable(&self, job: &Job, reason: &str, sink: &ClusterSink) -> bool {
@@ -348,17 +353,21 @@ impl<P: TransportPartner> Worker<P> {
         if seen {
             return true;
         }
-        ConnectorMetrics::add(&self.metrics.set_aside);
         warn!(topic = %job.origin.topic, partition = job.origin.partition,
             offset = job.origin.offset, key = %job.origin.key, reason,
             "record is not an order, set aside: dead-letter topic and inbox");
         self.dead_letter(job, reason, sink).await;
-        self.inbox_op(&job.cancel, || {
-            self.inbox
-                .set_aside_record(&self.partner_id, &job.origin, reason)
-        })
-        .await
-        .is_some()
+        let kept = self
+            .inbox_op(&job.cancel, || {
+                self.inbox
+                    .set_aside_record(&self.partner_id, &job.origin, reason)
+            })
+            .await
+            .is_some();
+        if kept {
+            ConnectorMetrics::add(&self.metrics.set_aside);
+        }
+        kept
     }
 
     /// Produces the record to the partner's dead-letter topic with the reason. A failure is

@@ -117,15 +117,23 @@ pub fn read_partner_topics(
 }
 
 /// Confirms receipt of the orders the checker saw, as a partner's report would: one order per
-/// transaction, as StatusIngest writes them (a multi-row update here could deadlock with the
-/// relay's bookkeeping on the same orders, which a real partner cannot cause).
+/// transaction, written as StatusIngest writes them — the dispatch row locked first (as every
+/// writer of an order's history does, the relay included), the event numbered after the latest.
 pub async fn confirm(pool: &PgPool, orders: Vec<(Uuid, String)>) {
     use futures::StreamExt;
     futures::stream::iter(orders)
         .for_each_concurrent(8, |(id, partner)| async move {
+            let mut tx = pool.begin().await.unwrap();
+            sqlx::query("SELECT 1 FROM dispatch WHERE order_id = $1 FOR UPDATE")
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
             sqlx::query(
                 "WITH bumped AS ( \
-                     UPDATE orders SET status_seq = status_seq + 1, status = 'RECEIVED_BY_PARTNER' \
+                     UPDATE orders SET status = 'RECEIVED_BY_PARTNER', \
+                         status_seq = (SELECT max(seq) FROM order_status_events \
+                                       WHERE order_id = $1) + 1 \
                      WHERE id = $1 RETURNING status_seq) \
                  INSERT INTO order_status_events \
                      (order_id, seq, status, partner_id, occurred_at, recorded_at) \
@@ -133,9 +141,10 @@ pub async fn confirm(pool: &PgPool, orders: Vec<(Uuid, String)>) {
             )
             .bind(id)
             .bind(&partner)
-            .execute(pool)
+            .execute(&mut *tx)
             .await
             .unwrap();
+            tx.commit().await.unwrap();
         })
         .await;
 }

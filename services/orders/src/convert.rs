@@ -3,7 +3,7 @@
 use prost::Message;
 use waybill_proto::{time::to_timestamp, v1 as pb};
 
-use crate::domain::model::{NewOrder, OrderRecord, StatusEvent};
+use crate::domain::model::{Address, NewOrder, OrderRecord, PricedLine, StatusEvent};
 
 /// The protobuf form of a stored order.
 pub fn order_to_proto(order: &OrderRecord) -> pb::Order {
@@ -19,33 +19,44 @@ pub fn order_to_proto(order: &OrderRecord) -> pb::Order {
             email: order.customer.email.clone(),
             phone: order.customer.phone.clone(),
         }),
-        shipping_address: Some(pb::Address {
-            line1: order.ship_to.line1.clone(),
-            line2: order.ship_to.line2.clone(),
-            city: order.ship_to.city.clone(),
-            region: order.ship_to.region.clone(),
-            postal_code: order.ship_to.postal_code.clone(),
-            country_code: order.ship_to.country_code.clone(),
-        }),
-        lines: order
-            .lines
-            .iter()
-            .map(|line| pb::OrderLine {
-                sku: line.sku.clone(),
-                name: line.name.clone(),
-                quantity: line.quantity,
-                unit_price: Some(money(line.unit_price_minor)),
-                line_total: Some(money(line.line_total_minor)),
-            })
-            .collect(),
+        shipping_address: Some(address_to_proto(&order.ship_to)),
+        lines: lines_to_proto(&order.lines, &order.currency_code),
         total: Some(money(order.total_minor)),
-        partner_id: order.partner_id.clone().unwrap_or_default(),
+        partner_id: order.partner_id().unwrap_or_default().to_owned(),
         tracking_id: order.tracking_id.clone().unwrap_or_default(),
         status_history: order.history.iter().map(event_to_proto).collect(),
         status: order.status().into(),
         placed_at: Some(to_timestamp(order.placed_at)),
         region: order.region.clone(),
     }
+}
+
+fn address_to_proto(address: &Address) -> pb::Address {
+    pb::Address {
+        line1: address.line1.clone(),
+        line2: address.line2.clone(),
+        city: address.city.clone(),
+        region: address.region.clone(),
+        postal_code: address.postal_code.clone(),
+        country_code: address.country_code.clone(),
+    }
+}
+
+fn lines_to_proto(lines: &[PricedLine], currency_code: &str) -> Vec<pb::OrderLine> {
+    let money = |minor_units| pb::Money {
+        currency_code: currency_code.to_owned(),
+        minor_units,
+    };
+    lines
+        .iter()
+        .map(|line| pb::OrderLine {
+            sku: line.sku.clone(),
+            name: line.name.clone(),
+            quantity: line.quantity,
+            unit_price: Some(money(line.unit_price_minor)),
+            line_total: Some(money(line.line_total_minor)),
+        })
+        .collect()
 }
 
 /// The protobuf form of a history event.
@@ -77,25 +88,8 @@ pub fn outbox_message(order: &NewOrder) -> Vec<u8> {
     pb::DispatchedOrder {
         order_id: order.id.to_string(),
         placed_at: Some(to_timestamp(order.placed_at)),
-        ship_to: Some(pb::Address {
-            line1: order.ship_to.line1.clone(),
-            line2: order.ship_to.line2.clone(),
-            city: order.ship_to.city.clone(),
-            region: order.ship_to.region.clone(),
-            postal_code: order.ship_to.postal_code.clone(),
-            country_code: order.ship_to.country_code.clone(),
-        }),
-        lines: order
-            .lines
-            .iter()
-            .map(|line| pb::OrderLine {
-                sku: line.sku.clone(),
-                name: line.name.clone(),
-                quantity: line.quantity,
-                unit_price: Some(money(line.unit_price_minor)),
-                line_total: Some(money(line.line_total_minor)),
-            })
-            .collect(),
+        ship_to: Some(address_to_proto(&order.ship_to)),
+        lines: lines_to_proto(&order.lines, &order.currency_code),
         total: Some(money(order.total_minor)),
         recipient: Some(pb::Recipient {
             name: order.customer.name.clone(),

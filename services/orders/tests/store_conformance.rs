@@ -262,7 +262,7 @@ async fn history_after_returns_only_newer_events(backend: TestBackend) {
     assert_eq!(newer[0].partner_id, "contoso");
     assert_eq!(newer[0].occurred_at, at(2));
     let stored = f.store.get_order(order.id).await.unwrap().unwrap();
-    assert_eq!(stored.partner_id.as_deref(), Some("contoso"));
+    assert_eq!(stored.partner_id(), Some("contoso"));
     assert_eq!(stored.status(), OrderStatus::ReceivedByPartner);
 }
 

@@ -29,7 +29,6 @@ const LEASE_OVERDUE: &str = include_str!("sql/lease_overdue.sqlite.sql");
 const LEASED: &str = include_str!("sql/leased.sqlite.sql");
 const RECORD_UPDATES: &str = include_str!("sql/record_updates.sqlite.sql");
 const RECORD_FIRST_SENDS: &str = include_str!("sql/record_first_sends.sqlite.sql");
-const BUMP_FIRST_SENDS: &str = include_str!("sql/bump_first_sends.sqlite.sql");
 const RECORD_ATTEMPTS: &str = include_str!("sql/record_attempts.sqlite.sql");
 const CLAIM_EVENTS: &str = include_str!("sql/claim_events.sqlite.sql");
 const MARK_PUBLISHED: &str = "UPDATE order_status_events SET published_at = $1 \
@@ -131,10 +130,6 @@ pub(super) async fn record(
             .bind(&first_sends)
             .bind(Instant(now))
             .fetch_all(&mut *tx)
-            .await?;
-        sqlx::query(BUMP_FIRST_SENDS)
-            .bind(&first_sends)
-            .execute(&mut *tx)
             .await?;
         events_appended = appended.into_iter().map(Into::into).collect();
     }

@@ -237,8 +237,16 @@ impl Harness {
         let now = self.clock_now();
         match self.db.backend() {
             waybill_service_kit::db::Backend::Postgres(pool) => {
+                // The dispatch row first, as every writer of an order's history; the event
+                // numbered after the latest one.
+                let mut tx = pool.begin().await.unwrap();
+                sqlx::query("SELECT 1 FROM dispatch WHERE order_id = $1 FOR UPDATE")
+                    .bind(order_id)
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
                 sqlx::query(
-                    "WITH bumped AS (UPDATE orders SET status_seq = status_seq + 1, status = $2 WHERE id = $1 RETURNING status_seq) \
+                    "WITH bumped AS (UPDATE orders SET status = $2, status_seq = (SELECT max(seq) FROM order_status_events WHERE order_id = $1) + 1 WHERE id = $1 RETURNING status_seq) \
                      INSERT INTO order_status_events (order_id, seq, status, partner_id, occurred_at, recorded_at) \
                      SELECT $1, status_seq, $2, $3, $4, $4 FROM bumped",
                 )
@@ -246,15 +254,16 @@ impl Harness {
                 .bind(status)
                 .bind(partner)
                 .bind(now)
-                .execute(pool)
+                .execute(&mut *tx)
                 .await
                 .unwrap();
+                tx.commit().await.unwrap();
             }
             waybill_service_kit::db::Backend::Sqlite(pool) => {
                 let micros = now.timestamp_micros();
                 let mut tx = pool.begin().await.unwrap();
                 let seq: i64 = sqlx::query_scalar(
-                    "UPDATE orders SET status_seq = status_seq + 1, status = ?2 WHERE id = ?1 RETURNING status_seq",
+                    "UPDATE orders SET status = ?2, status_seq = (SELECT max(seq) FROM order_status_events WHERE order_id = ?1) + 1 WHERE id = ?1 RETURNING status_seq",
                 )
                 .bind(order_id.to_string())
                 .bind(status)

@@ -137,8 +137,6 @@ pub struct OrderRecord {
     pub total_minor: i64,
     /// Owning region.
     pub region: String,
-    /// The partner it was routed to, once dispatched.
-    pub partner_id: Option<String>,
     /// The partner's tracking id, once reported.
     pub tracking_id: Option<String>,
     /// When it was placed.
@@ -153,5 +151,88 @@ impl OrderRecord {
         self.history
             .last()
             .map_or(OrderStatus::Placed, |event| event.status)
+    }
+
+    /// The partner the order is with: the one its latest event naming a partner names (the
+    /// relay's SENT_TO_PARTNER, or the partner's own report), unless that event is the
+    /// partner's refusal — then the order is back in routing and with nobody.
+    pub fn partner_id(&self) -> Option<&str> {
+        let event = self
+            .history
+            .iter()
+            .rev()
+            .find(|event| !event.partner_id.is_empty())?;
+        (event.status != OrderStatus::RejectedByPartner).then_some(event.partner_id.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_history(events: &[(OrderStatus, &str)]) -> OrderRecord {
+        let at = DateTime::<Utc>::UNIX_EPOCH;
+        OrderRecord {
+            id: Uuid::nil(),
+            customer: Customer {
+                id: "c1".to_owned(),
+                name: "Ada".to_owned(),
+                email: "ada@example.com".to_owned(),
+                phone: String::new(),
+            },
+            ship_to: Address {
+                line1: "1 Main St".to_owned(),
+                line2: String::new(),
+                city: "Berlin".to_owned(),
+                region: String::new(),
+                postal_code: "10115".to_owned(),
+                country_code: "DE".to_owned(),
+            },
+            lines: Vec::new(),
+            currency_code: "EUR".to_owned(),
+            total_minor: 0,
+            region: "local".to_owned(),
+            tracking_id: None,
+            placed_at: at,
+            history: (1..)
+                .zip(events)
+                .map(|(seq, (status, partner))| StatusEvent {
+                    order_id: Uuid::nil(),
+                    seq,
+                    status: *status,
+                    partner_id: (*partner).to_owned(),
+                    detail: String::new(),
+                    tracking_id: String::new(),
+                    occurred_at: at,
+                    recorded_at: at,
+                    detail_code: String::new(),
+                    action_required: false,
+                    needs_review: false,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_partner_is_the_latest_one_named_unless_it_refused_the_order() {
+        use OrderStatus::*;
+        assert_eq!(with_history(&[(Placed, "")]).partner_id(), None);
+        let sent = [(Placed, ""), (SentToPartner, "a")];
+        assert_eq!(with_history(&sent).partner_id(), Some("a"));
+        // The partner's report landed before the relay recorded its send: no SENT event.
+        let reported_first = [(Placed, ""), (ReceivedByPartner, "a")];
+        assert_eq!(with_history(&reported_first).partner_id(), Some("a"));
+        let refused = [(Placed, ""), (SentToPartner, "a"), (RejectedByPartner, "a")];
+        assert_eq!(with_history(&refused).partner_id(), None);
+        let rerouted = [
+            (Placed, ""),
+            (SentToPartner, "a"),
+            (RejectedByPartner, "a"),
+            (SentToPartner, "b"),
+            (ReceivedByPartner, "b"),
+        ];
+        let order = with_history(&rerouted);
+        assert_eq!(order.partner_id(), Some("b"));
+        assert_eq!(order.status(), ReceivedByPartner);
     }
 }

@@ -125,7 +125,6 @@ pub(crate) fn created_record(order: &NewOrder) -> OrderRecord {
         currency_code: order.currency_code.clone(),
         total_minor: order.total_minor,
         region: order.region.clone(),
-        partner_id: None,
         tracking_id: None,
         placed_at: order.placed_at,
         history: vec![StatusEvent {

@@ -27,7 +27,6 @@ pub(super) struct OrderRow {
     currency_code: String,
     total_minor: i64,
     region: String,
-    partner_id: Option<String>,
     tracking_id: Option<String>,
     placed_at: Instant,
 }
@@ -61,7 +60,6 @@ impl From<OrderRow> for OrderRecord {
             currency_code: row.currency_code,
             total_minor: row.total_minor,
             region: row.region,
-            partner_id: row.partner_id,
             tracking_id: row.tracking_id,
             placed_at: row.placed_at.into(),
             history: Vec::new(),

@@ -16,8 +16,10 @@ use super::{
 
 const SNAPSHOT: &str = include_str!("sql/snapshot.pg.sql");
 const APPEND: &str = include_str!("sql/append.pg.sql");
-/// Every writer locks an order's dispatch row before the order row (the relay records a batch
-/// that way); a report does the same.
+/// Every writer of an order's history locks its dispatch row first and holds it until commit:
+/// the relay's record (its fence) while it numbers `SENT_TO_PARTNER` after the latest event, and
+/// a report, before it reads the order. So one order's events are numbered and committed in
+/// order, and the two never wait for each other in opposite orders.
 const LOCK_DISPATCH: &str = "SELECT 1 FROM dispatch WHERE order_id = $1 FOR UPDATE";
 const WAKE_RELAYS: &str = "SELECT pg_notify('waybill_outbox', '')";
 const REPORT_OWNER: &str = "SELECT order_id FROM order_status_events \

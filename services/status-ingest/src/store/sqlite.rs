@@ -15,7 +15,11 @@ use super::{
 const GUARD: &str = "INSERT INTO report_token_ids (partner_id, jti, expires_at) \
                      VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
 const SNAPSHOT: &str = include_str!("sql/snapshot.sqlite.sql");
-const BUMP: &str = "UPDATE orders SET status_seq = status_seq + 1, status = $2, \
+// The next sequence follows the latest event (the relay appends SENT_TO_PARTNER without writing
+// the order row); the write lock is this transaction's, so nothing comes in between.
+const BUMP: &str = "UPDATE orders SET status = $2, \
+                        status_seq = (SELECT max(seq) FROM order_status_events \
+                                      WHERE order_id = $1) + 1, \
                         tracking_id = CASE WHEN $3 THEN $4 ELSE tracking_id END, \
                         partner_id = CASE WHEN $5 THEN NULL ELSE partner_id END \
                     WHERE id = $1 RETURNING status_seq";

@@ -220,7 +220,8 @@ impl World {
     }
 
     /// What the relay records after a first successful send to `partner`: the dispatch row
-    /// SENT with a handover deadline, the order's partner, a SENT_TO_PARTNER event.
+    /// SENT with a handover deadline and a SENT_TO_PARTNER event (the order row is not
+    /// written).
     pub async fn route(&self, order: Uuid, partner: &str) {
         let now = self.now();
         let due = now + Duration::seconds(HANDOVER);
@@ -229,10 +230,8 @@ impl World {
                 let mut tx = pool.begin().await.unwrap();
                 sqlx::query("UPDATE dispatch SET state = 'SENT', partner_id = $2, route_id = 'r-' || $2, sent_at = $3, ack_due_at = $4, updated_at = $3 WHERE order_id = $1")
                     .bind(order).bind(partner).bind(now).bind(due).execute(&mut *tx).await.unwrap();
-                let seq: i64 = sqlx::query_scalar("UPDATE orders SET partner_id = $2, status_seq = status_seq + 1, status = 'SENT_TO_PARTNER' WHERE id = $1 RETURNING status_seq")
-                    .bind(order).bind(partner).fetch_one(&mut *tx).await.unwrap();
-                sqlx::query("INSERT INTO order_status_events (order_id, seq, status, partner_id, occurred_at, recorded_at) VALUES ($1, $2, 'SENT_TO_PARTNER', $3, $4, $4)")
-                    .bind(order).bind(seq).bind(partner).bind(now).execute(&mut *tx).await.unwrap();
+                sqlx::query("INSERT INTO order_status_events (order_id, seq, status, partner_id, occurred_at, recorded_at) SELECT $1, max(seq) + 1, 'SENT_TO_PARTNER', $2, $3, $3 FROM order_status_events WHERE order_id = $1")
+                    .bind(order).bind(partner).bind(now).execute(&mut *tx).await.unwrap();
                 tx.commit().await.unwrap();
             }
             Backend::Sqlite(pool) => {
@@ -240,10 +239,8 @@ impl World {
                 let mut tx = pool.begin().await.unwrap();
                 sqlx::query("UPDATE dispatch SET state = 'SENT', partner_id = ?2, route_id = 'r-' || ?2, sent_at = ?3, ack_due_at = ?4, updated_at = ?3 WHERE order_id = ?1")
                     .bind(order.to_string()).bind(partner).bind(now).bind(due).execute(&mut *tx).await.unwrap();
-                let seq: i64 = sqlx::query_scalar("UPDATE orders SET partner_id = ?2, status_seq = status_seq + 1, status = 'SENT_TO_PARTNER' WHERE id = ?1 RETURNING status_seq")
-                    .bind(order.to_string()).bind(partner).fetch_one(&mut *tx).await.unwrap();
-                sqlx::query("INSERT INTO order_status_events (order_id, seq, status, partner_id, occurred_at, recorded_at) VALUES (?1, ?2, 'SENT_TO_PARTNER', ?3, ?4, ?4)")
-                    .bind(order.to_string()).bind(seq).bind(partner).bind(now).execute(&mut *tx).await.unwrap();
+                sqlx::query("INSERT INTO order_status_events (order_id, seq, status, partner_id, occurred_at, recorded_at) SELECT ?1, max(seq) + 1, 'SENT_TO_PARTNER', ?2, ?3, ?3 FROM order_status_events WHERE order_id = ?1")
+                    .bind(order.to_string()).bind(partner).bind(now).execute(&mut *tx).await.unwrap();
                 tx.commit().await.unwrap();
             }
         }

@@ -1,24 +1,24 @@
--- First successful sends ($1 orders, $2 partners) at $3: the order's partner is set and a
--- SENT_TO_PARTNER event appended (bumping status_seq row-locks the order, so its events commit
--- in sequence order). An order whose history is already past PLACED keeps its status: its seq
--- is not bumped, so the insert conflicts with its latest event and is skipped — the history
--- never holds the same event twice. A rejected order (REJECTED_BY_PARTNER) sent to the next
--- partner gets a SENT_TO_PARTNER event for that partner. Watchers in other processes are woken
--- by NOTIFY.
-WITH input AS (
-    SELECT * FROM UNNEST($1::uuid[], $2::text[]) AS i (order_id, partner_id)
-), bumped AS (
-    UPDATE orders o
-    SET partner_id = i.partner_id,
-        status_seq = CASE WHEN o.status IN ('PLACED', 'REJECTED_BY_PARTNER') THEN o.status_seq + 1 ELSE o.status_seq END,
-        status = CASE WHEN o.status IN ('PLACED', 'REJECTED_BY_PARTNER') THEN 'SENT_TO_PARTNER' ELSE o.status END
-    FROM input i
-    WHERE o.id = i.order_id
-    RETURNING o.id, o.status_seq, i.partner_id
+-- First successful sends ($1 orders, $2 partners) at $3: a SENT_TO_PARTNER event is appended to
+-- each order whose latest event is PLACED, or REJECTED_BY_PARTNER (sent to the next partner).
+-- An order whose history is already past that (its partner reported before this record) gets
+-- none: the history never holds the same step twice. The order row is not written: its status
+-- and partner are read from the history. The event's sequence follows the latest one; every
+-- writer of an order's history holds its dispatch row's lock (here the fence's) from before
+-- reading the latest sequence until commit, so one order's events commit in sequence order.
+-- Watchers in other processes are woken by NOTIFY.
+WITH latest AS (
+    SELECT i.order_id, i.partner_id, e.seq, e.status
+    FROM UNNEST($1::uuid[], $2::text[]) AS i (order_id, partner_id)
+    CROSS JOIN LATERAL (
+        SELECT seq, status FROM order_status_events
+        WHERE order_id = i.order_id
+        ORDER BY seq DESC
+        LIMIT 1
+    ) AS e
 ), appended AS (
     INSERT INTO order_status_events (order_id, seq, status, partner_id, occurred_at, recorded_at)
-    SELECT id, status_seq, 'SENT_TO_PARTNER', partner_id, $3, $3 FROM bumped
-    ON CONFLICT (order_id, seq) DO NOTHING
+    SELECT order_id, seq + 1, 'SENT_TO_PARTNER', partner_id, $3, $3 FROM latest
+    WHERE status IN ('PLACED', 'REJECTED_BY_PARTNER')
     RETURNING order_id
 )
 SELECT a.order_id

@@ -2,7 +2,7 @@
 -- Both backends.
 SELECT id, customer_id, customer_name, customer_email, customer_phone,
        ship_line1, ship_line2, ship_city, ship_region, ship_postal_code, ship_country_code,
-       currency_code, total_minor, region, partner_id, tracking_id, placed_at
+       currency_code, total_minor, region, tracking_id, placed_at
 FROM orders
 WHERE customer_id = $1 AND (placed_at, id) < ($2, $3)
 ORDER BY placed_at DESC, id DESC

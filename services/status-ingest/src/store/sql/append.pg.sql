@@ -1,13 +1,15 @@
 -- Appends an accepted report to order $1's history and updates the order, in one statement:
--- bumping status_seq row-locks the order (already locked by the snapshot), so events commit
--- in sequence order; the status becomes $4; the tracking id becomes $6 if $5; the partner is
+-- the event's sequence follows the latest event's (the relay appends SENT_TO_PARTNER without
+-- writing the order row); the dispatch row, locked first by this transaction as by every
+-- writer of an order's history, keeps another append out until commit, so events commit in
+-- sequence order; the status becomes $4; the tracking id becomes $6 if $5; the partner is
 -- cleared if $7 (a rejection: the order goes back to routing); if $15, the dispatch row is
 -- marked ACKNOWLEDGED (handover done: ack_due_at cleared, and the lease too, which fences out a
 -- relay batch holding the row so a re-send in flight cannot put it back to SENT). Watchers in
 -- other processes are woken by NOTIFY at commit. Returns the new event's sequence.
 WITH bumped AS (
     UPDATE orders
-    SET status_seq = status_seq + 1,
+    SET status_seq = (SELECT max(seq) FROM order_status_events WHERE order_id = $1) + 1,
         status = $4,
         tracking_id = CASE WHEN $5 THEN $6 ELSE tracking_id END,
         partner_id = CASE WHEN $7 THEN NULL ELSE partner_id END
