@@ -272,7 +272,7 @@ async fn placing_limit(
     let store = Arc::new(waybill_orders::store::SqlOrderStore::new(db));
     let orders: Vec<_> = (0..count)
         .map(|index| {
-            crate::bench_drain::bench_order(
+            crate::bench_outbox::bench_order(
                 &format!("{run_id}-limit"),
                 "bench-limit",
                 "10115",

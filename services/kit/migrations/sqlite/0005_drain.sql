@@ -12,3 +12,10 @@ ALTER TABLE dispatch ADD COLUMN message BLOB;
 DROP INDEX order_status_events_unpublished;
 CREATE INDEX order_status_events_unpublished ON order_status_events (recorded_at, order_id, seq)
     WHERE published_at IS NULL;
+
+-- No schema change, a change of meaning: the relay no longer writes the order row when it sends.
+-- An order's status and partner are read from its history. orders.status and status_seq are
+-- the latest report's (StatusIngest's, for its own decisions), and orders.partner_id is no
+-- longer kept. Every writer of an order's history numbers its event after the latest one while
+-- holding the order's dispatch row lock (not the order row's, as 0001 says), so one order's
+-- events still commit in sequence order.
