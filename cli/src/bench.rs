@@ -13,13 +13,11 @@ use std::{
 };
 
 use anyhow::Context;
-use futures::{StreamExt, TryStreamExt};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use waybill_orders::OrdersDeps;
-use waybill_orders::store::OrderStore;
 use waybill_proto::v1::{self as pb, order_service_client::OrderServiceClient};
 use waybill_service_kit::{
     db::{Database, PoolSettings},
@@ -269,32 +267,19 @@ async fn placing_limit(
     count: u64,
     concurrency: u64,
 ) -> anyhow::Result<crate::bench_drain::Rate> {
-    let store = Arc::new(waybill_orders::store::SqlOrderStore::new(db));
-    let orders: Vec<_> = (0..count)
-        .map(|index| {
-            crate::bench_outbox::bench_order(
-                &format!("{run_id}-limit"),
-                "bench-limit",
-                "10115",
-                chrono::Utc::now(),
-                usize::try_from(index).unwrap_or(usize::MAX),
-            )
-        })
-        .collect();
+    let count = usize::try_from(count).unwrap_or(usize::MAX);
     let started = Instant::now();
-    futures::stream::iter(orders)
-        .map(|order| {
-            let store = store.clone();
-            async move { store.place_order(&order).await }
-        })
-        .buffer_unordered(usize::try_from(concurrency).unwrap_or(1))
-        // Nothing kept: a placement's record is dropped as soon as it arrives.
-        .try_for_each(|_| async { Ok(()) })
-        .await?;
-    Ok(crate::bench_drain::Rate::new(
-        usize::try_from(count).unwrap_or(usize::MAX),
-        started.elapsed(),
-    ))
+    crate::bench_outbox::place(
+        db,
+        &format!("{run_id}-limit"),
+        "bench-limit",
+        "10115",
+        chrono::Utc::now(),
+        count,
+        usize::try_from(concurrency).unwrap_or(1),
+    )
+    .await?;
+    Ok(crate::bench_drain::Rate::new(count, started.elapsed()))
 }
 
 /// Places `count` orders through `clients`, one worker per client; returns latencies (µs) and

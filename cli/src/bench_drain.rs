@@ -198,27 +198,29 @@ pub async fn run(args: DrainArgs) -> anyhow::Result<()> {
     let db = Database::connect(&args.database_url, &pool, shutdown.clone())
         .await
         .context("cannot open the bench database")?;
-    let embedded = match &args.kafka_brokers {
-        Some(_) => None,
-        None => Some(
-            EmbeddedBroker::start()
-                .map_err(|e| anyhow::anyhow!("cannot start the embedded broker: {e}"))?,
-        ),
-    };
-    let (kafka, topics, broker): (KafkaSettings, Arc<dyn TopicCreator>, String) =
-        match (&args.kafka_brokers, &embedded) {
-            (Some(brokers), _) => {
-                let kafka = KafkaSettings::new(brokers.clone());
-                let creator = Arc::new(AdminTopicCreator::new(&kafka)?);
-                (kafka, creator, brokers.clone())
-            }
-            (None, Some(broker)) => (
-                KafkaSettings::new(broker.bootstrap_servers().to_owned()),
-                broker.topic_creator(),
+    // The embedded broker, when there is no other, lives until the bench ends.
+    let (kafka, topics, broker, _embedded): (
+        KafkaSettings,
+        Arc<dyn TopicCreator>,
+        String,
+        Option<EmbeddedBroker>,
+    ) = match &args.kafka_brokers {
+        Some(brokers) => {
+            let kafka = KafkaSettings::new(brokers.clone());
+            let creator = Arc::new(AdminTopicCreator::new(&kafka)?);
+            (kafka, creator, brokers.clone(), None)
+        }
+        None => {
+            let embedded = EmbeddedBroker::start()
+                .map_err(|e| anyhow::anyhow!("cannot start the embedded broker: {e}"))?;
+            (
+                KafkaSettings::new(embedded.bootstrap_servers().to_owned()),
+                embedded.topic_creator(),
                 "embedded".to_owned(),
-            ),
-            (None, None) => anyhow::bail!("no broker"),
-        };
+                Some(embedded),
+            )
+        }
+    };
     let result = drain(&db, &kafka, topics, &args).await;
     shutdown.cancel();
     db.close().await;
@@ -279,10 +281,11 @@ async fn drain(
         )
         .await?;
 
-    // Fill: the limit's orders an hour earlier (due first), then the drain's.
-    let postgres = match db.backend() {
-        Backend::Postgres(pool) => Some(pool.clone()),
-        Backend::Sqlite(_) => None,
+    // Fill: the limit's orders an hour earlier (due first), then the drain's. Postgres takes
+    // placing transactions side by side; SQLite has one writer.
+    let (postgres, in_flight) = match db.backend() {
+        Backend::Postgres(pool) => (Some(pool.clone()), 12),
+        Backend::Sqlite(_) => (None, 1),
     };
     let limit_orders = if postgres.is_some() {
         args.limit_orders.div_ceil(LIMIT_BATCH) * LIMIT_BATCH
@@ -298,6 +301,7 @@ async fn drain(
         &postal_prefix,
         now - chrono::Duration::hours(1),
         limit_orders,
+        in_flight,
     )
     .await?;
     place(
@@ -307,6 +311,7 @@ async fn drain(
         &postal_prefix,
         now - chrono::Duration::seconds(1),
         args.orders,
+        in_flight,
     )
     .await?;
     let fill = fill_started.elapsed();

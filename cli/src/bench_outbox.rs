@@ -12,7 +12,7 @@ use waybill_orders::{
     domain::model::{Address, Customer, NewOrder, PricedLine},
     store::{OrderStore, SqlOrderStore},
 };
-use waybill_service_kit::db::{Backend, Database};
+use waybill_service_kit::db::Database;
 
 use crate::bench_drain::Rate;
 
@@ -112,7 +112,9 @@ pub(crate) async fn count_drained(db: &Database, customer: &str) -> anyhow::Resu
     Ok(usize::try_from(count).unwrap_or(0))
 }
 
-/// Places `count` orders to the bench route through the Orders store, placed at `placed_at`.
+/// Places `count` orders through the Orders store, `in_flight` at once, placed at `placed_at`,
+/// to `postal_prefix` then `1` (the bench route). Nothing is kept: each placement's record is
+/// dropped as soon as it arrives.
 pub(crate) async fn place(
     db: &Database,
     run: &str,
@@ -120,28 +122,23 @@ pub(crate) async fn place(
     postal_prefix: &str,
     placed_at: DateTime<Utc>,
     count: usize,
+    in_flight: usize,
 ) -> anyhow::Result<()> {
     let store = Arc::new(SqlOrderStore::new(db));
-    // Postgres takes placing transactions side by side; SQLite has one writer.
-    let in_flight = match db.backend() {
-        Backend::Postgres(_) => 12,
-        Backend::Sqlite(_) => 1,
-    };
     futures::stream::iter(0..count)
         .map(|index| {
             let store = store.clone();
             let order = bench_order(run, customer, postal_prefix, placed_at, index);
             async move { store.place_order(&order).await }
         })
-        .buffer_unordered(in_flight)
-        // Nothing kept: a placement's record is dropped as soon as it arrives.
+        .buffer_unordered(in_flight.max(1))
         .try_for_each(|_| async { Ok(()) })
         .await?;
     Ok(())
 }
 
 /// One bench order: three lines, to Germany (`postal_prefix` then `1`: the bench route).
-pub(crate) fn bench_order(
+fn bench_order(
     run: &str,
     customer: &str,
     postal_prefix: &str,

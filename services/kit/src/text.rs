@@ -99,6 +99,17 @@ pub fn check_required_text(
     check_text(field, value, max_chars, kind)
 }
 
+/// Whether `id` is a partner id: 1-63 lower-case letters, digits or `-`, not starting with `-`
+/// (it names the partner's Kafka topic). The one rule the admin API and StatusIngest share.
+pub fn is_partner_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 63
+        && !id.starts_with('-')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
 /// Caller input as an error message may show it: double-quoted, escaped (control characters,
 /// quotes and backslashes as Rust escapes, so nothing can forge a line in a log or a terminal),
 /// and cut to [`QUOTE_MAX_CHARS`] characters with the full length noted.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use uuid::Uuid;
 use waybill_proto::v1::{self, DispatchState};
 pub use waybill_service_kit::text::InvalidField;
-use waybill_service_kit::text::{TextKind, check_text, quote};
+use waybill_service_kit::text::{TextKind, check_text, is_partner_id, quote};
 
 use crate::domain::model::DispatchFilter;
 
@@ -57,13 +57,7 @@ pub fn address(address: &v1::Address) -> Result<(), InvalidField> {
 /// A partner id: 1-63 lower-case letters, digits or `-`, not starting with `-` (it names a
 /// Kafka topic).
 pub fn partner_id(field: &str, id: &str) -> Result<(), InvalidField> {
-    let valid = !id.is_empty()
-        && id.len() <= 63
-        && !id.starts_with('-')
-        && id
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if valid {
+    if is_partner_id(id) {
         Ok(())
     } else {
         Err(InvalidField::new(

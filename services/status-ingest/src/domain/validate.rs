@@ -4,7 +4,9 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 use waybill_proto::v1::{OrderStatus, ReportStatusRequest};
-use waybill_service_kit::text::{InvalidField, TextKind, check_required_text, check_text, quote};
+use waybill_service_kit::text::{
+    InvalidField, TextKind, check_required_text, check_text, is_partner_id, quote,
+};
 
 /// Longest report id and tracking id.
 pub const MAX_ID_CHARS: usize = 128;
@@ -130,13 +132,7 @@ pub fn report_fields(request: &ReportStatusRequest) -> Result<ReportFields, Inva
 
 /// Partner ids are lower-case letters, digits and '-' (they name Kafka topics).
 fn check_partner_id(partner_id: &str) -> Result<(), InvalidField> {
-    let valid = !partner_id.is_empty()
-        && partner_id.len() <= 63
-        && !partner_id.starts_with('-')
-        && partner_id
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if valid {
+    if is_partner_id(partner_id) {
         Ok(())
     } else {
         Err(InvalidField::new(

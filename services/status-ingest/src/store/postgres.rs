@@ -104,7 +104,6 @@ async fn try_record(
         .bind(effects.order_status.short_name())
         .bind(effects.record_tracking)
         .bind(&report.tracking_id)
-        .bind(effects.reroute)
         .bind(report.status.short_name())
         .bind(&report.detail)
         .bind(report.occurred_at)

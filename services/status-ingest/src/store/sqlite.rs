@@ -20,8 +20,7 @@ const SNAPSHOT: &str = include_str!("sql/snapshot.sqlite.sql");
 const BUMP: &str = "UPDATE orders SET status = $2, \
                         status_seq = (SELECT max(seq) FROM order_status_events \
                                       WHERE order_id = $1) + 1, \
-                        tracking_id = CASE WHEN $3 THEN $4 ELSE tracking_id END, \
-                        partner_id = CASE WHEN $5 THEN NULL ELSE partner_id END \
+                        tracking_id = CASE WHEN $3 THEN $4 ELSE tracking_id END \
                     WHERE id = $1 RETURNING status_seq";
 const APPEND: &str = include_str!("sql/append.sqlite.sql");
 // Clearing the lease fences out a relay batch holding the row (see `sql/append.pg.sql`).
@@ -68,7 +67,6 @@ pub(super) async fn record_report(
         .bind(effects.order_status.short_name())
         .bind(effects.record_tracking)
         .bind(&report.tracking_id)
-        .bind(effects.reroute)
         .fetch_one(&mut *tx)
         .await?;
     sqlx::query(APPEND)
