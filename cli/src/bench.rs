@@ -20,7 +20,7 @@ use tonic::transport::{Channel, Endpoint};
 use waybill_orders::OrdersDeps;
 use waybill_proto::v1::{self as pb, order_service_client::OrderServiceClient};
 use waybill_service_kit::{
-    db::{Database, PoolSettings},
+    db::{Backend, Database, PoolSettings},
     grpc::ServerLimits,
 };
 
@@ -88,6 +88,11 @@ pub struct PlaceArgs {
     /// Requests placed first and not measured (connection set-up, caches).
     #[arg(long, default_value_t = 200)]
     warmup: u64,
+    /// Finished orders to have in the database before the run (Postgres, in-process): written
+    /// once with plain SQL and kept, so the figures show whether placing slows as the tables
+    /// grow.
+    #[arg(long, default_value_t = 0)]
+    prefill: u64,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -100,6 +105,8 @@ struct PlaceReport {
     storage: String,
     requests: u64,
     concurrency: u64,
+    /// Orders already in the database (`--prefill`).
+    prefill: Option<crate::bench_prefill::Prefill>,
     errors: u64,
     seconds: f64,
     throughput_per_s: f64,
@@ -161,6 +168,11 @@ async fn place(args: PlaceArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
     let shutdown = CancellationToken::new();
     let mut in_process = None;
+    let mut prefilled = None;
+    anyhow::ensure!(
+        args.prefill == 0 || args.target.is_none(),
+        "--prefill needs the in-process Orders service (no --target)"
+    );
     let (target, storage) = match &args.target {
         Some(target) => (target.clone(), "remote".to_owned()),
         None => {
@@ -172,6 +184,13 @@ async fn place(args: PlaceArgs) -> anyhow::Result<()> {
                 .await
                 .context("cannot start the in-process Orders service")?;
             waybill_orders::store::seed_catalog(&db).await?;
+            prefilled = match (db.backend(), args.prefill) {
+                (_, 0) => None,
+                (Backend::Postgres(pool), target) => {
+                    Some(crate::bench_prefill::prefill(pool, target).await?)
+                }
+                (Backend::Sqlite(_), _) => anyhow::bail!("--prefill needs Postgres"),
+            };
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let addr = listener.local_addr()?;
             tokio::spawn(waybill_orders::serve(
@@ -215,6 +234,7 @@ async fn place(args: PlaceArgs) -> anyhow::Result<()> {
         storage,
         requests: args.requests,
         concurrency: args.concurrency,
+        prefill: prefilled,
         errors,
         seconds: elapsed.as_secs_f64(),
         throughput_per_s: throughput,

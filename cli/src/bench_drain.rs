@@ -48,6 +48,7 @@ use waybill_service_kit::{
 use crate::{
     bench::{peak_rss_mib, redact},
     bench_outbox::{LIMIT_BATCH, count_drained, measure_limit, place},
+    bench_prefill::{Prefill, prefill},
 };
 
 /// Settings of `waybill bench drain`.
@@ -72,7 +73,7 @@ pub struct DrainArgs {
     #[arg(long, default_value_t = 20_000)]
     limit_orders: usize,
     /// Relay batch size.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = RelaySettings::default().batch_size)]
     batch_size: u32,
     /// Batches each dispatcher works on at once.
     #[arg(long, default_value_t = RelaySettings::default().batches_in_flight)]
@@ -80,6 +81,10 @@ pub struct DrainArgs {
     /// Dispatchers draining side by side (each its own relay, producer and lease owner).
     #[arg(long, default_value_t = 1)]
     dispatchers: u32,
+    /// Finished orders to have in the database before the run (Postgres): written once with
+    /// plain SQL and kept, so the figures show whether draining slows as the tables grow.
+    #[arg(long, default_value_t = 0)]
+    prefill: u64,
     /// Give up when the drain takes longer than this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout_secs: u64,
@@ -98,6 +103,8 @@ pub struct DrainReport {
     batch_size: u32,
     batches_in_flight: u32,
     dispatchers: u32,
+    /// Orders already in the database (`--prefill`).
+    prefill: Option<Prefill>,
     /// Seconds to place the orders (drain and limit) through the Orders store.
     fill_seconds: f64,
     /// The bare bookkeeping on one connection (Postgres only; `null` on SQLite).
@@ -151,7 +158,7 @@ impl DrainReport {
         };
         format!(
             "bench drain: {orders} orders, {dispatchers} dispatcher(s), batch {batch} × {in_flight} in flight\n  \
-             storage {storage}, broker {broker}\n\
+             storage {storage}, broker {broker}{prefill}\n\
              fill      {fill:>8.2} s\n\
              drain     {drain:>8.2} s  {rate:>10.0} orders/s  (all recorded SENT after {recorded}; produce p50 {p50:.1} ms, p99 {p99:.1} ms; {events} events published)\n\
              {limit}\n\
@@ -163,6 +170,10 @@ impl DrainReport {
             in_flight = self.batches_in_flight,
             storage = self.storage,
             broker = self.broker,
+            prefill = self.prefill.map_or_else(String::new, |p| format!(
+                ", {} finished orders already in the database",
+                p.orders
+            )),
             fill = self.fill_seconds,
             drain = self.drain.seconds,
             rate = self.drain.orders_per_second,
@@ -292,6 +303,11 @@ async fn drain(
     } else {
         0
     };
+    let prefilled = match (&postgres, args.prefill) {
+        (_, 0) => None,
+        (Some(pool), target) => Some(prefill(pool, target).await?),
+        (None, _) => anyhow::bail!("--prefill needs Postgres"),
+    };
     let customer = format!("bench-{run}");
     let fill_started = Instant::now();
     place(
@@ -414,6 +430,7 @@ async fn drain(
         batch_size: args.batch_size,
         batches_in_flight: args.batches_in_flight,
         dispatchers: args.dispatchers,
+        prefill: prefilled,
         fill_seconds: fill.as_secs_f64(),
         ratio: limit.map(|limit| drain.orders_per_second / limit.orders_per_second.max(1e-9)),
         limit,

@@ -7,6 +7,7 @@ mod bench;
 mod bench_drain;
 mod bench_e2e;
 mod bench_outbox;
+mod bench_prefill;
 mod demo;
 mod dev;
 mod health;

@@ -76,7 +76,7 @@ pub struct DispatcherArgs {
     )]
     pub reply_to: String,
     /// Most orders leased, produced and recorded together.
-    #[arg(long, env = "WAYBILL_BATCH_SIZE", default_value_t = 500)]
+    #[arg(long, env = "WAYBILL_BATCH_SIZE", default_value_t = 1000)]
     pub batch_size: u32,
     /// Batches this instance works on at once (each under its own lease): while one batch's
     /// outcome is being recorded, the next is leased and produced.
@@ -110,6 +110,14 @@ pub struct DispatcherArgs {
     /// How often the relay logs its metrics (backlog, latency, retries, dead).
     #[arg(long, env = "WAYBILL_STATS_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     pub stats_interval: Duration,
+    /// How long attempt-log entries, and the stored message of an order its partner
+    /// acknowledged, are kept; the retention job removes older ones (orders and their history
+    /// are kept: they are what customers see).
+    #[arg(long, env = "WAYBILL_RETENTION", default_value = "30d", value_parser = parse_duration)]
+    pub retention: Duration,
+    /// How often the retention job runs.
+    #[arg(long, env = "WAYBILL_CLEANUP_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+    pub cleanup_interval: Duration,
     /// This instance's lease-owner name (default: a fresh random id per start).
     #[arg(long, env = "WAYBILL_INSTANCE_ID")]
     pub instance_id: Option<String>,
@@ -168,6 +176,10 @@ pub struct RelaySettings {
     pub audit: AuditThresholds,
     /// Metrics log interval.
     pub stats_interval: Duration,
+    /// What the retention job keeps.
+    pub retention: Duration,
+    /// How often it runs.
+    pub cleanup_interval: Duration,
 }
 
 impl Default for RelaySettings {
@@ -177,7 +189,7 @@ impl Default for RelaySettings {
             topics: TopicNames::default(),
             region: "local".to_owned(),
             reply_to: "http://127.0.0.1:50053".to_owned(),
-            batch_size: 500,
+            batch_size: 1000,
             batches_in_flight: 2,
             lease: Duration::from_secs(60),
             poll_interval: Duration::from_secs(1),
@@ -185,6 +197,8 @@ impl Default for RelaySettings {
             backoff: BackoffPolicy::default(),
             audit: AuditThresholds::parse(&[DEFAULT_THRESHOLD]).unwrap_or_default(),
             stats_interval: Duration::from_secs(60),
+            retention: Duration::from_secs(30 * 86_400),
+            cleanup_interval: Duration::from_secs(600),
         }
     }
 }
@@ -247,6 +261,8 @@ impl DispatcherArgs {
                 },
                 audit,
                 stats_interval: self.stats_interval,
+                retention: self.retention,
+                cleanup_interval: self.cleanup_interval,
             },
             security: self.security,
             metrics: self.metrics,
@@ -287,6 +303,19 @@ impl DispatcherConfig {
         }
         if relay.poll_interval.is_zero() {
             return fail("--poll-interval", "must be positive".to_owned());
+        }
+        if relay.retention < Duration::from_secs(3_600) {
+            return fail(
+                "--retention",
+                format!(
+                    "must be at least 1h (operators need the attempt log of recent trouble), \
+                     got {}",
+                    format_duration(relay.retention)
+                ),
+            );
+        }
+        if relay.cleanup_interval.is_zero() {
+            return fail("--cleanup-interval", "must be positive".to_owned());
         }
         if relay.attempt_budget == 0 {
             return fail("--attempt-budget", "must be at least 1".to_owned());
@@ -407,6 +436,32 @@ mod tests {
                 .args
                 .into_config();
             assert_eq!(result.is_ok(), valid, "--lease {lease}");
+        }
+    }
+
+    #[test]
+    fn refuses_a_retention_under_an_hour_and_a_zero_cleanup_interval() {
+        for (flag, value, valid) in [
+            ("--retention", "59m", false),
+            ("--retention", "1h", true),
+            ("--cleanup-interval", "0s", false),
+            ("--cleanup-interval", "1s", true),
+        ] {
+            let result = Cli::try_parse_from(["x", flag, value])
+                .expect("parse")
+                .args
+                .into_config();
+            match result {
+                Ok(config) if valid => {
+                    let set = match flag {
+                        "--retention" => config.relay.retention,
+                        _ => config.relay.cleanup_interval,
+                    };
+                    assert_eq!(format_duration(set), value);
+                }
+                Err(error) if !valid => assert_eq!(error.flag, flag, "{error}"),
+                other => panic!("{flag} {value}: {other:?}"),
+            }
         }
     }
 

@@ -60,6 +60,8 @@ pub struct RelayMetrics {
     audits_published: Counter,
     audit_deferred: Counter,
     resend_failures: Counter,
+    retention_attempts: Counter,
+    retention_messages: Counter,
     /// Microseconds from handing a message to the producer until the broker's ack.
     produce_latency_us: Mutex<Option<Histogram<u64>>>,
     /// The same, as Prometheus buckets (seconds).
@@ -70,6 +72,8 @@ pub struct RelayMetrics {
     oldest_due_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Audit copies waiting in the audit outbox, as last read.
     audit_pending: Gauge,
+    /// Seconds since the next history event to publish was recorded, as last read.
+    unpublished_event_age: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Default for RelayMetrics {
@@ -89,6 +93,8 @@ impl Default for RelayMetrics {
             audits_published: Counter::default(),
             audit_deferred: Counter::default(),
             resend_failures: Counter::default(),
+            retention_attempts: Counter::default(),
+            retention_messages: Counter::default(),
             // 1 µs .. 10 min at 3 significant digits. The bounds are constants and valid; were
             // they not, latency would simply go unrecorded.
             produce_latency_us: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3).ok()),
@@ -97,6 +103,7 @@ impl Default for RelayMetrics {
             backlog: Family::default(),
             oldest_due_age: Gauge::default(),
             audit_pending: Gauge::default(),
+            unpublished_event_age: Gauge::default(),
         }
     }
 }
@@ -132,6 +139,10 @@ pub struct MetricsSnapshot {
     pub audits_published: u64,
     /// Topics the relay created because the broker did not know them.
     pub topics_created: u64,
+    /// Attempt-log entries the retention job deleted.
+    pub retention_attempts: u64,
+    /// Stored messages of acknowledged orders the retention job cleared.
+    pub retention_messages: u64,
     /// Produce latency percentiles.
     pub produce_latency_p50: Duration,
     /// 99th percentile.
@@ -164,10 +175,22 @@ impl RelayMetrics {
     counter!(add_audit_deferred, audit_deferred);
     counter!(add_audits_published, audits_published);
     counter!(add_topics_created, topics_created);
+    counter!(add_retention_attempts, retention_attempts);
+    counter!(add_retention_messages, retention_messages);
 
     /// Registers the Prometheus series (names without the registry's prefix).
     pub fn register(&self, registry: &mut Registry) {
-        let counters: [(&str, &str, &Counter); 14] = [
+        let counters: [(&str, &str, &Counter); 16] = [
+            (
+                "retention_attempts_deleted",
+                "Attempt-log entries the retention job deleted",
+                &self.retention_attempts,
+            ),
+            (
+                "retention_messages_cleared",
+                "Stored messages of acknowledged orders the retention job cleared",
+                &self.retention_messages,
+            ),
             (
                 "sent",
                 "Orders sent (broker acknowledged) for the first time",
@@ -264,6 +287,12 @@ impl RelayMetrics {
             "Audit copies waiting in the audit outbox",
             self.audit_pending.clone(),
         );
+        registry.register_with_unit(
+            "unpublished_event_age",
+            "Age of the next history event waiting for the order-events topic (0 when none is)",
+            Unit::Seconds,
+            self.unpublished_event_age.clone(),
+        );
     }
 
     /// Sets the backlog gauges from a fresh read of the database. Every state is set (0 when it
@@ -281,11 +310,15 @@ impl RelayMetrics {
                 })
                 .set(rows);
         }
-        let age = backlog.oldest_due_at.map_or(0.0, |at| {
-            ((now - at).num_milliseconds().max(0) as f64) / 1000.0
-        });
-        self.oldest_due_age.set(age);
+        let age = |at: Option<DateTime<Utc>>| {
+            at.map_or(0.0, |at| {
+                ((now - at).num_milliseconds().max(0) as f64) / 1000.0
+            })
+        };
+        self.oldest_due_age.set(age(backlog.oldest_due_at));
         self.audit_pending.set(backlog.audit_pending);
+        self.unpublished_event_age
+            .set(age(backlog.oldest_unpublished_at));
     }
 
     /// Records one message's produce latency.
@@ -327,6 +360,8 @@ impl RelayMetrics {
             events_published: self.events_published.get(),
             recorded: self.recorded.get(),
             topics_created: self.topics_created.get(),
+            retention_attempts: self.retention_attempts.get(),
+            retention_messages: self.retention_messages.get(),
             audits_published: self.audits_published.get(),
             audit_deferred: self.audit_deferred.get(),
             resend_failures: self.resend_failures.get(),
@@ -368,6 +403,7 @@ mod tests {
                 by_state: vec![(DispatchState::Pending, 4), (DispatchState::Dead, 1)],
                 oldest_due_at: Some(now - chrono::Duration::milliseconds(2500)),
                 audit_pending: 2,
+                oldest_unpublished_at: Some(now - chrono::Duration::milliseconds(1500)),
             },
             now,
         );
@@ -381,6 +417,7 @@ mod tests {
             "waybill_dispatcher_outbox_backlog{state=\"SENT\"} 0",
             "waybill_dispatcher_oldest_due_age_seconds 2.5",
             "waybill_dispatcher_audit_outbox_pending 2",
+            "waybill_dispatcher_unpublished_event_age_seconds 1.5",
             "waybill_dispatcher_retries_total 2",
             "waybill_dispatcher_produce_latency_seconds_count 1",
         ] {

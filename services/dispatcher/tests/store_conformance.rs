@@ -315,7 +315,7 @@ async fn released_leases_are_due_at_once(backend: TestBackend) {
 async fn events_are_published_at_least_once(backend: TestBackend) {
     let h = Harness::new(backend).await;
     let order = h.place("DE", 100).await;
-    let batch = h.store.claim_events(10).await.unwrap();
+    let batch = h.claim_events(10).await;
     assert_eq!(
         batch
             .events()
@@ -332,15 +332,15 @@ async fn events_are_published_at_least_once(backend: TestBackend) {
         std::time::Duration::from_secs(5),
         "the released event offered again",
         || async {
-            let batch = h.store.claim_events(10).await.unwrap();
+            let batch = h.claim_events(10).await;
             (batch.events().len() == 1).then_some(batch)
         },
     )
     .await;
     batch.mark_published(h.clock_now()).await.unwrap();
-    assert!(h.store.claim_events(10).await.unwrap().events().is_empty());
+    assert!(h.claim_events(10).await.events().is_empty());
     h.report(order, "SHIPPED", "acme").await;
-    let batch = h.store.claim_events(10).await.unwrap();
+    let batch = h.claim_events(10).await;
     assert_eq!(
         batch
             .events()
@@ -360,6 +360,13 @@ async fn backlog_counts_states_and_oldest_due(backend: TestBackend) {
     let backlog = h.store.backlog(h.clock_now()).await.unwrap();
     assert_eq!(backlog.by_state, [(DispatchState::Pending, 3)]);
     assert_eq!(backlog.oldest_due_at, Some(oldest));
+    // The next event to publish is the oldest order's PLACED; none once all are published.
+    assert_eq!(backlog.oldest_unpublished_at, Some(oldest));
+    let batch = h.claim_events(10).await;
+    assert_eq!(batch.events().len(), 3);
+    batch.mark_published(h.clock_now()).await.unwrap();
+    let backlog = h.store.backlog(h.clock_now()).await.unwrap();
+    assert_eq!(backlog.oldest_unpublished_at, None);
 }
 
 async fn operator_retry_takes_only_retryable_rows(backend: TestBackend) {

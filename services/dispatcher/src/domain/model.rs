@@ -206,4 +206,6 @@ pub struct Backlog {
     pub oldest_due_at: Option<DateTime<Utc>>,
     /// Audit copies waiting in the audit outbox.
     pub audit_pending: i64,
+    /// When the next history event to publish was recorded (none waiting: `None`).
+    pub oldest_unpublished_at: Option<DateTime<Utc>>,
 }

@@ -12,7 +12,8 @@
 //! [`Relay::relay_batch`] is produce + record for one leased batch; the same three steps run
 //! for `SENT` orders whose handover deadline passed ([`Relay::lease_overdue`]: re-send or
 //! flag). Beside them, **publish** (`publish.rs`) puts new history events on the order-events
-//! topic and audit copies waiting in the audit outbox on the audit topic.
+//! topic and audit copies waiting in the audit outbox on the audit topic, and the retention
+//! job (`cleanup.rs`) removes what operators no longer need.
 //!
 //! Sending goes through [`OrderProducer`], which replaces itself when it breaks; a message
 //! whose topic the broker does not know gets its topic created and one more try.
@@ -38,8 +39,11 @@ use waybill_service_kit::{
     db::{Change, ChangeFeed},
 };
 
+mod cleanup;
 mod produce;
 mod publish;
+
+pub use publish::Published;
 
 pub use crate::domain::cycle::BatchKind;
 use crate::{
@@ -246,13 +250,13 @@ impl Relay {
     pub async fn run_cycle(&self, with_overdue: bool) -> Result<CycleReport, DispatchError> {
         let limit = self.settings.batch_size as usize;
         let (due, overdue) = self.relay_due_and_overdue(with_overdue).await?;
-        let events = self.publish_events().await?;
+        let published = self.publish_events().await?;
         self.publish_audits().await?;
         Ok(CycleReport {
             due,
             overdue,
-            events,
-            full: due >= limit || overdue >= limit || events >= limit,
+            events: published.events,
+            full: due >= limit || overdue >= limit || published.more,
         })
     }
 
@@ -306,12 +310,26 @@ impl Relay {
                 let limit = self.settings.batch_size as usize;
                 let events = self.publish_events().await?;
                 let audits = self.publish_audits().await?;
-                Ok(events >= limit || audits >= limit)
+                Ok(events.more || audits >= limit)
             },
         );
+        let retention = async {
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(self.settings.cleanup_interval) => {}
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    result = self.clean_up() => if let Err(error) = result {
+                        warn!(%error, "retention job failed, will run again");
+                    },
+                }
+            }
+        };
         // Topics are ensured alongside, not first: a slow admin API must not hold back orders
         // whose topics exist.
-        tokio::join!(self.ensure_topics(), dispatching, publishing);
+        tokio::join!(self.ensure_topics(), dispatching, publishing, retention);
         self.stop().await;
     }
 

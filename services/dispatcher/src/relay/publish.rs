@@ -1,7 +1,7 @@
 //! The relay's side loop: history events to the order-events topic, and audit copies from the
 //! audit outbox to the audit topic. Neither ever holds back an order on its way to a partner.
 
-use std::sync::atomic::Ordering;
+use std::{sync::atomic::Ordering, time::Duration};
 
 use tracing::{info, warn};
 
@@ -12,13 +12,35 @@ use crate::{
     store::AuditCopy,
 };
 
+/// How long the publisher waits before looking again when committed events are held back by
+/// an older transaction still running (Postgres; see migration 0006).
+const HELD_BACK_PAUSE: Duration = Duration::from_millis(10);
+
+/// What one round of publishing events did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Published {
+    /// Events put on the order-events topic.
+    pub events: usize,
+    /// Whether more are waiting (a full batch, or events held back for a moment).
+    pub more: bool,
+}
+
 impl Relay {
-    /// Publishes unpublished history events to the order-events topic; how many.
-    pub async fn publish_events(&self) -> Result<usize, DispatchError> {
+    /// Publishes unpublished history events to the order-events topic.
+    pub async fn publish_events(&self) -> Result<Published, DispatchError> {
         let batch = self.store.claim_events(self.settings.batch_size).await?;
         let events = batch.events();
+        let more = batch.more_waiting() || events.len() >= self.settings.batch_size as usize;
         if events.is_empty() {
-            return Ok(0);
+            // The walk may still have moved past events published by other means.
+            batch.mark_published(self.clock.now()).await?;
+            if more {
+                // Committed events wait for an older transaction to end; that is usually a
+                // moment. (Paused after the batch settled: an open batch would itself hold
+                // the others back.)
+                tokio::time::sleep(HELD_BACK_PAUSE).await;
+            }
+            return Ok(Published { events: 0, more });
         }
         let origin = Origin {
             region: &self.settings.region,
@@ -38,7 +60,7 @@ impl Relay {
                 warn!(%error, events = messages.len(), "publishing order events failed, will retry");
             }
             batch.release().await?;
-            return Ok(0);
+            return Ok(Published::default());
         }
         if self.events_failing.swap(false, Ordering::Relaxed) {
             info!("publishing order events works again");
@@ -46,7 +68,10 @@ impl Relay {
         let count = messages.len();
         batch.mark_published(self.clock.now()).await?;
         self.metrics.add_events_published(count as u64);
-        Ok(count)
+        Ok(Published {
+            events: count,
+            more,
+        })
     }
 
     /// Produces the audit copies that are due from the audit outbox; how many were claimed.

@@ -109,6 +109,16 @@ pub trait AuditBatch: Send {
     ) -> Result<(), StoreError>;
 }
 
+/// What one round of the retention job removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cleaned {
+    /// Attempt-log entries deleted.
+    pub attempts: u64,
+    /// Stored messages cleared (acknowledged dispatches; a later re-send builds its message
+    /// from the order tables again).
+    pub messages: u64,
+}
+
 /// What recording did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecordReport {
@@ -128,6 +138,11 @@ pub trait EventBatch: Send {
     fn events(&self) -> &[UnpublishedEvent];
     /// Records that they are on the order-events topic.
     async fn mark_published(self: Box<Self>, now: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Whether committed events wait that this batch did not take (Postgres): held back by an
+    /// older transaction still running, or beyond a walk that filled the batch.
+    fn more_waiting(&self) -> bool {
+        false
+    }
     /// Gives the events back unpublished at once. Dropping the batch does the same, but on
     /// Postgres only when its connection is next used, so other instances skip the events
     /// until then.
@@ -161,6 +176,10 @@ pub trait DispatchStore: Send + Sync + fmt::Debug + 'static {
         now: DateTime<Utc>,
         limit: u32,
     ) -> Result<Box<dyn AuditBatch>, StoreError>;
+    /// Removes, at most `limit` of each, what operators no longer need from before `before`
+    /// (the retention job): attempt-log entries, and the stored message of dispatches their
+    /// partner acknowledged, sent before then.
+    async fn clean_up(&self, before: DateTime<Utc>, limit: u32) -> Result<Cleaned, StoreError>;
     /// Counts by state and the oldest due row.
     async fn backlog(&self, now: DateTime<Utc>) -> Result<Backlog, StoreError>;
 

@@ -14,8 +14,9 @@ use waybill_service_kit::{
 };
 
 use super::{
-    ACKNOWLEDGING_STATUSES, AuditBatch, AuditCopy, BatchRecord, DispatchStore, EventBatch, Fence,
-    LeaseRequest, RETRYABLE_STATES, RecordReport, StoreError, headers_to_json, legacy, postgres,
+    ACKNOWLEDGING_STATUSES, AuditBatch, AuditCopy, BatchRecord, Cleaned, DispatchStore, EventBatch,
+    Fence, LeaseRequest, RETRYABLE_STATES, RecordReport, StoreError, headers_to_json, legacy,
+    postgres,
     rows::{
         AttemptRow, DispatchRow, KeyRow, LeasedRow, PartnerRow, RouteRow, ShipToRow, StateCountRow,
         convert,
@@ -39,11 +40,34 @@ const LIST_ATTEMPTS: &str = "SELECT attempt, at, error, partner_id, topic FROM d
                              WHERE order_id = $1 ORDER BY id DESC LIMIT 100";
 const RELEASE_LEASES: &str = "UPDATE dispatch SET lease_owner = NULL, lease_expires_at = NULL, \
                               batch_id = NULL, updated_at = $2 WHERE lease_owner = $1";
+/// The oldest `$2` entries by id (ids grow with time), those of them from before `$1`: the
+/// primary key is walked from its start, so a round costs its batch whatever the table's size.
+const DELETE_OLD_ATTEMPTS: &str = "DELETE FROM dispatch_attempts WHERE id IN \
+                                   (SELECT id FROM dispatch_attempts ORDER BY id LIMIT $2) \
+                                   AND at < $1";
+/// Served by the partial index `dispatch_acknowledged_messages` (migration 0007).
+const CLEAR_OLD_MESSAGES: &str = "UPDATE dispatch SET message = NULL WHERE order_id IN \
+                                  (SELECT order_id FROM dispatch \
+                                   WHERE state = 'ACKNOWLEDGED' AND message IS NOT NULL \
+                                   AND sent_at < $1 ORDER BY sent_at LIMIT $2)";
 const COUNT_BY_STATE: &str =
     "SELECT state, count(*) AS rows FROM dispatch GROUP BY state ORDER BY state";
 const OLDEST_DUE: &str = "SELECT min(next_attempt_at) FROM dispatch \
                           WHERE state IN ('PENDING', 'RETRYING') AND next_attempt_at <= $1";
 const COUNT_AUDITS: &str = "SELECT count(*) FROM audit_outbox";
+/// When the next event to publish was recorded: on Postgres the first unpublished one after
+/// the cursor (an index probe), or one from before migration 0006; on SQLite the oldest
+/// unmarked one.
+const OLDEST_UNPUBLISHED: Statement = Statement {
+    postgres: "SELECT least( \
+                 (SELECT e.recorded_at FROM order_status_events e, event_cursor c \
+                  WHERE e.xid IS NOT NULL AND e.published_at IS NULL \
+                    AND (e.xid, e.order_id, e.seq) > (c.xid, c.order_id, c.seq) \
+                  ORDER BY e.xid, e.order_id, e.seq LIMIT 1), \
+                 (SELECT min(recorded_at) FROM order_status_events \
+                  WHERE published_at IS NULL AND xid IS NULL))",
+    sqlite: "SELECT min(recorded_at) FROM order_status_events WHERE published_at IS NULL",
+};
 const LIST_PARTNERS: &str = "SELECT id, display_name, enabled, handover_deadline_ms, \
                              resend_budget, topic, created_at, updated_at \
                              FROM partners ORDER BY id";
@@ -217,22 +241,49 @@ impl DispatchStore for SqlDispatchStore {
         }
     }
 
+    async fn clean_up(&self, before: DateTime<Utc>, limit: u32) -> Result<Cleaned, StoreError> {
+        Ok(on_pool!(&self.db, |pool| {
+            Cleaned {
+                attempts: sqlx::query(DELETE_OLD_ATTEMPTS)
+                    .bind(Instant(before))
+                    .bind(i64::from(limit))
+                    .execute(pool)
+                    .await?
+                    .rows_affected(),
+                messages: sqlx::query(CLEAR_OLD_MESSAGES)
+                    .bind(Instant(before))
+                    .bind(i64::from(limit))
+                    .execute(pool)
+                    .await?
+                    .rows_affected(),
+            }
+        }))
+    }
+
     async fn backlog(&self, now: DateTime<Utc>) -> Result<Backlog, StoreError> {
-        let (counts, oldest, audit_pending): (Vec<StateCountRow>, Option<Instant>, i64) =
-            on_pool!(&self.db, |pool| {
-                (
-                    sqlx::query_as(COUNT_BY_STATE).fetch_all(pool).await?,
-                    sqlx::query_scalar(OLDEST_DUE)
-                        .bind(Instant(now))
-                        .fetch_one(pool)
-                        .await?,
-                    sqlx::query_scalar(COUNT_AUDITS).fetch_one(pool).await?,
-                )
-            });
+        let (counts, oldest, audit_pending, unpublished): (
+            Vec<StateCountRow>,
+            Option<Instant>,
+            i64,
+            Option<Instant>,
+        ) = on_pool!(&self.db, OLDEST_UNPUBLISHED, |pool, oldest_unpublished| {
+            (
+                sqlx::query_as(COUNT_BY_STATE).fetch_all(pool).await?,
+                sqlx::query_scalar(OLDEST_DUE)
+                    .bind(Instant(now))
+                    .fetch_one(pool)
+                    .await?,
+                sqlx::query_scalar(COUNT_AUDITS).fetch_one(pool).await?,
+                sqlx::query_scalar(oldest_unpublished)
+                    .fetch_one(pool)
+                    .await?,
+            )
+        });
         Ok(Backlog {
             by_state: convert(counts)?,
             oldest_due_at: oldest.map(Into::into),
             audit_pending,
+            oldest_unpublished_at: unpublished.map(Into::into),
         })
     }
 

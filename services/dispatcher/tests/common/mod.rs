@@ -19,13 +19,13 @@ use waybill_dispatcher::{
     kafka::{KafkaSettings, TopicNames, producer::OrderProducer},
     metrics::RelayMetrics,
     relay::Relay,
-    store::{DispatchStore, for_database},
+    store::{DispatchStore, EventBatch, for_database},
     testing::TestBroker,
 };
 use waybill_service_kit::{
     clock::{ManualClock, SharedClock, SystemClock},
     db::Database,
-    testing::{TestBackend, TestDatabase},
+    testing::{TestBackend, TestDatabase, eventually},
 };
 
 pub struct Harness {
@@ -289,20 +289,35 @@ impl Harness {
 }
 
 impl Harness {
-    /// The lease owner of every successful attempt.
-    pub async fn attempt_owners(&self) -> Vec<String> {
+    /// Claims up to `limit` events once none is held back. On Postgres an event waits for
+    /// every older writing transaction on the server to end (the publisher's watermark), and
+    /// the tests of other binaries write to the same server at the same time.
+    pub async fn claim_events(&self, limit: u32) -> Box<dyn EventBatch> {
+        eventually(
+            Duration::from_secs(10),
+            "events no longer held back by another transaction",
+            || async {
+                let batch = self.store.claim_events(limit).await.unwrap();
+                if batch.more_waiting() && batch.events().len() < limit as usize {
+                    batch.release().await.unwrap();
+                    return None;
+                }
+                Some(batch)
+            },
+        )
+        .await
+    }
+
+    /// How many `SENT_TO_PARTNER` events the histories hold (one per order sent).
+    pub async fn sent_events(&self) -> i64 {
+        const COUNT: &str =
+            "SELECT count(*) FROM order_status_events WHERE status = 'SENT_TO_PARTNER'";
         match self.db.backend() {
             waybill_service_kit::db::Backend::Postgres(pool) => {
-                sqlx::query_scalar("SELECT lease_owner FROM dispatch_attempts WHERE error = ''")
-                    .fetch_all(pool)
-                    .await
-                    .unwrap()
+                sqlx::query_scalar(COUNT).fetch_one(pool).await.unwrap()
             }
             waybill_service_kit::db::Backend::Sqlite(pool) => {
-                sqlx::query_scalar("SELECT lease_owner FROM dispatch_attempts WHERE error = ''")
-                    .fetch_all(pool)
-                    .await
-                    .unwrap()
+                sqlx::query_scalar(COUNT).fetch_one(pool).await.unwrap()
             }
         }
     }
@@ -361,8 +376,8 @@ mod recorder {
     use waybill_dispatcher::{
         domain::{model::*, routing::RoutingTable},
         store::{
-            AuditBatch, BatchRecord, DispatchStore, EventBatch, Fence, LeaseRequest, RecordReport,
-            StoreError,
+            AuditBatch, BatchRecord, Cleaned, DispatchStore, EventBatch, Fence, LeaseRequest,
+            RecordReport, StoreError,
         },
     };
 
@@ -404,6 +419,9 @@ mod recorder {
             limit: u32,
         ) -> Result<Box<dyn AuditBatch>, StoreError> {
             self.inner.claim_audits(now, limit).await
+        }
+        async fn clean_up(&self, before: DateTime<Utc>, limit: u32) -> Result<Cleaned, StoreError> {
+            self.inner.clean_up(before, limit).await
         }
         async fn backlog(&self, now: DateTime<Utc>) -> Result<Backlog, StoreError> {
             self.inner.backlog(now).await

@@ -296,8 +296,15 @@ pub fn settle(
                         partner_id: partner.id.clone(),
                         audit_deferred: audit_error.clone(),
                     },
-                )
-                .logged(AttemptLog::of(order, "", &partner.id, &partner.topic));
+                );
+                // A send that ends a run of failures closes that run's story in the log. A
+                // first-try send (nearly all of them) is not logged: the row itself says where
+                // and when it went (partner, route, sent_at), and an attempt-log row per order
+                // cost the drain a quarter of its bookkeeping.
+                if order.attempts > 0 {
+                    settled =
+                        settled.logged(AttemptLog::of(order, "", &partner.id, &partner.topic));
+                }
                 settled.first_send = Some((order.order_id, partner.id.clone()));
                 settled.audit_retry_at = audit_error.map(|_| policy.retry_at(1, now, rng));
                 settled

@@ -258,10 +258,20 @@ fn a_successful_send_is_sent_with_its_handover_deadline() {
         settled.first_send,
         Some((retrying.order_id, "a".to_owned()))
     );
-    let attempt = settled.attempt.expect("successes are logged");
+    let attempt = settled
+        .attempt
+        .expect("a success after failures closes their run in the log");
     assert_eq!((attempt.attempt, attempt.error.as_str()), (3, ""));
     assert_eq!(attempt.topic, "waybill.partner.a");
     assert_eq!(settled.audit_retry_at, None);
+}
+
+#[test]
+fn a_first_try_send_is_not_logged_its_row_says_where_it_went() {
+    let settled = settle_one(&order("DE"), &send_plan(false), &ok());
+    assert_eq!(settled.update.state, DispatchState::Sent);
+    assert_eq!(settled.update.partner_id.as_deref(), Some("a"));
+    assert_eq!(settled.attempt, None);
 }
 
 #[test]

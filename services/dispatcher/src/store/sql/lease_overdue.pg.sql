@@ -19,11 +19,12 @@ WITH due AS (
 )
 SELECT l.order_id, l.state, l.attempts, l.resends, l.partner_id, l.traceparent, l.tracestate,
        l.message,
-       EXISTS (
-           SELECT 1 FROM order_status_events e
-           WHERE e.order_id = l.order_id
-             AND e.partner_id = l.partner_id
-             AND e.status = ANY($6)
-       ) AS acknowledged,
+       -- A probe of the order's own events (the primary key's prefix) per row. Not EXISTS: the
+       -- planner may run that as one hashed scan of every acknowledging event in the table.
+       (SELECT TRUE FROM order_status_events e
+        WHERE e.order_id = l.order_id
+          AND e.partner_id = l.partner_id
+          AND e.status = ANY($6)
+        LIMIT 1) IS NOT NULL AS acknowledged,
        NULL::text AS rejected_partners
 FROM leased l
