@@ -47,7 +47,7 @@ use waybill_service_kit::{
 
 use crate::{
     bench::{peak_rss_mib, redact},
-    bench_outbox::{LIMIT_BATCH, count_drained, measure_limit, place},
+    bench_outbox::{LIMIT_BATCH, count_drained, count_due, measure_limit, place},
     bench_prefill::{Prefill, prefill},
 };
 
@@ -303,6 +303,13 @@ async fn drain(
     } else {
         0
     };
+    // Other due rows would be drained too and counted as this run's progress.
+    let waiting = count_due(db).await?;
+    anyhow::ensure!(
+        waiting == 0,
+        "the database holds {waiting} due orders that are not this run's: run the bench on a \
+         dedicated database (or let a dispatcher drain them first)"
+    );
     let prefilled = match (&postgres, args.prefill) {
         (_, 0) => None,
         (Some(pool), target) => Some(prefill(pool, target).await?),

@@ -114,6 +114,15 @@ fn published(db: &Database) -> &'static str {
     }
 }
 
+/// Dispatch rows waiting to be sent, whoever placed them.
+pub(crate) async fn count_due(db: &Database) -> anyhow::Result<i64> {
+    Ok(waybill_service_kit::on_pool!(db.backend(), |pool| {
+        sqlx::query_scalar("SELECT count(*) FROM dispatch WHERE state IN ('PENDING', 'RETRYING')")
+            .fetch_one(pool)
+            .await?
+    }))
+}
+
 pub(crate) async fn count_drained(db: &Database, customer: &str) -> anyhow::Result<usize> {
     let query = COUNT_DRAINED.replace("PUBLISHED", published(db));
     let count: i64 = waybill_service_kit::on_pool!(db.backend(), |pool| {

@@ -1,10 +1,11 @@
 //! Settings of `waybill orders`: flags with environment fallbacks ([`OrdersArgs`]), validated
 //! into an [`OrdersConfig`] before anything starts (the dispatcher's and StatusIngest's shape).
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use waybill_service_kit::{
     config::{ConfigError, check_name, check_pool_size},
+    duration::parse_duration,
     metrics::MetricsArgs,
     page_token::PageTokenArgs,
     security::SecurityArgs,
@@ -32,6 +33,10 @@ pub struct OrdersArgs {
     /// Most database connections this service opens.
     #[arg(long, env = "WAYBILL_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
+    /// How long a catalog entry read for an order is used for the next ones: a price change
+    /// applies to orders placed up to this much later (`0s`: the catalog is read every time).
+    #[arg(long, env = "WAYBILL_CATALOG_CACHE", default_value = "1s", value_parser = parse_duration)]
+    pub catalog_cache: Duration,
     /// Page-token key.
     #[command(flatten)]
     pub page_tokens: PageTokenArgs,
@@ -56,6 +61,8 @@ pub struct OrdersConfig {
     pub region: String,
     /// Whether the sample catalog is loaded at start-up.
     pub seed_catalog: bool,
+    /// How long a catalog entry is used.
+    pub catalog_cache: Duration,
     /// The page-token key (read, with its file, when the service starts).
     pub page_tokens: PageTokenArgs,
     /// Where Prometheus metrics are served, if anywhere.
@@ -73,6 +80,7 @@ impl OrdersArgs {
             db_max_connections: self.db_max_connections,
             region: self.region,
             seed_catalog: self.seed_catalog,
+            catalog_cache: self.catalog_cache,
             page_tokens: self.page_tokens,
             metrics: self.metrics,
             security: self.security,
@@ -113,6 +121,15 @@ mod tests {
         assert_eq!(config.listen.port(), 50051);
         assert_eq!(config.region, "local");
         assert_eq!(config.db_max_connections, 16);
+        assert_eq!(config.catalog_cache, crate::DEFAULT_CATALOG_CACHE);
+    }
+
+    #[test]
+    fn reads_the_catalog_cache_lifetime_and_zero_turns_it_off() {
+        let short = config(&["--catalog-cache", "250ms"]).expect("valid");
+        assert_eq!(short.catalog_cache, Duration::from_millis(250));
+        let off = config(&["--catalog-cache", "0s"]).expect("valid");
+        assert_eq!(off.catalog_cache, Duration::ZERO);
     }
 
     #[test]

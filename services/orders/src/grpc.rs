@@ -20,6 +20,7 @@ use waybill_service_kit::{
 };
 
 use crate::{
+    catalog::CatalogCache,
     convert::{event_to_proto, order_to_proto},
     domain::{
         model::NewOrder,
@@ -44,6 +45,7 @@ pub struct OrdersApi {
     watch_poll: Duration,
     shutdown: CancellationToken,
     metrics: Arc<OrdersMetrics>,
+    catalog: Arc<CatalogCache>,
 }
 
 /// The Orders service's Prometheus series (`waybill_orders_*`).
@@ -82,13 +84,20 @@ impl OrdersApi {
         Self {
             store,
             feed,
-            clock,
             region,
             page_tokens,
             watch_poll: Duration::from_secs(5),
+            catalog: Arc::new(CatalogCache::new(Duration::ZERO, clock.clone())),
+            clock,
             shutdown,
             metrics: Arc::default(),
         }
+    }
+
+    /// Uses a catalog entry for `lifetime` after reading it (see [`CatalogCache`]).
+    pub fn with_catalog_cache(mut self, lifetime: Duration) -> Self {
+        self.catalog = Arc::new(CatalogCache::new(lifetime, self.clock.clone()));
+        self
     }
 
     /// Counts into `metrics` (registered by the caller).
@@ -103,9 +112,10 @@ impl OrdersApi {
     ) -> Result<pb::PlaceOrderResponse, OrdersError> {
         let valid = validate_place_order(request)?;
         let skus: Vec<String> = valid.lines.iter().map(|line| line.sku.clone()).collect();
+        let store = &self.store;
         let catalog: HashMap<_, _> = self
-            .store
-            .catalog_items(&skus)
+            .catalog
+            .items(&skus, async |skus| store.catalog_items(skus).await)
             .await?
             .into_iter()
             .map(|item| (item.sku.clone(), item))

@@ -10,6 +10,7 @@
 //! - [`run`] starts the service from settings; [`serve`] is the seam tests and the all-in-one
 //!   binary use (a bound listener and ready dependencies).
 
+pub mod catalog;
 pub mod config;
 pub mod convert;
 pub mod domain;
@@ -17,7 +18,7 @@ pub mod error;
 pub mod grpc;
 pub mod store;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -56,6 +57,9 @@ pub struct OrdersDeps {
     pub page_tokens: PageTokenKey,
     /// Where the service registers its Prometheus series (`waybill_orders_*`).
     pub metrics: waybill_service_kit::metrics::Metrics,
+    /// How long a catalog entry read for an order is used for the next ones (see
+    /// [`catalog::CatalogCache`]).
+    pub catalog_cache: Duration,
 }
 
 impl OrdersDeps {
@@ -69,6 +73,7 @@ impl OrdersDeps {
             region: region.into(),
             page_tokens: PageTokenKey::random(),
             metrics: waybill_service_kit::metrics::Metrics::new(),
+            catalog_cache: DEFAULT_CATALOG_CACHE,
         }
     }
 }
@@ -134,6 +139,7 @@ pub async fn run(config: OrdersConfig, shutdown: CancellationToken) -> Result<()
     );
     let deps = OrdersDeps {
         page_tokens,
+        catalog_cache: config.catalog_cache,
         ..OrdersDeps::new(&db, config.region)
     };
     let metrics = MetricsEndpoint::start(&config.metrics, &deps.metrics, &shutdown).await?;
@@ -161,13 +167,17 @@ pub fn service(deps: OrdersDeps, shutdown: CancellationToken) -> OrderServiceSer
             deps.page_tokens,
             shutdown,
         )
-        .with_metrics(metrics),
+        .with_metrics(metrics)
+        .with_catalog_cache(deps.catalog_cache),
     )
     // The largest valid PlaceOrder (100 lines, every text field at its bound in 4-byte
     // characters) is about 40 KiB; anything bigger is refused before it is decoded, instead of
     // tonic's 4 MiB default.
     .max_decoding_message_size(MAX_REQUEST_BYTES)
 }
+
+/// How long a catalog entry is used by default: a price change applies a second later.
+pub const DEFAULT_CATALOG_CACHE: Duration = Duration::from_secs(1);
 
 /// Largest request message Orders decodes.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
