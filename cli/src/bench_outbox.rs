@@ -12,7 +12,7 @@ use waybill_orders::{
     domain::model::{Address, Customer, NewOrder, PricedLine},
     store::{OrderStore, SqlOrderStore},
 };
-use waybill_service_kit::db::{Backend, Database};
+use waybill_service_kit::db::Database;
 
 use crate::bench_drain::Rate;
 
@@ -94,39 +94,17 @@ pub(crate) async fn measure_limit(
     Ok(Rate::new(done, started.elapsed()))
 }
 
-/// Drain orders recorded `SENT` whose `SENT_TO_PARTNER` event is published: marked so (SQLite,
-/// and Postgres events from before migration 0006), or behind the publisher's cursor.
-const COUNT_DRAINED: &str = "SELECT count(*) FROM orders o \
-                             JOIN dispatch d ON d.order_id = o.id AND d.state = 'SENT' \
-                             WHERE o.customer_id = $1 \
-                             AND EXISTS (SELECT 1 FROM order_status_events e \
-                                 WHERE e.order_id = o.id AND e.status = 'SENT_TO_PARTNER' \
-                                 AND PUBLISHED)";
-const PUBLISHED_PG: &str = "(e.published_at IS NOT NULL OR (e.xid IS NOT NULL \
-                            AND (e.xid, e.order_id, e.seq) <= \
-                                (SELECT xid, order_id, seq FROM event_cursor)))";
-const PUBLISHED_SQLITE: &str = "e.published_at IS NOT NULL";
+/// Drain orders recorded `SENT` with their `SENT_TO_PARTNER` event (whether every event is
+/// published is the dispatcher store's to say: `Backlog::oldest_unpublished_at`).
+const COUNT_SENT: &str = "SELECT count(*) FROM orders o \
+                          JOIN dispatch d ON d.order_id = o.id AND d.state = 'SENT' \
+                          WHERE o.customer_id = $1 \
+                          AND EXISTS (SELECT 1 FROM order_status_events e \
+                              WHERE e.order_id = o.id AND e.status = 'SENT_TO_PARTNER')";
 
-fn published(db: &Database) -> &'static str {
-    match db.backend() {
-        Backend::Postgres(_) => PUBLISHED_PG,
-        Backend::Sqlite(_) => PUBLISHED_SQLITE,
-    }
-}
-
-/// Dispatch rows waiting to be sent, whoever placed them.
-pub(crate) async fn count_due(db: &Database) -> anyhow::Result<i64> {
-    Ok(waybill_service_kit::on_pool!(db.backend(), |pool| {
-        sqlx::query_scalar("SELECT count(*) FROM dispatch WHERE state IN ('PENDING', 'RETRYING')")
-            .fetch_one(pool)
-            .await?
-    }))
-}
-
-pub(crate) async fn count_drained(db: &Database, customer: &str) -> anyhow::Result<usize> {
-    let query = COUNT_DRAINED.replace("PUBLISHED", published(db));
+pub(crate) async fn count_sent(db: &Database, customer: &str) -> anyhow::Result<usize> {
     let count: i64 = waybill_service_kit::on_pool!(db.backend(), |pool| {
-        sqlx::query_scalar(&query)
+        sqlx::query_scalar(COUNT_SENT)
             .bind(customer)
             .fetch_one(pool)
             .await?

@@ -1,19 +1,28 @@
 //! `waybill bench place`, the real binary, briefly, on Postgres and SQLite: every order placed,
 //! the placing write's own rate measured in the same run as the limit, and the figures
-//! consistent with each other. Not a timed test: the ratio is printed, never asserted.
+//! consistent with each other; `--prefill` writing its finished orders once. Not a timed test:
+//! the ratio is printed, never asserted.
 #![allow(clippy::unwrap_used)]
 
 use std::process::Command;
 
 use serde_json::Value;
-use waybill_service_kit::testing::{TestBackend, TestDatabase};
+use waybill_service_kit::{
+    on_pool,
+    testing::{TestBackend, TestDatabase},
+};
 
 const REQUESTS: u64 = 200;
 
 fn bench(url: &str) -> Value {
+    bench_with(url, &[])
+}
+
+fn bench_with(url: &str, extra: &[&str]) -> Value {
     let output = Command::new(env!("CARGO_BIN_EXE_waybill"))
         .args(["bench", "place", "--json", "--warmup", "10", "-c", "4"])
         .args(["-n", &REQUESTS.to_string(), "--database-url", url])
+        .args(extra)
         .env_remove("RUST_LOG")
         .output()
         .unwrap();
@@ -54,4 +63,81 @@ async fn bench_place_reports_the_ratio_to_the_placing_write_on_both_backends() {
             "{report:#}"
         );
     }
+}
+
+/// Rows of `sql`'s single count on `db`.
+async fn count(db: &TestDatabase, sql: &str) -> i64 {
+    let db = db.connect().await;
+    let count: i64 = on_pool!(db.backend(), |pool| {
+        sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+    });
+    db.close().await;
+    count
+}
+
+/// `--prefill` brings the database up to N finished orders once (a second run adds none), each
+/// acknowledged with three history events, all behind the publisher's cursor. `bench drain`
+/// then refuses the database: `bench place` left its own orders waiting to be sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefill_writes_finished_orders_once_and_bench_drain_refuses_orders_waiting() {
+    let db = TestDatabase::create(TestBackend::Postgres).await;
+    let url = db.url.clone();
+    let (first, second) = tokio::task::spawn_blocking(move || {
+        let prefill = ["--prefill", "300"];
+        (bench_with(&url, &prefill), bench_with(&url, &prefill))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (&first["prefill"]["orders"], &first["prefill"]["added"]),
+        (&Value::from(300), &Value::from(300)),
+        "{first:#}"
+    );
+    assert_eq!(
+        (&second["prefill"]["orders"], &second["prefill"]["added"]),
+        (&Value::from(300), &Value::from(0)),
+        "{second:#}"
+    );
+    let finished = "SELECT count(*) FROM orders o JOIN dispatch d ON d.order_id = o.id \
+                    WHERE o.customer_id = 'bench-prefill' AND d.state = 'ACKNOWLEDGED'";
+    assert_eq!(count(&db, finished).await, 300);
+    let events = "SELECT count(*) FROM order_status_events e \
+                  JOIN orders o ON o.id = e.order_id WHERE o.customer_id = 'bench-prefill'";
+    assert_eq!(count(&db, events).await, 900);
+    let ahead_of_the_cursor = "SELECT count(*) FROM order_status_events e \
+                               JOIN orders o ON o.id = e.order_id \
+                               WHERE o.customer_id = 'bench-prefill' \
+                               AND (e.xid, e.order_id, e.seq) > \
+                                   (SELECT xid, order_id, seq FROM event_cursor)";
+    assert_eq!(count(&db, ahead_of_the_cursor).await, 0, "never walked");
+
+    let output = Command::new(env!("CARGO_BIN_EXE_waybill"))
+        .args([
+            "bench",
+            "drain",
+            "--json",
+            "-n",
+            "10",
+            "--database-url",
+            &db.url,
+        ])
+        .env_remove("RUST_LOG")
+        .env_remove("WAYBILL_KAFKA_BROKERS")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    // Both runs' orders and their limits' are waiting: the count is named.
+    let waiting = count(
+        &db,
+        "SELECT count(*) FROM dispatch WHERE state IN ('PENDING', 'RETRYING')",
+    )
+    .await;
+    assert!(waiting > 0);
+    assert!(
+        stderr.contains(&format!(
+            "holds {waiting} due orders that are not this run's"
+        )),
+        "{stderr}"
+    );
 }
