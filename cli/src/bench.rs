@@ -424,6 +424,17 @@ pub(crate) fn redact(url: &str) -> String {
 }
 
 /// The process's peak resident set size (Linux: `VmHWM`).
+/// CPU time (user + system) this process has used so far, in seconds (Linux; `None`
+/// elsewhere). `/proc` counts it in USER_HZ ticks, which Linux fixes at 100 for user space.
+pub(crate) fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start at the state, field 3.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    let utime: f64 = fields.nth(11)?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
 pub(crate) fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let kib: f64 = status
@@ -435,4 +446,23 @@ pub(crate) fn peak_rss_mib() -> Option<f64> {
         .parse()
         .ok()?;
     Some(kib / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn process_cpu_time_counts_work_done() {
+        let Some(before) = super::process_cpu_seconds() else {
+            return; // no /proc here
+        };
+        let started = Instant::now();
+        let mut x = 0u64;
+        while started.elapsed() < Duration::from_millis(300) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let after = super::process_cpu_seconds().expect("readable twice");
+        assert!(after - before >= 0.1, "{before} s before, {after} s after");
+    }
 }

@@ -47,10 +47,14 @@ use waybill_service_kit::{
 };
 
 use crate::{
-    bench::{peak_rss_mib, redact},
+    bench::{peak_rss_mib, process_cpu_seconds, redact},
     bench_outbox::{LIMIT_BATCH, count_sent, measure_limit, place},
     bench_prefill::{Prefill, prefill},
 };
+
+/// How far from the drain's orders the limit's are placed: before them (the limit before the
+/// drain) and after them (the limit after it, out of the drain's way until then).
+const LIMIT_AHEAD: chrono::Duration = chrono::Duration::hours(1);
 
 /// Settings of `waybill bench drain`.
 #[derive(Debug, clap::Args)]
@@ -70,7 +74,8 @@ pub struct DrainArgs {
     /// about 20,000 with it, and use a broker process for more).
     #[arg(long, short = 'n', default_value_t = 10_000)]
     orders: usize,
-    /// Orders the bare-SQL limit is measured on (Postgres), in thousands-sized batches.
+    /// Orders the bare-SQL limit is measured on (Postgres), in thousands-sized batches: as
+    /// many right before the drain and again right after it.
     #[arg(long, default_value_t = 20_000)]
     limit_orders: usize,
     /// Relay batch size.
@@ -79,6 +84,9 @@ pub struct DrainArgs {
     /// Batches each dispatcher works on at once.
     #[arg(long, default_value_t = RelaySettings::default().batches_in_flight)]
     batches_in_flight: u32,
+    /// History events each dispatcher publishes together.
+    #[arg(long, default_value_t = RelaySettings::default().event_batch_size)]
+    event_batch_size: u32,
     /// Dispatchers draining side by side (each its own relay, producer and lease owner).
     #[arg(long, default_value_t = 1)]
     dispatchers: u32,
@@ -103,13 +111,18 @@ pub struct DrainReport {
     orders: usize,
     batch_size: u32,
     batches_in_flight: u32,
+    event_batch_size: u32,
     dispatchers: u32,
     /// Orders already in the database (`--prefill`).
     prefill: Option<Prefill>,
     /// Seconds to place the orders (drain and limit) through the Orders store.
     fill_seconds: f64,
-    /// The bare bookkeeping on one connection (Postgres only; `null` on SQLite).
+    /// The bare bookkeeping on one connection (Postgres only; `null` on SQLite): both runs,
+    /// right before and right after the drain, together.
     limit: Option<Rate>,
+    /// The two runs of the limit apart, to show how far the machine drifted meanwhile.
+    limit_before: Option<Rate>,
+    limit_after: Option<Rate>,
     /// The relay: every order recorded `SENT` with its events published.
     drain: Rate,
     /// Seconds until every order was recorded `SENT` (events may still be on their way).
@@ -125,6 +138,9 @@ pub struct DrainReport {
     /// Peak resident set size of this process up to the end of the drain (the relays and
     /// their producers, the fill through the Orders store, the embedded broker if any), MiB.
     peak_rss_mib: Option<f64>,
+    /// CPU seconds this process used during the drain (the relays, their producers and, with
+    /// no broker given, the embedded broker): the dispatcher's share of the machine.
+    drain_cpu_seconds: Option<f64>,
 }
 
 /// A count over a time.
@@ -143,16 +159,27 @@ impl Rate {
             orders_per_second: orders as f64 / elapsed.as_secs_f64().max(1e-9),
         }
     }
+
+    /// Both counts over both times.
+    fn plus(self, other: Self) -> Self {
+        Self::new(
+            self.orders + other.orders,
+            Duration::from_secs_f64(self.seconds + other.seconds),
+        )
+    }
 }
 
 impl DrainReport {
     fn to_text(&self) -> String {
-        let limit = match (&self.limit, self.ratio) {
-            (Some(limit), Some(ratio)) => format!(
-                "limit     {:>8.2} s  {:>10.0} orders/s  (bare SQL bookkeeping, one connection)\n\
+        let limit = match (&self.limit, self.ratio, &self.limit_before, &self.limit_after) {
+            (Some(limit), Some(ratio), Some(before), Some(after)) => format!(
+                "limit     {:>8.2} s  {:>10.0} orders/s  (bare SQL bookkeeping, one connection: \
+                 {:.0} orders/s before the drain, {:.0} after)\n\
                  drain / limit: {:.0}%",
                 limit.seconds,
                 limit.orders_per_second,
+                before.orders_per_second,
+                after.orders_per_second,
                 ratio * 100.0
             ),
             _ => "limit     not measured (the bare-SQL limit is defined on Postgres)".to_owned(),
@@ -199,8 +226,10 @@ pub async fn run(args: DrainArgs) -> anyhow::Result<()> {
         args.orders > 0
             && args.batch_size > 0
             && args.batches_in_flight > 0
+            && args.event_batch_size > 0
             && args.dispatchers > 0,
-        "--orders, --batch-size, --batches-in-flight and --dispatchers must be positive"
+        "--orders, --batch-size, --batches-in-flight, --event-batch-size and --dispatchers must \
+         be positive"
     );
     let shutdown = CancellationToken::new();
     let pool = PoolSettings {
@@ -325,16 +354,21 @@ async fn drain(
     };
     let customer = format!("bench-{run}");
     let fill_started = Instant::now();
-    place(
-        db,
-        &format!("{run}-limit"),
-        &format!("{customer}-limit"),
-        &postal_prefix,
-        now - chrono::Duration::hours(1),
-        limit_orders,
-        in_flight,
-    )
-    .await?;
+    // The limit runs right before the drain on orders placed an hour earlier (due first), and
+    // right after it on orders placed in an hour's time (not due for the drain): the machine's
+    // drift during the run falls on the limit as on the drain.
+    for placed_at in [now - LIMIT_AHEAD, now + LIMIT_AHEAD] {
+        place(
+            db,
+            &format!("{run}-limit"),
+            &format!("{customer}-limit"),
+            &postal_prefix,
+            placed_at,
+            limit_orders,
+            in_flight,
+        )
+        .await?;
+    }
     place(
         db,
         &run,
@@ -347,8 +381,17 @@ async fn drain(
     .await?;
     let fill = fill_started.elapsed();
 
-    let limit = match &postgres {
-        Some(pool) => Some(measure_limit(pool, &customer, limit_orders, &partner_id).await?),
+    let limit_before = match &postgres {
+        Some(pool) => Some(
+            measure_limit(
+                pool,
+                &customer,
+                limit_orders,
+                &partner_id,
+                chrono::Duration::zero(),
+            )
+            .await?,
+        ),
         None => None,
     };
 
@@ -356,6 +399,7 @@ async fn drain(
         topics: names,
         batch_size: args.batch_size,
         batches_in_flight: args.batches_in_flight,
+        event_batch_size: args.event_batch_size,
         ..RelaySettings::default()
     };
     // Connect and fetch the topic's metadata before the clock starts, as a running dispatcher
@@ -403,6 +447,7 @@ async fn drain(
     let stop = CancellationToken::new();
     let timeout = Duration::from_secs(args.timeout_secs);
     let drain_started = Instant::now();
+    let cpu_before = process_cpu_seconds();
     let running: Vec<_> = relays
         .into_iter()
         .map(|relay| tokio::spawn(relay.run(stop.clone(), Duration::from_secs(5))))
@@ -420,6 +465,7 @@ async fn drain(
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let drain = drain_started.elapsed();
+    let drain_cpu_seconds = cpu_before.zip(process_cpu_seconds()).map(|(a, b)| b - a);
     stop.cancel();
     for relay in running {
         relay.await.context("a relay task failed")?;
@@ -440,6 +486,20 @@ async fn drain(
 
     // The peak so far: filling, the limit and the drain (the broker-only run comes after).
     let peak_rss_mib = peak_rss_mib();
+    let limit_after = match &postgres {
+        Some(pool) => Some(
+            measure_limit(
+                pool,
+                &customer,
+                limit_orders,
+                &partner_id,
+                LIMIT_AHEAD * 2,
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let limit = limit_before.zip(limit_after).map(|(a, b)| a.plus(b));
     let broker_only = produce_only(kafka, &topic, args).await?;
     let snapshots: Vec<_> = metrics.iter().map(|m| m.snapshot()).collect();
     let drain = Rate::new(args.orders, drain);
@@ -450,11 +510,14 @@ async fn drain(
         orders: args.orders,
         batch_size: args.batch_size,
         batches_in_flight: args.batches_in_flight,
+        event_batch_size: args.event_batch_size,
         dispatchers: args.dispatchers,
         prefill: prefilled,
         fill_seconds: fill.as_secs_f64(),
         ratio: limit.map(|limit| drain.orders_per_second / limit.orders_per_second.max(1e-9)),
         limit,
+        limit_before,
+        limit_after,
         drain,
         recorded_seconds: all_recorded.map(|at| at.as_secs_f64()),
         broker_only,
@@ -462,6 +525,7 @@ async fn drain(
         produce_latency_p50_ms: snapshots[0].produce_latency_p50.as_secs_f64() * 1_000.0,
         produce_latency_p99_ms: snapshots[0].produce_latency_p99.as_secs_f64() * 1_000.0,
         peak_rss_mib,
+        drain_cpu_seconds,
     })
 }
 

@@ -80,8 +80,13 @@ pub struct DispatcherArgs {
     pub batch_size: u32,
     /// Batches this instance works on at once (each under its own lease): while one batch's
     /// outcome is being recorded, the next is leased and produced.
-    #[arg(long, env = "WAYBILL_BATCHES_IN_FLIGHT", default_value_t = 2)]
+    #[arg(long, env = "WAYBILL_BATCHES_IN_FLIGHT", default_value_t = 4)]
     pub batches_in_flight: u32,
+    /// Most history events put on the order-events topic together. Every order sent makes
+    /// two (PLACED, SENT_TO_PARTNER) and one publisher serves all dispatching loops, so its
+    /// batches are larger than theirs: fewer round trips to the broker and the database.
+    #[arg(long, env = "WAYBILL_EVENT_BATCH_SIZE", default_value_t = 3000)]
+    pub event_batch_size: u32,
     /// How long a lease lasts; another instance takes over the orders of a crashed one after
     /// it. Must exceed --produce-timeout by more than a second (a send plus its bookkeeping
     /// must fit in the lease).
@@ -164,6 +169,8 @@ pub struct RelaySettings {
     /// Batches one instance works on at once: while one batch's outcome is being recorded,
     /// the next is leased and produced.
     pub batches_in_flight: u32,
+    /// Most history events published together.
+    pub event_batch_size: u32,
     /// Lease length.
     pub lease: Duration,
     /// Fallback poll interval.
@@ -190,7 +197,8 @@ impl Default for RelaySettings {
             region: "local".to_owned(),
             reply_to: "http://127.0.0.1:50053".to_owned(),
             batch_size: 1000,
-            batches_in_flight: 2,
+            batches_in_flight: 4,
+            event_batch_size: 3000,
             lease: Duration::from_secs(60),
             poll_interval: Duration::from_secs(1),
             attempt_budget: 12,
@@ -251,6 +259,7 @@ impl DispatcherArgs {
                 reply_to: self.reply_to,
                 batch_size: self.batch_size,
                 batches_in_flight: self.batches_in_flight,
+                event_batch_size: self.event_batch_size,
                 lease: self.lease,
                 poll_interval: self.poll_interval,
                 attempt_budget: self.attempt_budget,
@@ -288,6 +297,15 @@ impl DispatcherConfig {
             return fail(
                 "--batches-in-flight",
                 format!("must be between 1 and 16, got {}", relay.batches_in_flight),
+            );
+        }
+        if relay.event_batch_size == 0 || relay.event_batch_size > 50_000 {
+            return fail(
+                "--event-batch-size",
+                format!(
+                    "must be between 1 and 50000, got {}",
+                    relay.event_batch_size
+                ),
             );
         }
         if relay.lease <= self.kafka.produce_timeout + Duration::from_secs(1) {
@@ -461,6 +479,26 @@ mod tests {
                 }
                 Err(error) if !valid => assert_eq!(error.flag, flag, "{error}"),
                 other => panic!("{flag} {value}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn event_batch_size_is_bounded() {
+        for (value, valid) in [("0", false), ("1", true), ("50000", true), ("50001", false)] {
+            let result = Cli::try_parse_from(["x", "--event-batch-size", value])
+                .expect("parse")
+                .args
+                .into_config();
+            match result {
+                Ok(config) if valid => {
+                    assert_eq!(config.relay.event_batch_size.to_string(), value);
+                }
+                Err(error) if !valid => {
+                    assert_eq!(error.flag, "--event-batch-size");
+                    assert!(error.rule.ends_with(&format!("got {value}")), "{error}");
+                }
+                other => panic!("--event-batch-size {value}: {other:?}"),
             }
         }
     }

@@ -35,6 +35,7 @@ on_both_backends!(
     route_change_applies_to_the_next_order,
     unacknowledged_orders_are_resent_then_flagged,
     serve_is_woken_by_a_new_order_not_by_its_poll,
+    every_order_sent_wakes_its_watchers,
 );
 
 async fn produces_key_payload_headers_audit_and_events(backend: TestBackend) {
@@ -498,4 +499,37 @@ async fn serve_is_woken_by_a_new_order_not_by_its_poll(backend: TestBackend) {
 
     shutdown.cancel();
     server.await.unwrap().unwrap();
+}
+
+/// Watchers (`WatchOrder` in Orders, another process on Postgres) hear of every order the
+/// relay sends, also when one notification carries many orders (Postgres: 200 to a payload, so
+/// 450 orders make three).
+async fn every_order_sent_wakes_its_watchers(backend: TestBackend) {
+    let h = Harness::new(backend).await;
+    h.partner("acme", "DE", Span::minutes(10), 2).await;
+    let mut placed = HashSet::new();
+    for _ in 0..450 {
+        placed.insert(h.place("DE", 100).await);
+    }
+    let mut changes = h.db.feed().subscribe();
+    let report = h.relay("dispatcher-a").run_cycle(false).await.unwrap();
+    assert_eq!(report.due, 450);
+
+    let mut woken = HashSet::new();
+    let heard = tokio::time::timeout(Duration::from_secs(10), async {
+        while woken.len() < placed.len() {
+            if let waybill_service_kit::db::Change::OrderStatus(id) = changes.recv().await.unwrap()
+            {
+                woken.insert(id);
+            }
+        }
+    })
+    .await;
+    assert!(
+        heard.is_ok(),
+        "{} of {} sent orders woke their watchers",
+        woken.len(),
+        placed.len()
+    );
+    assert_eq!(woken, placed);
 }

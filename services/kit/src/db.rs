@@ -30,7 +30,8 @@ pub use self::{
     value::{Id, IdList, Instant, Statement, TextList},
 };
 
-/// Postgres `NOTIFY` channel: payload is the order id whose status history grew.
+/// Postgres `NOTIFY` channel: payload is the order id whose status history grew, or several
+/// of them comma-separated (a writer of many histories at once, such as the relay).
 pub const ORDER_STATUS_CHANNEL: &str = "waybill_order_status";
 /// Postgres `NOTIFY` channel: the outbox has new due rows (payload empty).
 pub const OUTBOX_CHANNEL: &str = "waybill_outbox";
@@ -231,13 +232,11 @@ async fn spawn_pg_relay(
             match notification {
                 Ok(notification) => match notification.channel() {
                     OUTBOX_CHANNEL => feed.publish(Change::Outbox),
-                    ORDER_STATUS_CHANNEL => match Uuid::parse_str(notification.payload()) {
-                        Ok(order_id) => feed.publish(Change::OrderStatus(order_id)),
-                        Err(_) => debug!(
-                            payload = notification.payload(),
-                            "ignoring malformed notification"
-                        ),
-                    },
+                    ORDER_STATUS_CHANNEL => {
+                        for order_id in order_ids(notification.payload()) {
+                            feed.publish(Change::OrderStatus(order_id));
+                        }
+                    }
                     other => debug!(channel = other, "ignoring notification"),
                 },
                 // The pool was closed: the process is shutting down.
@@ -255,6 +254,21 @@ async fn spawn_pg_relay(
     Ok(())
 }
 
+/// The order ids of an [`ORDER_STATUS_CHANNEL`] payload (one, or several comma-separated);
+/// anything that is not an order id is logged and skipped.
+fn order_ids(payload: &str) -> impl Iterator<Item = Uuid> + '_ {
+    payload.split(',').filter_map(|part| {
+        Uuid::parse_str(part.trim())
+            .inspect_err(|_| {
+                debug!(
+                    payload = part,
+                    "ignoring malformed order id in notification"
+                )
+            })
+            .ok()
+    })
+}
+
 /// Microseconds since the Unix epoch: how SQLite stores instants, so that they compare and sort
 /// as numbers.
 pub fn to_unix_micros(at: chrono::DateTime<chrono::Utc>) -> i64 {
@@ -264,4 +278,25 @@ pub fn to_unix_micros(at: chrono::DateTime<chrono::Utc>) -> i64 {
 /// The inverse of [`to_unix_micros`]; out-of-range values clamp to the epoch.
 pub fn from_unix_micros(micros: i64) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::from_timestamp_micros(micros).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+
+    #[test]
+    fn a_notification_names_one_order_or_several() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        assert_eq!(super::order_ids(&a.to_string()).collect::<Vec<_>>(), [a]);
+        assert_eq!(
+            super::order_ids(&format!("{a},{b}")).collect::<Vec<_>>(),
+            [a, b]
+        );
+        assert_eq!(
+            super::order_ids(&format!("{a},not-an-id,,{b}")).collect::<Vec<_>>(),
+            [a, b],
+            "what is not an order id is skipped"
+        );
+        assert_eq!(super::order_ids("").count(), 0);
+    }
 }

@@ -28,9 +28,10 @@ pub struct Published {
 impl Relay {
     /// Publishes unpublished history events to the order-events topic.
     pub async fn publish_events(&self) -> Result<Published, DispatchError> {
-        let batch = self.store.claim_events(self.settings.batch_size).await?;
+        let limit = self.settings.event_batch_size;
+        let batch = self.store.claim_events(limit).await?;
         let events = batch.events();
-        let more = batch.more_waiting() || events.len() >= self.settings.batch_size as usize;
+        let more = batch.more_waiting() || events.len() >= limit as usize;
         if events.is_empty() {
             // The walk may still have moved past events published by other means.
             batch.mark_published(self.clock.now()).await?;
