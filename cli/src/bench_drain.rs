@@ -171,7 +171,12 @@ impl Rate {
 
 impl DrainReport {
     fn to_text(&self) -> String {
-        let limit = match (&self.limit, self.ratio, &self.limit_before, &self.limit_after) {
+        let limit = match (
+            &self.limit,
+            self.ratio,
+            &self.limit_before,
+            &self.limit_after,
+        ) {
             (Some(limit), Some(ratio), Some(before), Some(after)) => format!(
                 "limit     {:>8.2} s  {:>10.0} orders/s  (bare SQL bookkeeping, one connection: \
                  {:.0} orders/s before the drain, {:.0} after)\n\
@@ -357,10 +362,11 @@ async fn drain(
     // The limit runs right before the drain on orders placed an hour earlier (due first), and
     // right after it on orders placed in an hour's time (not due for the drain): the machine's
     // drift during the run falls on the limit as on the drain.
-    for placed_at in [now - LIMIT_AHEAD, now + LIMIT_AHEAD] {
+    for (when, placed_at) in [("before", now - LIMIT_AHEAD), ("after", now + LIMIT_AHEAD)] {
         place(
             db,
-            &format!("{run}-limit"),
+            // Its own idempotency keys: the same ones would place the same orders again.
+            &format!("{run}-limit-{when}"),
             &format!("{customer}-limit"),
             &postal_prefix,
             placed_at,
@@ -487,16 +493,9 @@ async fn drain(
     // The peak so far: filling, the limit and the drain (the broker-only run comes after).
     let peak_rss_mib = peak_rss_mib();
     let limit_after = match &postgres {
-        Some(pool) => Some(
-            measure_limit(
-                pool,
-                &customer,
-                limit_orders,
-                &partner_id,
-                LIMIT_AHEAD * 2,
-            )
-            .await?,
-        ),
+        Some(pool) => {
+            Some(measure_limit(pool, &customer, limit_orders, &partner_id, LIMIT_AHEAD * 2).await?)
+        }
         None => None,
     };
     let limit = limit_before.zip(limit_after).map(|(a, b)| a.plus(b));
