@@ -20,7 +20,9 @@ use tokio_util::sync::CancellationToken;
 use waybill_dispatcher::{
     DispatcherDeps, RELAY_HEALTH_NAME, RelaySettings,
     domain::model::{PartnerRecord, RouteRecord},
-    kafka::{KafkaSettings, TopicCreator, TopicError, producer::OrderProducer},
+    kafka::{
+        KafkaSettings, TopicCreator, TopicError, messages::OutgoingMessage, producer::OrderProducer,
+    },
     metrics::RelayMetrics,
     relay::Relay,
     testing::TestBroker,
@@ -506,4 +508,37 @@ async fn a_broker_stall_that_fences_the_producer_is_recovered_from() {
     );
     shutdown.cancel();
     running.await.unwrap();
+}
+
+/// A message the producer's local queue has no room for waits for room (up to the produce
+/// timeout) instead of failing: a batch larger than the queue is sent whole, in order of
+/// acknowledgement or not, and every message is on the topic once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_larger_than_the_local_queue_waits_for_room() {
+    let broker = TestBroker::start();
+    let topic = format!("queue-{}", uuid::Uuid::new_v4().simple());
+    broker.create_topic(&topic, 1).await;
+    let mut kafka = broker.kafka_settings(Duration::from_secs(10));
+    // Room for 5 messages: the other 45 of the batch find the queue full at first.
+    kafka
+        .options
+        .push(("queue.buffering.max.messages".into(), "5".into()));
+    let producer = OrderProducer::new(&kafka).unwrap();
+    let messages: Vec<OutgoingMessage> = (0..50)
+        .map(|i| OutgoingMessage {
+            topic: topic.clone(),
+            key: format!("order-{i}"),
+            payload: vec![1, 2, 3],
+            headers: Vec::new(),
+        })
+        .collect();
+
+    let outcomes = producer.send_all(&messages).await;
+
+    let failed: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    assert!(failed.is_empty(), "every message sent: {failed:?}");
+    let on_topic = broker.read_topic(&topic, 50, Duration::from_secs(15)).await;
+    let keys: HashSet<String> = on_topic.iter().map(|m| m.key.clone()).collect();
+    assert_eq!(keys.len(), 50, "each message on the topic");
+    assert_eq!(on_topic.len(), 50, "and only once");
 }

@@ -27,7 +27,7 @@ use futures::future::join_all;
 use rdkafka::{
     error::KafkaError,
     message::{Header, OwnedHeaders},
-    producer::{FutureProducer, FutureRecord, Producer},
+    producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer},
     types::RDKafkaErrorCode,
     util::Timeout,
 };
@@ -222,32 +222,49 @@ impl OrderProducer {
     }
 
     /// Sends every message concurrently and returns their outcomes, in order.
+    ///
+    /// Every message is handed to librdkafka before any acknowledgement is awaited, and what
+    /// is awaited per message is only its delivery report: an `async` send per message would
+    /// keep a whole retry state machine per message in memory for as long as the batch waits
+    /// (about a kilobyte each, thousands per batch). Only a message the full local queue
+    /// refuses waits in such a send, for up to the produce timeout.
     pub async fn send_all(&self, messages: &[OutgoingMessage]) -> Vec<SendOutcome> {
         if messages.is_empty() {
             return Vec::new();
         }
         let producer = self.current();
-        let sends = messages.iter().map(|message| {
+        let queue_timeout = Timeout::After(self.settings.produce_timeout);
+        let enqueued: Vec<_> = messages
+            .iter()
+            .map(|message| {
+                let started = Instant::now();
+                let queued = match producer.send_result(record_of(message)) {
+                    Ok(delivery) => Enqueued::Queued(delivery),
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                        Enqueued::QueueFull(message)
+                    }
+                    Err((error, _)) => Enqueued::Refused(SendError::from_kafka(&error)),
+                };
+                (started, queued)
+            })
+            .collect();
+        let sends = enqueued.into_iter().map(|(started, queued)| {
             let producer = &producer;
             async move {
-                let started = Instant::now();
-                let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
-                for (key, value) in &message.headers {
-                    headers = headers.insert(Header {
-                        key: key.as_ref(),
-                        value: Some(value.as_str()),
-                    });
-                }
-                let record = FutureRecord::to(&message.topic)
-                    .key(&message.key)
-                    .payload(&message.payload)
-                    .headers(headers);
-                match producer
-                    .send(record, Timeout::After(self.settings.produce_timeout))
-                    .await
-                {
-                    Ok(_) => Ok(started.elapsed()),
-                    Err((error, _)) => Err(SendError::from_kafka(&error)),
+                let delivered = match queued {
+                    // Canceled: the producer went away before reporting (it is kept alive
+                    // here, so only a librdkafka failure gets there).
+                    Enqueued::Queued(delivery) => delivery.await.map_err(|_| KafkaError::Canceled),
+                    // Rare (the broker has been away long enough to fill the local queue):
+                    // boxed, so that its state does not size every other message's.
+                    Enqueued::QueueFull(message) => {
+                        Ok(Box::pin(producer.send(record_of(message), queue_timeout)).await)
+                    }
+                    Enqueued::Refused(error) => return Err(error),
+                };
+                match delivered {
+                    Ok(Ok(_)) => Ok(started.elapsed()),
+                    Ok(Err((error, _))) | Err(error) => Err(SendError::from_kafka(&error)),
                 }
             }
         });
@@ -310,6 +327,31 @@ impl OrderProducer {
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         self.current().flush(Timeout::After(timeout))
     }
+}
+
+/// Where one message of a batch stands right after it was handed over.
+enum Enqueued<'a> {
+    /// In librdkafka's queue: its delivery report will come.
+    Queued(DeliveryFuture),
+    /// The local queue was full: it is sent again, waiting for room.
+    QueueFull(&'a OutgoingMessage),
+    /// librdkafka refused it outright.
+    Refused(SendError),
+}
+
+/// `message` as a record for librdkafka (which copies what it keeps).
+fn record_of(message: &OutgoingMessage) -> FutureRecord<'_, str, [u8]> {
+    let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
+    for (key, value) in &message.headers {
+        headers = headers.insert(Header {
+            key: key.as_ref(),
+            value: Some(value.as_str()),
+        });
+    }
+    FutureRecord::to(&message.topic)
+        .key(message.key.as_str())
+        .payload(message.payload.as_slice())
+        .headers(headers)
 }
 
 /// Why the producer that produced `outcomes` must be replaced, if it must.
