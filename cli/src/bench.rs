@@ -423,7 +423,6 @@ pub(crate) fn redact(url: &str) -> String {
     }
 }
 
-/// The process's peak resident set size (Linux: `VmHWM`).
 /// CPU time (user + system) this process has used so far, in seconds (Linux; `None`
 /// elsewhere). `/proc` counts it in USER_HZ ticks, which Linux fixes at 100 for user space.
 pub(crate) fn process_cpu_seconds() -> Option<f64> {
@@ -435,6 +434,7 @@ pub(crate) fn process_cpu_seconds() -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
+/// The process's peak resident set size (Linux: `VmHWM`).
 pub(crate) fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let kib: f64 = status
@@ -457,12 +457,18 @@ mod tests {
         let Some(before) = super::process_cpu_seconds() else {
             return; // no /proc here
         };
+        // Busy until the count shows a tenth of a second more. On a loaded machine that takes
+        // longer than a tenth in wall time, so the bound is generous; a count that never
+        // moves fails.
         let started = Instant::now();
         let mut x = 0u64;
-        while started.elapsed() < Duration::from_millis(300) {
-            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        let mut after = before;
+        while after - before < 0.1 && started.elapsed() < Duration::from_secs(30) {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
+            after = super::process_cpu_seconds().expect("readable twice");
         }
-        let after = super::process_cpu_seconds().expect("readable twice");
         assert!(after - before >= 0.1, "{before} s before, {after} s after");
     }
 }

@@ -5,11 +5,14 @@
 //!
 //! 1. **Fill.** Orders are placed through the Orders store itself (the placing write Orders
 //!    runs for `PlaceOrder`), so the outbox rows are exactly what production writes: `--orders`
-//!    for the drain, and `--limit-orders` placed an hour earlier, for the limit.
+//!    for the drain, and twice `--limit-orders` for the limit, placed an hour earlier and an
+//!    hour later.
 //! 2. **The limit.** On one connection, plain SQL does the bookkeeping the relay cannot avoid,
 //!    1,000 orders at a time: lease due rows (`FOR UPDATE SKIP LOCKED`), mark them `SENT` and
-//!    append one `SENT_TO_PARTNER` event each. It takes the hour-older rows (due first), so it
-//!    never touches the drain's orders.
+//!    append one `SENT_TO_PARTNER` event each. It runs right before the drain on the hour-older
+//!    rows (due first) and right after it on the hour-later ones (not due for the drain), so
+//!    it never touches the drain's orders and the machine's drift falls on both; the limit is
+//!    the two runs together.
 //! 3. **The drain.** The real relay loops, exactly as `waybill dispatcher` runs them (lease →
 //!    produce → record, batches in flight, order events published alongside). An order counts
 //!    as drained once it is recorded `SENT` and its `SENT_TO_PARTNER` event is on the
@@ -48,7 +51,7 @@ use waybill_service_kit::{
 
 use crate::{
     bench::{peak_rss_mib, process_cpu_seconds, redact},
-    bench_outbox::{LIMIT_BATCH, count_sent, measure_limit, place},
+    bench_outbox::{LIMIT_BATCH, count_sent, mark_limit_events_published, measure_limit, place},
     bench_prefill::{Prefill, prefill},
 };
 
@@ -388,16 +391,10 @@ async fn drain(
     let fill = fill_started.elapsed();
 
     let limit_before = match &postgres {
-        Some(pool) => Some(
-            measure_limit(
-                pool,
-                &customer,
-                limit_orders,
-                &partner_id,
-                chrono::Duration::zero(),
-            )
-            .await?,
-        ),
+        Some(pool) => {
+            mark_limit_events_published(pool, &customer).await?;
+            Some(measure_limit(pool, limit_orders, &partner_id, chrono::Duration::zero()).await?)
+        }
         None => None,
     };
 
@@ -493,9 +490,7 @@ async fn drain(
     // The peak so far: filling, the limit and the drain (the broker-only run comes after).
     let peak_rss_mib = peak_rss_mib();
     let limit_after = match &postgres {
-        Some(pool) => {
-            Some(measure_limit(pool, &customer, limit_orders, &partner_id, LIMIT_AHEAD * 2).await?)
-        }
+        Some(pool) => Some(measure_limit(pool, limit_orders, &partner_id, LIMIT_AHEAD * 2).await?),
         None => None,
     };
     let limit = limit_before.zip(limit_after).map(|(a, b)| a.plus(b));

@@ -43,22 +43,29 @@ const LIMIT_PLACED_PUBLISHED: &str = "UPDATE order_status_events e SET published
                                       FROM orders o WHERE o.id = e.order_id \
                                       AND o.customer_id = $1 AND e.published_at IS NULL";
 
-/// Runs the bare bookkeeping on `orders` rows of `customer`'s limit orders, on one
-/// connection, with the clock `ahead` of the wall clock (so that rows placed in the future,
-/// kept out of the drain's way, are due for it).
-pub(crate) async fn measure_limit(
+/// Counts every `PLACED` event of `customer`'s limit orders (both runs' orders) as published,
+/// once, before the first run.
+pub(crate) async fn mark_limit_events_published(
     pool: &PgPool,
     customer: &str,
+) -> anyhow::Result<()> {
+    sqlx::query(LIMIT_PLACED_PUBLISHED)
+        .bind(format!("{customer}-limit"))
+        .bind(Utc::now())
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Runs the bare bookkeeping on `orders` due limit rows, on one connection, with the clock
+/// `ahead` of the wall clock (so that rows placed in the future, kept out of the drain's way,
+/// are due for it).
+pub(crate) async fn measure_limit(
+    pool: &PgPool,
     orders: usize,
     partner_id: &str,
     ahead: chrono::Duration,
 ) -> anyhow::Result<Rate> {
-    let now = Utc::now() + ahead;
-    sqlx::query(LIMIT_PLACED_PUBLISHED)
-        .bind(format!("{customer}-limit"))
-        .bind(now)
-        .execute(pool)
-        .await?;
     let mut connection = pool.acquire().await?;
     let started = Instant::now();
     let mut done = 0;

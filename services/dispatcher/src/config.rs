@@ -6,7 +6,7 @@ use std::{net::SocketAddr, time::Duration};
 use uuid::Uuid;
 pub use waybill_service_kit::config::ConfigError;
 use waybill_service_kit::{
-    config::{check_name, check_pool_size},
+    config::{check_name, check_pool_size, check_range},
     duration::{format_duration, parse_duration},
     text::quote,
 };
@@ -287,27 +287,9 @@ impl DispatcherConfig {
         let relay = &self.relay;
         let fail = |flag, rule: String| Err(ConfigError::new(flag, rule));
         check_pool_size(self.db_max_connections)?;
-        if relay.batch_size == 0 || relay.batch_size > 10_000 {
-            return fail(
-                "--batch-size",
-                format!("must be between 1 and 10000, got {}", relay.batch_size),
-            );
-        }
-        if relay.batches_in_flight == 0 || relay.batches_in_flight > 16 {
-            return fail(
-                "--batches-in-flight",
-                format!("must be between 1 and 16, got {}", relay.batches_in_flight),
-            );
-        }
-        if relay.event_batch_size == 0 || relay.event_batch_size > 50_000 {
-            return fail(
-                "--event-batch-size",
-                format!(
-                    "must be between 1 and 50000, got {}",
-                    relay.event_batch_size
-                ),
-            );
-        }
+        check_range("--batch-size", relay.batch_size, 1..=10_000)?;
+        check_range("--batches-in-flight", relay.batches_in_flight, 1..=16)?;
+        check_range("--event-batch-size", relay.event_batch_size, 1..=50_000)?;
         if relay.lease <= self.kafka.produce_timeout + Duration::from_secs(1) {
             return fail(
                 "--lease",

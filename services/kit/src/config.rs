@@ -37,6 +37,27 @@ pub fn check_pool_size(value: u32) -> Result<(), ConfigError> {
     }
 }
 
+/// Checks that a count given in a setting lies in `range`, e.g. `must be between 1 and 10000,
+/// got 0`.
+pub fn check_range(
+    flag: &'static str,
+    value: u32,
+    range: std::ops::RangeInclusive<u32>,
+) -> Result<(), ConfigError> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            flag,
+            format!(
+                "must be between {} and {}, got {value}",
+                range.start(),
+                range.end()
+            ),
+        ))
+    }
+}
+
 /// Checks that a name given in a setting (a region, an audience) is not blank and is one line
 /// of at most 100 characters.
 pub fn check_name(flag: &'static str, value: &str) -> Result<(), ConfigError> {
@@ -50,6 +71,18 @@ pub fn check_name(flag: &'static str, value: &str) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_count_out_of_its_range_says_the_range_and_the_value() {
+        assert_eq!(check_range("--batch-size", 1, 1..=10), Ok(()));
+        assert_eq!(check_range("--batch-size", 10, 1..=10), Ok(()));
+        let error = check_range("--batch-size", 0, 1..=10).expect_err("below");
+        assert_eq!(
+            error.to_string(),
+            "invalid setting --batch-size: must be between 1 and 10, got 0"
+        );
+        assert!(check_range("--batch-size", 11, 1..=10).is_err());
+    }
 
     #[test]
     fn names_the_flag_and_the_rule() {

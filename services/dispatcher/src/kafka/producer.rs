@@ -243,7 +243,7 @@ impl OrderProducer {
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                         Enqueued::QueueFull(message)
                     }
-                    Err((error, _)) => Enqueued::Refused(SendError::from_kafka(&error)),
+                    Err((error, _)) => Enqueued::Refused(error),
                 };
                 (started, queued)
             })
@@ -260,7 +260,7 @@ impl OrderProducer {
                     Enqueued::QueueFull(message) => {
                         Ok(Box::pin(producer.send(record_of(message), queue_timeout)).await)
                     }
-                    Enqueued::Refused(error) => return Err(error),
+                    Enqueued::Refused(error) => Err(error),
                 };
                 match delivered {
                     Ok(Ok(_)) => Ok(started.elapsed()),
@@ -336,7 +336,7 @@ enum Enqueued<'a> {
     /// The local queue was full: it is sent again, waiting for room.
     QueueFull(&'a OutgoingMessage),
     /// librdkafka refused it outright.
-    Refused(SendError),
+    Refused(KafkaError),
 }
 
 /// `message` as a record for librdkafka (which copies what it keeps).
