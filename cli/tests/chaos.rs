@@ -399,7 +399,13 @@ async fn orders_survive_killed_dispatchers_and_a_broker_that_loses_its_data() {
     // record, and sends repeated by a dispatcher killed before its bookkeeping.
     let duplicates = copies - seen.copies.len() as u64;
     let leased: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM dispatch WHERE lease_owner IS NOT NULL")
+        // A lease is a row lock on Postgres (rows a probe that skips locked rows cannot take),
+        // or an owner written into the row by an earlier release's dispatcher.
+        sqlx::query_scalar(
+            "WITH free AS (SELECT order_id FROM dispatch WHERE lease_owner IS NULL \
+             FOR UPDATE SKIP LOCKED) \
+             SELECT (SELECT count(*) FROM dispatch) - (SELECT count(*) FROM free)",
+        )
             .fetch_one(&pool)
             .await
             .unwrap();

@@ -14,7 +14,7 @@ use common::{
 };
 use prost::Message;
 use tokio_util::sync::CancellationToken;
-use waybill_dispatcher::{DispatcherDeps, domain::model::DispatchFilter};
+use waybill_dispatcher::{DispatcherDeps, RelaySettings, domain::model::DispatchFilter};
 use waybill_proto::{
     headers,
     v1::{DispatchState, DispatchedOrder, OrderEvent, OrderStatus},
@@ -258,28 +258,40 @@ async fn lease_fence_refuses_a_late_instance(backend: TestBackend) {
     let h = Harness::new(backend).await;
     h.partner("acme", "DE", Span::minutes(10), 2).await;
     let order = h.place("DE", 700).await;
-    let first = h.relay("dispatcher-a");
+    // A short lease: on Postgres it is the server that ends it, by the wall clock.
+    let first = h.relay_with(
+        "dispatcher-a",
+        Arc::new(h.clock.clone()),
+        RelaySettings {
+            lease: Duration::from_millis(500),
+            ..h.settings("dispatcher-a")
+        },
+    );
     let second = h.relay("dispatcher-b");
 
-    // The first instance leases and produces, then "dies" before its bookkeeping.
+    // The first instance leases and produces, then stalls before its bookkeeping.
     let batch = first.lease_due().await.unwrap();
-    assert_eq!(batch.orders.len(), 1);
+    assert_eq!(batch.orders().len(), 1);
     let outcome = first.produce(&batch).await.unwrap();
-    assert_eq!(
-        h.dispatch(order).await.lease_owner.as_deref(),
-        Some("dispatcher-a")
-    );
+    assert!(h.held(order).await, "leased");
 
     // While the lease runs, nobody else takes the order.
     assert_eq!(second.run_cycle(true).await.unwrap().due, 0);
-    // After it expires, the second instance sends it (a duplicate on the topic is allowed).
-    h.clock.advance(Span::seconds(61));
-    assert_eq!(second.run_cycle(true).await.unwrap().due, 1);
+    // After it ends (SQLite: its expiry passes; Postgres: the server ends the lease's
+    // transaction, idle for longer than the lease), the second instance sends it (a duplicate
+    // on the topic is allowed).
+    h.clock.advance(Span::seconds(1));
+    eventually(
+        Duration::from_secs(10),
+        "the second instance takes the order over",
+        || async { (second.run_cycle(true).await.unwrap().due == 1).then_some(()) },
+    )
+    .await;
     let row = h.dispatch(order).await;
     assert_eq!(row.state, DispatchState::Sent);
 
     // The first instance's late bookkeeping is refused by the fence.
-    let report = first.record(&batch, &outcome).await.unwrap();
+    let report = first.record(batch, &outcome).await.unwrap();
     assert!(report.applied.is_empty());
     assert_eq!(report.fenced, [order]);
     assert_eq!(

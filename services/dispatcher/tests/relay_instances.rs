@@ -142,9 +142,7 @@ async fn shutdown_releases_leases_for_the_next_instance(backend: TestBackend) {
     eventually(
         Duration::from_secs(10),
         "the order leased by dispatcher-a",
-        || async {
-            (h.dispatch(order).await.lease_owner.as_deref() == Some("dispatcher-a")).then_some(())
-        },
+        || async { h.held(order).await.then_some(()) },
     )
     .await;
 
@@ -161,6 +159,12 @@ async fn shutdown_releases_leases_for_the_next_instance(backend: TestBackend) {
         (DispatchState::Pending, 0, None),
         "released, not failed"
     );
+    // (A Postgres lease's transaction is rolled back as its connection returns to the pool,
+    // right after the abandoned batch is dropped.)
+    eventually(Duration::from_secs(5), "the lease released", || async {
+        (!h.held(order).await).then_some(())
+    })
+    .await;
 
     // Another instance takes it at once, without waiting for the lease to expire.
     h.broker.set_available(true);

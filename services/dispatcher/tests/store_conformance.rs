@@ -16,7 +16,7 @@ use prost::Message;
 use uuid::Uuid;
 use waybill_dispatcher::{
     domain::model::DispatchFilter,
-    store::{AttemptLog, AuditCopy, BatchRecord, Fence, RowUpdate},
+    store::{AttemptLog, AuditCopy, BatchRecord, Fence, Lease, RowUpdate},
 };
 use waybill_proto::v1::{DispatchState, DispatchedOrder};
 use waybill_service_kit::{
@@ -56,8 +56,8 @@ async fn rows_placed_before_the_outbox_carried_messages_get_them_built(backend: 
             .unwrap()
     });
     let leased = h.store.lease_due(&lease(&h, "a", 10)).await.unwrap();
-    assert_eq!(leased.len(), 2);
-    let by_id = |id: Uuid| leased.iter().find(|o| o.order_id == id).unwrap();
+    assert_eq!(leased.orders.len(), 2);
+    let by_id = |id: Uuid| leased.orders.iter().find(|o| o.order_id == id).unwrap();
     assert_eq!(by_id(stored).message, stored_message);
     let built = DispatchedOrder::decode(by_id(legacy).message.as_slice()).unwrap();
     let original = DispatchedOrder::decode(stored_message.as_slice()).unwrap();
@@ -92,11 +92,11 @@ async fn leases_only_due_unleased_rows(backend: TestBackend) {
     let first = lease(&h, "a", 10);
     let leased = h.store.lease_due(&first).await.unwrap();
     assert_eq!(
-        leased.iter().map(|o| o.order_id).collect::<Vec<_>>(),
+        leased.orders.iter().map(|o| o.order_id).collect::<Vec<_>>(),
         [due],
         "only what is due now"
     );
-    let order = &leased[0];
+    let order = &leased.orders[0];
     assert_eq!(order.state, DispatchState::Pending);
     // The row's own message: the order as Orders stored it, nothing read from the order tables.
     let message = DispatchedOrder::decode(order.message.as_slice()).unwrap();
@@ -113,33 +113,50 @@ async fn leases_only_due_unleased_rows(backend: TestBackend) {
     );
     assert_eq!(order.ship_to.country_code, "DE");
     assert!(order.traceparent.starts_with("00-"));
+    assert!(h.held(due).await);
     let row = h.dispatch(due).await;
-    assert_eq!(
-        (row.lease_owner.as_deref(), row.lease_expires_at),
-        (Some("a"), Some(first.expires_at))
-    );
+    if matches!(backend, TestBackend::Sqlite) {
+        // SQLite's lease is written into the row; Postgres's is the row lock alone.
+        assert_eq!(
+            (row.lease_owner.as_deref(), row.lease_expires_at),
+            (Some("a"), Some(first.expires_at))
+        );
+    }
 
     assert!(
         h.store
             .lease_due(&lease(&h, "b", 10))
             .await
             .unwrap()
+            .orders
             .is_empty(),
         "a live lease is skipped"
     );
     h.clock.advance(Span::seconds(30));
+    if matches!(backend, TestBackend::Postgres) {
+        // A Postgres lease ends with its transaction (here: given back, as when its instance
+        // crashed or the server ended its idle transaction), not with the clock.
+        let probe = h.store.lease_due(&lease(&h, "b", 10)).await.unwrap();
+        assert!(
+            probe.orders.iter().all(|o| o.order_id != due),
+            "a lease whose transaction runs is skipped, whatever the clock says"
+        );
+        h.store.release(probe).await.unwrap();
+        h.store.release(leased).await.unwrap();
+    }
     let taken = h.store.lease_due(&lease(&h, "b", 10)).await.unwrap();
-    let ids: HashSet<Uuid> = taken.iter().map(|o| o.order_id).collect();
+    let ids: HashSet<Uuid> = taken.orders.iter().map(|o| o.order_id).collect();
     assert_eq!(
         ids,
         HashSet::from([due, later]),
-        "an expired lease is taken over; the later row is due now"
+        "an ended lease is taken over; the later row is due now"
     );
     assert!(
         h.store
             .lease_overdue(&lease(&h, "c", 10))
             .await
             .unwrap()
+            .orders
             .is_empty()
     );
 }
@@ -157,10 +174,15 @@ async fn concurrent_leases_never_overlap(backend: TestBackend) {
         let request = lease(&h, &format!("owner-{i}"), 60);
         tokio::spawn(async move { store.lease_due(&request).await.unwrap() })
     });
+    // Every lease is kept until all are counted: a Postgres lease given back frees its rows.
+    let mut held = Vec::new();
+    for handle in leases {
+        held.push(handle.await.unwrap());
+    }
     let mut seen = HashSet::new();
     let mut total = 0;
-    for handle in leases {
-        for order in handle.await.unwrap() {
+    for leased in &held {
+        for order in &leased.orders {
             total += 1;
             assert!(
                 seen.insert(order.order_id),
@@ -177,7 +199,7 @@ async fn bookkeeping_is_fenced_and_appends_one_event(backend: TestBackend) {
     h.partner("acme", "DE", Span::minutes(10), 1).await;
     let order = h.place("DE", 100).await;
     let request = lease(&h, "a", 10);
-    h.store.lease_due(&request).await.unwrap();
+    let leased = h.store.lease_due(&request).await.unwrap();
     let now = h.clock_now();
     let batch = BatchRecord {
         updates: vec![sent(order, now)],
@@ -196,7 +218,11 @@ async fn bookkeeping_is_fenced_and_appends_one_event(backend: TestBackend) {
         owner: "a".to_owned(),
         batch_id: Uuid::new_v4(),
     };
-    let refused = h.store.record(&wrong, &batch, now).await.unwrap();
+    let refused = h
+        .store
+        .record(Lease::new(wrong, Vec::new()), &batch, now)
+        .await
+        .unwrap();
     assert_eq!(
         (refused.applied.len(), refused.fenced.clone()),
         (0, vec![order])
@@ -216,7 +242,7 @@ async fn bookkeeping_is_fenced_and_appends_one_event(backend: TestBackend) {
             .is_empty()
     );
 
-    let report = h.store.record(&fence(&request), &batch, now).await.unwrap();
+    let report = h.store.record(leased, &batch, now).await.unwrap();
     assert_eq!(
         (report.applied.clone(), report.events_appended.clone()),
         (vec![order], vec![order])
@@ -237,10 +263,10 @@ async fn bookkeeping_is_fenced_and_appends_one_event(backend: TestBackend) {
         ]
     );
 
-    // The same fence cannot be used twice (the lease was cleared by the bookkeeping).
+    // The same fence cannot be used twice (the lease ended with the bookkeeping).
     assert_eq!(
         h.store
-            .record(&fence(&request), &batch, now)
+            .record(Lease::new(fence(&request), Vec::new()), &batch, now)
             .await
             .unwrap()
             .fenced,
@@ -250,8 +276,8 @@ async fn bookkeeping_is_fenced_and_appends_one_event(backend: TestBackend) {
     // Unacknowledged at its deadline, retried by an operator and sent again: the history does
     // not get a second SENT_TO_PARTNER.
     h.clock.advance(Span::minutes(10));
-    let overdue = lease(&h, "b", 10);
-    assert_eq!(h.store.lease_overdue(&overdue).await.unwrap().len(), 1);
+    let overdue = h.store.lease_overdue(&lease(&h, "b", 10)).await.unwrap();
+    assert_eq!(overdue.orders.len(), 1);
     let flagged = RowUpdate {
         state: DispatchState::Unacknowledged,
         ack_due_at: None,
@@ -259,7 +285,7 @@ async fn bookkeeping_is_fenced_and_appends_one_event(backend: TestBackend) {
     };
     h.store
         .record(
-            &fence(&overdue),
+            overdue,
             &BatchRecord {
                 updates: vec![flagged],
                 ..BatchRecord::default()
@@ -275,19 +301,15 @@ async fn bookkeeping_is_fenced_and_appends_one_event(backend: TestBackend) {
             .unwrap(),
         [order]
     );
-    let again = lease(&h, "c", 10);
-    assert_eq!(h.store.lease_due(&again).await.unwrap().len(), 1);
+    let again = h.store.lease_due(&lease(&h, "c", 10)).await.unwrap();
+    assert_eq!(again.orders.len(), 1);
     let resent = BatchRecord {
         updates: vec![sent(order, h.clock_now())],
         first_sends: vec![(order, "acme".to_owned())],
         attempts: vec![],
         audit_copies: vec![],
     };
-    let report = h
-        .store
-        .record(&fence(&again), &resent, h.clock_now())
-        .await
-        .unwrap();
+    let report = h.store.record(again, &resent, h.clock_now()).await.unwrap();
     assert_eq!(
         (report.applied, report.events_appended),
         (vec![order], vec![])
@@ -302,13 +324,34 @@ async fn bookkeeping_is_fenced_and_appends_one_event(backend: TestBackend) {
 async fn released_leases_are_due_at_once(backend: TestBackend) {
     let h = Harness::new(backend).await;
     let order = h.place("DE", 100).await;
-    h.store.lease_due(&lease(&h, "a", 10)).await.unwrap();
-    assert_eq!(h.store.release_leases("a", h.clock_now()).await.unwrap(), 1);
+    let leased = h.store.lease_due(&lease(&h, "a", 10)).await.unwrap();
+    match backend {
+        // What a stopping instance does: every lease its owner wrote is cleared.
+        TestBackend::Sqlite => {
+            assert_eq!(h.store.release_leases("a", h.clock_now()).await.unwrap(), 1);
+        }
+        // Nothing is written to lease on Postgres; a lease is given back by its transaction.
+        TestBackend::Postgres => {
+            assert_eq!(h.store.release_leases("a", h.clock_now()).await.unwrap(), 0);
+            h.store.release(leased).await.unwrap();
+        }
+    }
     let taken = h.store.lease_due(&lease(&h, "b", 10)).await.unwrap();
     assert_eq!(
-        taken.iter().map(|o| o.order_id).collect::<Vec<_>>(),
+        taken.orders.iter().map(|o| o.order_id).collect::<Vec<_>>(),
         [order],
         "no waiting for expiry"
+    );
+    // A lease given back by itself is due at once too, on both backends.
+    h.store.release(taken).await.unwrap();
+    assert_eq!(
+        h.store
+            .lease_due(&lease(&h, "c", 10))
+            .await
+            .unwrap()
+            .orders
+            .len(),
+        1
     );
 }
 
@@ -376,10 +419,10 @@ async fn operator_retry_takes_only_retryable_rows(backend: TestBackend) {
     let pending = h.place_at("DE", 1, h.clock_now() - Span::seconds(1)).await;
     let request = lease(&h, "a", 2);
     let leased = h.store.lease_due(&request).await.unwrap();
-    assert_eq!(leased.len(), 2);
+    assert_eq!(leased.orders.len(), 2);
     let now = h.clock_now();
     let mut updates = Vec::new();
-    for order in &leased {
+    for order in &leased.orders {
         let state = if order.order_id == dead {
             DispatchState::Dead
         } else {
@@ -394,6 +437,7 @@ async fn operator_retry_takes_only_retryable_rows(backend: TestBackend) {
     }
     assert_eq!(
         leased
+            .orders
             .iter()
             .filter(|o| [dead, unroutable].contains(&o.order_id))
             .count(),
@@ -402,7 +446,7 @@ async fn operator_retry_takes_only_retryable_rows(backend: TestBackend) {
     );
     h.store
         .record(
-            &fence(&request),
+            leased,
             &BatchRecord {
                 updates,
                 ..BatchRecord::default()
@@ -448,8 +492,8 @@ async fn audit_copies_wait_until_delivered(backend: TestBackend) {
     h.partner("acme", "DE", Span::minutes(10), 1).await;
     let fenced_out = h.place("DE", 100).await;
     let order = h.place("DE", 100).await;
-    let request = lease(&h, "a", 10);
-    assert_eq!(h.store.lease_due(&request).await.unwrap().len(), 2);
+    let first = h.store.lease_due(&lease(&h, "a", 10)).await.unwrap();
+    assert_eq!(first.orders.len(), 2);
     let now = h.clock_now();
     let copy = |order_id| AuditCopy {
         order_id,
@@ -461,11 +505,10 @@ async fn audit_copies_wait_until_delivered(backend: TestBackend) {
         due_at: now + Span::seconds(5),
     };
     // The fence holds for audit copies too: a row taken over keeps no copy of this batch.
-    h.store.release_leases("a", now).await.unwrap();
-    let again = lease(&h, "b", 1);
-    let taken = h.store.lease_due(&again).await.unwrap();
-    assert_eq!(taken.len(), 1);
-    let (mine, theirs) = if taken[0].order_id == order {
+    h.store.release(first).await.unwrap();
+    let taken = h.store.lease_due(&lease(&h, "b", 1)).await.unwrap();
+    assert_eq!(taken.orders.len(), 1);
+    let (mine, theirs) = if taken.orders[0].order_id == order {
         (order, fenced_out)
     } else {
         (fenced_out, order)
@@ -475,8 +518,8 @@ async fn audit_copies_wait_until_delivered(backend: TestBackend) {
         audit_copies: vec![copy(mine), copy(theirs)],
         ..BatchRecord::default()
     };
-    let report = h.store.record(&fence(&again), &batch, now).await.unwrap();
-    assert_eq!(report.applied, vec![mine]);
+    let report = h.store.record(taken, &batch, now).await.unwrap();
+    assert_eq!((report.applied, report.fenced), (vec![mine], vec![theirs]));
 
     assert!(
         h.store

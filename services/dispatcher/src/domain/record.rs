@@ -2,6 +2,8 @@
 //! the attempt log, first sends and audit copies that wait in the audit outbox. Made by the
 //! decisions in [`super::cycle`], written by the stores.
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 use waybill_proto::v1::DispatchState;
@@ -123,4 +125,36 @@ pub struct BatchRecord {
     pub attempts: Vec<AttemptLog>,
     /// Audit copies that failed while their partner copy went out: kept in the audit outbox.
     pub audit_copies: Vec<AuditCopy>,
+}
+
+impl BatchRecord {
+    /// The part of this record that concerns the orders in `ids`.
+    pub fn only(&self, ids: &HashSet<Uuid>) -> Self {
+        Self {
+            updates: self
+                .updates
+                .iter()
+                .filter(|u| ids.contains(&u.order_id))
+                .cloned()
+                .collect(),
+            first_sends: self
+                .first_sends
+                .iter()
+                .filter(|(id, _)| ids.contains(id))
+                .cloned()
+                .collect(),
+            attempts: self
+                .attempts
+                .iter()
+                .filter(|a| ids.contains(&a.order_id))
+                .cloned()
+                .collect(),
+            audit_copies: self
+                .audit_copies
+                .iter()
+                .filter(|c| ids.contains(&c.order_id))
+                .cloned()
+                .collect(),
+        }
+    }
 }

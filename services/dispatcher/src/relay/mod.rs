@@ -2,12 +2,15 @@
 //!
 //! The steps of one cycle ([`Relay::run_cycle`]), each a method of its own:
 //!
-//! 1. **lease** ([`Relay::lease_due`]): a batch of due rows, fenced by owner and batch id;
+//! 1. **lease** ([`Relay::lease_due`]): a batch of due rows, held by this instance (Postgres:
+//!    row locks in a transaction left open until step 3; SQLite: owner and batch id written
+//!    into the rows);
 //! 2. **produce** ([`Relay::produce`], in `produce.rs`): plan each order (route, audit copy,
 //!    re-send; partners and routes re-read per batch, so changes apply without a restart),
 //!    produce every message of the batch at once, settle each order on its outcome — the
 //!    decisions are pure functions in [`crate::domain::cycle`]; nothing is written;
-//! 3. **record** ([`Relay::record`]): every outcome in one fenced transaction.
+//! 3. **record** ([`Relay::record`]): every outcome in one fenced transaction, which ends the
+//!    lease.
 //!
 //! [`Relay::relay_batch`] is produce + record for one leased batch; the same three steps run
 //! for `SENT` orders whose handover deadline passed ([`Relay::lease_overdue`]: re-send or
@@ -52,18 +55,28 @@ use crate::{
     error::DispatchError,
     kafka::{TopicCreator, producer::OrderProducer},
     metrics::RelayMetrics,
-    store::{BatchRecord, DispatchStore, Fence, LeaseRequest, RecordReport},
+    store::{BatchRecord, DispatchStore, Fence, Lease, LeaseRequest, RecordReport},
 };
 
 /// Rows under one lease.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct LeasedBatch {
-    /// What bookkeeping must match.
-    pub fence: Fence,
     /// Which rows these are.
     pub kind: BatchKind,
+    /// The rows, and what fences their bookkeeping.
+    pub lease: Lease,
+}
+
+impl LeasedBatch {
     /// The orders.
-    pub orders: Vec<LeasedOrder>,
+    pub fn orders(&self) -> &[LeasedOrder] {
+        &self.lease.orders
+    }
+
+    /// The owner and batch id it was leased under.
+    pub fn fence(&self) -> &Fence {
+        &self.lease.fence
+    }
 }
 
 /// What one cycle did.
@@ -144,22 +157,18 @@ impl Relay {
     /// Leases a batch of due rows.
     pub async fn lease_due(&self) -> Result<LeasedBatch, DispatchError> {
         let request = self.lease_request()?;
-        let orders = self.store.lease_due(&request).await?;
         Ok(LeasedBatch {
-            fence: fence_of(&request),
             kind: BatchKind::Due,
-            orders,
+            lease: self.store.lease_due(&request).await?,
         })
     }
 
     /// Leases a batch of `SENT` rows whose handover deadline passed.
     pub async fn lease_overdue(&self) -> Result<LeasedBatch, DispatchError> {
         let request = self.lease_request()?;
-        let orders = self.store.lease_overdue(&request).await?;
         Ok(LeasedBatch {
-            fence: fence_of(&request),
             kind: BatchKind::Overdue,
-            orders,
+            lease: self.store.lease_overdue(&request).await?,
         })
     }
 
@@ -201,21 +210,24 @@ impl Relay {
             .retry_at(failures, now, &mut rand::rng())
     }
 
-    /// Records a batch's outcome, fenced by its lease. Rows whose lease was lost are left alone.
+    /// Records a batch's outcome, fenced by its lease, and ends the lease. Rows whose lease was
+    /// lost are left alone.
     pub async fn record(
         &self,
-        batch: &LeasedBatch,
+        batch: LeasedBatch,
         record: &BatchRecord,
     ) -> Result<RecordReport, DispatchError> {
         if record.updates.is_empty() {
+            self.store.release(batch.lease).await?;
             return Ok(RecordReport::default());
         }
+        let batch_id = batch.fence().batch_id;
         let report = self
             .store
-            .record(&batch.fence, record, self.clock.now())
+            .record(batch.lease, record, self.clock.now())
             .await?;
         if !report.fenced.is_empty() {
-            warn!(batch_id = %batch.fence.batch_id, fenced = report.fenced.len(), "lease lost before bookkeeping; another instance owns these orders now");
+            warn!(%batch_id, fenced = report.fenced.len(), "lease lost before bookkeeping; another instance owns these orders now");
             self.metrics.add_fenced(report.fenced.len() as u64);
         }
         self.metrics.add_recorded(report.applied.len() as u64);
@@ -224,10 +236,19 @@ impl Relay {
 
     /// Produces and records one leased batch: how many orders it held.
     pub async fn relay_batch(&self, batch: LeasedBatch) -> Result<usize, DispatchError> {
-        let leased = batch.orders.len();
+        let leased = batch.orders().len();
         if leased > 0 {
-            let record = self.produce(&batch).await?;
-            self.record(&batch, &record).await?;
+            let record = match self.produce(&batch).await {
+                Ok(record) => record,
+                Err(error) => {
+                    // Free the rows now rather than when the lease's connection is next used.
+                    if let Err(release) = self.store.release(batch.lease).await {
+                        warn!(error = %release, "cannot give a lease back; it ends by itself");
+                    }
+                    return Err(error);
+                }
+            };
+            self.record(batch, &record).await?;
         }
         Ok(leased)
     }
@@ -406,12 +427,5 @@ async fn wait_for_change(wake: &mut broadcast::Receiver<Change>, wake_on: fn(&Ch
             // The feed is gone (database closed): fall back to polling alone.
             Err(RecvError::Closed) => std::future::pending().await,
         }
-    }
-}
-
-fn fence_of(request: &LeaseRequest) -> Fence {
-    Fence {
-        owner: request.owner.clone(),
-        batch_id: request.batch_id,
     }
 }

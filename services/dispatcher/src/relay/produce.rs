@@ -28,13 +28,13 @@ impl Relay {
     /// the decisions are [`cycle::plan`] and [`cycle::settle`]; this step adds the spans, the
     /// messages, the produce call, and the metrics and logs of each outcome.
     pub async fn produce(&self, batch: &LeasedBatch) -> Result<BatchRecord, DispatchError> {
-        if batch.orders.is_empty() {
+        if batch.orders().is_empty() {
             return Ok(BatchRecord::default());
         }
         let table = self.store.routing_table().await?;
-        let mut planned = Vec::with_capacity(batch.orders.len());
+        let mut planned = Vec::with_capacity(batch.orders().len());
         let mut messages: Vec<OutgoingMessage> = Vec::new();
-        for order in &batch.orders {
+        for order in batch.orders() {
             // One span per order, parented by the placing request's trace context (from the
             // dispatch row), open while its messages are produced: the order's trace shows
             // the relay.
@@ -66,7 +66,7 @@ impl Relay {
             // One line per batch; per order only the first failure of a run and the final one.
             let error = outcomes.iter().find_map(|o| o.as_ref().err());
             warn!(
-                batch_id = %batch.fence.batch_id,
+                batch_id = %batch.fence().batch_id,
                 failed,
                 messages = messages.len(),
                 error = %error.map(ToString::to_string).unwrap_or_default(),

@@ -5,10 +5,18 @@
 //! JSON arrays and the single writer). The conformance suite (`tests/store_conformance.rs`)
 //! runs against both.
 //!
-//! The relay's writes are fenced: every bookkeeping statement is conditional on the lease owner
-//! and batch id written when the batch was leased, so an instance whose lease expired (and was
-//! taken over) cannot record an outcome over the new holder's. Every bookkeeping step is one
-//! statement per kind of change for the whole batch, inside one transaction.
+//! The relay's writes are fenced, so an instance whose lease was lost cannot record an outcome
+//! over the next holder's. How a lease holds its rows differs by backend ([`Lease`]):
+//! - **Postgres**: the rows stay locked (`FOR UPDATE SKIP LOCKED`) by one transaction from the
+//!   lease to the commit of its bookkeeping; nothing is written to lease them. The fence is that
+//!   transaction: a crashed instance's rows are free the moment its connection drops, and a
+//!   stalled one's when the server ends its transaction after `--lease` of idleness.
+//! - **SQLite** (one writer, which a transaction held across a produce would block): the lease
+//!   writes its owner, batch id and expiry into the rows, and every bookkeeping statement is
+//!   conditional on them.
+//!
+//! Every bookkeeping step is one statement per kind of change for the whole batch, inside one
+//! transaction.
 
 mod legacy;
 mod postgres;
@@ -94,6 +102,60 @@ pub struct LeaseRequest {
     pub limit: u32,
 }
 
+/// The rows one lease took, and what fences their bookkeeping.
+pub struct Lease {
+    /// The owner and batch id the lease was taken under (SQLite's fence; on Postgres for logs).
+    pub fence: Fence,
+    /// The orders, oldest due first.
+    pub orders: Vec<LeasedOrder>,
+    /// Postgres: the transaction that holds the rows' locks; the outcome is recorded through it.
+    held: Option<Box<dyn HeldRows>>,
+}
+
+impl Lease {
+    /// A lease fenced by the owner and batch id written into its rows (SQLite), or one that
+    /// holds nothing: on Postgres its bookkeeping is refused whole.
+    pub fn new(fence: Fence, orders: Vec<LeasedOrder>) -> Self {
+        Self {
+            fence,
+            orders,
+            held: None,
+        }
+    }
+
+    /// A lease whose rows `held` keeps locked until it records or is dropped.
+    pub(crate) fn held(fence: Fence, orders: Vec<LeasedOrder>, held: Box<dyn HeldRows>) -> Self {
+        Self {
+            fence,
+            orders,
+            held: Some(held),
+        }
+    }
+}
+
+impl fmt::Debug for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease")
+            .field("fence", &self.fence)
+            .field("orders", &self.orders.len())
+            .field("held", &self.held.is_some())
+            .finish()
+    }
+}
+
+/// Rows a Postgres lease keeps locked in its open transaction.
+#[async_trait]
+pub(crate) trait HeldRows: Send + Sync {
+    /// Records `batch` in the transaction that holds the rows, and commits.
+    async fn record(
+        self: Box<Self>,
+        batch: &BatchRecord,
+        now: DateTime<Utc>,
+    ) -> Result<RecordReport, StoreError>;
+    /// Rolls back, so the rows are due again at once.
+    async fn release(self: Box<Self>) -> Result<(), StoreError>;
+}
+
 /// Audit copies claimed for producing; dropping the batch without [`AuditBatch::settle`]
 /// leaves them as they were (they are tried again later).
 #[async_trait]
@@ -155,17 +217,21 @@ pub trait EventBatch: Send {
 #[async_trait]
 pub trait DispatchStore: Send + Sync + fmt::Debug + 'static {
     /// Leases due rows (`PENDING`, or `RETRYING` due by `now`, not under a live lease).
-    async fn lease_due(&self, lease: &LeaseRequest) -> Result<Vec<LeasedOrder>, StoreError>;
+    async fn lease_due(&self, lease: &LeaseRequest) -> Result<Lease, StoreError>;
     /// Leases `SENT` rows whose handover deadline has passed.
-    async fn lease_overdue(&self, lease: &LeaseRequest) -> Result<Vec<LeasedOrder>, StoreError>;
-    /// Records a batch's outcome in one transaction, fenced.
+    async fn lease_overdue(&self, lease: &LeaseRequest) -> Result<Lease, StoreError>;
+    /// Records a batch's outcome in one transaction, fenced by `lease`, and ends the lease.
     async fn record(
         &self,
-        fence: &Fence,
+        lease: Lease,
         batch: &BatchRecord,
         now: DateTime<Utc>,
     ) -> Result<RecordReport, StoreError>;
-    /// Gives up every lease `owner` holds (at shutdown), so another instance takes them at once.
+    /// Gives a lease's rows back unrecorded, due again at once. (Dropping a Postgres lease does
+    /// the same as its connection returns to the pool.)
+    async fn release(&self, lease: Lease) -> Result<(), StoreError>;
+    /// Gives up every lease `owner` wrote into rows (SQLite; at shutdown), so another instance
+    /// takes them at once. (A Postgres lease ends with its transaction.)
     async fn release_leases(&self, owner: &str, now: DateTime<Utc>) -> Result<u64, StoreError>;
     /// Status-history events not yet on the order-events topic, oldest first.
     async fn claim_events(&self, limit: u32) -> Result<Box<dyn EventBatch>, StoreError>;

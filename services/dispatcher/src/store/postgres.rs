@@ -1,7 +1,8 @@
 //! The Postgres steps that move whole batches (production). Batches travel as arrays
-//! (`UNNEST`), so every bookkeeping step is one statement whatever the batch size; leasing uses
-//! `FOR UPDATE SKIP LOCKED` so any number of dispatchers share the outbox; claimed events and
-//! audit copies stay row-locked until settled.
+//! (`UNNEST`), so every bookkeeping step is one statement whatever the batch size; a lease is a
+//! transaction holding its rows with `FOR UPDATE SKIP LOCKED` until their bookkeeping commits,
+//! so any number of dispatchers share the outbox; claimed events and audit copies stay
+//! row-locked until settled.
 
 use std::collections::HashSet;
 
@@ -13,18 +14,15 @@ use waybill_proto::v1::DispatchState;
 use waybill_service_kit::db::{IdList, TextList};
 
 use super::{
-    AuditBatch, AuditCopy, BatchRecord, EventBatch, Fence, LeaseRequest, RecordReport, RowUpdate,
-    StoreError,
+    AuditBatch, AuditCopy, BatchRecord, EventBatch, Fence, HeldRows, LeaseRequest, RecordReport,
+    RowUpdate, StoreError,
     rows::{AuditRow, EventRow, LeasedRow, convert},
-    sql::{LeaseKind, acknowledging_statuses, fenced, save_audit_copy},
+    sql::{LeaseKind, acknowledging_statuses, save_audit_copy},
 };
 use crate::domain::model::{DispatchFilter, UnpublishedEvent};
 
 const LEASE_DUE: &str = include_str!("sql/lease_due.pg.sql");
 const LEASE_OVERDUE: &str = include_str!("sql/lease_overdue.pg.sql");
-const FENCE: &str = "SELECT order_id FROM dispatch \
-                     WHERE order_id = ANY($1) AND lease_owner = $2 AND batch_id = $3 \
-                     ORDER BY order_id FOR UPDATE";
 const RECORD_UPDATES: &str = include_str!("sql/record_updates.pg.sql");
 const RECORD_FIRST_SENDS: &str = include_str!("sql/record_first_sends.pg.sql");
 const RECORD_ATTEMPTS: &str = include_str!("sql/record_attempts.pg.sql");
@@ -53,31 +51,55 @@ const RESCHEDULE_AUDITS: &str = "UPDATE audit_outbox a SET attempts = f.attempts
                                  WHERE a.order_id = f.order_id";
 const RETRY: &str = include_str!("sql/retry.pg.sql");
 
-/// Leases rows of `kind` and returns them with what producing needs (lines excepted).
+/// Leases rows of `kind` and returns them with what producing needs (lines excepted), locked
+/// by a transaction left open: the batch is recorded through the returned [`HeldRows`], and
+/// the rows stay this lease's until then. An empty lease ends its transaction at once.
+///
+/// The server ends the transaction (and the session) once it sits idle for the lease's length,
+/// so a stalled instance, or one whose produce outlived the lease, loses its rows to the next
+/// instance and its late bookkeeping is refused; a crashed instance's rows are free as soon as
+/// its connection drops.
 pub(super) async fn lease(
     pool: &PgPool,
     kind: LeaseKind,
     lease: &LeaseRequest,
-) -> Result<Vec<LeasedRow>, StoreError> {
+) -> Result<(Vec<LeasedRow>, Option<Box<dyn HeldRows>>), StoreError> {
     let query = sqlx::query_as(match kind {
         LeaseKind::Due => LEASE_DUE,
         LeaseKind::Overdue => LEASE_OVERDUE,
     })
     .bind(lease.now)
-    .bind(i64::from(lease.limit))
-    .bind(&lease.owner)
-    .bind(lease.expires_at)
-    .bind(lease.batch_id);
+    .bind(i64::from(lease.limit));
     let query = match kind {
         LeaseKind::Due => query,
         LeaseKind::Overdue => query.bind(acknowledging_statuses()),
     };
+    let idle_limit = (lease.expires_at - lease.now).num_milliseconds().max(1);
     let mut tx = pool.begin().await?;
-    walk_indexes_in_order(&mut tx).await?;
-    let rows = query.fetch_all(&mut *tx).await?;
-    tx.commit().await?;
-    Ok(rows)
+    sqlx::query(LEASE_SETTINGS)
+        .bind(idle_limit.to_string())
+        .execute(&mut *tx)
+        .await?;
+    let rows: Vec<LeasedRow> = query.fetch_all(&mut *tx).await?;
+    if rows.is_empty() {
+        tx.commit().await?;
+        return Ok((rows, None));
+    }
+    let held = PgHeldRows {
+        tx,
+        fence: Fence {
+            owner: lease.owner.clone(),
+            batch_id: lease.batch_id,
+        },
+        ids: rows.iter().map(LeasedRow::id).collect(),
+    };
+    Ok((rows, Some(Box::new(held))))
 }
+
+/// For the rest of a lease's transaction: the due indexes walked in order (see
+/// [`walk_indexes_in_order`]), and how long it may sit idle (`$1` ms) before the server ends it.
+const LEASE_SETTINGS: &str = "SELECT set_config('enable_sort', 'off', TRUE), \
+                              set_config('idle_in_transaction_session_timeout', $1, TRUE)";
 
 /// Takes the oldest rows by walking their partial index in order (`dispatch_due`,
 /// `dispatch_handover_due`, `order_status_events_unpublished`) and stopping at the batch size,
@@ -92,32 +114,96 @@ async fn walk_indexes_in_order(tx: &mut Transaction<'static, Postgres>) -> Resul
     Ok(())
 }
 
-/// Records a batch's outcome in one transaction, fenced.
-pub(super) async fn record(
-    pool: &PgPool,
+/// A lease's open transaction, holding its rows' locks.
+struct PgHeldRows {
+    tx: Transaction<'static, Postgres>,
+    /// Who leased, for the attempt log.
+    fence: Fence,
+    /// The rows locked: a record for any other is refused, as SQLite's fence would.
+    ids: HashSet<Uuid>,
+}
+
+#[async_trait]
+impl HeldRows for PgHeldRows {
+    async fn record(
+        self: Box<Self>,
+        batch: &BatchRecord,
+        now: DateTime<Utc>,
+    ) -> Result<RecordReport, StoreError> {
+        let Self {
+            mut tx,
+            fence,
+            ids: held,
+        } = *self;
+        let foreign: HashSet<Uuid> = batch
+            .updates
+            .iter()
+            .map(|u| u.order_id)
+            .filter(|id| !held.contains(id))
+            .collect();
+        let own;
+        let batch = if foreign.is_empty() {
+            batch
+        } else {
+            own = batch.only(&held);
+            &own
+        };
+        let ids = || batch.updates.iter().map(|u| u.order_id).collect::<Vec<_>>();
+        let events_appended = match write_record(&mut tx, &fence, batch, now).await {
+            Ok(appended) => appended,
+            // The server ended the transaction (idle past the lease) or the connection is gone:
+            // the locks went with it, so the rows may be another instance's by now.
+            Err(error) if lease_lost(&error) => {
+                return Ok(RecordReport {
+                    applied: Vec::new(),
+                    fenced: ids().into_iter().chain(foreign).collect(),
+                    events_appended: Vec::new(),
+                });
+            }
+            Err(error) => return Err(error),
+        };
+        // A failed commit is returned as it is: whether it took effect is unknown.
+        tx.commit().await?;
+        Ok(RecordReport {
+            applied: ids(),
+            fenced: foreign.into_iter().collect(),
+            events_appended,
+        })
+    }
+
+    async fn release(self: Box<Self>) -> Result<(), StoreError> {
+        self.tx.rollback().await?;
+        Ok(())
+    }
+}
+
+/// Whether `error` means a lease's transaction is over: its connection is gone, or the server
+/// ended the session (idle in transaction past the lease, or shutting down).
+fn lease_lost(error: &StoreError) -> bool {
+    match error {
+        StoreError::Unavailable(_) => true,
+        StoreError::Database(error) => error
+            .as_database_error()
+            .and_then(|e| e.code())
+            .is_some_and(|code| {
+                code == "25P03" || code.starts_with("57P") || code.starts_with("08")
+            }),
+        _ => false,
+    }
+}
+
+/// Writes a batch's outcome in `tx`, whose lease holds every row of it; returns the orders that
+/// got a `SENT_TO_PARTNER` event.
+async fn write_record(
+    tx: &mut Transaction<'static, Postgres>,
     fence: &Fence,
     batch: &BatchRecord,
     now: DateTime<Utc>,
-) -> Result<RecordReport, StoreError> {
-    let mut tx = pool.begin().await?;
-    // The fence: which of these rows does this batch still hold? Locking them by primary key
-    // keeps them ours until commit, so the update below needs no lease filter.
-    let ids: Vec<Uuid> = batch.updates.iter().map(|u| u.order_id).collect();
-    let applied: Vec<Uuid> = sqlx::query_scalar(FENCE)
-        .bind(&ids)
-        .bind(&fence.owner)
-        .bind(fence.batch_id)
-        .fetch_all(&mut *tx)
-        .await?;
-    let applied_set: HashSet<Uuid> = applied.iter().copied().collect();
-    let updates: Vec<&RowUpdate> = batch
-        .updates
-        .iter()
-        .filter(|u| applied_set.contains(&u.order_id))
-        .collect();
+) -> Result<Vec<Uuid>, StoreError> {
+    let updates = &batch.updates;
     if !updates.is_empty() {
         let column =
-            |f: fn(&RowUpdate) -> Option<String>| updates.iter().map(|u| f(u)).collect::<Vec<_>>();
+            |f: fn(&RowUpdate) -> Option<String>| updates.iter().map(f).collect::<Vec<_>>();
         sqlx::query(RECORD_UPDATES)
             .bind(now)
             .bind(updates.iter().map(|u| u.order_id).collect::<Vec<_>>())
@@ -140,36 +226,34 @@ pub(super) async fn record(
             .bind(updates.iter().map(|u| u.resends).collect::<Vec<_>>())
             .bind(updates.iter().map(|u| u.sent_at).collect::<Vec<_>>())
             .bind(updates.iter().map(|u| u.ack_due_at).collect::<Vec<_>>())
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
     }
 
-    let first_sends: Vec<&(Uuid, String)> = batch
-        .first_sends
-        .iter()
-        .filter(|(id, _)| applied_set.contains(id))
-        .collect();
-    let events_appended: Vec<Uuid> = if first_sends.is_empty() {
+    let events_appended: Vec<Uuid> = if batch.first_sends.is_empty() {
         Vec::new()
     } else {
         sqlx::query_scalar(RECORD_FIRST_SENDS)
-            .bind(first_sends.iter().map(|(id, _)| *id).collect::<Vec<_>>())
             .bind(
-                first_sends
+                batch
+                    .first_sends
+                    .iter()
+                    .map(|(id, _)| *id)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                batch
+                    .first_sends
                     .iter()
                     .map(|(_, p)| p.as_str())
                     .collect::<Vec<_>>(),
             )
             .bind(now)
-            .fetch_all(&mut *tx)
+            .fetch_all(&mut **tx)
             .await?
     };
 
-    let attempts: Vec<_> = batch
-        .attempts
-        .iter()
-        .filter(|a| applied_set.contains(&a.order_id))
-        .collect();
+    let attempts = &batch.attempts;
     if !attempts.is_empty() {
         sqlx::query(RECORD_ATTEMPTS)
             .bind(now)
@@ -195,23 +279,14 @@ pub(super) async fn record(
                     .map(|a| a.topic.as_str())
                     .collect::<Vec<_>>(),
             )
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
     }
     // Rare (the audit topic failed while the partner's took the order): one row each.
-    for copy in batch
-        .audit_copies
-        .iter()
-        .filter(|c| applied_set.contains(&c.order_id))
-    {
-        save_audit_copy(copy, now).execute(&mut *tx).await?;
+    for copy in &batch.audit_copies {
+        save_audit_copy(copy, now).execute(&mut **tx).await?;
     }
-    tx.commit().await?;
-    Ok(RecordReport {
-        fenced: fenced(batch, &applied_set),
-        applied,
-        events_appended,
-    })
+    Ok(events_appended)
 }
 
 /// Claims up to `limit` unpublished events: those written before migration 0006, row-locked,

@@ -15,8 +15,8 @@ use waybill_service_kit::{
 
 use super::{
     ACKNOWLEDGING_STATUSES, AuditBatch, AuditCopy, BatchRecord, Cleaned, DispatchStore, EventBatch,
-    Fence, LeaseRequest, RETRYABLE_STATES, RecordReport, StoreError, headers_to_json, legacy,
-    postgres,
+    Fence, Lease, LeaseRequest, RETRYABLE_STATES, RecordReport, StoreError, headers_to_json,
+    legacy, postgres,
     rows::{
         AttemptRow, DispatchRow, KeyRow, LeasedRow, PartnerRow, RouteRow, ShipToRow, StateCountRow,
         convert,
@@ -40,6 +40,9 @@ const LIST_ATTEMPTS: &str = "SELECT attempt, at, error, partner_id, topic FROM d
                              WHERE order_id = $1 ORDER BY id DESC LIMIT 100";
 const RELEASE_LEASES: &str = "UPDATE dispatch SET lease_owner = NULL, lease_expires_at = NULL, \
                               batch_id = NULL, updated_at = $2 WHERE lease_owner = $1";
+/// SQLite's lease of one batch, given back (`updated_at` is left: nothing about the row changed).
+const RELEASE_LEASE: &str = "UPDATE dispatch SET lease_owner = NULL, lease_expires_at = NULL, \
+                             batch_id = NULL WHERE lease_owner = $1 AND batch_id = $2";
 /// The oldest `$2` entries by id (ids grow with time), those of them from before `$1`: the
 /// primary key is walked from its start, so a round costs its batch whatever the table's size.
 const DELETE_OLD_ATTEMPTS: &str = "DELETE FROM dispatch_attempts WHERE id IN \
@@ -121,15 +124,34 @@ impl SqlDispatchStore {
 
     /// Leases rows of `kind`; rows placed before the outbox carried its message get it built
     /// from the order tables.
-    async fn lease(
-        &self,
-        kind: LeaseKind,
-        lease: &LeaseRequest,
-    ) -> Result<Vec<LeasedOrder>, StoreError> {
-        let rows = match &self.db {
+    async fn lease(&self, kind: LeaseKind, lease: &LeaseRequest) -> Result<Lease, StoreError> {
+        let (rows, held) = match &self.db {
             Backend::Postgres(pool) => postgres::lease(pool, kind, lease).await?,
-            Backend::Sqlite(pool) => sqlite::lease(pool, kind, lease).await?,
+            Backend::Sqlite(pool) => (sqlite::lease(pool, kind, lease).await?, None),
         };
+        let fence = Fence {
+            owner: lease.owner.clone(),
+            batch_id: lease.batch_id,
+        };
+        let orders = match self.messages_built(rows).await {
+            Ok(orders) => orders,
+            Err(error) => {
+                if let Some(held) = held {
+                    // The error is the one to report; the rows are free either way.
+                    let _ = held.release().await;
+                }
+                return Err(error);
+            }
+        };
+        Ok(match held {
+            Some(held) => Lease::held(fence, orders, held),
+            None => Lease::new(fence, orders),
+        })
+    }
+
+    /// The leased orders, with the messages of rows placed before the outbox carried them built
+    /// from the order tables.
+    async fn messages_built(&self, rows: Vec<LeasedRow>) -> Result<Vec<LeasedOrder>, StoreError> {
         let without: Vec<Uuid> = rows
             .iter()
             .filter(|row| !row.has_message())
@@ -191,24 +213,47 @@ pub(super) fn acknowledging_statuses() -> TextList {
 
 #[async_trait]
 impl DispatchStore for SqlDispatchStore {
-    async fn lease_due(&self, lease: &LeaseRequest) -> Result<Vec<LeasedOrder>, StoreError> {
+    async fn lease_due(&self, lease: &LeaseRequest) -> Result<Lease, StoreError> {
         self.lease(LeaseKind::Due, lease).await
     }
 
-    async fn lease_overdue(&self, lease: &LeaseRequest) -> Result<Vec<LeasedOrder>, StoreError> {
+    async fn lease_overdue(&self, lease: &LeaseRequest) -> Result<Lease, StoreError> {
         self.lease(LeaseKind::Overdue, lease).await
     }
 
     async fn record(
         &self,
-        fence: &Fence,
+        lease: Lease,
         batch: &BatchRecord,
         now: DateTime<Utc>,
     ) -> Result<RecordReport, StoreError> {
-        match &self.db {
-            Backend::Postgres(pool) => postgres::record(pool, fence, batch, now).await,
-            Backend::Sqlite(pool) => sqlite::record(pool, &self.feed, fence, batch, now).await,
+        match (&self.db, lease.held) {
+            (_, Some(held)) => held.record(batch, now).await,
+            (Backend::Sqlite(pool), None) => {
+                sqlite::record(pool, &self.feed, &lease.fence, batch, now).await
+            }
+            // On Postgres the fence is the lease's transaction: a lease that holds none (it
+            // found no rows, or is not this store's) holds none of the batch's rows.
+            (Backend::Postgres(_), None) => Ok(RecordReport {
+                fenced: fenced(batch, &HashSet::new()),
+                ..RecordReport::default()
+            }),
         }
+    }
+
+    async fn release(&self, lease: Lease) -> Result<(), StoreError> {
+        if let Some(held) = lease.held {
+            return held.release().await;
+        }
+        on_pool!(&self.db, |pool| {
+            sqlx::query(RELEASE_LEASE)
+                .bind(&lease.fence.owner)
+                .bind(Id(lease.fence.batch_id))
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(())
     }
 
     async fn release_leases(&self, owner: &str, now: DateTime<Utc>) -> Result<u64, StoreError> {

@@ -203,6 +203,28 @@ impl Harness {
             .0
     }
 
+    /// Whether a lease holds `order`'s row now: on Postgres a transaction locks it (a probe
+    /// that skips locked rows finds nothing), on SQLite a lease owner is written in it.
+    pub async fn held(&self, order_id: Uuid) -> bool {
+        match self.db.backend() {
+            waybill_service_kit::db::Backend::Postgres(pool) => {
+                let mut tx = pool.begin().await.unwrap();
+                let free: Option<Uuid> = sqlx::query_scalar(
+                    "SELECT order_id FROM dispatch WHERE order_id = $1 FOR UPDATE SKIP LOCKED",
+                )
+                .bind(order_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .unwrap();
+                tx.rollback().await.unwrap();
+                free.is_none()
+            }
+            waybill_service_kit::db::Backend::Sqlite(_) => {
+                self.dispatch(order_id).await.lease_owner.is_some()
+            }
+        }
+    }
+
     /// Status names of an order's history, oldest first.
     pub async fn history(&self, order_id: Uuid) -> Vec<(i64, String, String)> {
         use sqlx::Row;
@@ -376,7 +398,7 @@ mod recorder {
     use waybill_dispatcher::{
         domain::{model::*, routing::RoutingTable},
         store::{
-            AuditBatch, BatchRecord, Cleaned, DispatchStore, EventBatch, Fence, LeaseRequest,
+            AuditBatch, BatchRecord, Cleaned, DispatchStore, EventBatch, Lease, LeaseRequest,
             RecordReport, StoreError,
         },
     };
@@ -385,27 +407,29 @@ mod recorder {
 
     #[async_trait]
     impl DispatchStore for LeaseRecorder {
-        async fn lease_due(&self, lease: &LeaseRequest) -> Result<Vec<LeasedOrder>, StoreError> {
+        async fn lease_due(&self, lease: &LeaseRequest) -> Result<Lease, StoreError> {
             let leased = self.inner.lease_due(lease).await?;
-            self.leased
-                .lock()
-                .unwrap()
-                .extend(leased.iter().map(|o| (o.order_id, lease.owner.clone())));
+            self.leased.lock().unwrap().extend(
+                leased
+                    .orders
+                    .iter()
+                    .map(|o| (o.order_id, lease.owner.clone())),
+            );
             Ok(leased)
         }
-        async fn lease_overdue(
-            &self,
-            lease: &LeaseRequest,
-        ) -> Result<Vec<LeasedOrder>, StoreError> {
+        async fn lease_overdue(&self, lease: &LeaseRequest) -> Result<Lease, StoreError> {
             self.inner.lease_overdue(lease).await
         }
         async fn record(
             &self,
-            fence: &Fence,
+            lease: Lease,
             batch: &BatchRecord,
             now: DateTime<Utc>,
         ) -> Result<RecordReport, StoreError> {
-            self.inner.record(fence, batch, now).await
+            self.inner.record(lease, batch, now).await
+        }
+        async fn release(&self, lease: Lease) -> Result<(), StoreError> {
+            self.inner.release(lease).await
         }
         async fn release_leases(&self, owner: &str, now: DateTime<Utc>) -> Result<u64, StoreError> {
             self.inner.release_leases(owner, now).await

@@ -3,7 +3,7 @@
 -- An order whose history is already past that (its partner reported before this record) gets
 -- none: the history never holds the same step twice. The order row is not written: its status
 -- and partner are read from the history. The event's sequence follows the latest one; every
--- writer of an order's history holds its dispatch row's lock (here the fence's) from before
+-- writer of an order's history holds its dispatch row's lock (here the lease's) from before
 -- reading the latest sequence until commit, so one order's events commit in sequence order.
 -- Watchers in other processes are woken by NOTIFY, 200 order ids to a notification
 -- (comma-separated; a payload holds at most 8,000 bytes): one per order cost the server a queue

@@ -1,8 +1,8 @@
--- The new values of a batch's dispatch rows. Only rows the fence query (`FENCE` in
--- postgres.rs) found still leased to this batch, and row-locked in this transaction, are passed:
--- the join is on the primary key alone, so the plan is linear in the batch at any table size.
--- (With the lease filter here, the planner — which sees almost no leased rows in its statistics
--- — picks a nested loop that rescans the input once per row: quadratic in the batch.)
+-- The new values of a batch's dispatch rows, all row-locked by this transaction since the lease
+-- (see `lease_due.pg.sql`): the join is on the primary key alone, so the plan is linear in the
+-- batch at any table size. (With a lease filter here, the planner — which sees almost no leased
+-- rows in its statistics — picks a nested loop that rescans the input once per row: quadratic
+-- in the batch.)
 UPDATE dispatch d
 SET state = i.state,
     attempts = i.attempts,
