@@ -9,7 +9,12 @@
 //! Libraries (the connector SDK) never call [`init`]: installing global subscribers is the
 //! application's choice.
 
-use std::{collections::HashMap, io::IsTerminal, time::Duration};
+use std::{
+    collections::HashMap,
+    io::IsTerminal,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
 
 use opentelemetry::{
     global,
@@ -40,6 +45,16 @@ pub enum TelemetryError {
     /// A global subscriber was already installed.
     #[error("cannot install the log subscriber: {0}")]
     Subscriber(String),
+}
+
+/// Whether [`init_with`] set up an exporter in this process.
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether spans leave this process. Hot paths that open a span per item only to pass its
+/// context on (the relay, per order) skip it when they do not: an unexported span is a parent
+/// no one can see, and creating it costs more than the work it would describe.
+pub fn spans_exported() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
 }
 
 /// Flushes and shuts down trace export when the process ends.
@@ -106,6 +121,7 @@ pub fn init_with(
             .build()
             .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
         builder = builder.with_batch_exporter(exporter);
+        EXPORTING.store(true, Ordering::Relaxed);
     }
     let provider = builder.build();
     global::set_tracer_provider(provider.clone());

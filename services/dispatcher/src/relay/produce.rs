@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Utc};
 use tracing::{debug, info, info_span, warn};
 use uuid::Uuid;
-use waybill_service_kit::telemetry::TraceContext;
+use waybill_service_kit::telemetry::{self, TraceContext};
 
 use super::{LeasedBatch, Relay};
 use crate::{
@@ -35,19 +35,25 @@ impl Relay {
         let mut planned = Vec::with_capacity(batch.orders().len());
         let mut messages: Vec<OutgoingMessage> = Vec::new();
         for order in batch.orders() {
-            // One span per order, parented by the placing request's trace context (from the
-            // dispatch row), open while its messages are produced: the order's trace shows
-            // the relay.
-            let span =
-                info_span!("dispatch_order", order_id = %order.order_id, otel.kind = "producer");
-            TraceContext {
+            let placed = TraceContext {
                 traceparent: order.traceparent.clone(),
                 tracestate: order.tracestate.clone(),
-            }
-            .set_as_parent_of(&span);
-            // The records carry this span's context: the partner's consumer continues from the
-            // dispatch (place → dispatch → partner), not from the placing request.
-            let trace = span.in_scope(TraceContext::current);
+            };
+            let (span, trace) = if telemetry::spans_exported() {
+                // One span per order, parented by the placing request's trace context (from
+                // the dispatch row), open while its messages are produced: the order's trace
+                // shows the relay.
+                let span = info_span!("dispatch_order", order_id = %order.order_id, otel.kind = "producer");
+                placed.set_as_parent_of(&span);
+                // The records carry this span's context: the partner's consumer continues from
+                // the dispatch (place → dispatch → partner), not from the placing request.
+                let trace = span.in_scope(TraceContext::current);
+                (span, trace)
+            } else {
+                // Nothing would see the span: the records carry the placing request's context,
+                // so the partner's consumer continues the order's trace all the same.
+                (tracing::Span::none(), placed)
+            };
             let plan = cycle::plan(order, batch.kind, &table, &self.settings.audit);
             let (partner_message, audit_message) =
                 self.messages_for(order, &plan, &trace, &mut messages);
