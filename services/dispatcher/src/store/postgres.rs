@@ -17,7 +17,7 @@ use super::{
     AuditBatch, AuditCopy, BatchRecord, EventBatch, Fence, HeldRows, LeaseRequest, RecordReport,
     RowUpdate, StoreError,
     rows::{AuditRow, EventRow, LeasedRow, convert},
-    sql::{LeaseKind, acknowledging_statuses, save_audit_copy},
+    sql::{LeaseKind, acknowledging_statuses, fenced, save_audit_copy},
 };
 use crate::domain::model::{DispatchFilter, UnpublishedEvent};
 
@@ -135,29 +135,23 @@ impl HeldRows for PgHeldRows {
             fence,
             ids: held,
         } = *self;
-        let foreign: HashSet<Uuid> = batch
-            .updates
-            .iter()
-            .map(|u| u.order_id)
-            .filter(|id| !held.contains(id))
-            .collect();
+        // Rows of the batch this lease does not hold, in the batch's order.
+        let foreign = fenced(batch, &held);
         let own;
-        let batch = if foreign.is_empty() {
+        let mine = if foreign.is_empty() {
             batch
         } else {
             own = batch.only(&held);
             &own
         };
-        let ids = || batch.updates.iter().map(|u| u.order_id).collect::<Vec<_>>();
-        let events_appended = match write_record(&mut tx, &fence, batch, now).await {
+        let events_appended = match write_record(&mut tx, &fence, mine, now).await {
             Ok(appended) => appended,
             // The server ended the transaction (idle past the lease) or the connection is gone:
             // the locks went with it, so the rows may be another instance's by now.
             Err(error) if lease_lost(&error) => {
                 return Ok(RecordReport {
-                    applied: Vec::new(),
-                    fenced: ids().into_iter().chain(foreign).collect(),
-                    events_appended: Vec::new(),
+                    fenced: fenced(batch, &HashSet::new()),
+                    ..RecordReport::default()
                 });
             }
             Err(error) => return Err(error),
@@ -165,8 +159,8 @@ impl HeldRows for PgHeldRows {
         // A failed commit is returned as it is: whether it took effect is unknown.
         tx.commit().await?;
         Ok(RecordReport {
-            applied: ids(),
-            fenced: foreign.into_iter().collect(),
+            applied: mine.updates.iter().map(|u| u.order_id).collect(),
+            fenced: foreign,
             events_appended,
         })
     }
