@@ -434,6 +434,22 @@ pub(crate) fn process_cpu_seconds() -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
+/// CPU time the host took from this machine so far (steal time), in seconds, over all its CPUs
+/// (Linux; `None` elsewhere). A virtual machine whose host is busy runs slower for a while;
+/// a figure measured meanwhile says more about the host than about the build.
+pub(crate) fn host_steal_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    // `cpu  user nice system idle iowait irq softirq steal …`, in USER_HZ ticks.
+    let steal: f64 = stat
+        .lines()
+        .find_map(|line| line.strip_prefix("cpu "))?
+        .split_whitespace()
+        .nth(7)?
+        .parse()
+        .ok()?;
+    Some(steal / 100.0)
+}
+
 /// The process's peak resident set size (Linux: `VmHWM`).
 pub(crate) fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -470,5 +486,18 @@ mod tests {
             after = super::process_cpu_seconds().expect("readable twice");
         }
         assert!(after - before >= 0.1, "{before} s before, {after} s after");
+    }
+
+    #[test]
+    fn steal_time_is_read_where_linux_counts_it() {
+        let Some(first) = super::host_steal_seconds() else {
+            assert!(
+                std::fs::metadata("/proc/stat").is_err(),
+                "/proc/stat is there but its steal time was not read"
+            );
+            return;
+        };
+        let second = super::host_steal_seconds().expect("readable twice");
+        assert!(first >= 0.0 && second >= first, "{first} then {second}");
     }
 }

@@ -19,6 +19,10 @@
 //!    order-events topic; the counts are checked against the database at the end.
 //! 4. **The broker alone.** The same messages produced with no database work, for context.
 //!
+//! Each measured phase (the limit before, the drain, the limit after) starts right after a
+//! `CHECKPOINT` (Postgres), so that no phase alone pays for a checkpoint the fill set off, and
+//! the steal time the host took during each phase is reported (Linux).
+//!
 //! The ratio drain / limit is the figure to judge a change by: these machines vary from run to
 //! run by a third, a ratio measured in one run does not. Run it against a dedicated database:
 //! the relay drains every due row it finds there.
@@ -50,8 +54,10 @@ use waybill_service_kit::{
 };
 
 use crate::{
-    bench::{peak_rss_mib, process_cpu_seconds, redact},
-    bench_outbox::{LIMIT_BATCH, count_sent, mark_limit_events_published, measure_limit, place},
+    bench::{host_steal_seconds, peak_rss_mib, process_cpu_seconds, redact},
+    bench_outbox::{
+        LIMIT_BATCH, checkpoint, count_sent, mark_limit_events_published, measure_limit, place,
+    },
     bench_prefill::{Prefill, prefill},
 };
 
@@ -144,6 +150,28 @@ pub struct DrainReport {
     /// CPU seconds this process used during the drain (the relays, their producers and, with
     /// no broker given, the embedded broker): the dispatcher's share of the machine.
     drain_cpu_seconds: Option<f64>,
+    /// Whether each measured phase started right after a checkpoint (Postgres; see
+    /// `bench_outbox::checkpoint`).
+    checkpointed: Option<bool>,
+    /// CPU seconds the host took from this machine during each phase (Linux): a run with
+    /// much of it measured the host as much as the build.
+    steal_seconds: Option<PhaseSteal>,
+}
+
+/// Steal time per measured phase, seconds over all CPUs.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct PhaseSteal {
+    limit_before: f64,
+    drain: f64,
+    limit_after: f64,
+}
+
+/// Measures `phase` and the steal time during it.
+async fn with_steal<T>(steal: &mut Option<f64>, phase: impl std::future::Future<Output = T>) -> T {
+    let before = host_steal_seconds();
+    let out = phase.await;
+    *steal = before.zip(host_steal_seconds()).map(|(a, b)| b - a);
+    out
 }
 
 /// A count over a time.
@@ -199,7 +227,7 @@ impl DrainReport {
              drain     {drain:>8.2} s  {rate:>10.0} orders/s  (all recorded SENT after {recorded}; produce p50 {p50:.1} ms, p99 {p99:.1} ms; {events} events published)\n\
              {limit}\n\
              broker    {produce:>8.2} s  {prate:>10.0} msgs/s   (same messages, no database)\n\
-             peak RSS  {rss}",
+             peak RSS  {rss}{steal}",
             orders = self.orders,
             dispatchers = self.dispatchers,
             batch = self.batch_size,
@@ -224,6 +252,11 @@ impl DrainReport {
             rss = self
                 .peak_rss_mib
                 .map_or_else(|| "unknown".to_owned(), |mib| format!("{mib:.0} MiB")),
+            steal = self.steal_seconds.map_or_else(String::new, |s| format!(
+                "\nsteal     {:.1} s before, {:.1} s during the drain, {:.1} s after (CPU time \
+                 the host took from this machine)",
+                s.limit_before, s.drain, s.limit_after
+            )),
         )
     }
 }
@@ -390,10 +423,15 @@ async fn drain(
     .await?;
     let fill = fill_started.elapsed();
 
+    // Each measured phase starts right after a checkpoint (Postgres).
+    let mut checkpointed = None;
+    let mut steal = [None; 3];
     let limit_before = match &postgres {
         Some(pool) => {
             mark_limit_events_published(pool, &customer).await?;
-            Some(measure_limit(pool, limit_orders, &partner_id, chrono::Duration::zero()).await?)
+            checkpointed = Some(checkpoint(pool).await);
+            let limit = measure_limit(pool, limit_orders, &partner_id, chrono::Duration::zero());
+            Some(with_steal(&mut steal[0], limit).await?)
         }
         None => None,
     };
@@ -446,11 +484,15 @@ async fn drain(
         })
     };
     let orders = args.orders as u64;
+    if let (Some(pool), Some(true)) = (&postgres, checkpointed) {
+        checkpointed = Some(checkpoint(pool).await);
+    }
 
     let stop = CancellationToken::new();
     let timeout = Duration::from_secs(args.timeout_secs);
     let drain_started = Instant::now();
     let cpu_before = process_cpu_seconds();
+    let steal_before = host_steal_seconds();
     let running: Vec<_> = relays
         .into_iter()
         .map(|relay| tokio::spawn(relay.run(stop.clone(), Duration::from_secs(5))))
@@ -469,6 +511,7 @@ async fn drain(
     }
     let drain = drain_started.elapsed();
     let drain_cpu_seconds = cpu_before.zip(process_cpu_seconds()).map(|(a, b)| b - a);
+    steal[1] = steal_before.zip(host_steal_seconds()).map(|(a, b)| b - a);
     stop.cancel();
     for relay in running {
         relay.await.context("a relay task failed")?;
@@ -490,7 +533,13 @@ async fn drain(
     // The peak so far: filling, the limit and the drain (the broker-only run comes after).
     let peak_rss_mib = peak_rss_mib();
     let limit_after = match &postgres {
-        Some(pool) => Some(measure_limit(pool, limit_orders, &partner_id, LIMIT_AHEAD * 2).await?),
+        Some(pool) => {
+            if checkpointed == Some(true) {
+                checkpointed = Some(checkpoint(pool).await);
+            }
+            let limit = measure_limit(pool, limit_orders, &partner_id, LIMIT_AHEAD * 2);
+            Some(with_steal(&mut steal[2], limit).await?)
+        }
         None => None,
     };
     let limit = limit_before.zip(limit_after).map(|(a, b)| a.plus(b));
@@ -520,6 +569,19 @@ async fn drain(
         produce_latency_p99_ms: snapshots[0].produce_latency_p99.as_secs_f64() * 1_000.0,
         peak_rss_mib,
         drain_cpu_seconds,
+        checkpointed,
+        steal_seconds: match steal {
+            [Some(limit_before), Some(drain), Some(limit_after)] => Some(PhaseSteal {
+                limit_before,
+                drain,
+                limit_after,
+            }),
+            [None, Some(drain), None] => Some(PhaseSteal {
+                drain,
+                ..PhaseSteal::default()
+            }),
+            _ => None,
+        },
     })
 }
 
