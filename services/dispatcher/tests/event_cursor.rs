@@ -116,3 +116,61 @@ async fn events_marked_published_are_walked_past_and_events_from_before_0006_are
     .unwrap();
     assert!(legacy_published);
 }
+
+#[tokio::test]
+async fn later_walks_of_one_claim_see_events_committed_since_and_publish_what_was_kept() {
+    let h = Harness::new(TestBackend::Postgres).await;
+    publish_all(&h).await;
+    let first = h.place("DE", 100).await;
+    let second = h.place("DE", 200).await;
+    let third = h.place("DE", 300).await;
+
+    let mut batch = h.claim_events(1).await;
+    assert_eq!(keys(&*batch), [(first, 1)]);
+    let (walked, walks) = eventually_walked(&mut *batch, 1, 1).await;
+    assert_eq!(walked, [second]);
+    // Committed after the claim's transaction took the cursor's lock (and an id of its own):
+    // a later walk of the same claim still reaches it, the claim's own id holds nothing back.
+    let fourth = h.place("DE", 400).await;
+    assert_eq!(
+        eventually_walked(&mut *batch, 2, 10).await.0,
+        [third, fourth]
+    );
+    assert!(
+        h.store.claim_events(10).await.unwrap().events().is_empty(),
+        "the cursor stays taken for the whole claim: no second copy"
+    );
+
+    // The last walks were not produced: the cursor moves past the claim's and `second` only.
+    batch.keep_walks(walks);
+    batch.mark_published(h.clock_now()).await.unwrap();
+    let again = h.claim_events(10).await;
+    assert_eq!(keys(&*again), [(third, 1), (fourth, 1)]);
+    again.mark_published(h.clock_now()).await.unwrap();
+    assert_eq!(keys(&*h.claim_events(10).await), []);
+}
+
+/// Walks `limit` at a time until `count` events came back (another test's transaction on the
+/// same server may hold them back for a moment); their orders, and how many walks it took.
+async fn eventually_walked(
+    batch: &mut dyn EventBatch,
+    count: usize,
+    limit: u32,
+) -> (Vec<Uuid>, usize) {
+    let mut walked = Vec::new();
+    for walks in 1..=1_000 {
+        walked.extend(
+            batch
+                .walk_more(limit)
+                .await
+                .unwrap()
+                .iter()
+                .map(|e| e.order_id),
+        );
+        if walked.len() >= count {
+            return (walked, walks);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("walked {walked:?}, not {count} events, in 10 s");
+}

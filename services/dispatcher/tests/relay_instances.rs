@@ -37,10 +37,7 @@ async fn two_dispatchers_drain_5000_orders_without_double_leases(backend: TestBa
         .collect();
     insert_orders(&h.db, &orders).await.unwrap();
 
-    let recorder = Arc::new(common::LeaseRecorder {
-        inner: h.store.clone(),
-        leased: Default::default(),
-    });
+    let recorder = Arc::new(common::LeaseRecorder::new(h.store.clone()));
     let shutdown = CancellationToken::new();
     let mut runs = Vec::new();
     for instance in ["dispatcher-a", "dispatcher-b"] {

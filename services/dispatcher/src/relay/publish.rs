@@ -7,6 +7,7 @@ use tracing::{info, warn};
 
 use super::Relay;
 use crate::{
+    domain::model::UnpublishedEvent,
     error::DispatchError,
     kafka::messages::{Origin, OutgoingMessage, order_event_message},
     store::AuditCopy,
@@ -25,14 +26,24 @@ pub struct Published {
     pub more: bool,
 }
 
+/// Walks one claim of events makes after its first, each read while the previous one is being
+/// produced. The claim's transaction stays open (and the cursor row locked) until the last is
+/// acknowledged, so this bounds both that time and what is published twice after a crash.
+const WALKS_PER_CLAIM: usize = 8;
+
 impl Relay {
     /// Publishes unpublished history events to the order-events topic.
+    ///
+    /// Pipelined: while one walk's events are produced, the next walk is read under the same
+    /// claim (Postgres), for as long as walks come back full. The cursor moves past every walk
+    /// the broker acknowledged; a walk that failed, and the one read meanwhile, are published
+    /// again by the next claim.
     pub async fn publish_events(&self) -> Result<Published, DispatchError> {
         let limit = self.settings.event_batch_size;
-        let batch = self.store.claim_events(limit).await?;
-        let events = batch.events();
-        let more = batch.more_waiting() || events.len() >= limit as usize;
-        if events.is_empty() {
+        let mut batch = self.store.claim_events(limit).await?;
+        let mut messages = self.event_messages(batch.events());
+        if messages.is_empty() {
+            let more = batch.more_waiting();
             // The walk may still have moved past events published by other means.
             batch.mark_published(self.clock.now()).await?;
             if more {
@@ -43,36 +54,67 @@ impl Relay {
             }
             return Ok(Published { events: 0, more });
         }
+        let mut full = messages.len() >= limit as usize;
+        // Which walk `messages` came from: 0 is the claim's own, then each `walk_more`.
+        let mut walk = 0;
+        let mut published = 0;
+        loop {
+            let read_next = full && walk < WALKS_PER_CLAIM;
+            let (outcomes, next) = tokio::join!(self.send(&messages), async {
+                match read_next {
+                    true => batch.walk_more(limit).await.map(Some),
+                    false => Ok(None),
+                }
+            });
+            if let Some(error) = outcomes.iter().find_map(|r| r.as_ref().err()) {
+                // Logged once per outage, not once per cycle.
+                if !self.events_failing.swap(true, Ordering::Relaxed) {
+                    warn!(%error, events = messages.len(), "publishing order events failed, will retry");
+                }
+                if walk == 0 {
+                    // Released, every event stays unpublished: they go out again next cycle.
+                    batch.release().await?;
+                    return Ok(Published::default());
+                }
+                // The walks acknowledged before this one stay published.
+                batch.keep_walks(walk - 1);
+                full = false;
+                break;
+            }
+            published += messages.len();
+            match next? {
+                Some(events) if !events.is_empty() => {
+                    walk += 1;
+                    full = events.len() >= limit as usize;
+                    messages = self.event_messages(&events);
+                }
+                _ => break,
+            }
+        }
+        if published > 0 && self.events_failing.swap(false, Ordering::Relaxed) {
+            info!("publishing order events works again");
+        }
+        let more = full || batch.more_waiting();
+        batch.mark_published(self.clock.now()).await?;
+        self.metrics.add_events_published(published as u64);
+        Ok(Published {
+            events: published,
+            more,
+        })
+    }
+
+    /// The order-events topic's messages for `events`.
+    fn event_messages(&self, events: &[UnpublishedEvent]) -> Vec<OutgoingMessage> {
         let origin = Origin {
             region: &self.settings.region,
             reply_to: &self.settings.reply_to,
         };
-        let messages: Vec<OutgoingMessage> = events
+        events
             .iter()
             .map(|event| {
                 order_event_message(event, self.settings.topics.order_events.clone(), origin)
             })
-            .collect();
-        let outcomes = self.send(&messages).await;
-        if let Some(error) = outcomes.iter().find_map(|r| r.as_ref().err()) {
-            // Released, every event stays unpublished: they go out again next cycle.
-            // Logged once per outage, not once per cycle.
-            if !self.events_failing.swap(true, Ordering::Relaxed) {
-                warn!(%error, events = messages.len(), "publishing order events failed, will retry");
-            }
-            batch.release().await?;
-            return Ok(Published::default());
-        }
-        if self.events_failing.swap(false, Ordering::Relaxed) {
-            info!("publishing order events works again");
-        }
-        let count = messages.len();
-        batch.mark_published(self.clock.now()).await?;
-        self.metrics.add_events_published(count as u64);
-        Ok(Published {
-            events: count,
-            more,
-        })
+            .collect()
     }
 
     /// Produces the audit copies that are due from the audit outbox; how many were claimed.

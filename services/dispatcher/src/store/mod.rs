@@ -19,6 +19,7 @@
 //! transaction.
 
 mod legacy;
+mod pg_events;
 mod postgres;
 mod rows;
 mod sql;
@@ -205,6 +206,17 @@ pub trait EventBatch: Send {
     fn more_waiting(&self) -> bool {
         false
     }
+    /// Reads up to `limit` events after the last ones this batch walked, under the same claim
+    /// (Postgres; elsewhere there are none), so the relay reads the next events while it
+    /// produces these. [`EventBatch::mark_published`] covers every walk unless
+    /// [`EventBatch::keep_walks`] drops the later ones.
+    async fn walk_more(&mut self, _limit: u32) -> Result<Vec<UnpublishedEvent>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// Keeps only the first `walks` walks of [`EventBatch::walk_more`] (the later ones' events
+    /// were not produced): publishing marks the claim's own events and those, and the rest are
+    /// walked again by a later batch.
+    fn keep_walks(&mut self, _walks: usize) {}
     /// Gives the events back unpublished at once. Dropping the batch does the same, but on
     /// Postgres only when its connection is next used, so other instances skip the events
     /// until then.

@@ -14,31 +14,18 @@ use waybill_proto::v1::DispatchState;
 use waybill_service_kit::db::{IdList, TextList};
 
 use super::{
-    AuditBatch, AuditCopy, BatchRecord, EventBatch, Fence, HeldRows, LeaseRequest, RecordReport,
-    RowUpdate, StoreError,
-    rows::{AuditRow, EventRow, LeasedRow, convert},
+    AuditBatch, AuditCopy, BatchRecord, Fence, HeldRows, LeaseRequest, RecordReport, RowUpdate,
+    StoreError,
+    rows::{AuditRow, LeasedRow, convert},
     sql::{LeaseKind, acknowledging_statuses, fenced, save_audit_copy},
 };
-use crate::domain::model::{DispatchFilter, UnpublishedEvent};
+use crate::domain::model::DispatchFilter;
 
 const LEASE_DUE: &str = include_str!("sql/lease_due.pg.sql");
 const LEASE_OVERDUE: &str = include_str!("sql/lease_overdue.pg.sql");
 const RECORD_UPDATES: &str = include_str!("sql/record_updates.pg.sql");
 const RECORD_FIRST_SENDS: &str = include_str!("sql/record_first_sends.pg.sql");
 const RECORD_ATTEMPTS: &str = include_str!("sql/record_attempts.pg.sql");
-const CLAIM_EVENTS: &str = include_str!("sql/claim_events.pg.sql");
-const LOCK_EVENT_CURSOR: &str = include_str!("sql/lock_event_cursor.pg.sql");
-const WALK_EVENTS: &str = include_str!("sql/walk_events.pg.sql");
-/// Events committed that the watermark still holds back (a transaction older than theirs is
-/// running): the publisher looks again shortly instead of waiting for the next change.
-/// (The newest id, read from the end of the index, not a search the planner may run as a scan.)
-const HELD_BACK: &str = "SELECT COALESCE(max(xid) >= $1::xid8, FALSE) FROM order_status_events \
-                         WHERE xid IS NOT NULL";
-const MOVE_EVENT_CURSOR: &str = "UPDATE event_cursor SET xid = $1::xid8, order_id = $2, seq = $3, \
-                                 updated_at = $4";
-const MARK_PUBLISHED: &str = "UPDATE order_status_events e SET published_at = $1 \
-                              FROM UNNEST($2::uuid[], $3::bigint[]) AS k (order_id, seq) \
-                              WHERE e.order_id = k.order_id AND e.seq = k.seq";
 const CLAIM_AUDITS: &str = "SELECT order_id, topic, payload, headers, attempts, last_error, \
                             due_at FROM audit_outbox WHERE due_at <= $1 ORDER BY due_at \
                             LIMIT $2 FOR UPDATE SKIP LOCKED";
@@ -107,7 +94,9 @@ const LEASE_SETTINGS: &str = "SELECT set_config('enable_sort', 'off', TRUE), \
 /// statistics say the backlog is small — as they do on a fresh table, or in production after a
 /// quiet spell, right before an outage builds a real backlog: measured at 30 ms per claim of 500
 /// with 20,000 events pending, growing with the backlog, where the in-order walk takes 2 ms.
-async fn walk_indexes_in_order(tx: &mut Transaction<'static, Postgres>) -> Result<(), StoreError> {
+pub(super) async fn walk_indexes_in_order(
+    tx: &mut Transaction<'static, Postgres>,
+) -> Result<(), StoreError> {
     sqlx::query("SET LOCAL enable_sort = off")
         .execute(&mut **tx)
         .await?;
@@ -283,81 +272,6 @@ async fn write_record(
     Ok(events_appended)
 }
 
-/// Claims up to `limit` unpublished events: those written before migration 0006, row-locked,
-/// then the cursor's walk (see `0006_event_cursor.sql`), under the cursor row's lock, until the
-/// batch settles.
-pub(super) async fn claim_events(
-    pool: &PgPool,
-    limit: u32,
-) -> Result<Box<dyn EventBatch>, StoreError> {
-    let mut tx = pool.begin().await?;
-    walk_indexes_in_order(&mut tx).await?;
-    let legacy: Vec<EventRow> = sqlx::query_as(CLAIM_EVENTS)
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await?;
-    let mut batch = PgEventBatch {
-        legacy: legacy.len(),
-        events: legacy.into_iter().map(Into::into).collect(),
-        cursor: None,
-        more_waiting: false,
-        tx,
-    };
-    let room = i64::from(limit) - batch.events.len() as i64;
-    if room == 0 {
-        return Ok(Box::new(batch));
-    }
-    let Some(start) = sqlx::query_as::<_, CursorRow>(LOCK_EVENT_CURSOR)
-        .fetch_optional(&mut *batch.tx)
-        .await?
-    else {
-        // Another dispatcher is publishing.
-        return Ok(Box::new(batch));
-    };
-    let rows: Vec<WalkedEventRow> = sqlx::query_as(WALK_EVENTS)
-        .bind(&start.xid)
-        .bind(start.order_id)
-        .bind(start.seq)
-        .bind(&start.watermark)
-        .bind(room)
-        .fetch_all(&mut *batch.tx)
-        .await?;
-    batch.more_waiting = if (rows.len() as i64) < room {
-        sqlx::query_scalar(HELD_BACK)
-            .bind(&start.watermark)
-            .fetch_one(&mut *batch.tx)
-            .await?
-    } else {
-        true
-    };
-    for row in rows {
-        let event: UnpublishedEvent = row.event.into();
-        batch.cursor = Some((row.xid, event.order_id, event.seq));
-        if !row.published {
-            batch.events.push(event);
-        }
-    }
-    Ok(Box::new(batch))
-}
-
-/// The cursor row and the watermark (`lock_event_cursor.pg.sql`).
-#[derive(sqlx::FromRow)]
-struct CursorRow {
-    xid: String,
-    order_id: Uuid,
-    seq: i64,
-    watermark: String,
-}
-
-/// An event the cursor walked (`walk_events.pg.sql`).
-#[derive(sqlx::FromRow)]
-struct WalkedEventRow {
-    #[sqlx(flatten)]
-    event: EventRow,
-    xid: String,
-    published: bool,
-}
-
 /// Claims up to `limit` audit copies due by `now`, row-locked until the batch settles.
 pub(super) async fn claim_audits(
     pool: &PgPool,
@@ -390,63 +304,6 @@ pub(super) async fn retry(
         .bind(retryable)
         .fetch_all(pool)
         .await?)
-}
-
-struct PgEventBatch {
-    tx: Transaction<'static, Postgres>,
-    events: Vec<UnpublishedEvent>,
-    /// How many of `events` (the first ones) were claimed by row lock, from before 0006.
-    legacy: usize,
-    /// Where the cursor moves when the batch is published: the last event walked.
-    cursor: Option<(String, Uuid, i64)>,
-    /// Committed events remain after the walk (see [`EventBatch::more_waiting`]).
-    more_waiting: bool,
-}
-
-#[async_trait]
-impl EventBatch for PgEventBatch {
-    fn events(&self) -> &[UnpublishedEvent] {
-        &self.events
-    }
-
-    fn more_waiting(&self) -> bool {
-        self.more_waiting
-    }
-
-    async fn release(self: Box<Self>) -> Result<(), StoreError> {
-        self.tx.rollback().await?;
-        Ok(())
-    }
-
-    async fn mark_published(self: Box<Self>, now: DateTime<Utc>) -> Result<(), StoreError> {
-        let Self {
-            mut tx,
-            events,
-            legacy,
-            cursor,
-            ..
-        } = *self;
-        let legacy = &events[..legacy];
-        if !legacy.is_empty() {
-            sqlx::query(MARK_PUBLISHED)
-                .bind(now)
-                .bind(legacy.iter().map(|e| e.order_id).collect::<Vec<_>>())
-                .bind(legacy.iter().map(|e| e.seq).collect::<Vec<_>>())
-                .execute(&mut *tx)
-                .await?;
-        }
-        if let Some((xid, order_id, seq)) = cursor {
-            sqlx::query(MOVE_EVENT_CURSOR)
-                .bind(xid)
-                .bind(order_id)
-                .bind(seq)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
 }
 
 struct PgAuditBatch {

@@ -16,7 +16,7 @@ use waybill_service_kit::{
 use super::{
     ACKNOWLEDGING_STATUSES, AuditBatch, AuditCopy, BatchRecord, Cleaned, DispatchStore, EventBatch,
     Fence, Lease, LeaseRequest, RETRYABLE_STATES, RecordReport, StoreError, headers_to_json,
-    legacy, postgres,
+    legacy, pg_events, postgres,
     rows::{
         AttemptRow, DispatchRow, KeyRow, LeasedRow, PartnerRow, RouteRow, ShipToRow, StateCountRow,
         convert,
@@ -275,7 +275,7 @@ impl DispatchStore for SqlDispatchStore {
 
     async fn claim_events(&self, limit: u32) -> Result<Box<dyn EventBatch>, StoreError> {
         match &self.db {
-            Backend::Postgres(pool) => postgres::claim_events(pool, limit).await,
+            Backend::Postgres(pool) => pg_events::claim_events(pool, limit).await,
             Backend::Sqlite(pool) => sqlite::claim_events(pool, limit).await,
         }
     }

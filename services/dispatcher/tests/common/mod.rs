@@ -384,14 +384,40 @@ impl Harness {
     }
 }
 
-/// A store that remembers every row it leased, by owner: proves no row is leased twice.
-#[derive(Debug)]
+/// A store that remembers every row it leased, by owner: proves no row is leased twice. It
+/// also counts the further walks of event claims, and can act before each.
 pub struct LeaseRecorder {
     pub inner: Arc<dyn DispatchStore>,
     pub leased: std::sync::Mutex<Vec<(Uuid, String)>>,
+    /// Further walks of event claims so far (`EventBatch::walk_more` calls).
+    pub walks: Arc<std::sync::atomic::AtomicUsize>,
+    /// Called with the walk's number (from 1) before each further walk.
+    pub before_walk: Option<Arc<dyn Fn(usize) + Send + Sync>>,
+}
+
+impl LeaseRecorder {
+    pub fn new(inner: Arc<dyn DispatchStore>) -> Self {
+        Self {
+            inner,
+            leased: Default::default(),
+            walks: Default::default(),
+            before_walk: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for LeaseRecorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseRecorder").finish_non_exhaustive()
+    }
 }
 
 mod recorder {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+
     use async_trait::async_trait;
     use chrono::{DateTime, Utc};
     use uuid::Uuid;
@@ -404,6 +430,39 @@ mod recorder {
     };
 
     use super::LeaseRecorder;
+
+    /// An event claim whose further walks are counted (and acted on) first.
+    struct WatchedWalks {
+        inner: Box<dyn EventBatch>,
+        walks: Arc<AtomicUsize>,
+        before_walk: Option<Arc<dyn Fn(usize) + Send + Sync>>,
+    }
+
+    #[async_trait]
+    impl EventBatch for WatchedWalks {
+        fn events(&self) -> &[UnpublishedEvent] {
+            self.inner.events()
+        }
+        async fn mark_published(self: Box<Self>, now: DateTime<Utc>) -> Result<(), StoreError> {
+            self.inner.mark_published(now).await
+        }
+        fn more_waiting(&self) -> bool {
+            self.inner.more_waiting()
+        }
+        async fn walk_more(&mut self, limit: u32) -> Result<Vec<UnpublishedEvent>, StoreError> {
+            let walk = self.walks.fetch_add(1, Ordering::SeqCst) + 1;
+            if let Some(act) = &self.before_walk {
+                act(walk);
+            }
+            self.inner.walk_more(limit).await
+        }
+        fn keep_walks(&mut self, walks: usize) {
+            self.inner.keep_walks(walks);
+        }
+        async fn release(self: Box<Self>) -> Result<(), StoreError> {
+            self.inner.release().await
+        }
+    }
 
     #[async_trait]
     impl DispatchStore for LeaseRecorder {
@@ -435,7 +494,11 @@ mod recorder {
             self.inner.release_leases(owner, now).await
         }
         async fn claim_events(&self, limit: u32) -> Result<Box<dyn EventBatch>, StoreError> {
-            self.inner.claim_events(limit).await
+            Ok(Box::new(WatchedWalks {
+                inner: self.inner.claim_events(limit).await?,
+                walks: self.walks.clone(),
+                before_walk: self.before_walk.clone(),
+            }))
         }
         async fn claim_audits(
             &self,

@@ -1,0 +1,164 @@
+//! The relay's event publisher against a real database and broker: one claim walks on while
+//! the previous walk is produced (Postgres), every event reaches the order-events topic once
+//! and in each order's sequence, and a walk that fails is published again while the walks the
+//! broker acknowledged are not.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use chrono::Duration as Span;
+use common::{
+    Harness, LeaseRecorder,
+    fixture::{FixtureOrder, insert_orders},
+};
+use prost::Message;
+use waybill_dispatcher::{
+    kafka::producer::OrderProducer, metrics::RelayMetrics, relay::Relay, testing::ConsumedMessage,
+};
+use waybill_proto::v1::{OrderEvent, OrderStatus};
+use waybill_service_kit::{on_both_backends, testing::TestBackend};
+
+on_both_backends!(events_of_many_walks_reach_the_topic_once_each_in_order);
+
+const ORDERS: usize = 12;
+
+/// `ORDERS` orders placed, and a relay publishing `walk` events at a time through `store`.
+async fn placed_orders(h: &Harness, store: Arc<LeaseRecorder>, walk: u32) -> Relay {
+    h.partner("acme", "DE", Span::minutes(10), 2).await;
+    let orders: Vec<_> = (0..ORDERS)
+        .map(|_| FixtureOrder::new("DE", 100, h.clock_now()))
+        .collect();
+    insert_orders(&h.db, &orders).await.unwrap();
+    let mut settings = h.settings("dispatcher-a");
+    settings.event_batch_size = walk;
+    Relay::new(
+        store,
+        OrderProducer::new(&h.kafka()).unwrap(),
+        h.broker.topic_creator(),
+        Arc::new(h.clock.clone()),
+        h.db.feed().clone(),
+        settings,
+        Arc::new(RelayMetrics::default()),
+    )
+}
+
+/// Publishes until `expected` events went out and nothing is waiting (a round fails while the
+/// producer reconnects, and other tests' transactions on the same Postgres server may hold
+/// events back for a moment); how many events that published.
+async fn publish_until(relay: &Relay, expected: usize) -> usize {
+    let mut published = 0;
+    for _ in 0..1_000 {
+        let round = relay.publish_events().await.unwrap();
+        published += round.events;
+        if !round.more && published >= expected {
+            return published;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{published} of {expected} events published after 1,000 rounds");
+}
+
+/// `(order, sequence, status)` of every event on the topic, in topic order.
+async fn on_topic(h: &Harness, count: usize) -> Vec<(String, i64, i32)> {
+    let read: Vec<ConsumedMessage> = h
+        .broker
+        .read_topic(&h.topics.order_events, count, Duration::from_secs(10))
+        .await;
+    read.iter()
+        .map(|m| {
+            let event = OrderEvent::decode(m.payload.as_slice()).unwrap();
+            let inner = event.event.unwrap();
+            (event.order_id, inner.sequence, inner.status)
+        })
+        .collect()
+}
+
+async fn events_of_many_walks_reach_the_topic_once_each_in_order(backend: TestBackend) {
+    let h = Harness::new(backend).await;
+    let store = Arc::new(LeaseRecorder::new(h.store.clone()));
+    // The orders' 24 events (placed, sent) take five walks.
+    let relay = placed_orders(&h, store.clone(), 5).await;
+    let cycle = relay.run_cycle(false).await.unwrap();
+    assert_eq!(cycle.due, ORDERS);
+
+    let rest = 2 * ORDERS - cycle.events;
+    assert_eq!(publish_until(&relay, rest).await, rest);
+    if backend == TestBackend::Postgres {
+        assert!(
+            store.walks.load(Ordering::SeqCst) > 0,
+            "claims walked on while their events were produced"
+        );
+    }
+    let events = on_topic(&h, 2 * ORDERS).await;
+    assert_eq!(events.len(), 2 * ORDERS, "{events:?}");
+    let mut next_seq: HashMap<&str, i64> = HashMap::new();
+    for (order, seq, status) in &events {
+        let expected = next_seq.entry(order).or_insert(1);
+        assert_eq!(seq, expected, "{order}'s events once each, in sequence");
+        let status_wanted = match seq {
+            1 => OrderStatus::Placed,
+            _ => OrderStatus::SentToPartner,
+        };
+        assert_eq!(*status, status_wanted as i32);
+        *expected += 1;
+    }
+    assert_eq!(next_seq.len(), ORDERS);
+}
+
+#[tokio::test]
+async fn a_failed_walk_is_published_again_and_the_acknowledged_walks_are_not() {
+    let h = Arc::new(Harness::new(TestBackend::Postgres).await);
+    if !h.broker.set_available(true) {
+        eprintln!("skipping: this broker cannot be taken down");
+        return;
+    }
+    // The broker goes down as the claim reads its second further walk: by then the claim's
+    // own walk is acknowledged, and the first further walk (being produced right then) or the
+    // second fails.
+    let mut recorder = LeaseRecorder::new(h.store.clone());
+    let harness = h.clone();
+    recorder.before_walk = Some(Arc::new(move |walk| {
+        if walk == 2 {
+            assert!(harness.broker.set_available(false));
+        }
+    }));
+    let store = Arc::new(recorder);
+    // The orders' 12 placed events, three at a time.
+    let walk = 3;
+    let relay = placed_orders(&h, store.clone(), walk).await;
+
+    let mut acknowledged = 0;
+    // Until the broker went down (other tests' transactions may cut a claim's walks short).
+    for _ in 0..1_000 {
+        acknowledged += relay.publish_events().await.unwrap().events;
+        if store.walks.load(Ordering::SeqCst) >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        store.walks.load(Ordering::SeqCst) >= 2,
+        "the claim walked twice"
+    );
+    assert!(
+        acknowledged >= walk as usize && acknowledged < ORDERS,
+        "the claim's own walk was acknowledged, not all: {acknowledged}"
+    );
+
+    assert!(h.broker.set_available(true));
+    assert_eq!(
+        publish_until(&relay, ORDERS - acknowledged).await,
+        ORDERS - acknowledged,
+        "the cursor moved past the acknowledged walks only"
+    );
+    let mut events = on_topic(&h, ORDERS).await;
+    events.sort();
+    events.dedup();
+    assert_eq!(events.len(), ORDERS, "every event reached the topic");
+}
