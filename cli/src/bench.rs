@@ -116,7 +116,7 @@ struct PlaceReport {
     /// The placing write alone (the Orders store's one statement, no gRPC, no validation or
     /// pricing), as many in flight, on the same database in the same run; `null` with
     /// `--target`.
-    limit: Option<crate::bench_drain::Rate>,
+    limit: Option<Rate>,
     /// `throughput_per_s / limit`.
     ratio: Option<f64>,
     latency_ms: Latency,
@@ -241,7 +241,7 @@ async fn place(args: PlaceArgs) -> anyhow::Result<()> {
     }
     let throughput = (args.requests - errors) as f64 / elapsed.as_secs_f64().max(f64::EPSILON);
     let limit = in_process.as_ref().map(|_| {
-        crate::bench_drain::Rate::new(
+        Rate::new(
             usize::try_from(args.requests).unwrap_or(usize::MAX),
             limit_elapsed,
         )
@@ -406,6 +406,32 @@ fn sample_order(run_id: &str, index: u64) -> pb::PlaceOrderRequest {
                 quantity: 5,
             },
         ],
+    }
+}
+
+/// A count over a time.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Rate {
+    orders: usize,
+    pub(crate) seconds: f64,
+    pub(crate) orders_per_second: f64,
+}
+
+impl Rate {
+    pub(crate) fn new(orders: usize, elapsed: Duration) -> Self {
+        Self {
+            orders,
+            seconds: elapsed.as_secs_f64(),
+            orders_per_second: orders as f64 / elapsed.as_secs_f64().max(1e-9),
+        }
+    }
+
+    /// Both counts over both times.
+    pub(crate) fn plus(self, other: Self) -> Self {
+        Self::new(
+            self.orders + other.orders,
+            Duration::from_secs_f64(self.seconds + other.seconds),
+        )
     }
 }
 

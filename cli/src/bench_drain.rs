@@ -54,7 +54,7 @@ use waybill_service_kit::{
 };
 
 use crate::{
-    bench::{host_steal_seconds, peak_rss_mib, process_cpu_seconds, redact},
+    bench::{Rate, host_steal_seconds, peak_rss_mib, process_cpu_seconds, redact},
     bench_outbox::{
         LIMIT_BATCH, checkpoint, count_sent, mark_limit_events_published, measure_limit, place,
     },
@@ -172,32 +172,6 @@ async fn with_steal<T>(steal: &mut Option<f64>, phase: impl std::future::Future<
     let out = phase.await;
     *steal = before.zip(host_steal_seconds()).map(|(a, b)| b - a);
     out
-}
-
-/// A count over a time.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct Rate {
-    orders: usize,
-    seconds: f64,
-    pub(crate) orders_per_second: f64,
-}
-
-impl Rate {
-    pub(crate) fn new(orders: usize, elapsed: Duration) -> Self {
-        Self {
-            orders,
-            seconds: elapsed.as_secs_f64(),
-            orders_per_second: orders as f64 / elapsed.as_secs_f64().max(1e-9),
-        }
-    }
-
-    /// Both counts over both times.
-    fn plus(self, other: Self) -> Self {
-        Self::new(
-            self.orders + other.orders,
-            Duration::from_secs_f64(self.seconds + other.seconds),
-        )
-    }
 }
 
 impl DrainReport {
