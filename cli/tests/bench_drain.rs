@@ -94,6 +94,19 @@ async fn bench_drain_on_postgres_reports_the_ratio_to_the_bare_sql_limit() {
             .is_some_and(|cpu| cpu >= 0.0),
         "{report:#}"
     );
+    // Every phase started right after a checkpoint (the test role may run CHECKPOINT), and
+    // the host's steal time was read for each (Linux).
+    assert_eq!(report["checkpointed"], true, "{report:#}");
+    if std::path::Path::new("/proc/stat").exists() {
+        for phase in ["limit_before", "drain", "limit_after"] {
+            assert!(
+                report["steal_seconds"][phase]
+                    .as_f64()
+                    .is_some_and(|s| s >= 0.0),
+                "{phase}: {report:#}"
+            );
+        }
+    }
     let ratio = report["ratio"].as_f64().unwrap();
     let expected = report["drain"]["orders_per_second"].as_f64().unwrap()
         / limit["orders_per_second"].as_f64().unwrap();
@@ -134,6 +147,7 @@ async fn bench_drain_on_sqlite_drains_and_says_the_limit_is_postgres_only() {
         report["limit"].is_null() && report["ratio"].is_null(),
         "{report:#}"
     );
+    assert!(report["checkpointed"].is_null(), "{report:#}");
     assert_eq!(
         count(&db, "SELECT count(*) FROM dispatch WHERE state = 'SENT'").await,
         ORDERS as i64

@@ -61,9 +61,10 @@ impl Relay {
         loop {
             let read_next = full && walk < WALKS_PER_CLAIM;
             let (outcomes, next) = tokio::join!(self.send(&messages), async {
-                match read_next {
-                    true => batch.walk_more(limit).await.map(Some),
-                    false => Ok(None),
+                if read_next {
+                    batch.walk_more(limit).await.map(Some)
+                } else {
+                    Ok(None)
                 }
             });
             if let Some(error) = outcomes.iter().find_map(|r| r.as_ref().err()) {
