@@ -11,7 +11,7 @@
 use std::{str::FromStr, time::Duration};
 
 use sqlx::{
-    PgPool, SqlitePool,
+    Connection, PgPool, SqlitePool,
     postgres::{PgConnectOptions, PgListener, PgPoolOptions},
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
@@ -35,6 +35,15 @@ pub use self::{
 pub const ORDER_STATUS_CHANNEL: &str = "waybill_order_status";
 /// Postgres `NOTIFY` channel: the outbox has new due rows (payload empty).
 pub const OUTBOX_CHANNEL: &str = "waybill_outbox";
+
+/// A pooled Postgres connection idle for longer than this is pinged before it is handed out.
+/// sqlx's default pings on every acquire, and pings again on every release: two extra round
+/// trips per statement, the first one on the caller's path. The release ping stays (it finds a
+/// connection left mid-transaction or broken); a connection idle this long may have been closed
+/// by a database restart or an idle timeout since, and gets the ping. One released less than
+/// this before the server went away fails its next statement once, as `UNAVAILABLE` (retried
+/// by the relay; the storefront retries `PlaceOrder` with its idempotency key).
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -110,6 +119,15 @@ impl Database {
             let pool = PgPoolOptions::new()
                 .max_connections(settings.max_connections)
                 .acquire_timeout(settings.acquire_timeout)
+                .test_before_acquire(false)
+                .before_acquire(|conn, meta| {
+                    Box::pin(async move {
+                        if meta.idle_for >= PING_IF_IDLE_FOR {
+                            conn.ping().await?;
+                        }
+                        Ok(true)
+                    })
+                })
                 .connect_with(options)
                 .await
                 .map_err(DbError::Connect)?;

@@ -28,10 +28,47 @@ pub fn classify(error: &sqlx::Error) -> Failure {
             ErrorKind::UniqueViolation => Failure::Duplicate,
             ErrorKind::ForeignKeyViolation => Failure::MissingReference,
             ErrorKind::CheckViolation => Failure::CheckViolation,
+            _ if is_transient(db_error.as_ref()) => Failure::Unavailable,
             _ => Failure::Other,
         },
         _ => Failure::Other,
     }
+}
+
+/// Whether the database refused for a reason that passes: it is shutting down or restarting,
+/// it ended this session, it has no room for another connection, or it chose this transaction
+/// to break a deadlock or a serialization conflict.
+fn is_transient(error: &dyn sqlx::error::DatabaseError) -> bool {
+    if let Some(error) = error.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        postgres_transient(error.code())
+    } else if error
+        .try_downcast_ref::<sqlx::sqlite::SqliteError>()
+        .is_some()
+    {
+        error.code().is_some_and(|code| sqlite_transient(&code))
+    } else {
+        false
+    }
+}
+
+/// Postgres SQLSTATEs that say "try again later": class 08 (connection exception), class 53
+/// (insufficient resources: too many connections, out of memory, disk full), the session ended
+/// by the server (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now, 57P05
+/// idle session timeout), 40001 serialization failure and 40P01 deadlock detected.
+fn postgres_transient(sqlstate: &str) -> bool {
+    sqlstate.starts_with("08")
+        || sqlstate.starts_with("53")
+        || matches!(
+            sqlstate,
+            "57P01" | "57P02" | "57P03" | "57P05" | "40001" | "40P01"
+        )
+}
+
+/// SQLite's (extended) result codes whose primary code is `SQLITE_BUSY` (5) or `SQLITE_LOCKED`
+/// (6): another connection holds the lock longer than the busy timeout.
+fn sqlite_transient(code: &str) -> bool {
+    code.parse::<u32>()
+        .is_ok_and(|code| matches!(code & 0xff, 5 | 6))
 }
 
 #[cfg(test)]
@@ -45,5 +82,26 @@ mod tests {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
         assert_eq!(classify(&sqlx::Error::Io(io)), Failure::Unavailable);
         assert_eq!(classify(&sqlx::Error::RowNotFound), Failure::Other);
+    }
+
+    #[test]
+    fn a_server_going_away_or_a_lost_conflict_is_transient_and_a_broken_rule_is_not() {
+        for code in [
+            "08006", "08003", "53300", "53100", "57P01", "57P02", "57P03", "57P05", "40001",
+            "40P01",
+        ] {
+            assert!(postgres_transient(code), "{code}");
+        }
+        for code in ["23505", "22001", "42P01", "57014", "XX000", "0A000"] {
+            assert!(!postgres_transient(code), "{code}");
+        }
+        // SQLITE_BUSY, SQLITE_BUSY_SNAPSHOT (5 | 2 << 8), SQLITE_LOCKED.
+        for code in ["5", "517", "6"] {
+            assert!(sqlite_transient(code), "{code}");
+        }
+        // SQLITE_CONSTRAINT_UNIQUE, SQLITE_CORRUPT, not a number.
+        for code in ["2067", "11", "busy"] {
+            assert!(!sqlite_transient(code), "{code}");
+        }
     }
 }
