@@ -82,7 +82,7 @@ impl From<sqlx::Error> for StoreError {
             Failure::Duplicate => Self::Duplicate,
             Failure::MissingReference => Self::MissingReference,
             Failure::CheckViolation => Self::CheckViolation,
-            Failure::Unavailable => Self::Unavailable(error),
+            Failure::Unavailable | Failure::Conflict => Self::Unavailable(error),
             Failure::Other => Self::Database(error),
         }
     }

@@ -5,8 +5,13 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
     /// The database could not be reached in time (pool exhausted or closed, connection
-    /// broken): trying again later may succeed.
+    /// broken, session ended by the server, no room for a connection): trying again later may
+    /// succeed.
     Unavailable,
+    /// The transaction lost a deadlock or a serialization conflict and was rolled back:
+    /// running it again at once may succeed (and callers that do not should answer as for
+    /// [`Failure::Unavailable`]).
+    Conflict,
     /// A unique key exists already.
     Duplicate,
     /// A referenced row does not exist.
@@ -28,6 +33,7 @@ pub fn classify(error: &sqlx::Error) -> Failure {
             ErrorKind::UniqueViolation => Failure::Duplicate,
             ErrorKind::ForeignKeyViolation => Failure::MissingReference,
             ErrorKind::CheckViolation => Failure::CheckViolation,
+            _ if is_conflict(db_error.as_ref()) => Failure::Conflict,
             _ if is_transient(db_error.as_ref()) => Failure::Unavailable,
             _ => Failure::Other,
         },
@@ -35,9 +41,16 @@ pub fn classify(error: &sqlx::Error) -> Failure {
     }
 }
 
+/// Postgres chose this transaction to break a deadlock (40P01) or a serialization conflict
+/// (40001).
+fn is_conflict(error: &dyn sqlx::error::DatabaseError) -> bool {
+    error
+        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+        .is_some_and(|error| matches!(error.code(), "40P01" | "40001"))
+}
+
 /// Whether the database refused for a reason that passes: it is shutting down or restarting,
-/// it ended this session, it has no room for another connection, or it chose this transaction
-/// to break a deadlock or a serialization conflict.
+/// it ended this session, or it has no room for another connection.
 fn is_transient(error: &dyn sqlx::error::DatabaseError) -> bool {
     if let Some(error) = error.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
         postgres_transient(error.code())
@@ -52,16 +65,13 @@ fn is_transient(error: &dyn sqlx::error::DatabaseError) -> bool {
 }
 
 /// Postgres SQLSTATEs that say "try again later": class 08 (connection exception), class 53
-/// (insufficient resources: too many connections, out of memory, disk full), the session ended
-/// by the server (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now, 57P05
-/// idle session timeout), 40001 serialization failure and 40P01 deadlock detected.
+/// (insufficient resources: too many connections, out of memory, disk full), and the session
+/// ended by the server (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now,
+/// 57P05 idle session timeout).
 fn postgres_transient(sqlstate: &str) -> bool {
     sqlstate.starts_with("08")
         || sqlstate.starts_with("53")
-        || matches!(
-            sqlstate,
-            "57P01" | "57P02" | "57P03" | "57P05" | "40001" | "40P01"
-        )
+        || matches!(sqlstate, "57P01" | "57P02" | "57P03" | "57P05")
 }
 
 /// SQLite's (extended) result codes whose primary code is `SQLITE_BUSY` (5) or `SQLITE_LOCKED`
@@ -85,14 +95,15 @@ mod tests {
     }
 
     #[test]
-    fn a_server_going_away_or_a_lost_conflict_is_transient_and_a_broken_rule_is_not() {
+    fn a_server_going_away_is_transient_and_a_broken_rule_is_not() {
         for code in [
-            "08006", "08003", "53300", "53100", "57P01", "57P02", "57P03", "57P05", "40001",
-            "40P01",
+            "08006", "08003", "53300", "53100", "57P01", "57P02", "57P03", "57P05",
         ] {
             assert!(postgres_transient(code), "{code}");
         }
-        for code in ["23505", "22001", "42P01", "57014", "XX000", "0A000"] {
+        for code in [
+            "23505", "22001", "42P01", "57014", "XX000", "0A000", "40P01",
+        ] {
             assert!(!postgres_transient(code), "{code}");
         }
         // SQLITE_BUSY, SQLITE_BUSY_SNAPSHOT (5 | 2 << 8), SQLITE_LOCKED.

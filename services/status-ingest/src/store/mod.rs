@@ -43,7 +43,7 @@ pub enum StoreError {
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
         match classify(&error) {
-            Failure::Unavailable => Self::Unavailable(error),
+            Failure::Unavailable | Failure::Conflict => Self::Unavailable(error),
             _ => Self::Database(error),
         }
     }

@@ -8,6 +8,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
+use waybill_service_kit::db::{Failure, classify};
 
 use super::{
     AuthenticatedReport, ReportOutcome, StoreError,
@@ -40,7 +41,7 @@ pub(super) async fn record_report(
     let mut attempt = 1;
     let outcome = loop {
         match try_record(pool, report, now).await {
-            Err(StoreError::Database(cause)) if is_transient(&cause) => {
+            Err(StoreError::Unavailable(cause)) if classify(&cause) == Failure::Conflict => {
                 if attempt == ATTEMPTS {
                     // Still losing: answer UNAVAILABLE (retry with a fresh token), not INTERNAL.
                     break Err(StoreError::Unavailable(cause));
@@ -123,14 +124,6 @@ async fn try_record(
     }
     tx.commit().await?;
     Ok(ReportOutcome::Accepted { sequence, effects })
-}
-
-/// A deadlock (40P01) or serialization failure (40001): the transaction was rolled back and may
-/// simply be run again. Reports lock in the relay's order, so this is defence in depth against
-/// a writer added later with another order.
-fn is_transient(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Database(db)
-        if matches!(db.code().as_deref(), Some("40P01" | "40001")))
 }
 
 fn is_report_id_conflict(error: &StoreError) -> bool {
