@@ -464,30 +464,27 @@ pub(crate) fn process_cpu_seconds() -> Option<f64> {
 /// (Linux; `None` elsewhere). A virtual machine whose host is busy runs slower for a while;
 /// a figure measured meanwhile says more about the host than about the build.
 pub(crate) fn host_steal_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
     // `cpu  user nice system idle iowait irq softirq steal …`, in USER_HZ ticks.
-    let steal: f64 = stat
-        .lines()
-        .find_map(|line| line.strip_prefix("cpu "))?
-        .split_whitespace()
-        .nth(7)?
-        .parse()
-        .ok()?;
-    Some(steal / 100.0)
+    Some(proc_field("/proc/stat", "cpu ", 7)? / 100.0)
 }
 
 /// The process's peak resident set size (Linux: `VmHWM`).
 pub(crate) fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kib: f64 = status
+    // `VmHWM:     12345 kB`.
+    Some(proc_field("/proc/self/status", "VmHWM:", 0)? / 1024.0)
+}
+
+/// The number `field` (from 0, split at whitespace) after `prefix` on the first line of the
+/// `/proc` file `path` that starts with it.
+fn proc_field(path: &str, prefix: &str, field: usize) -> Option<f64> {
+    std::fs::read_to_string(path)
+        .ok()?
         .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
+        .find_map(|line| line.strip_prefix(prefix))?
+        .split_whitespace()
+        .nth(field)?
         .parse()
-        .ok()?;
-    Some(kib / 1024.0)
+        .ok()
 }
 
 #[cfg(test)]

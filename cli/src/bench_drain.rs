@@ -153,17 +153,17 @@ pub struct DrainReport {
     /// Whether each measured phase started right after a checkpoint (Postgres; see
     /// `bench_outbox::checkpoint`).
     checkpointed: Option<bool>,
-    /// CPU seconds the host took from this machine during each phase (Linux): a run with
-    /// much of it measured the host as much as the build.
-    steal_seconds: Option<PhaseSteal>,
+    /// CPU seconds the host took from this machine during each phase (Linux; `null` for a
+    /// phase not measured): a run with much of it measured the host as much as the build.
+    steal_seconds: PhaseSteal,
 }
 
 /// Steal time per measured phase, seconds over all CPUs.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct PhaseSteal {
-    limit_before: f64,
-    drain: f64,
-    limit_after: f64,
+    limit_before: Option<f64>,
+    drain: Option<f64>,
+    limit_after: Option<f64>,
 }
 
 /// Measures `phase` and the steal time during it.
@@ -226,11 +226,16 @@ impl DrainReport {
             rss = self
                 .peak_rss_mib
                 .map_or_else(|| "unknown".to_owned(), |mib| format!("{mib:.0} MiB")),
-            steal = self.steal_seconds.map_or_else(String::new, |s| format!(
-                "\nsteal     {:.1} s before, {:.1} s during the drain, {:.1} s after (CPU time \
-                 the host took from this machine)",
-                s.limit_before, s.drain, s.limit_after
-            )),
+            steal = self.steal_seconds.drain.map_or_else(String::new, |drain| {
+                let limit =
+                    |s: Option<f64>| s.map_or_else(|| "-".to_owned(), |s| format!("{s:.1} s"));
+                format!(
+                    "\nsteal     {} before, {drain:.1} s during the drain, {} after (CPU time \
+                     the host took from this machine)",
+                    limit(self.steal_seconds.limit_before),
+                    limit(self.steal_seconds.limit_after),
+                )
+            }),
         )
     }
 }
@@ -399,13 +404,13 @@ async fn drain(
 
     // Each measured phase starts right after a checkpoint (Postgres).
     let mut checkpointed = None;
-    let mut steal = [None; 3];
+    let mut steal = PhaseSteal::default();
     let limit_before = match &postgres {
         Some(pool) => {
             mark_limit_events_published(pool, &customer).await?;
             checkpointed = Some(checkpoint(pool).await);
             let limit = measure_limit(pool, limit_orders, &partner_id, chrono::Duration::zero());
-            Some(with_steal(&mut steal[0], limit).await?)
+            Some(with_steal(&mut steal.limit_before, limit).await?)
         }
         None => None,
     };
@@ -485,7 +490,7 @@ async fn drain(
     }
     let drain = drain_started.elapsed();
     let drain_cpu_seconds = cpu_before.zip(process_cpu_seconds()).map(|(a, b)| b - a);
-    steal[1] = steal_before.zip(host_steal_seconds()).map(|(a, b)| b - a);
+    steal.drain = steal_before.zip(host_steal_seconds()).map(|(a, b)| b - a);
     stop.cancel();
     for relay in running {
         relay.await.context("a relay task failed")?;
@@ -512,7 +517,7 @@ async fn drain(
                 checkpointed = Some(checkpoint(pool).await);
             }
             let limit = measure_limit(pool, limit_orders, &partner_id, LIMIT_AHEAD * 2);
-            Some(with_steal(&mut steal[2], limit).await?)
+            Some(with_steal(&mut steal.limit_after, limit).await?)
         }
         None => None,
     };
@@ -544,18 +549,7 @@ async fn drain(
         peak_rss_mib,
         drain_cpu_seconds,
         checkpointed,
-        steal_seconds: match steal {
-            [Some(limit_before), Some(drain), Some(limit_after)] => Some(PhaseSteal {
-                limit_before,
-                drain,
-                limit_after,
-            }),
-            [None, Some(drain), None] => Some(PhaseSteal {
-                drain,
-                ..PhaseSteal::default()
-            }),
-            _ => None,
-        },
+        steal_seconds: steal,
     })
 }
 

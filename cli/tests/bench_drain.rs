@@ -148,6 +148,12 @@ async fn bench_drain_on_sqlite_drains_and_says_the_limit_is_postgres_only() {
         "{report:#}"
     );
     assert!(report["checkpointed"].is_null(), "{report:#}");
+    // No limit phases on SQLite: no steal time claimed for them.
+    assert!(
+        report["steal_seconds"]["limit_before"].is_null()
+            && report["steal_seconds"]["limit_after"].is_null(),
+        "{report:#}"
+    );
     assert_eq!(
         count(&db, "SELECT count(*) FROM dispatch WHERE state = 'SENT'").await,
         ORDERS as i64

@@ -58,19 +58,15 @@ pub(super) async fn claim_events(
     if room == 0 {
         return Ok(Box::new(batch));
     }
-    let Some(start) = sqlx::query_as::<_, CursorRow>(LOCK_EVENT_CURSOR)
+    let Some(CursorRow { start, watermark }) = sqlx::query_as(LOCK_EVENT_CURSOR)
         .fetch_optional(&mut *batch.tx)
         .await?
     else {
         // Another dispatcher is publishing.
         return Ok(Box::new(batch));
     };
-    batch.next_walk_from = Some(Position {
-        xid: start.xid,
-        order_id: start.order_id,
-        seq: start.seq,
-    });
-    let walked = batch.walk(&start.watermark, room).await?;
+    batch.next_walk_from = Some(start);
+    let walked = batch.walk(&watermark, room).await?;
     batch.events.extend(walked);
     Ok(Box::new(batch))
 }
@@ -78,9 +74,8 @@ pub(super) async fn claim_events(
 /// The cursor row and the watermark (`lock_event_cursor.pg.sql`).
 #[derive(sqlx::FromRow)]
 struct CursorRow {
-    xid: String,
-    order_id: Uuid,
-    seq: i64,
+    #[sqlx(flatten)]
+    start: Position,
     watermark: String,
 }
 
@@ -94,7 +89,7 @@ struct WalkedEventRow {
 }
 
 /// A place in the cursor's order: the event walked last.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 struct Position {
     xid: String,
     order_id: Uuid,
