@@ -17,7 +17,7 @@ use waybill_service_kit::{
 };
 use waybill_token::{
     MAX_LIFETIME_SECONDS, MAX_SKEW_SECONDS, ParsedToken, Report, ReportClaims, SigningKey,
-    TokenSigner, VerifyingKey, check_validity, keys,
+    TokenSigner, VerifyingKey, check_validity, error::snippet, keys,
 };
 
 /// `waybill token …`.
@@ -36,7 +36,7 @@ pub enum KeysCommand {
     Generate(GenerateArgs),
 }
 
-/// The report a token is for (the fields its claims bind).
+/// The report a token is for: every field of the request, each bound by its own claim.
 #[derive(Debug, clap::Args)]
 pub struct ReportArgs {
     /// The reporting partner's id (`iss`).
@@ -54,6 +54,15 @@ pub struct ReportArgs {
     /// The tracking id reported (none: empty).
     #[arg(long)]
     tracking_id: Option<String>,
+    /// Free text for people, exactly as the request carries it (none: empty).
+    #[arg(long)]
+    detail: Option<String>,
+    /// Machine-readable reason, upper-case letters, digits and '_' (none: empty).
+    #[arg(long)]
+    detail_code: Option<String>,
+    /// Someone must act: `--action-required` (or `=true`), `--action-required=false` (none: false).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    action_required: Option<bool>,
     /// When it happened, RFC 3339 (default: now when signing).
     #[arg(long)]
     occurred_at: Option<DateTime<Utc>>,
@@ -80,9 +89,6 @@ pub struct SignArgs {
     /// Print the whole ReportStatus request as JSON (for `grpcurl -d @`), not just the token.
     #[arg(long)]
     request_json: bool,
-    /// Free text for people, put into the request with `--request-json`.
-    #[arg(long, default_value = "")]
-    detail: String,
 }
 
 /// Settings of `waybill token verify`.
@@ -167,6 +173,9 @@ fn sign(args: SignArgs) -> anyhow::Result<()> {
         report_id: required(args.report.report_id, "--report-id")?,
         status: status_name(&required(args.report.status, "--status")?)?,
         tracking_id: args.report.tracking_id.unwrap_or_default(),
+        detail: args.report.detail.unwrap_or_default(),
+        detail_code: args.report.detail_code.unwrap_or_default(),
+        action_required: args.report.action_required.unwrap_or_default(),
         occurred_at: waybill_service_kit::clock::truncate_to_micros(
             args.report.occurred_at.unwrap_or(now),
         ),
@@ -186,7 +195,9 @@ fn sign(args: SignArgs) -> anyhow::Result<()> {
             "report_id": report.report_id,
             "status": format!("ORDER_STATUS_{}", report.status),
             "tracking_id": report.tracking_id,
-            "detail": args.detail,
+            "detail": report.detail,
+            "detail_code": report.detail_code,
+            "action_required": report.action_required,
             "occurred_at": claims.occurred_at,
             "token": token,
         });
@@ -230,7 +241,7 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<bool> {
             );
             hint(
                 explain,
-                "sign with alg EdDSA and the header {\"typ\":\"wb-report+jwt\",\"kid\":\"<enrolled key id>\"}; never put a key (jwk, jku, x5u, x5c) or crit in the header",
+                "sign with alg EdDSA and the header {\"typ\":\"wb-report+jwt\",\"kid\":\"<enrolled key id>\"}; never put a key (jwk, jku, x5u, x5c) or crit in the header; kid, iss and jti must not be empty or contain control characters (NUL, line breaks)",
             );
             return refused(explain, &error.to_string());
         }
@@ -244,11 +255,14 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<bool> {
     );
     if explain {
         println!(
-            "     claims: sub {:?}, report_id {:?}, status {:?}, tracking_id {:?}, occurred_at {:?}, aud {:?}, iat {}, exp {}, jti {:?}",
+            "     claims: sub {:?}, report_id {:?}, status {:?}, tracking_id {:?}, detail {}, detail_code {:?}, action_required {}, occurred_at {:?}, aud {:?}, iat {}, exp {}, jti {:?}",
             claims.sub,
             claims.report_id,
             claims.status,
             claims.tracking_id,
+            snippet(&claims.detail),
+            claims.detail_code,
+            claims.action_required,
             claims.occurred_at,
             claims.aud,
             claims.iat,
@@ -370,6 +384,15 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<bool> {
             .tracking_id
             .clone()
             .unwrap_or_else(|| claims.tracking_id.clone()),
+        detail: given
+            .detail
+            .clone()
+            .unwrap_or_else(|| claims.detail.clone()),
+        detail_code: given
+            .detail_code
+            .clone()
+            .unwrap_or_else(|| claims.detail_code.clone()),
+        action_required: given.action_required.unwrap_or(claims.action_required),
         occurred_at: match given.occurred_at {
             Some(at) => at,
             None => claims.occurred_at()?,
@@ -384,7 +407,7 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<bool> {
         );
         hint(
             explain,
-            "sign a token for exactly the report you send: same partner, order, report id, status, tracking id and occurred_at",
+            "sign a token for exactly the report you send, every field as a claim: same partner (iss), order (sub), report_id, status, tracking_id, detail, detail_code, action_required and occurred_at (an empty field: the claim empty or left out)",
         );
         return refused(explain, &error.to_string());
     }
@@ -393,6 +416,9 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<bool> {
         || given.report_id.is_some()
         || given.status.is_some()
         || given.tracking_id.is_some()
+        || given.detail.is_some()
+        || given.detail_code.is_some()
+        || given.action_required.is_some()
         || given.occurred_at.is_some();
     step(
         explain,

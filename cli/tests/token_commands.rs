@@ -143,6 +143,90 @@ fn generate_sign_verify_and_explain() {
         text(&mismatch)
     );
 
+    // Every field the request carries is signed: detail, detail code and action required too.
+    let with_detail = waybill(&[
+        "token",
+        "sign",
+        "--key",
+        key.to_str().unwrap(),
+        "--key-id",
+        "acme-1",
+        "--partner",
+        "acme",
+        "--order",
+        order,
+        "--report-id",
+        "r-2",
+        "--status",
+        "EXCEPTION",
+        "--detail",
+        "nobody at home",
+        "--detail-code",
+        "DELIVERY_ATTEMPTED",
+        "--action-required",
+        "--request-json",
+    ]);
+    assert!(with_detail.status.success(), "{}", text(&with_detail));
+    let request: serde_json::Value = serde_json::from_slice(&with_detail.stdout).unwrap();
+    assert_eq!(request["detail"], "nobody at home");
+    assert_eq!(request["detail_code"], "DELIVERY_ATTEMPTED");
+    assert_eq!(request["action_required"], true);
+    let detailed = request["token"].as_str().unwrap();
+    let as_sent = waybill(&[
+        "token",
+        "verify",
+        "--key",
+        public,
+        "--detail",
+        "nobody at home",
+        "--detail-code",
+        "DELIVERY_ATTEMPTED",
+        "--action-required",
+        detailed,
+    ]);
+    assert!(as_sent.status.success(), "{}", text(&as_sent));
+    let explained = waybill(&["token", "verify", "--explain", "--key", public, detailed]);
+    assert!(
+        text(&explained).contains(
+            "detail \"nobody at home\", detail_code \"DELIVERY_ATTEMPTED\", action_required true"
+        ),
+        "{}",
+        text(&explained)
+    );
+    for (flag, value, refusal) in [
+        (
+            "--detail",
+            "--detail=delivered",
+            "claim detail is \"nobody at home\" but the request's detail is \"delivered\"",
+        ),
+        (
+            "--detail-code",
+            "--detail-code=",
+            "claim detail_code is \"DELIVERY_ATTEMPTED\" but the request's detail_code is \"\"",
+        ),
+        (
+            "--action-required",
+            "--action-required=false",
+            "claim action_required is true but the request's action_required is false",
+        ),
+    ] {
+        let altered = waybill(&[
+            "token",
+            "verify",
+            "--explain",
+            "--key",
+            public,
+            value,
+            detailed,
+        ]);
+        assert_eq!(altered.status.code(), Some(1), "{flag}");
+        let said = text(&altered);
+        assert!(
+            said.contains("FAIL claims equal the request") && said.contains(refusal),
+            "{flag}: {said}"
+        );
+    }
+
     let other_key = waybill(&[
         "keys",
         "generate",

@@ -15,10 +15,7 @@ use tokio::{sync::Notify, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, error, info, warn};
-use waybill_proto::v1::{
-    OrderStatus, ReportStatusRequest, status_ingest_client::StatusIngestClient,
-};
-use waybill_token::{Report, ReportClaims};
+use waybill_proto::v1::{ReportStatusRequest, status_ingest_client::StatusIngestClient};
 
 use crate::{
     domain::{
@@ -168,33 +165,13 @@ impl ReportSender {
     }
 
     fn request(&self, report: &StoredReport) -> ReportStatusRequest {
-        let now = Utc::now();
-        let claims = ReportClaims::new(
-            &Report {
-                partner_id: self.partner_id.clone(),
-                order_id: report.order_id.clone(),
-                report_id: report.report_id.clone(),
-                status: report.status.clone(),
-                tracking_id: report.tracking_id.clone(),
-                occurred_at: report.occurred_at,
-            },
+        self.key.signed_request(
+            &self.partner_id,
+            report,
             &self.settings.audience,
-            now,
+            Utc::now(),
             TOKEN_LIFETIME_SECONDS,
-            uuid::Uuid::new_v4().to_string(),
-        );
-        ReportStatusRequest {
-            correlation_id: report.order_id.clone(),
-            partner_id: self.partner_id.clone(),
-            report_id: report.report_id.clone(),
-            status: OrderStatus::from_short_name(&report.status).map_or(0, |status| status as i32),
-            tracking_id: report.tracking_id.clone(),
-            detail: report.detail.clone(),
-            occurred_at: Some(waybill_proto::time::to_timestamp(report.occurred_at)),
-            token: self.key.signer().sign(&claims),
-            detail_code: report.detail_code.clone(),
-            action_required: report.action_required,
-        }
+        )
     }
 
     async fn attempt(&self, report: StoredReport) {

@@ -1,10 +1,18 @@
 //! The partner's report-signing key: an Ed25519 private key and the key id it was enrolled
 //! under (`DispatchAdmin.AddPartnerKey`). Rotation: enrol a new key, restart the connector
 //! with it, then revoke the old one — reports signed with either verify in between.
+//!
+//! Every field of a report the connector sends is signed ([`ReportSigningKey::signed_request`]):
+//! the request and its token's claims are made from the same stored report, so nothing the
+//! partner says — detail, detail code and action required included — travels unsigned.
 
 use std::path::Path;
 
-use waybill_token::{SigningKey, TokenSigner};
+use chrono::{DateTime, Utc};
+use waybill_proto::v1::{OrderStatus, ReportStatusRequest};
+use waybill_token::{Report, ReportClaims, SigningKey, TokenSigner};
+
+use crate::inbox::StoredReport;
 
 /// A key that signs this connector's reports.
 #[derive(Clone)]
@@ -69,7 +77,119 @@ impl ReportSigningKey {
         self.signer.verifying_key().to_bytes()
     }
 
-    pub(crate) fn signer(&self) -> &TokenSigner {
-        &self.signer
+    /// The `ReportStatus` request for `report` of partner `partner_id`, with a fresh token
+    /// (a new `jti`) for `audience`, issued at `now` and valid `lifetime_seconds`, whose claims
+    /// bind every field of the request.
+    pub(crate) fn signed_request(
+        &self,
+        partner_id: &str,
+        report: &StoredReport,
+        audience: &str,
+        now: DateTime<Utc>,
+        lifetime_seconds: i64,
+    ) -> ReportStatusRequest {
+        let claims = ReportClaims::new(
+            &Report {
+                partner_id: partner_id.to_owned(),
+                order_id: report.order_id.clone(),
+                report_id: report.report_id.clone(),
+                status: report.status.clone(),
+                tracking_id: report.tracking_id.clone(),
+                detail: report.detail.clone(),
+                detail_code: report.detail_code.clone(),
+                action_required: report.action_required,
+                occurred_at: report.occurred_at,
+            },
+            audience,
+            now,
+            lifetime_seconds,
+            uuid::Uuid::new_v4().to_string(),
+        );
+        ReportStatusRequest {
+            correlation_id: report.order_id.clone(),
+            partner_id: partner_id.to_owned(),
+            report_id: report.report_id.clone(),
+            status: OrderStatus::from_short_name(&report.status).map_or(0, |status| status as i32),
+            tracking_id: report.tracking_id.clone(),
+            detail: report.detail.clone(),
+            occurred_at: Some(waybill_proto::time::to_timestamp(report.occurred_at)),
+            token: self.signer.sign(&claims),
+            detail_code: report.detail_code.clone(),
+            action_required: report.action_required,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The report as StatusIngest sees it: every field read back from the request.
+    fn as_received(request: &ReportStatusRequest) -> Report {
+        Report {
+            partner_id: request.partner_id.clone(),
+            order_id: request.correlation_id.clone(),
+            report_id: request.report_id.clone(),
+            status: OrderStatus::try_from(request.status)
+                .map(|s| s.short_name().to_owned())
+                .unwrap_or_default(),
+            tracking_id: request.tracking_id.clone(),
+            detail: request.detail.clone(),
+            detail_code: request.detail_code.clone(),
+            action_required: request.action_required,
+            occurred_at: request
+                .occurred_at
+                .as_ref()
+                .and_then(waybill_proto::time::from_timestamp)
+                .unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn every_field_sent_is_signed() {
+        let key =
+            ReportSigningKey::from_key(SigningKey::from_bytes(&[4; 32]), "acme-2026").expect("key");
+        let now = DateTime::from_timestamp(1_795_342_500, 250_000_000).expect("time");
+        let stored = StoredReport::pending(
+            "r-1".into(),
+            "0193a3f0-0000-7000-8000-000000000001".into(),
+            "EXCEPTION",
+            "1Z999".into(),
+            "nobody at home\ncalled twice".into(),
+            "DELIVERY_ATTEMPTED".into(),
+            true,
+            now,
+            "http://127.0.0.1:50053".into(),
+            None,
+        );
+        let request = key.signed_request("acme", &stored, "waybill-test", now, 120);
+        let verifying = key.signer.verifying_key();
+        waybill_token::verify(
+            &request.token,
+            &verifying,
+            "waybill-test",
+            &as_received(&request),
+            now,
+        )
+        .expect("the request verifies as sent");
+        let changes: [fn(&mut ReportStatusRequest); 4] = [
+            |r| r.detail = "delivered".into(),
+            |r| r.detail_code.clear(),
+            |r| r.action_required = false,
+            |r| r.tracking_id = "1Z000".into(),
+        ];
+        for change in changes {
+            let mut altered = request.clone();
+            change(&mut altered);
+            let error = waybill_token::verify(
+                &altered.token,
+                &verifying,
+                "waybill-test",
+                &as_received(&altered),
+                now,
+            )
+            .expect_err("a field changed after signing is refused");
+            assert_eq!(error.reason, waybill_token::RejectReason::ClaimMismatch);
+        }
     }
 }

@@ -44,6 +44,9 @@ async fn reject(
         report_id: format!("{partner}-reject-1"),
         status: OrderStatus::RejectedByPartner.short_name().to_owned(),
         tracking_id: String::new(),
+        detail: "outside our delivery area".into(),
+        detail_code: "OUT_OF_AREA".into(),
+        action_required: false,
         occurred_at: now,
     };
     let token = signer.sign(&ReportClaims::new(
@@ -59,8 +62,8 @@ async fn reject(
             partner_id: report.partner_id,
             report_id: report.report_id,
             status: OrderStatus::RejectedByPartner.into(),
-            detail: "outside our delivery area".into(),
-            detail_code: "OUT_OF_AREA".into(),
+            detail: report.detail,
+            detail_code: report.detail_code,
             occurred_at: Some(to_timestamp(now)),
             token,
             ..Default::default()
@@ -205,6 +208,9 @@ async fn a_rejected_order_goes_to_the_next_partner_then_to_operators() {
         report_id: "acme-shipped-1".into(),
         status: OrderStatus::Shipped.short_name().into(),
         tracking_id: String::new(),
+        detail: String::new(),
+        detail_code: String::new(),
+        action_required: false,
         occurred_at: now,
     };
     let token = signers[0]

@@ -7,7 +7,8 @@ use std::fmt;
 /// what metrics and logs use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RejectReason {
-    /// Not three base64url parts, bad base64, bad JSON, a missing or mistyped claim, too long.
+    /// Not three base64url parts, bad base64, bad JSON, a missing or mistyped claim, too long;
+    /// or a `kid`, `iss` or `jti` that is empty, too long or holds a control character (NUL).
     Malformed,
     /// The `typ` header is not `wb-report+jwt`.
     WrongType,

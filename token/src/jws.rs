@@ -13,7 +13,11 @@ use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::error::{RejectReason, TokenError, snippet};
+pub use crate::claims::{Audience, Report, ReportClaims};
+use crate::{
+    claims::{MAX_KEY_ID_BYTES, check_identifier},
+    error::{RejectReason, TokenError, snippet},
+};
 
 /// The `typ` header of a report token (RFC 8725 explicit typing).
 pub const TOKEN_TYPE: &str = "wb-report+jwt";
@@ -23,162 +27,15 @@ pub const ALGORITHM: &str = "EdDSA";
 pub const MAX_LIFETIME_SECONDS: i64 = 300;
 /// Clock skew tolerated either way, in seconds.
 pub const MAX_SKEW_SECONDS: i64 = 60;
-/// Longer tokens are refused before any decoding.
-pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// Longer tokens are refused before any decoding. Room for the longest report a request may
+/// carry (a detail of 1,024 characters, report and tracking ids of 128) even when the partner's
+/// JSON library escapes every character outside ASCII (PyJWT does: up to 12 bytes for one
+/// character), base64url-encoded: about 22 KiB.
+pub const MAX_TOKEN_BYTES: usize = 32 * 1024;
 
 /// Headers that carry a key or point at one: a verifier that honoured them would let the token
 /// choose its own key. Their presence refuses the token.
 const KEY_HEADERS: [&str; 4] = ["jwk", "jku", "x5u", "x5c"];
-
-/// What a report token says. Registered claims keep their JWT names; the report's own fields
-/// are private claims.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReportClaims {
-    /// Issuer: the partner id.
-    pub iss: String,
-    /// Subject: the order id (the correlation id of the Kafka message).
-    pub sub: String,
-    /// Audience: the Waybill environment the token is meant for (`waybill-production`, …).
-    pub aud: Audience,
-    /// Issued at, seconds since the Unix epoch.
-    pub iat: i64,
-    /// Expires at, seconds since the Unix epoch; at most 5 minutes after `iat`.
-    pub exp: i64,
-    /// Not before (optional), seconds since the Unix epoch.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nbf: Option<i64>,
-    /// Unique token id: accepted once (replay guard).
-    pub jti: String,
-    /// The partner's unique id of this report; a repeated report id is a duplicate.
-    pub report_id: String,
-    /// `RECEIVED_BY_PARTNER`, `SHIPPED`, `DELIVERED`, `EXCEPTION` or `REJECTED_BY_PARTNER`.
-    pub status: String,
-    /// The tracking id reported (empty or absent when none).
-    #[serde(default)]
-    pub tracking_id: String,
-    /// When it happened, RFC 3339 (`2026-11-22T10:15:00Z`, fractions allowed).
-    pub occurred_at: String,
-}
-
-/// The `aud` claim: one string, or an array of strings (both are valid JWT).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum Audience {
-    /// One audience.
-    One(String),
-    /// Several.
-    Many(Vec<String>),
-}
-
-impl Audience {
-    /// Whether `audience` is among them.
-    pub fn contains(&self, audience: &str) -> bool {
-        match self {
-            Self::One(one) => one == audience,
-            Self::Many(many) => many.iter().any(|a| a == audience),
-        }
-    }
-}
-
-/// The report a token is made for, as the request carries it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Report {
-    /// The reporting partner.
-    pub partner_id: String,
-    /// The order (correlation id).
-    pub order_id: String,
-    /// The partner's report id.
-    pub report_id: String,
-    /// Status short name (`SHIPPED`).
-    pub status: String,
-    /// Tracking id; may be empty.
-    pub tracking_id: String,
-    /// When it happened.
-    pub occurred_at: DateTime<Utc>,
-}
-
-impl ReportClaims {
-    /// Claims for `report`, issued at `now`, valid for `lifetime_seconds`, with token id `jti`.
-    pub fn new(
-        report: &Report,
-        audience: &str,
-        now: DateTime<Utc>,
-        lifetime_seconds: i64,
-        jti: impl Into<String>,
-    ) -> Self {
-        let iat = now.timestamp();
-        Self {
-            iss: report.partner_id.clone(),
-            sub: report.order_id.clone(),
-            aud: Audience::One(audience.to_owned()),
-            iat,
-            exp: iat.saturating_add(lifetime_seconds),
-            nbf: None,
-            jti: jti.into(),
-            report_id: report.report_id.clone(),
-            status: report.status.clone(),
-            tracking_id: report.tracking_id.clone(),
-            occurred_at: report
-                .occurred_at
-                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
-        }
-    }
-
-    /// `occurred_at` as an instant (parsing was checked when the token was parsed).
-    pub fn occurred_at(&self) -> Result<DateTime<Utc>, TokenError> {
-        DateTime::parse_from_rfc3339(&self.occurred_at)
-            .map(|at| at.with_timezone(&Utc))
-            .map_err(|_| {
-                TokenError::new(
-                    RejectReason::Malformed,
-                    format!(
-                        "claim occurred_at {} is not an RFC 3339 time",
-                        snippet(&self.occurred_at)
-                    ),
-                )
-            })
-    }
-
-    /// Every bound claim must equal the request's field; the first that does not is named.
-    pub fn check_bound_to(&self, report: &Report) -> Result<(), TokenError> {
-        let pairs = [
-            ("iss", &self.iss, "partner_id", &report.partner_id),
-            ("sub", &self.sub, "correlation_id", &report.order_id),
-            ("report_id", &self.report_id, "report_id", &report.report_id),
-            ("status", &self.status, "status", &report.status),
-            (
-                "tracking_id",
-                &self.tracking_id,
-                "tracking_id",
-                &report.tracking_id,
-            ),
-        ];
-        for (claim, in_token, field, in_request) in pairs {
-            if in_token != in_request {
-                return Err(TokenError::new(
-                    RejectReason::ClaimMismatch,
-                    format!(
-                        "claim {claim} is {} but the request's {field} is {}",
-                        snippet(in_token),
-                        snippet(in_request)
-                    ),
-                ));
-            }
-        }
-        let occurred_at = self.occurred_at()?;
-        if occurred_at != report.occurred_at {
-            return Err(TokenError::new(
-                RejectReason::ClaimMismatch,
-                format!(
-                    "claim occurred_at is {} but the request's occurred_at is {}",
-                    occurred_at.to_rfc3339(),
-                    report.occurred_at.to_rfc3339()
-                ),
-            ));
-        }
-        Ok(())
-    }
-}
 
 #[derive(Serialize)]
 struct HeaderOut<'a> {
@@ -336,12 +193,12 @@ impl ParsedToken {
                 ),
             ));
         }
-        let key_id = header
-            .kid
-            .filter(|kid| !kid.is_empty() && kid.len() <= 64)
-            .ok_or_else(|| {
-                malformed("header kid (the enrolled key id, 1-64 characters) is missing".to_owned())
-            })?;
+        let key_id = header.kid.unwrap_or_default();
+        check_identifier(
+            "header kid (the enrolled key id)",
+            &key_id,
+            MAX_KEY_ID_BYTES,
+        )?;
 
         let claims_bytes = URL_SAFE_NO_PAD
             .decode(claims_b64)
@@ -349,11 +206,9 @@ impl ParsedToken {
         let claims: ReportClaims =
             serde_json::from_slice(&claims_bytes).map_err(|e| malformed(format!("claims: {e}")))?;
         claims.occurred_at()?;
-        if claims.jti.is_empty() || claims.jti.len() > 128 {
-            return Err(malformed(
-                "claim jti (a unique token id, 1-128 characters) is missing or too long".to_owned(),
-            ));
-        }
+        // iss and kid find the key before the signature is checked, jti goes into the replay
+        // guard: each is refused here, before any of them reaches a query.
+        claims.check_identifiers()?;
 
         let signature_bytes = URL_SAFE_NO_PAD
             .decode(signature_b64)

@@ -14,7 +14,17 @@
 //! | `report_id` | the partner's id of this report: a repeated report id is a duplicate |
 //! | `status` | `RECEIVED_BY_PARTNER`, `SHIPPED`, `DELIVERED`, `EXCEPTION` or `REJECTED_BY_PARTNER` |
 //! | `tracking_id` | the tracking id reported (`""` when none) |
+//! | `detail` | the detail text reported, exactly (`""` when none) |
+//! | `detail_code` | the detail code reported (`""` when none) |
+//! | `action_required` | the request's `action_required`, a JSON boolean (`false` when not) |
 //! | `occurred_at` | when it happened, RFC 3339 (`2026-11-22T10:15:00Z`) |
+//!
+//! Every field of the request the partner says is one of these claims, so nothing of a report
+//! travels unsigned. `tracking_id`, `detail`, `detail_code` and `action_required` may be left
+//! out (or `null`) when the request's field is empty (`false`); when given they must equal the
+//! request's field exactly — code point for code point, no trimming or normalisation
+//! ([`claims`] has the rules). `kid`, `iss` and `jti` are refused as malformed when empty, too
+//! long (64, 64 and 128 bytes) or holding a control character such as NUL.
 //!
 //! Verification pins the algorithm (`EdDSA`, or its RFC 9864 alias `Ed25519`), refuses every
 //! key-carrying header (`jwk`, `jku`, `x5u`, `x5c`) and `crit`, verifies strictly
@@ -24,8 +34,9 @@
 //! partner's program can embed it freely.
 //!
 //! Layout: [`jws`] (signing, parsing and the checks, as separate steps so a verifier looks the
-//! key up between parsing and the signature), [`keys`] (key files), [`error`] (the
-//! [`RejectReason`] of each check).
+//! key up between parsing and the signature), [`claims`] (what a token says and how each claim
+//! is bound to the request), [`keys`] (key files), [`error`] (the [`RejectReason`] of each
+//! check).
 //!
 //! # Signing a token in a partner's own language
 //!
@@ -41,7 +52,8 @@
 //! token = jwt.encode(
 //!     {"iss": "acme", "sub": order_id, "aud": "waybill-production", "iat": now, "exp": now + 120,
 //!      "jti": str(uuid.uuid4()), "report_id": "r-1", "status": "SHIPPED",
-//!      "tracking_id": "1Z999", "occurred_at": "2026-11-22T10:15:00Z"},
+//!      "tracking_id": "1Z999", "detail": "left the depot", "detail_code": "",
+//!      "action_required": False, "occurred_at": "2026-11-22T10:15:00Z"},
 //!     open("key.pem").read(), algorithm="EdDSA", headers={"kid": "acme-2026", "typ": "wb-report+jwt"})
 //! ```
 //!
@@ -52,7 +64,8 @@
 //! t := jwt.NewWithClaims(jwt.SigningMethodEdDSA, jwt.MapClaims{
 //!     "iss": "acme", "sub": orderID, "aud": "waybill-production", "iat": now, "exp": now + 120,
 //!     "jti": uuid.NewString(), "report_id": "r-1", "status": "SHIPPED",
-//!     "tracking_id": "1Z999", "occurred_at": "2026-11-22T10:15:00Z"})
+//!     "tracking_id": "1Z999", "detail": "left the depot", "detail_code": "",
+//!     "action_required": false, "occurred_at": "2026-11-22T10:15:00Z"})
 //! t.Header["kid"], t.Header["typ"] = "acme-2026", "wb-report+jwt"
 //! token, _ := t.SignedString(key)
 //! ```
@@ -65,7 +78,8 @@
 //! var claims = new JWTClaimsSet.Builder().issuer("acme").subject(orderId).audience("waybill-production")
 //!     .issueTime(now).expirationTime(Date.from(now.toInstant().plusSeconds(120)))
 //!     .jwtID(UUID.randomUUID().toString()).claim("report_id", "r-1").claim("status", "SHIPPED")
-//!     .claim("tracking_id", "1Z999").claim("occurred_at", "2026-11-22T10:15:00Z").build();
+//!     .claim("tracking_id", "1Z999").claim("detail", "left the depot").claim("detail_code", "")
+//!     .claim("action_required", false).claim("occurred_at", "2026-11-22T10:15:00Z").build();
 //! var jwt = new SignedJWT(header, claims); jwt.sign(new Ed25519Signer(jwk));
 //! String token = jwt.serialize();
 //! ```
@@ -75,6 +89,7 @@
 //! ```js
 //! const key = await importPKCS8(fs.readFileSync("key.pem", "utf8"), "EdDSA");
 //! const token = await new SignJWT({ report_id: "r-1", status: "SHIPPED", tracking_id: "1Z999",
+//!     detail: "left the depot", detail_code: "", action_required: false,
 //!     occurred_at: "2026-11-22T10:15:00Z" })
 //!   .setProtectedHeader({ alg: "EdDSA", kid: "acme-2026", typ: "wb-report+jwt" })
 //!   .setIssuer("acme").setSubject(orderId).setAudience("waybill-production")
@@ -95,7 +110,8 @@
 //! let signer = TokenSigner::new(SigningKey::from_bytes(&[7; 32]), "acme-2026");
 //! let report = Report {
 //!     partner_id: "acme".into(), order_id: "0193...".into(), report_id: "r-1".into(),
-//!     status: "SHIPPED".into(), tracking_id: "1Z999".into(), occurred_at: now,
+//!     status: "SHIPPED".into(), tracking_id: "1Z999".into(), detail: "left the depot".into(),
+//!     detail_code: String::new(), action_required: false, occurred_at: now,
 //! };
 //! let token = signer.sign(&ReportClaims::new(&report, "waybill-production", now, 120, "t-1"));
 //!
@@ -107,6 +123,7 @@
 //! # Ok::<(), waybill_token::TokenError>(())
 //! ```
 
+pub mod claims;
 pub mod error;
 pub mod jws;
 pub mod keys;

@@ -3,6 +3,12 @@
 
 Usage: pyjwt_sign.py KEY.pem KID CLAIMS_JSON [VARIANT]
 
+CLAIMS_JSON is the whole claim set, signed as given: iss, sub, aud, iat, exp, jti, report_id,
+status, tracking_id, detail, detail_code, action_required (a JSON boolean) and occurred_at —
+every field of the ReportStatus request is a claim of its own (token/src/claims.rs). PyJWT
+escapes every character outside ASCII (json.dumps' default), which the verifier reads back to
+the exact same text.
+
 VARIANT is "eddsa" (default, what partners do), or one of the forgeries the verifier must
 refuse: "none" (alg none), "hs256" (HMAC keyed with the raw public key: the algorithm
 confusion of CVE-2022-23540), "jwk" (the public key carried in the header).

@@ -332,6 +332,9 @@ async fn drive(
                         report_id: format!("bench-{order}"),
                         status: OrderStatus::Shipped.short_name().to_owned(),
                         tracking_id: "BENCH".to_owned(),
+                        detail: String::new(),
+                        detail_code: String::new(),
+                        action_required: false,
                         occurred_at: now,
                     };
                     let token = signer.sign(&ReportClaims::new(

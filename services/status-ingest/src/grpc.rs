@@ -2,15 +2,22 @@
 //! nothing:
 //!
 //! 0. the request's fields are well-formed (`INVALID_ARGUMENT` naming the field);
-//! 1. the token is well-formed, of our type and algorithm (`UNAUTHENTICATED` from here to 4);
+//! 1. the token is well-formed, of our type and algorithm, and its `kid`, `iss` and `jti` are
+//!    bounded and free of control characters (`UNAUTHENTICATED` from here to 4);
 //! 2. its key `(iss, kid)` is enrolled and not revoked;
 //! 3. its signature verifies (strict Ed25519);
 //! 4. audience, expiry, issue time not in the future beyond the skew, lifetime; then every bound
-//!    claim equals the request field;
+//!    claim equals the request field — every field the partner says: partner, order, report id,
+//!    status, tracking id, detail, detail code, action required and occurred-at;
 //! 5. the order exists and is routed to that partner (`PERMISSION_DENIED`, one answer whether
 //!    the order does not exist or is another partner's), the token id is new (replay:
 //!    `UNAUTHENTICATED`), and the report id is new (else `duplicate = true`) — these in the
 //!    store's one transaction, which also carries out the effects.
+//!
+//! Every text that reaches a query has passed its rule first — the request's fields in step 0,
+//! the token's `kid`, `iss` (the key lookup) and `jti` (the replay guard) in step 1 — so a NUL,
+//! which Postgres cannot hold in `text` while SQLite would, is refused the same way on both
+//! backends and never surfaces as `INTERNAL`.
 //!
 //! Refusals are counted by reason and logged with partner, order and reason — never the token.
 
@@ -114,6 +121,9 @@ impl IngestApi {
             report_id: request.report_id.clone(),
             status: fields.status.short_name().to_owned(),
             tracking_id: request.tracking_id.clone(),
+            detail: request.detail.clone(),
+            detail_code: request.detail_code.clone(),
+            action_required: request.action_required,
             occurred_at: fields.occurred_at,
         };
         verified.claims().check_bound_to(&bound)?;

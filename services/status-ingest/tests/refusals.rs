@@ -21,6 +21,7 @@ use waybill_token::{Report, ReportClaims, SigningKey, TokenSigner};
 
 on_both_backends!(
     every_refusal_has_its_code_and_reason_and_changes_nothing,
+    a_nul_anywhere_is_refused_before_any_query_naming_where,
     unrouted_foreign_and_missing_orders_get_one_identical_answer,
 );
 
@@ -210,6 +211,57 @@ async fn every_refusal_has_its_code_and_reason_and_changes_nothing(backend: Test
             Code::Unauthenticated,
             "claim_mismatch",
         ),
+        // What the partner said beyond the ids and the status is signed too: a detail, detail
+        // code or action_required changed after signing is refused like a changed status.
+        (
+            "detail changed after signing",
+            ReportStatusRequest {
+                detail: "delivered to a neighbour".into(),
+                ..request(&good, acme.sign(&claims(&good, now, AUDIENCE)))
+            },
+            Code::Unauthenticated,
+            "claim_mismatch",
+        ),
+        (
+            "detail removed after signing",
+            ReportStatusRequest {
+                detail: String::new(),
+                ..request(&good, acme.sign(&claims(&good, now, AUDIENCE)))
+            },
+            Code::Unauthenticated,
+            "claim_mismatch",
+        ),
+        (
+            "detail_code changed after signing",
+            ReportStatusRequest {
+                detail_code: "ADDRESS_NOT_FOUND".into(),
+                ..request(&good, acme.sign(&claims(&good, now, AUDIENCE)))
+            },
+            Code::Unauthenticated,
+            "claim_mismatch",
+        ),
+        (
+            "action_required changed after signing",
+            ReportStatusRequest {
+                action_required: true,
+                ..request(&good, acme.sign(&claims(&good, now, AUDIENCE)))
+            },
+            Code::Unauthenticated,
+            "claim_mismatch",
+        ),
+        (
+            "token for another detail",
+            request(
+                &good,
+                acme.sign(&claims(
+                    &other(|r| r.detail = "left at the door".into()),
+                    now,
+                    AUDIENCE,
+                )),
+            ),
+            Code::Unauthenticated,
+            "claim_mismatch",
+        ),
         (
             "garbage token",
             request(&good, "not-a-token".into()),
@@ -295,6 +347,131 @@ async fn every_refusal_has_its_code_and_reason_and_changes_nothing(backend: Test
         .report_status(request(&good, acme.sign(&claims(&good, now, AUDIENCE))))
         .await
         .unwrap();
+    ingest.stop().await;
+}
+
+/// Postgres cannot hold a NUL in `text` (SQLite can): a NUL that reached a query was answered
+/// `INTERNAL` on Postgres — in the token's `kid` or `iss` without any valid key, in the `jti`
+/// of a validly signed token. Every text that reaches a query is checked first, so each gets a
+/// specific, bounded refusal on both backends, counted, changing nothing.
+async fn a_nul_anywhere_is_refused_before_any_query_naming_where(backend: TestBackend) {
+    let (world, order, acme) = world(backend).await;
+    let ingest = Service::start(world.deps()).await;
+    let now = world.now();
+    let good = report(order, "acme", "r-1", OrderStatus::Shipped, "1Z999", now);
+    let claims = |r: &Report| ReportClaims::new(r, AUDIENCE, now, 120, Uuid::new_v4().to_string());
+    let signed = |change: fn(&mut ReportStatusRequest)| {
+        let mut request = request(&good, acme.sign(&claims(&good)));
+        change(&mut request);
+        request
+    };
+    let key1 = SigningKey::from_bytes(&[1; 32]);
+    let header = json!({"alg": "EdDSA", "typ": "wb-report+jwt", "kid": "k1"});
+    let mut with_iss = claims(&good);
+    with_iss.iss = "acme\0".into();
+    let mut with_jti = claims(&good);
+    with_jti.jti = "\0".into();
+
+    // (what, request, code, reason counted, the message starts with)
+    let cases: Vec<(&str, ReportStatusRequest, Code, &str, &str)> = vec![
+        (
+            "kid with NUL, signed by nobody",
+            request(&good, signer(9, "k1\0").sign(&claims(&good))),
+            Code::Unauthenticated,
+            "malformed",
+            "report token refused: malformed: header kid (the enrolled key id) must not contain control characters",
+        ),
+        (
+            "iss with NUL, signed by nobody",
+            request(&good, signer(9, "k1").sign(&with_iss)),
+            Code::Unauthenticated,
+            "malformed",
+            "report token refused: malformed: claim iss (your partner id) must not contain control characters",
+        ),
+        (
+            "jti with NUL, validly signed",
+            request(&good, hand_made(&key1, header, &with_jti)),
+            Code::Unauthenticated,
+            "malformed",
+            "report token refused: malformed: claim jti (a unique token id) must not contain control characters",
+        ),
+        (
+            "NUL in correlation_id",
+            signed(|r| r.correlation_id.push('\0')),
+            Code::InvalidArgument,
+            "invalid_argument",
+            "correlation_id: ",
+        ),
+        (
+            "NUL in partner_id",
+            signed(|r| r.partner_id.push('\0')),
+            Code::InvalidArgument,
+            "invalid_argument",
+            "partner_id: ",
+        ),
+        (
+            "NUL in report_id",
+            signed(|r| r.report_id.push('\0')),
+            Code::InvalidArgument,
+            "invalid_argument",
+            "report_id: must not contain control characters",
+        ),
+        (
+            "NUL in tracking_id",
+            signed(|r| r.tracking_id.push('\0')),
+            Code::InvalidArgument,
+            "invalid_argument",
+            "tracking_id: must not contain control characters",
+        ),
+        (
+            "NUL in detail",
+            signed(|r| r.detail.push('\0')),
+            Code::InvalidArgument,
+            "invalid_argument",
+            "detail: must not contain control characters",
+        ),
+        (
+            "NUL in detail_code",
+            signed(|r| r.detail_code.push('\0')),
+            Code::InvalidArgument,
+            "invalid_argument",
+            "detail_code: ",
+        ),
+        (
+            "detail changed after signing",
+            signed(|r| r.detail = "delivered to a neighbour".into()),
+            Code::Unauthenticated,
+            "claim_mismatch",
+            "report token refused: claim_mismatch: claim detail is \"scanned at the depot\" but the request's detail is \"delivered to a neighbour\"",
+        ),
+    ];
+    let before = world.state_of(order).await;
+    for (what, request, code, reason, message) in cases {
+        let counted = ingest.stats().await.rejected.get(reason).copied();
+        let status = ingest
+            .client
+            .clone()
+            .report_status(request)
+            .await
+            .expect_err(what);
+        assert_eq!(status.code(), code, "{what}: {}", status.message());
+        assert!(
+            status.message().starts_with(message),
+            "{what}: {}",
+            status.message()
+        );
+        assert!(status.message().len() <= 1024, "{what}: bounded message");
+        assert_eq!(
+            ingest.stats().await.rejected.get(reason).copied(),
+            Some(counted.unwrap_or_default() + 1),
+            "{what}: counted as {reason}"
+        );
+        assert_eq!(
+            world.state_of(order).await,
+            before,
+            "{what}: nothing changed"
+        );
+    }
     ingest.stop().await;
 }
 

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, transport::Channel};
 use waybill_proto::{
     time::to_timestamp,
-    v1::{self as pb, OrderStatus, ReportStatusRequest, order_service_client::OrderServiceClient},
+    v1::{self as pb, OrderStatus, order_service_client::OrderServiceClient},
 };
 use waybill_service_kit::{grpc::ServerLimits, on_both_backends, testing::TestBackend};
 use waybill_status_ingest::IngestDeps;
@@ -57,22 +57,22 @@ async fn a_valid_report_reaches_history_order_and_watchers_and_ends_the_handover
         .into_inner();
 
     let occurred = world.now() - Duration::seconds(42);
-    let received = report(
-        order,
-        "acme",
-        "r-1",
-        OrderStatus::ReceivedByPartner,
-        "1Z999",
-        occurred,
-    );
+    let received = Report {
+        detail_code: "AWAITING_PICKUP".into(),
+        action_required: true,
+        ..report(
+            order,
+            "acme",
+            "r-1",
+            OrderStatus::ReceivedByPartner,
+            "1Z999",
+            occurred,
+        )
+    };
     let response = ingest
         .client
         .clone()
-        .report_status(ReportStatusRequest {
-            detail_code: "AWAITING_PICKUP".into(),
-            action_required: true,
-            ..request(&received, token_for(&acme, &received, world.now()))
-        })
+        .report_status(request(&received, token_for(&acme, &received, world.now())))
         .await
         .unwrap()
         .into_inner();
@@ -345,21 +345,21 @@ async fn duplicates_out_of_order_after_delivered_and_rejection(backend: TestBack
     // A rejection puts another order back for routing, remembering who refused it.
     let second = world.order().await;
     world.route(second, "acme").await;
-    let rejection = report(
-        second,
-        "acme",
-        "x-1",
-        OrderStatus::RejectedByPartner,
-        "",
-        now,
-    );
+    let rejection = Report {
+        detail_code: "OUT_OF_AREA".into(),
+        ..report(
+            second,
+            "acme",
+            "x-1",
+            OrderStatus::RejectedByPartner,
+            "",
+            now,
+        )
+    };
     ingest
         .client
         .clone()
-        .report_status(ReportStatusRequest {
-            detail_code: "OUT_OF_AREA".into(),
-            ..request(&rejection, token_for(&acme, &rejection, now))
-        })
+        .report_status(request(&rejection, token_for(&acme, &rejection, now)))
         .await
         .unwrap();
     let dispatch = world.dispatch_row(second).await;

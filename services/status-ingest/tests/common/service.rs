@@ -70,7 +70,7 @@ impl Service {
     }
 }
 
-/// A report of `partner` on `order`.
+/// A report of `partner` on `order`, with the detail "scanned at the depot".
 pub fn report(
     order: Uuid,
     partner: &str,
@@ -85,6 +85,9 @@ pub fn report(
         report_id: report_id.to_owned(),
         status: status.short_name().to_owned(),
         tracking_id: tracking.to_owned(),
+        detail: "scanned at the depot".to_owned(),
+        detail_code: String::new(),
+        action_required: false,
         occurred_at: at,
     }
 }
@@ -97,11 +100,11 @@ pub fn request(report: &Report, token: String) -> ReportStatusRequest {
         report_id: report.report_id.clone(),
         status: OrderStatus::from_short_name(&report.status).unwrap().into(),
         tracking_id: report.tracking_id.clone(),
-        detail: "scanned at the depot".to_owned(),
+        detail: report.detail.clone(),
         occurred_at: Some(to_timestamp(report.occurred_at)),
         token,
-        detail_code: String::new(),
-        action_required: false,
+        detail_code: report.detail_code.clone(),
+        action_required: report.action_required,
     }
 }
 
