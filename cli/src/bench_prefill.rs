@@ -85,7 +85,7 @@ pub(crate) async fn prefill(pool: &PgPool, target: u64) -> anyhow::Result<Prefil
     let added = missing;
     while missing > 0 {
         let chunk = missing.min(CHUNK);
-        let mut tx = pool.begin().await?;
+        let mut tx = waybill_service_kit::db::begin(pool).await?;
         sqlx::query(PREFILL)
             .bind(chunk)
             .bind(CUSTOMER)

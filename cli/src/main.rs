@@ -180,8 +180,9 @@ fn usage_error(error: &waybill_service_kit::config::ConfigError) -> ExitCode {
     ExitCode::from(EXIT_USAGE)
 }
 
-/// Whether a service refused its settings (TLS files, credentials, the production guard, the
-/// page-token key) before starting: a usage error (64), not a failure of the service.
+/// Whether a service or a partner's connector refused its settings (TLS files, credentials, the
+/// production guard, the page-token key, Kafka settings the build cannot honour) before
+/// starting: a usage error (64), not a failure of the service.
 fn is_settings_error(error: &anyhow::Error) -> bool {
     error
         .downcast_ref::<waybill_orders::RunError>()
@@ -192,4 +193,8 @@ fn is_settings_error(error: &anyhow::Error) -> bool {
         || error
             .downcast_ref::<waybill_status_ingest::RunError>()
             .is_some_and(waybill_status_ingest::RunError::is_settings_error)
+        || matches!(
+            error.downcast_ref::<waybill_connector_sdk::ConnectorError>(),
+            Some(waybill_connector_sdk::ConnectorError::Config(_))
+        )
 }

@@ -95,6 +95,18 @@ impl ClusterConfig {
         self
     }
 
+    /// The settings every client of this cluster starts from: the brokers, a client id and
+    /// the extra properties.
+    pub(crate) fn client_config(&self, partner_id: &str) -> rdkafka::ClientConfig {
+        let mut config = rdkafka::ClientConfig::new();
+        config.set("bootstrap.servers", &self.bootstrap_servers);
+        config.set("client.id", format!("waybill-connector.{partner_id}"));
+        for (key, value) in &self.properties {
+            config.set(key, value);
+        }
+        config
+    }
+
     pub(crate) fn topic_for(&self, partner_id: &str) -> String {
         self.topic
             .clone()
@@ -423,6 +435,14 @@ impl ConnectorBuilder {
             return Err(ConnectorError::Config(
                 "cluster names must be unique".to_owned(),
             ));
+        }
+        // A Kafka setting this build cannot honour stops here, before the inbox is opened or
+        // anything listens.
+        for cluster in &self.clusters {
+            waybill_service_kit::kafka::check_client_config(&cluster.client_config(partner))
+                .map_err(|refused| {
+                    ConnectorError::Config(format!("cluster {}: {refused}", cluster.name))
+                })?;
         }
         let Some(key) = self.signing_key.clone() else {
             return Err(ConnectorError::Config(

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use rdkafka::{ClientConfig, producer::FutureProducer, producer::Producer as _};
+use rdkafka::{producer::FutureProducer, producer::Producer as _};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -157,15 +157,7 @@ impl Connector {
         let mut producers = Vec::new();
         for (index, cluster) in settings.clusters.iter().enumerate() {
             let topic = cluster.topic_for(&settings.partner_id);
-            let mut common = ClientConfig::new();
-            common.set("bootstrap.servers", &cluster.bootstrap_servers);
-            common.set(
-                "client.id",
-                format!("waybill-connector.{}", settings.partner_id),
-            );
-            for (key, value) in &cluster.properties {
-                common.set(key, value);
-            }
+            let common = cluster.client_config(&settings.partner_id);
             let producer: FutureProducer = common
                 .clone()
                 .set("enable.idempotence", "true")

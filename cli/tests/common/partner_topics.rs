@@ -123,7 +123,7 @@ pub async fn confirm(pool: &PgPool, orders: Vec<(Uuid, String)>) {
     use futures::StreamExt;
     futures::stream::iter(orders)
         .for_each_concurrent(8, |(id, partner)| async move {
-            let mut tx = pool.begin().await.unwrap();
+            let mut tx = waybill_service_kit::db::begin(pool).await.unwrap();
             sqlx::query("SELECT 1 FROM dispatch WHERE order_id = $1 FOR UPDATE")
                 .bind(id)
                 .execute(&mut *tx)

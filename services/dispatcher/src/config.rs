@@ -25,13 +25,11 @@ pub struct DispatcherArgs {
     /// Address the DispatchAdmin gRPC server (with health and reflection) listens on.
     #[arg(long, env = "WAYBILL_LISTEN", default_value = "127.0.0.1:50052")]
     pub listen: SocketAddr,
-    /// `postgres://user@host/db` in production, `sqlite://path.db` embedded.
-    #[arg(
-        long,
-        env = "WAYBILL_DATABASE_URL",
-        default_value = "sqlite://.waybill/waybill.db"
-    )]
-    pub database_url: String,
+    /// Where this service stores: `postgres://USER@HOST:5432/DB` in production (TLS with
+    /// `?sslmode=verify-full&sslrootcert=CA.pem`, a client certificate with `&sslcert=…&sslkey=…`),
+    /// `sqlite://PATH` on one machine. Required: nothing is stored anywhere unnamed.
+    #[arg(long, env = "WAYBILL_DATABASE_URL")]
+    pub database_url: Option<String>,
     /// Most database connections this service opens.
     #[arg(long, env = "WAYBILL_DB_MAX_CONNECTIONS", default_value_t = 8)]
     pub db_max_connections: u32,
@@ -239,7 +237,7 @@ impl DispatcherArgs {
             .map_err(|rule| ConfigError::new("--audit-threshold", rule))?;
         let config = DispatcherConfig {
             listen: self.listen,
-            database_url: self.database_url,
+            database_url: waybill_service_kit::config::require_database_url(self.database_url)?,
             db_max_connections: self.db_max_connections,
             kafka: KafkaSettings {
                 brokers: self.kafka_brokers,

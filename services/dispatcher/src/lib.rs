@@ -119,6 +119,9 @@ pub enum RunError {
     /// A Kafka client could not be built (bad settings).
     #[error("cannot set up the kafka client")]
     Kafka(#[source] rdkafka::error::KafkaError),
+    /// A Kafka setting this build cannot honour (checked before anything listens).
+    #[error(transparent)]
+    KafkaSettings(#[from] waybill_service_kit::kafka::UnsupportedKafkaSetting),
 }
 
 impl RunError {
@@ -127,6 +130,7 @@ impl RunError {
     pub fn is_settings_error(&self) -> bool {
         match self {
             Self::Run(run) => run.is_settings_error(),
+            Self::KafkaSettings(_) => true,
             Self::Kafka(_) => false,
         }
     }
@@ -140,6 +144,7 @@ pub async fn run(config: DispatcherConfig, shutdown: CancellationToken) -> Resul
         .security
         .load(config.listen, CallerAuth::Required)
         .map_err(KitRunError::from)?;
+    waybill_service_kit::kafka::check_client_config(&config.kafka.producer_config())?;
     let listener = bind(config.listen).await?;
     let db = connect(
         &config.database_url,
@@ -147,7 +152,23 @@ pub async fn run(config: DispatcherConfig, shutdown: CancellationToken) -> Resul
         shutdown.clone(),
     )
     .await?;
-    info!(addr = %config.listen, instance_id = %config.relay.instance_id, brokers = %config.kafka.brokers, "dispatcher listening");
+    let kafka_protocol = config
+        .kafka
+        .options
+        .iter()
+        .find(|(key, _)| key == "security.protocol")
+        .map_or("PLAINTEXT", |(_, value)| value.as_str());
+    waybill_service_kit::run::log_started(
+        "dispatcher",
+        config.listen,
+        &config.security,
+        &db,
+        &[
+            ("instance_id", &config.relay.instance_id),
+            ("brokers", &config.kafka.brokers),
+            ("kafka_security", kafka_protocol),
+        ],
+    );
     let mut deps = DispatcherDeps::new(db.clone(), config.kafka, config.relay)?;
     deps.limits.security = security;
     let metrics = MetricsEndpoint::start(&config.metrics, &deps.metrics, &shutdown).await?;

@@ -37,7 +37,7 @@ async fn an_event_committed_while_an_older_transaction_runs_waits_for_it_and_is_
     publish_all(&h).await;
 
     // An older transaction holds its id, then a newer one commits an event.
-    let mut older = pool.begin().await.unwrap();
+    let mut older = waybill_service_kit::db::begin(&pool).await.unwrap();
     sqlx::query("SELECT pg_current_xact_id()")
         .execute(&mut *older)
         .await

@@ -25,6 +25,21 @@ impl ConfigError {
     }
 }
 
+/// The database a production service stores into: it must be named, so that a service never
+/// creates a file of its own in whatever directory it was started from (`waybill dev` and
+/// `waybill demo` keep an embedded default).
+pub fn require_database_url(value: Option<String>) -> Result<String, ConfigError> {
+    match value.map(|url| url.trim().to_owned()) {
+        Some(url) if !url.is_empty() => Ok(url),
+        _ => Err(ConfigError::new(
+            "--database-url",
+            "is required (or WAYBILL_DATABASE_URL): postgres://USER@HOST:5432/DB in production \
+             (add ?sslmode=verify-full&sslrootcert=CA.pem for TLS), or sqlite://PATH for one \
+             machine; `waybill dev` runs everything on an embedded database",
+        )),
+    }
+}
+
 /// Checks that a pool of `value` database connections can work: at least one.
 pub fn check_pool_size(value: u32) -> Result<(), ConfigError> {
     if value == 0 {

@@ -11,8 +11,8 @@
 use std::{str::FromStr, time::Duration};
 
 use sqlx::{
-    Connection, PgPool, SqlitePool,
-    postgres::{PgConnectOptions, PgListener, PgPoolOptions},
+    PgPool, SqlitePool,
+    postgres::{PgConnectOptions, PgListener},
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 use tokio::sync::broadcast;
@@ -22,11 +22,13 @@ use uuid::Uuid;
 
 mod failure;
 mod order_lines;
+mod pg_pool;
 mod value;
 
 pub use self::{
     failure::{Failure, classify},
     order_lines::{OrderLineRow, lines_of},
+    pg_pool::begin,
     value::{Id, IdList, Instant, Statement, TextList},
 };
 
@@ -35,15 +37,6 @@ pub use self::{
 pub const ORDER_STATUS_CHANNEL: &str = "waybill_order_status";
 /// Postgres `NOTIFY` channel: the outbox has new due rows (payload empty).
 pub const OUTBOX_CHANNEL: &str = "waybill_outbox";
-
-/// A pooled Postgres connection idle for longer than this is pinged before it is handed out.
-/// sqlx's default pings on every acquire, and pings again on every release: two extra round
-/// trips per statement, the first one on the caller's path. The release ping stays (it finds a
-/// connection left mid-transaction or broken); a connection idle this long may have been closed
-/// by a database restart or an idle timeout since, and gets the ping. One released less than
-/// this before the server went away fails its next statement once, as `UNAVAILABLE` (retried
-/// by the relay; the storefront retries `PlaceOrder` with its idempotency key).
-const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -70,6 +63,11 @@ pub struct PoolSettings {
     pub max_connections: u32,
     /// How long a caller waits for a free connection before failing.
     pub acquire_timeout: Duration,
+    /// How long a pooled Postgres connection may take to answer the ping it gets when it goes
+    /// back to the pool (and before one idle for a second is handed out) before it is replaced
+    /// by a new connection; also the bound of each attempt to connect that replacement (see
+    /// `pg_pool`: sqlx 0.8's own ping and close have no bound).
+    pub answer_timeout: Duration,
 }
 
 impl Default for PoolSettings {
@@ -77,6 +75,7 @@ impl Default for PoolSettings {
         Self {
             max_connections: 16,
             acquire_timeout: Duration::from_secs(5),
+            answer_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -86,6 +85,10 @@ impl Default for PoolSettings {
 pub struct Database {
     backend: Backend,
     feed: ChangeFeed,
+    /// Where it is, for logs: never the password.
+    location: String,
+    /// The newest migration applied (the embedded migrations all ran at connect).
+    schema_version: i64,
 }
 
 /// The pool of one backend.
@@ -108,6 +111,7 @@ impl Database {
         shutdown: CancellationToken,
     ) -> Result<Self, DbError> {
         let feed = ChangeFeed::new();
+        let location;
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             // No JIT: every statement here is short, and compiling one costs far more than it
             // saves. Measured: the relay's handover-deadline scan, estimated over the JIT
@@ -116,19 +120,14 @@ impl Database {
             let options = PgConnectOptions::from_str(url)
                 .map_err(|e| DbError::InvalidUrl(e.to_string()))?
                 .options([("jit", "off")]);
-            let pool = PgPoolOptions::new()
-                .max_connections(settings.max_connections)
-                .acquire_timeout(settings.acquire_timeout)
-                .test_before_acquire(false)
-                .before_acquire(|conn, meta| {
-                    Box::pin(async move {
-                        if meta.idle_for >= PING_IF_IDLE_FOR {
-                            conn.ping().await?;
-                        }
-                        Ok(true)
-                    })
-                })
-                .connect_with(options)
+            location = format!(
+                "postgres {}:{}/{} (sslmode {})",
+                options.get_host(),
+                options.get_port(),
+                options.get_database().unwrap_or(options.get_username()),
+                ssl_mode_name(options.get_ssl_mode())
+            );
+            let pool = pg_pool::connect(options, settings, shutdown.clone())
                 .await
                 .map_err(DbError::Connect)?;
             POSTGRES_MIGRATIONS
@@ -150,6 +149,7 @@ impl Database {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10));
             let file = options.get_filename();
+            location = format!("sqlite {}", file.display());
             if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent).map_err(|e| {
                     DbError::InvalidUrl(format!("cannot create {}: {e}", parent.display()))
@@ -172,7 +172,28 @@ impl Database {
                 "{url:?}: expected postgres://… or sqlite://…"
             )));
         };
-        Ok(Self { backend, feed })
+        let migrations = match &backend {
+            Backend::Postgres(_) => &POSTGRES_MIGRATIONS,
+            Backend::Sqlite(_) => &SQLITE_MIGRATIONS,
+        };
+        let schema_version = migrations.iter().map(|m| m.version).max().unwrap_or(0);
+        Ok(Self {
+            backend,
+            feed,
+            location,
+            schema_version,
+        })
+    }
+
+    /// Where the database is, for logs: backend, host, port and name (Postgres, with its
+    /// `sslmode`) or file (SQLite); never a password.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// The schema version: the newest migration, all of which ran at connect.
+    pub fn schema_version(&self) -> i64 {
+        self.schema_version
     }
 
     /// The backend's pool.
@@ -191,6 +212,18 @@ impl Database {
             Backend::Postgres(pool) => pool.close().await,
             Backend::Sqlite(pool) => pool.close().await,
         }
+    }
+}
+
+fn ssl_mode_name(mode: sqlx::postgres::PgSslMode) -> &'static str {
+    use sqlx::postgres::PgSslMode;
+    match mode {
+        PgSslMode::Disable => "disable",
+        PgSslMode::Allow => "allow",
+        PgSslMode::Prefer => "prefer",
+        PgSslMode::Require => "require",
+        PgSslMode::VerifyCa => "verify-ca",
+        PgSslMode::VerifyFull => "verify-full",
     }
 }
 

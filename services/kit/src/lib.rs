@@ -21,6 +21,8 @@
 //! - [`secrets`]: reading key files whose permissions are checked.
 //! - [`security`]: TLS (mTLS optional, reload on SIGHUP), the caller-identity layer shared by
 //!   every service (roles, audit trail), per-caller rate limits, and the production guard.
+//! - `kafka` (feature `kafka`): refusing Kafka client settings the build cannot honour, before
+//!   a service starts, naming what it supports.
 //! - [`shutdown`]: SIGINT/SIGTERM to a `CancellationToken`.
 //! - [`clock`]: the time source, controllable in tests.
 //! - `testing` (feature `testing`): throw-away databases for tests.
@@ -30,6 +32,8 @@ pub mod config;
 pub mod db;
 pub mod duration;
 pub mod grpc;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod metrics;
 pub mod page_token;
 pub mod run;

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     db::{Database, DbError, PoolSettings},
     metrics::{Metrics, MetricsArgs},
-    security::SecurityError,
+    security::{ClientCerts, SecurityArgs, SecurityError},
 };
 
 /// Why a service could not start, or stopped with an error, for reasons every service shares.
@@ -67,6 +67,46 @@ pub async fn connect(
         ..PoolSettings::default()
     };
     Ok(Database::connect(url, &settings, shutdown).await?)
+}
+
+/// Logs the one line every service starts with, alike everywhere: where it listens, whether
+/// with TLS and which client certificates it asks for, whether callers need credentials, the
+/// database (location, never a password) and its schema version. `details` are the service's
+/// own fields, appended as `key=value`.
+pub fn log_started(
+    service: &str,
+    addr: SocketAddr,
+    security: &SecurityArgs,
+    db: &Database,
+    details: &[(&str, &str)],
+) {
+    let tls = if security.tls_cert.is_some() {
+        "on"
+    } else {
+        "off"
+    };
+    let client_certs = match (&security.tls_client_ca, security.tls_client_cert) {
+        (None, _) => "none",
+        (Some(_), ClientCerts::Optional) => "optional",
+        (Some(_), ClientCerts::Required) => "required",
+    };
+    let credentials = if security.credentials_file.is_some() {
+        "on"
+    } else {
+        "off"
+    };
+    let details: Vec<String> = details.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    tracing::info!(
+        service,
+        %addr,
+        tls,
+        client_certs,
+        credentials,
+        database = db.location(),
+        schema_version = db.schema_version(),
+        details = %details.join(" "),
+        "service started"
+    );
 }
 
 /// The Prometheus endpoint of a running service (or nothing, when `--metrics-listen` is unset):

@@ -3,6 +3,8 @@
 //! own SQLite file, dropped when the handle is dropped, so tests run in parallel without
 //! interfering.
 
+pub mod postgres_tls;
+pub mod proxy;
 pub mod tls;
 
 use std::{future::Future, path::PathBuf, time::Duration};

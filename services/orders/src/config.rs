@@ -17,13 +17,11 @@ pub struct OrdersArgs {
     /// Address the gRPC server listens on.
     #[arg(long, env = "WAYBILL_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
-    /// `postgres://user@host/db` in production, `sqlite://path.db` embedded.
-    #[arg(
-        long,
-        env = "WAYBILL_DATABASE_URL",
-        default_value = "sqlite://.waybill/waybill.db"
-    )]
-    pub database_url: String,
+    /// Where this service stores: `postgres://USER@HOST:5432/DB` in production (TLS with
+    /// `?sslmode=verify-full&sslrootcert=CA.pem`, a client certificate with `&sslcert=…&sslkey=…`),
+    /// `sqlite://PATH` on one machine. Required: nothing is stored anywhere unnamed.
+    #[arg(long, env = "WAYBILL_DATABASE_URL")]
+    pub database_url: Option<String>,
     /// Name of this Waybill region, stamped on every order.
     #[arg(long, env = "WAYBILL_REGION", default_value = "local")]
     pub region: String,
@@ -76,7 +74,7 @@ impl OrdersArgs {
     pub fn into_config(self) -> Result<OrdersConfig, ConfigError> {
         let config = OrdersConfig {
             listen: self.listen,
-            database_url: self.database_url,
+            database_url: waybill_service_kit::config::require_database_url(self.database_url)?,
             db_max_connections: self.db_max_connections,
             region: self.region,
             seed_catalog: self.seed_catalog,

@@ -22,7 +22,7 @@ use std::{sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::warn;
 use waybill_proto::v1::order_service_server::OrderServiceServer;
 use waybill_service_kit::{
     clock::{SharedClock, SystemClock},
@@ -130,12 +130,12 @@ pub async fn run(config: OrdersConfig, shutdown: CancellationToken) -> Result<()
     if config.seed_catalog {
         store::seed_catalog(&db).await.map_err(RunError::Seed)?;
     }
-    info!(
-        addr = %config.listen,
-        region = %config.region,
-        tls = security.tls.is_some(),
-        credentials = security.credentials.is_some(),
-        "orders service listening"
+    waybill_service_kit::run::log_started(
+        "orders",
+        config.listen,
+        &config.security,
+        &db,
+        &[("region", &config.region)],
     );
     let deps = OrdersDeps {
         page_tokens,

@@ -17,13 +17,11 @@ pub struct StatusIngestArgs {
     /// Address the gRPC server listens on.
     #[arg(long, env = "WAYBILL_LISTEN", default_value = "127.0.0.1:50053")]
     pub listen: SocketAddr,
-    /// `postgres://user@host/db` in production, `sqlite://path.db` embedded.
-    #[arg(
-        long,
-        env = "WAYBILL_DATABASE_URL",
-        default_value = "sqlite://.waybill/waybill.db"
-    )]
-    pub database_url: String,
+    /// Where this service stores: `postgres://USER@HOST:5432/DB` in production (TLS with
+    /// `?sslmode=verify-full&sslrootcert=CA.pem`, a client certificate with `&sslcert=…&sslkey=…`),
+    /// `sqlite://PATH` on one machine. Required: nothing is stored anywhere unnamed.
+    #[arg(long, env = "WAYBILL_DATABASE_URL")]
+    pub database_url: Option<String>,
     /// This Waybill environment's name: report tokens must carry it as their audience (`aud`),
     /// so a token made for a sandbox is refused in production.
     #[arg(long, env = "WAYBILL_TOKEN_AUDIENCE", default_value = "waybill-local")]
@@ -71,7 +69,7 @@ impl StatusIngestArgs {
     pub fn into_config(self) -> Result<StatusIngestConfig, ConfigError> {
         let config = StatusIngestConfig {
             listen: self.listen,
-            database_url: self.database_url,
+            database_url: waybill_service_kit::config::require_database_url(self.database_url)?,
             db_max_connections: self.db_max_connections,
             audience: self.audience,
             stats_interval: self.stats_interval,

@@ -95,7 +95,13 @@ pub async fn run(config: StatusIngestConfig, shutdown: CancellationToken) -> Res
     .await?;
     let deps = IngestDeps::new(&db, config.audience.clone());
     let metrics = MetricsEndpoint::start(&config.metrics, &deps.registry, &shutdown).await?;
-    info!(addr = %config.listen, audience = %config.audience, "status ingest listening");
+    waybill_service_kit::run::log_started(
+        "status-ingest",
+        config.listen,
+        &config.security,
+        &db,
+        &[("audience", &config.audience)],
+    );
     let maintenance = tokio::spawn(maintain(
         deps.clone(),
         config.stats_interval,

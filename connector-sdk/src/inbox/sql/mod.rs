@@ -115,7 +115,7 @@ impl SqlInbox {
             }
             Pool::Postgres(pool) => {
                 // Two instances starting together would race on the catalog: serialise them.
-                let mut tx = pool.begin().await?;
+                let mut tx = waybill_service_kit::db::begin(pool).await?;
                 sqlx::query("SELECT pg_advisory_xact_lock(4207319520)")
                     .execute(&mut *tx)
                     .await?;

@@ -118,7 +118,7 @@ impl Inbox for SqlInbox {
         );
         let now = now_micros();
         let row: OrderRow = on_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = waybill_service_kit::db::begin(pool).await?;
             let updated = sqlx::query(update)
                 .bind(partner)
                 .bind(order_id)
@@ -155,7 +155,7 @@ impl Inbox for SqlInbox {
                       WHERE partner_id = $1 AND order_id = $2 AND state = 'started'";
         let now = now_micros();
         on_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = waybill_service_kit::db::begin(pool).await?;
             sqlx::query(update)
                 .bind(partner)
                 .bind(order_id)
@@ -413,7 +413,7 @@ impl Inbox for SqlInbox {
             "DELETE FROM waybill_inbox_set_aside WHERE partner_id = $1 AND set_aside_at < $2";
         let before = micros(before);
         let purged = on_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = waybill_service_kit::db::begin(pool).await?;
             sqlx::query(reports)
                 .bind(partner)
                 .bind(before)

@@ -40,7 +40,7 @@ pub(super) async fn claim_events(
     pool: &PgPool,
     limit: u32,
 ) -> Result<Box<dyn EventBatch>, StoreError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = waybill_service_kit::db::begin(pool).await?;
     walk_indexes_in_order(&mut tx).await?;
     let legacy: Vec<EventRow> = sqlx::query_as(CLAIM_EVENTS)
         .bind(i64::from(limit))

@@ -62,7 +62,7 @@ pub(super) async fn lease(
         LeaseKind::Overdue => query.bind(acknowledging_statuses()),
     };
     let idle_limit = (lease.expires_at - lease.now).num_milliseconds().max(1);
-    let mut tx = pool.begin().await?;
+    let mut tx = waybill_service_kit::db::begin(pool).await?;
     sqlx::query(LEASE_SETTINGS)
         .bind(idle_limit.to_string())
         .execute(&mut *tx)
@@ -278,7 +278,7 @@ pub(super) async fn claim_audits(
     now: DateTime<Utc>,
     limit: u32,
 ) -> Result<Box<dyn AuditBatch>, StoreError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = waybill_service_kit::db::begin(pool).await?;
     let rows: Vec<AuditRow> = sqlx::query_as(CLAIM_AUDITS)
         .bind(now)
         .bind(i64::from(limit))

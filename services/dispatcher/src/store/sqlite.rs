@@ -106,7 +106,7 @@ pub(super) async fn record(
             .collect::<Vec<_>>()
     )
     .to_string();
-    let mut tx = pool.begin().await?;
+    let mut tx = waybill_service_kit::db::begin(pool).await?;
     let applied: Vec<Id> = sqlx::query_scalar(RECORD_UPDATES)
         .bind(&fence.owner)
         .bind(Id(fence.batch_id))
@@ -281,7 +281,7 @@ impl AuditBatch for SqliteAuditBatch {
         delivered: &[Uuid],
         failed: &[AuditCopy],
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = waybill_service_kit::db::begin(&self.pool).await?;
         if !delivered.is_empty() {
             sqlx::query(DELETE_AUDITS)
                 .bind(IdList(delivered.to_vec()))

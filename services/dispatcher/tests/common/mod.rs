@@ -208,7 +208,7 @@ impl Harness {
     pub async fn held(&self, order_id: Uuid) -> bool {
         match self.db.backend() {
             waybill_service_kit::db::Backend::Postgres(pool) => {
-                let mut tx = pool.begin().await.unwrap();
+                let mut tx = waybill_service_kit::db::begin(pool).await.unwrap();
                 let free: Option<Uuid> = sqlx::query_scalar(
                     "SELECT order_id FROM dispatch WHERE order_id = $1 FOR UPDATE SKIP LOCKED",
                 )
@@ -261,7 +261,7 @@ impl Harness {
             waybill_service_kit::db::Backend::Postgres(pool) => {
                 // The dispatch row first, as every writer of an order's history; the event
                 // numbered after the latest one.
-                let mut tx = pool.begin().await.unwrap();
+                let mut tx = waybill_service_kit::db::begin(pool).await.unwrap();
                 sqlx::query("SELECT 1 FROM dispatch WHERE order_id = $1 FOR UPDATE")
                     .bind(order_id)
                     .execute(&mut *tx)
@@ -283,7 +283,7 @@ impl Harness {
             }
             waybill_service_kit::db::Backend::Sqlite(pool) => {
                 let micros = now.timestamp_micros();
-                let mut tx = pool.begin().await.unwrap();
+                let mut tx = waybill_service_kit::db::begin(pool).await.unwrap();
                 let seq: i64 = sqlx::query_scalar(
                     "UPDATE orders SET status = ?2, status_seq = (SELECT max(seq) FROM order_status_events WHERE order_id = ?1) + 1 WHERE id = ?1 RETURNING status_seq",
                 )

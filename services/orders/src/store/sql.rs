@@ -161,7 +161,7 @@ impl OrderStore for SqlOrderStore {
     async fn get_order(&self, id: Uuid) -> Result<Option<OrderRecord>, StoreError> {
         let histories = HISTORIES.text(&self.db);
         let (rows, events) = on_pool!(&self.db, READ_SNAPSHOT, |pool, snapshot| {
-            let mut tx = pool.begin().await?;
+            let mut tx = waybill_service_kit::db::begin(pool).await?;
             if !snapshot.is_empty() {
                 sqlx::query(snapshot).execute(&mut *tx).await?;
             }
@@ -187,7 +187,7 @@ impl OrderStore for SqlOrderStore {
     ) -> Result<Vec<OrderRecord>, StoreError> {
         let histories = HISTORIES.text(&self.db);
         let (rows, events) = on_pool!(&self.db, READ_SNAPSHOT, |pool, snapshot| {
-            let mut tx = pool.begin().await?;
+            let mut tx = waybill_service_kit::db::begin(pool).await?;
             if !snapshot.is_empty() {
                 sqlx::query(snapshot).execute(&mut *tx).await?;
             }

@@ -26,7 +26,7 @@ pub(super) async fn place_order(
 ) -> Result<bool, StoreError> {
     let id = Id(order.id);
     let placed_at = Instant(order.placed_at);
-    let mut tx = pool.begin().await?;
+    let mut tx = waybill_service_kit::db::begin(pool).await?;
     let inserted = bind_order(sqlx::query(PLACE_ORDER), order)
         .execute(&mut *tx)
         .await?

@@ -149,7 +149,7 @@ pub async fn append_event(
 ) {
     match db.backend() {
         Backend::Postgres(pool) => {
-            let mut tx = pool.begin().await.unwrap();
+            let mut tx = waybill_service_kit::db::begin(pool).await.unwrap();
             let seq: i64 = sqlx::query_scalar(
                 "UPDATE orders SET status_seq = status_seq + 1, status = $2, partner_id = $3 WHERE id = $1 RETURNING status_seq",
             )
@@ -179,7 +179,7 @@ pub async fn append_event(
             tx.commit().await.unwrap();
         }
         Backend::Sqlite(pool) => {
-            let mut tx = pool.begin().await.unwrap();
+            let mut tx = waybill_service_kit::db::begin(pool).await.unwrap();
             let seq: i64 = sqlx::query_scalar(
                 "UPDATE orders SET status_seq = status_seq + 1, status = ?2, partner_id = ?3 WHERE id = ?1 RETURNING status_seq",
             )

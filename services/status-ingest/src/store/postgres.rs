@@ -76,7 +76,7 @@ async fn try_record(
     report: &AuthenticatedReport,
     now: DateTime<Utc>,
 ) -> Result<ReportOutcome, StoreError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = waybill_service_kit::db::begin(pool).await?;
     sqlx::query(LOCK_DISPATCH)
         .bind(report.order_id)
         .execute(&mut *tx)

@@ -37,7 +37,7 @@ pub(super) async fn record_report(
     now: DateTime<Utc>,
 ) -> Result<ReportOutcome, StoreError> {
     let order_id = Id(report.order_id);
-    let mut tx = pool.begin().await?;
+    let mut tx = waybill_service_kit::db::begin(pool).await?;
     // First statement writes: the write lock is taken up front.
     let fresh = sqlx::query(GUARD)
         .bind(&report.partner_id)

@@ -195,7 +195,7 @@ impl World {
         let hash = vec![0_u8; 32];
         match self.db.backend() {
             Backend::Postgres(pool) => {
-                let mut tx = pool.begin().await.unwrap();
+                let mut tx = waybill_service_kit::db::begin(pool).await.unwrap();
                 sqlx::query("INSERT INTO orders (id, idempotency_key, request_hash, customer_id, customer_name, customer_email, customer_phone, ship_line1, ship_line2, ship_city, ship_region, ship_postal_code, ship_country_code, currency_code, total_minor, region, status, status_seq, placed_at) VALUES ($1, $2, $3, 'c1', 'Ada', 'ada@example.com', '', '1 Main St', '', 'Springfield', '', '12345', 'US', 'USD', 1000, 'local', 'PLACED', 1, $4)")
                     .bind(id).bind(id.to_string()).bind(&hash).bind(now).execute(&mut *tx).await.unwrap();
                 sqlx::query("INSERT INTO order_status_events (order_id, seq, status, occurred_at, recorded_at) VALUES ($1, 1, 'PLACED', $2, $2)")
@@ -206,7 +206,7 @@ impl World {
             }
             Backend::Sqlite(pool) => {
                 let now = to_unix_micros(now);
-                let mut tx = pool.begin().await.unwrap();
+                let mut tx = waybill_service_kit::db::begin(pool).await.unwrap();
                 sqlx::query("INSERT INTO orders (id, idempotency_key, request_hash, customer_id, customer_name, customer_email, customer_phone, ship_line1, ship_line2, ship_city, ship_region, ship_postal_code, ship_country_code, currency_code, total_minor, region, status, status_seq, placed_at) VALUES (?1, ?1, ?2, 'c1', 'Ada', 'ada@example.com', '', '1 Main St', '', 'Springfield', '', '12345', 'US', 'USD', 1000, 'local', 'PLACED', 1, ?3)")
                     .bind(id.to_string()).bind(&hash).bind(now).execute(&mut *tx).await.unwrap();
                 sqlx::query("INSERT INTO order_status_events (order_id, seq, status, occurred_at, recorded_at) VALUES (?1, 1, 'PLACED', ?2, ?2)")
@@ -227,7 +227,7 @@ impl World {
         let due = now + Duration::seconds(HANDOVER);
         match self.db.backend() {
             Backend::Postgres(pool) => {
-                let mut tx = pool.begin().await.unwrap();
+                let mut tx = waybill_service_kit::db::begin(pool).await.unwrap();
                 sqlx::query("UPDATE dispatch SET state = 'SENT', partner_id = $2, route_id = 'r-' || $2, sent_at = $3, ack_due_at = $4, updated_at = $3 WHERE order_id = $1")
                     .bind(order).bind(partner).bind(now).bind(due).execute(&mut *tx).await.unwrap();
                 sqlx::query("INSERT INTO order_status_events (order_id, seq, status, partner_id, occurred_at, recorded_at) SELECT $1, max(seq) + 1, 'SENT_TO_PARTNER', $2, $3, $3 FROM order_status_events WHERE order_id = $1")
@@ -236,7 +236,7 @@ impl World {
             }
             Backend::Sqlite(pool) => {
                 let (now, due) = (to_unix_micros(now), to_unix_micros(due));
-                let mut tx = pool.begin().await.unwrap();
+                let mut tx = waybill_service_kit::db::begin(pool).await.unwrap();
                 sqlx::query("UPDATE dispatch SET state = 'SENT', partner_id = ?2, route_id = 'r-' || ?2, sent_at = ?3, ack_due_at = ?4, updated_at = ?3 WHERE order_id = ?1")
                     .bind(order.to_string()).bind(partner).bind(now).bind(due).execute(&mut *tx).await.unwrap();
                 sqlx::query("INSERT INTO order_status_events (order_id, seq, status, partner_id, occurred_at, recorded_at) SELECT ?1, max(seq) + 1, 'SENT_TO_PARTNER', ?2, ?3, ?3 FROM order_status_events WHERE order_id = ?1")
