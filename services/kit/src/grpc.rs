@@ -12,7 +12,10 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::{info, warn};
 
 use crate::{
-    security::{ServerSecurity, auth::AuthLayer, incoming, rate_limit::RateLimitLayer},
+    security::{
+        ServerSecurity, auth::AuthLayer, incoming, rate_limit::RateLimitLayer,
+        reload::FILE_CHECK_INTERVAL,
+    },
     telemetry,
 };
 
@@ -28,6 +31,9 @@ pub struct ServerLimits {
     /// TLS, who may call what, and per-caller rate limits (default: plaintext and open, for
     /// loopback development and tests; production commands load it from their flags).
     pub security: ServerSecurity,
+    /// How often the TLS files and the credentials file are checked for changes (they are
+    /// also re-read on SIGHUP).
+    pub file_check_interval: Duration,
 }
 
 impl Default for ServerLimits {
@@ -37,6 +43,7 @@ impl Default for ServerLimits {
             concurrency_per_connection: 256,
             drain_grace: Duration::from_secs(10),
             security: ServerSecurity::default(),
+            file_check_interval: FILE_CHECK_INTERVAL,
         }
     }
 }
@@ -140,8 +147,9 @@ pub async fn serve_with_health(
 
     let local = listener.local_addr().ok();
     let security = &limits.security;
-    if let Some(tls) = &security.tls {
-        tokio::spawn(tls.clone().reload_on_sighup(shutdown.clone()));
+    let reloader = security.reloader(limits.file_check_interval);
+    if !reloader.is_empty() {
+        reloader.spawn(shutdown.clone());
     }
     if let Some(addr) = local.filter(|addr| !addr.ip().is_loopback()) {
         // Production commands refuse this unless --insecure; `waybill dev` and embedders do

@@ -15,18 +15,16 @@
 //! compared in constant time; no credential is ever logged or echoed.
 
 use std::{
-    path::{Path, PathBuf},
     sync::Arc,
     task::{Context, Poll},
 };
 
 use futures::future::{Either, Ready, ready};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use tonic::{Status, codegen::http};
 use tower::{Layer, Service};
 use tracing::info;
 
+pub use super::credentials::{Credentials, CredentialsError, hash_api_key};
 use super::incoming::PeerInfo;
 use crate::text::quote;
 
@@ -57,192 +55,6 @@ pub struct Caller {
     pub name: Arc<str>,
     /// Role.
     pub role: Role,
-}
-
-/// One entry of the credentials file.
-#[derive(Debug, Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Entry {
-    name: String,
-    role: Role,
-    /// Hex SHA-256 of the API key (`printf %s "$KEY" | sha256sum`).
-    #[serde(default)]
-    api_key_sha256: Option<String>,
-    /// Hex SHA-256 of the client certificate's DER encoding
-    /// (`openssl x509 -in client.pem -outform der | sha256sum`): pins one certificate.
-    #[serde(default)]
-    client_cert_sha256: Option<String>,
-    /// The subject common name of client certificates (issued by the listener's client CA,
-    /// which the handshake has verified): survives certificate renewal.
-    #[serde(default)]
-    client_cert_cn: Option<String>,
-}
-
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct File {
-    callers: Vec<Entry>,
-}
-
-#[derive(Debug, Clone)]
-struct Known {
-    caller: Caller,
-    api_key: Option<[u8; 32]>,
-    client_cert: Option<[u8; 32]>,
-    client_cn: Option<String>,
-}
-
-/// Who may call, from the credentials file (JSON):
-///
-/// ```json
-/// {"callers": [
-///   {"name": "shop-eu", "role": "storefront", "api_key_sha256": "<hex>"},
-///   {"name": "ops-console", "role": "operator", "client_cert_sha256": "<hex>"},
-///   {"name": "ops-team", "role": "operator", "client_cert_cn": "ops.example.com"}
-/// ]}
-/// ```
-#[derive(Debug, Clone)]
-pub struct Credentials {
-    known: Vec<Known>,
-}
-
-/// Why the credentials file was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum CredentialsError {
-    /// It could not be read.
-    #[error("cannot read credentials file {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// It is not valid.
-    #[error("credentials file {path}: {reason}")]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong (never a credential).
-        reason: String,
-    },
-}
-
-fn sha256(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
-}
-
-/// The hex SHA-256 of an API key: what the credentials file stores in `api_key_sha256`
-/// (the same as `printf %s "$KEY" | sha256sum`).
-pub fn hash_api_key(key: &str) -> String {
-    hex::encode(sha256(key.as_bytes()))
-}
-
-fn parse_hash(text: &str) -> Option<[u8; 32]> {
-    let bytes = hex::decode(text.trim()).ok()?;
-    bytes.try_into().ok()
-}
-
-impl Credentials {
-    /// Reads and checks the credentials file.
-    pub fn load(path: &Path) -> Result<Self, CredentialsError> {
-        let text = std::fs::read_to_string(path).map_err(|source| CredentialsError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text).map_err(|reason| CredentialsError::Invalid {
-            path: path.to_owned(),
-            reason,
-        })
-    }
-
-    /// Parses the credentials file's JSON.
-    pub fn parse(json: &str) -> Result<Self, String> {
-        let file: File = serde_json::from_str(json).map_err(|e| {
-            // serde_json's message names the position, not the content.
-            format!("not a valid credentials file: {e}")
-        })?;
-        let mut known = Vec::with_capacity(file.callers.len());
-        for (index, entry) in file.callers.into_iter().enumerate() {
-            let at = format!("callers[{index}] ({})", quote(&entry.name));
-            if entry.name.trim().is_empty() || entry.name.len() > 128 {
-                return Err(format!("{at}: name must be 1 to 128 characters"));
-            }
-            let api_key = match &entry.api_key_sha256 {
-                Some(hash) => Some(
-                    parse_hash(hash)
-                        .ok_or_else(|| format!("{at}: api_key_sha256 must be 64 hex digits"))?,
-                ),
-                None => None,
-            };
-            let client_cert = match &entry.client_cert_sha256 {
-                Some(hash) => Some(
-                    parse_hash(hash)
-                        .ok_or_else(|| format!("{at}: client_cert_sha256 must be 64 hex digits"))?,
-                ),
-                None => None,
-            };
-            let client_cn = entry.client_cert_cn.filter(|cn| !cn.trim().is_empty());
-            if api_key.is_none() && client_cert.is_none() && client_cn.is_none() {
-                return Err(format!(
-                    "{at}: give api_key_sha256, client_cert_sha256 or client_cert_cn"
-                ));
-            }
-            known.push(Known {
-                caller: Caller {
-                    name: entry.name.into(),
-                    role: entry.role,
-                },
-                api_key,
-                client_cert,
-                client_cn,
-            });
-        }
-        Ok(Self { known })
-    }
-
-    /// The caller an API key belongs to. Every entry is compared, in constant time, so the
-    /// answer's timing tells nothing about which hash came close.
-    pub fn by_api_key(&self, key: &str) -> Option<Caller> {
-        let hash = sha256(key.as_bytes());
-        let mut found = None;
-        for known in &self.known {
-            if let Some(expected) = &known.api_key
-                && bool::from(expected.ct_eq(&hash))
-                && found.is_none()
-            {
-                found = Some(known.caller.clone());
-            }
-        }
-        found
-    }
-
-    /// The caller a (handshake-verified) client certificate belongs to: by its fingerprint
-    /// first, then by its subject common name.
-    pub fn by_client_cert(&self, der: &[u8]) -> Option<Caller> {
-        let hash = sha256(der);
-        let pinned = self.known.iter().find(|known| {
-            known
-                .client_cert
-                .as_ref()
-                .is_some_and(|expected| bool::from(expected.ct_eq(&hash)))
-        });
-        if let Some(known) = pinned {
-            return Some(known.caller.clone());
-        }
-        let cn = common_name(der)?;
-        self.known
-            .iter()
-            .find(|known| known.client_cn.as_deref() == Some(cn.as_str()))
-            .map(|known| known.caller.clone())
-    }
-}
-
-/// The subject common name of a DER certificate, if it has exactly one.
-fn common_name(der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let mut names = cert.subject().iter_common_name();
-    let first = names.next()?.as_str().ok()?.to_owned();
-    names.next().is_none().then_some(first)
 }
 
 /// What an RPC path requires.
@@ -278,8 +90,9 @@ pub fn access_for(path: &str) -> Access {
     }
 }
 
-/// The layer: with credentials, enforces [`access_for`]; without (development on loopback),
-/// lets every call through.
+/// The layer: with credentials, enforces [`access_for`] against the callers in force at each
+/// call (a reloaded credentials file applies to the next call); without (development on
+/// loopback), lets every call through.
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
     credentials: Option<Arc<Credentials>>,
@@ -425,8 +238,8 @@ mod tests {
                 {{"name":"shop","role":"storefront","api_key_sha256":"{}"}},
                 {{"name":"ops","role":"operator","api_key_sha256":"{}"}}
             ]}}"#,
-            hex::encode(sha256(b"shop-key")),
-            hex::encode(sha256(b"ops-key"))
+            hash_api_key("shop-key"),
+            hash_api_key("ops-key")
         ))
         .expect("valid")
     }
@@ -474,58 +287,6 @@ mod tests {
         ] {
             assert!(authorize(&c, &request(open, None)).is_ok(), "{open}");
             assert!(authorize(&c, &request(open, Some("bad"))).is_ok(), "{open}");
-        }
-    }
-
-    #[test]
-    fn client_certificates_map_by_fingerprint_then_common_name() {
-        let key = rcgen_free_cert("shop.example.com");
-        let c = Credentials::parse(&format!(
-            r#"{{"callers":[
-                {{"name":"pinned","role":"operator","client_cert_sha256":"{}"}},
-                {{"name":"by-cn","role":"storefront","client_cert_cn":"shop.example.com"}}
-            ]}}"#,
-            hex::encode(sha256(&key))
-        ))
-        .expect("valid");
-        assert_eq!(
-            c.by_client_cert(&key).map(|c| c.name),
-            Some("pinned".into())
-        );
-        let c = Credentials::parse(
-            r#"{"callers":[{"name":"by-cn","role":"storefront","client_cert_cn":"shop.example.com"}]}"#,
-        )
-        .expect("valid");
-        assert_eq!(
-            c.by_client_cert(&key).map(|c| c.role),
-            Some(Role::Storefront)
-        );
-        assert_eq!(
-            c.by_client_cert(&rcgen_free_cert("other.example.com")),
-            None
-        );
-        assert_eq!(c.by_client_cert(b"not a certificate"), None);
-    }
-
-    /// A self-signed certificate with common name `cn` (DER), made with the test PKI's tool.
-    fn rcgen_free_cert(cn: &str) -> Vec<u8> {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, cn);
-        params.self_signed(&key).expect("cert").der().to_vec()
-    }
-
-    #[test]
-    fn the_file_is_checked() {
-        for bad in [
-            r#"{"callers":[{"name":"x","role":"storefront"}]}"#,
-            r#"{"callers":[{"name":"x","role":"admin","api_key_sha256":"00"}]}"#,
-            r#"{"callers":[{"name":"x","role":"storefront","api_key_sha256":"zz"}]}"#,
-            r#"{"callers":[{"name":"","role":"storefront","api_key_sha256":"00"}]}"#,
-        ] {
-            assert!(Credentials::parse(bad).is_err(), "{bad}");
         }
     }
 }

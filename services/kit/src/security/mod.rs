@@ -1,10 +1,13 @@
 //! Transport security and caller identity for every Waybill listener, set up the same way by
 //! every service:
 //!
-//! - [`tls`]: certificate and key from files, optional mTLS, reload on SIGHUP;
+//! - [`tls`]: certificate and key from files, optional mTLS;
 //! - [`incoming`]: the accepted connections (plain or TLS) and what is known about each peer;
-//! - [`auth`]: the one layer that decides who may call what (API keys or client certificates
-//!   mapped to roles) and writes the operators' audit trail;
+//! - [`credentials`]: the credentials file (API keys or client certificates mapped to roles);
+//! - [`auth`]: the one layer that decides who may call what and writes the operators' audit
+//!   trail;
+//! - [`reload`]: re-reading the TLS files and the credentials file on SIGHUP and when they
+//!   change, in one task per listener;
 //! - [`rate_limit`]: per-caller limits on the RPCs that create work.
 //!
 //! [`SecurityArgs`] are the flags every service takes; [`SecurityArgs::load`] turns them into a
@@ -12,17 +15,20 @@
 //! without TLS and credentials, unless `--insecure` says so.
 
 pub mod auth;
+pub mod credentials;
 pub mod incoming;
 pub mod rate_limit;
+pub mod reload;
 pub mod tls;
 
-use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, sync::Arc};
+use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, sync::Arc, time::Duration};
 
 use tracing::warn;
 
 pub use self::{
     auth::{Caller, Credentials, Role},
     rate_limit::RateLimit,
+    reload::Reloader,
     tls::{ClientCerts, ReloadableTls, TlsFiles},
 };
 
@@ -32,7 +38,8 @@ pub use self::{
 pub struct ServerSecurity {
     /// TLS; plaintext when unset.
     pub tls: Option<ReloadableTls>,
-    /// Who may call; every call is let through when unset.
+    /// Who may call; every call is let through when unset. Loaded from a file, it is re-read
+    /// on SIGHUP and when the file changes.
     pub credentials: Option<Arc<Credentials>>,
     /// Per-caller limit on `PlaceOrder` / `ReportStatus`.
     pub rate_limit: Option<RateLimit>,
@@ -74,8 +81,10 @@ pub struct SecurityArgs {
     )]
     pub tls_client_cert: ClientCerts,
     /// JSON file of the callers allowed in: name, role (storefront or operator) and the SHA-256
-    /// of an API key and/or of a client certificate (see the README). Without it every call is
-    /// let through (development only).
+    /// of an API key and/or of a client certificate (see the README). Re-read on SIGHUP and
+    /// when it changes (checked every 30 s): new calls are checked against the new callers at
+    /// once; a file that cannot be loaded is refused with a warning and the previous callers
+    /// stay in force. Without it every call is let through (development only).
     #[arg(long, env = "WAYBILL_CREDENTIALS_FILE")]
     pub credentials_file: Option<PathBuf>,
     /// Serve a non-loopback address without TLS or without credentials anyway (e.g. behind a
@@ -129,6 +138,22 @@ pub enum SecurityError {
         /// The credentials hint, where credentials apply.
         and_credentials: &'static str,
     },
+}
+
+impl ServerSecurity {
+    /// The task that re-reads this listener's TLS files and credentials file on SIGHUP and
+    /// when they change (checked every `check_interval`); empty when there is nothing to
+    /// re-read.
+    pub fn reloader(&self, check_interval: Duration) -> Reloader {
+        let mut items: Vec<Arc<dyn reload::Reload>> = Vec::new();
+        if let Some(tls) = &self.tls {
+            items.push(Arc::new(tls.clone()));
+        }
+        if let Some(credentials) = self.credentials.as_ref().filter(|c| c.file().is_some()) {
+            items.push(credentials.clone());
+        }
+        Reloader::new(items, check_interval)
+    }
 }
 
 impl SecurityArgs {

@@ -1,6 +1,7 @@
 //! TLS for a listener: certificate chain and private key from PEM files, optional client
 //! certificate verification (mTLS) against a CA bundle, and reloading on SIGHUP or when the
-//! files change (checked every [`FILE_CHECK_INTERVAL`]) without dropping connections.
+//! files change (checked every [`FILE_CHECK_INTERVAL`]) without dropping connections: see
+//! [`super::reload`], which re-reads the credentials file the same way.
 //!
 //! We terminate TLS ourselves (tokio-rustls, the library tonic uses) instead of tonic's
 //! `ServerTlsConfig`, because tonic's configuration is fixed at start: here every new connection
@@ -10,7 +11,6 @@
 use std::{
     path::{Path, PathBuf},
     sync::{Arc, RwLock},
-    time::{Duration, SystemTime},
 };
 
 use rustls::{
@@ -21,14 +21,10 @@ use rustls::{
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
+use super::reload::{Reload, file_stamps};
 use crate::secrets::{self, SecretFileError};
 
-/// How often the TLS files are checked for changes (a rotated certificate mounted by an
-/// orchestrator, with no signal sent).
-pub const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(30);
-
-/// What identifies one version of the TLS files: each file's modification time and length.
-pub type FileStamps = Vec<Option<(SystemTime, u64)>>;
+pub use super::reload::{FILE_CHECK_INTERVAL, FileStamps};
 
 /// Where a listener's TLS material lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,19 +193,16 @@ impl ReloadableTls {
 
     /// The files' current stamps.
     pub fn stamps(&self) -> FileStamps {
-        [
-            Some(&self.files.cert),
-            Some(&self.files.key),
-            self.files.client_ca.as_ref(),
-        ]
-        .into_iter()
-        .flatten()
-        .map(|path| {
-            std::fs::metadata(path)
-                .ok()
-                .and_then(|m| Some((m.modified().ok()?, m.len())))
-        })
-        .collect()
+        file_stamps(
+            [
+                Some(&self.files.cert),
+                Some(&self.files.key),
+                self.files.client_ca.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
+            .map(PathBuf::as_path),
+        )
     }
 
     /// Reloads if the files changed since `seen` (updated to the current stamps); `None` when
@@ -222,66 +215,19 @@ impl ReloadableTls {
         *seen = now;
         Some(self.reload())
     }
+}
 
-    fn log_reload(&self, why: &'static str, result: Result<(), TlsError>) {
-        match result {
+impl Reload for ReloadableTls {
+    fn stamps(&self) -> FileStamps {
+        ReloadableTls::stamps(self)
+    }
+
+    fn reload_and_log(&self, why: &'static str) {
+        match self.reload() {
             Ok(()) => info!(cert = %self.files.cert.display(), why, "tls certificate reloaded"),
             Err(error) => {
                 warn!(%error, why, "tls reload failed; keeping the previous certificate")
             }
-        }
-    }
-
-    /// Until `shutdown`, reloads on every SIGHUP and whenever the files change: new
-    /// connections get the new certificate, established ones are untouched.
-    pub async fn reload_on_sighup(self, shutdown: tokio_util::sync::CancellationToken) {
-        let mut seen = self.stamps();
-        let mut checks = tokio::time::interval(FILE_CHECK_INTERVAL);
-        checks.tick().await;
-        #[cfg(unix)]
-        let mut hangups = match tokio::signal::unix::signal(
-            tokio::signal::unix::SignalKind::hangup(),
-        ) {
-            Ok(hangups) => Some(hangups),
-            Err(error) => {
-                warn!(%error, "cannot listen for SIGHUP; tls files are reloaded when they change");
-                None
-            }
-        };
-        loop {
-            #[cfg(unix)]
-            let hangup = async {
-                match hangups.as_mut() {
-                    Some(hangups) => hangups.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
-            #[cfg(not(unix))]
-            let hangup = std::future::pending::<Option<()>>();
-            let signal_gone = tokio::select! {
-                () = shutdown.cancelled() => return,
-                received = hangup => match received {
-                    Some(()) => {
-                        seen = self.stamps();
-                        self.log_reload("sighup", self.reload());
-                        false
-                    }
-                    // The signal driver is gone: keep watching the files.
-                    None => true,
-                },
-                _ = checks.tick() => {
-                    if let Some(result) = self.reload_if_changed(&mut seen) {
-                        self.log_reload("files changed", result);
-                    }
-                    false
-                }
-            };
-            #[cfg(unix)]
-            if signal_gone {
-                hangups = None;
-            }
-            #[cfg(not(unix))]
-            let _ = signal_gone;
         }
     }
 }
