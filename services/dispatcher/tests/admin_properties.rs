@@ -81,6 +81,7 @@ async fn exercise(admin: &mut DispatchAdminClient<Channel>, t: &[String], n: i32
                 partner: Some(v1::Partner {
                     id: t[3].clone(),
                     display_name: t[4].clone(),
+                    topic: t[8].clone(),
                     ..Default::default()
                 }),
             })
@@ -109,6 +110,14 @@ async fn exercise(admin: &mut DispatchAdminClient<Channel>, t: &[String], n: i32
                 partner_id: t[3].clone(),
                 key_id: t[5].clone(),
                 public_key: t[9].as_bytes().to_vec(),
+            })
+            .await
+            .map(|_| ()),
+    );
+    acceptable(
+        admin
+            .list_partner_keys(v1::ListPartnerKeysRequest {
+                partner_id: t[3].clone(),
             })
             .await
             .map(|_| ()),

@@ -153,8 +153,8 @@ proptest! {
     }
 }
 
-/// The whole service: arbitrary PlaceOrder, GetOrder and ListOrders requests over real gRPC,
-/// on Postgres and SQLite, never get INTERNAL/UNKNOWN or an unbounded message.
+/// The whole service: arbitrary PlaceOrder, GetOrder, WatchOrder and ListOrders requests over
+/// real gRPC, on Postgres and SQLite, never get INTERNAL/UNKNOWN or an unbounded message.
 #[test]
 fn the_service_never_answers_hostile_requests_with_an_internal_error() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -195,6 +195,16 @@ fn the_service_never_answers_hostile_requests_with_an_internal_error() {
                     if let Err(status) = client
                         .get_order(pb::GetOrderRequest {
                             order_id: text.clone(),
+                        })
+                        .await
+                    {
+                        assert_acceptable(&status);
+                    }
+                    // A stream that opens (an existing order) is dropped at once.
+                    if let Err(status) = client
+                        .watch_order(pb::WatchOrderRequest {
+                            order_id: text.clone(),
+                            after_sequence: i64::from(page_size % 4),
                         })
                         .await
                     {
