@@ -52,6 +52,7 @@ pub struct TestStackBuilder {
     poll_interval: Duration,
     status_ingest: bool,
     status_ingest_tls: bool,
+    broker_tls: bool,
 }
 
 /// The audience the test StatusIngest accepts in report tokens.
@@ -68,6 +69,14 @@ impl TestStackBuilder {
     /// is then `https://127.0.0.1:PORT`.
     pub fn status_ingest_tls(mut self, tls: bool) -> Self {
         self.status_ingest_tls = tls;
+        self
+    }
+
+    /// Run the dispatcher against a Tansu broker reached only over TLS
+    /// ([`TestBroker::tansu_tls`]) instead of the broker `WAYBILL_TEST_BROKER` names; clients
+    /// of the stack's broker need its [`TestBroker::client_options`].
+    pub fn broker_over_tls(mut self, tls: bool) -> Self {
+        self.broker_tls = tls;
         self
     }
 
@@ -154,7 +163,11 @@ impl TestStackBuilder {
             order_events: format!("s{}.events", &suffix[..10]),
         };
         let (broker, admin_addr) = if self.dispatcher {
-            let broker = TestBroker::start();
+            let broker = if self.broker_tls {
+                TestBroker::tansu_tls()
+            } else {
+                TestBroker::start()
+            };
             broker.create_topic(&topics.audit, 1).await;
             broker.create_topic(&topics.order_events, 1).await;
             let relay = RelaySettings {
@@ -265,6 +278,7 @@ impl TestStack {
             poll_interval: Duration::from_secs(30),
             status_ingest: false,
             status_ingest_tls: false,
+            broker_tls: false,
         }
     }
 

@@ -53,9 +53,13 @@ pub async fn enroll(stack: &TestStack, partner: &str, country: &str, seed: u8) -
 
 /// The cluster config of `stack`'s broker, for `partner`'s topic there.
 pub fn cluster(stack: &TestStack, name: &str) -> ClusterConfig {
-    ClusterConfig::new(name, stack.broker().bootstrap_servers())
-        .topic_prefix(stack.topics.partner_prefix.clone())
-        .session_timeout(Duration::from_secs(6))
+    let broker = stack.broker();
+    broker.client_options().iter().fold(
+        ClusterConfig::new(name, broker.bootstrap_servers())
+            .topic_prefix(stack.topics.partner_prefix.clone())
+            .session_timeout(Duration::from_secs(6)),
+        |cluster, (key, value)| cluster.property(key, value),
+    )
 }
 
 /// A fresh SQLite inbox path.

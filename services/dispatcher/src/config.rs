@@ -392,9 +392,18 @@ mod tests {
         args: DispatcherArgs,
     }
 
+    /// Parses `args` as the command line, with a database URL (required, and not what these
+    /// tests are about).
+    fn parse<const N: usize>(args: [&str; N]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(
+            args.into_iter()
+                .chain(["--database-url", "sqlite://unused.db"]),
+        )
+    }
+
     #[test]
     fn defaults_are_valid() {
-        let config = Cli::try_parse_from(["x"])
+        let config = parse(["x"])
             .expect("parse")
             .args
             .into_config()
@@ -406,7 +415,7 @@ mod tests {
 
     #[test]
     fn refuses_a_lease_shorter_than_a_send() {
-        let error = Cli::try_parse_from(["x", "--lease", "10s", "--produce-timeout", "15s"])
+        let error = parse(["x", "--lease", "10s", "--produce-timeout", "15s"])
             .expect("parse")
             .args
             .into_config()
@@ -429,7 +438,7 @@ mod tests {
         );
         // Exactly a second more is refused, a little over is accepted: what the help says.
         for (lease, valid) in [("16s", false), ("16100ms", true)] {
-            let result = Cli::try_parse_from(["x", "--lease", lease, "--produce-timeout", "15s"])
+            let result = parse(["x", "--lease", lease, "--produce-timeout", "15s"])
                 .expect("parse")
                 .args
                 .into_config();
@@ -445,10 +454,7 @@ mod tests {
             ("--cleanup-interval", "0s", false),
             ("--cleanup-interval", "1s", true),
         ] {
-            let result = Cli::try_parse_from(["x", flag, value])
-                .expect("parse")
-                .args
-                .into_config();
+            let result = parse(["x", flag, value]).expect("parse").args.into_config();
             match result {
                 Ok(config) if valid => {
                     let set = match flag {
@@ -466,7 +472,7 @@ mod tests {
     #[test]
     fn event_batch_size_is_bounded() {
         for (value, valid) in [("0", false), ("1", true), ("50000", true), ("50001", false)] {
-            let result = Cli::try_parse_from(["x", "--event-batch-size", value])
+            let result = parse(["x", "--event-batch-size", value])
                 .expect("parse")
                 .args
                 .into_config();
@@ -486,7 +492,7 @@ mod tests {
     #[test]
     fn refuses_batches_in_flight_out_of_range() {
         for value in ["0", "17"] {
-            let error = Cli::try_parse_from(["x", "--batches-in-flight", value])
+            let error = parse(["x", "--batches-in-flight", value])
                 .expect("parse")
                 .args
                 .into_config()
@@ -498,7 +504,7 @@ mod tests {
 
     #[test]
     fn reads_durations_and_thresholds() {
-        let config = Cli::try_parse_from([
+        let config = parse([
             "x",
             "--poll-interval",
             "250ms",

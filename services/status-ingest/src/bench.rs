@@ -271,7 +271,7 @@ async fn raw_inserts(
                 let index = next.fetch_add(1, Ordering::Relaxed);
                 let Some(order) = orders.get(index).copied() else { return Ok::<_, sqlx::Error>(()) };
                 let now = Utc::now();
-                let mut tx = pool.begin().await?;
+                let mut tx = waybill_service_kit::db::begin(&pool).await?;
                 sqlx::query("INSERT INTO report_token_ids (partner_id, jti, expires_at) VALUES ($1, $2, $3)")
                     .bind(&partner).bind(Uuid::new_v4().to_string()).bind(now + chrono::Duration::minutes(3))
                     .execute(&mut *tx).await?;
