@@ -32,8 +32,9 @@ pub struct PartnerArgs {
     #[arg(long, env = "WAYBILL_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     kafka_brokers: String,
     /// librdkafka properties for every cluster, `key=value` (repeatable or comma-separated):
-    /// this partner's own credentials, e.g. `security.protocol=SASL_PLAINTEXT`,
-    /// `sasl.mechanism=SCRAM-SHA-256`, `sasl.username=…`, `sasl.password=…`.
+    /// this partner's own credentials, e.g. `security.protocol=SASL_SSL`,
+    /// `sasl.mechanism=SCRAM-SHA-512`, `sasl.username=…`, `sasl.password=…`,
+    /// `ssl.ca.location=ca.pem` (a setting this build cannot honour stops start-up, exit 64).
     #[arg(
         long = "kafka-option",
         env = "WAYBILL_KAFKA_OPTIONS",

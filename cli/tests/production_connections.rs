@@ -173,3 +173,130 @@ fn a_broker_certificate_from_the_wrong_ca_is_refused_and_said_so() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_stores_over_verified_tls_and_refuses_a_server_from_another_ca() {
+    use waybill_service_kit::testing::postgres_tls::TlsPostgres;
+
+    let pki = TestPki::new();
+    let server = TlsPostgres::start(&pki);
+    let dir = temp_dir("postgres-tls");
+    let verified = server.url(
+        "postgres",
+        &format!(
+            "sslmode=verify-full&sslrootcert={}",
+            pki.dir.join("ca.pem").display()
+        ),
+    );
+    for command in ["orders", "dispatcher", "status-ingest"] {
+        let listen = free_addr();
+        let log = dir.join(format!("{command}.log"));
+        let mut service = Command::new(env!("CARGO_BIN_EXE_waybill"))
+            .args([command, "--listen", &listen.to_string()])
+            .args(["--database-url", &verified])
+            .args(
+                ["--kafka-brokers", "127.0.0.1:9"]
+                    .iter()
+                    .filter(|_| command == "dispatcher"),
+            )
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .env_remove("WAYBILL_KAFKA_OPTIONS")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let serving = wait_for_health(listen, &mut service).await;
+        let _ = service.kill();
+        let _ = service.wait();
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(serving, "{command} did not serve: {text}");
+        // The one start line: where it stores, with TLS verified, and the schema version.
+        let start = text
+            .lines()
+            .find(|line| line.contains("service started"))
+            .unwrap_or_else(|| panic!("{command} logged no start line: {text}"));
+        assert!(
+            start.contains(&format!(
+                "localhost:{}/postgres (sslmode verify-full)",
+                server.port
+            )),
+            "{start}"
+        );
+        assert!(start.contains("schema_version="), "{start}");
+        assert!(
+            start.contains("tls=\"off\"") || start.contains("tls=off"),
+            "{start}"
+        );
+    }
+    // Every session was encrypted: the server refuses any other (hostnossl … reject).
+    let url = server.url("postgres", "sslmode=disable");
+    let output = waybill(
+        &[
+            "orders",
+            "--listen",
+            &free_addr().to_string(),
+            "--database-url",
+            &url,
+        ],
+        &dir,
+    );
+    assert_eq!(output.status.code(), Some(1));
+
+    // A server whose certificate another CA issued: each service refuses to start, saying why.
+    let stranger = TestPki::new();
+    let unverified = server.url(
+        "postgres",
+        &format!(
+            "sslmode=verify-full&sslrootcert={}",
+            stranger.dir.join("ca.pem").display()
+        ),
+    );
+    for command in ["orders", "dispatcher", "status-ingest"] {
+        let mut args = vec![
+            command,
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &unverified,
+        ];
+        if command == "dispatcher" {
+            args.extend(["--kafka-brokers", "127.0.0.1:9"]);
+        }
+        let output = waybill(&args, &dir);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{command}: {stderr}");
+        assert!(
+            stderr.contains("cannot connect to the database") && stderr.contains("certificate"),
+            "{command}: {stderr}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Polls the listener's health until SERVING (true) or the process exits or 30 s pass (false).
+async fn wait_for_health(addr: SocketAddr, process: &mut std::process::Child) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if process.try_wait().unwrap().is_some() {
+            return false;
+        }
+        if let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+        {
+            let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+            if let Ok(reply) = health
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await
+                && reply.into_inner().status()
+                    == tonic_health::pb::health_check_response::ServingStatus::Serving
+            {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}

@@ -36,8 +36,11 @@ pub struct DispatcherArgs {
     /// Kafka bootstrap servers, comma-separated `host:port`.
     #[arg(long, env = "WAYBILL_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     pub kafka_brokers: String,
-    /// Extra librdkafka producer settings, `key=value` (repeatable), e.g.
-    /// `security.protocol=SASL_SSL`. Idempotence and `acks=all` cannot be turned off.
+    /// Extra librdkafka producer settings, `key=value` (repeatable or comma-separated), e.g.
+    /// `security.protocol=SASL_SSL`, `sasl.mechanism=SCRAM-SHA-512`, `sasl.username=…`,
+    /// `sasl.password=…`, `ssl.ca.location=ca.pem`. A setting this build cannot honour stops
+    /// start-up (exit 64).
+    /// Idempotence and `acks=all` cannot be turned off.
     #[arg(
         long = "kafka-option",
         env = "WAYBILL_KAFKA_OPTIONS",
