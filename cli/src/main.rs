@@ -102,11 +102,13 @@ fn main() -> ExitCode {
         Command::Demo(_) | Command::Bench(bench::BenchCommand::E2e(_))
     ) {
         // The demo's and the e2e bench's own progress lines go to stderr: the services' logs
-        // (a line per order at info) stay at warnings unless RUST_LOG asks for more.
+        // (a line per order at info) stay at warnings unless RUST_LOG asks for more. Colour
+        // only on a terminal: redirected, stderr is plain text.
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter)
+            .with_ansi(telemetry::colour_on_stderr())
             .with_writer(std::io::stderr)
             .try_init();
         return runtime.block_on(run(cli.command));

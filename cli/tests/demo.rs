@@ -1,6 +1,6 @@
 //! `waybill demo --json`, the real binary, as a person runs it on a fresh machine: every
 //! sample order takes its path (acknowledged by each partner, audited, rejected and re-routed,
-//! unroutable) and the JSON on the last line says so.
+//! unroutable) and the JSON on the last line says so; its stderr, a pipe, gets no colour codes.
 #![allow(clippy::unwrap_used)]
 
 use std::process::Command;
@@ -12,7 +12,9 @@ fn the_demo_shows_every_path_and_exits_zero() {
     let started = std::time::Instant::now();
     let output = Command::new(env!("CARGO_BIN_EXE_waybill"))
         .args(["demo", "--json"])
-        .env_remove("RUST_LOG")
+        // A few service lines among the progress lines, to see how they are written.
+        .env("RUST_LOG", "warn,waybill_dispatcher=info")
+        .env_remove("NO_COLOR")
         .env_remove("WAYBILL_DATABASE_URL")
         .env_remove("WAYBILL_KAFKA_BROKERS")
         .output()
@@ -22,6 +24,12 @@ fn the_demo_shows_every_path_and_exits_zero() {
     assert!(output.status.success(), "{stdout}\n{stderr}");
     // Progress on stderr, the result alone on stdout's last line.
     assert!(stderr.contains("placed #1"), "{stderr}");
+    // stderr is a pipe here: plain text, no colour escape codes around the log lines.
+    assert!(stderr.contains("relay started"), "{stderr}");
+    assert!(
+        !stderr.contains("\x1b["),
+        "colour codes in a redirected stderr:\n{stderr}"
+    );
     let result: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(result["ok"], true, "{result:#}");
     assert_eq!(result["failures"].as_array().unwrap().len(), 0);

@@ -13,6 +13,7 @@ use rdkafka::{producer::FutureProducer, producer::Producer as _};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+use waybill_service_kit::kafka_log::{ClientLog, LogContext};
 
 use crate::{
     TransportPartner,
@@ -158,12 +159,17 @@ impl Connector {
         for (index, cluster) in settings.clusters.iter().enumerate() {
             let topic = cluster.topic_for(&settings.partner_id);
             let common = cluster.client_config(&settings.partner_id);
-            let producer: FutureProducer = common
+            // The consumer and the dead-letter producer of a cluster tell its outages once.
+            let log = ClientLog::new(format!(
+                "connector {} {}",
+                settings.partner_id, cluster.name
+            ));
+            let producer: FutureProducer<LogContext> = common
                 .clone()
                 .set("enable.idempotence", "true")
                 .set("acks", "all")
                 .set("message.timeout.ms", "10000")
-                .create()?;
+                .create_with_context(LogContext::from(log.clone()))?;
             let sink = Arc::new(ClusterSink {
                 name: cluster.name.clone(),
                 dead_letter_topic: cluster
@@ -186,6 +192,7 @@ impl Connector {
                 },
                 self.health.clone(),
                 index,
+                log,
             );
             let group = cluster
                 .group_id

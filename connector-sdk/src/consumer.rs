@@ -29,12 +29,15 @@ use std::{
 
 use rdkafka::{
     ClientConfig, ClientContext, Message as _, Offset, TopicPartitionList,
+    config::RDKafkaLogLevel,
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance},
+    error::KafkaError,
     message::{BorrowedMessage, Headers as _},
 };
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+use waybill_service_kit::kafka_log::ClientLog;
 
 use crate::{
     TransportPartner,
@@ -97,9 +100,20 @@ pub(crate) struct PollContext<P> {
     settings: PollSettings,
     health: ConnectorHealth,
     cluster_index: usize,
+    /// librdkafka's lines, as `LogContext` writes them (shared with the cluster's dead-letter
+    /// producer, whose context it is).
+    log: ClientLog,
 }
 
-impl<P: TransportPartner> ClientContext for PollContext<P> {}
+impl<P: TransportPartner> ClientContext for PollContext<P> {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.log.log(level as i32, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.log.error(error.rdkafka_error_code(), &error, reason);
+    }
+}
 
 impl<P: TransportPartner> ConsumerContext for PollContext<P> {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -116,6 +130,7 @@ impl<P: TransportPartner> ConsumerContext for PollContext<P> {
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(list) = rebalance {
+            self.log.reachable();
             let partitions = self.partitions_of(list);
             info!(cluster = %self.sink.name, ?partitions, "partitions assigned");
             let mut state = self.lock();
@@ -143,6 +158,7 @@ impl<P: TransportPartner> PollContext<P> {
         settings: PollSettings,
         health: ConnectorHealth,
         cluster_index: usize,
+        log: ClientLog,
     ) -> Self {
         let (completions, receiver) = mpsc::channel();
         Self {
@@ -158,6 +174,7 @@ impl<P: TransportPartner> PollContext<P> {
             settings,
             health,
             cluster_index,
+            log,
         }
     }
 
@@ -417,6 +434,9 @@ impl<P: TransportPartner> PollContext<P> {
             }
         }
         let complete = highs.len() == asked;
+        if !highs.is_empty() {
+            self.log.reachable();
+        }
         let mut state = self.lock();
         for (partition, high) in highs {
             if let Some(slot) = state.partitions.get_mut(&partition)
@@ -476,16 +496,15 @@ pub(crate) fn poll_loop<P: TransportPartner>(
         .update_cluster(context.cluster_index, |cluster| cluster.polling = true);
     let mut last_commit = Instant::now();
     let mut next_lag = Instant::now() + LAG_INTERVAL;
-    let mut error_logged = Instant::now() - Duration::from_secs(60);
     while !shutdown.is_cancelled() {
         match consumer.poll(POLL_TIMEOUT) {
-            Some(Ok(message)) => context.on_message(&consumer, &message),
-            // Transient broker errors repeat every poll while they last: log a few.
-            Some(Err(error)) if error_logged.elapsed() >= Duration::from_secs(10) => {
-                warn!(cluster = %context.sink.name, %error, "consumer error");
-                error_logged = Instant::now();
+            Some(Ok(message)) => {
+                context.log.reachable();
+                context.on_message(&consumer, &message);
             }
-            Some(Err(_)) | None => {}
+            // Broker errors repeat every poll while they last: logged once per change.
+            Some(Err(error)) => context.log.error(error.rdkafka_error_code(), &error, ""),
+            None => {}
         }
         context.drain_completions(&consumer);
         if last_commit.elapsed() >= context.settings.commit_interval {

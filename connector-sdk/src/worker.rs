@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, error, info, info_span, warn};
 use waybill_proto::v1::OrderStatus;
+use waybill_service_kit::kafka_log::LogContext;
 
 use crate::{
     Acceptance, PartnerError, ShipmentContext, TransportPartner,
@@ -60,7 +61,7 @@ pub(crate) struct Job {
 pub(crate) struct ClusterSink {
     pub name: String,
     pub dead_letter_topic: String,
-    pub producer: FutureProducer,
+    pub producer: FutureProducer<LogContext>,
 }
 
 impl std::fmt::Debug for ClusterSink {

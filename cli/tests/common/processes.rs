@@ -58,26 +58,40 @@ impl Service {
 
     /// SIGTERM, then waits for a clean exit.
     pub fn stop(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else {
+        if self.child.is_none() {
             return true;
+        }
+        let Some((status, _)) = self.terminate_within(Duration::from_secs(30)) else {
+            return false;
         };
+        if !status.success() {
+            eprintln!("{} did not stop cleanly: {status}", self.role);
+        }
+        status.success()
+    }
+
+    /// SIGTERM, then waits at most `bound` for the exit: its status and how long it took, or
+    /// `None` if it was still running (then it is killed). Also `None` if it was not running.
+    pub fn terminate_within(
+        &mut self,
+        bound: Duration,
+    ) -> Option<(std::process::ExitStatus, Duration)> {
+        let mut child = self.child.take()?;
         Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let signalled = Instant::now();
         loop {
             if let Some(status) = child.try_wait().unwrap() {
-                if !status.success() {
-                    eprintln!("{} did not stop cleanly: {status}", self.role);
-                }
-                return status.success();
+                return Some((status, signalled.elapsed()));
             }
-            if Instant::now() > deadline {
+            if signalled.elapsed() > bound {
                 let _ = child.kill();
-                return false;
+                let _ = child.wait();
+                return None;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

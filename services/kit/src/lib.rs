@@ -23,6 +23,8 @@
 //!   every service (roles, audit trail), per-caller rate limits, and the production guard.
 //! - `kafka` (feature `kafka`): refusing Kafka client settings the build cannot honour, before
 //!   a service starts, naming what it supports.
+//! - [`kafka_log`]: librdkafka's log lines and errors as one line per change (brokers down,
+//!   back) instead of one per reconnect attempt, for every Kafka client's context.
 //! - [`shutdown`]: SIGINT/SIGTERM to a `CancellationToken`.
 //! - [`clock`]: the time source, controllable in tests.
 //! - `testing` (feature `testing`): throw-away databases for tests.
@@ -34,6 +36,7 @@ pub mod duration;
 pub mod grpc;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod kafka_log;
 pub mod metrics;
 pub mod page_token;
 pub mod run;

@@ -23,8 +23,18 @@ use opentelemetry::{
 };
 use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tonic::codegen::http::HeaderMap;
+use tracing::{Event, Subscriber};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
+use tracing_subscriber::{
+    EnvFilter,
+    fmt::{
+        FmtContext, FormatEvent, FormatFields, MakeWriter,
+        format::{Format, Json, JsonFields, Writer},
+    },
+    layer::SubscriberExt,
+    registry::LookupSpan,
+    util::SubscriberInitExt,
+};
 
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -133,24 +143,73 @@ pub fn init_with(
         LogFormat::Text => registry
             .with(
                 tracing_subscriber::fmt::layer()
-                    .with_ansi(use_colour(
-                        std::io::stderr().is_terminal(),
-                        std::env::var_os("NO_COLOR").as_deref(),
-                    ))
+                    .with_ansi(colour_on_stderr())
                     .with_writer(std::io::stderr),
             )
             .try_init(),
-        LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_current_span(true)
-                    .with_writer(std::io::stderr),
-            )
-            .try_init(),
+        LogFormat::Json => registry.with(json_layer(std::io::stderr)).try_init(),
     };
     installed.map_err(|e| TelemetryError::Subscriber(e.to_string()))?;
     Ok(TelemetryGuard { provider })
+}
+
+/// Whether text logs written to stderr get colour escape codes (see [`use_colour`]): for the
+/// binary's own log set-ups too (`waybill demo`).
+pub fn colour_on_stderr() -> bool {
+    use_colour(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    )
+}
+
+/// The JSON log layer, writing to `writer`.
+fn json_layer<S, W>(
+    writer: W,
+) -> tracing_subscriber::fmt::Layer<S, JsonFields, JsonWithoutLogFields, W>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .json()
+        .event_format(JsonWithoutLogFields(
+            tracing_subscriber::fmt::format()
+                .json()
+                .with_current_span(true),
+        ))
+        .with_writer(writer)
+}
+
+/// The JSON event format without the `log.*` fields (`log.file`, `log.line`,
+/// `log.module_path`, `log.target`) that the `log` → `tracing` bridge adds to a library's `log`
+/// record: `log.file` is a path on the build machine (`/root/.cargo/registry/…`), and the
+/// record's target is the line's `target` already. Only such lines are rewritten.
+struct JsonWithoutLogFields(Format<Json>);
+
+impl<S, N> FormatEvent<S, N> for JsonWithoutLogFields
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        if event.metadata().fields().field("log.file").is_none() {
+            return self.0.format_event(ctx, writer, event);
+        }
+        let mut line = String::new();
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        let Ok(mut json) = serde_json::from_str::<serde_json::Value>(&line) else {
+            return writer.write_str(&line);
+        };
+        if let Some(fields) = json.get_mut("fields").and_then(|f| f.as_object_mut()) {
+            fields.retain(|name, _| !name.starts_with("log."));
+        }
+        writeln!(writer, "{json}")
+    }
 }
 
 /// Whether text logs get colour escape codes: only on a terminal, and never when `NO_COLOR`
@@ -249,5 +308,66 @@ mod colour_tests {
         assert!(use_colour(true, Some(OsStr::new(""))));
         assert!(!use_colour(true, Some(OsStr::new("1"))));
         assert!(!use_colour(false, None), "a file or a pipe gets plain text");
+    }
+}
+
+#[cfg(test)]
+mod json_tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    use super::json_layer;
+
+    /// Collects what the layer writes.
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn json_lines_carry_no_log_bridge_fields() {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::registry().with(json_layer(move || writer.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            // What the `log` bridge makes of a library's `log::warn!`.
+            tracing::warn!(
+                log.target = "rdkafka::client",
+                log.module_path = "rdkafka::client",
+                log.file =
+                    "/root/.cargo/registry/src/index.crates.io-0000/rdkafka-0.39.0/src/client.rs",
+                log.line = 116u32,
+                "librdkafka: Global error: AllBrokersDown"
+            );
+            tracing::info!(order_id = "o-1", "an ordinary line");
+        });
+        let output = String::from_utf8(buffer.0.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .unwrap_or_default();
+        let lines: Vec<serde_json::Value> = output
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_default())
+            .collect();
+        assert_eq!(lines.len(), 2, "{output}");
+        assert!(!output.contains("log."), "{output}");
+        assert!(!output.contains(".cargo/registry"), "{output}");
+        assert_eq!(
+            lines[0]["fields"]["message"],
+            "librdkafka: Global error: AllBrokersDown"
+        );
+        assert_eq!(lines[0]["level"], "WARN");
+        assert_eq!(lines[1]["fields"]["order_id"], "o-1");
     }
 }

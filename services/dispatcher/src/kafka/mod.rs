@@ -19,9 +19,10 @@ use async_trait::async_trait;
 use rdkafka::{
     ClientConfig,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
-    client::DefaultClientContext,
     types::RDKafkaErrorCode,
 };
+
+use waybill_service_kit::kafka_log::LogContext;
 
 /// Broker connection settings.
 #[derive(Debug, Clone)]
@@ -152,7 +153,7 @@ pub trait TopicCreator: Send + Sync + std::fmt::Debug + 'static {
 
 /// Creates topics with the Kafka Admin API (`CreateTopics`).
 pub struct AdminTopicCreator {
-    admin: AdminClient<DefaultClientContext>,
+    admin: AdminClient<LogContext>,
     partitions: i32,
     replication: i32,
 }
@@ -170,7 +171,9 @@ impl AdminTopicCreator {
     /// An admin client for `settings`' brokers.
     pub fn new(settings: &KafkaSettings) -> Result<Self, rdkafka::error::KafkaError> {
         Ok(Self {
-            admin: settings.admin_config().create()?,
+            admin: settings
+                .admin_config()
+                .create_with_context(LogContext::new("waybill-dispatcher admin"))?,
             partitions: settings.topic_partitions,
             replication: settings.topic_replication,
         })
@@ -185,7 +188,11 @@ impl TopicCreator for AdminTopicCreator {
             self.partitions,
             TopicReplication::Fixed(self.replication),
         );
-        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        // The whole request is bounded too: by default it waits `socket.timeout.ms` (60 s) for
+        // a broker that does not answer.
+        let options = AdminOptions::new()
+            .operation_timeout(Some(Duration::from_secs(10)))
+            .request_timeout(Some(Duration::from_secs(15)));
         let fail = |reason: String| TopicError {
             topic: topic.to_owned(),
             reason,
@@ -195,6 +202,7 @@ impl TopicCreator for AdminTopicCreator {
             .create_topics([&new_topic], &options)
             .await
             .map_err(|e| fail(e.to_string()))?;
+        self.admin.inner().context().log().reachable();
         for result in results {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}

@@ -34,7 +34,12 @@ use rdkafka::{
 use tokio::sync::watch;
 use tracing::{error, warn};
 
+use waybill_service_kit::kafka_log::LogContext;
+
 use super::{KafkaSettings, messages::OutgoingMessage};
+
+/// The producer client: librdkafka's lines go through [`LogContext`] (once per change).
+type Client = FutureProducer<LogContext>;
 
 /// Batches in a row without one successful send after which the producer is rebuilt.
 pub const REBUILD_AFTER_FAILED_BATCHES: u32 = 3;
@@ -186,7 +191,9 @@ impl SendHealth {
 #[derive(Clone)]
 pub struct OrderProducer {
     settings: KafkaSettings,
-    producer: Arc<RwLock<FutureProducer>>,
+    producer: Arc<RwLock<Client>>,
+    /// Shared by every producer this one is rebuilt into, so an outage is told once.
+    context: LogContext,
     health: Arc<SendHealth>,
 }
 
@@ -201,10 +208,14 @@ impl std::fmt::Debug for OrderProducer {
 impl OrderProducer {
     /// A producer for `settings` (connects lazily).
     pub fn new(settings: &KafkaSettings) -> Result<Self, KafkaError> {
-        let producer: FutureProducer = settings.producer_config().create()?;
+        let context = LogContext::new("waybill-dispatcher producer");
+        let producer = settings
+            .producer_config()
+            .create_with_context(context.clone())?;
         Ok(Self {
             settings: settings.clone(),
             producer: Arc::new(RwLock::new(producer)),
+            context,
             health: Arc::new(SendHealth::default()),
         })
     }
@@ -214,7 +225,7 @@ impl OrderProducer {
         &self.health
     }
 
-    fn current(&self) -> FutureProducer {
+    fn current(&self) -> Client {
         self.producer
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -270,6 +281,9 @@ impl OrderProducer {
         });
         let outcomes = join_all(sends).await;
         let failed_in_a_row = self.health.observe(&outcomes);
+        if failed_in_a_row == 0 {
+            self.context.log().reachable();
+        }
         if let Some(reason) = rebuild_reason(&producer, &outcomes, failed_in_a_row) {
             self.rebuild(&producer, &reason);
         }
@@ -277,8 +291,12 @@ impl OrderProducer {
     }
 
     /// Replaces `failed` with a fresh producer, unless another batch already did.
-    fn rebuild(&self, failed: &FutureProducer, reason: &str) {
-        let fresh = match self.settings.producer_config().create::<FutureProducer>() {
+    fn rebuild(&self, failed: &Client, reason: &str) {
+        let fresh = match self
+            .settings
+            .producer_config()
+            .create_with_context(self.context.clone())
+        {
             Ok(fresh) => fresh,
             Err(error) => {
                 warn!(%error, "cannot build a new kafka producer, will try again");
@@ -318,8 +336,9 @@ impl OrderProducer {
                 })
         })
         .await;
-        if !matches!(fetched, Ok(Ok(true))) {
-            warn!("the broker does not list a topic just created yet");
+        match fetched {
+            Ok(Ok(true)) => self.context.log().reachable(),
+            _ => warn!("the broker does not list a topic just created yet"),
         }
     }
 
@@ -356,7 +375,7 @@ fn record_of(message: &OutgoingMessage) -> FutureRecord<'_, str, [u8]> {
 
 /// Why the producer that produced `outcomes` must be replaced, if it must.
 fn rebuild_reason(
-    producer: &FutureProducer,
+    producer: &Client,
     outcomes: &[SendOutcome],
     failed_batches_in_a_row: u32,
 ) -> Option<String> {
@@ -430,9 +449,9 @@ mod tests {
 
     #[test]
     fn rebuilds_on_producer_state_errors_and_runs_of_failed_batches() {
-        let producer: FutureProducer = KafkaSettings::new("127.0.0.1:1")
+        let producer: Client = KafkaSettings::new("127.0.0.1:1")
             .producer_config()
-            .create()
+            .create_with_context(LogContext::new("test"))
             .expect("producer");
         let other = [failure(SendErrorKind::Other)];
         assert_eq!(rebuild_reason(&producer, &other, 1), None);

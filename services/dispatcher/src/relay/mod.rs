@@ -174,8 +174,17 @@ impl Relay {
 
     /// Creates every topic the relay produces to (audit, order events, each partner's), so a
     /// broker with auto-creation off, or one that lost its data, gets them back at start-up.
-    /// A failure is logged: producing creates a topic it finds missing anyway.
-    pub async fn ensure_topics(&self) {
+    /// A failure is logged: producing creates a topic it finds missing anyway. Gives up at
+    /// once when `shutdown` is cancelled: against a broker that does not answer, each request
+    /// waits out its timeout, and shutdown must not wait for them.
+    pub async fn ensure_topics(&self, shutdown: &CancellationToken) {
+        tokio::select! {
+            () = shutdown.cancelled() => info!("shutdown: topics not ensured, producing creates them"),
+            () = self.ensure_all_topics() => {}
+        }
+    }
+
+    async fn ensure_all_topics(&self) {
         let mut topics = vec![
             self.settings.topics.audit.clone(),
             self.settings.topics.order_events.clone(),
@@ -350,7 +359,12 @@ impl Relay {
         };
         // Topics are ensured alongside, not first: a slow admin API must not hold back orders
         // whose topics exist.
-        tokio::join!(self.ensure_topics(), dispatching, publishing, retention);
+        tokio::join!(
+            self.ensure_topics(&shutdown),
+            dispatching,
+            publishing,
+            retention
+        );
         self.stop().await;
     }
 
