@@ -90,8 +90,18 @@ async fn a_dispatcher_whose_broker_is_unreachable_stops_promptly_on_sigterm() {
     dispatcher_stops_promptly(&silent_broker().to_string(), "broker never answers").await;
 }
 
+/// A `waybill dev` process, killed when dropped (also when an assertion fails first).
+struct Dev(Child);
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `waybill dev` in `dir`; returns it and its embedded broker's address (from its banner).
-fn start_dev(dir: &Path) -> (Child, String) {
+fn start_dev(dir: &Path) -> (Dev, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_waybill"))
         .current_dir(dir)
         .arg("dev")
@@ -108,25 +118,24 @@ fn start_dev(dir: &Path) -> (Child, String) {
         .spawn()
         .unwrap();
     let stdout = BufReader::new(child.stdout.take().unwrap());
+    let dev = Dev(child);
     // "  kafka          127.0.0.1:PORT (embedded, in memory: …)"
     let brokers = stdout.lines().map_while(Result::ok).find_map(|line| {
         let mut words = line.split_whitespace();
         (words.next() == Some("kafka")).then(|| words.next().map(str::to_owned))?
     });
     let Some(brokers) = brokers else {
-        let _ = child.kill();
         panic!("no kafka line in waybill dev's banner");
     };
-    (child, brokers)
+    (dev, brokers)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dispatcher_on_the_dev_embedded_broker_stops_on_sigterm() {
     let dir = temp_dir("shutdown-dev");
-    let (mut dev, brokers) = start_dev(&dir);
+    let (dev, brokers) = start_dev(&dir);
     dispatcher_stops_promptly(&brokers, "waybill dev's embedded broker").await;
-    let _ = dev.kill();
-    let _ = dev.wait();
+    drop(dev);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
