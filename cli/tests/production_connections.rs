@@ -5,20 +5,17 @@
 #![allow(clippy::unwrap_used)]
 
 use std::{
-    net::SocketAddr,
     process::{Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
+use processes::{free_addr, wait_serving};
 use waybill_dispatcher::testing::TestBroker;
 use waybill_service_kit::testing::tls::TestPki;
 
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
+#[allow(dead_code)] // the process helpers this file does not use
+#[path = "common/processes.rs"]
+mod processes;
 
 fn temp_dir(what: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("waybill-{what}-{}", uuid::Uuid::new_v4()));
@@ -206,11 +203,10 @@ async fn every_service_stores_over_verified_tls_and_refuses_a_server_from_anothe
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let serving = wait_for_health(listen, &mut service).await;
+        wait_serving(listen, command, &log).await;
         let _ = service.kill();
         let _ = service.wait();
         let text = std::fs::read_to_string(&log).unwrap();
-        assert!(serving, "{command} did not serve: {text}");
         // The one start line: where it stores, with TLS verified, and the schema version.
         let start = text
             .lines()
@@ -272,31 +268,4 @@ async fn every_service_stores_over_verified_tls_and_refuses_a_server_from_anothe
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Polls the listener's health until SERVING (true) or the process exits or 30 s pass (false).
-async fn wait_for_health(addr: SocketAddr, process: &mut std::process::Child) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if process.try_wait().unwrap().is_some() {
-            return false;
-        }
-        if let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-        {
-            let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-            if let Ok(reply) = health
-                .check(tonic_health::pb::HealthCheckRequest::default())
-                .await
-                && reply.into_inner().status()
-                    == tonic_health::pb::health_check_response::ServingStatus::Serving
-            {
-                return true;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
 }

@@ -91,7 +91,7 @@ fn production_commands_refuse_unprotected_public_listeners() {
     let listening = loop {
         match receiver.recv_timeout(Duration::from_secs(30)) {
             Ok(line) => {
-                let done = line.contains("orders service listening");
+                let done = line.contains("service started") && line.contains("service=\"orders\"");
                 seen.push(line);
                 if done {
                     break true;

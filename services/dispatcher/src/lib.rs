@@ -160,7 +160,7 @@ pub async fn run(config: DispatcherConfig, shutdown: CancellationToken) -> Resul
         .map_or("PLAINTEXT", |(_, value)| value.as_str());
     waybill_service_kit::run::log_started(
         "dispatcher",
-        config.listen,
+        listener.local_addr().unwrap_or(config.listen),
         &config.security,
         &db,
         &[

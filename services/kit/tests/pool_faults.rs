@@ -118,15 +118,7 @@ async fn a_caller_cancelled_during_begin_leaves_no_transaction_behind() {
     // idle, not inside a transaction (with Pool::begin it stays "idle in transaction" and the
     // next caller's statements run inside it).
     let mut observer = PgConnection::connect(&database.url).await.unwrap();
-    eventually(
-        Duration::from_secs(10),
-        "the connection is back in the pool",
-        || {
-            let pool = pool.clone();
-            async move { pool.num_idle() == 1 }
-        },
-    )
-    .await;
+    idle(&pool).await;
     let state: Option<String> =
         sqlx::query_scalar("SELECT state FROM pg_stat_activity WHERE application_name = $1")
             .bind(&application)

@@ -132,7 +132,7 @@ pub async fn run(config: OrdersConfig, shutdown: CancellationToken) -> Result<()
     }
     waybill_service_kit::run::log_started(
         "orders",
-        config.listen,
+        listener.local_addr().unwrap_or(config.listen),
         &config.security,
         &db,
         &[("region", &config.region)],

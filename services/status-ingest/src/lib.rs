@@ -97,7 +97,7 @@ pub async fn run(config: StatusIngestConfig, shutdown: CancellationToken) -> Res
     let metrics = MetricsEndpoint::start(&config.metrics, &deps.registry, &shutdown).await?;
     waybill_service_kit::run::log_started(
         "status-ingest",
-        config.listen,
+        listener.local_addr().unwrap_or(config.listen),
         &config.security,
         &db,
         &[("audience", &config.audience)],

@@ -131,45 +131,21 @@ async fn forward(
         return;
     };
     let (server_read, server_write) = server.into_split();
-    match tls {
+    type Read = Box<dyn AsyncRead + Unpin + Send>;
+    type Write = Box<dyn AsyncWrite + Unpin + Send>;
+    let (client_read, client_write): (Read, Write) = match tls {
         None => {
-            let (client_read, client_write) = client.into_split();
-            pipe_both(
-                client_read,
-                client_write,
-                server_read,
-                server_write,
-                id,
-                stalled,
-            )
-            .await;
+            let (read, write) = client.into_split();
+            (Box::new(read), Box::new(write))
         }
         Some(acceptor) => {
             let Ok(client) = acceptor.accept(client).await else {
                 return;
             };
-            let (client_read, client_write) = tokio::io::split(client);
-            pipe_both(
-                client_read,
-                client_write,
-                server_read,
-                server_write,
-                id,
-                stalled,
-            )
-            .await;
+            let (read, write) = tokio::io::split(client);
+            (Box::new(read), Box::new(write))
         }
-    }
-}
-
-async fn pipe_both(
-    client_read: impl AsyncRead + Unpin,
-    client_write: impl AsyncWrite + Unpin,
-    server_read: impl AsyncRead + Unpin,
-    server_write: impl AsyncWrite + Unpin,
-    id: u64,
-    stalled: watch::Receiver<u64>,
-) {
+    };
     // Either direction ending (EOF or error) ends the connection.
     tokio::select! {
         () = pipe(client_read, server_write, id, stalled.clone()) => {}
