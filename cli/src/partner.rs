@@ -51,6 +51,11 @@ pub struct PartnerArgs {
     /// Group session timeout, in milliseconds (default 10000).
     #[arg(long, env = "WAYBILL_KAFKA_SESSION_TIMEOUT_MS")]
     session_timeout_ms: Option<u64>,
+    /// Longest a broker may hold a fetch that found nothing, in milliseconds (default 100).
+    /// Apache Kafka answers as soon as a record arrives; brokers that hold every fetch until
+    /// the wait runs out (Tansu, `waybill dev`'s embedded one) add it to every order: use 5.
+    #[arg(long, env = "WAYBILL_KAFKA_FETCH_WAIT_MS")]
+    fetch_wait_ms: Option<u64>,
     /// The partner's Ed25519 private key, PKCS#8 PEM (`waybill keys generate` writes one).
     #[arg(long, env = "WAYBILL_PARTNER_KEY_FILE")]
     key_file: PathBuf,
@@ -94,6 +99,7 @@ pub async fn run(args: PartnerArgs, shutdown: CancellationToken) -> anyhow::Resu
             "WAYBILL_TOPIC_PREFIX" => Some(args.topic_prefix.clone()),
             "WAYBILL_CONNECTOR_GROUP" => args.group.clone(),
             "WAYBILL_KAFKA_SESSION_TIMEOUT_MS" => args.session_timeout_ms.map(|v| v.to_string()),
+            "WAYBILL_KAFKA_FETCH_WAIT_MS" => args.fetch_wait_ms.map(|v| v.to_string()),
             "WAYBILL_PARTNER_KEY_FILE" => Some(path(&args.key_file)),
             "WAYBILL_PARTNER_KEY_ID" => Some(args.key_id.clone()),
             "WAYBILL_TOKEN_AUDIENCE" => Some(args.audience.clone()),

@@ -264,7 +264,9 @@ impl System {
             let connector = Connector::builder(partner.id())
                 .cluster(
                     ClusterConfig::new("local", self.brokers.clone())
-                        .session_timeout(Duration::from_secs(6)),
+                        .session_timeout(Duration::from_secs(6))
+                        // The embedded broker and Tansu hold a fetch until its wait runs out.
+                        .fetch_wait(Duration::from_millis(5)),
                 )
                 .signing_key(key.clone())
                 .audience(settings.audience.clone())

@@ -9,6 +9,7 @@
 //! | `WAYBILL_CONNECTOR_GROUP` | `waybill-connector.<partner>` | consumer group id |
 //! | `WAYBILL_KAFKA_OPTIONS` | unset | librdkafka properties for every cluster, `,`-separated `key=value` (SASL credentials, TLS) |
 //! | `WAYBILL_KAFKA_SESSION_TIMEOUT_MS` | `10000` | group session timeout (6000 suits Tansu) |
+//! | `WAYBILL_KAFKA_FETCH_WAIT_MS` | `100` | longest a broker holds an empty fetch (5 suits Tansu) |
 //! | `WAYBILL_PARTNER_KEY_FILE` | required | the partner's Ed25519 private key, PKCS#8 PEM |
 //! | `WAYBILL_PARTNER_KEY_ID` | required | the key id it was enrolled under |
 //! | `WAYBILL_TOKEN_AUDIENCE` | `waybill-local` | the Waybill environment (StatusIngest's `--audience`) |
@@ -38,8 +39,12 @@ pub struct ClusterConfig {
     pub(crate) group_id: Option<String>,
     pub(crate) dead_letter_topic: Option<String>,
     pub(crate) session_timeout: Duration,
+    pub(crate) fetch_wait: Duration,
     pub(crate) properties: Vec<(String, String)>,
 }
+
+/// How long a broker may hold a fetch that found nothing, by default.
+pub const DEFAULT_FETCH_WAIT: Duration = Duration::from_millis(100);
 
 impl ClusterConfig {
     /// A cluster reachable at `bootstrap_servers` (`host:port[,host:port]`), named `name` in
@@ -53,6 +58,7 @@ impl ClusterConfig {
             group_id: None,
             dead_letter_topic: None,
             session_timeout: Duration::from_secs(10),
+            fetch_wait: DEFAULT_FETCH_WAIT,
             properties: Vec::new(),
         }
     }
@@ -85,6 +91,17 @@ impl ClusterConfig {
     /// The group session timeout: how long before a killed instance's partitions move.
     pub fn session_timeout(mut self, timeout: Duration) -> Self {
         self.session_timeout = timeout;
+        self
+    }
+
+    /// How long the broker may hold a fetch that found nothing (`fetch.wait.max.ms`, default
+    /// 100 ms; a `fetch.wait.max.ms` property overrides it). Apache Kafka answers a waiting
+    /// fetch as soon as a record arrives, so there this only bounds the idle fetch rate; brokers
+    /// that hold every fetch until the wait runs out (Tansu, librdkafka's mock cluster that
+    /// `waybill dev` embeds) add it to every order's latency: `waybill dev`, the demo and the
+    /// benches use 5 ms.
+    pub fn fetch_wait(mut self, wait: Duration) -> Self {
+        self.fetch_wait = wait;
         self
     }
 
@@ -206,6 +223,7 @@ impl ConnectorBuilder {
         let mut builder = Self::new(partner.clone());
         let prefix = var("WAYBILL_TOPIC_PREFIX").unwrap_or_else(|| DEFAULT_TOPIC_PREFIX.to_owned());
         let session = millis("WAYBILL_KAFKA_SESSION_TIMEOUT_MS")?;
+        let fetch_wait = millis("WAYBILL_KAFKA_FETCH_WAIT_MS")?;
         let group = var("WAYBILL_CONNECTOR_GROUP");
         let brokers = var("WAYBILL_KAFKA_BROKERS").unwrap_or_else(|| "127.0.0.1:9092".to_owned());
         let properties = var("WAYBILL_KAFKA_OPTIONS")
@@ -244,6 +262,9 @@ impl ConnectorBuilder {
             }
             if let Some(group) = &group {
                 cluster = cluster.group_id(group.clone());
+            }
+            if let Some(wait) = fetch_wait {
+                cluster = cluster.fetch_wait(wait);
             }
             for (key, value) in &properties {
                 cluster = cluster.property(key.clone(), value.clone());
@@ -462,135 +483,4 @@ impl ConnectorBuilder {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::collections::HashMap;
-
-    use super::*;
-
-    const KEY_PEM: &str = "-----BEGIN PRIVATE KEY-----
-MC4CAQAwBQYDK2VwBCIEIKwxdfQ/DTm2u3QXs+hnXqQPb0IKxYQrPgiuUdip1SSd
------END PRIVATE KEY-----
-";
-
-    fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let vars: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        move |name| vars.get(name).cloned()
-    }
-
-    fn key_file() -> PathBuf {
-        let path = std::env::temp_dir().join(format!("waybill-key-{}.pem", uuid::Uuid::new_v4()));
-        std::fs::write(&path, KEY_PEM).expect("write key");
-        path
-    }
-
-    #[test]
-    fn reads_clusters_key_and_settings_from_variables() {
-        let key = key_file();
-        let key_path = key.to_string_lossy().into_owned();
-        let builder = ConnectorBuilder::from_lookup(
-            "local-express",
-            lookup(&[
-                ("WAYBILL_KAFKA_BROKERS", "eu=k1:9092,k2:9092; us=k3:9092"),
-                ("WAYBILL_TOPIC_PREFIX", "prod.partner."),
-                ("WAYBILL_KAFKA_SESSION_TIMEOUT_MS", "6000"),
-                ("WAYBILL_PARTNER_KEY_FILE", &key_path),
-                ("WAYBILL_PARTNER_KEY_ID", "lx-2026"),
-                ("WAYBILL_TOKEN_AUDIENCE", "waybill-production"),
-                ("WAYBILL_ADAPTER_TIMEOUT_MS", "1500"),
-                (
-                    "WAYBILL_KAFKA_OPTIONS",
-                    "security.protocol=SASL_PLAINTEXT, sasl.username=lx",
-                ),
-            ]),
-        )
-        .expect("valid");
-        assert_eq!(builder.partner_id, "local-express");
-        assert_eq!(builder.clusters.len(), 2);
-        assert_eq!(builder.clusters[0].name, "eu");
-        assert_eq!(builder.clusters[0].bootstrap_servers, "k1:9092,k2:9092");
-        assert_eq!(
-            builder.clusters[1].topic_for("local-express"),
-            "prod.partner.local-express"
-        );
-        assert_eq!(builder.clusters[1].session_timeout, Duration::from_secs(6));
-        for cluster in &builder.clusters {
-            assert_eq!(
-                cluster.properties,
-                [
-                    ("security.protocol".to_owned(), "SASL_PLAINTEXT".to_owned()),
-                    ("sasl.username".to_owned(), "lx".to_owned())
-                ]
-            );
-        }
-        assert_eq!(
-            builder.signing_key.as_ref().map(ReportSigningKey::key_id),
-            Some("lx-2026")
-        );
-        assert_eq!(builder.audience, "waybill-production");
-        assert_eq!(builder.adapter_timeout, Duration::from_millis(1500));
-        let _ = std::fs::remove_file(key);
-    }
-
-    #[test]
-    fn refuses_missing_keys_and_bad_numbers_with_a_clear_message() {
-        let error = ConnectorBuilder::from_lookup("p", lookup(&[])).expect_err("no key");
-        assert!(
-            error.to_string().contains("WAYBILL_PARTNER_KEY_FILE"),
-            "{error}"
-        );
-        let error = ConnectorBuilder::from_lookup("p", lookup(&[("WAYBILL_PARTNER_KEY_ID", "k")]))
-            .expect_err("half a key");
-        assert!(error.to_string().contains("both"), "{error}");
-        let error = ConnectorBuilder::from_lookup(
-            "p",
-            lookup(&[("WAYBILL_KAFKA_SESSION_TIMEOUT_MS", "soon")]),
-        )
-        .expect_err("not a number");
-        assert!(
-            error
-                .to_string()
-                .contains("WAYBILL_KAFKA_SESSION_TIMEOUT_MS"),
-            "{error}"
-        );
-        let error =
-            ConnectorBuilder::from_lookup("p", lookup(&[("WAYBILL_KAFKA_OPTIONS", "sasl")]))
-                .expect_err("not key=value");
-        assert!(error.to_string().contains("key=value"), "{error}");
-    }
-
-    #[tokio::test]
-    async fn build_checks_the_settings() {
-        let key = ReportSigningKey::from_key(waybill_token::SigningKey::from_bytes(&[1; 32]), "k")
-            .expect("key");
-        let error = ConnectorBuilder::new("acme")
-            .signing_key(key.clone())
-            .build()
-            .await
-            .expect_err("no cluster");
-        assert!(error.to_string().contains("no cluster"), "{error}");
-        let error = ConnectorBuilder::new("acme; drop")
-            .signing_key(key.clone())
-            .cluster(ClusterConfig::new("a", "k:9092"))
-            .build()
-            .await
-            .expect_err("bad id");
-        assert!(error.to_string().contains("partner id"), "{error}");
-        let error = ConnectorBuilder::new("acme")
-            .cluster(ClusterConfig::new("a", "k:9092"))
-            .build()
-            .await
-            .expect_err("no key");
-        assert!(error.to_string().contains("signing key"), "{error}");
-        let error = ConnectorBuilder::new("acme")
-            .signing_key(key)
-            .cluster(ClusterConfig::new("a", "k:9092"))
-            .cluster(ClusterConfig::new("a", "k2:9092"))
-            .build()
-            .await
-            .expect_err("same name twice");
-        assert!(error.to_string().contains("unique"), "{error}");
-    }
-}
+mod tests;

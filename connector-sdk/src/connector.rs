@@ -215,6 +215,16 @@ impl Connector {
                         .max(100)
                         .to_string(),
                 );
+            if !cluster
+                .properties
+                .iter()
+                .any(|(key, _)| key == "fetch.wait.max.ms")
+            {
+                config.set(
+                    "fetch.wait.max.ms",
+                    cluster.fetch_wait.as_millis().max(1).to_string(),
+                );
+            }
             consumers.push((
                 cluster.name.clone(),
                 topic,

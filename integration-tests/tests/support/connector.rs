@@ -57,7 +57,8 @@ pub fn cluster(stack: &TestStack, name: &str) -> ClusterConfig {
     broker.client_options().iter().fold(
         ClusterConfig::new(name, broker.bootstrap_servers())
             .topic_prefix(stack.topics.partner_prefix.clone())
-            .session_timeout(Duration::from_secs(6)),
+            .session_timeout(Duration::from_secs(6))
+            .fetch_wait(Duration::from_millis(5)),
         |cluster, (key, value)| cluster.property(key, value),
     )
 }
