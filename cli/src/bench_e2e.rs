@@ -77,17 +77,31 @@ struct E2eReport {
     max_behind_ms: f64,
     at_adapter: u64,
     received: u64,
+    /// Orders whose adapter was called more than once (an order taken into effect twice).
+    adapter_repeats: u64,
+    /// Orders recorded as received whose adapter was never called.
+    received_without_call: u64,
+    /// Whether the run's ledger failed to balance: its figures then mean nothing.
+    void: bool,
     place_ms: Latency,
     to_adapter_ms: Latency,
     to_received_ms: Latency,
     peak_rss_mib: Option<f64>,
 }
 
-/// One placed order: when its response arrived.
+/// One placed order and when it was scheduled to be sent: every latency counts from there,
+/// so a load generator that falls behind cannot hide its own delay.
 struct Placed {
     order_id: String,
-    answered: Instant,
-    answered_at: DateTime<Utc>,
+    scheduled: Instant,
+    scheduled_at: DateTime<Utc>,
+}
+
+/// The adapter's calls for one order: when the first came, and how many there were.
+#[derive(Debug, Clone, Copy)]
+struct Calls {
+    first: Instant,
+    count: u32,
 }
 
 /// Runs the benchmark.
@@ -109,7 +123,7 @@ pub async fn run(args: E2eArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "e2e: {} orders offered at {}/s for {} s on {} + {}\n  placed {} ({} errors), {} behind schedule (max {:.1} ms late)\n  PlaceOrder            p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms\n  response → adapter    p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  ({} called)\n  response → received   p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  ({} recorded)\n  peak RSS {}",
+            "e2e: {} orders offered at {}/s for {} s on {} + {}\n  placed {} ({} errors), {} behind schedule (max {:.1} ms late)\n  scheduled → placed     p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms\n  scheduled → adapter    p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  ({} called)\n  scheduled → received   p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  ({} recorded)\n  ledger: {} orders called twice, {} received without a call{}\n  peak RSS {}",
             report.offered,
             report.rate_per_s,
             report.duration_s,
@@ -130,11 +144,24 @@ pub async fn run(args: E2eArgs) -> anyhow::Result<()> {
             report.to_received_ms.p99,
             report.to_received_ms.max,
             report.received,
+            report.adapter_repeats,
+            report.received_without_call,
+            if report.void {
+                ": VOID, the figures above mean nothing"
+            } else {
+                ""
+            },
             report
                 .peak_rss_mib
                 .map_or_else(|| "unknown".to_owned(), |mib| format!("{mib:.1} MiB")),
         );
     }
+    anyhow::ensure!(
+        !report.void,
+        "void: the ledger does not balance ({} orders called twice, {} received without a call)",
+        report.adapter_repeats,
+        report.received_without_call
+    );
     anyhow::ensure!(
         report.errors == 0 && report.received == report.offered,
         "{} of {} orders were not placed or not received",
@@ -150,14 +177,18 @@ async fn run_in(args: &E2eArgs, dir: PathBuf) -> anyhow::Result<E2eReport> {
         .database_url
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", dir.join("waybill.db").display()));
-    let calls: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let calls: Arc<Mutex<HashMap<String, Calls>>> = Arc::default();
     let observer: CallObserver = {
         let calls = calls.clone();
         Arc::new(move |order_id: &str| {
             if let Ok(mut calls) = calls.lock() {
                 calls
                     .entry(order_id.to_owned())
-                    .or_insert_with(Instant::now);
+                    .and_modify(|calls| calls.count += 1)
+                    .or_insert(Calls {
+                        first: Instant::now(),
+                        count: 1,
+                    });
             }
         })
     };
@@ -202,7 +233,7 @@ async fn run_in(args: &E2eArgs, dir: PathBuf) -> anyhow::Result<E2eReport> {
 async fn measure(
     args: &E2eArgs,
     system: &System,
-    calls: &Mutex<HashMap<String, Instant>>,
+    calls: &Mutex<HashMap<String, Calls>>,
 ) -> anyhow::Result<E2eReport> {
     let mut clients = Vec::new();
     for _ in 0..4 {
@@ -222,6 +253,7 @@ async fn measure(
 
     // The schedule: each order sent at its time on its own task, whatever the others do.
     let start = tokio::time::Instant::now();
+    let start_at = Utc::now();
     let mut tasks = Vec::with_capacity(offered as usize);
     let mut behind = 0u64;
     let mut max_behind = Duration::ZERO;
@@ -236,18 +268,19 @@ async fn measure(
         max_behind = max_behind.max(late);
         let mut client = clients[index as usize % clients.len()].clone();
         let request = order(&run_id, index);
+        let scheduled = due.into_std();
+        let scheduled_at = start_at
+            + chrono::Duration::from_std(interval.mul_f64(index as f64)).unwrap_or_default();
         tasks.push(tokio::spawn(async move {
-            let sent = Instant::now();
             let response = client.place_order(request).await;
             let answered = Instant::now();
-            response.map(|r| {
-                (
-                    r.into_inner().order.map(|o| o.id).unwrap_or_default(),
-                    answered - sent,
-                    answered,
-                    Utc::now(),
-                )
-            })
+            response
+                .map(|r| Placed {
+                    order_id: r.into_inner().order.map(|o| o.id).unwrap_or_default(),
+                    scheduled,
+                    scheduled_at,
+                })
+                .map(|placed| (placed, answered))
         }));
         if last_progress.elapsed() >= Duration::from_secs(1) {
             last_progress = Instant::now();
@@ -265,13 +298,10 @@ async fn measure(
     let mut errors = 0u64;
     for task in tasks {
         match task.await? {
-            Ok((order_id, latency, answered, answered_at)) if !order_id.is_empty() => {
-                place.saturating_record(micros(latency));
-                placed.push(Placed {
-                    order_id,
-                    answered,
-                    answered_at,
-                });
+            Ok((order, answered)) if !order.order_id.is_empty() => {
+                place
+                    .saturating_record(micros(answered.saturating_duration_since(order.scheduled)));
+                placed.push(order);
             }
             Ok(_) => errors += 1,
             Err(status) => {
@@ -288,6 +318,7 @@ async fn measure(
     let mut client = clients[0].clone();
     let mut to_received = new_histogram()?;
     let mut received = 0u64;
+    let mut received_ids = std::collections::HashSet::new();
     let mut pending: Vec<&Placed> = placed.iter().collect();
     while !pending.is_empty() {
         let mut still = Vec::new();
@@ -295,7 +326,8 @@ async fn measure(
             match received_at(&mut client, &order.order_id).await? {
                 Some(at) => {
                     received += 1;
-                    let latency = (at - order.answered_at).to_std().unwrap_or(Duration::ZERO);
+                    received_ids.insert(order.order_id.as_str());
+                    let latency = (at - order.scheduled_at).to_std().unwrap_or(Duration::ZERO);
                     to_received.saturating_record(micros(latency));
                 }
                 None => still.push(order),
@@ -309,16 +341,13 @@ async fn measure(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
+    let ledger = calls.lock().map_or_else(
+        |_| Ledger::default(),
+        |calls| Ledger::of(&placed, &calls, &received_ids),
+    );
     let mut to_adapter = new_histogram()?;
-    let mut at_adapter = 0u64;
-    if let Ok(calls) = calls.lock() {
-        for order in &placed {
-            if let Some(called) = calls.get(&order.order_id) {
-                at_adapter += 1;
-                to_adapter
-                    .saturating_record(micros(called.saturating_duration_since(order.answered)));
-            }
-        }
+    for waited in &ledger.to_adapter {
+        to_adapter.saturating_record(micros(*waited));
     }
     Ok(E2eReport {
         benchmark: "e2e",
@@ -331,13 +360,59 @@ async fn measure(
         errors,
         behind_schedule: behind,
         max_behind_ms: max_behind.as_secs_f64() * 1000.0,
-        at_adapter,
+        at_adapter: ledger.at_adapter,
         received,
+        adapter_repeats: ledger.adapter_repeats,
+        received_without_call: ledger.received_without_call,
+        void: ledger.is_void(),
         place_ms: latency(&place),
         to_adapter_ms: latency(&to_adapter),
         to_received_ms: latency(&to_received),
         peak_rss_mib: None,
     })
+}
+
+/// The run's ledger: every order received was handed to the adapter exactly once; an order
+/// taken twice, or received without the adapter, voids the run.
+#[derive(Debug, Default)]
+struct Ledger {
+    at_adapter: u64,
+    adapter_repeats: u64,
+    received_without_call: u64,
+    /// Scheduled send → first adapter call, per order that reached it.
+    to_adapter: Vec<Duration>,
+}
+
+impl Ledger {
+    fn of(
+        placed: &[Placed],
+        calls: &HashMap<String, Calls>,
+        received: &std::collections::HashSet<&str>,
+    ) -> Self {
+        let mut ledger = Self::default();
+        for order in placed {
+            match calls.get(&order.order_id) {
+                Some(called) => {
+                    ledger.at_adapter += 1;
+                    if called.count > 1 {
+                        ledger.adapter_repeats += 1;
+                    }
+                    ledger
+                        .to_adapter
+                        .push(called.first.saturating_duration_since(order.scheduled));
+                }
+                None if received.contains(order.order_id.as_str()) => {
+                    ledger.received_without_call += 1;
+                }
+                None => {}
+            }
+        }
+        ledger
+    }
+
+    fn is_void(&self) -> bool {
+        self.adapter_repeats > 0 || self.received_without_call > 0
+    }
 }
 
 /// When RECEIVED_BY_PARTNER was recorded on the order, if it was.
@@ -402,5 +477,47 @@ fn order(run_id: &str, index: u64) -> pb::PlaceOrderRequest {
             sku: "BOOK-042".into(),
             quantity: 1,
         }],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    fn placed(id: &str) -> Placed {
+        Placed {
+            order_id: id.to_owned(),
+            scheduled: Instant::now(),
+            scheduled_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn an_order_taken_twice_or_received_without_the_adapter_voids_the_run() {
+        let orders = [placed("a"), placed("b"), placed("c")];
+        let call = |count| Calls {
+            first: Instant::now(),
+            count,
+        };
+        let received: HashSet<&str> = ["a", "b"].into();
+
+        let clean: HashMap<String, Calls> =
+            [("a".to_owned(), call(1)), ("b".to_owned(), call(1))].into();
+        let ledger = Ledger::of(&orders, &clean, &received);
+        assert!(!ledger.is_void(), "{ledger:?}");
+        assert_eq!((ledger.at_adapter, ledger.to_adapter.len()), (2, 2));
+
+        let twice: HashMap<String, Calls> =
+            [("a".to_owned(), call(2)), ("b".to_owned(), call(1))].into();
+        let ledger = Ledger::of(&orders, &twice, &received);
+        assert!(ledger.is_void());
+        assert_eq!(ledger.adapter_repeats, 1);
+
+        let lost_call: HashMap<String, Calls> = [("a".to_owned(), call(1))].into();
+        let ledger = Ledger::of(&orders, &lost_call, &received);
+        assert!(ledger.is_void());
+        assert_eq!(ledger.received_without_call, 1);
     }
 }

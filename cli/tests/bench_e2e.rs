@@ -34,6 +34,10 @@ fn bench(database_url: Option<&str>) -> Value {
     assert_eq!(report["errors"], 0);
     assert_eq!(report["at_adapter"], 20, "{report:#}");
     assert_eq!(report["received"], 20, "{report:#}");
+    // The ledger balances: each order handed to the adapter once, none received without it.
+    assert_eq!(report["void"], false, "{report:#}");
+    assert_eq!(report["adapter_repeats"], 0, "{report:#}");
+    assert_eq!(report["received_without_call"], 0, "{report:#}");
     for figure in ["place_ms", "to_adapter_ms", "to_received_ms"] {
         let p50 = report[figure]["p50"].as_f64().unwrap();
         let p99 = report[figure]["p99"].as_f64().unwrap();
