@@ -178,13 +178,17 @@ async fn every_service_stores_over_verified_tls_and_refuses_a_server_from_anothe
     let pki = TestPki::new();
     let server = TlsPostgres::start(&pki);
     let dir = temp_dir("postgres-tls");
-    let verified = server.url(
-        "postgres",
-        &format!(
-            "sslmode=verify-full&sslrootcert={}",
-            pki.dir.join("ca.pem").display()
-        ),
-    );
+    // verify-full, trusting the CA of `trusted`.
+    let verify_full = |trusted: &TestPki| {
+        server.url(
+            "postgres",
+            &format!(
+                "sslmode=verify-full&sslrootcert={}",
+                trusted.dir.join("ca.pem").display()
+            ),
+        )
+    };
+    let verified = verify_full(&pki);
     for command in ["orders", "dispatcher", "status-ingest"] {
         let listen = free_addr();
         let log = dir.join(format!("{command}.log"));
@@ -241,13 +245,7 @@ async fn every_service_stores_over_verified_tls_and_refuses_a_server_from_anothe
 
     // A server whose certificate another CA issued: each service refuses to start, saying why.
     let stranger = TestPki::new();
-    let unverified = server.url(
-        "postgres",
-        &format!(
-            "sslmode=verify-full&sslrootcert={}",
-            stranger.dir.join("ca.pem").display()
-        ),
-    );
+    let unverified = verify_full(&stranger);
     for command in ["orders", "dispatcher", "status-ingest"] {
         let mut args = vec![
             command,
