@@ -23,6 +23,7 @@ use crate::{
     connector::{Connector, ConnectorError},
     domain::backoff::Backoff,
     inbox::{Inbox, SqlInbox},
+    observe::{Observer, PipelineObserver},
     signing::ReportSigningKey,
 };
 
@@ -160,6 +161,7 @@ pub struct ConnectorBuilder {
     pub(crate) retention: Duration,
     pub(crate) stats_interval: Duration,
     pub(crate) report_tls: Option<tonic::transport::ClientTlsConfig>,
+    pub(crate) observer: Observer,
 }
 
 impl ConnectorBuilder {
@@ -189,6 +191,7 @@ impl ConnectorBuilder {
             retention: Duration::from_secs(7 * 24 * 3600),
             stats_interval: Duration::from_secs(60),
             report_tls: None,
+            observer: Observer::default(),
         }
     }
 
@@ -427,6 +430,12 @@ impl ConnectorBuilder {
         let config = self.report_tls.take().unwrap_or_default();
         self.report_tls =
             Some(config.identity(tonic::transport::Identity::from_pem(cert_pem, key_pem)));
+        self
+    }
+
+    /// Tells `observer` of every order's steps through the connector (latency figures).
+    pub fn observer(mut self, observer: Arc<dyn PipelineObserver>) -> Self {
+        self.observer = Observer::new(Some(observer));
         self
     }
 

@@ -126,18 +126,6 @@ impl Connector {
         let _stop_on_drop = shutdown.clone().drop_guard();
         let settings = &self.settings;
         let metrics = Arc::clone(&self.health.metrics);
-        let worker = Arc::new(Worker {
-            partner_id: settings.partner_id.clone(),
-            adapter: Arc::new(adapter),
-            inbox: Arc::clone(&self.inbox),
-            settings: WorkerSettings {
-                adapter_timeout: settings.adapter_timeout,
-                adapter_attempts: settings.adapter_attempts,
-                adapter_backoff: settings.adapter_backoff,
-            },
-            metrics: Arc::clone(&metrics),
-            report_wake: Arc::clone(&self.wake),
-        });
         let sender = Arc::new(ReportSender::new(
             settings.partner_id.clone(),
             Arc::clone(&self.inbox),
@@ -151,7 +139,21 @@ impl Connector {
             },
             Arc::clone(&metrics),
             Arc::clone(&self.wake),
+            settings.observer.clone(),
         ));
+        let worker = Arc::new(Worker {
+            partner_id: settings.partner_id.clone(),
+            adapter: Arc::new(adapter),
+            inbox: Arc::clone(&self.inbox),
+            settings: WorkerSettings {
+                adapter_timeout: settings.adapter_timeout,
+                adapter_attempts: settings.adapter_attempts,
+                adapter_backoff: settings.adapter_backoff,
+            },
+            metrics: Arc::clone(&metrics),
+            reports: Arc::clone(&sender),
+            observer: settings.observer.clone(),
+        });
 
         // Every client first: a bad setting fails before anything runs.
         let mut consumers = Vec::new();
@@ -258,7 +260,11 @@ impl Connector {
         self.health.running.store(false, Ordering::Relaxed);
 
         // Reports that are due go out now, within the grace; the rest wait in the inbox.
-        let _ = tokio::time::timeout(settings.shutdown_grace, sender.send_due()).await;
+        let _ = tokio::time::timeout(settings.shutdown_grace, async {
+            sender.finish_sending(settings.shutdown_grace).await;
+            sender.send_due().await
+        })
+        .await;
         sender_stop.cancel();
         let _ = sender_task.await;
         let _ = chores.await;

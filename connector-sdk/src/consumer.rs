@@ -238,10 +238,15 @@ impl<P: TransportPartner> PollContext<P> {
             &raw.payload,
         );
         let (lane, kind) = match decoded {
-            Ok(incoming) => (
-                incoming.order.order_id.clone(),
-                JobKind::Order(Box::new(incoming)),
-            ),
+            Ok(incoming) => {
+                self.worker
+                    .observer
+                    .step(&incoming.order.order_id, crate::observe::Step::Consumed);
+                (
+                    incoming.order.order_id.clone(),
+                    JobKind::Order(Box::new(incoming)),
+                )
+            }
             // Each undecodable record is its own lane: it holds back nothing.
             Err(error) => (
                 format!("\0undecodable-{offset}"),

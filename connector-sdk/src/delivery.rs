@@ -3,16 +3,27 @@
 //! is answered as a duplicate instead of refused as a replay. Transient failures are retried
 //! with exponential backoff and jitter, kept in the inbox (so a restart resumes them);
 //! `duplicate = true` is success; a refusal that can never pass is kept as `refused`.
+//!
+//! **A pipeline, not rounds.** A report the worker has just stored is handed over at once
+//! ([`ReportSender::submit`]) and sent on its own task: nothing waits for a batch or a
+//! timer. The inbox scan ([`ReportSender::run`]) is for everything else: reports due for a
+//! retry, later statuses from the adapter, reports left by a restart or by another instance
+//! sharing the inbox. A report being sent is in `sending` and is skipped by the scan, so it
+//! is not sent twice at once (a second copy would be a harmless duplicate anyway). At most
+//! [`MAX_SENDING`] reports are on the wire at once.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use chrono::Utc;
-use tokio::{sync::Notify, task::JoinSet};
-use tokio_util::sync::CancellationToken;
+use tokio::{
+    sync::{Notify, Semaphore},
+    task::JoinSet,
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, error, info, warn};
 use waybill_proto::v1::{ReportStatusRequest, status_ingest_client::StatusIngestClient};
@@ -24,13 +35,18 @@ use crate::{
     },
     inbox::{Inbox, StoredReport},
     metrics::ConnectorMetrics,
+    observe::{Observer, Step},
     signing::ReportSigningKey,
 };
 
 /// How long each report token is valid (StatusIngest allows at most 300 s).
 const TOKEN_LIFETIME_SECONDS: i64 = 120;
-/// Reports read per pass.
-const BATCH: i64 = 64;
+/// Reports read per scan.
+const BATCH: i64 = 256;
+/// Reports on the wire at once.
+pub(crate) const MAX_SENDING: usize = 512;
+/// The longest the scan sleeps (another instance sharing the inbox may have left reports).
+const SCAN_AT_MOST_EVERY: Duration = Duration::from_secs(5);
 
 /// Settings of the report sender.
 #[derive(Debug, Clone)]
@@ -51,7 +67,13 @@ pub(crate) struct ReportSender {
     pub settings: SenderSettings,
     pub metrics: Arc<ConnectorMetrics>,
     pub wake: Arc<Notify>,
+    pub observer: Observer,
     clients: Mutex<HashMap<String, StatusIngestClient<Channel>>>,
+    /// Report ids being sent now (by the pipeline or the scan).
+    sending: Mutex<HashSet<String>>,
+    permits: Semaphore,
+    /// The pipeline's tasks, waited for at shutdown.
+    tasks: TaskTracker,
 }
 
 impl ReportSender {
@@ -62,6 +84,7 @@ impl ReportSender {
         settings: SenderSettings,
         metrics: Arc<ConnectorMetrics>,
         wake: Arc<Notify>,
+        observer: Observer,
     ) -> Self {
         Self {
             partner_id,
@@ -70,13 +93,54 @@ impl ReportSender {
             settings,
             metrics,
             wake,
+            observer,
             clients: Mutex::new(HashMap::new()),
+            sending: Mutex::new(HashSet::new()),
+            permits: Semaphore::new(MAX_SENDING),
+            tasks: TaskTracker::new(),
         }
     }
 
-    /// Sends due reports until `stop` is cancelled; woken by new reports, else by the earliest
-    /// retry time (at most every 5 s, so another instance's reports in a shared inbox are
-    /// picked up too).
+    /// Sends `report` now, on its own task (a report just stored by the worker).
+    pub fn submit(self: &Arc<Self>, report: StoredReport) {
+        if !self.claim(&report.report_id) {
+            return;
+        }
+        let sender = Arc::clone(self);
+        self.tasks
+            .spawn(async move { sender.send_claimed(report).await });
+    }
+
+    /// Waits, at most `grace`, for the reports the pipeline is sending.
+    pub async fn finish_sending(&self, grace: Duration) {
+        self.tasks.close();
+        let _ = tokio::time::timeout(grace, self.tasks.wait()).await;
+    }
+
+    fn sending(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.sending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Marks `report_id` as being sent; `false` when it is already.
+    fn claim(&self, report_id: &str) -> bool {
+        self.sending().insert(report_id.to_owned())
+    }
+
+    async fn send_claimed(&self, report: StoredReport) {
+        let report_id = report.report_id.clone();
+        // The semaphore is never closed.
+        if let Ok(_permit) = self.permits.acquire().await {
+            self.attempt(report).await;
+        }
+        self.sending().remove(&report_id);
+    }
+
+    /// Scans for due reports until `stop` is cancelled; woken by reports the pipeline does
+    /// not carry (later statuses, redeliveries, failed attempts), else by the earliest retry
+    /// time (at most every 5 s, so another instance's reports in a shared inbox are picked
+    /// up too).
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         loop {
             if stop.is_cancelled() {
@@ -87,11 +151,14 @@ impl ReportSender {
                 continue;
             }
             let wait = match self.inbox.next_report_due(&self.partner_id).await {
+                // Due now yet nothing sent: every due report is being sent by the pipeline,
+                // which wakes this loop if one fails.
+                Ok(Some(due)) if due <= Utc::now() => SCAN_AT_MOST_EVERY,
                 Ok(Some(due)) => (due - Utc::now())
                     .to_std()
                     .unwrap_or(Duration::ZERO)
-                    .min(Duration::from_secs(5)),
-                Ok(None) => Duration::from_secs(5),
+                    .min(SCAN_AT_MOST_EVERY),
+                Ok(None) => SCAN_AT_MOST_EVERY,
                 Err(error) => {
                     ConnectorMetrics::add(&self.metrics.inbox_errors);
                     warn!(%error, "cannot read the next report time from the inbox");
@@ -106,7 +173,8 @@ impl ReportSender {
         }
     }
 
-    /// One pass: sends every report due now, concurrently. Returns how many were attempted.
+    /// One scan: sends every report due now that is not being sent already, concurrently,
+    /// and waits for them. Returns how many were attempted.
     pub async fn send_due(self: &Arc<Self>) -> usize {
         let due = match self
             .inbox
@@ -120,12 +188,15 @@ impl ReportSender {
                 return 0;
             }
         };
-        let count = due.len();
         let mut attempts = JoinSet::new();
         for report in due {
+            if !self.claim(&report.report_id) {
+                continue;
+            }
             let sender = Arc::clone(self);
-            attempts.spawn(async move { sender.attempt(report).await });
+            attempts.spawn(async move { sender.send_claimed(report).await });
         }
+        let count = attempts.len();
         while attempts.join_next().await.is_some() {}
         count
     }
@@ -186,6 +257,7 @@ impl ReportSender {
                 {
                     call.metadata_mut().insert("traceparent", value);
                 }
+                self.observer.step(&report.order_id, Step::ReportSent);
                 client.report_status(call).await
             }
             Err(status) => Err(status),
@@ -197,6 +269,7 @@ impl ReportSender {
         let stored = match (outcome, &result) {
             (ReportOutcome::Confirmed, Ok(response)) => {
                 let duplicate = response.get_ref().duplicate;
+                self.observer.step(&report.order_id, Step::ReportConfirmed);
                 ConnectorMetrics::add(&self.metrics.reports_confirmed);
                 if duplicate {
                     ConnectorMetrics::add(&self.metrics.reports_duplicate);
@@ -221,9 +294,13 @@ impl ReportSender {
                     debug!(order_id = %report.order_id, report_id = %report.report_id, attempt,
                         error = %message, retry_in_ms = delay.as_millis() as u64, "report failed again");
                 }
-                self.inbox
+                let stored = self
+                    .inbox
                     .report_failed(&self.partner_id, &report.report_id, next, &message)
-                    .await
+                    .await;
+                // The scan times the retry.
+                self.wake.notify_one();
+                stored
             }
             (_, Err(status)) => {
                 ConnectorMetrics::add(&self.metrics.reports_refused);

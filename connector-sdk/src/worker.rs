@@ -11,7 +11,6 @@ use rdkafka::{
     message::{Header, OwnedHeaders},
     producer::{FutureProducer, FutureRecord},
 };
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, error, info, info_span, warn};
 use waybill_proto::v1::OrderStatus;
@@ -19,12 +18,14 @@ use waybill_service_kit::kafka_log::LogContext;
 
 use crate::{
     Acceptance, PartnerError, ShipmentContext, TransportPartner,
+    delivery::ReportSender,
     domain::backoff::Backoff,
     envelope::IncomingOrder,
     inbox::{
         Inbox, InboxError, OrderDelivery, OrderState, RecordOrigin, StoredAnswer, StoredReport,
     },
     metrics::ConnectorMetrics,
+    observe::{Observer, Step},
 };
 
 /// The dead-letter record's header naming why it was set aside.
@@ -88,7 +89,8 @@ pub(crate) struct Worker<P> {
     pub inbox: Arc<dyn Inbox>,
     pub settings: WorkerSettings,
     pub metrics: Arc<ConnectorMetrics>,
-    pub report_wake: Arc<Notify>,
+    pub reports: Arc<ReportSender>,
+    pub observer: Observer,
 }
 
 impl<P: TransportPartner> Worker<P> {
@@ -137,6 +139,7 @@ impl<P: TransportPartner> Worker<P> {
         else {
             return false;
         };
+        self.observer.step(&order_id, Step::Recorded);
         match row.state {
             OrderState::Accepted | OrderState::Rejected | OrderState::SetAside => {
                 ConnectorMetrics::add(&self.metrics.duplicates_skipped);
@@ -145,8 +148,8 @@ impl<P: TransportPartner> Worker<P> {
                     state = row.state.as_str(),
                     "order delivered again, answered from the inbox without calling the adapter"
                 );
-                // A pending report of this order is (re)sent by the report sender.
-                self.report_wake.notify_one();
+                // A pending report of this order is (re)sent by the report sender's scan.
+                self.reports.wake.notify_one();
                 return true;
             }
             OrderState::Started if row.deliveries > 1 => {
@@ -173,16 +176,19 @@ impl<P: TransportPartner> Worker<P> {
                 send_count: incoming.order.send_count,
                 deadline: self.settings.adapter_timeout,
             };
-            if self
-                .inbox_op(&job.cancel, || {
-                    self.inbox.note_adapter_call(&self.partner_id, &order_id)
-                })
-                .await
-                .is_none()
+            // The first call was counted with the delivery (`begin`).
+            if attempt > 1
+                && self
+                    .inbox_op(&job.cancel, || {
+                        self.inbox.note_adapter_call(&self.partner_id, &order_id)
+                    })
+                    .await
+                    .is_none()
             {
                 return false;
             }
             ConnectorMetrics::add(&self.metrics.adapter_calls);
+            self.observer.step(&order_id, Step::AdapterCalled);
             // A panicking adapter must not kill the job (its lane and offset would never
             // finish): it is caught and treated as a permanent failure.
             let call = tokio::time::timeout(
@@ -201,6 +207,7 @@ impl<P: TransportPartner> Worker<P> {
                         .await;
                 }
                 Ok(Ok(Ok(acceptance))) => {
+                    self.observer.step(&order_id, Step::Answered);
                     return self
                         .store_answer(job, incoming, &order_id, acceptance, traceparent)
                         .await;
@@ -300,6 +307,7 @@ impl<P: TransportPartner> Worker<P> {
         else {
             return false;
         };
+        self.observer.step(order_id, Step::AnswerStored);
         match stored.state {
             OrderState::Accepted => {
                 ConnectorMetrics::add(&self.metrics.orders_accepted);
@@ -315,7 +323,21 @@ impl<P: TransportPartner> Worker<P> {
             }
             OrderState::Started | OrderState::SetAside => {}
         }
-        self.report_wake.notify_one();
+        let ours = match &answer {
+            StoredAnswer::Accepted { tracking_id } => {
+                stored.state == OrderState::Accepted && stored.tracking_id == *tracking_id
+            }
+            StoredAnswer::Rejected { reason } => {
+                stored.state == OrderState::Rejected && stored.reason == *reason
+            }
+        };
+        if ours {
+            // Ours is the answer stored (or another instance's identical one: the same report
+            // id and content, so at worst StatusIngest sees a duplicate): send it now.
+            self.reports.submit(report);
+        } else {
+            self.reports.wake.notify_one();
+        }
         true
     }
 

@@ -52,7 +52,10 @@ async fn conformance(inbox: &dyn Inbox) {
         .unwrap();
     assert_eq!(first.state, OrderState::Started);
     assert_eq!(first.deliveries, 1);
-    inbox.note_adapter_call(p, "o-1").await.unwrap();
+    assert_eq!(
+        first.adapter_calls, 1,
+        "the first call is counted with the delivery"
+    );
 
     // The answer and its report in one step; the first answer wins.
     let stored = inbox
@@ -94,6 +97,10 @@ async fn conformance(inbox: &dyn Inbox) {
         .unwrap();
     assert_eq!(again.state, OrderState::Accepted);
     assert_eq!(again.deliveries, 2);
+    assert_eq!(
+        again.adapter_calls, 1,
+        "an answered order is not handed to the adapter again"
+    );
     assert_eq!(again.reply_to, "http://eu:50053");
 
     // Partners are separate.
@@ -198,6 +205,17 @@ async fn conformance(inbox: &dyn Inbox) {
         .begin(p, &delivery("o-3", "http://eu:50053"))
         .await
         .unwrap();
+    // Delivered again without an answer: the adapter is asked again (counted), and a retry too.
+    let again = inbox
+        .begin(p, &delivery("o-3", "http://eu:50053"))
+        .await
+        .unwrap();
+    assert_eq!((again.deliveries, again.adapter_calls), (2, 2));
+    inbox.note_adapter_call(p, "o-3").await.unwrap();
+    assert_eq!(
+        inbox.order(p, "o-3").await.unwrap().unwrap().adapter_calls,
+        3
+    );
     let purged = inbox
         .purge(p, Utc::now() + Duration::seconds(1))
         .await

@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 pub use sql::SqlInbox;
 
 /// Why the inbox could not be read or written. The SDK retries; the partition waits.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("inbox: {0}")]
 pub struct InboxError(pub String);
 
@@ -266,10 +266,13 @@ pub struct InboxCounts {
 #[async_trait]
 pub trait Inbox: Send + Sync + std::fmt::Debug + 'static {
     /// Records a delivery of `order`: inserts it as `started` on its first delivery, counts the
-    /// delivery otherwise, and returns the row as it stands after that.
+    /// delivery otherwise, and returns the row as it stands after that. While no answer is
+    /// stored (the row is `started`) it also counts the adapter call that follows, so the
+    /// first attempt costs one write, not two.
     async fn begin(&self, partner: &str, order: &OrderDelivery) -> Result<InboxOrder, InboxError>;
 
-    /// Counts one adapter call for `order_id` (before the call).
+    /// Counts a further adapter call for `order_id` (a retry after a failed attempt; the
+    /// first call of a delivery is counted by [`Inbox::begin`]), before the call.
     async fn note_adapter_call(&self, partner: &str, order_id: &str) -> Result<(), InboxError>;
 
     /// Stores the adapter's answer and the report that says it, atomically; the first answer

@@ -10,12 +10,14 @@
 //!   advisory lock on Postgres);
 //! - `rows`: the schema, the statements and column lists used by several methods, the row
 //!   structs and the instant encoding;
-//! - `store`: the [`Inbox`](super::Inbox) implementation, one SQL text per method for both backends.
+//! - `store`: the [`Inbox`](super::Inbox) implementation, one SQL text per method for both backends;
+//! - `group`: the writer every write goes through (group commit: one transaction, one flush, per
+//!   batch of whatever writes are queued).
 
 use std::{path::Path, str::FromStr, time::Duration};
 
 use sqlx::{
-    PgPool, SqlitePool,
+    PgPool, Postgres, Sqlite, SqlitePool,
     postgres::PgPoolOptions,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
@@ -23,24 +25,49 @@ use sqlx::{
 use super::InboxError;
 use rows::SCHEMA;
 
+/// The pool (reads, schema) and the writer every write goes through (`group`).
 #[derive(Debug, Clone)]
 enum Pool {
-    Sqlite(SqlitePool),
-    Postgres(PgPool),
+    Sqlite(SqlitePool, Writer<Sqlite>),
+    Postgres(PgPool, Writer<Postgres>),
 }
 
-/// Runs the same query-building code against whichever pool this is.
+/// Runs the same query-building code against whichever pool this is (reads).
 macro_rules! on_pool {
     ($inbox:expr, |$pool:ident| $body:expr) => {
         match &$inbox.pool {
-            Pool::Sqlite($pool) => $body,
-            Pool::Postgres($pool) => $body,
+            Pool::Sqlite($pool, _) => $body,
+            Pool::Postgres($pool, _) => $body,
         }
     };
 }
 
+/// Runs the same statements as one write of the next group commit, on whichever backend this
+/// is; `$body` is an async block's body using `$conn` (a `&mut` connection inside the batch's
+/// transaction) and evaluating to `Result<T, InboxError>`. Evaluates to that result once the
+/// batch committed.
+macro_rules! write {
+    ($inbox:expr, move |$conn:ident| $body:expr) => {
+        match &$inbox.pool {
+            Pool::Sqlite(_, writer) => {
+                writer
+                    .write(move |$conn| Box::pin(async move { $body }))
+                    .await
+            }
+            Pool::Postgres(_, writer) => {
+                writer
+                    .write(move |$conn| Box::pin(async move { $body }))
+                    .await
+            }
+        }
+    };
+}
+
+mod group;
 mod rows;
 mod store;
+
+use group::Writer;
 
 /// The inbox on SQLite or Postgres.
 #[derive(Debug, Clone)]
@@ -69,8 +96,9 @@ impl SqlInbox {
             .max_connections(4)
             .connect_with(options)
             .await?;
+        let writer = Writer::start(pool.clone());
         let inbox = Self {
-            pool: Pool::Sqlite(pool),
+            pool: Pool::Sqlite(pool, writer),
         };
         inbox.create_schema().await?;
         Ok(inbox)
@@ -84,8 +112,9 @@ impl SqlInbox {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await?;
+        let writer = Writer::start(pool.clone());
         let inbox = Self {
-            pool: Pool::Postgres(pool),
+            pool: Pool::Postgres(pool, writer),
         };
         inbox.create_schema().await?;
         Ok(inbox)
@@ -108,12 +137,12 @@ impl SqlInbox {
 
     async fn create_schema(&self) -> Result<(), InboxError> {
         match &self.pool {
-            Pool::Sqlite(pool) => {
+            Pool::Sqlite(pool, _) => {
                 for statement in SCHEMA {
                     sqlx::query(statement).execute(pool).await?;
                 }
             }
-            Pool::Postgres(pool) => {
+            Pool::Postgres(pool, _) => {
                 // Two instances starting together would race on the catalog: serialise them.
                 let mut tx = waybill_service_kit::db::begin(pool).await?;
                 sqlx::query("SELECT pg_advisory_xact_lock(4207319520)")

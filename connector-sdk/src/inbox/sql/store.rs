@@ -1,5 +1,5 @@
 //! [`Inbox`] on [`SqlInbox`]: one SQL text per method for both backends (`$N` parameters),
-//! run on whichever pool the inbox has.
+//! reads on whichever pool the inbox has, writes through its group-commit writer.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -66,20 +66,26 @@ impl Inbox for SqlInbox {
             "INSERT INTO waybill_inbox_orders
                 (partner_id, order_id, state, reply_to, region, traceparent, deliveries,
                  adapter_calls, first_seen_at, updated_at)
-             VALUES ($1, $2, 'started', $3, $4, $5, 1, 0, $6, $6)
+             VALUES ($1, $2, 'started', $3, $4, $5, 1, 1, $6, $6)
              ON CONFLICT (partner_id, order_id) DO UPDATE
-                SET deliveries = waybill_inbox_orders.deliveries + 1, updated_at = excluded.updated_at
+                SET deliveries = waybill_inbox_orders.deliveries + 1,
+                    adapter_calls = waybill_inbox_orders.adapter_calls
+                        + CASE WHEN waybill_inbox_orders.state = 'started' THEN 1 ELSE 0 END,
+                    updated_at = excluded.updated_at
              RETURNING {ORDER_COLUMNS}"
         );
-        let row: OrderRow = on_pool!(self, |pool| sqlx::query_as(&sql)
-            .bind(partner)
-            .bind(&order.order_id)
-            .bind(&order.reply_to)
-            .bind(&order.region)
-            .bind(&order.traceparent)
-            .bind(now_micros())
-            .fetch_one(pool)
-            .await?);
+        let (partner, order, now) = (partner.to_owned(), order.clone(), now_micros());
+        let row: OrderRow = write!(self, move |conn| {
+            Ok(sqlx::query_as(&sql)
+                .bind(&partner)
+                .bind(&order.order_id)
+                .bind(&order.reply_to)
+                .bind(&order.region)
+                .bind(&order.traceparent)
+                .bind(now)
+                .fetch_one(&mut *conn)
+                .await?)
+        })?;
         row.into_order()
     }
 
@@ -87,15 +93,16 @@ impl Inbox for SqlInbox {
         let sql =
             "UPDATE waybill_inbox_orders SET adapter_calls = adapter_calls + 1, updated_at = $3
                    WHERE partner_id = $1 AND order_id = $2";
-        on_pool!(self, |pool| {
+        let (partner, order_id, now) = (partner.to_owned(), order_id.to_owned(), now_micros());
+        write!(self, move |conn| {
             sqlx::query(sql)
-                .bind(partner)
-                .bind(order_id)
-                .bind(now_micros())
-                .execute(pool)
+                .bind(&partner)
+                .bind(&order_id)
+                .bind(now)
+                .execute(&mut *conn)
                 .await?;
-        });
-        Ok(())
+            Ok(())
+        })
     }
 
     async fn record_answer(
@@ -117,29 +124,33 @@ impl Inbox for SqlInbox {
             "SELECT {ORDER_COLUMNS} FROM waybill_inbox_orders WHERE partner_id = $1 AND order_id = $2"
         );
         let now = now_micros();
-        let row: OrderRow = on_pool!(self, |pool| {
-            let mut tx = waybill_service_kit::db::begin(pool).await?;
+        let (partner, order_id, tracking_id, reason, report) = (
+            partner.to_owned(),
+            order_id.to_owned(),
+            tracking_id.to_owned(),
+            reason.to_owned(),
+            report.clone(),
+        );
+        let row: OrderRow = write!(self, move |conn| {
             let updated = sqlx::query(update)
-                .bind(partner)
-                .bind(order_id)
+                .bind(&partner)
+                .bind(&order_id)
                 .bind(state.as_str())
-                .bind(tracking_id)
-                .bind(reason)
+                .bind(&tracking_id)
+                .bind(&reason)
                 .bind(now)
-                .execute(&mut *tx)
+                .execute(&mut *conn)
                 .await?
                 .rows_affected();
             if updated == 1 {
-                let _added = insert_report!(&mut *tx, partner, report, now);
+                let _added = insert_report!(&mut *conn, &partner, report, now);
             }
-            let row: OrderRow = sqlx::query_as(&select)
-                .bind(partner)
-                .bind(order_id)
-                .fetch_one(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            row
-        });
+            Ok(sqlx::query_as(&select)
+                .bind(&partner)
+                .bind(&order_id)
+                .fetch_one(&mut *conn)
+                .await?)
+        })?;
         row.into_order()
     }
 
@@ -154,19 +165,23 @@ impl Inbox for SqlInbox {
             "UPDATE waybill_inbox_orders SET state = 'set_aside', reason = $3, updated_at = $4
                       WHERE partner_id = $1 AND order_id = $2 AND state = 'started'";
         let now = now_micros();
-        on_pool!(self, |pool| {
-            let mut tx = waybill_service_kit::db::begin(pool).await?;
+        let (partner, order_id, origin, reason) = (
+            partner.to_owned(),
+            order_id.to_owned(),
+            origin.clone(),
+            reason.to_owned(),
+        );
+        write!(self, move |conn| {
             sqlx::query(update)
-                .bind(partner)
-                .bind(order_id)
-                .bind(reason)
+                .bind(&partner)
+                .bind(&order_id)
+                .bind(&reason)
                 .bind(now)
-                .execute(&mut *tx)
+                .execute(&mut *conn)
                 .await?;
-            let _added = insert_set_aside!(&mut *tx, partner, origin, order_id, reason, now);
-            tx.commit().await?;
-        });
-        Ok(())
+            let _added = insert_set_aside!(&mut *conn, &partner, origin, &order_id, &reason, now);
+            Ok(())
+        })
     }
 
     async fn set_aside_record(
@@ -176,10 +191,12 @@ impl Inbox for SqlInbox {
         reason: &str,
     ) -> Result<bool, InboxError> {
         let now = now_micros();
-        let inserted = on_pool!(self, |pool| insert_set_aside!(
-            pool, partner, origin, "", reason, now
-        ));
-        Ok(inserted)
+        let (partner, origin, reason) = (partner.to_owned(), origin.clone(), reason.to_owned());
+        write!(self, move |conn| {
+            Ok(insert_set_aside!(
+                &mut *conn, &partner, origin, "", &reason, now
+            ))
+        })
     }
 
     async fn was_set_aside(
@@ -215,8 +232,10 @@ impl Inbox for SqlInbox {
 
     async fn add_report(&self, partner: &str, report: &StoredReport) -> Result<bool, InboxError> {
         let now = now_micros();
-        let inserted = on_pool!(self, |pool| insert_report!(pool, partner, report, now));
-        Ok(inserted)
+        let (partner, report) = (partner.to_owned(), report.clone());
+        write!(self, move |conn| Ok(insert_report!(
+            &mut *conn, &partner, report, now
+        )))
     }
 
     async fn due_reports(
@@ -253,15 +272,16 @@ impl Inbox for SqlInbox {
         let sql = "UPDATE waybill_inbox_reports
                    SET state = 'confirmed', attempts = attempts + 1, last_error = '', updated_at = $3
                    WHERE partner_id = $1 AND report_id = $2";
-        on_pool!(self, |pool| {
+        let (partner, report_id, now) = (partner.to_owned(), report_id.to_owned(), now_micros());
+        write!(self, move |conn| {
             sqlx::query(sql)
-                .bind(partner)
-                .bind(report_id)
-                .bind(now_micros())
-                .execute(pool)
+                .bind(&partner)
+                .bind(&report_id)
+                .bind(now)
+                .execute(&mut *conn)
                 .await?;
-        });
-        Ok(())
+            Ok(())
+        })
     }
 
     async fn report_failed(
@@ -274,17 +294,23 @@ impl Inbox for SqlInbox {
         let sql = "UPDATE waybill_inbox_reports
                    SET attempts = attempts + 1, next_attempt_at = $3, last_error = $4, updated_at = $5
                    WHERE partner_id = $1 AND report_id = $2 AND state = 'pending'";
-        on_pool!(self, |pool| {
+        let (partner, report_id, error, now) = (
+            partner.to_owned(),
+            report_id.to_owned(),
+            error.to_owned(),
+            now_micros(),
+        );
+        write!(self, move |conn| {
             sqlx::query(sql)
-                .bind(partner)
-                .bind(report_id)
+                .bind(&partner)
+                .bind(&report_id)
                 .bind(micros(next_attempt_at))
-                .bind(error)
-                .bind(now_micros())
-                .execute(pool)
+                .bind(&error)
+                .bind(now)
+                .execute(&mut *conn)
                 .await?;
-        });
-        Ok(())
+            Ok(())
+        })
     }
 
     async fn report_refused(
@@ -296,16 +322,22 @@ impl Inbox for SqlInbox {
         let sql = "UPDATE waybill_inbox_reports
                    SET state = 'refused', attempts = attempts + 1, last_error = $3, updated_at = $4
                    WHERE partner_id = $1 AND report_id = $2 AND state = 'pending'";
-        on_pool!(self, |pool| {
+        let (partner, report_id, error, now) = (
+            partner.to_owned(),
+            report_id.to_owned(),
+            error.to_owned(),
+            now_micros(),
+        );
+        write!(self, move |conn| {
             sqlx::query(sql)
-                .bind(partner)
-                .bind(report_id)
-                .bind(error)
-                .bind(now_micros())
-                .execute(pool)
+                .bind(&partner)
+                .bind(&report_id)
+                .bind(&error)
+                .bind(now)
+                .execute(&mut *conn)
                 .await?;
-        });
-        Ok(())
+            Ok(())
+        })
     }
 
     async fn reports_of(
@@ -411,28 +443,25 @@ impl Inbox for SqlInbox {
                           WHERE r.partner_id = $1 AND r.order_id = waybill_inbox_orders.order_id)";
         let set_aside =
             "DELETE FROM waybill_inbox_set_aside WHERE partner_id = $1 AND set_aside_at < $2";
-        let before = micros(before);
-        let purged = on_pool!(self, |pool| {
-            let mut tx = waybill_service_kit::db::begin(pool).await?;
+        let (partner, before) = (partner.to_owned(), micros(before));
+        write!(self, move |conn| {
             sqlx::query(reports)
-                .bind(partner)
+                .bind(&partner)
                 .bind(before)
-                .execute(&mut *tx)
+                .execute(&mut *conn)
                 .await?;
             let purged = sqlx::query(orders)
-                .bind(partner)
+                .bind(&partner)
                 .bind(before)
-                .execute(&mut *tx)
+                .execute(&mut *conn)
                 .await?
                 .rows_affected();
             sqlx::query(set_aside)
-                .bind(partner)
+                .bind(&partner)
                 .bind(before)
-                .execute(&mut *tx)
+                .execute(&mut *conn)
                 .await?;
-            tx.commit().await?;
-            purged
-        });
-        Ok(purged)
+            Ok(purged)
+        })
     }
 }
