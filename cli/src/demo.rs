@@ -181,7 +181,7 @@ async fn run_in(
             keep_keys: false,
             shipped_after: Duration::from_millis(500),
             audit: audit.clone(),
-            observer: None,
+            observe: Default::default(),
         },
         shutdown.clone(),
     )

@@ -4,10 +4,6 @@
 //! telemetry and maps failures to exit codes.
 
 mod bench;
-mod bench_drain;
-mod bench_e2e;
-mod bench_outbox;
-mod bench_prefill;
 mod demo;
 mod dev;
 mod health;

@@ -6,7 +6,10 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -14,8 +17,8 @@ use anyhow::Context;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use waybill_connector_sdk::{
-    Acceptance, ClusterConfig, Connector, PartnerError, ReportSigningKey, ShipmentContext,
-    TransportPartner,
+    Acceptance, ClusterConfig, Connector, PartnerError, PipelineObserver, ReportSigningKey,
+    ShipmentContext, TransportPartner,
     examples::{DistanceFreight, ExamplePartner, LocalExpress},
     metrics::ConnectorHealth,
     proto::DispatchedOrder,
@@ -48,9 +51,19 @@ pub const ROUTES: &[(ExamplePartner, &str, i32)] = &[
     (ExamplePartner::DistanceFreight, "AU", 100),
 ];
 
-/// Called with the order id each time an example partner's adapter is called (`waybill bench
-/// e2e` times the hand-over with it).
-pub type CallObserver = Arc<dyn Fn(&str) + Send + Sync>;
+/// What `waybill bench e2e` watches the loop with, and the one fault it injects to prove its
+/// ledger; `dev` and `demo` leave it empty (nothing is called then).
+#[derive(Clone, Default)]
+pub struct Observe {
+    /// Told of each order's steps through the partners' connectors.
+    pub connector: Option<Arc<dyn PipelineObserver>>,
+    /// Told of each order's steps through the relay.
+    pub relay: waybill_dispatcher::relay::Observer,
+    /// A fault for the ledger's test, never set otherwise: the example adapters fail the
+    /// `n`-th order they are called with (counting from 1) permanently, so its connector sets
+    /// it aside and it leaves the loop unanswered.
+    pub lose_nth_order: Option<u64>,
+}
 
 /// How to run the system.
 #[derive(Clone)]
@@ -78,8 +91,8 @@ pub struct SystemSettings {
     pub shipped_after: Duration,
     /// The dispatcher's audit thresholds.
     pub audit: waybill_dispatcher::domain::audit::AuditThresholds,
-    /// Told of every adapter call.
-    pub observer: Option<CallObserver>,
+    /// Observers and the ledger's fault (`waybill bench e2e`).
+    pub observe: Observe,
 }
 
 /// A running system; [`System::wait`] stops it in order once its shutdown token is cancelled.
@@ -159,6 +172,7 @@ impl System {
             region: settings.region.clone(),
             reply_to: format!("http://{ingest_addr}"),
             audit: settings.audit.clone(),
+            observer: settings.observe.relay.clone(),
             ..RelaySettings::default()
         };
         if let Some(broker) = &embedded {
@@ -254,6 +268,8 @@ impl System {
             .await
             .context("cannot reach the dispatcher admin API")?;
         let keys_dir = settings.data_dir.join("keys");
+        // The adapter calls the ledger's fault counts, over both partners.
+        let calls = Arc::new(AtomicU64::new(0));
         for partner in ExamplePartner::ALL {
             let key = if settings.keep_keys {
                 kept_key(&keys_dir, partner)?
@@ -261,7 +277,7 @@ impl System {
                 fresh_key(partner)?
             };
             enroll(&mut admin, partner, &key).await?;
-            let connector = Connector::builder(partner.id())
+            let mut builder = Connector::builder(partner.id())
                 .cluster(
                     ClusterConfig::new("local", self.brokers.clone())
                         .session_timeout(Duration::from_secs(6))
@@ -276,22 +292,29 @@ impl System {
                 .report_retries(200, Duration::from_millis(100), Duration::from_secs(5))
                 .commit_interval(Duration::from_millis(200))
                 .shutdown_grace(Duration::from_secs(5))
-                .revoke_bound(Duration::from_secs(5))
+                .revoke_bound(Duration::from_secs(5));
+            if let Some(observer) = &settings.observe.connector {
+                builder = builder.observer(observer.clone());
+            }
+            let connector = builder
                 .build()
                 .await
                 .with_context(|| format!("cannot start the {partner} connector"))?;
             self.partners.push((partner, connector.health()));
             self.key_ids.push((partner, key.key_id().to_owned()));
             let stop = self.partners_stop.clone();
-            let observer = settings.observer.clone();
+            let fault = settings.observe.lose_nth_order.map(|nth| LoseNth {
+                nth,
+                calls: calls.clone(),
+            });
             let task = match partner {
                 ExamplePartner::LocalExpress => {
                     let adapter = LocalExpress::new(connector.reporter())
                         .shipped_after(settings.shipped_after);
-                    tokio::spawn(run_observed(connector, adapter, observer, stop))
+                    tokio::spawn(run_partner(connector, adapter, fault, stop))
                 }
                 ExamplePartner::DistanceFreight => {
-                    tokio::spawn(run_observed(connector, DistanceFreight, observer, stop))
+                    tokio::spawn(run_partner(connector, DistanceFreight, fault, stop))
                 }
             };
             self.connectors.push((partner, task));
@@ -379,39 +402,54 @@ impl System {
         first_error.map_or(Ok(()), Err)
     }
 
+    /// The database every service uses.
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
     /// Whether the broker is the embedded one.
     pub fn embedded(&self) -> bool {
         self.embedded.is_some()
     }
 }
 
-/// Runs `adapter` on `connector`, telling `observer` of each call.
-async fn run_observed<P: TransportPartner>(
+/// Runs `adapter` on `connector`, through the ledger's fault when one is set.
+async fn run_partner<P: TransportPartner>(
     connector: Connector,
     adapter: P,
-    observer: Option<CallObserver>,
+    fault: Option<LoseNth>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    match observer {
-        Some(observer) => connector.run(Observed { adapter, observer }, stop).await?,
+    match fault {
+        Some(fault) => connector.run(Faulty { adapter, fault }, stop).await?,
         None => connector.run(adapter, stop).await?,
     }
     Ok(())
 }
 
-/// An adapter that tells an observer of each call, then hands it on.
-struct Observed<P> {
-    adapter: P,
-    observer: CallObserver,
+/// The ledger's fault ([`Observe::lose_nth_order`]): which call to fail, and the calls so far.
+struct LoseNth {
+    nth: u64,
+    calls: Arc<AtomicU64>,
 }
 
-impl<P: TransportPartner> TransportPartner for Observed<P> {
+/// An adapter that fails one order permanently (the ledger's fault) and hands the rest on.
+struct Faulty<P> {
+    adapter: P,
+    fault: LoseNth,
+}
+
+impl<P: TransportPartner> TransportPartner for Faulty<P> {
     async fn request_shipment(
         &self,
         order: &DispatchedOrder,
         ctx: &ShipmentContext,
     ) -> Result<Acceptance, PartnerError> {
-        (self.observer)(&order.order_id);
+        if self.fault.calls.fetch_add(1, Ordering::Relaxed) + 1 == self.fault.nth {
+            return Err(PartnerError::permanent(
+                "lost on purpose: the bench's ledger fault (--lose-order)",
+            ));
+        }
         self.adapter.request_shipment(order, ctx).await
     }
 }

@@ -1,18 +1,36 @@
 //! `waybill bench e2e`, the real binary, briefly: a tiny fixed rate on the embedded defaults
-//! (SQLite) and on Postgres, every order through to the in-process partner, the figures in one
-//! JSON object on the last line.
+//! (SQLite) and on Postgres, every order through to the in-process partner, each hop measured
+//! and the ledger balanced; an order lost on purpose voids the run; `--find-max` steps its
+//! rates as its search says and sets the result beside the bare limits (Postgres). Not timed
+//! tests: no figure is compared with a time.
 #![allow(clippy::unwrap_used)]
 
-use std::process::Command;
+use std::process::{Command, Output};
 
 use serde_json::Value;
 use waybill_service_kit::testing::{TestBackend, TestDatabase};
 
-/// Runs the bench at 20 orders/s for 1 s; returns its JSON after checking the common figures.
-fn bench(database_url: Option<&str>) -> Value {
+/// The hops, in the order the bench reports them.
+const HOPS: [&str; 10] = [
+    "placing (gRPC + commit)",
+    "committed → leased",
+    "leased → produce acknowledged",
+    "produced → consumed",
+    "consumed → stored in the inbox",
+    "inbox → adapter called",
+    "adapter called → answered",
+    "answered → answer stored",
+    "answer stored → report sent",
+    "report sent → recorded by StatusIngest",
+];
+
+/// Runs `bench e2e --json` with `args` (on `database_url`, else the embedded defaults); its
+/// exit, its last stdout line as JSON, and its stderr.
+fn run(database_url: Option<&str>, args: &[&str]) -> (Output, Value, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_waybill"));
     command
-        .args(["bench", "e2e", "--rate", "20", "--duration", "1", "--json"])
+        .args(["bench", "e2e", "--json"])
+        .args(args)
         .env_remove("RUST_LOG")
         .env_remove("WAYBILL_DATABASE_URL")
         .env_remove("WAYBILL_KAFKA_BROKERS");
@@ -20,39 +38,89 @@ fn bench(database_url: Option<&str>) -> Value {
         command.args(["--database-url", url]);
     }
     let output = command.output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let report = stdout
+        .lines()
+        .last()
+        .and_then(|line| serde_json::from_str(line).ok())
+        .unwrap_or_else(|| panic!("no JSON on the last line:\n{stdout}\n{stderr}"));
+    (output, report, stderr)
+}
+
+fn ms(value: &Value, key: &str) -> f64 {
+    value[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} in {value:#}"))
+}
+
+/// Every order of a step received, each hop measured on each order, the figures consistent.
+fn check_step(step: &Value, orders: u64) {
+    assert_eq!(step["offered"], orders, "{step:#}");
+    assert_eq!(step["placed"], orders, "{step:#}");
+    assert_eq!(step["errors"], 0, "{step:#}");
+    assert_eq!(step["at_adapter"], orders, "{step:#}");
+    assert_eq!(step["received"], orders, "{step:#}");
+    assert_eq!(step["cut_off"], "all_confirmed", "{step:#}");
+    let ledger = &step["ledger"];
+    assert_eq!(
+        (
+            &ledger["placed"],
+            &ledger["received"],
+            &ledger["in_flight"],
+            &ledger["lost"]
+        ),
+        (
+            &Value::from(orders),
+            &Value::from(orders),
+            &Value::from(0),
+            &Value::from(0)
+        ),
+        "{step:#}"
+    );
+    assert_eq!(ledger["balanced"], true, "{step:#}");
+    assert_eq!(ledger["void"], false, "{step:#}");
+    assert_eq!(ledger["answered_twice"], 0, "{step:#}");
+    let total = &step["to_received_ms"];
+    let hops = step["hops"].as_array().unwrap();
+    let names: Vec<&str> = hops.iter().map(|h| h["hop"].as_str().unwrap()).collect();
+    assert_eq!(names, HOPS, "{step:#}");
+    for hop in hops {
+        assert_eq!(hop["orders"], orders, "{hop:#}");
+        let (p50, p99, max) = (ms(hop, "p50"), ms(hop, "p99"), ms(hop, "max"));
+        assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{hop:#}");
+        // Every point of a journey lies between its scheduled send and its receipt (1 ms for
+        // placing the database's wall-clock receipt on the bench's monotonic clock).
+        assert!(max <= ms(total, "max") + 1.0, "{hop:#} beyond {total:#}");
+    }
+    // Placing is the first hop and the total to it, from the same samples.
+    for key in ["p50", "p99", "max"] {
+        assert_eq!(ms(&hops[0], key), ms(&step["place_ms"], key), "{step:#}");
+    }
+    assert!(ms(&step["to_adapter_ms"], "max") <= ms(total, "max") + 1.0);
+    assert!(ms(total, "p50") >= ms(&step["place_ms"], "p50"), "{step:#}");
+    // Every received order was received by the cut-off: the two totals agree.
+    assert_eq!(total, &step["to_received_all_ms"], "{step:#}");
+    let backlog = step["backlog"].as_array().unwrap();
+    assert!(!backlog.is_empty(), "{step:#}");
+    assert!(
+        backlog
+            .iter()
+            .all(|s| s["backlog"].as_u64().unwrap() <= orders),
+        "{step:#}"
+    );
+}
+
+fn bench(database_url: Option<&str>) -> Value {
+    let (output, report, stderr) = run(database_url, &["--rate", "20", "--duration", "1"]);
+    assert!(output.status.success(), "{report:#}\n{stderr}");
     assert!(
         stderr.contains("offering 20 orders"),
         "progress on stderr: {stderr}"
     );
-    let report: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(report["benchmark"], "e2e");
-    assert_eq!(report["offered"], 20);
-    assert_eq!(report["placed"], 20);
-    assert_eq!(report["errors"], 0);
-    assert_eq!(report["at_adapter"], 20, "{report:#}");
-    assert_eq!(report["received"], 20, "{report:#}");
-    // The ledger balances: each order handed to the adapter once, none received without it.
     assert_eq!(report["void"], false, "{report:#}");
-    assert_eq!(report["adapter_repeats"], 0, "{report:#}");
-    assert_eq!(report["received_without_call"], 0, "{report:#}");
-    for figure in ["place_ms", "to_adapter_ms", "to_received_ms"] {
-        let p50 = report[figure]["p50"].as_f64().unwrap();
-        let p99 = report[figure]["p99"].as_f64().unwrap();
-        let max = report[figure]["max"].as_f64().unwrap();
-        assert!(
-            0.0 < p50 && p50 <= p99 && p99 <= max,
-            "{figure}: {report:#}"
-        );
-    }
-    // RECEIVED_BY_PARTNER is recorded after the adapter was called.
-    assert!(
-        report["to_received_ms"]["max"].as_f64().unwrap()
-            >= report["to_adapter_ms"]["p50"].as_f64().unwrap()
-    );
-    assert!(report["behind_schedule"].as_u64().is_some());
+    check_step(&report, 20);
     assert!(report["peak_rss_mib"].as_f64().unwrap() > 1.0);
     report
 }
@@ -81,4 +149,155 @@ async fn bench_e2e_on_postgres() {
             .starts_with("postgres://"),
         "{report:#}"
     );
+}
+
+/// The adapter fails the fifth order permanently (the bench's hidden fault): the connector
+/// sets it aside, it stays SENT and unanswered, the loop goes quiet, and the ledger must
+/// count it lost and void the run.
+#[test]
+fn an_order_lost_on_the_way_voids_the_run() {
+    let (output, report, stderr) = run(
+        None,
+        &[
+            "--rate",
+            "20",
+            "--duration",
+            "1",
+            "--lose-order",
+            "5",
+            "--quiet-secs",
+            "2",
+        ],
+    );
+    assert!(!output.status.success(), "{report:#}\n{stderr}");
+    assert!(stderr.contains("void"), "{stderr}");
+    assert_eq!(report["void"], true, "{report:#}");
+    let ledger = &report["ledger"];
+    assert_eq!(ledger["void"], true, "{report:#}");
+    assert_eq!(ledger["balanced"], false, "{report:#}");
+    assert_eq!(
+        (
+            &ledger["placed"],
+            &ledger["received"],
+            &ledger["lost"],
+            &ledger["in_flight"]
+        ),
+        (
+            &Value::from(20),
+            &Value::from(19),
+            &Value::from(1),
+            &Value::from(0)
+        ),
+        "{report:#}"
+    );
+    assert_eq!(report["cut_off"], "quiet", "{report:#}");
+    let reason = ledger["void_reasons"][0].as_str().unwrap();
+    assert!(
+        reason.contains("SENT and never answered") && reason.contains("adapter_called"),
+        "{report:#}"
+    );
+    assert!(stderr.contains(reason), "{stderr}");
+}
+
+/// The rates `--find-max` offered follow its search: ×1.5 after a pass, halfway down after a
+/// failure; the result is the highest passing rate.
+fn check_search(report: &Value, start: f64) {
+    assert_eq!(report["benchmark"], "e2e-find-max", "{report:#}");
+    assert_eq!(report["void"], false, "{report:#}");
+    let steps = report["steps"].as_array().unwrap();
+    assert!(!steps.is_empty(), "{report:#}");
+    let mut expected = start;
+    let mut passed: Vec<f64> = Vec::new();
+    for step in steps {
+        let rate = step["rate_per_s"].as_f64().unwrap();
+        assert_eq!(rate, expected, "{report:#}");
+        assert_eq!(step["ledger"]["void"], false, "{step:#}");
+        assert_eq!(step["ledger"]["balanced"], true, "{step:#}");
+        let failures = step["failures"].as_array().unwrap();
+        assert_eq!(step["passed"], failures.is_empty(), "{step:#}");
+        if step["passed"] == true {
+            check_step(step, (rate * 2.0) as u64);
+            assert!(ms(&step["to_received_all_ms"], "p99") <= 1000.0, "{step:#}");
+            passed.push(rate);
+            expected = (rate * 1.5).round();
+        } else {
+            expected = (rate / 2.0).round();
+        }
+    }
+    let best = passed.iter().copied().reduce(f64::max);
+    assert_eq!(report["sustainable_per_s"].as_f64(), best, "{report:#}");
+    assert_eq!(
+        report["bounded"],
+        steps.iter().any(|s| s["passed"] == false),
+        "{report:#}"
+    );
+}
+
+const FIND_MAX: [&str; 8] = [
+    "--find-max",
+    "--start-rate",
+    "20",
+    "--step-secs",
+    "2",
+    "--max-steps",
+    "2",
+    "--refine=1",
+];
+
+#[test]
+fn find_max_steps_the_rate_on_the_embedded_defaults_without_limits() {
+    let (output, report, stderr) = run(None, &FIND_MAX);
+    assert!(output.status.success(), "{report:#}\n{stderr}");
+    check_search(&report, 20.0);
+    // Both bare limits are defined on Postgres: none here, and no ratio.
+    assert!(report["limits"]["bookkeeping"].is_null(), "{report:#}");
+    assert!(report["limits"]["report_raw_per_s"].is_null(), "{report:#}");
+    assert!(report["ratio"].is_null(), "{report:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn find_max_on_postgres_sets_the_rate_beside_the_lower_bare_limit() {
+    let db = TestDatabase::create(TestBackend::Postgres).await;
+    let url = db.url.clone();
+    let (output, report, stderr) = tokio::task::spawn_blocking(move || {
+        let mut args = FIND_MAX.to_vec();
+        args.extend(["--limit-orders", "1000", "--limit-reports", "200"]);
+        run(Some(&url), &args)
+    })
+    .await
+    .unwrap();
+    assert!(output.status.success(), "{report:#}\n{stderr}");
+    check_search(&report, 20.0);
+    let limits = &report["limits"];
+    assert_eq!(limits["bookkeeping_before"]["orders"], 1000, "{report:#}");
+    assert_eq!(limits["bookkeeping_after"]["orders"], 1000, "{report:#}");
+    assert_eq!(limits["bookkeeping"]["orders"], 2000, "{report:#}");
+    let bookkeeping = ms(&limits["bookkeeping"], "orders_per_second");
+    let (before, after) = (
+        ms(limits, "report_raw_before_per_s"),
+        ms(limits, "report_raw_after_per_s"),
+    );
+    let report_raw = ms(limits, "report_raw_per_s");
+    assert!(
+        bookkeeping > 0.0 && before > 0.0 && after > 0.0,
+        "{report:#}"
+    );
+    assert!(
+        (report_raw - 2.0 / (1.0 / before + 1.0 / after)).abs() < 1e-6,
+        "{report:#}"
+    );
+    let lower = ms(&report, "lower_limit_per_s");
+    assert_eq!(lower, bookkeeping.min(report_raw), "{report:#}");
+    assert_eq!(
+        report["lower_limit"],
+        if bookkeeping <= report_raw {
+            "relay bookkeeping"
+        } else {
+            "report raw writes"
+        },
+        "{report:#}"
+    );
+    let ratio = ms(&report, "ratio");
+    let sustainable = ms(&report, "sustainable_per_s");
+    assert!((ratio - sustainable / lower).abs() < 1e-9, "{report:#}");
 }

@@ -188,6 +188,8 @@ pub struct RelaySettings {
     pub retention: Duration,
     /// How often it runs.
     pub cleanup_interval: Duration,
+    /// Told of each order's steps through the relay (latency figures); none by default.
+    pub observer: crate::relay::Observer,
 }
 
 impl Default for RelaySettings {
@@ -208,6 +210,7 @@ impl Default for RelaySettings {
             stats_interval: Duration::from_secs(60),
             retention: Duration::from_secs(30 * 86_400),
             cleanup_interval: Duration::from_secs(600),
+            observer: crate::relay::Observer::default(),
         }
     }
 }
@@ -273,6 +276,7 @@ impl DispatcherArgs {
                 stats_interval: self.stats_interval,
                 retention: self.retention,
                 cleanup_interval: self.cleanup_interval,
+                observer: crate::relay::Observer::default(),
             },
             security: self.security,
             metrics: self.metrics,

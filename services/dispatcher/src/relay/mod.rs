@@ -16,7 +16,8 @@
 //! for `SENT` orders whose handover deadline passed ([`Relay::lease_overdue`]: re-send or
 //! flag). Beside them, **publish** (`publish.rs`) puts new history events on the order-events
 //! topic and audit copies waiting in the audit outbox on the audit topic, and the retention
-//! job (`cleanup.rs`) removes what operators no longer need.
+//! job (`cleanup.rs`) removes what operators no longer need. An observer (`observe.rs`, none by
+//! default) is told when each order is leased and when its partner's copy is acknowledged.
 //!
 //! Sending goes through [`OrderProducer`], which replaces itself when it breaks; a message
 //! whose topic the broker does not know gets its topic created and one more try.
@@ -43,9 +44,11 @@ use waybill_service_kit::{
 };
 
 mod cleanup;
+mod observe;
 mod produce;
 mod publish;
 
+pub use observe::{Observer, RelayObserver, RelayStep};
 pub use publish::Published;
 
 pub use crate::domain::cycle::BatchKind;
@@ -157,18 +160,22 @@ impl Relay {
     /// Leases a batch of due rows.
     pub async fn lease_due(&self) -> Result<LeasedBatch, DispatchError> {
         let request = self.lease_request()?;
+        let lease = self.store.lease_due(&request).await?;
+        self.settings.observer.leased(&lease.orders);
         Ok(LeasedBatch {
             kind: BatchKind::Due,
-            lease: self.store.lease_due(&request).await?,
+            lease,
         })
     }
 
     /// Leases a batch of `SENT` rows whose handover deadline passed.
     pub async fn lease_overdue(&self) -> Result<LeasedBatch, DispatchError> {
         let request = self.lease_request()?;
+        let lease = self.store.lease_overdue(&request).await?;
+        self.settings.observer.leased(&lease.orders);
         Ok(LeasedBatch {
             kind: BatchKind::Overdue,
-            lease: self.store.lease_overdue(&request).await?,
+            lease,
         })
     }
 

@@ -95,6 +95,12 @@ impl Relay {
         let mut rng = rand::rng();
         let mut record = BatchRecord::default();
         for planned in planned {
+            if planned
+                .partner_message
+                .is_some_and(|index| matches!(outcomes.get(index), Some(Ok(_))))
+            {
+                self.settings.observer.produced(planned.order.order_id);
+            }
             let produced = Produced {
                 partner: planned.partner_message.map_or(Ok(()), outcome),
                 audit: planned.audit_message.map(outcome),

@@ -1,6 +1,4 @@
-//! `waybill bench`: load and latency figures that print numbers (never pass/fail timings).
-//!
-//! `bench place` drives `PlaceOrder` with N requests, C in flight, against a running Orders
+//! `waybill bench place` drives `PlaceOrder` with N requests, C in flight, against a running Orders
 //! service (`--target`) or one it starts in-process on `--database-url`. Each request is a new
 //! order (its own idempotency key), priced from the sample catalog.
 
@@ -24,49 +22,14 @@ use waybill_service_kit::{
     grpc::ServerLimits,
 };
 
+use super::{
+    measure::{Latency, Rate, mib_text, new_histogram, peak_rss_mib, redact},
+    outbox,
+    prefill::{Prefill, prefill},
+};
+
 /// Turns `bench place` and its limit take.
 const ROUNDS: u64 = 5;
-
-/// The benchmarks.
-#[derive(Debug, clap::Subcommand)]
-pub enum BenchCommand {
-    /// PlaceOrder throughput and latency.
-    Place(PlaceArgs),
-    /// How fast one dispatcher (or several) drains a full outbox, next to the bare SQL
-    /// bookkeeping on the same database in the same run (the limit).
-    Drain(crate::bench_drain::DrainArgs),
-    /// ReportStatus throughput and p50/p99 with signature checks on, against Postgres, next to
-    /// the raw rate of the same inserts in the same run (the limit).
-    Report(ReportArgs),
-    /// The whole loop at a fixed offered rate (open loop): latency from the PlaceOrder response
-    /// to the partner adapter's call and to RECEIVED_BY_PARTNER being recorded.
-    E2e(crate::bench_e2e::E2eArgs),
-}
-
-/// Settings of `waybill bench report`.
-#[derive(Debug, clap::Args)]
-pub struct ReportArgs {
-    /// Postgres to run on (use a dedicated database: the bench adds a partner, a key and
-    /// orders).
-    #[arg(
-        long,
-        env = "WAYBILL_DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-    )]
-    database_url: String,
-    /// Reports to measure (and as many raw transactions).
-    #[arg(long, short = 'n', default_value_t = 5_000)]
-    reports: usize,
-    /// Requests in flight at once (one connection each), and raw transactions at once.
-    #[arg(long, short = 'c', default_value_t = 8)]
-    concurrency: usize,
-    /// Reports sent first and not measured.
-    #[arg(long, default_value_t = 200)]
-    warmup: usize,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    json: bool,
-}
 
 /// Settings of `waybill bench place`.
 #[derive(Debug, clap::Args)]
@@ -109,7 +72,7 @@ struct PlaceReport {
     requests: u64,
     concurrency: u64,
     /// Orders already in the database (`--prefill`).
-    prefill: Option<crate::bench_prefill::Prefill>,
+    prefill: Option<Prefill>,
     errors: u64,
     seconds: f64,
     throughput_per_s: f64,
@@ -124,50 +87,8 @@ struct PlaceReport {
     peak_rss_mib: Option<f64>,
 }
 
-#[derive(Debug, Serialize)]
-pub(crate) struct Latency {
-    pub(crate) p50: f64,
-    pub(crate) p99: f64,
-    pub(crate) max: f64,
-}
-
-/// Runs a benchmark subcommand.
-pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
-    match command {
-        BenchCommand::Place(args) => place(args).await,
-        BenchCommand::Drain(args) => crate::bench_drain::run(args).await,
-        BenchCommand::Report(args) => report(args).await,
-        BenchCommand::E2e(args) => crate::bench_e2e::run(args).await,
-    }
-}
-
-async fn report(args: ReportArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
-    let shutdown = CancellationToken::new();
-    let settings = PoolSettings {
-        max_connections: u32::try_from(args.concurrency.max(4) * 2).unwrap_or(64),
-        ..PoolSettings::default()
-    };
-    let db = Database::connect(&args.database_url, &settings, shutdown.clone())
-        .await
-        .context("cannot open the bench database")?;
-    let options = waybill_status_ingest::bench::BenchOptions {
-        reports: args.reports,
-        concurrency: args.concurrency,
-        warmup: args.warmup,
-    };
-    let report = waybill_status_ingest::bench::report_bench(&db, &options).await?;
-    shutdown.cancel();
-    db.close().await;
-    if args.json {
-        println!("{}", report.to_json());
-    } else {
-        println!("{}", report.to_text());
-    }
-    Ok(())
-}
-
-async fn place(args: PlaceArgs) -> anyhow::Result<()> {
+/// Runs `waybill bench place`.
+pub async fn run(args: PlaceArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
     let shutdown = CancellationToken::new();
     let mut in_process = None;
@@ -189,9 +110,7 @@ async fn place(args: PlaceArgs) -> anyhow::Result<()> {
             waybill_orders::store::seed_catalog(&db).await?;
             prefilled = match (db.backend(), args.prefill) {
                 (_, 0) => None,
-                (Backend::Postgres(pool), target) => {
-                    Some(crate::bench_prefill::prefill(pool, target).await?)
-                }
+                (Backend::Postgres(pool), target) => Some(prefill(pool, target).await?),
                 (Backend::Sqlite(_), _) => anyhow::bail!("--prefill needs Postgres"),
             };
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -248,7 +167,6 @@ async fn place(args: PlaceArgs) -> anyhow::Result<()> {
     });
     shutdown.cancel();
 
-    let ms = |micros: u64| Duration::from_micros(micros).as_secs_f64() * 1000.0;
     let report = PlaceReport {
         benchmark: "place",
         target,
@@ -261,11 +179,7 @@ async fn place(args: PlaceArgs) -> anyhow::Result<()> {
         throughput_per_s: throughput,
         ratio: limit.map(|limit| throughput / limit.orders_per_second.max(f64::EPSILON)),
         limit,
-        latency_ms: Latency {
-            p50: ms(histogram.value_at_quantile(0.50)),
-            p99: ms(histogram.value_at_quantile(0.99)),
-            max: ms(histogram.max()),
-        },
+        latency_ms: Latency::of(&histogram),
         peak_rss_mib: peak_rss_mib(),
     };
     if args.json {
@@ -291,18 +205,14 @@ async fn place(args: PlaceArgs) -> anyhow::Result<()> {
             report.latency_ms.max,
             report.target,
             report.storage,
-            report
-                .peak_rss_mib
-                .map_or_else(|| "unknown".to_owned(), |mib| format!("{mib:.0} MiB")),
+            mib_text(report.peak_rss_mib),
         );
     }
     anyhow::ensure!(errors == 0, "{errors} requests failed");
     Ok(())
 }
 
-/// Runs `count` placing writes straight through the Orders store, `concurrency` at once: the
-/// limit `PlaceOrder` is measured against.
-/// The placing write alone for `count` orders, `concurrency` at once: how long it took.
+/// The limit `PlaceOrder` is measured against: the placing write alone for `count` orders, `concurrency` at once: how long it took.
 async fn placing_limit(
     db: &Database,
     run_id: &str,
@@ -310,7 +220,7 @@ async fn placing_limit(
     concurrency: u64,
 ) -> anyhow::Result<Duration> {
     let started = Instant::now();
-    crate::bench_outbox::place(
+    outbox::place(
         db,
         &format!("{run_id}-limit"),
         "bench-limit",
@@ -370,11 +280,6 @@ async fn drive(
     Ok((total, errors))
 }
 
-/// 1 µs to 60 s at 3 significant digits.
-pub(crate) fn new_histogram() -> Result<Histogram<u64>, hdrhistogram::CreationError> {
-    Histogram::new_with_bounds(1, 60_000_000, 3)
-}
-
 fn sample_order(run_id: &str, index: u64) -> pb::PlaceOrderRequest {
     pb::PlaceOrderRequest {
         idempotency_key: format!("bench-{run_id}-{index}"),
@@ -406,121 +311,5 @@ fn sample_order(run_id: &str, index: u64) -> pb::PlaceOrderRequest {
                 quantity: 5,
             },
         ],
-    }
-}
-
-/// A count over a time.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct Rate {
-    orders: usize,
-    pub(crate) seconds: f64,
-    pub(crate) orders_per_second: f64,
-}
-
-impl Rate {
-    pub(crate) fn new(orders: usize, elapsed: Duration) -> Self {
-        Self {
-            orders,
-            seconds: elapsed.as_secs_f64(),
-            orders_per_second: orders as f64 / elapsed.as_secs_f64().max(1e-9),
-        }
-    }
-
-    /// Both counts over both times.
-    pub(crate) fn plus(self, other: Self) -> Self {
-        Self::new(
-            self.orders + other.orders,
-            Duration::from_secs_f64(self.seconds + other.seconds),
-        )
-    }
-}
-
-/// The URL without its password, for printing.
-pub(crate) fn redact(url: &str) -> String {
-    match (url.find("://"), url.find('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            match credentials.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
-/// CPU time (user + system) this process has used so far, in seconds (Linux; `None`
-/// elsewhere). `/proc` counts it in USER_HZ ticks, which Linux fixes at 100 for user space.
-pub(crate) fn process_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name (which may hold spaces) start at the state, field 3.
-    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
-    let utime: f64 = fields.nth(11)?.parse().ok()?;
-    let stime: f64 = fields.next()?.parse().ok()?;
-    Some((utime + stime) / 100.0)
-}
-
-/// CPU time the host took from this machine so far (steal time), in seconds, over all its CPUs
-/// (Linux; `None` elsewhere). A virtual machine whose host is busy runs slower for a while;
-/// a figure measured meanwhile says more about the host than about the build.
-pub(crate) fn host_steal_seconds() -> Option<f64> {
-    // `cpu  user nice system idle iowait irq softirq steal …`, in USER_HZ ticks.
-    Some(proc_field("/proc/stat", "cpu ", 7)? / 100.0)
-}
-
-/// The process's peak resident set size (Linux: `VmHWM`).
-pub(crate) fn peak_rss_mib() -> Option<f64> {
-    // `VmHWM:     12345 kB`.
-    Some(proc_field("/proc/self/status", "VmHWM:", 0)? / 1024.0)
-}
-
-/// The number `field` (from 0, split at whitespace) after `prefix` on the first line of the
-/// `/proc` file `path` that starts with it.
-fn proc_field(path: &str, prefix: &str, field: usize) -> Option<f64> {
-    std::fs::read_to_string(path)
-        .ok()?
-        .lines()
-        .find_map(|line| line.strip_prefix(prefix))?
-        .split_whitespace()
-        .nth(field)?
-        .parse()
-        .ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::{Duration, Instant};
-
-    #[test]
-    fn process_cpu_time_counts_work_done() {
-        let Some(before) = super::process_cpu_seconds() else {
-            return; // no /proc here
-        };
-        // Busy until the count shows a tenth of a second more. On a loaded machine that takes
-        // longer than a tenth in wall time, so the bound is generous; a count that never
-        // moves fails.
-        let started = Instant::now();
-        let mut x = 0u64;
-        let mut after = before;
-        while after - before < 0.1 && started.elapsed() < Duration::from_secs(30) {
-            for _ in 0..100_000 {
-                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
-            }
-            after = super::process_cpu_seconds().expect("readable twice");
-        }
-        assert!(after - before >= 0.1, "{before} s before, {after} s after");
-    }
-
-    #[test]
-    fn steal_time_is_read_where_linux_counts_it() {
-        let Some(first) = super::host_steal_seconds() else {
-            assert!(
-                std::fs::metadata("/proc/stat").is_err(),
-                "/proc/stat is there but its steal time was not read"
-            );
-            return;
-        };
-        let second = super::host_steal_seconds().expect("readable twice");
-        assert!(first >= 0.0 && second >= first, "{first} then {second}");
     }
 }

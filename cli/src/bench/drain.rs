@@ -1,7 +1,7 @@
 //! `waybill bench drain`: how fast one dispatcher (or several side by side) drains a full
 //! outbox, next to the limit measured on the same database in the same run.
 //!
-//! The database side (fill, limit, count) is in `bench_outbox.rs`.
+//! The database side (fill, limit, count) is in `outbox.rs`, the limit's two runs in `limit.rs`.
 //!
 //! 1. **Fill.** Orders are placed through the Orders store itself (the placing write Orders
 //!    runs for `PlaceOrder`), so the outbox rows are exactly what production writes: `--orders`
@@ -38,7 +38,6 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use waybill_dispatcher::{
     RelaySettings,
-    domain::model::{PartnerRecord, RouteRecord},
     embedded::EmbeddedBroker,
     kafka::{
         AdminTopicCreator, KafkaSettings, TopicCreator, TopicNames, messages::OutgoingMessage,
@@ -53,12 +52,11 @@ use waybill_service_kit::{
     db::{Backend, Database, PoolSettings},
 };
 
-use crate::{
-    bench::{Rate, host_steal_seconds, peak_rss_mib, process_cpu_seconds, redact},
-    bench_outbox::{
-        LIMIT_BATCH, checkpoint, count_sent, mark_limit_events_published, measure_limit, place,
-    },
-    bench_prefill::{Prefill, prefill},
+use super::{
+    limit::{BenchRoute, BookkeepingLimit},
+    measure::{Rate, host_steal_seconds, mib_text, peak_rss_mib, process_cpu_seconds, redact},
+    outbox::{count_sent, place},
+    prefill::{Prefill, prefill},
 };
 
 /// How far from the drain's orders the limit's are placed: before them (the limit before the
@@ -166,14 +164,6 @@ pub struct PhaseSteal {
     limit_after: Option<f64>,
 }
 
-/// Measures `phase` and the steal time during it.
-async fn with_steal<T>(steal: &mut Option<f64>, phase: impl std::future::Future<Output = T>) -> T {
-    let before = host_steal_seconds();
-    let out = phase.await;
-    *steal = before.zip(host_steal_seconds()).map(|(a, b)| b - a);
-    out
-}
-
 impl DrainReport {
     fn to_text(&self) -> String {
         let limit = match (
@@ -223,9 +213,7 @@ impl DrainReport {
             events = self.events_published,
             produce = self.broker_only.seconds,
             prate = self.broker_only.orders_per_second,
-            rss = self
-                .peak_rss_mib
-                .map_or_else(|| "unknown".to_owned(), |mib| format!("{mib:.0} MiB")),
+            rss = mib_text(self.peak_rss_mib),
             steal = self.steal_seconds.drain.map_or_else(String::new, |drain| {
                 let limit =
                     |s: Option<f64>| s.map_or_else(|| "-".to_owned(), |s| format!("{s:.1} s"));
@@ -305,53 +293,20 @@ async fn drain(
     let store = waybill_dispatcher::store::for_database(db);
     let clock: SharedClock = Arc::new(SystemClock);
     let run = Uuid::new_v4().simple().to_string();
-    let partner_id = format!("bench-{}", &run[..8]);
-    let postal_prefix = format!("B{}", &run[..8]).to_ascii_uppercase();
     let names = TopicNames {
         partner_prefix: "waybill.bench.".to_owned(),
         ..TopicNames::default()
     };
-    let topic = names.partner_topic(&partner_id);
-    topics.ensure_topic(&topic).await?;
     let now = clock.now();
-    store
-        .upsert_partner(&PartnerRecord {
-            id: partner_id.clone(),
-            display_name: "bench".to_owned(),
-            enabled: true,
-            handover_deadline: chrono::Duration::days(1),
-            resend_budget: 0,
-            topic: topic.clone(),
-            created_at: now,
-            updated_at: now,
-        })
-        .await?;
-    // A unique postal prefix at the highest priority: only the bench orders take this route.
-    store
-        .set_route(
-            &RouteRecord {
-                id: partner_id.clone(),
-                partner_id: partner_id.clone(),
-                country_code: "DE".to_owned(),
-                region: String::new(),
-                postal_prefix: postal_prefix.clone(),
-                priority: i32::MIN,
-                enabled: true,
-            },
-            now,
-        )
-        .await?;
+    let route = BenchRoute::enrol(&store, &names, &run, now).await?;
+    let topic = route.topic.clone();
+    topics.ensure_topic(&topic).await?;
 
     // Fill: the limit's orders an hour earlier (due first), then the drain's. Postgres takes
     // placing transactions side by side; SQLite has one writer.
     let (postgres, in_flight) = match db.backend() {
         Backend::Postgres(pool) => (Some(pool.clone()), 12),
         Backend::Sqlite(_) => (None, 1),
-    };
-    let limit_orders = if postgres.is_some() {
-        args.limit_orders.div_ceil(LIMIT_BATCH) * LIMIT_BATCH
-    } else {
-        0
     };
     // Other due rows would be drained too and counted as this run's progress.
     let waiting: i64 = store
@@ -377,24 +332,28 @@ async fn drain(
     // The limit runs right before the drain on orders placed an hour earlier (due first), and
     // right after it on orders placed in an hour's time (not due for the drain): the machine's
     // drift during the run falls on the limit as on the drain.
-    for (when, placed_at) in [("before", now - LIMIT_AHEAD), ("after", now + LIMIT_AHEAD)] {
-        place(
-            db,
-            // Its own idempotency keys: the same ones would place the same orders again.
-            &format!("{run}-limit-{when}"),
-            &format!("{customer}-limit"),
-            &postal_prefix,
-            placed_at,
-            limit_orders,
-            in_flight,
-        )
-        .await?;
-    }
+    let mut limit = match &postgres {
+        Some(pool) => Some(
+            BookkeepingLimit::place(
+                db,
+                pool,
+                &route,
+                &run,
+                &customer,
+                args.limit_orders,
+                in_flight,
+                LIMIT_AHEAD,
+                now,
+            )
+            .await?,
+        ),
+        None => None,
+    };
     place(
         db,
         &run,
         &customer,
-        &postal_prefix,
+        &route.postal_prefix,
         now - chrono::Duration::seconds(1),
         args.orders,
         in_flight,
@@ -403,15 +362,9 @@ async fn drain(
     let fill = fill_started.elapsed();
 
     // Each measured phase starts right after a checkpoint (Postgres).
-    let mut checkpointed = None;
     let mut steal = PhaseSteal::default();
-    let limit_before = match &postgres {
-        Some(pool) => {
-            mark_limit_events_published(pool, &customer).await?;
-            checkpointed = Some(checkpoint(pool).await);
-            let limit = measure_limit(pool, limit_orders, &partner_id, chrono::Duration::zero());
-            Some(with_steal(&mut steal.limit_before, limit).await?)
-        }
+    let limit_before = match &mut limit {
+        Some(limit) => Some(limit.before(&mut steal.limit_before).await?),
         None => None,
     };
 
@@ -463,8 +416,8 @@ async fn drain(
         })
     };
     let orders = args.orders as u64;
-    if let (Some(pool), Some(true)) = (&postgres, checkpointed) {
-        checkpointed = Some(checkpoint(pool).await);
+    if let Some(limit) = &mut limit {
+        limit.checkpoint().await;
     }
 
     let stop = CancellationToken::new();
@@ -511,16 +464,11 @@ async fn drain(
 
     // The peak so far: filling, the limit and the drain (the broker-only run comes after).
     let peak_rss_mib = peak_rss_mib();
-    let limit_after = match &postgres {
-        Some(pool) => {
-            if checkpointed == Some(true) {
-                checkpointed = Some(checkpoint(pool).await);
-            }
-            let limit = measure_limit(pool, limit_orders, &partner_id, LIMIT_AHEAD * 2);
-            Some(with_steal(&mut steal.limit_after, limit).await?)
-        }
+    let limit_after = match &mut limit {
+        Some(limit) => Some(limit.after(&mut steal.limit_after).await?),
         None => None,
     };
+    let checkpointed = limit.as_ref().and_then(BookkeepingLimit::checkpointed);
     let limit = limit_before.zip(limit_after).map(|(a, b)| a.plus(b));
     let broker_only = produce_only(kafka, &topic, args).await?;
     let snapshots: Vec<_> = metrics.iter().map(|m| m.snapshot()).collect();

@@ -14,7 +14,7 @@ use waybill_orders::{
 };
 use waybill_service_kit::db::Database;
 
-use crate::bench::Rate;
+use super::measure::Rate;
 
 /// Orders the bare-SQL limit leases at a time.
 pub(crate) const LIMIT_BATCH: usize = 1_000;

@@ -1,0 +1,271 @@
+//! What `bench e2e` prints: text by default, one JSON object on the last line with `--json`;
+//! and whether the run counts (a void ledger exits non-zero, saying "void").
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{
+    find_max::{self, GROWTH_S, Judged, P99_MS, Search},
+    ledger::{CutOff, Ledger},
+    limits::LimitFigures,
+    step::StepReport,
+};
+use crate::bench::measure::mib_text;
+
+/// `bench e2e` at one rate.
+#[derive(Debug, Serialize)]
+pub(super) struct E2eReport {
+    benchmark: &'static str,
+    storage: String,
+    broker: String,
+    #[serde(flatten)]
+    step: StepReport,
+    /// Whether the ledger failed: the figures then mean nothing.
+    void: bool,
+    peak_rss_mib: Option<f64>,
+}
+
+impl E2eReport {
+    pub(super) fn new(
+        step: StepReport,
+        storage: String,
+        broker: String,
+        peak_rss_mib: Option<f64>,
+    ) -> Self {
+        Self {
+            benchmark: "e2e",
+            storage,
+            broker,
+            void: step.ledger.void,
+            step,
+            peak_rss_mib,
+        }
+    }
+
+    pub(super) fn print(&self, json: bool) -> anyhow::Result<()> {
+        if json {
+            println!("{}", serde_json::to_string(self)?);
+            return Ok(());
+        }
+        let s = &self.step;
+        println!(
+            "e2e: {} orders offered at {}/s for {} s on {} + {}\n  \
+             placed {} ({} errors), {} behind schedule (max {:.1} ms late); cut-off: {}, \
+             {:.2} s after the last was offered\n{}{}\n  peak RSS {}",
+            s.offered,
+            s.rate_per_s,
+            s.duration_s,
+            self.storage,
+            self.broker,
+            s.placed,
+            s.errors,
+            s.behind_schedule,
+            s.max_behind_ms,
+            cut_off_text(s.cut_off),
+            s.cut_off_after_s,
+            s.hops.to_text(),
+            ledger_text(&s.ledger),
+            mib_text(self.peak_rss_mib),
+        );
+        Ok(())
+    }
+
+    /// Err when the run is void or not every order was received.
+    pub(super) fn verdict(&self) -> anyhow::Result<()> {
+        let s = &self.step;
+        void_verdict(&s.ledger)?;
+        anyhow::ensure!(
+            s.errors == 0 && s.ledger.received == s.offered,
+            "{} of {} orders were not placed or not received by the cut-off ({})",
+            s.offered - s.ledger.received.min(s.offered),
+            s.offered,
+            s.ledger.equation()
+        );
+        Ok(())
+    }
+}
+
+/// `bench e2e --find-max`.
+#[derive(Debug, Serialize)]
+pub(super) struct FindMaxReport {
+    benchmark: &'static str,
+    storage: String,
+    broker: String,
+    step_seconds: f64,
+    /// What a passing step keeps to.
+    p99_ms_at_most: f64,
+    backlog_growth_s_at_most: f64,
+    steps: Vec<Judged>,
+    /// The highest passing rate.
+    sustainable_per_s: Option<f64>,
+    /// Whether a failing step bounds it from above (else it is a lower bound).
+    bounded: bool,
+    /// Why the search ended before its plan did.
+    stopped: Option<String>,
+    limits: LimitFigures,
+    /// The lower of the two limits.
+    lower_limit: Option<&'static str>,
+    lower_limit_per_s: Option<f64>,
+    /// `sustainable_per_s / lower_limit_per_s`.
+    ratio: Option<f64>,
+    void: bool,
+    peak_rss_mib: Option<f64>,
+}
+
+impl FindMaxReport {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        search: &Search,
+        steps: Vec<Judged>,
+        stopped: Option<String>,
+        limits: LimitFigures,
+        step: Duration,
+        storage: String,
+        broker: String,
+        peak_rss_mib: Option<f64>,
+    ) -> Self {
+        let (sustainable, bounded) = search.result();
+        let lower = limits.lower();
+        Self {
+            benchmark: "e2e-find-max",
+            storage,
+            broker,
+            step_seconds: step.as_secs_f64(),
+            p99_ms_at_most: P99_MS,
+            backlog_growth_s_at_most: GROWTH_S,
+            void: steps.iter().any(|s| s.report.ledger.void),
+            steps,
+            sustainable_per_s: sustainable,
+            bounded,
+            stopped,
+            lower_limit: lower.map(|(name, _)| name),
+            lower_limit_per_s: lower.map(|(_, rate)| rate),
+            ratio: sustainable
+                .zip(lower)
+                .map(|(rate, (_, limit))| rate / limit.max(1e-9)),
+            limits,
+            peak_rss_mib,
+        }
+    }
+
+    pub(super) fn print(&self, json: bool) -> anyhow::Result<()> {
+        if json {
+            println!("{}", serde_json::to_string(self)?);
+            return Ok(());
+        }
+        let mut text = format!(
+            "e2e --find-max on {} + {} (a step passes with every order received, p99 scheduled \
+             → received ≤ {P99_MS:.0} ms, backlog growth ≤ {GROWTH_S} s of orders)\n",
+            self.storage, self.broker
+        );
+        text += &find_max::table_header(Duration::from_secs_f64(self.step_seconds));
+        for step in &self.steps {
+            text += &find_max::table_line(step);
+            text.push('\n');
+        }
+        let failed = self
+            .steps
+            .iter()
+            .filter(|s| !s.passed)
+            .map(|s| s.report.rate_per_s)
+            .reduce(f64::min);
+        text += &match (self.sustainable_per_s, failed) {
+            (Some(rate), Some(failed)) => format!(
+                "  sustainable: {rate:.0} orders/s (the highest passing step; {failed:.0}/s failed)\n"
+            ),
+            (Some(rate), None) => format!(
+                "  sustainable: at least {rate:.0} orders/s (no step failed within the plan)\n"
+            ),
+            (None, _) => "  sustainable: none (no step passed)\n".to_owned(),
+        };
+        if let Some(stopped) = &self.stopped {
+            text += &format!("  stopped early: {stopped}\n");
+        }
+        text += &limits_text(&self.limits);
+        if let (Some(name), Some(ratio)) = (self.lower_limit, self.ratio) {
+            text += &format!("  loop / lower limit ({name}): {ratio:.2}\n");
+        }
+        let void: Vec<&Judged> = self.steps.iter().filter(|s| s.report.ledger.void).collect();
+        if void.is_empty() {
+            text += "  ledger: balanced in every step\n";
+        }
+        for step in void {
+            text += &format!(
+                "  step {}:\n{}\n",
+                step.step,
+                ledger_text(&step.report.ledger)
+            );
+        }
+        text += &format!("  peak RSS {}", mib_text(self.peak_rss_mib));
+        println!("{text}");
+        Ok(())
+    }
+
+    /// Err when a step is void or none passed.
+    pub(super) fn verdict(&self) -> anyhow::Result<()> {
+        for step in &self.steps {
+            void_verdict(&step.report.ledger)?;
+        }
+        anyhow::ensure!(self.sustainable_per_s.is_some(), "no step passed");
+        Ok(())
+    }
+}
+
+fn void_verdict(ledger: &Ledger) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !ledger.void,
+        "void: the ledger does not balance or an order was taken twice ({}; {})",
+        ledger.equation(),
+        ledger.void_reasons.join("; ")
+    );
+    Ok(())
+}
+
+fn cut_off_text(cut_off: CutOff) -> &'static str {
+    match cut_off {
+        CutOff::AllConfirmed => "every report confirmed",
+        CutOff::Quiet => "the loop went quiet",
+        CutOff::Timeout => "the drain timeout",
+    }
+}
+
+fn ledger_text(ledger: &Ledger) -> String {
+    let mut text = format!("  ledger: {}", ledger.equation());
+    if ledger.placed_despite_error > 0 {
+        text += &format!(
+            " ({} more stored although their call failed)",
+            ledger.placed_despite_error
+        );
+    }
+    if !ledger.void {
+        text += ": balanced";
+        return text;
+    }
+    text += "\n  VOID: the figures above mean nothing";
+    for reason in &ledger.void_reasons {
+        text += &format!("\n    - {reason}");
+    }
+    text
+}
+
+fn limits_text(limits: &LimitFigures) -> String {
+    let rate = |r: Option<f64>| r.map_or_else(|| "-".to_owned(), |r| format!("{r:.0}"));
+    match (limits.bookkeeping, limits.report_raw_per_s) {
+        (Some(bookkeeping), Some(report)) => format!(
+            "  bare limits, same database, before / after the steps: relay bookkeeping \
+             {:.0} orders/s ({} / {}), report raw writes {report:.0}/s ({} / {}); \
+             ReportStatus itself {} / {} reports/s\n",
+            bookkeeping.orders_per_second,
+            rate(limits.bookkeeping_before.map(|r| r.orders_per_second)),
+            rate(limits.bookkeeping_after.map(|r| r.orders_per_second)),
+            rate(limits.report_raw_before_per_s),
+            rate(limits.report_raw_after_per_s),
+            rate(limits.report_status_before_per_s),
+            rate(limits.report_status_after_per_s),
+        ),
+        _ => "  bare limits: not measured (both are defined on Postgres: --database-url \
+              postgres://…)\n"
+            .to_owned(),
+    }
+}
