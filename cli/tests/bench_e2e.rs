@@ -193,7 +193,8 @@ fn an_order_lost_on_the_way_voids_the_run() {
     assert_eq!(report["cut_off"], "quiet", "{report:#}");
     let reason = ledger["void_reasons"][0].as_str().unwrap();
     assert!(
-        reason.contains("SENT and never answered") && reason.contains("adapter_called"),
+        reason.contains("SENT, no RECEIVED_BY_PARTNER recorded")
+            && reason.contains("adapter_called"),
         "{report:#}"
     );
     assert!(stderr.contains(reason), "{stderr}");
@@ -300,4 +301,37 @@ async fn find_max_on_postgres_sets_the_rate_beside_the_lower_bare_limit() {
     let ratio = ms(&report, "ratio");
     let sustainable = ms(&report, "sustainable_per_s");
     assert!((ratio - sustainable / lower).abs() < 1e-9, "{report:#}");
+}
+
+/// The same lost order in a `--find-max` step: the step fails as void, the search stops there
+/// and the run has no figure.
+#[test]
+fn find_max_with_an_order_lost_is_void_and_has_no_figure() {
+    let (output, report, stderr) = run(
+        None,
+        &[
+            "--find-max",
+            "--start-rate",
+            "20",
+            "--step-secs",
+            "1",
+            "--lose-order",
+            "5",
+            "--quiet-secs",
+            "2",
+        ],
+    );
+    assert!(!output.status.success(), "{report:#}\n{stderr}");
+    assert!(stderr.contains("void"), "{stderr}");
+    assert_eq!(report["void"], true, "{report:#}");
+    assert!(report["sustainable_per_s"].is_null(), "{report:#}");
+    let steps = report["steps"].as_array().unwrap();
+    assert_eq!(
+        steps.len(),
+        1,
+        "the search stops at the void step: {report:#}"
+    );
+    assert_eq!(steps[0]["passed"], false, "{report:#}");
+    assert_eq!(steps[0]["ledger"]["lost"], 1, "{report:#}");
+    assert_eq!(report["stopped"], "a step's ledger is void", "{report:#}");
 }

@@ -149,7 +149,7 @@ pub struct DrainReport {
     /// no broker given, the embedded broker): the dispatcher's share of the machine.
     drain_cpu_seconds: Option<f64>,
     /// Whether each measured phase started right after a checkpoint (Postgres; see
-    /// `bench_outbox::checkpoint`).
+    /// `outbox::checkpoint`).
     checkpointed: Option<bool>,
     /// CPU seconds the host took from this machine during each phase (Linux; `null` for a
     /// phase not measured): a run with much of it measured the host as much as the build.

@@ -98,6 +98,12 @@ pub(super) fn judge(step: &StepReport) -> Vec<String> {
         failures.push(format!("{} PlaceOrder errors", step.errors));
     }
     let ledger = &step.ledger;
+    if ledger.void {
+        failures.push(format!(
+            "ledger void ({} lost, {} answered twice, {} received without an answer, {} unknown)",
+            ledger.lost, ledger.answered_twice, ledger.received_without_answer, ledger.unknown
+        ));
+    }
     let stopped =
         ledger.dead + ledger.unroutable + ledger.unacknowledged + ledger.rejected_rerouted;
     if stopped > 0 {

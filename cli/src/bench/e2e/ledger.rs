@@ -5,12 +5,12 @@
 //! placed = received + rejected and rerouted + dead + unroutable + unacknowledged + in flight
 //!
 //! and any order in none of these is **lost**: placed but not in the database, without a
-//! dispatch row, acknowledged without `RECEIVED_BY_PARTNER`, or sent and never answered while
-//! the loop had gone quiet (no order took any step for the quiet window: nothing was going to
-//! move it). A lost order, an order in the database under the step's keys that the step never
-//! placed, an order the adapter answered twice (taken into effect twice) or one recorded
-//! received that the adapter never answered each **void** the run: its figures then mean
-//! nothing.
+//! dispatch row, acknowledged without `RECEIVED_BY_PARTNER`, or sent with no
+//! `RECEIVED_BY_PARTNER` recorded while the loop had gone quiet (no order took any step for the
+//! quiet window: nothing was going to move it before its handover deadline). A lost order, an
+//! order in the database under the step's keys that the step never placed, an order the
+//! adapter answered twice (taken into effect twice) or one recorded received that the adapter
+//! never answered each **void** the run: its figures then mean nothing.
 
 use std::time::Duration;
 
@@ -201,8 +201,8 @@ pub(super) fn reckon(
                 ledger.lost += 1;
                 let last = track.and_then(|t| t.last_step()).map_or("none", Mark::name);
                 ledger.void_because(format!(
-                    "order {}: SENT and never answered, no order moving for {} s (its last \
-                     step: {last})",
+                    "order {}: SENT, no RECEIVED_BY_PARTNER recorded and no order moving for \
+                     {} s (its last step: {last})",
                     order.id,
                     quiet.as_secs()
                 ));

@@ -55,8 +55,8 @@ pub struct E2eArgs {
     /// How long to wait, after a step's last order was offered, for every order's report.
     #[arg(long, default_value_t = 60)]
     drain_timeout_secs: u64,
-    /// When no order has taken any step for this long, the wait ends; an order sent and never
-    /// answered by then is lost (and the run void).
+    /// When no order has taken any step for this long, the wait ends; an order sent and not
+    /// recorded received by then is lost (and the run void).
     #[arg(long, default_value_t = 15)]
     quiet_secs: u64,
     #[command(flatten)]

@@ -125,7 +125,9 @@ impl FindMaxReport {
         broker: String,
         peak_rss_mib: Option<f64>,
     ) -> Self {
-        let (sustainable, bounded) = search.result();
+        let void = steps.iter().any(|s| s.report.ledger.void);
+        // A void run has no figure.
+        let (sustainable, bounded) = if void { (None, false) } else { search.result() };
         let lower = limits.lower();
         Self {
             benchmark: "e2e-find-max",
@@ -134,7 +136,7 @@ impl FindMaxReport {
             step_seconds: step.as_secs_f64(),
             p99_ms_at_most: P99_MS,
             backlog_growth_s_at_most: GROWTH_S,
-            void: steps.iter().any(|s| s.report.ledger.void),
+            void,
             steps,
             sustainable_per_s: sustainable,
             bounded,
@@ -171,6 +173,7 @@ impl FindMaxReport {
             .map(|s| s.report.rate_per_s)
             .reduce(f64::min);
         text += &match (self.sustainable_per_s, failed) {
+            _ if self.void => "  sustainable: no figure, the run is VOID (below)\n".to_owned(),
             (Some(rate), Some(failed)) => format!(
                 "  sustainable: {rate:.0} orders/s (the highest passing step; {failed:.0}/s failed)\n"
             ),

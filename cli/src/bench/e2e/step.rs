@@ -1,7 +1,8 @@
-//! One step of `bench e2e`: offer a rate for a while (open loop), wait for the step's orders
-//! to come through (until every report is confirmed, the loop goes quiet, or the drain
-//! timeout), then read the database once for the ledger and the `RECEIVED_BY_PARTNER` times,
-//! and cut every order's journey into hops.
+//! One step of `bench e2e`: wait for the relay to finish what an earlier step left, offer a
+//! rate for a while (open loop), wait for the step's orders to come through (until every
+//! report is confirmed, the loop goes quiet, or the drain timeout), then read the database
+//! once for the ledger and the `RECEIVED_BY_PARTNER` times, and cut every order's journey into
+//! hops.
 
 use std::{
     sync::Arc,
@@ -39,6 +40,9 @@ pub(super) struct Loop {
 pub(super) struct StepReport {
     pub(super) rate_per_s: f64,
     pub(super) duration_s: f64,
+    /// Seconds the step waited, before offering, for the relay to have nothing due and no
+    /// history event left to publish (what an earlier step left behind).
+    pub(super) settled_s: f64,
     pub(super) offered: u64,
     pub(super) placed: u64,
     pub(super) errors: u64,
@@ -68,6 +72,7 @@ impl Loop {
         duration: Duration,
     ) -> anyhow::Result<StepReport> {
         let prefix = format!("e2e-{}-{index}-", self.run);
+        let settled = self.settle().await?;
         let confirmed_before = self.timeline.confirmed();
         let offered = load::offer(&self.clients, &self.timeline, &prefix, rate, duration).await?;
         let offered_at = Instant::now();
@@ -100,6 +105,7 @@ impl Loop {
         Ok(StepReport {
             rate_per_s: rate,
             duration_s: duration.as_secs_f64(),
+            settled_s: settled.as_secs_f64(),
             offered: offered.offered,
             placed: offered.placed.len() as u64,
             errors: offered.failed.len() as u64,
@@ -113,6 +119,24 @@ impl Loop {
             backlog: offered.samples,
             ledger: reckoning.ledger,
         })
+    }
+
+    /// Waits until the relay has nothing due and no history event waiting to be published,
+    /// at most the drain timeout (then the step starts anyway, and says how long it waited):
+    /// each step starts on a loop that finished the previous one's work.
+    async fn settle(&self) -> anyhow::Result<Duration> {
+        let store = waybill_dispatcher::store::for_database(&self.db);
+        let started = Instant::now();
+        loop {
+            let backlog = store.backlog(chrono::Utc::now()).await?;
+            let settled =
+                backlog.oldest_due_at.is_none() && backlog.oldest_unpublished_at.is_none();
+            if settled || started.elapsed() >= self.drain_timeout {
+                return Ok(started.elapsed());
+            }
+            // The relay's progress is in the database only: look again shortly.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Waits until every order of `placed` has its report confirmed, the loop goes quiet, or
