@@ -323,6 +323,7 @@ async fn log_stats(
                     dead = m.dead,
                     unroutable = m.unroutable,
                     resent = m.resent,
+                    handover_extended = m.handover_extended,
                     unacknowledged = m.unacknowledged,
                     fenced = m.fenced,
                     can_send = producer.can_send,

@@ -60,6 +60,8 @@ pub struct RelayMetrics {
     audits_published: Counter,
     audit_deferred: Counter,
     resend_failures: Counter,
+    handover_extended: Counter,
+    handover_probe_failures: Counter,
     retention_attempts: Counter,
     retention_messages: Counter,
     /// Microseconds from handing a message to the producer until the broker's ack.
@@ -93,6 +95,8 @@ impl Default for RelayMetrics {
             audits_published: Counter::default(),
             audit_deferred: Counter::default(),
             resend_failures: Counter::default(),
+            handover_extended: Counter::default(),
+            handover_probe_failures: Counter::default(),
             retention_attempts: Counter::default(),
             retention_messages: Counter::default(),
             // 1 µs .. 10 min at 3 significant digits. The bounds are constants and valid; were
@@ -133,6 +137,11 @@ pub struct MetricsSnapshot {
     pub recorded: u64,
     /// Re-sends after a handover deadline that failed (each is retried with backoff).
     pub resend_failures: u64,
+    /// Handover deadlines moved on without a re-send because the partner was behind.
+    pub handover_extended: u64,
+    /// Times the broker could not tell how far a partner's consumer group had read (its
+    /// overdue orders then followed the re-send rule).
+    pub handover_probe_failures: u64,
     /// Audit copies that failed while their partner copy went out (kept in the audit outbox).
     pub audit_deferred: u64,
     /// Audit copies produced from the audit outbox.
@@ -172,6 +181,8 @@ impl RelayMetrics {
     counter!(add_events_published, events_published);
     counter!(add_recorded, recorded);
     counter!(add_resend_failures, resend_failures);
+    counter!(add_handover_extended, handover_extended);
+    counter!(add_handover_probe_failures, handover_probe_failures);
     counter!(add_audit_deferred, audit_deferred);
     counter!(add_audits_published, audits_published);
     counter!(add_topics_created, topics_created);
@@ -180,7 +191,7 @@ impl RelayMetrics {
 
     /// Registers the Prometheus series (names without the registry's prefix).
     pub fn register(&self, registry: &mut Registry) {
-        let counters: [(&str, &str, &Counter); 16] = [
+        let counters: [(&str, &str, &Counter); 18] = [
             (
                 "retention_attempts_deleted",
                 "Attempt-log entries the retention job deleted",
@@ -220,6 +231,18 @@ impl RelayMetrics {
                 "resend_failures",
                 "Re-sends after a handover deadline that failed",
                 &self.resend_failures,
+            ),
+            (
+                "handover_extended",
+                "Handover deadlines moved on without a re-send: the partner's consumers were \
+                 alive and had not read the order yet",
+                &self.handover_extended,
+            ),
+            (
+                "handover_probe_failures",
+                "Overdue batches for which the broker could not tell how far a partner's \
+                 consumer group had read (its orders followed the re-send rule)",
+                &self.handover_probe_failures,
             ),
             (
                 "unacknowledged",
@@ -365,6 +388,8 @@ impl RelayMetrics {
             audits_published: self.audits_published.get(),
             audit_deferred: self.audit_deferred.get(),
             resend_failures: self.resend_failures.get(),
+            handover_extended: self.handover_extended.get(),
+            handover_probe_failures: self.handover_probe_failures.get(),
             produce_latency_p50: Duration::from_micros(p50),
             produce_latency_p99: Duration::from_micros(p99),
             produce_latency_max: Duration::from_micros(max),

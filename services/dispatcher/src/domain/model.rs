@@ -36,6 +36,11 @@ pub struct LeasedOrder {
     pub partner_id: Option<String>,
     /// Whether the partner has confirmed receipt (resends only: then it is not re-sent).
     pub acknowledged: bool,
+    /// When the broker acknowledged the latest send (none before the first).
+    pub sent_at: Option<DateTime<Utc>>,
+    /// Where the latest send landed on the partner's topic (none before the first, and for
+    /// rows sent before the dispatcher kept it).
+    pub sent_position: Option<SentPosition>,
     /// Partners that refused the order (`REJECTED_BY_PARTNER`, recorded by StatusIngest in
     /// `dispatch_rejections`): routing skips them.
     pub rejected_partners: Vec<String>,
@@ -52,6 +57,15 @@ pub struct LeasedOrder {
     pub currency_code: String,
     /// Order total, minor units (read from the message, for the audit rule).
     pub total_minor: i64,
+}
+
+/// Where one record landed on a topic: the partition and offset of the broker's delivery report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SentPosition {
+    /// The partition.
+    pub partition: i32,
+    /// The record's offset in it.
+    pub offset: i64,
 }
 
 /// A shipping partner.

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 use waybill_proto::v1::DispatchState;
 
-use crate::domain::model::LeasedOrder;
+use crate::domain::model::{LeasedOrder, SentPosition};
 
 /// The fence: bookkeeping applies only to rows still leased by this owner with this batch id.
 #[derive(Debug, Clone)]
@@ -43,6 +43,9 @@ pub struct RowUpdate {
     pub sent_at: Option<DateTime<Utc>>,
     /// New handover deadline (`None` clears it).
     pub ack_due_at: Option<DateTime<Utc>>,
+    /// Where the latest send landed on the partner's topic: the value written, as leased unless
+    /// a send was acknowledged (`None` writes none).
+    pub sent_position: Option<SentPosition>,
 }
 
 impl RowUpdate {
@@ -59,6 +62,7 @@ impl RowUpdate {
             resends: order.resends,
             sent_at: None,
             ack_due_at: None,
+            sent_position: order.sent_position,
         }
     }
 }

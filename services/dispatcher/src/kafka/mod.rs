@@ -7,11 +7,13 @@
 //! - [`TopicCreator`]: creates a partner's topic on enrolment. [`AdminTopicCreator`] uses the
 //!   Kafka Admin API; brokers without one (librdkafka's mock cluster) get their own
 //!   implementation (see the `testing` module).
-//!
-//! No consumer lives here: the dispatcher only produces.
+//! - [`progress`]: asks how far a partner's consumer group has read its topic (members,
+//!   committed offsets, watermarks), for the handover deadline. Its client has the group's id
+//!   but never subscribes: the dispatcher reads no topic and commits nothing.
 
 pub mod messages;
 pub mod producer;
+pub mod progress;
 
 use std::time::Duration;
 
@@ -82,6 +84,17 @@ impl KafkaSettings {
     /// The admin client's configuration.
     pub fn admin_config(&self) -> ClientConfig {
         self.base_config()
+    }
+
+    /// The configuration of a client that asks about consumer group `group`
+    /// ([`progress`]): set last, so no extra option can make it commit.
+    pub fn group_probe_config(&self, group: &str) -> ClientConfig {
+        let mut config = self.base_config();
+        config
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false");
+        config
     }
 
     fn base_config(&self) -> ClientConfig {

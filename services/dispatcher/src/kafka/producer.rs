@@ -101,8 +101,19 @@ pub fn classify(code: RDKafkaErrorCode) -> SendErrorKind {
     }
 }
 
-/// The outcome of one message: the time until the broker's ack, or what went wrong.
-pub type SendOutcome = Result<Duration, SendError>;
+/// A message the broker acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    /// From handing it to the producer until the broker's ack.
+    pub latency: Duration,
+    /// The partition the broker put it in (its delivery report).
+    pub partition: i32,
+    /// Its offset there (negative when the broker did not say).
+    pub offset: i64,
+}
+
+/// The outcome of one message: where and how fast the broker took it, or what went wrong.
+pub type SendOutcome = Result<Delivered, SendError>;
 
 /// Whether the producer can send, as seen by its last batches.
 #[derive(Debug)]
@@ -220,6 +231,11 @@ impl OrderProducer {
         })
     }
 
+    /// The settings it was built with.
+    pub fn settings(&self) -> &KafkaSettings {
+        &self.settings
+    }
+
     /// Whether it can send, shared with the health reporter and the metrics.
     pub fn health(&self) -> &Arc<SendHealth> {
         &self.health
@@ -274,7 +290,11 @@ impl OrderProducer {
                     Enqueued::Refused(error) => Err(error),
                 };
                 match delivered {
-                    Ok(Ok(_)) => Ok(started.elapsed()),
+                    Ok(Ok(delivery)) => Ok(Delivered {
+                        latency: started.elapsed(),
+                        partition: delivery.partition,
+                        offset: delivery.offset,
+                    }),
                     Ok(Err((error, _))) | Err(error) => Err(SendError::from_kafka(&error)),
                 }
             }
@@ -397,6 +417,14 @@ fn rebuild_reason(
 mod tests {
     use super::*;
 
+    fn delivered() -> SendOutcome {
+        Ok(Delivered {
+            latency: Duration::from_millis(1),
+            partition: 0,
+            offset: 0,
+        })
+    }
+
     fn failure(kind: SendErrorKind) -> SendOutcome {
         Err(SendError {
             kind,
@@ -432,7 +460,7 @@ mod tests {
         let health = SendHealth::default();
         assert!(health.snapshot().can_send);
         // One success among failures: the producer works (the failures are the topics').
-        let mixed = [Ok(Duration::from_millis(1)), failure(SendErrorKind::Other)];
+        let mixed = [delivered(), failure(SendErrorKind::Other)];
         assert_eq!(health.observe(&mixed), 0);
         assert!(health.snapshot().can_send);
         let all_failed = [failure(SendErrorKind::Other), failure(SendErrorKind::Other)];
@@ -443,7 +471,7 @@ mod tests {
         assert_eq!(snapshot.failed_batches_in_a_row, 2);
         assert_eq!(snapshot.failed_sends, 5);
         assert_eq!(snapshot.last_error.as_deref(), Some("boom"));
-        assert_eq!(health.observe(&[Ok(Duration::ZERO)]), 0);
+        assert_eq!(health.observe(&[delivered()]), 0);
         assert!(health.snapshot().can_send);
     }
 
@@ -460,7 +488,7 @@ mod tests {
             None
         );
         assert!(rebuild_reason(&producer, &other, REBUILD_AFTER_FAILED_BATCHES).is_some());
-        let fenced = [Ok(Duration::ZERO), failure(SendErrorKind::ProducerState)];
+        let fenced = [delivered(), failure(SendErrorKind::ProducerState)];
         assert!(rebuild_reason(&producer, &fenced, 0).is_some());
         let unknown_topic = [failure(SendErrorKind::UnknownTopic)];
         assert_eq!(rebuild_reason(&producer, &unknown_topic, 1), None);

@@ -13,8 +13,9 @@
 //!    lease.
 //!
 //! [`Relay::relay_batch`] is produce + record for one leased batch; the same three steps run
-//! for `SENT` orders whose handover deadline passed ([`Relay::lease_overdue`]: re-send or
-//! flag). Beside them, **publish** (`publish.rs`) puts new history events on the order-events
+//! for `SENT` orders whose handover deadline passed ([`Relay::lease_overdue`]: wait for a
+//! partner that is behind, re-send to one that is gone, or flag; `handover.rs` asks the broker
+//! about the partners' consumer groups first). Beside them, **publish** (`publish.rs`) puts new history events on the order-events
 //! topic and audit copies waiting in the audit outbox on the audit topic, and the retention
 //! job (`cleanup.rs`) removes what operators no longer need. An observer (`observe.rs`, none by
 //! default) is told when each order is leased and when its partner's copy is acknowledged.
@@ -44,6 +45,7 @@ use waybill_service_kit::{
 };
 
 mod cleanup;
+mod handover;
 mod observe;
 mod produce;
 mod publish;
@@ -56,7 +58,7 @@ use crate::{
     config::RelaySettings,
     domain::{cycle::RetryPolicy, model::LeasedOrder},
     error::DispatchError,
-    kafka::{TopicCreator, producer::OrderProducer},
+    kafka::{TopicCreator, producer::OrderProducer, progress::GroupProbe},
     metrics::RelayMetrics,
     store::{BatchRecord, DispatchStore, Fence, Lease, LeaseRequest, RecordReport},
 };
@@ -101,6 +103,8 @@ pub struct Relay {
     store: Arc<dyn DispatchStore>,
     producer: OrderProducer,
     topics: Arc<dyn TopicCreator>,
+    /// Asks the broker about partners' consumer groups at their handover deadlines.
+    probe: GroupProbe,
     /// Whether the latest attempt to publish events failed (so an outage is logged once).
     events_failing: Arc<AtomicBool>,
     clock: SharedClock,
@@ -122,10 +126,18 @@ impl Relay {
         settings: RelaySettings,
         metrics: Arc<RelayMetrics>,
     ) -> Self {
+        // Asked while an overdue batch is leased, before its sends: within the room the lease
+        // leaves beside a produce (more than a second, as the settings are checked).
+        let probe_timeout = settings
+            .lease
+            .saturating_sub(producer.settings().produce_timeout)
+            / 2;
+        let probe = GroupProbe::new(producer.settings(), probe_timeout);
         Self {
             store,
             producer,
             topics,
+            probe,
             events_failing: Arc::new(AtomicBool::new(false)),
             clock,
             feed,

@@ -12,8 +12,8 @@ use waybill_service_kit::telemetry::{self, TraceContext};
 use super::{LeasedBatch, Relay};
 use crate::{
     domain::{
-        cycle::{self, Outcome, Plan, Produced},
-        model::LeasedOrder,
+        cycle::{self, BatchKind, Outcome, Plan, Produced, handover::Progress},
+        model::{LeasedOrder, SentPosition},
     },
     error::DispatchError,
     kafka::{
@@ -32,6 +32,12 @@ impl Relay {
             return Ok(BatchRecord::default());
         }
         let table = self.store.routing_table().await?;
+        // Whether a partner that missed a deadline is behind or gone depends on its consumers.
+        let progress = match batch.kind {
+            BatchKind::Overdue => self.consumer_progress(batch.orders(), &table).await,
+            BatchKind::Due => Progress::default(),
+        };
+        let planned_at = self.clock.now();
         let mut planned = Vec::with_capacity(batch.orders().len());
         let mut messages: Vec<OutgoingMessage> = Vec::new();
         for order in batch.orders() {
@@ -54,7 +60,14 @@ impl Relay {
                 // so the partner's consumer continues the order's trace all the same.
                 (tracing::Span::none(), placed)
             };
-            let plan = cycle::plan(order, batch.kind, &table, &self.settings.audit);
+            let plan = cycle::plan(
+                order,
+                batch.kind,
+                &table,
+                &self.settings.audit,
+                &progress,
+                planned_at,
+            );
             let (partner_message, audit_message) =
                 self.messages_for(order, &plan, &trace, &mut messages);
             planned.push(Planned {
@@ -79,8 +92,8 @@ impl Relay {
                 "sends failed in batch"
             );
         }
-        for latency in outcomes.iter().filter_map(|o| o.as_ref().ok()) {
-            self.metrics.record_latency(*latency);
+        for delivered in outcomes.iter().filter_map(|o| o.as_ref().ok()) {
+            self.metrics.record_latency(delivered.latency);
         }
         let outcome = |index: usize| -> Result<(), String> {
             match outcomes.get(index) {
@@ -104,6 +117,14 @@ impl Relay {
             let produced = Produced {
                 partner: planned.partner_message.map_or(Ok(()), outcome),
                 audit: planned.audit_message.map(outcome),
+                position: planned
+                    .partner_message
+                    .and_then(|index| outcomes.get(index)?.as_ref().ok())
+                    .filter(|delivered| delivered.offset >= 0)
+                    .map(|delivered| SentPosition {
+                        partition: delivered.partition,
+                        offset: delivered.offset,
+                    }),
             };
             let settled = cycle::settle(
                 planned.order,
@@ -169,7 +190,11 @@ impl Relay {
                 partner, audited, ..
             } => (partner, order.resends + 1, *audited),
             Plan::Resend { partner } => (partner, order.resends + 2, false),
-            Plan::Unroutable { .. } | Plan::Acknowledged | Plan::Unacknowledged => {
+            Plan::Unroutable { .. }
+            | Plan::Acknowledged
+            | Plan::Unacknowledged
+            | Plan::Behind { .. }
+            | Plan::BehindTooLong { .. } => {
                 return (None, None);
             }
         };
@@ -237,6 +262,14 @@ impl Relay {
                 }
                 warn!(%order_id, %reason, "order unacknowledged");
                 self.metrics.add_unacknowledged(1);
+            }
+            Outcome::HandoverExtended {
+                partner_id,
+                ahead,
+                due,
+            } => {
+                debug!(%order_id, %partner_id, ahead, %due, "partner behind, handover deadline moved on without a re-send");
+                self.metrics.add_handover_extended(1);
             }
             Outcome::Resent {
                 partner_id,

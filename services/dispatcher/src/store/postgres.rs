@@ -209,6 +209,18 @@ async fn write_record(
             .bind(updates.iter().map(|u| u.resends).collect::<Vec<_>>())
             .bind(updates.iter().map(|u| u.sent_at).collect::<Vec<_>>())
             .bind(updates.iter().map(|u| u.ack_due_at).collect::<Vec<_>>())
+            .bind(
+                updates
+                    .iter()
+                    .map(|u| u.sent_position.map(|p| p.partition))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                updates
+                    .iter()
+                    .map(|u| u.sent_position.map(|p| p.offset))
+                    .collect::<Vec<_>>(),
+            )
             .execute(&mut **tx)
             .await?;
     }

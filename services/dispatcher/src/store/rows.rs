@@ -11,7 +11,7 @@ use waybill_service_kit::db::{Id, Instant};
 use super::{AuditCopy, StoreError};
 use crate::domain::model::{
     AttemptRecord, DispatchRecord, LeasedOrder, PartnerKeyRecord, PartnerRecord, RouteRecord,
-    ShipTo, UnpublishedEvent,
+    SentPosition, ShipTo, UnpublishedEvent,
 };
 
 fn parse_state(name: &str) -> Result<DispatchState, StoreError> {
@@ -52,6 +52,10 @@ pub(super) struct LeasedRow {
     resends: i32,
     partner_id: Option<String>,
     acknowledged: bool,
+    sent_at: Option<Instant>,
+    /// Where the latest send landed (both or neither; `NULL` before migration 0008).
+    sent_partition: Option<i32>,
+    sent_offset: Option<i64>,
     /// Comma-separated (partner ids have no ','); `NULL` or empty when none.
     rejected_partners: Option<String>,
     traceparent: String,
@@ -98,6 +102,11 @@ impl LeasedRow {
             resends: self.resends,
             partner_id: self.partner_id,
             acknowledged: self.acknowledged,
+            sent_at: self.sent_at.map(Into::into),
+            sent_position: match (self.sent_partition, self.sent_offset) {
+                (Some(partition), Some(offset)) => Some(SentPosition { partition, offset }),
+                _ => None,
+            },
             rejected_partners: self
                 .rejected_partners
                 .iter()

@@ -102,6 +102,8 @@ pub(super) async fn record(
                 "resends": u.resends,
                 "sent": micros(u.sent_at),
                 "due": micros(u.ack_due_at),
+                "partition": u.sent_position.map(|p| p.partition),
+                "offset": u.sent_position.map(|p| p.offset),
             }))
             .collect::<Vec<_>>()
     )

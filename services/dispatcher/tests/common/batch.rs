@@ -40,5 +40,6 @@ pub fn sent(order_id: Uuid, now: chrono::DateTime<chrono::Utc>) -> RowUpdate {
         resends: 0,
         sent_at: Some(now),
         ack_due_at: Some(now + Span::minutes(10)),
+        sent_position: None,
     }
 }

@@ -3,7 +3,9 @@
 //!
 //! 1. [`plan`]: what a leased order needs — a first send to the partner its route picks (and an
 //!    audit copy above the threshold), a re-send after a missed handover deadline, or no
-//!    message at all (unroutable, acknowledged meanwhile, resend budget spent).
+//!    message at all (unroutable, acknowledged meanwhile, partner behind, resend budget spent).
+//!    Whether a partner that missed the deadline is behind or gone is [`handover::judge`]'s
+//!    call, from what the broker said about its consumer group ([`handover::Progress`]).
 //! 2. The relay produces the planned messages (I/O, not here).
 //! 3. [`settle`]: what the produce outcome means for the row — its next state, failure count,
 //!    due time (backoff with jitter from the caller's random source), handover deadline, the
@@ -18,23 +20,31 @@
 //! | `PENDING`/`RETRYING` | send | failed, budget left | `RETRYING` (backoff) |
 //! | `PENDING`/`RETRYING` | send | failed, budget spent | `DEAD` |
 //! | `SENT`, overdue | partner confirmed meanwhile | — | `ACKNOWLEDGED` |
-//! | `SENT`, overdue | resend budget spent | — | `UNACKNOWLEDGED` |
-//! | `SENT`, overdue | re-send | ok | `SENT` (new deadline, resends + 1) |
+//! | `SENT`, overdue | partner behind | — | `SENT` (deadline moved by one handover deadline, resends unchanged) |
+//! | `SENT`, overdue | partner behind for the resend budget's worth of deadlines | — | `UNACKNOWLEDGED` |
+//! | `SENT`, overdue | partner gone, resend budget spent | — | `UNACKNOWLEDGED` |
+//! | `SENT`, overdue | re-send (partner gone) | ok | `SENT` (new deadline, resends + 1) |
 //! | `SENT`, overdue | re-send | failed, budget left | `SENT` (deadline moved by backoff) |
 //! | `SENT`, overdue | re-send | failed, budget spent | `UNACKNOWLEDGED` |
 //!
+//! "Partner behind": its record is still in the log, its live consumer group has not read it
+//! yet; "gone" is everything else (see [`handover`]).
+//!
 //! What it decides is recorded as the types in [`super::record`].
+
+pub mod handover;
 
 use chrono::{DateTime, Utc};
 use rand::Rng;
 use uuid::Uuid;
 use waybill_proto::v1::DispatchState;
 
+use self::handover::{Handover, Progress};
 pub use crate::domain::record::{AttemptLog, AuditCopy, BatchRecord, Fence, RowUpdate};
 use crate::domain::{
     audit::AuditThresholds,
     backoff::BackoffPolicy,
-    model::{LeasedOrder, PartnerRecord},
+    model::{LeasedOrder, PartnerRecord, SentPosition},
     routing::RoutingTable,
 };
 
@@ -68,6 +78,24 @@ pub enum Plan {
     Acknowledged,
     /// Overdue and out of re-sends, or its partner is gone (no message).
     Unacknowledged,
+    /// Overdue, but the partner is behind: its live group has not read the order's record yet
+    /// (no message; the deadline moves on).
+    Behind {
+        /// The partner.
+        partner: PartnerRecord,
+        /// Records its group reads before this one.
+        ahead: i64,
+    },
+    /// Overdue and behind for as many handover deadlines as the resend budget allows (no
+    /// message: a copy would land behind the first).
+    BehindTooLong {
+        /// Where the record waits.
+        position: SentPosition,
+        /// Records its group reads before this one.
+        ahead: i64,
+        /// Handover deadlines spent (re-sends plus deadlines passed since the latest send).
+        deadlines: i64,
+    },
     /// Overdue: the same order to the same partner once more.
     Resend {
         /// The partner it was sent to.
@@ -75,13 +103,16 @@ pub enum Plan {
     },
 }
 
-/// Decides what `order` needs. Partners that refused the order (`REJECTED_BY_PARTNER`) are
-/// skipped by routing.
+/// Decides what `order` needs at `now`. Partners that refused the order (`REJECTED_BY_PARTNER`)
+/// are skipped by routing; an overdue order's partner is behind or gone by `progress` (what the
+/// broker said about the partners' consumer groups; empty for due batches).
 pub fn plan(
     order: &LeasedOrder,
     kind: BatchKind,
     table: &RoutingTable,
     audit: &AuditThresholds,
+    progress: &Progress,
+    now: DateTime<Utc>,
 ) -> Plan {
     match kind {
         BatchKind::Due => match table.route_excluding(&order.ship_to, &order.rejected_partners) {
@@ -95,13 +126,31 @@ pub fn plan(
             },
         },
         BatchKind::Overdue => {
-            let partner = order.partner_id.as_deref().and_then(|id| table.partner(id));
-            match partner {
-                _ if order.acknowledged => Plan::Acknowledged,
-                Some(partner) if order.resends < partner.resend_budget => Plan::Resend {
+            if order.acknowledged {
+                return Plan::Acknowledged;
+            }
+            // A partner no longer enrolled is gone for good.
+            let Some(partner) = order.partner_id.as_deref().and_then(|id| table.partner(id)) else {
+                return Plan::Unacknowledged;
+            };
+            match handover::judge(order, partner, progress, now) {
+                Handover::Behind { ahead, .. } => Plan::Behind {
+                    partner: partner.clone(),
+                    ahead,
+                },
+                Handover::BehindTooLong {
+                    position,
+                    ahead,
+                    deadlines,
+                } => Plan::BehindTooLong {
+                    position,
+                    ahead,
+                    deadlines,
+                },
+                Handover::Gone if order.resends < partner.resend_budget => Plan::Resend {
                     partner: partner.clone(),
                 },
-                _ => Plan::Unacknowledged,
+                Handover::Gone => Plan::Unacknowledged,
             }
         }
     }
@@ -114,6 +163,8 @@ pub struct Produced {
     pub partner: Result<(), String>,
     /// The audit copy, when one was planned.
     pub audit: Option<Result<(), String>>,
+    /// Where the broker put the partner's copy (its delivery report), when it took it.
+    pub position: Option<SentPosition>,
 }
 
 impl Produced {
@@ -122,6 +173,7 @@ impl Produced {
         Self {
             partner: Ok(()),
             audit: None,
+            position: None,
         }
     }
 }
@@ -185,6 +237,15 @@ pub enum Outcome {
         reason: String,
         /// Whether it came to this because re-sends failed (not because they ran out).
         after_failed_resend: bool,
+    },
+    /// Not re-sent at its handover deadline: the partner is behind, and the deadline moved on.
+    HandoverExtended {
+        /// The partner.
+        partner_id: String,
+        /// Records its group reads before this one.
+        ahead: i64,
+        /// The new deadline.
+        due: DateTime<Utc>,
     },
     /// Re-sent after a missed handover deadline.
     Resent {
@@ -290,6 +351,7 @@ pub fn settle(
                         route_id: Some(route_id.clone()),
                         sent_at: Some(now),
                         ack_due_at: Some(now + partner.handover_deadline),
+                        sent_position: produced.position,
                         ..keep
                     },
                     Outcome::Sent {
@@ -369,6 +431,48 @@ pub fn settle(
                 },
             )
         }
+        // No send, no budget spent: the partner reads the order where it is.
+        Plan::Behind { partner, ahead } => {
+            let due = now + partner.handover_deadline;
+            Settled::new(
+                RowUpdate {
+                    state: DispatchState::Sent,
+                    ack_due_at: Some(due),
+                    ..keep
+                },
+                Outcome::HandoverExtended {
+                    partner_id: partner.id.clone(),
+                    ahead: *ahead,
+                    due,
+                },
+            )
+        }
+        Plan::BehindTooLong {
+            position,
+            ahead,
+            deadlines,
+        } => {
+            let reason = format!(
+                "partner {} did not confirm receipt: its consumers are alive but have not read \
+                 the order in {deadlines} handover deadlines (partition {}, offset {}, {ahead} \
+                 records before it)",
+                order.partner_id.as_deref().unwrap_or("?"),
+                position.partition,
+                position.offset
+            );
+            Settled::new(
+                RowUpdate {
+                    state: DispatchState::Unacknowledged,
+                    last_error: Some(reason.clone()),
+                    ack_due_at: None,
+                    ..keep
+                },
+                Outcome::Unacknowledged {
+                    reason,
+                    after_failed_resend: false,
+                },
+            )
+        }
         Plan::Resend { partner } => match &produced.partner {
             Ok(()) => {
                 let resends = order.resends.saturating_add(1);
@@ -380,6 +484,7 @@ pub fn settle(
                         resends,
                         sent_at: Some(now),
                         ack_due_at: Some(now + partner.handover_deadline),
+                        sent_position: produced.position,
                         ..keep
                     },
                     Outcome::Resent {

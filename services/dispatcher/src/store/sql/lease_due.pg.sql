@@ -5,7 +5,8 @@
 -- are skipped, not waited for. A lease written into the row (by SQLite's model, or by a
 -- dispatcher of an earlier release during an upgrade) is respected until it expires.
 WITH due AS (
-    SELECT order_id, state, attempts, resends, partner_id, traceparent, tracestate, message
+    SELECT order_id, state, attempts, resends, partner_id, traceparent, tracestate, message,
+           sent_at, sent_partition, sent_offset
     FROM dispatch
     WHERE state IN ('PENDING', 'RETRYING')
       AND next_attempt_at <= $1
@@ -15,7 +16,7 @@ WITH due AS (
     FOR UPDATE SKIP LOCKED
 )
 SELECT d.order_id, d.state, d.attempts, d.resends, d.partner_id, d.traceparent, d.tracestate,
-       d.message,
+       d.message, d.sent_at, d.sent_partition, d.sent_offset,
        FALSE AS acknowledged,
        -- Partners that refused the order, comma-separated: routing skips them.
        array_to_string(ARRAY(SELECT r.partner_id FROM dispatch_rejections r

@@ -1,10 +1,10 @@
 -- The rows $1 (a JSON array) just leased with batch id $2, with what producing needs
--- (the stored message: the order tables are not read).
+-- (the stored message: the order tables are not read) and where the latest send landed.
 -- `acknowledged`: the partner confirmed receipt (an event of that partner with a status in $3,
 -- the acknowledging statuses, a JSON array); `rejected_partners`: the partners that refused the
 -- order, comma-separated (partner ids have no ','): routing skips them.
 SELECT d.order_id, d.state, d.attempts, d.resends, d.partner_id, d.traceparent, d.tracestate,
-       d.message,
+       d.message, d.sent_at, d.sent_partition, d.sent_offset,
        EXISTS (SELECT 1 FROM order_status_events e
                WHERE e.order_id = d.order_id
                  AND e.partner_id = d.partner_id

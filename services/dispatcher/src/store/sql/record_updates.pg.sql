@@ -13,12 +13,15 @@ SET state = i.state,
     resends = i.resends,
     sent_at = COALESCE(i.sent_at, d.sent_at),
     ack_due_at = i.ack_due_at,
+    sent_partition = i.sent_partition,
+    sent_offset = i.sent_offset,
     lease_owner = NULL,
     lease_expires_at = NULL,
     batch_id = NULL,
     updated_at = $1
 FROM UNNEST($2::uuid[], $3::text[], $4::int[], $5::timestamptz[], $6::text[], $7::text[],
-            $8::text[], $9::int[], $10::timestamptz[], $11::timestamptz[])
+            $8::text[], $9::int[], $10::timestamptz[], $11::timestamptz[], $12::int[],
+            $13::bigint[])
     AS i (order_id, state, attempts, next_attempt_at, last_error, partner_id, route_id, resends,
-          sent_at, ack_due_at)
+          sent_at, ack_due_at, sent_partition, sent_offset)
 WHERE d.order_id = i.order_id

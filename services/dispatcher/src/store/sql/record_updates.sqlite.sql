@@ -10,6 +10,8 @@ SET state = i.state,
     resends = i.resends,
     sent_at = COALESCE(i.sent, dispatch.sent_at),
     ack_due_at = i.due,
+    sent_partition = i.sent_partition,
+    sent_offset = i.sent_offset,
     lease_owner = NULL,
     lease_expires_at = NULL,
     batch_id = NULL,
@@ -18,7 +20,8 @@ FROM (SELECT value ->> '$.id' AS id, value ->> '$.state' AS state,
              value ->> '$.attempts' AS attempts, value ->> '$.next' AS next,
              value ->> '$.error' AS error, value ->> '$.partner' AS partner,
              value ->> '$.route' AS route, value ->> '$.resends' AS resends,
-             value ->> '$.sent' AS sent, value ->> '$.due' AS due
+             value ->> '$.sent' AS sent, value ->> '$.due' AS due,
+             value ->> '$.partition' AS sent_partition, value ->> '$.offset' AS sent_offset
       FROM json_each($4)) AS i
 WHERE dispatch.order_id = i.id AND dispatch.lease_owner = $1 AND dispatch.batch_id = $2
 RETURNING dispatch.order_id

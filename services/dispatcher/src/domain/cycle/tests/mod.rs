@@ -1,4 +1,5 @@
-//! Every transition of the dispatch state machine (see the module docs).
+//! Every transition of the dispatch state machine (see the module docs); the behind-or-gone
+//! transitions at the handover deadline are in `handover.rs`.
 
 use chrono::{Duration, TimeZone};
 use rand::{SeedableRng, rngs::StdRng};
@@ -8,6 +9,8 @@ use crate::domain::{
     backoff::Jitter,
     model::{RouteRecord, ShipTo},
 };
+
+mod handover;
 
 fn now() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0)
@@ -63,6 +66,8 @@ fn order(country: &str) -> LeasedOrder {
         resends: 0,
         partner_id: None,
         acknowledged: false,
+        sent_at: None,
+        sent_position: None,
         rejected_partners: Vec::new(),
         traceparent: String::new(),
         tracestate: String::new(),
@@ -77,13 +82,19 @@ fn order(country: &str) -> LeasedOrder {
     }
 }
 
-/// A `SENT` order past its deadline at partner `a`.
+/// A `SENT` order past its deadline at partner `a` (sent one deadline ago, to partition 1 at
+/// offset 40).
 fn overdue(resends: i32, attempts: i32) -> LeasedOrder {
     LeasedOrder {
         state: DispatchState::Sent,
         partner_id: Some("a".to_owned()),
         resends,
         attempts,
+        sent_at: Some(now() - Duration::minutes(10)),
+        sent_position: Some(SentPosition {
+            partition: 1,
+            offset: 40,
+        }),
         ..order("DE")
     }
 }
@@ -116,7 +127,24 @@ fn failed(error: &str) -> Produced {
     Produced {
         partner: Err(error.to_owned()),
         audit: None,
+        position: None,
     }
+}
+
+/// Delivered to partition 2 at offset 7.
+fn landed() -> Produced {
+    Produced {
+        position: Some(SentPosition {
+            partition: 2,
+            offset: 7,
+        }),
+        ..ok()
+    }
+}
+
+/// Plans `order` with nothing known of the partners' consumers.
+fn plan_plain(order: &LeasedOrder, kind: BatchKind, table: &RoutingTable) -> Plan {
+    plan(order, kind, table, &audit(), &Progress::default(), now())
 }
 
 fn settle_one(order: &LeasedOrder, plan: &Plan, produced: &Produced) -> Settled {
@@ -125,7 +153,7 @@ fn settle_one(order: &LeasedOrder, plan: &Plan, produced: &Produced) -> Settled 
 
 #[test]
 fn a_due_order_is_planned_to_its_first_matching_partner_skipping_rejections() {
-    let plan_for = |order: &LeasedOrder| plan(order, BatchKind::Due, &table(), &audit());
+    let plan_for = |order: &LeasedOrder| plan_plain(order, BatchKind::Due, &table());
     let Plan::Send {
         partner,
         route_id,
@@ -160,7 +188,7 @@ fn a_due_order_is_planned_to_its_first_matching_partner_skipping_rejections() {
 
     let empty = RoutingTable::new(Vec::new(), Vec::new());
     assert_eq!(
-        plan(&order("DE"), BatchKind::Due, &empty, &audit()),
+        plan_plain(&order("DE"), BatchKind::Due, &empty),
         Plan::Unroutable { no_routes: true }
     );
 }
@@ -172,14 +200,15 @@ fn orders_at_or_above_the_threshold_get_an_audit_copy() {
         ..order("DE")
     };
     assert!(matches!(
-        plan(&rich, BatchKind::Due, &table(), &audit()),
+        plan_plain(&rich, BatchKind::Due, &table()),
         Plan::Send { audited: true, .. }
     ));
 }
 
 #[test]
 fn an_overdue_order_is_acknowledged_resent_or_given_up() {
-    let plan_for = |order: &LeasedOrder| plan(order, BatchKind::Overdue, &table(), &audit());
+    // Nothing known of the partner's consumers: the partner counts as gone.
+    let plan_for = |order: &LeasedOrder| plan_plain(order, BatchKind::Overdue, &table());
     let confirmed = LeasedOrder {
         acknowledged: true,
         ..overdue(0, 0)
@@ -238,7 +267,7 @@ fn a_successful_send_is_sent_with_its_handover_deadline() {
         attempts: 2,
         ..order("DE")
     };
-    let settled = settle_one(&retrying, &send_plan(false), &ok());
+    let settled = settle_one(&retrying, &send_plan(false), &landed());
     assert_eq!(
         settled.update,
         RowUpdate {
@@ -252,6 +281,10 @@ fn a_successful_send_is_sent_with_its_handover_deadline() {
             resends: 0,
             sent_at: Some(now()),
             ack_due_at: Some(now() + Duration::minutes(10)),
+            sent_position: Some(SentPosition {
+                partition: 2,
+                offset: 7,
+            }),
         }
     );
     assert_eq!(
@@ -277,8 +310,8 @@ fn a_first_try_send_is_not_logged_its_row_says_where_it_went() {
 #[test]
 fn a_failed_audit_copy_waits_in_the_audit_outbox_and_the_order_is_sent() {
     let produced = Produced {
-        partner: Ok(()),
         audit: Some(Err("audit topic down".to_owned())),
+        ..ok()
     };
     let settled = settle_one(&order("DE"), &send_plan(true), &produced);
     assert_eq!(settled.update.state, DispatchState::Sent);
@@ -291,8 +324,8 @@ fn a_failed_audit_copy_waits_in_the_audit_outbox_and_the_order_is_sent() {
         }
     );
     let delivered = Produced {
-        partner: Ok(()),
         audit: Some(Ok(())),
+        ..ok()
     };
     assert_eq!(
         settle_one(&order("DE"), &send_plan(true), &delivered).audit_retry_at,
@@ -419,9 +452,17 @@ fn a_resend_renews_the_deadline_and_counts() {
     let plan = Plan::Resend {
         partner: partner("a"),
     };
-    let settled = settle_one(&overdue(1, 1), &plan, &ok());
+    let settled = settle_one(&overdue(1, 1), &plan, &landed());
     assert_eq!(settled.update.state, DispatchState::Sent);
     assert_eq!(settled.update.resends, 2);
+    assert_eq!(
+        settled.update.sent_position,
+        Some(SentPosition {
+            partition: 2,
+            offset: 7
+        }),
+        "the row keeps where the latest copy landed"
+    );
     assert_eq!(settled.update.attempts, 0);
     assert_eq!(
         settled.update.ack_due_at,
@@ -451,6 +492,11 @@ fn a_failed_resend_backs_off_as_sent_then_gives_up_as_unacknowledged() {
     assert_eq!(first.update.state, DispatchState::Sent);
     assert_eq!(first.update.attempts, 1);
     assert_eq!(first.update.resends, 1, "a failed re-send is not a re-send");
+    assert_eq!(
+        first.update.sent_position,
+        overdue(1, 0).sent_position,
+        "where the last copy landed stays"
+    );
     assert_eq!(first.update.ack_due_at, Some(now() + Duration::seconds(5)));
     assert!(first.attempt.is_some());
     assert!(matches!(

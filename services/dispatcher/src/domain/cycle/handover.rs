@@ -1,0 +1,143 @@
+//! At the handover deadline: is the partner merely behind, or gone?
+//!
+//! A `SENT` order its partner has not confirmed within the handover deadline used to be sent
+//! again at once. Under overload that floods a partner that is consuming, only late, with
+//! copies of orders it is about to read anyway (each lands behind the first, in the same
+//! partition). So before re-sending, the relay asks the broker about the partner's consumer
+//! group on its topic ([`crate::kafka::progress`], once per partner per overdue batch) and
+//! [`judge`] compares that with where the order's latest send landed (the partition and
+//! offset of the broker's delivery report, kept on the dispatch row):
+//!
+//! - **behind**: the record is still in the log (`low ≤ offset < high`), the group has not
+//!   consumed it yet (its committed offset, the next record it reads, is `≤ offset`; a
+//!   partition it never committed counts as read from the log's start, where the SDK begins),
+//!   and the group has live members. The deadline moves on by one handover deadline; nothing
+//!   is sent and the resend budget is not touched.
+//! - **behind for too long**: the same, but the order has waited as many handover deadlines
+//!   as the resend budget would have allowed re-sends (`resends + deadlines passed since the
+//!   latest send > resend budget`). A live group that never reaches a record is stuck, and a
+//!   copy would land behind the first, in the same partition: the order is flagged
+//!   `UNACKNOWLEDGED` when today's rule would have flagged it, without the copies.
+//! - **gone**: everything else — consumed but not confirmed, the record no longer in the log
+//!   (the broker lost its data, or retention removed it), no live members, the group or the
+//!   position unknown (no such group: a partner whose connector uses another group id; rows
+//!   sent before positions were kept), or the broker did not answer. Today's rule applies:
+//!   re-send within the budget, then `UNACKNOWLEDGED`.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+
+use crate::domain::model::{LeasedOrder, PartnerRecord, SentPosition};
+
+/// One partition of a partner's topic, and its consumer group's place in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionProgress {
+    /// The first offset the log still holds (low watermark).
+    pub low: i64,
+    /// The offset the next record will get (high watermark).
+    pub high: i64,
+    /// The group's committed offset: the next record it reads. `None` when the group never
+    /// committed on this partition (the SDK then reads it from the log's start).
+    pub committed: Option<i64>,
+}
+
+/// What the broker said about one partner's consumer group on the partner's topic.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupProgress {
+    /// Whether the group has members now (a connector is consuming).
+    pub live: bool,
+    /// The partitions asked about (those the batch's orders landed on), by partition.
+    pub partitions: HashMap<i32, PartitionProgress>,
+}
+
+/// The consumer groups the broker told about for one overdue batch, by partner id. A partner
+/// the broker was not asked about, or did not answer for, is not in it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    groups: HashMap<String, GroupProgress>,
+}
+
+impl Progress {
+    /// What the broker said about `partner_id`'s group.
+    pub fn insert(&mut self, partner_id: impl Into<String>, group: GroupProgress) {
+        self.groups.insert(partner_id.into(), group);
+    }
+
+    /// `partner_id`'s group, if the broker told.
+    pub fn group(&self, partner_id: &str) -> Option<&GroupProgress> {
+        self.groups.get(partner_id)
+    }
+
+    /// Whether no group is known.
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+}
+
+/// The verdict on one overdue, unconfirmed order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handover {
+    /// The partner is behind: its live group has not reached the order's record yet.
+    Behind {
+        /// Where the record is.
+        position: SentPosition,
+        /// Records the group reads before it.
+        ahead: i64,
+    },
+    /// Behind for as many handover deadlines as the resend budget allows.
+    BehindTooLong {
+        /// Where the record is.
+        position: SentPosition,
+        /// Records the group reads before it.
+        ahead: i64,
+        /// Handover deadlines spent: re-sends plus deadlines passed since the latest send.
+        deadlines: i64,
+    },
+    /// Anything else: today's rule (re-send within the budget, then `UNACKNOWLEDGED`).
+    Gone,
+}
+
+/// Whether `partner`, which has not confirmed `order`, is behind or gone at `now`, from what
+/// the broker said about its group (see the module documentation).
+pub fn judge(
+    order: &LeasedOrder,
+    partner: &PartnerRecord,
+    progress: &Progress,
+    now: DateTime<Utc>,
+) -> Handover {
+    let (Some(position), Some(sent_at)) = (order.sent_position, order.sent_at) else {
+        return Handover::Gone;
+    };
+    let Some(group) = progress.group(&partner.id).filter(|group| group.live) else {
+        return Handover::Gone;
+    };
+    let Some(partition) = group.partitions.get(&position.partition) else {
+        return Handover::Gone;
+    };
+    let in_log = partition.low <= position.offset && position.offset < partition.high;
+    // Below the log's start (retention removed what it had not read), it reads from the start.
+    let next_read = partition
+        .committed
+        .unwrap_or(partition.low)
+        .max(partition.low);
+    if !in_log || next_read > position.offset {
+        return Handover::Gone;
+    }
+    let deadline_ms = partner.handover_deadline.num_milliseconds();
+    if deadline_ms <= 0 {
+        return Handover::Gone;
+    }
+    let ahead = position.offset - next_read;
+    let passed = ((now - sent_at).num_milliseconds() / deadline_ms).max(0);
+    let deadlines = i64::from(order.resends).saturating_add(passed);
+    if deadlines > i64::from(partner.resend_budget) {
+        Handover::BehindTooLong {
+            position,
+            ahead,
+            deadlines,
+        }
+    } else {
+        Handover::Behind { position, ahead }
+    }
+}
