@@ -175,29 +175,27 @@ fn an_order_lost_on_the_way_voids_the_run() {
     let ledger = &report["ledger"];
     assert_eq!(ledger["void"], true, "{report:#}");
     assert_eq!(ledger["balanced"], false, "{report:#}");
-    assert_eq!(
-        (
-            &ledger["placed"],
-            &ledger["received"],
-            &ledger["lost"],
-            &ledger["in_flight"]
-        ),
-        (
-            &Value::from(20),
-            &Value::from(19),
-            &Value::from(1),
-            &Value::from(0)
-        ),
-        "{report:#}"
-    );
+    // The injected loss at least (an order whose report is lost on its own is counted too:
+    // its last step is the report, not the adapter).
+    let count = |key: &str| ledger[key].as_u64().unwrap();
+    assert_eq!(count("placed"), 20, "{report:#}");
+    assert!(count("lost") >= 1, "{report:#}");
+    assert_eq!(count("received") + count("lost"), 20, "{report:#}");
+    assert_eq!(count("in_flight"), 0, "{report:#}");
     assert_eq!(report["cut_off"], "quiet", "{report:#}");
-    let reason = ledger["void_reasons"][0].as_str().unwrap();
-    assert!(
-        reason.contains("SENT, no RECEIVED_BY_PARTNER recorded")
-            && reason.contains("adapter_called"),
-        "{report:#}"
-    );
-    assert!(stderr.contains(reason), "{stderr}");
+    let reasons: Vec<&str> = ledger["void_reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    let injected = reasons
+        .iter()
+        .find(|r| {
+            r.contains("SENT, no RECEIVED_BY_PARTNER recorded") && r.contains("adapter_called")
+        })
+        .unwrap_or_else(|| panic!("the injected loss among the reasons: {report:#}"));
+    assert!(stderr.contains(injected), "{stderr}");
 }
 
 /// The rates `--find-max` offered follow its search: ×1.5 after a pass, halfway down after a
@@ -332,6 +330,9 @@ fn find_max_with_an_order_lost_is_void_and_has_no_figure() {
         "the search stops at the void step: {report:#}"
     );
     assert_eq!(steps[0]["passed"], false, "{report:#}");
-    assert_eq!(steps[0]["ledger"]["lost"], 1, "{report:#}");
+    assert!(
+        steps[0]["ledger"]["lost"].as_u64().unwrap() >= 1,
+        "{report:#}"
+    );
     assert_eq!(report["stopped"], "a step's ledger is void", "{report:#}");
 }
