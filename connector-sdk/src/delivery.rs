@@ -43,8 +43,11 @@ use crate::{
 const TOKEN_LIFETIME_SECONDS: i64 = 120;
 /// Reports read per scan.
 const BATCH: i64 = 256;
-/// Reports on the wire at once.
-pub(crate) const MAX_SENDING: usize = 512;
+/// Reports on the wire at once: half of StatusIngest's default in-flight limit per connection
+/// (`ServerLimits::concurrency_per_connection`, 256), past which it sheds calls with
+/// `UNAVAILABLE`; a connector alone never meets that, so a burst of reports is queued here
+/// instead of refused there and retried after a backoff.
+pub(crate) const MAX_SENDING: usize = 128;
 /// The longest the scan sleeps (another instance sharing the inbox may have left reports).
 const SCAN_AT_MOST_EVERY: Duration = Duration::from_secs(5);
 
