@@ -26,7 +26,10 @@ use tokio::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, error, info, warn};
-use waybill_proto::v1::{ReportStatusRequest, status_ingest_client::StatusIngestClient};
+use waybill_proto::{
+    headers::RETRY_AFTER_MS,
+    v1::{ReportStatusRequest, status_ingest_client::StatusIngestClient},
+};
 
 use crate::{
     domain::{
@@ -48,6 +51,10 @@ const BATCH: i64 = 256;
 /// `UNAVAILABLE`; a connector alone never meets that, so a burst of reports is queued here
 /// instead of refused there and retried after a backoff.
 pub(crate) const MAX_SENDING: usize = 128;
+/// The longest retry delay StatusIngest may ask for and get: a longer one is the backoff's.
+const QUICK_RETRY: Duration = Duration::from_millis(250);
+/// Retries made at StatusIngest's request in a row before the backoff takes over.
+const QUICK_RETRIES: u32 = 8;
 /// The longest the scan sleeps (another instance sharing the inbox may have left reports).
 const SCAN_AT_MOST_EVERY: Duration = Duration::from_secs(5);
 
@@ -131,11 +138,20 @@ impl ReportSender {
         self.sending().insert(report_id.to_owned())
     }
 
-    async fn send_claimed(&self, report: StoredReport) {
+    async fn send_claimed(&self, mut report: StoredReport) {
         let report_id = report.report_id.clone();
         // The semaphore is never closed.
         if let Ok(_permit) = self.permits.acquire().await {
-            self.attempt(report).await;
+            // A retry StatusIngest asks for within moments is made here, still claimed,
+            // rather than by the scan: doubling from the delay it asked for, at most
+            // QUICK_RETRY each and QUICK_RETRIES in all (about a second), then the backoff's.
+            let mut quick = 0_u32;
+            while let Some(asked) = self.attempt(report.clone(), quick < QUICK_RETRIES).await {
+                let delay = asked.saturating_mul(1 << quick.min(16)).min(QUICK_RETRY);
+                quick += 1;
+                tokio::time::sleep(delay).await;
+                report.attempts += 1;
+            }
         }
         self.sending().remove(&report_id);
     }
@@ -248,7 +264,9 @@ impl ReportSender {
         )
     }
 
-    async fn attempt(&self, report: StoredReport) {
+    /// One attempt, its outcome stored in the inbox. `Some(delay)` when StatusIngest asked for
+    /// a retry that soon ([`RETRY_AFTER_MS`], at most [`QUICK_RETRY`]): the caller makes it.
+    async fn attempt(&self, report: StoredReport, quick_allowed: bool) -> Option<Duration> {
         let attempt = u32::try_from(report.attempts)
             .unwrap_or(u32::MAX)
             .saturating_add(1);
@@ -269,6 +287,7 @@ impl ReportSender {
             Ok(_) => ReportOutcome::Confirmed,
             Err(status) => classify(status.code()),
         };
+        let mut quick = None;
         let stored = match (outcome, &result) {
             (ReportOutcome::Confirmed, Ok(response)) => {
                 let duplicate = response.get_ref().duplicate;
@@ -285,11 +304,12 @@ impl ReportSender {
             }
             (ReportOutcome::Retry, Err(status)) if attempt < self.settings.attempt_budget => {
                 ConnectorMetrics::add(&self.metrics.report_retries);
-                let delay = self.settings.backoff.jittered(attempt);
+                quick = retry_after(status).filter(|_| quick_allowed);
+                let delay = quick.unwrap_or_else(|| self.settings.backoff.jittered(attempt));
                 let next = Utc::now()
                     + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero());
                 let message = format!("{:?}: {}", status.code(), status.message());
-                if attempt == 1 {
+                if attempt == 1 && quick.is_none() {
                     warn!(order_id = %report.order_id, report_id = %report.report_id,
                         reply_to = %report.reply_to, attempt, error = %message,
                         retry_in_ms = delay.as_millis() as u64, "report failed, will retry");
@@ -301,8 +321,10 @@ impl ReportSender {
                     .inbox
                     .report_failed(&self.partner_id, &report.report_id, next, &message)
                     .await;
-                // The scan times the retry.
-                self.wake.notify_one();
+                if quick.is_none() {
+                    // The scan times the retry.
+                    self.wake.notify_one();
+                }
                 stored
             }
             (_, Err(status)) => {
@@ -322,9 +344,55 @@ impl ReportSender {
             ConnectorMetrics::add(&self.metrics.inbox_errors);
             warn!(order_id = %report.order_id, report_id = %report.report_id, %error,
                 "cannot record the report's outcome in the inbox");
+            return None;
         } else if attempt > 1 && outcome == ReportOutcome::Confirmed {
             info!(order_id = %report.order_id, report_id = %report.report_id, attempt,
                 "report landed after retries");
         }
+        quick
+    }
+}
+
+/// The retry delay StatusIngest asked for in `status`, if any and at most [`QUICK_RETRY`].
+fn retry_after(status: &tonic::Status) -> Option<Duration> {
+    let millis: u64 = status
+        .metadata()
+        .get(RETRY_AFTER_MS)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_millis(millis)).filter(|delay| *delay <= QUICK_RETRY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(retry_after: Option<&str>) -> tonic::Status {
+        let mut status = tonic::Status::unavailable("the order is being handed to you");
+        if let Some(value) = retry_after {
+            status
+                .metadata_mut()
+                .insert(RETRY_AFTER_MS, value.parse().expect("ascii"));
+        }
+        status
+    }
+
+    #[test]
+    fn a_short_retry_asked_for_is_taken_and_a_long_or_garbled_one_is_the_backoffs() {
+        assert_eq!(
+            retry_after(&refusal(Some("10"))),
+            Some(Duration::from_millis(10))
+        );
+        assert_eq!(
+            retry_after(&refusal(Some(" 250 "))),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(retry_after(&refusal(Some("251"))), None, "over QUICK_RETRY");
+        assert_eq!(retry_after(&refusal(Some("-1"))), None);
+        assert_eq!(retry_after(&refusal(Some("soon"))), None);
+        assert_eq!(retry_after(&refusal(None)), None);
     }
 }

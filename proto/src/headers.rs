@@ -17,6 +17,11 @@ pub const TRACEPARENT: &str = "traceparent";
 /// W3C trace context, vendor part.
 pub const TRACESTATE: &str = "tracestate";
 
+/// gRPC response metadata (not a Kafka header): on a retryable refusal, how many milliseconds
+/// the caller should wait before retrying, when the server knows better than a generic backoff
+/// (StatusIngest sets it when the order is being handed to the partner at that very moment).
+pub const RETRY_AFTER_MS: &str = "waybill-retry-after-ms";
+
 /// [`MESSAGE_TYPE`] of a `waybill.v1.DispatchedOrder` on a partner topic.
 pub const TYPE_DISPATCHED_ORDER: &str = "waybill.v1.DispatchedOrder";
 /// [`MESSAGE_TYPE`] of a `waybill.v1.DispatchedOrder` on the audit topic.
