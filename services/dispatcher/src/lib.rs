@@ -324,6 +324,7 @@ async fn log_stats(
                     unroutable = m.unroutable,
                     resent = m.resent,
                     handover_extended = m.handover_extended,
+                    handover_probe_failures = m.handover_probe_failures,
                     unacknowledged = m.unacknowledged,
                     fenced = m.fenced,
                     can_send = producer.can_send,

@@ -126,8 +126,9 @@ impl Relay {
         settings: RelaySettings,
         metrics: Arc<RelayMetrics>,
     ) -> Self {
-        // Asked while an overdue batch is leased, before its sends: within the room the lease
-        // leaves beside a produce (more than a second, as the settings are checked).
+        // Asked while an overdue batch is leased, before its sends: within half the room the
+        // lease leaves beside a produce (over a second, as the settings are checked), at most
+        // the probe's own cap.
         let probe_timeout = settings
             .lease
             .saturating_sub(producer.settings().produce_timeout)
