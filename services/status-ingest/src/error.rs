@@ -14,6 +14,12 @@ use crate::store::StoreError;
 
 /// The one answer for an order this partner may not report on.
 pub const NOT_ROUTED_MESSAGE: &str = "this order is not routed to your partner id";
+/// The answer for a report that overtook the relay's bookkeeping of its order's send.
+pub const IN_FLIGHT_MESSAGE: &str =
+    "this order is being handed to a partner right now; retry in a moment with a fresh token";
+/// The retry hint sent with [`IN_FLIGHT_MESSAGE`] (`waybill-retry-after-ms`): the relay records
+/// a batch within milliseconds of its last acknowledgement.
+pub const IN_FLIGHT_RETRY_AFTER_MS: u32 = 10;
 
 /// Everything a `ReportStatus` call can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +34,10 @@ pub enum IngestError {
     /// The order does not exist or is not routed to this partner.
     #[error("{NOT_ROUTED_MESSAGE}")]
     NotRouted,
+    /// Not routed to this partner yet: the report overtook the relay's bookkeeping of the
+    /// send (SQLite; Postgres waits on the row's lock instead). Retry in a moment.
+    #[error("{IN_FLIGHT_MESSAGE}")]
+    InFlight,
     /// Storage is unreachable for now; the report may be retried (with a fresh token).
     #[error("storage unavailable")]
     Unavailable(#[source] StoreError),
@@ -43,6 +53,7 @@ impl IngestError {
             Self::InvalidArgument(_) => "invalid_argument",
             Self::Unauthenticated(token) => token.reason.as_str(),
             Self::NotRouted => "not_routed",
+            Self::InFlight => "dispatch_in_flight",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
         }
@@ -74,6 +85,14 @@ impl From<IngestError> for Status {
                 Status::new(Code::Unauthenticated, bound_message(error.to_string()))
             }
             IngestError::NotRouted => Status::new(Code::PermissionDenied, NOT_ROUTED_MESSAGE),
+            IngestError::InFlight => {
+                let mut status = Status::new(Code::Unavailable, IN_FLIGHT_MESSAGE);
+                status.metadata_mut().insert(
+                    waybill_proto::headers::RETRY_AFTER_MS,
+                    tonic::metadata::MetadataValue::from(IN_FLIGHT_RETRY_AFTER_MS),
+                );
+                status
+            }
             IngestError::Unavailable(cause) => {
                 error!(error = %cause, "storage unavailable");
                 Status::new(

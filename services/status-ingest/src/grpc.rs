@@ -162,6 +162,7 @@ impl IngestApi {
                 Ok(true)
             }
             ReportOutcome::NotRouted => Err(IngestError::NotRouted),
+            ReportOutcome::InFlight => Err(IngestError::InFlight),
             ReportOutcome::Replayed => Err(TokenError::new(
                 RejectReason::Replayed,
                 "this token (its jti) was used before; sign a fresh token for every attempt",

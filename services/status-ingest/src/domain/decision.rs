@@ -20,6 +20,10 @@ pub struct OrderSnapshot {
     pub earlier_report_same_order: Option<bool>,
     /// The token id had not been seen (the replay guard took it).
     pub token_id_fresh: bool,
+    /// A relay batch holds the dispatch row right now (SQLite: its lease columns are set): the
+    /// order is being handed to a partner and the relay has not recorded to whom yet. On
+    /// Postgres the lease is the row's lock and the report's transaction waits for it instead.
+    pub dispatch_in_flight: bool,
 }
 
 /// The verdict, in the order the checks are made.
@@ -28,6 +32,10 @@ pub enum Decision {
     /// The order does not exist, or is not routed to this partner: `PERMISSION_DENIED`, with the
     /// same answer in every case (a partner learns nothing about other partners' orders).
     NotRouted,
+    /// Not routed to this partner *yet*: a relay batch holds the order right now, so the
+    /// partner's report may have overtaken the relay's bookkeeping of the send. `UNAVAILABLE`
+    /// with a retry hint of a few milliseconds; nothing changes.
+    InFlight,
     /// The token id was used before: `UNAUTHENTICATED`.
     Replayed,
     /// This partner used the report id for another order: `INVALID_ARGUMENT` (report ids are
@@ -67,7 +75,11 @@ pub fn decide(
     // A partner that refused the order saw it: it may still get its own earlier reports
     // answered as duplicates (a retry of the rejection), nothing more.
     if !routed_now && !snapshot.rejected_by_reporter {
-        return Decision::NotRouted;
+        return if snapshot.dispatch_in_flight {
+            Decision::InFlight
+        } else {
+            Decision::NotRouted
+        };
     }
     if !snapshot.token_id_fresh {
         return Decision::Replayed;
@@ -152,6 +164,7 @@ mod tests {
             rejected_by_reporter: false,
             earlier_report_same_order: None,
             token_id_fresh: true,
+            dispatch_in_flight: false,
         }
     }
 
@@ -177,6 +190,41 @@ mod tests {
             decide(&unrouted, "acme", OrderStatus::Shipped, false),
             Decision::NotRouted
         );
+    }
+
+    #[test]
+    fn a_report_that_overtakes_the_relays_bookkeeping_is_asked_to_retry() {
+        // Leased for its first send, the partner not recorded yet: retry in a moment.
+        let in_flight = OrderSnapshot {
+            routed_partner: None,
+            dispatch_state: Some(DispatchState::Pending),
+            dispatch_in_flight: true,
+            ..routed(OrderStatus::Placed)
+        };
+        assert_eq!(
+            decide(&in_flight, "acme", OrderStatus::ReceivedByPartner, true),
+            Decision::InFlight
+        );
+        // Checked before the replay guard's verdict: the retry carries a fresh token anyway.
+        let replayed = OrderSnapshot {
+            token_id_fresh: false,
+            ..in_flight.clone()
+        };
+        assert_eq!(
+            decide(&replayed, "acme", OrderStatus::ReceivedByPartner, true),
+            Decision::InFlight
+        );
+        // Once recorded, the same report is applied.
+        let recorded = OrderSnapshot {
+            routed_partner: Some("acme".to_owned()),
+            dispatch_state: Some(DispatchState::Sent),
+            dispatch_in_flight: false,
+            ..in_flight
+        };
+        assert!(matches!(
+            decide(&recorded, "acme", OrderStatus::ReceivedByPartner, true),
+            Decision::Apply(_)
+        ));
     }
 
     #[test]

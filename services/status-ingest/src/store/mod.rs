@@ -99,6 +99,9 @@ pub enum ReportOutcome {
     Duplicate,
     /// The order does not exist or is not routed to this partner; nothing changed.
     NotRouted,
+    /// Not routed to this partner yet: a relay batch holds the order right now (SQLite); retry
+    /// in a moment. Nothing changed.
+    InFlight,
     /// The token id was seen before; nothing changed.
     Replayed,
     /// The partner used this report id for another order; nothing changed.

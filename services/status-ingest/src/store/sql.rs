@@ -59,6 +59,10 @@ pub(super) struct SnapshotRow {
     rejected: bool,
     earlier_same_order: Option<bool>,
     fresh: bool,
+    /// SQLite only (a lease written into the row); on Postgres the lease is the row's lock,
+    /// which the report's transaction waits for.
+    #[sqlx(default)]
+    in_flight: bool,
 }
 
 /// What the report's transaction does next.
@@ -93,6 +97,7 @@ pub(super) fn rule(
         rejected_by_reporter: row.rejected,
         earlier_report_same_order: row.earlier_same_order,
         token_id_fresh: row.fresh,
+        dispatch_in_flight: row.in_flight,
     };
     Ok(
         match decide(
@@ -103,6 +108,7 @@ pub(super) fn rule(
         ) {
             Decision::Apply(effects) => Ruling::Apply(effects),
             Decision::NotRouted => Ruling::Refuse(ReportOutcome::NotRouted),
+            Decision::InFlight => Ruling::Refuse(ReportOutcome::InFlight),
             Decision::Replayed => Ruling::Refuse(ReportOutcome::Replayed),
             Decision::ReportIdReused => Ruling::Refuse(ReportOutcome::ReportIdReused),
             Decision::Duplicate => Ruling::Spend(ReportOutcome::Duplicate),

@@ -1,7 +1,9 @@
 -- The snapshot a report is decided on: order $1's status, where it is routed, whether partner
 -- $2 refused it, and whether report id $3 of partner $2 exists already (TRUE: for this order,
 -- FALSE: for another); `fresh` echoes $4, whether the replay guard's insert (the transaction's
--- first statement, taking the write lock) found the token id new. No row: no such order.
+-- first statement, taking the write lock) found the token id new; and whether a relay batch
+-- holds the dispatch row right now (its lease columns set: the order is being handed to a
+-- partner and the relay has not recorded to whom yet). No row: no such order.
 SELECT o.status,
        d.partner_id AS routed_partner,
        d.state AS dispatch_state,
@@ -12,7 +14,8 @@ SELECT o.status,
            SELECT e.order_id = o.id FROM order_status_events e
            WHERE e.partner_id = $2 AND e.report_id = $3
        ) AS earlier_same_order,
-       $4 AS fresh
+       $4 AS fresh,
+       d.lease_owner IS NOT NULL AS in_flight
 FROM orders o
 LEFT JOIN dispatch d ON d.order_id = o.id
 WHERE o.id = $1

@@ -1,0 +1,151 @@
+//! A partner's report that overtakes the relay's bookkeeping of its order's send (the partner
+//! consumed, answered and reported before the relay's batch recorded to whom it sent the order)
+//! is never refused for good: on SQLite, where a relay batch's lease is written into the row, it
+//! is answered `UNAVAILABLE` with a retry hint of a few milliseconds and changes nothing; on
+//! Postgres, where the lease is the row's lock, it waits for the relay's transaction and lands.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{
+    service::{Service, report, request, world},
+    token_for,
+};
+use tonic::Code;
+use waybill_proto::{headers::RETRY_AFTER_MS, v1::OrderStatus};
+use waybill_service_kit::{db::Backend, testing::TestBackend};
+
+#[tokio::test]
+async fn on_sqlite_a_report_for_an_order_in_a_relay_batch_is_asked_to_retry_then_lands() {
+    let (world, _, acme) = world(TestBackend::Sqlite).await;
+    let order = world.order().await;
+    world.lease(order, "relay-1").await;
+    let ingest = Service::start(world.deps()).await;
+    let received = report(
+        order,
+        "acme",
+        "r-1",
+        OrderStatus::ReceivedByPartner,
+        "1Z999",
+        world.now(),
+    );
+    let before = world.state_of(order).await;
+    let status = ingest
+        .client
+        .clone()
+        .report_status(request(&received, token_for(&acme, &received, world.now())))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("retry"), "{}", status.message());
+    assert_eq!(
+        status
+            .metadata()
+            .get(RETRY_AFTER_MS)
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        "10"
+    );
+    assert_eq!(world.state_of(order).await, before, "nothing changed");
+    assert_eq!(
+        ingest.stats().await.rejected.get("dispatch_in_flight"),
+        Some(&1)
+    );
+
+    // The relay records the send: the retry (a fresh token, the same report id) lands.
+    world.route(order, "acme").await;
+    let answer = ingest
+        .client
+        .clone()
+        .report_status(request(&received, token_for(&acme, &received, world.now())))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!answer.duplicate);
+    let statuses: Vec<String> = world
+        .history(order)
+        .await
+        .into_iter()
+        .map(|e| e.status)
+        .collect();
+    assert_eq!(
+        statuses,
+        ["PLACED", "SENT_TO_PARTNER", "RECEIVED_BY_PARTNER"]
+    );
+    ingest.stop().await;
+}
+
+#[tokio::test]
+async fn on_postgres_a_report_for_an_order_in_a_relay_batch_waits_for_it_and_lands() {
+    let (world, _, acme) = world(TestBackend::Postgres).await;
+    let order = world.order().await;
+    let Backend::Postgres(pool) = world.db.backend() else {
+        unreachable!("a Postgres world")
+    };
+    // The relay's batch: the dispatch row locked by an open transaction (its lease).
+    let mut relay = waybill_service_kit::db::begin(pool).await.unwrap();
+    sqlx::query("SELECT 1 FROM dispatch WHERE order_id = $1 FOR UPDATE")
+        .bind(order)
+        .execute(&mut *relay)
+        .await
+        .unwrap();
+    let ingest = Service::start(world.deps()).await;
+    let received = report(
+        order,
+        "acme",
+        "r-1",
+        OrderStatus::ReceivedByPartner,
+        "1Z999",
+        world.now(),
+    );
+    let call = tokio::spawn({
+        let mut client = ingest.client.clone();
+        let request = request(&received, token_for(&acme, &received, world.now()));
+        async move { client.report_status(request).await }
+    });
+    // Until the report's transaction waits on the relay's lock.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE wait_event_type = 'Lock' AND datname = current_database()",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(!call.is_finished(), "answered before the relay recorded");
+        assert!(Instant::now() < deadline, "the report never waited");
+        tokio::task::yield_now().await;
+    }
+    // The relay records the send and commits: the waiting report lands after it.
+    sqlx::query("UPDATE dispatch SET state = 'SENT', partner_id = 'acme', route_id = 'r-acme', sent_at = now(), ack_due_at = now() + interval '10 minutes' WHERE order_id = $1")
+        .bind(order)
+        .execute(&mut *relay)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO order_status_events (order_id, seq, status, partner_id, occurred_at, recorded_at) SELECT $1, max(seq) + 1, 'SENT_TO_PARTNER', 'acme', now(), now() FROM order_status_events WHERE order_id = $1")
+        .bind(order)
+        .execute(&mut *relay)
+        .await
+        .unwrap();
+    relay.commit().await.unwrap();
+    let answer = call.await.unwrap().unwrap().into_inner();
+    assert!(!answer.duplicate);
+    let statuses: Vec<String> = world
+        .history(order)
+        .await
+        .into_iter()
+        .map(|e| e.status)
+        .collect();
+    assert_eq!(
+        statuses,
+        ["PLACED", "SENT_TO_PARTNER", "RECEIVED_BY_PARTNER"]
+    );
+    ingest.stop().await;
+}
