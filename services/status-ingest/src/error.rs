@@ -69,8 +69,12 @@ impl From<TokenError> for IngestError {
 impl From<StoreError> for IngestError {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::Unavailable(_) => Self::Unavailable(error),
-            StoreError::Database(_) | StoreError::Corrupt(_) => Self::Internal(error),
+            // A batch that failed as a whole is retryable for each of its reports, whatever
+            // the cause: none of them is to blame for it.
+            StoreError::Unavailable(_) | StoreError::Batch(_) => Self::Unavailable(error),
+            StoreError::Database(_) | StoreError::Corrupt(_) | StoreError::WriterStopped => {
+                Self::Internal(error)
+            }
         }
     }
 }

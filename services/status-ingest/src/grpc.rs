@@ -4,7 +4,8 @@
 //! 0. the request's fields are well-formed (`INVALID_ARGUMENT` naming the field);
 //! 1. the token is well-formed, of our type and algorithm, and its `kid`, `iss` and `jti` are
 //!    bounded and free of control characters (`UNAUTHENTICATED` from here to 4);
-//! 2. its key `(iss, kid)` is enrolled and not revoked;
+//! 2. its key `(iss, kid)` is enrolled and not revoked (a key seen before is remembered, and
+//!    checked again in the report's transaction: [`crate::keys`]);
 //! 3. its signature verifies (strict Ed25519);
 //! 4. audience, expiry, issue time not in the future beyond the skew, lifetime; then every bound
 //!    claim equals the request field — every field the partner says: partner, order, report id,
@@ -12,7 +13,8 @@
 //! 5. the order exists and is routed to that partner (`PERMISSION_DENIED`, one answer whether
 //!    the order does not exist or is another partner's), the token id is new (replay:
 //!    `UNAUTHENTICATED`), and the report id is new (else `duplicate = true`) — these in the
-//!    store's one transaction, which also carries out the effects.
+//!    store's transaction, which also carries out the effects (a batch with the reports of
+//!    other calls, committed before any of them is answered: see [`crate::store`]).
 //!
 //! Every text that reaches a query has passed its rule first — the request's fields in step 0,
 //! the token's `kid`, `iss` (the key lookup) and `jti` (the replay guard) in step 1 — so a NUL,
@@ -23,6 +25,7 @@
 
 use std::{sync::Arc, time::Instant};
 
+use chrono::{DateTime, Utc};
 use tonic::{Request, Response, Status};
 use tracing::{debug, warn};
 use waybill_proto::v1::{self as pb, status_ingest_server::StatusIngest};
@@ -31,12 +34,14 @@ use waybill_service_kit::{
     text::{InvalidField, quote},
 };
 use waybill_token::{
-    MAX_SKEW_SECONDS, ParsedToken, RejectReason, Report, TokenError, keys::verifying_key_from_bytes,
+    MAX_SKEW_SECONDS, ParsedToken, RejectReason, Report, TokenError, VerifyingKey,
+    keys::verifying_key_from_bytes,
 };
 
 use crate::{
     domain::validate,
     error::IngestError,
+    keys::KeyCache,
     metrics::IngestMetrics,
     store::{AuthenticatedReport, IngestStore, ReportOutcome},
 };
@@ -48,6 +53,7 @@ pub struct IngestApi {
     clock: SharedClock,
     audience: String,
     metrics: Arc<IngestMetrics>,
+    keys: Arc<KeyCache>,
 }
 
 impl IngestApi {
@@ -63,6 +69,7 @@ impl IngestApi {
             clock,
             audience: audience.into(),
             metrics,
+            keys: Arc::default(),
         }
     }
 
@@ -77,41 +84,8 @@ impl IngestApi {
             .into());
         }
         let parsed = ParsedToken::parse(&request.token)?;
-        let key = self
-            .store
-            .partner_key(parsed.issuer(), parsed.key_id())
-            .await?
-            .ok_or_else(|| {
-                TokenError::new(
-                    RejectReason::UnknownKey,
-                    format!(
-                        "no key {} is enrolled for partner {} (the token's kid and iss)",
-                        quote(parsed.key_id()),
-                        quote(parsed.issuer())
-                    ),
-                )
-            })?;
-        if let Some(revoked_at) = key.revoked_at {
-            return Err(TokenError::new(
-                RejectReason::RevokedKey,
-                format!(
-                    "key {} of partner {} was revoked at {}; sign with a current key",
-                    quote(parsed.key_id()),
-                    quote(parsed.issuer()),
-                    revoked_at.to_rfc3339()
-                ),
-            )
-            .into());
-        }
-        let public_key = verifying_key_from_bytes(&key.public_key).map_err(|_| {
-            TokenError::new(
-                RejectReason::BadSignature,
-                format!(
-                    "enrolled key {} is not a valid Ed25519 public key; enrol a new one",
-                    quote(parsed.key_id())
-                ),
-            )
-        })?;
+        let public_key = self.enrolled_key(parsed.issuer(), parsed.key_id()).await?;
+        let parsed_key_id = parsed.key_id().to_owned();
         let verified = parsed.verify_signature(&public_key)?;
         let now = self.clock.now();
         verified.check_validity(&self.audience, now)?;
@@ -144,8 +118,9 @@ impl IngestApi {
             occurred_at: fields.occurred_at,
             token_id: claims.jti,
             token_id_kept_until: kept_until,
+            key_id: parsed_key_id,
         };
-        match self.store.record_report(&report, now).await? {
+        match self.store.record_report(&report).await? {
             ReportOutcome::Accepted { sequence, effects } => {
                 self.metrics.add_accepted(effects.needs_review);
                 if effects.needs_review {
@@ -168,6 +143,11 @@ impl IngestApi {
                 "this token (its jti) was used before; sign a fresh token for every attempt",
             )
             .into()),
+            ReportOutcome::KeyRevoked(revoked_at) => {
+                // Revoked since this instance remembered it.
+                self.keys.forget(&report.partner_id, &report.key_id);
+                Err(key_refused(&report.partner_id, &report.key_id, revoked_at).into())
+            }
             ReportOutcome::ReportIdReused => Err(InvalidField::new(
                 "report_id",
                 format!(
@@ -181,6 +161,37 @@ impl IngestApi {
 }
 
 impl IngestApi {
+    /// The key `key_id` enrolled for `partner_id`, from memory or from the store (then
+    /// remembered); refused if unknown, revoked or not a valid Ed25519 key.
+    async fn enrolled_key(
+        &self,
+        partner_id: &str,
+        key_id: &str,
+    ) -> Result<VerifyingKey, IngestError> {
+        if let Some(key) = self.keys.get(partner_id, key_id) {
+            return Ok(key);
+        }
+        let key = self
+            .store
+            .partner_key(partner_id, key_id)
+            .await?
+            .ok_or_else(|| key_refused(partner_id, key_id, None))?;
+        if let Some(revoked_at) = key.revoked_at {
+            return Err(key_refused(partner_id, key_id, Some(revoked_at)).into());
+        }
+        let public_key = verifying_key_from_bytes(&key.public_key).map_err(|_| {
+            TokenError::new(
+                RejectReason::BadSignature,
+                format!(
+                    "enrolled key {} is not a valid Ed25519 public key; enrol a new one",
+                    quote(key_id)
+                ),
+            )
+        })?;
+        self.keys.remember(partner_id, key_id, public_key);
+        Ok(public_key)
+    }
+
     /// [`IngestApi::report`], with a refusal counted by reason and logged.
     async fn report_counted(
         &self,
@@ -214,6 +225,29 @@ impl IngestApi {
             flagged_for_review: stats.flagged_for_review,
             rejected: stats.rejected.into_iter().collect(),
         }
+    }
+}
+
+/// The refusal of key `key_id` of `partner_id`: revoked at `revoked_at`, or not enrolled.
+fn key_refused(partner_id: &str, key_id: &str, revoked_at: Option<DateTime<Utc>>) -> TokenError {
+    match revoked_at {
+        Some(revoked_at) => TokenError::new(
+            RejectReason::RevokedKey,
+            format!(
+                "key {} of partner {} was revoked at {}; sign with a current key",
+                quote(key_id),
+                quote(partner_id),
+                revoked_at.to_rfc3339()
+            ),
+        ),
+        None => TokenError::new(
+            RejectReason::UnknownKey,
+            format!(
+                "no key {} is enrolled for partner {} (the token's kid and iss)",
+                quote(key_id),
+                quote(partner_id)
+            ),
+        ),
     }
 }
 

@@ -6,7 +6,10 @@
 //! - [`domain`]: request validation and the decision an accepted report carries out (status
 //!   progression, acknowledgement, re-routing after a rejection, flagging after a final state).
 //! - [`store`]: the [`store::IngestStore`] trait and its one implementation on Postgres or
-//!   SQLite; one transaction per report, the replay guard in the database.
+//!   SQLite; reports written by a group commit (one transaction per batch of concurrent
+//!   reports, a savepoint each, every caller answered after the commit), the replay guard in
+//!   the database.
+//! - [`keys`]: the enrolled keys an instance remembers (revocation is checked in the store).
 //! - [`metrics`]: in-process counters.
 //! - [`config`]: flags with environment fallbacks, validated into a [`StatusIngestConfig`].
 //! - [`error`]: everything a report can be refused with, and its one mapping to gRPC.
@@ -22,6 +25,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod keys;
 pub mod metrics;
 pub mod store;
 
@@ -53,7 +57,8 @@ pub const SERVICE_NAME: &str = "waybill.v1.StatusIngest";
 pub struct IngestDeps {
     /// Where reports land.
     pub store: Arc<dyn IngestStore>,
-    /// Time source (token expiry, recorded times).
+    /// Time source (token expiry; the store has its own for recorded times, the same one in
+    /// [`IngestDeps::new`]).
     pub clock: SharedClock,
     /// The audience tokens must name.
     pub audience: String,
@@ -66,9 +71,10 @@ pub struct IngestDeps {
 impl IngestDeps {
     /// Dependencies over a connected database with the system clock.
     pub fn new(db: &Database, audience: impl Into<String>) -> Self {
+        let clock: SharedClock = Arc::new(SystemClock);
         Self {
-            store: store::for_database(db),
-            clock: Arc::new(SystemClock),
+            store: store::for_database_with_clock(db, clock.clone()),
+            clock,
             audience: audience.into(),
             metrics: Arc::new(IngestMetrics::default()),
             registry: waybill_service_kit::metrics::Metrics::new(),

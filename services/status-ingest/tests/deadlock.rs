@@ -22,7 +22,7 @@ use waybill_status_ingest::store::{AuthenticatedReport, ReportOutcome};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_report_waits_behind_the_relay_without_holding_the_order() {
     let world = World::new(TestBackend::Postgres).await;
-    world.partner("acme").await;
+    world.partner_with_key("acme").await;
     let order = world.order().await;
     world.route(order, "acme").await;
     let Backend::Postgres(pool) = world.db.backend() else {
@@ -46,9 +46,8 @@ async fn a_report_waits_behind_the_relay_without_holding_the_order() {
         .unwrap();
 
     let store = world.store.clone();
-    let now = world.now();
     let report = report(order);
-    let reporting = tokio::spawn(async move { store.record_report(&report, now).await });
+    let reporting = tokio::spawn(async move { store.record_report(&report).await });
 
     // Wait until the report waits for the dispatch row.
     eventually(
@@ -107,7 +106,7 @@ async fn a_report_waits_behind_the_relay_without_holding_the_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_report_that_loses_a_deadlock_is_run_again_and_accepted() {
     let world = World::new(TestBackend::Postgres).await;
-    world.partner("acme").await;
+    world.partner_with_key("acme").await;
     let order = world.order().await;
     world.route(order, "acme").await;
     let Backend::Postgres(pool) = world.db.backend() else {
@@ -129,9 +128,8 @@ async fn a_report_that_loses_a_deadlock_is_run_again_and_accepted() {
         .unwrap();
 
     let store = world.store.clone();
-    let now = world.now();
     let report = report(order);
-    let reporting = tokio::spawn(async move { store.record_report(&report, now).await });
+    let reporting = tokio::spawn(async move { store.record_report(&report).await });
     // The report holds the dispatch row and waits for the order.
     eventually(
         Duration::from_secs(10),
@@ -174,6 +172,7 @@ fn report(order: Uuid) -> AuthenticatedReport {
         occurred_at: start(),
         token_id: Uuid::new_v4().to_string(),
         token_id_kept_until: start() + chrono::Duration::minutes(3),
+        key_id: "k1".into(),
     }
 }
 

@@ -16,7 +16,7 @@ use waybill_status_ingest::store::AuthenticatedReport;
 
 async fn expired_token_ids_are_forgotten(backend: TestBackend) {
     let world = World::new(backend).await;
-    world.partner("acme").await;
+    world.partner_with_key("acme").await;
     let order = world.order().await;
     world.route(order, "acme").await;
     for (report_id, kept_for) in [("r-1", 1), ("r-2", 10)] {
@@ -32,12 +32,9 @@ async fn expired_token_ids_are_forgotten(backend: TestBackend) {
             occurred_at: start(),
             token_id: Uuid::new_v4().to_string(),
             token_id_kept_until: start() + Duration::minutes(kept_for),
+            key_id: "k1".into(),
         };
-        world
-            .store
-            .record_report(&report, world.now())
-            .await
-            .unwrap();
+        world.store.record_report(&report).await.unwrap();
     }
     assert_eq!(world.token_ids().await, 2);
     world.clock.set(start() + Duration::minutes(5));

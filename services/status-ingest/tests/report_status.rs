@@ -166,7 +166,10 @@ async fn a_replayed_token_is_refused_also_after_a_restart(backend: TestBackend) 
     // A new instance, with its own connection pool: the guard is in the database.
     let db = world.test_db.connect().await;
     let deps = IngestDeps {
-        store: waybill_status_ingest::store::for_database(&db),
+        store: waybill_status_ingest::store::for_database_with_clock(
+            &db,
+            std::sync::Arc::new(world.clock.clone()),
+        ),
         ..world.deps()
     };
     let second = Service::start(deps).await;

@@ -39,13 +39,14 @@ fn report(order: Uuid, status: OrderStatus, report_id: &str) -> AuthenticatedRep
         occurred_at: start() - Duration::minutes(5),
         token_id: Uuid::new_v4().to_string(),
         token_id_kept_until: start() + Duration::minutes(3),
+        key_id: "k1".to_owned(),
     }
 }
 
 async fn routed_world(backend: TestBackend) -> (World, Uuid) {
     let world = World::new(backend).await;
-    world.partner("acme").await;
-    world.partner("globex").await;
+    world.partner_with_key("acme").await;
+    world.partner_with_key("globex").await;
     let order = world.order().await;
     world.route(order, "acme").await;
     (world, order)
@@ -60,11 +61,7 @@ async fn an_accepted_report_lands_on_the_order_and_acknowledges_the_handover(bac
         action_required: true,
         ..report(order, OrderStatus::ReceivedByPartner, "r-1")
     };
-    let outcome = world
-        .store
-        .record_report(&received, world.now())
-        .await
-        .unwrap();
+    let outcome = world.store.record_report(&received).await.unwrap();
     let ReportOutcome::Accepted { sequence, effects } = outcome else {
         panic!("{outcome:?}")
     };
@@ -115,11 +112,7 @@ async fn a_duplicate_report_id_changes_nothing(backend: TestBackend) {
         ..report(order, OrderStatus::Shipped, "r-1")
     };
     assert!(matches!(
-        world
-            .store
-            .record_report(&first, world.now())
-            .await
-            .unwrap(),
+        world.store.record_report(&first).await.unwrap(),
         ReportOutcome::Accepted { .. }
     ));
     let (order_row, dispatch, history, rejections, _) = world.state_of(order).await;
@@ -130,11 +123,7 @@ async fn a_duplicate_report_id_changes_nothing(backend: TestBackend) {
         ..report(order, OrderStatus::Shipped, "r-1")
     };
     assert_eq!(
-        world
-            .store
-            .record_report(&retry, world.now())
-            .await
-            .unwrap(),
+        world.store.record_report(&retry).await.unwrap(),
         ReportOutcome::Duplicate
     );
     let after = world.state_of(order).await;
@@ -151,11 +140,7 @@ async fn a_duplicate_report_id_changes_nothing(backend: TestBackend) {
 async fn a_replayed_token_id_changes_nothing(backend: TestBackend) {
     let (world, order) = routed_world(backend).await;
     let first = report(order, OrderStatus::ReceivedByPartner, "r-1");
-    world
-        .store
-        .record_report(&first, world.now())
-        .await
-        .unwrap();
+    world.store.record_report(&first).await.unwrap();
     let before = world.state_of(order).await;
     let replay = AuthenticatedReport {
         report_id: "r-2".into(),
@@ -163,11 +148,7 @@ async fn a_replayed_token_id_changes_nothing(backend: TestBackend) {
         ..first.clone()
     };
     assert_eq!(
-        world
-            .store
-            .record_report(&replay, world.now())
-            .await
-            .unwrap(),
+        world.store.record_report(&replay).await.unwrap(),
         ReportOutcome::Replayed
     );
     assert_eq!(world.state_of(order).await, before);
@@ -175,8 +156,8 @@ async fn a_replayed_token_id_changes_nothing(backend: TestBackend) {
 
 async fn unrouted_foreign_and_missing_orders_get_the_same_refusal(backend: TestBackend) {
     let world = World::new(backend).await;
-    world.partner("acme").await;
-    world.partner("globex").await;
+    world.partner_with_key("acme").await;
+    world.partner_with_key("globex").await;
     let never_routed = world.order().await;
     let foreign = world.order().await;
     world.route(foreign, "globex").await;
@@ -184,7 +165,7 @@ async fn unrouted_foreign_and_missing_orders_get_the_same_refusal(backend: TestB
         let before = world.state_of(order).await;
         let outcome = world
             .store
-            .record_report(&report(order, OrderStatus::Shipped, "r-1"), world.now())
+            .record_report(&report(order, OrderStatus::Shipped, "r-1"))
             .await
             .unwrap();
         assert_eq!(outcome, ReportOutcome::NotRouted);
@@ -196,10 +177,7 @@ async fn unrouted_foreign_and_missing_orders_get_the_same_refusal(backend: TestB
     }
     let missing = world
         .store
-        .record_report(
-            &report(Uuid::now_v7(), OrderStatus::Shipped, "r-1"),
-            world.now(),
-        )
+        .record_report(&report(Uuid::now_v7(), OrderStatus::Shipped, "r-1"))
         .await
         .unwrap();
     assert_eq!(missing, ReportOutcome::NotRouted);
@@ -216,16 +194,8 @@ async fn out_of_order_reports_keep_sequence_and_never_move_the_order_back(backen
         occurred_at: start() - Duration::minutes(9),
         ..report(order, OrderStatus::ReceivedByPartner, "r-1")
     };
-    world
-        .store
-        .record_report(&shipped, world.now())
-        .await
-        .unwrap();
-    world
-        .store
-        .record_report(&received, world.now())
-        .await
-        .unwrap();
+    world.store.record_report(&shipped).await.unwrap();
+    world.store.record_report(&received).await.unwrap();
     let history = world.history(order).await;
     let tail: Vec<_> = history
         .iter()
@@ -251,13 +221,10 @@ async fn reports_after_delivered_are_kept_and_flagged(backend: TestBackend) {
     let (world, order) = routed_world(backend).await;
     world
         .store
-        .record_report(
-            &AuthenticatedReport {
-                tracking_id: "T1".into(),
-                ..report(order, OrderStatus::Delivered, "r-1")
-            },
-            world.now(),
-        )
+        .record_report(&AuthenticatedReport {
+            tracking_id: "T1".into(),
+            ..report(order, OrderStatus::Delivered, "r-1")
+        })
         .await
         .unwrap();
     let late = AuthenticatedReport {
@@ -265,7 +232,7 @@ async fn reports_after_delivered_are_kept_and_flagged(backend: TestBackend) {
         detail: "parcel damaged".into(),
         ..report(order, OrderStatus::Exception, "r-2")
     };
-    let outcome = world.store.record_report(&late, world.now()).await.unwrap();
+    let outcome = world.store.record_report(&late).await.unwrap();
     let ReportOutcome::Accepted { effects, .. } = outcome else {
         panic!("{outcome:?}")
     };
@@ -281,10 +248,7 @@ async fn reports_after_delivered_are_kept_and_flagged(backend: TestBackend) {
     // Not even a rejection moves a delivered order.
     world
         .store
-        .record_report(
-            &report(order, OrderStatus::RejectedByPartner, "r-3"),
-            world.now(),
-        )
+        .record_report(&report(order, OrderStatus::RejectedByPartner, "r-3"))
         .await
         .unwrap();
     assert_eq!(world.dispatch_row(order).await.state, "ACKNOWLEDGED");
@@ -300,11 +264,7 @@ async fn a_rejection_puts_the_order_back_for_routing_and_remembers_the_partner(
         detail_code: "OUT_OF_AREA".into(),
         ..report(order, OrderStatus::RejectedByPartner, "r-1")
     };
-    let outcome = world
-        .store
-        .record_report(&rejection, world.now())
-        .await
-        .unwrap();
+    let outcome = world.store.record_report(&rejection).await.unwrap();
     let ReportOutcome::Accepted { effects, .. } = outcome else {
         panic!("{outcome:?}")
     };
@@ -344,10 +304,7 @@ async fn a_rejection_puts_the_order_back_for_routing_and_remembers_the_partner(
     assert_eq!(
         world
             .store
-            .record_report(
-                &report(order, OrderStatus::RejectedByPartner, "r-1"),
-                world.now()
-            )
+            .record_report(&report(order, OrderStatus::RejectedByPartner, "r-1"))
             .await
             .unwrap(),
         ReportOutcome::Duplicate
@@ -355,7 +312,7 @@ async fn a_rejection_puts_the_order_back_for_routing_and_remembers_the_partner(
     assert_eq!(
         world
             .store
-            .record_report(&report(order, OrderStatus::Shipped, "r-2"), world.now())
+            .record_report(&report(order, OrderStatus::Shipped, "r-2"))
             .await
             .unwrap(),
         ReportOutcome::NotRouted
@@ -367,7 +324,7 @@ async fn a_rejection_puts_the_order_back_for_routing_and_remembers_the_partner(
         ..report(order, OrderStatus::ReceivedByPartner, "g-1")
     };
     assert!(matches!(
-        world.store.record_report(&next, world.now()).await.unwrap(),
+        world.store.record_report(&next).await.unwrap(),
         ReportOutcome::Accepted { .. }
     ));
     assert_eq!(world.dispatch_row(order).await.state, "ACKNOWLEDGED");
@@ -378,10 +335,7 @@ async fn acknowledging_fences_a_relay_batch_in_flight(backend: TestBackend) {
     world.lease(order, "relay-1").await;
     world
         .store
-        .record_report(
-            &report(order, OrderStatus::ReceivedByPartner, "r-1"),
-            world.now(),
-        )
+        .record_report(&report(order, OrderStatus::ReceivedByPartner, "r-1"))
         .await
         .unwrap();
     let dispatch = world.dispatch_row(order).await;
@@ -397,14 +351,14 @@ async fn a_report_id_reused_for_another_order_is_refused(backend: TestBackend) {
     world.route(other, "acme").await;
     world
         .store
-        .record_report(&report(order, OrderStatus::Shipped, "r-1"), world.now())
+        .record_report(&report(order, OrderStatus::Shipped, "r-1"))
         .await
         .unwrap();
     let before = world.state_of(other).await;
     assert_eq!(
         world
             .store
-            .record_report(&report(other, OrderStatus::Shipped, "r-1"), world.now())
+            .record_report(&report(other, OrderStatus::Shipped, "r-1"))
             .await
             .unwrap(),
         ReportOutcome::ReportIdReused
@@ -416,9 +370,8 @@ async fn concurrent_retries_of_one_report_append_once(backend: TestBackend) {
     let (world, order) = routed_world(backend).await;
     let calls = (0..10).map(|_| {
         let store = world.store.clone();
-        let now = world.now();
         let report = report(order, OrderStatus::Shipped, "r-1");
-        tokio::spawn(async move { store.record_report(&report, now).await.unwrap() })
+        tokio::spawn(async move { store.record_report(&report).await.unwrap() })
     });
     let outcomes = futures::future::join_all(calls).await;
     let accepted = outcomes
@@ -451,12 +404,8 @@ async fn expired_token_ids_are_purged(backend: TestBackend) {
         token_id_kept_until: start() + Duration::minutes(6),
         ..report(order, OrderStatus::Shipped, "r-2")
     };
-    world.store.record_report(&old, world.now()).await.unwrap();
-    world
-        .store
-        .record_report(&young, world.now())
-        .await
-        .unwrap();
+    world.store.record_report(&old).await.unwrap();
+    world.store.record_report(&young).await.unwrap();
     assert_eq!(
         world
             .store

@@ -1,15 +1,19 @@
-//! The SQLite report transaction (the embedded default). It starts with its write (the replay
-//! guard's insert) so it takes SQLite's single write lock at once: reports are serialised,
-//! which is what the order-row lock does on Postgres. Commits are announced on the in-process
-//! change feed.
+//! The SQLite batch transaction (the embedded default). Its first statement is a write (the
+//! first report's replay-guard insert), so it takes SQLite's single write lock at once and holds
+//! it to the commit: reports are serialised, which is what the row locks do on Postgres, and
+//! nothing is ever left out of a batch. Per report, under its savepoint: replay guard, snapshot,
+//! order bump, history event, dispatch row acknowledged (and the rejection's statements).
+//! Commits are announced on the in-process change feed.
 
-use chrono::{DateTime, Utc};
-use sqlx::SqlitePool;
-use waybill_service_kit::db::{Change, ChangeFeed, Id, Instant};
+use sqlx::{Executor as _, SqliteConnection, SqlitePool};
+use waybill_service_kit::{
+    clock::SharedClock,
+    db::{Change, ChangeFeed, Failure, Id, Instant, classify},
+};
 
 use super::{
-    AuthenticatedReport, ReportOutcome, StoreError,
-    sql::{Ruling, SnapshotRow, reroute, rule},
+    AuthenticatedReport, InBatch, ReportOutcome, StoreError,
+    sql::{Applying, Ruling, Savepoint, SnapshotRow, Step, Woken, reroute, rule},
 };
 
 const GUARD: &str = "INSERT INTO report_token_ids (partner_id, jti, expires_at) \
@@ -29,21 +33,68 @@ const ACKNOWLEDGE: &str = "UPDATE dispatch SET state = 'ACKNOWLEDGED', ack_due_a
                                updated_at = $3 \
                            WHERE order_id = $1 AND partner_id = $2 AND state <> 'ACKNOWLEDGED'";
 
-/// Records `report` at `now` (see [`super::IngestStore::record_report`]).
-pub(super) async fn record_report(
+/// Records `reports` in one transaction (see [`super::SqlIngestStore::record_batch`]).
+pub(super) async fn record_batch(
     pool: &SqlitePool,
     feed: &ChangeFeed,
-    report: &AuthenticatedReport,
-    now: DateTime<Utc>,
-) -> Result<ReportOutcome, StoreError> {
-    let order_id = Id(report.order_id);
+    clock: &SharedClock,
+    reports: &[AuthenticatedReport],
+) -> Result<Vec<InBatch>, StoreError> {
     let mut tx = waybill_service_kit::db::begin(pool).await?;
-    // First statement writes: the write lock is taken up front.
+    let mut savepoint = Savepoint::default();
+    let mut woken = Woken::default();
+    let mut results = Vec::with_capacity(reports.len());
+    for report in reports {
+        let result = in_savepoint(&mut tx, &mut savepoint, clock, report).await?;
+        woken.note(report, &result);
+        results.push(result);
+    }
+    // As on Postgres: a failed COMMIT is retryable for every report of the batch.
+    tx.commit().await.map_err(StoreError::Unavailable)?;
+    for order in woken.orders {
+        feed.publish(Change::OrderStatus(order));
+    }
+    if woken.outbox {
+        feed.publish(Change::Outbox);
+    }
+    Ok(results)
+}
+
+/// Records `report` under the batch's next savepoint. `Err`: the transaction can no longer be
+/// used (the batch fails).
+async fn in_savepoint(
+    conn: &mut SqliteConnection,
+    savepoint: &mut Savepoint,
+    clock: &SharedClock,
+    report: &AuthenticatedReport,
+) -> Result<InBatch, StoreError> {
+    conn.execute(savepoint.next()).await?;
+    let result = match apply(conn, clock, report).await {
+        Ok(Step::Keep(outcome)) => return Ok(InBatch::Decided(outcome)),
+        Ok(Step::Undo(outcome)) => InBatch::Decided(outcome),
+        Err(Applying::Store(error)) => InBatch::Failed(error),
+        // Busy beyond the busy timeout, or the file is gone: so is the batch.
+        Err(Applying::Sql(error)) if classify(&error) == Failure::Unavailable => {
+            return Err(StoreError::Unavailable(error));
+        }
+        Err(Applying::Sql(error)) => InBatch::Failed(error.into()),
+    };
+    conn.execute(Savepoint::ROLLBACK).await?;
+    Ok(result)
+}
+
+/// The replay guard, the snapshot, the ruling and, if accepted, the writes.
+async fn apply(
+    conn: &mut SqliteConnection,
+    clock: &SharedClock,
+    report: &AuthenticatedReport,
+) -> Result<Step, Applying> {
+    let order_id = Id(report.order_id);
     let fresh = sqlx::query(GUARD)
         .bind(&report.partner_id)
         .bind(&report.token_id)
         .bind(Instant(report.token_id_kept_until))
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?
         .rows_affected()
         == 1;
@@ -52,22 +103,22 @@ pub(super) async fn record_report(
         .bind(&report.partner_id)
         .bind(&report.report_id)
         .bind(fresh)
-        .fetch_optional(&mut *tx)
+        .bind(&report.key_id)
+        .fetch_optional(&mut *conn)
         .await?;
     let effects = match rule(row, report)? {
-        Ruling::Refuse(outcome) => return Ok(outcome),
-        Ruling::Spend(outcome) => {
-            tx.commit().await?;
-            return Ok(outcome);
-        }
+        Ruling::Refuse(outcome) => return Ok(Step::Undo(outcome)),
+        Ruling::Spend(outcome) => return Ok(Step::Keep(outcome)),
         Ruling::Apply(effects) => effects,
     };
+    // The write lock is held: from here the report is true but for the commit.
+    let at = clock.now();
     let sequence: i64 = sqlx::query_scalar(BUMP)
         .bind(order_id)
         .bind(effects.order_status.short_name())
         .bind(effects.record_tracking)
         .bind(&report.tracking_id)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut *conn)
         .await?;
     sqlx::query(APPEND)
         .bind(order_id)
@@ -78,29 +129,24 @@ pub(super) async fn record_report(
         .bind(&report.detail)
         .bind(&report.tracking_id)
         .bind(Instant(report.occurred_at))
-        .bind(Instant(now))
+        .bind(Instant(at))
         .bind(&report.detail_code)
         .bind(report.action_required)
         .bind(effects.needs_review)
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?;
     if effects.acknowledge {
         sqlx::query(ACKNOWLEDGE)
             .bind(order_id)
             .bind(&report.partner_id)
-            .bind(Instant(now))
-            .execute(&mut *tx)
+            .bind(Instant(at))
+            .execute(&mut *conn)
             .await?;
     }
     if effects.reroute {
-        for statement in reroute(report, now) {
-            statement.execute(&mut *tx).await?;
+        for statement in reroute(report, at) {
+            statement.execute(&mut *conn).await?;
         }
     }
-    tx.commit().await?;
-    feed.publish(Change::OrderStatus(report.order_id));
-    if effects.reroute {
-        feed.publish(Change::Outbox);
-    }
-    Ok(ReportOutcome::Accepted { sequence, effects })
+    Ok(Step::Keep(ReportOutcome::Accepted { sequence, effects }))
 }

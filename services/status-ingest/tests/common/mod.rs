@@ -75,6 +75,7 @@ pub struct EventRow {
     pub action_required: bool,
     pub needs_review: bool,
     pub occurred_at: DateTime<Utc>,
+    pub recorded_at: DateTime<Utc>,
 }
 
 /// A signing key for partner `partner` enrolled as `kid`.
@@ -98,11 +99,12 @@ impl World {
     pub async fn new(backend: TestBackend) -> Self {
         let test_db = TestDatabase::create(backend).await;
         let db = test_db.connect().await;
-        let store = store::for_database(&db);
+        let clock = ManualClock::new(start());
+        let store = store::for_database_with_clock(&db, Arc::new(clock.clone()));
         Self {
             test_db,
             db,
-            clock: ManualClock::new(start()),
+            clock,
             store,
             metrics: Arc::new(IngestMetrics::default()),
         }
@@ -139,6 +141,12 @@ impl World {
                     .execute(pool).await.unwrap();
             }
         }
+    }
+
+    /// Enrols a partner with a key `k1` (for store-level reports, whose `key_id` is `k1`).
+    pub async fn partner_with_key(&self, id: &str) {
+        self.partner(id).await;
+        self.key(id, &signer(9, "k1")).await;
     }
 
     /// Enrols `signer`'s public key for `partner` (raw 32 bytes, as AddPartnerKey stores it).
@@ -315,7 +323,7 @@ impl World {
     }
 
     pub async fn history(&self, order: Uuid) -> Vec<EventRow> {
-        let sql = "SELECT seq, status, partner_id, tracking_id, report_id, detail, detail_code, action_required, needs_review, occurred_at FROM order_status_events WHERE order_id = ";
+        let sql = "SELECT seq, status, partner_id, tracking_id, report_id, detail, detail_code, action_required, needs_review, occurred_at, recorded_at FROM order_status_events WHERE order_id = ";
         let read = |row: &dyn RowLike| EventRow {
             seq: row.int("seq"),
             status: row.text("status"),
@@ -327,6 +335,7 @@ impl World {
             action_required: row.flag("action_required"),
             needs_review: row.flag("needs_review"),
             occurred_at: row.opt_time("occurred_at").unwrap(),
+            recorded_at: row.opt_time("recorded_at").unwrap(),
         };
         match self.db.backend() {
             Backend::Postgres(pool) => sqlx::query(&format!("{sql}$1 ORDER BY seq"))
@@ -371,6 +380,18 @@ impl World {
         match self.db.backend() {
             Backend::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
             Backend::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
+        }
+    }
+
+    /// Runs `postgres` or `sqlite` (one or more statements, no parameters), as the backend is.
+    pub async fn execute(&self, postgres: &str, sqlite: &str) {
+        match self.db.backend() {
+            Backend::Postgres(pool) => {
+                sqlx::raw_sql(postgres).execute(pool).await.unwrap();
+            }
+            Backend::Sqlite(pool) => {
+                sqlx::raw_sql(sqlite).execute(pool).await.unwrap();
+            }
         }
     }
 

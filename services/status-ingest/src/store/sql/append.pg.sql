@@ -5,8 +5,10 @@
 -- sequence order; the status becomes $4; the tracking id becomes $6 if $5; if $14, the dispatch
 -- row is marked ACKNOWLEDGED (handover done: ack_due_at cleared, and the lease too, which fences
 -- out a relay batch holding the row so a re-send in flight cannot put it back to SENT). The
--- order's partner is not kept on its row (it is read from the history). Watchers in other
--- processes are woken by NOTIFY at commit. Returns the new event's sequence.
+-- order's partner is not kept on its row (it is read from the history). $10 is the writer's
+-- time once the rows are locked (recorded_at). Watchers are woken by the NOTIFY the
+-- transaction sends before it commits (one for a whole batch). Returns the new event's
+-- sequence.
 WITH bumped AS (
     UPDATE orders
     SET status_seq = (SELECT max(seq) FROM order_status_events WHERE order_id = $1) + 1,
@@ -26,6 +28,4 @@ WITH bumped AS (
     SELECT id, status_seq, $7, $2, $8, $6, $3, $9, $10, $11, $12, $13 FROM bumped
     RETURNING order_id, seq
 )
-SELECT event.seq
-FROM event
-CROSS JOIN LATERAL (SELECT pg_notify('waybill_order_status', event.order_id::text)) AS wake
+SELECT seq FROM event

@@ -1,7 +1,8 @@
 -- The snapshot a report is decided on: order $1's status, where it is routed, whether partner
 -- $2 refused it, and whether report id $3 of partner $2 exists already (TRUE: for this order,
 -- FALSE: for another); `fresh` echoes $4, whether the replay guard's insert (the transaction's
--- first statement, taking the write lock) found the token id new; and whether a relay batch
+-- first statement, taking the write lock) found the token id new; and whether the token's key
+-- $5 is still enrolled and when it was revoked (see snapshot.pg.sql); and whether a relay batch
 -- holds the dispatch row right now (its lease columns set: the order is being handed to a
 -- partner and the relay has not recorded to whom yet). No row: no such order.
 SELECT o.status,
@@ -15,6 +16,12 @@ SELECT o.status,
            WHERE e.partner_id = $2 AND e.report_id = $3
        ) AS earlier_same_order,
        $4 AS fresh,
+       EXISTS (
+           SELECT 1 FROM partner_keys k WHERE k.partner_id = $2 AND k.key_id = $5
+       ) AS key_enrolled,
+       (
+           SELECT k.revoked_at FROM partner_keys k WHERE k.partner_id = $2 AND k.key_id = $5
+       ) AS key_revoked_at,
        d.lease_owner IS NOT NULL AS in_flight
 FROM orders o
 LEFT JOIN dispatch d ON d.order_id = o.id

@@ -1,0 +1,250 @@
+//! The Postgres report transactions (production).
+//!
+//! **A batch** ([`record_batch`]) is one transaction that never waits for a row lock. Its head
+//! — the reports that share no order, token id or report id, usually all of them — is recorded
+//! together in two statements whatever its size (`together.rs`: the snapshot of every report,
+//! each ruled on alone, then the append of every accepted one with one `NOTIFY` naming them),
+//! so a batch of any size costs four round trips with `BEGIN` and `COMMIT`. The rest follow one
+//! at a time, each under its savepoint (`one_by_one.rs`). If a statement of the head fails, the
+//! transaction is rolled back and the whole batch is recorded one at a time, under a savepoint
+//! each, so that only the report to blame fails. A report whose rows another transaction holds
+//! (or that lost a deadlock or the race for its report id) is left out.
+//!
+//! **A report left out** ([`record_alone`]) gets a transaction of its own that waits: the
+//! dispatch row locked first, then the snapshot (`sql/snapshot.pg.sql`: replay guard, order row
+//! locked), the append and its `NOTIFY`. Rows are locked in the relay's order — dispatch row,
+//! then order — so a report and a relay batch recording the same order wait for each other
+//! instead of deadlocking; a transaction that loses a deadlock or serialization conflict all the
+//! same is run again.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+use waybill_service_kit::{
+    clock::SharedClock,
+    db::{Failure, classify},
+};
+
+use super::{
+    AuthenticatedReport, InBatch, ReportOutcome, StoreError,
+    sql::{Applying, Ruling, Savepoint, SnapshotRow, Woken, reroute, rule, split},
+};
+use crate::domain::decision::Effects;
+
+mod one_by_one;
+mod together;
+
+const SNAPSHOT: &str = include_str!("../sql/snapshot.pg.sql");
+const APPEND: &str = include_str!("../sql/append.pg.sql");
+/// Every writer of an order's history locks its dispatch row first and holds it until commit:
+/// the relay's record (its fence) while it numbers `SENT_TO_PARTNER` after the latest event, and
+/// a report, before it reads the order. So one order's events are numbered and committed in
+/// order, and the two never wait for each other in opposite orders.
+const LOCK_DISPATCH: &str = "SELECT 1 FROM dispatch WHERE order_id = $1 FOR UPDATE";
+/// Wakes, at commit, the watchers of the orders in $1 (comma-separated ids; the kit's listener
+/// reads them) and, if $2, the relays (an order is due for routing again).
+const NOTIFY: &str = "SELECT pg_notify('waybill_order_status', $1) WHERE $1 <> '' \
+                      UNION ALL SELECT pg_notify('waybill_outbox', '') WHERE $2";
+const REPORT_OWNER: &str = "SELECT order_id FROM order_status_events \
+                            WHERE partner_id = $1 AND report_id = $2";
+
+/// The name of the unique index on `(partner_id, report_id)` of the history.
+const REPORT_UNIQUE: &str = "order_status_events_report_unique";
+/// `lock_not_available`: a `NOWAIT` lock was held by another transaction.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
+
+/// How often a report's own transaction is tried when it loses a deadlock.
+const ATTEMPTS: u32 = 3;
+
+/// Records `reports` in one transaction (see the module docs and
+/// [`super::SqlIngestStore::record_batch`]).
+pub(super) async fn record_batch(
+    pool: &PgPool,
+    clock: &SharedClock,
+    reports: &[AuthenticatedReport],
+) -> Result<Vec<InBatch>, StoreError> {
+    let (head, mut rest) = split(reports, together::can_go_together);
+    let mut results: Vec<Option<InBatch>> = reports.iter().map(|_| None).collect();
+    // Woken by a NOTIFY before the commit (the head's appends notify by themselves).
+    let mut woken = Woken::default();
+    let mut tx = waybill_service_kit::db::begin(pool).await?;
+    let together_reports: Vec<&AuthenticatedReport> = head.iter().map(|&i| &reports[i]).collect();
+    match together::record(&mut tx, clock, &together_reports).await {
+        Ok(together) => {
+            for (index, result) in head.into_iter().zip(together) {
+                results[index] = Some(result);
+            }
+        }
+        Err(Applying::Sql(error)) if classify(&error) == Failure::Unavailable => {
+            return Err(StoreError::Unavailable(error));
+        }
+        Err(error) => {
+            // A statement failed (a report id taken meanwhile, a value the database refused):
+            // roll back, and record every report one at a time, each under its savepoint, so
+            // that only the one to blame fails.
+            let cause = match &error {
+                Applying::Sql(error) => error.to_string(),
+                Applying::Store(error) => error.to_string(),
+            };
+            tracing::debug!(%cause, reports = reports.len(), "batch recorded one report at a time");
+            drop(tx);
+            tx = waybill_service_kit::db::begin(pool).await?;
+            rest = (0..reports.len()).collect();
+        }
+    }
+    let mut savepoint = Savepoint::default();
+    for index in rest {
+        let report = &reports[index];
+        let result = one_by_one::in_savepoint(&mut tx, &mut savepoint, clock, report).await?;
+        woken.note(report, &result);
+        results[index] = Some(result);
+    }
+    if !woken.is_empty() {
+        notify(&mut tx, &woken).await?;
+    }
+    // Whatever the cause, a failed COMMIT is retryable for every report of the batch: none is
+    // to blame, and one whose commit did land after all is answered `duplicate` on its retry.
+    tx.commit().await.map_err(StoreError::Unavailable)?;
+    Ok(results
+        .into_iter()
+        .map(|result| {
+            result.unwrap_or_else(|| {
+                InBatch::Failed(StoreError::Corrupt("a report was not recorded".to_owned()))
+            })
+        })
+        .collect())
+}
+
+/// The accepted report's writes at `at`; the new event's sequence.
+async fn append(
+    conn: &mut PgConnection,
+    report: &AuthenticatedReport,
+    effects: &Effects,
+    at: DateTime<Utc>,
+) -> Result<i64, sqlx::Error> {
+    let sequence: i64 = sqlx::query_scalar(APPEND)
+        .bind(report.order_id)
+        .bind(&report.partner_id)
+        .bind(&report.report_id)
+        .bind(effects.order_status.short_name())
+        .bind(effects.record_tracking)
+        .bind(&report.tracking_id)
+        .bind(report.status.short_name())
+        .bind(&report.detail)
+        .bind(report.occurred_at)
+        .bind(at)
+        .bind(&report.detail_code)
+        .bind(report.action_required)
+        .bind(effects.needs_review)
+        .bind(effects.acknowledge)
+        .fetch_one(&mut *conn)
+        .await?;
+    if effects.reroute {
+        for statement in reroute(report, at) {
+            statement.execute(&mut *conn).await?;
+        }
+    }
+    Ok(sequence)
+}
+
+/// The `NOTIFY`s of a transaction that changed `woken`, sent at its commit.
+async fn notify(conn: &mut PgConnection, woken: &Woken) -> Result<(), sqlx::Error> {
+    let orders = woken
+        .orders
+        .iter()
+        .map(Uuid::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    sqlx::query(NOTIFY)
+        .bind(orders)
+        .bind(woken.outbox)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Records `report` in a transaction of its own that waits for its rows (one left out of a
+/// batch).
+pub(super) async fn record_alone(
+    pool: &PgPool,
+    clock: &SharedClock,
+    report: &AuthenticatedReport,
+) -> Result<ReportOutcome, StoreError> {
+    let mut attempt = 1;
+    let outcome = loop {
+        match try_alone(pool, clock, report).await {
+            Err(StoreError::Unavailable(cause)) if classify(&cause) == Failure::Conflict => {
+                if attempt == ATTEMPTS {
+                    // Still losing: answer UNAVAILABLE (retry with a fresh token), not INTERNAL.
+                    break Err(StoreError::Unavailable(cause));
+                }
+                tracing::debug!(order_id = %report.order_id, attempt, error = %cause, "report transaction lost a deadlock, trying again");
+                attempt += 1;
+            }
+            other => break other,
+        }
+    };
+    match outcome {
+        // The same report id committed by a concurrent call after this transaction's snapshot:
+        // decide again from what is committed now.
+        Err(StoreError::Database(error)) if is_report_id_conflict(&error) => {
+            let order: Option<Uuid> = sqlx::query_scalar(REPORT_OWNER)
+                .bind(&report.partner_id)
+                .bind(&report.report_id)
+                .fetch_optional(pool)
+                .await?;
+            Ok(if order == Some(report.order_id) {
+                ReportOutcome::Duplicate
+            } else {
+                ReportOutcome::ReportIdReused
+            })
+        }
+        other => other,
+    }
+}
+
+async fn try_alone(
+    pool: &PgPool,
+    clock: &SharedClock,
+    report: &AuthenticatedReport,
+) -> Result<ReportOutcome, StoreError> {
+    let mut tx = waybill_service_kit::db::begin(pool).await?;
+    sqlx::query(LOCK_DISPATCH)
+        .bind(report.order_id)
+        .execute(&mut *tx)
+        .await?;
+    let row: Option<SnapshotRow> = sqlx::query_as(SNAPSHOT)
+        .bind(report.order_id)
+        .bind(&report.partner_id)
+        .bind(&report.report_id)
+        .bind(&report.token_id)
+        .bind(report.token_id_kept_until)
+        .bind(&report.key_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    // Refused: rolled back (with the replay guard's insert when the order does not exist).
+    let effects = match rule(row, report)? {
+        Ruling::Refuse(outcome) => return Ok(outcome),
+        Ruling::Spend(outcome) => {
+            tx.commit().await?;
+            return Ok(outcome);
+        }
+        Ruling::Apply(effects) => effects,
+    };
+    let sequence = append(&mut tx, report, &effects, clock.now()).await?;
+    let woken = Woken {
+        orders: vec![report.order_id],
+        outbox: effects.reroute,
+    };
+    notify(&mut tx, &woken).await?;
+    tx.commit().await?;
+    Ok(ReportOutcome::Accepted { sequence, effects })
+}
+
+fn is_report_id_conflict(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.constraint() == Some(REPORT_UNIQUE))
+}
+
+fn is_lock_busy(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some(LOCK_NOT_AVAILABLE))
+}

@@ -1,0 +1,102 @@
+//! The group commit: callers queue their reports and wait; one writer takes whatever is queued
+//! when it is free and records it as one batch ([`super::SqlIngestStore::record_batch`]).
+//!
+//! - **No timer.** The writer waits for the first report, then takes every report queued behind
+//!   it (up to [`MAX_BATCH`]) without waiting for more: a lone report is written at once, and
+//!   under load the batch is whatever arrived while the last one was being written.
+//! - **One writer.** Measured with two (the second applying its batch while the first waited
+//!   for its commit, or both freely): smaller batches, more Postgres CPU per report, lower
+//!   throughput every time (`docs/benchmarks.md`).
+//! - **Bounded.** The queue holds [`QUEUE`] reports; a caller that finds it full waits for room
+//!   (back-pressure onto the gRPC calls), so memory does not grow with the load.
+//! - **Answered after the commit.** Each caller gets its report's result only once the batch's
+//!   `COMMIT` returned (on Postgres, once the commit record is flushed); a report left out of the
+//!   batch is answered at once, and its caller records it alone.
+//! - A batch that fails as a whole answers every caller [`StoreError::Batch`], which the service
+//!   answers `UNAVAILABLE` (retry with a fresh token).
+//!
+//! The writer starts with the first report (on the runtime that sent it) and stops when the
+//! store is dropped (the queue closes).
+
+use std::sync::{Arc, OnceLock};
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use super::{
+    AuthenticatedReport, InBatch, StoreError,
+    sql::{Batches, MAX_BATCH},
+};
+
+/// Reports queued for the writer at most; a caller beyond waits for room.
+pub const QUEUE: usize = 4 * MAX_BATCH;
+
+/// One caller's report and where its answer goes.
+struct Job {
+    report: AuthenticatedReport,
+    answer: oneshot::Sender<Result<InBatch, StoreError>>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("order_id", &self.report.order_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The queue to the writer, opened with the first report.
+#[derive(Debug, Default)]
+pub(super) struct Writer {
+    queue: OnceLock<mpsc::Sender<Job>>,
+}
+
+impl Writer {
+    /// Queues `report` (waiting for room if the queue is full) and waits for what its batch
+    /// did with it.
+    pub(super) async fn submit(
+        &self,
+        batches: &Batches,
+        report: AuthenticatedReport,
+    ) -> Result<InBatch, StoreError> {
+        let queue = self.queue.get_or_init(|| start(batches));
+        let (answer, answered) = oneshot::channel();
+        queue
+            .send(Job { report, answer })
+            .await
+            .map_err(|_| StoreError::WriterStopped)?;
+        answered.await.map_err(|_| StoreError::WriterStopped)?
+    }
+}
+
+/// Opens the queue and spawns the writer.
+fn start(batches: &Batches) -> mpsc::Sender<Job> {
+    let (sender, receiver) = mpsc::channel(QUEUE);
+    tokio::spawn(write(batches.clone(), receiver));
+    sender
+}
+
+/// The writer, until the queue closes: takes what is queued, records it, answers.
+async fn write(batches: Batches, mut queue: mpsc::Receiver<Job>) {
+    let mut jobs = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut jobs, MAX_BATCH).await > 0 {
+        let (reports, answers): (Vec<_>, Vec<_>) =
+            jobs.drain(..).map(|job| (job.report, job.answer)).unzip();
+        match batches.record(&reports).await {
+            Ok(results) => {
+                debug!(reports = reports.len(), "batch of reports committed");
+                for (answer, result) in answers.into_iter().zip(results) {
+                    // A caller that went away (its call cancelled) needs no answer.
+                    let _ = answer.send(Ok(result));
+                }
+            }
+            Err(error) => {
+                warn!(reports = reports.len(), %error, "batch of reports not committed; every caller is answered unavailable");
+                let error = Arc::new(error);
+                for answer in answers {
+                    let _ = answer.send(Err(StoreError::Batch(Arc::clone(&error))));
+                }
+            }
+        }
+    }
+}
