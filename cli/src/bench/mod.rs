@@ -22,8 +22,8 @@ pub enum BenchCommand {
     /// How fast one dispatcher (or several) drains a full outbox, next to the bare SQL
     /// bookkeeping on the same database in the same run (the limit).
     Drain(drain::DrainArgs),
-    /// ReportStatus throughput and p50/p99 with signature checks on, against Postgres, next to
-    /// the raw rate of the same inserts in the same run (the limit).
+    /// ReportStatus throughput and p50/p99 with signature checks on, on Postgres or SQLite, next
+    /// to the raw rate of the same writes in the same run (the limit).
     Report(report::ReportArgs),
     /// The whole loop at a fixed offered rate (open loop): latency of every hop from the
     /// scheduled send to RECEIVED_BY_PARTNER, and a ledger of every order; `--find-max` finds

@@ -8,8 +8,8 @@ use waybill_service_kit::db::{Database, PoolSettings};
 /// Settings of `waybill bench report`.
 #[derive(Debug, clap::Args)]
 pub struct ReportArgs {
-    /// Postgres to run on (use a dedicated database: the bench adds a partner, a key and
-    /// orders).
+    /// Database to run on, `postgres://…` or `sqlite://PATH` (use a dedicated database: the
+    /// bench adds a partner, a key and orders).
     #[arg(
         long,
         env = "WAYBILL_DATABASE_URL",

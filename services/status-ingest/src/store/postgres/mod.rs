@@ -82,11 +82,16 @@ pub(super) async fn record_batch(
             // A statement failed (a report id taken meanwhile, a value the database refused):
             // roll back, and record every report one at a time, each under its savepoint, so
             // that only the one to blame fails.
-            let cause = match &error {
-                Applying::Sql(error) => error.to_string(),
-                Applying::Store(error) => error.to_string(),
-            };
-            tracing::debug!(%cause, reports = reports.len(), "batch recorded one report at a time");
+            match &error {
+                // A race the one-at-a-time path sorts out (a report id taken meanwhile).
+                Applying::Sql(cause) => {
+                    tracing::debug!(%cause, reports = reports.len(), "batch recorded one report at a time");
+                }
+                // The statement and the decision disagree, or a row cannot be read: a bug.
+                Applying::Store(cause) => {
+                    tracing::warn!(%cause, reports = reports.len(), "batch recorded one report at a time");
+                }
+            }
             drop(tx);
             tx = waybill_service_kit::db::begin(pool).await?;
             rest = (0..reports.len()).collect();
