@@ -17,8 +17,9 @@
 //! history event, order status and tracking id, dispatch row acknowledged or put back for
 //! routing — or undone. On SQLite each report has a `SAVEPOINT` of its own, so one that fails
 //! is rolled back alone. On Postgres the batch's head — the reports that share no order, token
-//! id or report id (rejections aside) — is recorded in one statement (`postgres/together.rs`),
-//! the rest one at a time under a savepoint each (`postgres/one_by_one.rs`); if the head's
+//! id or report id (rejections aside) — is recorded in one statement (`postgres/together.rs`;
+//! when it is the whole batch, that statement is the transaction), the rest one at a time under
+//! a savepoint each (`postgres/one_by_one.rs`); if the head's
 //! statement fails, the transaction is rolled back and the whole batch is recorded one at a
 //! time, under a savepoint each, so that only the report to blame fails. The Postgres batch never
 //! waits for a row lock: a report whose rows another transaction holds (a relay batch recording

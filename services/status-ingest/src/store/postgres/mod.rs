@@ -1,14 +1,15 @@
 //! The Postgres report transactions (production).
 //!
-//! **A batch** ([`record_batch`]) is one transaction that never waits for a row lock. Its head
-//! — the reports that share no order, token id or report id, usually all of them — is recorded
-//! together in two statements whatever its size (`together.rs`: the snapshot of every report,
-//! each ruled on alone, then the append of every accepted one with one `NOTIFY` naming them),
-//! so a batch of any size costs four round trips with `BEGIN` and `COMMIT`. The rest follow one
-//! at a time, each under its savepoint (`one_by_one.rs`). If a statement of the head fails, the
-//! transaction is rolled back and the whole batch is recorded one at a time, under a savepoint
-//! each, so that only the report to blame fails. A report whose rows another transaction holds
-//! (or that lost a deadlock or the race for its report id) is left out.
+//! **A batch** ([`record_batch`]) never waits for a row lock. Its head — the reports that share
+//! no order, token id or report id, rejections aside: usually all of them — is recorded in one
+//! statement whatever its size (`together.rs`). When the head is the whole batch, that statement
+//! is a transaction by itself: one round trip, returning once its commit is flushed. Otherwise
+//! the head's statement and then the rest, one at a time under a savepoint each
+//! (`one_by_one.rs`), share one transaction. If the head's statement fails (a report id taken
+//! meanwhile, a value the database refuses) it did nothing, and the whole batch is recorded one
+//! at a time, under a savepoint each, so that only the report to blame fails. A report whose
+//! rows another transaction holds (or that lost a deadlock or the race for its report id) is
+//! left out.
 //!
 //! **A report left out** ([`record_alone`]) gets a transaction of its own that waits: the
 //! dispatch row locked first, then the snapshot (`sql/snapshot.pg.sql`: replay guard, order row
@@ -18,7 +19,7 @@
 //! same is run again.
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Connection as _, PgConnection, PgPool};
 use uuid::Uuid;
 use waybill_service_kit::{
     clock::SharedClock,
@@ -64,37 +65,75 @@ pub(super) async fn record_batch(
     reports: &[AuthenticatedReport],
 ) -> Result<Vec<InBatch>, StoreError> {
     let (head, mut rest) = split(reports, together::can_go_together);
+    let head_reports: Vec<&AuthenticatedReport> = head.iter().map(|&i| &reports[i]).collect();
+    if rest.is_empty() {
+        // The usual batch: the head's statement is a transaction by itself, and returns once
+        // its commit is flushed — one round trip for the whole batch.
+        let mut conn = pool.acquire().await?;
+        match together::record(&mut conn, clock, &head_reports).await {
+            Ok(ruled) => {
+                return Ok(head_reports
+                    .iter()
+                    .zip(ruled)
+                    .map(|(report, result)| {
+                        result.unwrap_or_else(|error| {
+                            // Committed as the statement decided; the caller is told it failed.
+                            tracing::error!(order_id = %report.order_id, %error, "the batch statement and the decision disagree");
+                            InBatch::Failed(error)
+                        })
+                    })
+                    .collect());
+            }
+            // The outcome is unknown (committed or not): retryable for every report.
+            Err(Applying::Sql(error)) if classify(&error) == Failure::Unavailable => {
+                return Err(StoreError::Unavailable(error));
+            }
+            Err(Applying::Store(error)) => return Err(error),
+            // The statement failed and did nothing: one report at a time, below, once its
+            // transaction is over (the server answers the error before it has released the
+            // statement's row locks, and answers nothing more on this connection until it has).
+            Err(Applying::Sql(cause)) => {
+                tracing::debug!(%cause, reports = reports.len(), "batch recorded one report at a time");
+                conn.ping().await?;
+                rest = (0..reports.len()).collect();
+            }
+        }
+    }
     let mut results: Vec<Option<InBatch>> = reports.iter().map(|_| None).collect();
-    // Woken by a NOTIFY before the commit (the head's appends notify by themselves).
+    // Woken by a NOTIFY before the commit (the head's statement notifies by itself).
     let mut woken = Woken::default();
     let mut tx = waybill_service_kit::db::begin(pool).await?;
-    let together_reports: Vec<&AuthenticatedReport> = head.iter().map(|&i| &reports[i]).collect();
-    match together::record(&mut tx, clock, &together_reports).await {
-        Ok(together) => {
-            for (index, result) in head.into_iter().zip(together) {
-                results[index] = Some(result);
-            }
-        }
-        Err(Applying::Sql(error)) if classify(&error) == Failure::Unavailable => {
-            return Err(StoreError::Unavailable(error));
-        }
-        Err(error) => {
-            // A statement failed (a report id taken meanwhile, a value the database refused):
-            // roll back, and record every report one at a time, each under its savepoint, so
-            // that only the one to blame fails.
-            match &error {
-                // A race the one-at-a-time path sorts out (a report id taken meanwhile).
-                Applying::Sql(cause) => {
-                    tracing::debug!(%cause, reports = reports.len(), "batch recorded one report at a time");
-                }
-                // The statement and the decision disagree, or a row cannot be read: a bug.
-                Applying::Store(cause) => {
-                    tracing::warn!(%cause, reports = reports.len(), "batch recorded one report at a time");
+    if rest.len() < reports.len() {
+        match together::record(&mut tx, clock, &head_reports).await {
+            Ok(ruled) if ruled.iter().all(Result::is_ok) => {
+                for (index, result) in head.into_iter().zip(ruled.into_iter().flatten()) {
+                    results[index] = Some(result);
                 }
             }
-            drop(tx);
-            tx = waybill_service_kit::db::begin(pool).await?;
-            rest = (0..reports.len()).collect();
+            Err(Applying::Sql(error)) if classify(&error) == Failure::Unavailable => {
+                return Err(StoreError::Unavailable(error));
+            }
+            failed => {
+                // A statement failed (a report id taken meanwhile, a value the database
+                // refused), or disagreed with the decision: roll back, and record every report
+                // one at a time, each under its savepoint, so that only the one to blame fails.
+                match failed {
+                    Err(Applying::Sql(cause)) => {
+                        tracing::debug!(%cause, reports = reports.len(), "batch recorded one report at a time");
+                    }
+                    _ => {
+                        tracing::warn!(
+                            reports = reports.len(),
+                            "the batch statement disagreed with the decision or could not be read; batch recorded one report at a time"
+                        );
+                    }
+                }
+                // Rolled back before the rows are asked for again (a dropped transaction's
+                // rollback would come later, its locks held meanwhile).
+                tx.rollback().await?;
+                tx = waybill_service_kit::db::begin(pool).await?;
+                rest = (0..reports.len()).collect();
+            }
         }
     }
     let mut savepoint = Savepoint::default();

@@ -3,8 +3,8 @@
 //! what [`decide`] needs, and carries out what it would: the status-dependent effects of each
 //! report are computed here with [`decide`] for every status the order may have, and the
 //! statement applies the gate that picks accept / duplicate / refuse. Each report is then ruled
-//! on again here from the snapshot the statement returns; if the two ever disagree the batch
-//! fails and is recorded one report at a time instead (the transaction is rolled back).
+//! on again here from the snapshot the statement returns, and a disagreement is reported per
+//! report (see `record_batch` for what becomes of it).
 //!
 //! One round trip and one statement to plan for the whole head, whatever its size.
 
@@ -100,12 +100,13 @@ impl EffectTable {
 }
 
 /// Records `head` in one statement at the clock's time (see the module docs): what was done
-/// with each report, in order. `Err`: the statement failed, or disagreed with [`decide`].
+/// with each report, in order, or how the statement disagreed with [`decide`] on it. `Err`: the
+/// statement failed (and did nothing), or answered the wrong number of rows.
 pub(super) async fn record(
     conn: &mut PgConnection,
     clock: &SharedClock,
     head: &[&AuthenticatedReport],
-) -> Result<Vec<InBatch>, Applying> {
+) -> Result<Vec<Result<InBatch, StoreError>>, Applying> {
     let effects = EffectTable::of(head);
     let texts = |field: fn(&AuthenticatedReport) -> &str| -> Vec<&str> {
         head.iter().map(|report| field(report)).collect()
@@ -146,10 +147,11 @@ pub(super) async fn record(
         ))
         .into());
     }
-    head.iter()
+    Ok(head
+        .iter()
         .zip(rows)
-        .map(|(report, row)| ruled(report, row).map_err(Applying::from))
-        .collect()
+        .map(|(report, row)| ruled(report, row))
+        .collect())
 }
 
 /// What the statement did with `report`, checked against [`rule`] on the snapshot it returned.
