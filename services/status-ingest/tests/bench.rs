@@ -32,6 +32,10 @@ async fn bench_report_accepts_every_report_and_prints_figures(backend: TestBacke
     );
     assert_eq!(json["reports"], 300);
     assert!(json["ratio_to_raw"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        json["checkpointed"], true,
+        "the tests connect as a superuser"
+    );
 
     // Every measured and warm-up report landed, and the raw side wrote as many.
     let shipped: i64 = on_pool!(db.backend(), |pool| {

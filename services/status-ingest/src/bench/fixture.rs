@@ -133,6 +133,27 @@ pub(super) async fn routed_orders(
     Ok(ids)
 }
 
+/// Writes out what is pending (Postgres `CHECKPOINT`, SQLite a WAL checkpoint) and waits, so
+/// that the phase measured next does not pay for a checkpoint an earlier phase set off; whether
+/// it could (a Postgres role needs `pg_checkpoint` or superuser: without it the phases are
+/// measured anyway).
+pub(super) async fn checkpoint(db: &Backend) -> bool {
+    let done = match db {
+        Backend::Postgres(pool) => sqlx::query("CHECKPOINT").execute(pool).await.map(|_| ()),
+        Backend::Sqlite(pool) => sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(pool)
+            .await
+            .map(|_| ()),
+    };
+    match done {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::warn!(%error, "cannot checkpoint: the phases are measured without");
+            false
+        }
+    }
+}
+
 const RAW_GUARD: &str =
     "INSERT INTO report_token_ids (partner_id, jti, expires_at) VALUES ($1, $2, $3)";
 const RAW_BUMP: &str = "UPDATE orders SET status_seq = status_seq + 1, status = 'SHIPPED', \

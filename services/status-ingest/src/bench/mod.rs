@@ -6,7 +6,9 @@
 //! with no checks ([`fixture`]).
 //!
 //! Each measured report is a first `SHIPPED` report on its own order routed to the bench
-//! partner; the tokens are signed by the client (as partners do), outside the server's time.
+//! partner; the tokens are signed by the client (as partners do) before the clock starts. The
+//! limit and `ReportStatus` take turns in five rounds, each phase right after a checkpoint, so
+//! that the machine's drift and the database's checkpoints fall on both alike.
 
 mod fixture;
 
@@ -85,6 +87,8 @@ pub struct BenchReport {
     pub latency_ms: (f64, f64, f64),
     /// The same writes as plain SQL transactions, per second.
     pub raw_inserts_per_s: f64,
+    /// Every measured phase started right after a checkpoint.
+    pub checkpointed: bool,
 }
 
 impl BenchReport {
@@ -100,7 +104,7 @@ impl BenchReport {
     /// One JSON object, like the other benches' `--json`.
     pub fn to_json(&self) -> String {
         format!(
-            "{{\"benchmark\":\"report\",\"storage\":\"{}\",\"reports\":{},\"concurrency\":{},\"errors\":{},\"report_status_per_s\":{:.1},\"latency_ms\":{{\"p50\":{:.3},\"p99\":{:.3},\"max\":{:.3}}},\"raw_inserts_per_s\":{:.1},\"ratio_to_raw\":{:.3}}}",
+            "{{\"benchmark\":\"report\",\"storage\":\"{}\",\"reports\":{},\"concurrency\":{},\"errors\":{},\"report_status_per_s\":{:.1},\"latency_ms\":{{\"p50\":{:.3},\"p99\":{:.3},\"max\":{:.3}}},\"raw_inserts_per_s\":{:.1},\"ratio_to_raw\":{:.3},\"checkpointed\":{}}}",
             self.storage,
             self.reports,
             self.concurrency,
@@ -110,7 +114,8 @@ impl BenchReport {
             self.latency_ms.1,
             self.latency_ms.2,
             self.raw_inserts_per_s,
-            self.ratio()
+            self.ratio(),
+            self.checkpointed
         )
     }
 
@@ -119,7 +124,7 @@ impl BenchReport {
         format!(
             "ReportStatus (signature checks on, {}, {} in flight): {:.0} reports/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, {} errors\n\
              raw inserts (the same writes as plain SQL, one transaction each, same concurrency): {:.0}/s\n\
-             ReportStatus / raw: {:.0} %",
+             ReportStatus / raw: {:.0} %{}",
             self.storage,
             self.concurrency,
             self.report_status_per_s,
@@ -128,7 +133,12 @@ impl BenchReport {
             self.latency_ms.2,
             self.errors,
             self.raw_inserts_per_s,
-            self.ratio() * 100.0
+            self.ratio() * 100.0,
+            if self.checkpointed {
+                ""
+            } else {
+                " (phases not started after a checkpoint: the role may not CHECKPOINT)"
+            }
         )
     }
 }
@@ -177,13 +187,16 @@ pub async fn report_bench(
     let (mut raw_elapsed, mut elapsed) = (Duration::ZERO, Duration::ZERO);
     let mut histogram: Option<Histogram<u64>> = None;
     let mut errors = 0;
+    let mut checkpointed = true;
     for round in 0..rounds {
         let count = options.reports / rounds + usize::from(round < options.reports % rounds);
         let raw_orders = fixture::routed_orders(backend, &partner, count, now).await?;
         let orders = fixture::routed_orders(backend, &partner, count, now).await?;
+        checkpointed &= fixture::checkpoint(backend).await;
         raw_elapsed += fixture::raw_inserts(backend, &partner, &raw_orders, concurrency).await?;
         // Signed before the clock starts: a partner signs on its own machine.
         let requests = signed_requests(&partner, &signer, &orders);
+        checkpointed &= fixture::checkpoint(backend).await;
         let started = Instant::now();
         let (round_histogram, round_errors) = drive(&clients, requests).await;
         elapsed += started.elapsed();
@@ -214,6 +227,7 @@ pub async fn report_bench(
             )
         }),
         raw_inserts_per_s: options.reports as f64 / raw_elapsed.as_secs_f64().max(1e-9),
+        checkpointed,
     })
 }
 
