@@ -17,6 +17,20 @@ use tonic::Code;
 use waybill_proto::{headers::RETRY_AFTER_MS, v1::OrderStatus};
 use waybill_service_kit::{db::Backend, testing::TestBackend};
 
+/// The order's history: placed, sent by the relay, then the partner's receipt, in that order.
+async fn assert_sent_then_received(world: &common::World, order: uuid::Uuid) {
+    let statuses: Vec<String> = world
+        .history(order)
+        .await
+        .into_iter()
+        .map(|e| e.status)
+        .collect();
+    assert_eq!(
+        statuses,
+        ["PLACED", "SENT_TO_PARTNER", "RECEIVED_BY_PARTNER"]
+    );
+}
+
 #[tokio::test]
 async fn on_sqlite_a_report_for_an_order_in_a_relay_batch_is_asked_to_retry_then_lands() {
     let (world, _, acme) = world(TestBackend::Sqlite).await;
@@ -65,16 +79,7 @@ async fn on_sqlite_a_report_for_an_order_in_a_relay_batch_is_asked_to_retry_then
         .unwrap()
         .into_inner();
     assert!(!answer.duplicate);
-    let statuses: Vec<String> = world
-        .history(order)
-        .await
-        .into_iter()
-        .map(|e| e.status)
-        .collect();
-    assert_eq!(
-        statuses,
-        ["PLACED", "SENT_TO_PARTNER", "RECEIVED_BY_PARTNER"]
-    );
+    assert_sent_then_received(&world, order).await;
     ingest.stop().await;
 }
 
@@ -137,15 +142,6 @@ async fn on_postgres_a_report_for_an_order_in_a_relay_batch_waits_for_it_and_lan
     relay.commit().await.unwrap();
     let answer = call.await.unwrap().unwrap().into_inner();
     assert!(!answer.duplicate);
-    let statuses: Vec<String> = world
-        .history(order)
-        .await
-        .into_iter()
-        .map(|e| e.status)
-        .collect();
-    assert_eq!(
-        statuses,
-        ["PLACED", "SENT_TO_PARTNER", "RECEIVED_BY_PARTNER"]
-    );
+    assert_sent_then_received(&world, order).await;
     ingest.stop().await;
 }

@@ -247,6 +247,21 @@ pub(super) async fn record_alone(
     }
 }
 
+/// `sql` (one of the snapshot statements: `$1`–`$6` the report's order, partner, report id,
+/// token id, until when the token id is kept, key id) bound to `report`.
+pub(super) fn snapshot_query<'q>(
+    sql: &'q str,
+    report: &'q AuthenticatedReport,
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, SnapshotRow, sqlx::postgres::PgArguments> {
+    sqlx::query_as(sql)
+        .bind(report.order_id)
+        .bind(&report.partner_id)
+        .bind(&report.report_id)
+        .bind(&report.token_id)
+        .bind(report.token_id_kept_until)
+        .bind(&report.key_id)
+}
+
 async fn try_alone(
     pool: &PgPool,
     clock: &SharedClock,
@@ -257,13 +272,7 @@ async fn try_alone(
         .bind(report.order_id)
         .execute(&mut *tx)
         .await?;
-    let row: Option<SnapshotRow> = sqlx::query_as(SNAPSHOT)
-        .bind(report.order_id)
-        .bind(&report.partner_id)
-        .bind(&report.report_id)
-        .bind(&report.token_id)
-        .bind(report.token_id_kept_until)
-        .bind(&report.key_id)
+    let row: Option<SnapshotRow> = snapshot_query(SNAPSHOT, report)
         .fetch_optional(&mut *tx)
         .await?;
     // Refused: rolled back (with the replay guard's insert when the order does not exist).

@@ -61,13 +61,7 @@ async fn apply_in_batch(
     clock: &SharedClock,
     report: &AuthenticatedReport,
 ) -> Result<Step, Applying> {
-    let row: Option<SnapshotRow> = sqlx::query_as(SNAPSHOT_IN_BATCH)
-        .bind(report.order_id)
-        .bind(&report.partner_id)
-        .bind(&report.report_id)
-        .bind(&report.token_id)
-        .bind(report.token_id_kept_until)
-        .bind(&report.key_id)
+    let row: Option<SnapshotRow> = super::snapshot_query(SNAPSHOT_IN_BATCH, report)
         .fetch_optional(&mut *conn)
         .await?;
     let effects = match rule(row, report)? {
