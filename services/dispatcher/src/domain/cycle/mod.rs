@@ -418,18 +418,7 @@ pub fn settle(
                 order.partner_id.as_deref().unwrap_or("?"),
                 order.resends.saturating_add(1)
             );
-            Settled::new(
-                RowUpdate {
-                    state: DispatchState::Unacknowledged,
-                    last_error: Some(reason.clone()),
-                    ack_due_at: None,
-                    ..keep
-                },
-                Outcome::Unacknowledged {
-                    reason,
-                    after_failed_resend: false,
-                },
-            )
+            unacknowledged(keep, reason)
         }
         // No send, no budget spent: the partner reads the order where it is.
         Plan::Behind { partner, ahead } => {
@@ -460,18 +449,7 @@ pub fn settle(
                 position.partition,
                 position.offset
             );
-            Settled::new(
-                RowUpdate {
-                    state: DispatchState::Unacknowledged,
-                    last_error: Some(reason.clone()),
-                    ack_due_at: None,
-                    ..keep
-                },
-                Outcome::Unacknowledged {
-                    reason,
-                    after_failed_resend: false,
-                },
-            )
+            unacknowledged(keep, reason)
         }
         Plan::Resend { partner } => match &produced.partner {
             Ok(()) => {
@@ -540,6 +518,22 @@ pub fn settle(
 }
 
 /// Why an order is unroutable, in words an operator can act on.
+/// An order flagged `UNACKNOWLEDGED` at its handover deadline with `reason`, nothing sent.
+fn unacknowledged(keep: RowUpdate, reason: String) -> Settled {
+    Settled::new(
+        RowUpdate {
+            state: DispatchState::Unacknowledged,
+            last_error: Some(reason.clone()),
+            ack_due_at: None,
+            ..keep
+        },
+        Outcome::Unacknowledged {
+            reason,
+            after_failed_resend: false,
+        },
+    )
+}
+
 fn unroutable_reason(order: &LeasedOrder, no_routes: bool) -> String {
     let mut reason = if no_routes {
         "no routes are set up: enroll partners and set routes (DispatchAdmin \
