@@ -181,6 +181,7 @@ async fn run_in(
             keep_keys: false,
             shipped_after: Duration::from_millis(500),
             audit: audit.clone(),
+            handover_deadline: Duration::from_secs(120),
             observe: Default::default(),
         },
         shutdown.clone(),

@@ -77,6 +77,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
             keep_keys: true,
             shipped_after: Duration::from_millis(args.shipped_after_ms),
             audit: RelaySettings::default().audit,
+            handover_deadline: Duration::from_secs(120),
             observe: Default::default(),
         },
         shutdown,

@@ -91,6 +91,8 @@ pub struct SystemSettings {
     pub shipped_after: Duration,
     /// The dispatcher's audit thresholds.
     pub audit: waybill_dispatcher::domain::audit::AuditThresholds,
+    /// The example partners' handover deadline.
+    pub handover_deadline: Duration,
     /// Observers and the ledger's fault (`waybill bench e2e`).
     pub observe: Observe,
 }
@@ -276,7 +278,7 @@ impl System {
             } else {
                 fresh_key(partner)?
             };
-            enroll(&mut admin, partner, &key).await?;
+            enroll(&mut admin, partner, &key, Some(settings.handover_deadline)).await?;
             let mut builder = Connector::builder(partner.id())
                 .cluster(
                     ClusterConfig::new("local", self.brokers.clone())
@@ -471,7 +473,7 @@ fn fresh_key(partner: ExamplePartner) -> anyhow::Result<ReportSigningKey> {
 
 /// The key kept in `dir` (generated and written there, readable by its owner only, on first
 /// use).
-fn kept_key(dir: &Path, partner: ExamplePartner) -> anyhow::Result<ReportSigningKey> {
+pub(crate) fn kept_key(dir: &Path, partner: ExamplePartner) -> anyhow::Result<ReportSigningKey> {
     let path = dir.join(format!("{}.pem", partner.id()));
     let key = match std::fs::read(&path) {
         Ok(bytes) => keys::signing_key_from_pkcs8(&bytes)
@@ -501,12 +503,13 @@ fn with_key_id(key: SigningKey, partner: ExamplePartner) -> anyhow::Result<Repor
         .map_err(anyhow::Error::from)
 }
 
-/// Enrols `partner` (creating its topic), its routes and its key through the admin API.
-/// Idempotent: enrolling again updates, a key already enrolled is fine.
-async fn enroll(
+/// Enrols `partner` (creating its topic) with `handover_deadline` (`None`: the dispatcher's
+/// default), its routes and its key through the admin API. Idempotent: enrolling again updates, a key already enrolled is fine.
+pub(crate) async fn enroll(
     admin: &mut DispatchAdminClient<tonic::transport::Channel>,
     partner: ExamplePartner,
     key: &ReportSigningKey,
+    handover_deadline: Option<Duration>,
 ) -> anyhow::Result<()> {
     let id = partner.id();
     admin
@@ -515,8 +518,8 @@ async fn enroll(
                 id: id.to_owned(),
                 display_name: partner.display_name().to_owned(),
                 enabled: true,
-                handover_deadline: Some(prost_types::Duration {
-                    seconds: 120,
+                handover_deadline: handover_deadline.map(|d| prost_types::Duration {
+                    seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
                     nanos: 0,
                 }),
                 resend_budget: Some(3),

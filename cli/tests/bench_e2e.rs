@@ -151,6 +151,87 @@ async fn bench_e2e_on_postgres() {
     );
 }
 
+/// `--processes`: Orders, the dispatcher, StatusIngest and the partner each a process of its
+/// own on one Postgres database and a Tansu broker process; every order received, each
+/// process's peak memory read and under the limit, each stopped cleanly, the re-sends counted
+/// (none: the deadline is far away); a limit below any process's memory fails the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_e2e_with_each_service_a_process_of_its_own() {
+    let db = TestDatabase::create(TestBackend::Postgres).await;
+    let broker = waybill_dispatcher::testing::TestBroker::tansu();
+    let (url, brokers) = (db.url.clone(), broker.bootstrap_servers().to_owned());
+    let (output, report, stderr) = tokio::task::spawn_blocking(move || {
+        run(
+            Some(&url),
+            &[
+                "--processes",
+                "--kafka-brokers",
+                &brokers,
+                "--rate",
+                "20",
+                "--duration",
+                "2",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(output.status.success(), "{report:#}\n{stderr}");
+    assert_eq!(report["received"], 40, "{report:#}");
+    assert_eq!(report["cut_off"], "all_confirmed", "{report:#}");
+    let ledger = &report["ledger"];
+    assert_eq!(
+        (&ledger["lost"], &ledger["void"]),
+        (&Value::from(0), &Value::from(false))
+    );
+    assert_eq!(ledger["answers_checked"], false, "{report:#}");
+    assert_eq!(
+        (&ledger["resends"], &ledger["resent_orders"]),
+        (&Value::from(0), &Value::from(0))
+    );
+    // Placing is measured; the steps inside other processes are not, and say so by count.
+    let hops = report["hops"].as_array().unwrap();
+    assert_eq!(hops[0]["orders"], 40, "{report:#}");
+    assert!(hops[1..].iter().all(|hop| hop["orders"] == 0), "{report:#}");
+    let processes = report["processes"].as_array().unwrap();
+    let roles: Vec<&str> = processes
+        .iter()
+        .map(|p| p["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["orders", "status-ingest", "dispatcher", "partner"]);
+    for process in processes {
+        let peak = process["peak_rss_mib"].as_f64().unwrap();
+        assert!(peak > 1.0 && peak <= 64.0, "{process:#}");
+        assert_eq!(process["clean_exit"], true, "{process:#}");
+    }
+
+    // The same run with a limit no process can meet fails, naming the process.
+    let (url, brokers) = (db.url.clone(), broker.bootstrap_servers().to_owned());
+    let (output, _, stderr) = tokio::task::spawn_blocking(move || {
+        run(
+            Some(&url),
+            &[
+                "--processes",
+                "--kafka-brokers",
+                &brokers,
+                "--rate",
+                "5",
+                "--duration",
+                "1",
+                "--rss-limit-mib",
+                "1",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("process's peak resident set") && stderr.contains("--rss-limit-mib 1"),
+        "{stderr}"
+    );
+}
+
 /// The adapter fails the fifth order permanently (the bench's hidden fault): the connector
 /// sets it aside, it stays SENT and unanswered, the loop goes quiet, and the ledger must
 /// count it lost and void the run.

@@ -179,7 +179,8 @@ impl Hops {
             "    {:<40} {:>9} {:>9} {:>9} {:>8}\n",
             "hop (ms)", "p50", "p99", "max", "orders"
         );
-        for hop in &self.hops {
+        // A hop nobody observed (the services in processes of their own) is left out.
+        for hop in self.hops.iter().filter(|hop| hop.orders > 0) {
             let note = if hop.overlapped > 0 {
                 format!("  ({} overlapped: 0 ms)", hop.overlapped)
             } else {
@@ -187,12 +188,14 @@ impl Hops {
             };
             text += &line(hop.hop, &hop.latency_ms, hop.orders, note);
         }
-        text += &line(
-            "scheduled → adapter called (total)",
-            &self.to_adapter_ms,
-            self.at_adapter,
-            String::new(),
-        );
+        if self.at_adapter > 0 {
+            text += &line(
+                "scheduled → adapter called (total)",
+                &self.to_adapter_ms,
+                self.at_adapter,
+                String::new(),
+            );
+        }
         text += &line(
             "scheduled → received (total)",
             &self.to_received_ms,

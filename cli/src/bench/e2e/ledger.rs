@@ -27,11 +27,12 @@ use super::{
     timeline::{Mark, Track},
 };
 
-/// Each order of the step's keys: its dispatch state, when `RECEIVED_BY_PARTNER` was recorded
-/// and how many rejections its history holds.
+/// Each order of the step's keys: its dispatch state, when `RECEIVED_BY_PARTNER` was recorded,
+/// how many rejections its history holds and how often the relay re-sent it.
 const STEP_ORDERS: &str = "SELECT o.id, o.idempotency_key, d.state, \
          MIN(CASE WHEN e.status = 'RECEIVED_BY_PARTNER' THEN e.recorded_at END), \
-         SUM(CASE WHEN e.status = 'REJECTED_BY_PARTNER' THEN 1 ELSE 0 END) \
+         SUM(CASE WHEN e.status = 'REJECTED_BY_PARTNER' THEN 1 ELSE 0 END), \
+         CAST(MAX(d.resends) AS BIGINT) \
      FROM orders o \
      LEFT JOIN dispatch d ON d.order_id = o.id \
      LEFT JOIN order_status_events e ON e.order_id = o.id \
@@ -49,11 +50,20 @@ pub(super) struct DbOrder {
     pub(super) state: Option<String>,
     pub(super) received_at: Option<DateTime<Utc>>,
     pub(super) rejections: i64,
+    /// Copies the relay re-sent after the partner's handover deadline passed.
+    pub(super) resends: i64,
 }
 
 /// Every order whose idempotency key starts with `prefix` (no `%` or `_` in it).
 pub(super) async fn read(db: &Database, prefix: &str) -> anyhow::Result<Vec<DbOrder>> {
-    type Row = (Id, String, Option<String>, Option<Instant>, Option<i64>);
+    type Row = (
+        Id,
+        String,
+        Option<String>,
+        Option<Instant>,
+        Option<i64>,
+        Option<i64>,
+    );
     let rows: Vec<Row> = on_pool!(db.backend(), |pool| {
         sqlx::query_as(STEP_ORDERS)
             .bind(format!("{prefix}%"))
@@ -62,13 +72,16 @@ pub(super) async fn read(db: &Database, prefix: &str) -> anyhow::Result<Vec<DbOr
     });
     Ok(rows
         .into_iter()
-        .map(|(id, key, state, received_at, rejections)| DbOrder {
-            id: id.0,
-            idempotency_key: key,
-            state,
-            received_at: received_at.map(|at| at.0),
-            rejections: rejections.unwrap_or(0),
-        })
+        .map(
+            |(id, key, state, received_at, rejections, resends)| DbOrder {
+                id: id.0,
+                idempotency_key: key,
+                state,
+                received_at: received_at.map(|at| at.0),
+                rejections: rejections.unwrap_or(0),
+                resends: resends.unwrap_or(0),
+            },
+        )
         .collect())
 }
 
@@ -103,6 +116,13 @@ pub(super) struct Ledger {
     pub(super) answered_twice: u64,
     /// Orders recorded received that the adapter never answered.
     pub(super) received_without_answer: u64,
+    /// Whether the adapter's answers were seen (an observer in this process): without them,
+    /// answered twice and received without an answer cannot be checked.
+    pub(super) answers_checked: bool,
+    /// Copies the relay re-sent (a partner's handover deadline passed), over the placed orders.
+    pub(super) resends: u64,
+    /// Placed orders re-sent at least once.
+    pub(super) resent_orders: u64,
     /// placed = received + rejected and rerouted + dead + unroutable + unacknowledged + in
     /// flight, and nothing under the step's keys that it did not place.
     pub(super) balanced: bool,
@@ -147,11 +167,14 @@ pub(super) struct Reckoning {
     pub(super) received_at: Vec<Option<DateTime<Utc>>>,
 }
 
-/// What the step placed (`placed`, with their `tracks`; `failed`: the indexes of the calls
-/// that failed), against what the database holds under its `prefix` at the cut-off.
+/// What the step placed (`placed`, with their `tracks`, in which the adapter's answers count
+/// only if `answers_seen`; `failed`: the indexes of the calls that failed), against what the
+/// database holds under its `prefix` at the cut-off.
+#[allow(clippy::too_many_arguments)] // one call site, each argument a different fact
 pub(super) fn reckon(
     placed: &[Placed],
     tracks: &[Option<Track>],
+    answers_seen: bool,
     failed: &[u64],
     found: Vec<DbOrder>,
     prefix: &str,
@@ -160,6 +183,7 @@ pub(super) fn reckon(
 ) -> Reckoning {
     let mut ledger = Ledger {
         placed: placed.len() as u64,
+        answers_checked: answers_seen,
         ..Ledger::default()
     };
     let mut by_id: std::collections::HashMap<Uuid, DbOrder> =
@@ -167,7 +191,7 @@ pub(super) fn reckon(
     let mut received_at = Vec::with_capacity(placed.len());
     for (order, track) in placed.iter().zip(tracks) {
         let answers = track.map_or(0, |t| t.answers);
-        if answers > 1 {
+        if answers_seen && answers > 1 {
             ledger.answered_twice += 1;
             ledger.void_because(format!(
                 "order {}: the adapter answered it {answers} times",
@@ -181,9 +205,12 @@ pub(super) fn reckon(
             continue;
         };
         received_at.push(stored.received_at);
+        let resends = u64::try_from(stored.resends).unwrap_or(0);
+        ledger.resends += resends;
+        ledger.resent_orders += u64::from(resends > 0);
         if stored.received_at.is_some() {
             ledger.received += 1;
-            if answers == 0 {
+            if answers_seen && answers == 0 {
                 ledger.received_without_answer += 1;
                 ledger.void_because(format!(
                     "order {}: RECEIVED_BY_PARTNER recorded, the adapter never answered",

@@ -8,13 +8,15 @@
 //! - `ledger.rs`: where every order is at the cut-off; a run that loses one is void;
 //! - `hops.rs`: p50/p99/max of every hop from the scheduled send to RECEIVED_BY_PARTNER;
 //! - `find_max.rs`: the search and its pass criteria; `limits.rs`: the bare limits beside it;
-//! - `report.rs`: text and `--json`.
+//! - `report.rs`: text and `--json`;
+//! - `processes.rs`: `--processes`, each service a process of its own, its memory read.
 
 mod find_max;
 mod hops;
 mod ledger;
 mod limits;
 mod load;
+mod processes;
 mod report;
 mod step;
 mod timeline;
@@ -59,6 +61,20 @@ pub struct E2eArgs {
     /// recorded received by then is lost (and the run void).
     #[arg(long, default_value_t = 15)]
     quiet_secs: u64,
+    /// Run Orders, the dispatcher, StatusIngest and the partner's connector each as a process
+    /// of its own (as deployed) and report each one's peak memory; needs `--kafka-brokers`.
+    /// Only placing and scheduled → received are measured then (no observer sees the other
+    /// processes' steps), and the ledger checks loss but not double answers.
+    #[arg(long, requires = "kafka_brokers", conflicts_with = "find_max")]
+    processes: bool,
+    /// With `--processes`: the run fails if a process's peak resident set exceeds this many
+    /// MiB.
+    #[arg(long, default_value_t = 64.0, requires = "processes")]
+    rss_limit_mib: f64,
+    /// The partner's handover deadline, in seconds (default: the system's — 120 s in process,
+    /// the dispatcher's default of 600 s with `--processes`).
+    #[arg(long)]
+    handover_deadline_secs: Option<u64>,
     #[command(flatten)]
     find_max: FindMaxArgs,
     /// The ledger's test fault: the partner's adapter fails the N-th order it is called with
@@ -137,6 +153,9 @@ pub async fn run(args: E2eArgs) -> anyhow::Result<()> {
 /// `bench e2e` at one rate.
 async fn one_rate(args: &E2eArgs, dir: PathBuf) -> anyhow::Result<()> {
     let (database_url, broker) = storage(args, &dir);
+    if args.processes {
+        return with_processes(args, &database_url, broker, &dir).await;
+    }
     let report = with_loop(args, &database_url, dir, async |lp: &Loop| {
         eprintln!(
             "offering {} orders at {}/s for {} s (open loop)",
@@ -151,6 +170,66 @@ async fn one_rate(args: &E2eArgs, dir: PathBuf) -> anyhow::Result<()> {
     let report = E2eReport::new(report, redact(&database_url), broker, peak_rss_mib());
     report.print(args.json)?;
     report.verdict()
+}
+
+/// `bench e2e --processes` at one rate: the services as processes of their own, the load
+/// and the ledger in this one.
+async fn with_processes(
+    args: &E2eArgs,
+    database_url: &str,
+    broker: String,
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let timeline = Arc::new(Timeline::new());
+    eprintln!("starting the services, each a process of its own…");
+    let stack = processes::Processes::start(
+        &processes::ProcessSettings {
+            database_url,
+            brokers: args.kafka_brokers.as_deref().unwrap_or_default(),
+            dir,
+            handover_deadline: args.handover_deadline_secs.map(Duration::from_secs),
+        },
+        timeline.clone(),
+    )
+    .await?;
+    let measured = async {
+        let mut clients = Vec::new();
+        for _ in 0..4 {
+            clients.push(
+                OrderServiceClient::connect(format!("http://{}", stack.orders_addr))
+                    .await
+                    .context("cannot reach Orders")?,
+            );
+        }
+        let lp = Loop {
+            clients,
+            timeline,
+            db: stack.db.clone(),
+            run: run_id(),
+            quiet: Duration::from_secs(args.quiet_secs.max(1)),
+            drain_timeout: Duration::from_secs(args.drain_timeout_secs),
+            answers_seen: false,
+        };
+        eprintln!(
+            "offering {} orders at {}/s for {} s (open loop)",
+            (args.rate * args.duration).round().max(1.0),
+            args.rate,
+            args.duration
+        );
+        lp.step(0, args.rate, Duration::from_secs_f64(args.duration))
+            .await
+    }
+    .await;
+    let peaks = stack.stop().await;
+    let report = E2eReport::new(measured?, redact(database_url), broker, peak_rss_mib())
+        .with_processes(peaks, args.rss_limit_mib);
+    report.print(args.json)?;
+    report.verdict()
+}
+
+/// This run's id (in every idempotency key).
+fn run_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()[..12].to_owned()
 }
 
 /// `bench e2e --find-max`.
@@ -269,6 +348,7 @@ async fn with_loop<T>(
             keep_keys: false,
             shipped_after: Duration::from_secs(2),
             audit: RelaySettings::default().audit,
+            handover_deadline: Duration::from_secs(args.handover_deadline_secs.unwrap_or(120)),
             observe: Observe {
                 connector: Some(timeline.clone()),
                 relay: waybill_dispatcher::relay::Observer::new(timeline.clone()),
@@ -292,9 +372,10 @@ async fn with_loop<T>(
             clients,
             timeline: timeline.clone(),
             db: system.database().clone(),
-            run: uuid::Uuid::now_v7().simple().to_string()[..12].to_owned(),
+            run: run_id(),
             quiet: Duration::from_secs(args.quiet_secs.max(1)),
             drain_timeout: Duration::from_secs(args.drain_timeout_secs),
+            answers_seen: true,
         };
         body(&lp).await
     }

@@ -9,6 +9,7 @@ use super::{
     find_max::{self, GROWTH_S, Judged, P99_MS, Search},
     ledger::{CutOff, Ledger},
     limits::LimitFigures,
+    processes::ProcessPeak,
     step::StepReport,
 };
 use crate::bench::measure::mib_text;
@@ -24,6 +25,11 @@ pub(super) struct E2eReport {
     /// Whether the ledger failed: the figures then mean nothing.
     void: bool,
     peak_rss_mib: Option<f64>,
+    /// `--processes`: each service's process, its peak memory and how it stopped.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    processes: Vec<ProcessPeak>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rss_limit_mib: Option<f64>,
 }
 
 impl E2eReport {
@@ -40,7 +46,43 @@ impl E2eReport {
             void: step.ledger.void,
             step,
             peak_rss_mib,
+            processes: Vec::new(),
+            rss_limit_mib: None,
         }
+    }
+
+    /// The run's services were `processes`, each to stay under `rss_limit_mib`.
+    pub(super) fn with_processes(
+        mut self,
+        processes: Vec<ProcessPeak>,
+        rss_limit_mib: f64,
+    ) -> Self {
+        self.processes = processes;
+        self.rss_limit_mib = Some(rss_limit_mib);
+        self
+    }
+
+    /// The memory line: this process's peak, and each service's with `--processes`.
+    fn memory_text(&self) -> String {
+        let mut text = format!("  peak RSS {}", mib_text(self.peak_rss_mib));
+        if !self.processes.is_empty() {
+            text += " (this process: load and ledger); services, each its own process:";
+            for process in &self.processes {
+                text += &format!(
+                    " {} {}{}",
+                    process.role,
+                    mib_text(process.peak_rss_mib),
+                    if process.clean_exit {
+                        ""
+                    } else {
+                        " (did not stop cleanly)"
+                    }
+                );
+                text += ",";
+            }
+            text.pop();
+        }
+        text
     }
 
     pub(super) fn print(&self, json: bool) -> anyhow::Result<()> {
@@ -52,7 +94,7 @@ impl E2eReport {
         println!(
             "e2e: {} orders offered at {}/s for {} s on {} + {}\n  \
              placed {} ({} errors), {} behind schedule (max {:.1} ms late); cut-off: {}, \
-             {:.2} s after the last was offered\n{}{}\n  peak RSS {}",
+             {:.2} s after the last was offered\n{}{}\n{}\n{}",
             s.offered,
             s.rate_per_s,
             s.duration_s,
@@ -66,7 +108,8 @@ impl E2eReport {
             s.cut_off_after_s,
             s.hops.to_text(),
             ledger_text(&s.ledger),
-            mib_text(self.peak_rss_mib),
+            resends_text(&s.ledger),
+            self.memory_text(),
         );
         Ok(())
     }
@@ -82,8 +125,38 @@ impl E2eReport {
             s.offered,
             s.ledger.equation()
         );
+        if let Some(limit) = self.rss_limit_mib {
+            for process in &self.processes {
+                let peak = process.peak_rss_mib.unwrap_or(f64::INFINITY);
+                anyhow::ensure!(
+                    peak <= limit,
+                    "the {} process's peak resident set, {}, is over --rss-limit-mib {limit}",
+                    process.role,
+                    mib_text(process.peak_rss_mib)
+                );
+            }
+        }
         Ok(())
     }
+}
+
+/// Re-sends over the placed orders (a partner merely behind must not be flooded).
+fn resends_text(ledger: &Ledger) -> String {
+    let share = if ledger.placed > 0 {
+        100.0 * ledger.resends as f64 / ledger.placed as f64
+    } else {
+        0.0
+    };
+    format!(
+        "  re-sends: {} copies of {} orders ({share:.2} % of the orders placed){}",
+        ledger.resends,
+        ledger.resent_orders,
+        if ledger.answers_checked {
+            ""
+        } else {
+            "; the adapter's answers were not seen (other processes): answered-twice not checked"
+        }
+    )
 }
 
 /// `bench e2e --find-max`.

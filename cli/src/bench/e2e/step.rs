@@ -33,6 +33,9 @@ pub(super) struct Loop {
     pub(super) quiet: Duration,
     /// The longest wait for a step's orders after its last was offered.
     pub(super) drain_timeout: Duration,
+    /// Whether observers in this process see the connector's steps (false when the services
+    /// run as processes of their own: only placing and `RECEIVED_BY_PARTNER` are seen).
+    pub(super) answers_seen: bool,
 }
 
 /// What one step measured.
@@ -83,6 +86,7 @@ impl Loop {
         let reckoning = ledger::reckon(
             &offered.placed,
             &tracks,
+            self.answers_seen,
             &offered.failed,
             found,
             &prefix,

@@ -194,6 +194,12 @@ impl Timeline {
         )
     }
 
+    /// Marks `order_id`'s report confirmed now: for orders whose steps no observer sees (the
+    /// services in processes of their own), learnt from the database.
+    pub(super) fn confirm(&self, order_id: Uuid) {
+        self.mark(order_id, Mark::ReportConfirmed);
+    }
+
     fn mark(&self, order_id: Uuid, mark: Mark) {
         let now = self.now();
         self.latest.fetch_max(now, Ordering::Relaxed);

@@ -39,6 +39,7 @@ fn stored(order: &Placed, index: usize, state: &str, received: bool) -> DbOrder 
         state: Some(state.to_owned()),
         received_at: received.then(Utc::now),
         rejections: 0,
+        resends: 0,
     }
 }
 
@@ -48,7 +49,7 @@ fn run(
     found: Vec<DbOrder>,
     cut_off: CutOff,
 ) -> Reckoning {
-    reckon(orders, tracks, &[], found, PREFIX, cut_off, QUIET)
+    reckon(orders, tracks, true, &[], found, PREFIX, cut_off, QUIET)
 }
 
 #[test]
@@ -182,6 +183,7 @@ fn a_stored_order_whose_call_failed_is_counted_and_one_never_placed_voids() {
     let failed_call = reckon(
         &orders,
         &[answered(1)],
+        true,
         &[1],
         found.clone(),
         PREFIX,
@@ -194,6 +196,7 @@ fn a_stored_order_whose_call_failed_is_counted_and_one_never_placed_voids() {
     let never = reckon(
         &orders,
         &[answered(1)],
+        true,
         &[],
         found,
         PREFIX,
@@ -206,4 +209,51 @@ fn a_stored_order_whose_call_failed_is_counted_and_one_never_placed_voids() {
         never.ledger
     );
     assert_eq!(never.ledger.unknown, 1);
+}
+
+#[test]
+fn without_the_adapters_answers_loss_still_voids_and_resends_are_counted() {
+    let orders = placed(3);
+    let mut found = vec![
+        stored(&orders[0], 0, "ACKNOWLEDGED", true),
+        stored(&orders[1], 1, "ACKNOWLEDGED", true),
+    ];
+    found[1].resends = 2;
+    let unseen = [None, None, None];
+    let ledger = reckon(
+        &orders,
+        &unseen,
+        false,
+        &[],
+        found.clone(),
+        PREFIX,
+        CutOff::Quiet,
+        QUIET,
+    )
+    .ledger;
+    // The third order is nowhere: lost, whatever the observers saw.
+    assert!(ledger.void && !ledger.answers_checked, "{ledger:?}");
+    assert_eq!((ledger.received, ledger.lost), (2, 1), "{ledger:?}");
+    assert_eq!((ledger.resends, ledger.resent_orders), (2, 1));
+    assert!(
+        ledger
+            .void_reasons
+            .iter()
+            .all(|r| !r.contains("never answered")),
+        "{ledger:?}"
+    );
+
+    // The same received orders with answers seen and none answered void the run.
+    let seen = reckon(
+        &orders[..2],
+        &unseen[..2],
+        true,
+        &[],
+        found,
+        PREFIX,
+        CutOff::Quiet,
+        QUIET,
+    )
+    .ledger;
+    assert!(seen.void && seen.received_without_answer == 2, "{seen:?}");
 }
