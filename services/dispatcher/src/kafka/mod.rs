@@ -60,7 +60,7 @@ impl KafkaSettings {
         let mut config = self.base_config();
         config
             // Small batches leave at once; the relay already batches.
-            .set("linger.ms", "2")
+            .set("linger.ms", "0")
             .set("compression.type", "lz4")
             .set(
                 "message.timeout.ms",
