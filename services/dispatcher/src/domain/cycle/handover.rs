@@ -8,21 +8,26 @@
 //! [`judge`] compares that with where the order's latest send landed (the partition and
 //! offset of the broker's delivery report, kept on the dispatch row):
 //!
-//! - **behind**: the record is still in the log (`low ≤ offset < high`), the group has not
-//!   consumed it yet (its committed offset, the next record it reads, is `≤ offset`; a
-//!   partition it never committed counts as read from the log's start, where the SDK begins),
-//!   and the group has live members. The deadline moves on by one handover deadline; nothing
-//!   is sent and the resend budget is not touched.
+//! - **behind**: the group has live members and either has not consumed the record yet (it
+//!   is still in the log, `low ≤ offset < high`, and the group's committed offset, the next
+//!   record it reads, is `≤ offset`; a partition it never committed counts as read from the
+//!   log's start, where the SDK begins) or has **read** it (committed past it) without
+//!   confirming it. The SDK commits a record only once the adapter's answer, with its report,
+//!   is durable in its inbox, so a read record is held by the partner and its report is on its
+//!   way (queued behind others when the partner is busy): a copy cannot help, it only adds to
+//!   the queue. The deadline moves on by one handover deadline; nothing is sent and the resend
+//!   budget is not touched.
 //! - **behind for too long**: the same, but the order has waited as many handover deadlines
 //!   as the resend budget would have allowed re-sends (`resends + deadlines passed since the
-//!   latest send > resend budget`). A live group that never reaches a record is stuck, and a
-//!   copy would land behind the first, in the same partition: the order is flagged
-//!   `UNACKNOWLEDGED` when today's rule would have flagged it, without the copies.
-//! - **gone**: everything else — consumed but not confirmed, the record no longer in the log
-//!   (the broker lost its data, or retention removed it), no live members, the group or the
-//!   position unknown (no such group: a partner whose connector uses another group id; rows
-//!   sent before positions were kept), or the broker did not answer. Today's rule applies:
-//!   re-send within the budget, then `UNACKNOWLEDGED`.
+//!   latest send > resend budget`). A live group that never reaches a record is stuck (a copy
+//!   would land behind the first, in the same partition), and one that read it and never
+//!   confirmed it broke the SDK's contract or lost its inbox (operators must look): the order
+//!   is flagged `UNACKNOWLEDGED` when today's rule would have flagged it, without the copies.
+//! - **gone**: everything else — the record neither read nor in the log any more (the broker
+//!   lost its data, or retention removed it), no live members, the group or the position
+//!   unknown (no such group: a partner whose connector uses another group id; rows sent before
+//!   positions were kept), or the broker did not answer. Today's rule applies: re-send within
+//!   the budget, then `UNACKNOWLEDGED`.
 
 use std::collections::HashMap;
 
@@ -78,19 +83,24 @@ impl Progress {
 /// The verdict on one overdue, unconfirmed order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handover {
-    /// The partner is behind: its live group has not reached the order's record yet.
+    /// The partner is behind: its live group has not reached the order's record yet, or read
+    /// it and has not confirmed it yet.
     Behind {
         /// Where the record is.
         position: SentPosition,
-        /// Records the group reads before it.
+        /// Records the group reads before it (0 once read).
         ahead: i64,
+        /// Whether the group has read (committed past) it.
+        read: bool,
     },
     /// Behind for as many handover deadlines as the resend budget allows.
     BehindTooLong {
         /// Where the record is.
         position: SentPosition,
-        /// Records the group reads before it.
+        /// Records the group reads before it (0 once read).
         ahead: i64,
+        /// Whether the group has read (committed past) it.
+        read: bool,
         /// Handover deadlines spent: re-sends plus deadlines passed since the latest send.
         deadlines: i64,
     },
@@ -116,28 +126,37 @@ pub fn judge(
         return Handover::Gone;
     };
     let in_log = partition.low <= position.offset && position.offset < partition.high;
-    // Below the log's start (retention removed what it had not read), it reads from the start.
-    let next_read = partition
+    // Read: committed past it (what the log still holds no longer matters: the partner has it).
+    let read = partition
         .committed
-        .unwrap_or(partition.low)
-        .max(partition.low);
-    if !in_log || next_read > position.offset {
+        .is_some_and(|committed| committed > position.offset);
+    if !read && !in_log {
         return Handover::Gone;
     }
     let deadline_ms = partner.handover_deadline.num_milliseconds();
     if deadline_ms <= 0 {
         return Handover::Gone;
     }
-    let ahead = position.offset - next_read;
+    // Below the log's start (retention removed what it had not read), it reads from the start.
+    let next_read = partition
+        .committed
+        .unwrap_or(partition.low)
+        .max(partition.low);
+    let ahead = (position.offset - next_read).max(0);
     let passed = ((now - sent_at).num_milliseconds() / deadline_ms).max(0);
     let deadlines = i64::from(order.resends).saturating_add(passed);
     if deadlines > i64::from(partner.resend_budget) {
         Handover::BehindTooLong {
             position,
             ahead,
+            read,
             deadlines,
         }
     } else {
-        Handover::Behind { position, ahead }
+        Handover::Behind {
+            position,
+            ahead,
+            read,
+        }
     }
 }

@@ -78,8 +78,8 @@ pub enum Plan {
     Acknowledged,
     /// Overdue and out of re-sends, or its partner is gone (no message).
     Unacknowledged,
-    /// Overdue, but the partner is behind: its live group has not read the order's record yet
-    /// (no message; the deadline moves on).
+    /// Overdue, but the partner is behind: its live group has not read the order's record yet,
+    /// or read it and has not confirmed it yet (no message; the deadline moves on).
     Behind {
         /// The partner.
         partner: PartnerRecord,
@@ -87,12 +87,14 @@ pub enum Plan {
         ahead: i64,
     },
     /// Overdue and behind for as many handover deadlines as the resend budget allows (no
-    /// message: a copy would land behind the first).
+    /// message: a copy would land behind the first, or go to a partner that read the first).
     BehindTooLong {
         /// Where the record waits.
         position: SentPosition,
-        /// Records its group reads before this one.
+        /// Records its group reads before this one (0 once read).
         ahead: i64,
+        /// Whether its group read it (and never confirmed it).
+        read: bool,
         /// Handover deadlines spent (re-sends plus deadlines passed since the latest send).
         deadlines: i64,
     },
@@ -141,10 +143,12 @@ pub fn plan(
                 Handover::BehindTooLong {
                     position,
                     ahead,
+                    read,
                     deadlines,
                 } => Plan::BehindTooLong {
                     position,
                     ahead,
+                    read,
                     deadlines,
                 },
                 Handover::Gone if order.resends < partner.resend_budget => Plan::Resend {
@@ -439,16 +443,24 @@ pub fn settle(
         Plan::BehindTooLong {
             position,
             ahead,
+            read,
             deadlines,
         } => {
-            let reason = format!(
-                "partner {} did not confirm receipt: its consumers are alive but have not read \
-                 the order in {deadlines} handover deadlines (partition {}, offset {}, {ahead} \
-                 records before it)",
-                order.partner_id.as_deref().unwrap_or("?"),
-                position.partition,
-                position.offset
-            );
+            let partner = order.partner_id.as_deref().unwrap_or("?");
+            let (partition, offset) = (position.partition, position.offset);
+            let reason = if *read {
+                format!(
+                    "partner {partner} did not confirm receipt: its consumers are alive and \
+                     read the order (partition {partition}, offset {offset}) but have not \
+                     confirmed it in {deadlines} handover deadlines"
+                )
+            } else {
+                format!(
+                    "partner {partner} did not confirm receipt: its consumers are alive but \
+                     have not read the order in {deadlines} handover deadlines (partition \
+                     {partition}, offset {offset}, {ahead} records before it)"
+                )
+            };
             unacknowledged(keep, reason)
         }
         Plan::Resend { partner } => match &produced.partner {

@@ -82,6 +82,57 @@ fn a_live_group_that_has_not_read_the_order_yet_is_behind() {
 }
 
 #[test]
+fn a_live_group_that_read_the_order_without_confirming_it_holds_it() {
+    // Committed past the order: the SDK's inbox holds it with its report, which is on its way.
+    assert_eq!(
+        plan_with(&overdue(0, 0), &group(true, Some(41))),
+        Plan::Behind {
+            partner: partner("a"),
+            ahead: 0
+        }
+    );
+    // Read, even if the log no longer holds it (retention, or a broker that lost its log).
+    let dropped = LeasedOrder {
+        sent_position: Some(SentPosition {
+            partition: 1,
+            offset: 5,
+        }),
+        ..overdue(0, 0)
+    };
+    assert!(matches!(
+        plan_with(&dropped, &group(true, Some(41))),
+        Plan::Behind { ahead: 0, .. }
+    ));
+    // Held for the resend budget's worth of deadlines, then flagged without a copy.
+    let long_ago = LeasedOrder {
+        sent_at: Some(now() - Duration::minutes(30)),
+        ..overdue(0, 0)
+    };
+    let plan = plan_with(&long_ago, &group(true, Some(41)));
+    assert_eq!(
+        plan,
+        Plan::BehindTooLong {
+            position: SentPosition {
+                partition: 1,
+                offset: 40
+            },
+            ahead: 0,
+            read: true,
+            deadlines: 3,
+        }
+    );
+    let settled = settle_one(&long_ago, &plan, &ok());
+    assert_eq!(settled.update.state, DispatchState::Unacknowledged);
+    assert_eq!(
+        settled.update.last_error.as_deref(),
+        Some(
+            "partner a did not confirm receipt: its consumers are alive and read the order \
+             (partition 1, offset 40) but have not confirmed it in 3 handover deadlines"
+        )
+    );
+}
+
+#[test]
 fn a_confirmation_wins_over_being_behind() {
     let confirmed = LeasedOrder {
         acknowledged: true,
@@ -117,12 +168,12 @@ fn every_other_case_is_gone_and_follows_the_resend_rule() {
     let mut other_partner = Progress::default();
     other_partner.insert("b", GroupProgress::default());
     for (case, order, progress) in [
-        (
-            "read but not confirmed",
-            overdue(0, 0),
-            group(true, Some(41)),
-        ),
         ("no live members", overdue(0, 0), group(false, Some(25))),
+        (
+            "read, and no live members",
+            overdue(0, 0),
+            group(false, Some(41)),
+        ),
         (
             "the broker did not tell",
             overdue(0, 0),
@@ -130,7 +181,16 @@ fn every_other_case_is_gone_and_follows_the_resend_rule() {
         ),
         ("another partner's group only", overdue(0, 0), other_partner),
         ("its partition not asked about", other_partition, behind()),
-        ("no longer in the log", at(9), behind()),
+        (
+            "no longer in the log, never read (committed below it)",
+            at(9),
+            group(true, Some(5)),
+        ),
+        (
+            "no longer in the log, never committed",
+            at(9),
+            group(true, None),
+        ),
         ("beyond the log's end (broker lost it)", at(100), behind()),
         ("position not kept", no_position, behind()),
         ("send time unknown", no_sent_time, behind()),
@@ -170,6 +230,7 @@ fn behind_for_the_resend_budgets_worth_of_deadlines_is_flagged_without_a_copy() 
                     offset: 40
                 },
                 ahead: 15,
+                read: false,
                 deadlines: i64::from(resends + deadlines_ago),
             },
             "resends {resends}, sent {deadlines_ago} deadlines ago"
