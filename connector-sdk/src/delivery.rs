@@ -14,7 +14,10 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -87,6 +90,9 @@ pub(crate) struct ReportSender {
     /// Report ids being sent now (by the pipeline or the scan).
     sending: Mutex<HashSet<String>>,
     permits: Semaphore,
+    /// Whether a report was left to the scan because the pipeline was full (the scan is woken
+    /// again as soon as the pipeline has room).
+    overflowed: AtomicBool,
     /// The pipeline's tasks, waited for at shutdown.
     tasks: TaskTracker,
 }
@@ -112,6 +118,7 @@ impl ReportSender {
             clients: Mutex::new(HashMap::new()),
             sending: Mutex::new(HashSet::new()),
             permits: Semaphore::new(MAX_SENDING),
+            overflowed: AtomicBool::new(false),
             tasks: TaskTracker::new(),
         }
     }
@@ -123,6 +130,7 @@ impl ReportSender {
             let mut sending = self.sending();
             if sending.len() >= MAX_PENDING {
                 drop(sending);
+                self.overflowed.store(true, Ordering::Relaxed);
                 self.wake.notify_one();
                 return;
             }
@@ -167,7 +175,15 @@ impl ReportSender {
                 report.attempts += 1;
             }
         }
-        self.sending().remove(&report_id);
+        let room = {
+            let mut sending = self.sending();
+            sending.remove(&report_id);
+            sending.len() < MAX_PENDING
+        };
+        // Reports were left in the inbox while the pipeline was full: the scan takes them now.
+        if room && self.overflowed.swap(false, Ordering::Relaxed) {
+            self.wake.notify_one();
+        }
     }
 
     /// Scans for due reports until `stop` is cancelled; woken by reports the pipeline does
