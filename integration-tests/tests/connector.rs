@@ -102,6 +102,13 @@ async fn a_dispatched_order_reaches_the_adapter_once_and_its_answers_land_on_the
     let metrics = running.health.metrics();
     assert_eq!(metrics.orders_accepted, 1);
     assert_eq!(metrics.set_aside, 0);
+    // StatusIngest answers after its commit, so the history can show SHIPPED a moment before
+    // the connector has marked the report confirmed in its inbox.
+    eventually(WITHIN, "both reports confirmed in the inbox", || async {
+        let counts = running.health.inbox_counts().await.unwrap();
+        counts.reports_confirmed == 2 && counts.reports_pending == 0
+    })
+    .await;
     let counts = running.health.inbox_counts().await.unwrap();
     assert_eq!(counts.accepted, 1);
     assert_eq!(counts.reports_confirmed, 2);
