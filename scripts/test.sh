@@ -33,5 +33,8 @@ if [ -z "${WAYBILL_TANSU_BIN:-}" ]; then
   export WAYBILL_TANSU_BIN
 fi
 
+# Every test runs: one whose tool or broker is missing fails instead of skipping.
+export WAYBILL_REQUIRE_ALL="${WAYBILL_REQUIRE_ALL:-1}"
+
 # --no-fail-fast: a red run lists every failing test, not only those of the first failing binary.
 exec cargo test --workspace --all-targets --locked --no-fail-fast "$@"

@@ -136,10 +136,10 @@ fn order_request(key: &str, country: &str) -> pb::PlaceOrderRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_survive_killed_dispatchers_and_a_broker_that_loses_its_data() {
-    if std::env::var_os("WAYBILL_TANSU_BIN").is_none() {
-        eprintln!("skipped: WAYBILL_TANSU_BIN is not set (scripts/test.sh sets it)");
-        return;
-    }
+    waybill_service_kit::require!(
+        std::env::var_os("WAYBILL_TANSU_BIN").is_some(),
+        "WAYBILL_TANSU_BIN is not set (scripts/test.sh installs Tansu and sets it)"
+    );
     let plan = Plan::from_env();
     let logs = std::env::temp_dir().join(format!("waybill-chaos-{}", Uuid::new_v4().simple()));
     std::fs::create_dir_all(&logs).unwrap();

