@@ -116,6 +116,9 @@ async fn the_example_partners_take_every_sandbox_path() {
         order
     };
     assert_eq!(events(&order, OrderStatus::Delivered), 1);
+    // The customer sees where the order got to, not the latest event: the SHIPPED that came
+    // after DELIVERED is kept for review and does not move the order back.
+    assert_eq!(order.status(), OrderStatus::Delivered, "{order:?}");
     // Permanently failing: set aside, nothing reported.
     eventually(WITHIN, "permanent failure set aside", || async {
         local.health.metrics().set_aside == 1

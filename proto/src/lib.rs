@@ -4,11 +4,13 @@
 //!   `proto/waybill/v1/*.proto` with a vendored `protoc`.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC server reflection.
 //! - [`headers`]: the Kafka header names every producer and consumer agrees on.
+//! - [`status`]: where an order stands given its history (StatusIngest and Orders both).
 //! - [`time`]: conversions between protobuf timestamps and `chrono`.
 //!
 //! This crate depends on nothing of ours; everything else depends on it.
 
 pub mod headers;
+pub mod status;
 pub mod time;
 
 /// Generated code of package `waybill.v1`.

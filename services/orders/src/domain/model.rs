@@ -146,11 +146,16 @@ pub struct OrderRecord {
 }
 
 impl OrderRecord {
-    /// The latest status (PLACED for an order whose history is somehow empty).
+    /// Where the order stands: what its history adds up to by the status contract
+    /// ([`waybill_proto::status::current`], the rule StatusIngest keeps `orders.status` by) —
+    /// not its latest event, which may be a late report (RECEIVED after SHIPPED) or one
+    /// recorded after delivery for review. PLACED for an empty history.
     pub fn status(&self) -> OrderStatus {
-        self.history
-            .last()
-            .map_or(OrderStatus::Placed, |event| event.status)
+        waybill_proto::status::current(
+            self.history
+                .iter()
+                .map(|event| (event.status, event.needs_review)),
+        )
     }
 
     /// The partner the order is with: the one its latest event naming a partner names (the
@@ -234,5 +239,25 @@ mod tests {
         let order = with_history(&rerouted);
         assert_eq!(order.partner_id(), Some("b"));
         assert_eq!(order.status(), ReceivedByPartner);
+    }
+
+    #[test]
+    fn the_status_is_where_the_history_got_to_not_its_latest_event() {
+        use OrderStatus::*;
+        // A late RECEIVED after SHIPPED leaves the customer at SHIPPED.
+        let late = [
+            (Placed, ""),
+            (SentToPartner, "a"),
+            (Shipped, "a"),
+            (ReceivedByPartner, "a"),
+        ];
+        assert_eq!(with_history(&late).status(), Shipped);
+        // The relay's SENT recorded after the partner's RECEIVED.
+        let overtaken = [(Placed, ""), (ReceivedByPartner, "a"), (SentToPartner, "a")];
+        assert_eq!(with_history(&overtaken).status(), ReceivedByPartner);
+        // After DELIVERED a report is kept for review and changes nothing.
+        let mut delivered = with_history(&[(Placed, ""), (Delivered, "a"), (Exception, "a")]);
+        delivered.history[2].needs_review = true;
+        assert_eq!(delivered.status(), Delivered);
     }
 }

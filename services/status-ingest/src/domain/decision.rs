@@ -115,42 +115,8 @@ pub fn decide(
     })
 }
 
-/// A final state: nothing a partner reports afterwards changes the order.
-pub fn is_final(status: OrderStatus) -> bool {
-    status == OrderStatus::Delivered
-}
-
-/// Statuses that show the partner has the order (the relay's handover check uses the same set).
-pub fn acknowledges(status: OrderStatus) -> bool {
-    matches!(
-        status,
-        OrderStatus::ReceivedByPartner
-            | OrderStatus::Shipped
-            | OrderStatus::Delivered
-            | OrderStatus::Exception
-    )
-}
-
-/// Position along the normal journey; `None` for statuses off it (exception, rejection).
-fn progress(status: OrderStatus) -> Option<u8> {
-    match status {
-        OrderStatus::Placed => Some(0),
-        OrderStatus::SentToPartner => Some(1),
-        OrderStatus::ReceivedByPartner => Some(2),
-        OrderStatus::Shipped => Some(3),
-        OrderStatus::Delivered => Some(4),
-        OrderStatus::Unspecified | OrderStatus::Exception | OrderStatus::RejectedByPartner => None,
-    }
-}
-
-/// The order's status after `reported`: a report that arrives late (RECEIVED after SHIPPED) is
-/// kept in the history but does not move the order backwards; anything else becomes current.
-pub fn status_after(current: OrderStatus, reported: OrderStatus) -> OrderStatus {
-    match (progress(current), progress(reported)) {
-        (Some(now), Some(new)) if new < now => current,
-        _ => reported,
-    }
-}
+// The status rules are the contract's, shared with Orders (which shows the same status).
+pub use waybill_proto::status::{acknowledges, is_final, status_after};
 
 #[cfg(test)]
 mod tests {
