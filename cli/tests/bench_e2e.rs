@@ -159,23 +159,18 @@ async fn bench_e2e_on_postgres() {
 async fn bench_e2e_with_each_service_a_process_of_its_own() {
     let db = TestDatabase::create(TestBackend::Postgres).await;
     let broker = waybill_dispatcher::testing::TestBroker::tansu();
-    let (url, brokers) = (db.url.clone(), broker.bootstrap_servers().to_owned());
-    let (output, report, stderr) = tokio::task::spawn_blocking(move || {
-        run(
-            Some(&url),
-            &[
-                "--processes",
-                "--kafka-brokers",
-                &brokers,
-                "--rate",
-                "20",
-                "--duration",
-                "2",
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    // `bench e2e --processes` on the test's database and broker, with `args`.
+    let processes_run = |args: &'static [&'static str]| {
+        let (url, brokers) = (db.url.clone(), broker.bootstrap_servers().to_owned());
+        tokio::task::spawn_blocking(move || {
+            let mut all = vec!["--processes", "--kafka-brokers", &brokers];
+            all.extend(args);
+            run(Some(&url), &all)
+        })
+    };
+    let (output, report, stderr) = processes_run(&["--rate", "20", "--duration", "2"])
+        .await
+        .unwrap();
     assert!(output.status.success(), "{report:#}\n{stderr}");
     assert_eq!(report["received"], 40, "{report:#}");
     assert_eq!(report["cut_off"], "all_confirmed", "{report:#}");
@@ -206,25 +201,10 @@ async fn bench_e2e_with_each_service_a_process_of_its_own() {
     }
 
     // The same run with a limit no process can meet fails, naming the process.
-    let (url, brokers) = (db.url.clone(), broker.bootstrap_servers().to_owned());
-    let (output, _, stderr) = tokio::task::spawn_blocking(move || {
-        run(
-            Some(&url),
-            &[
-                "--processes",
-                "--kafka-brokers",
-                &brokers,
-                "--rate",
-                "5",
-                "--duration",
-                "1",
-                "--rss-limit-mib",
-                "1",
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    let (output, _, stderr) =
+        processes_run(&["--rate", "5", "--duration", "1", "--rss-limit-mib", "1"])
+            .await
+            .unwrap();
     assert!(!output.status.success(), "{stderr}");
     assert!(
         stderr.contains("process's peak resident set") && stderr.contains("--rss-limit-mib 1"),

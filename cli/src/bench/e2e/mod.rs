@@ -157,14 +157,7 @@ async fn one_rate(args: &E2eArgs, dir: PathBuf) -> anyhow::Result<()> {
         return with_processes(args, &database_url, broker, &dir).await;
     }
     let report = with_loop(args, &database_url, dir, async |lp: &Loop| {
-        eprintln!(
-            "offering {} orders at {}/s for {} s (open loop)",
-            (args.rate * args.duration).round().max(1.0),
-            args.rate,
-            args.duration
-        );
-        lp.step(0, args.rate, Duration::from_secs_f64(args.duration))
-            .await
+        offer_the_rate(args, lp).await
     })
     .await?;
     let report = E2eReport::new(report, redact(&database_url), broker, peak_rss_mib());
@@ -193,31 +186,8 @@ async fn with_processes(
     )
     .await?;
     let measured = async {
-        let mut clients = Vec::new();
-        for _ in 0..4 {
-            clients.push(
-                OrderServiceClient::connect(format!("http://{}", stack.orders_addr))
-                    .await
-                    .context("cannot reach Orders")?,
-            );
-        }
-        let lp = Loop {
-            clients,
-            timeline,
-            db: stack.db.clone(),
-            run: run_id(),
-            quiet: Duration::from_secs(args.quiet_secs.max(1)),
-            drain_timeout: Duration::from_secs(args.drain_timeout_secs),
-            answers_seen: false,
-        };
-        eprintln!(
-            "offering {} orders at {}/s for {} s (open loop)",
-            (args.rate * args.duration).round().max(1.0),
-            args.rate,
-            args.duration
-        );
-        lp.step(0, args.rate, Duration::from_secs_f64(args.duration))
-            .await
+        let lp = Loop::connect(args, stack.orders_addr, timeline, stack.db.clone(), false).await?;
+        offer_the_rate(args, &lp).await
     }
     .await;
     let peaks = stack.stop().await;
@@ -227,9 +197,46 @@ async fn with_processes(
     report.verdict()
 }
 
-/// This run's id (in every idempotency key).
-fn run_id() -> String {
-    uuid::Uuid::now_v7().simple().to_string()[..12].to_owned()
+/// `--rate` for `--duration`, one step.
+async fn offer_the_rate(args: &E2eArgs, lp: &Loop) -> anyhow::Result<step::StepReport> {
+    eprintln!(
+        "offering {} orders at {}/s for {} s (open loop)",
+        (args.rate * args.duration).round().max(1.0),
+        args.rate,
+        args.duration
+    );
+    lp.step(0, args.rate, Duration::from_secs_f64(args.duration))
+        .await
+}
+
+impl Loop {
+    /// The loop of a running system: four clients to Orders at `orders_addr`, the database
+    /// `db`, `timeline` (whose observers see the adapter's answers if `answers_seen`).
+    async fn connect(
+        args: &E2eArgs,
+        orders_addr: SocketAddr,
+        timeline: Arc<Timeline>,
+        db: waybill_service_kit::db::Database,
+        answers_seen: bool,
+    ) -> anyhow::Result<Self> {
+        let mut clients = Vec::new();
+        for _ in 0..4 {
+            clients.push(
+                OrderServiceClient::connect(format!("http://{orders_addr}"))
+                    .await
+                    .context("cannot reach Orders")?,
+            );
+        }
+        Ok(Self {
+            clients,
+            timeline,
+            db,
+            run: uuid::Uuid::now_v7().simple().to_string()[..12].to_owned(),
+            quiet: Duration::from_secs(args.quiet_secs.max(1)),
+            drain_timeout: Duration::from_secs(args.drain_timeout_secs),
+            answers_seen,
+        })
+    }
 }
 
 /// `bench e2e --find-max`.
@@ -360,23 +367,14 @@ async fn with_loop<T>(
     .await?;
     let result = async {
         system.partners_ready(Duration::from_secs(60)).await?;
-        let mut clients = Vec::new();
-        for _ in 0..4 {
-            clients.push(
-                OrderServiceClient::connect(format!("http://{}", system.orders_addr))
-                    .await
-                    .context("cannot reach Orders")?,
-            );
-        }
-        let lp = Loop {
-            clients,
-            timeline: timeline.clone(),
-            db: system.database().clone(),
-            run: run_id(),
-            quiet: Duration::from_secs(args.quiet_secs.max(1)),
-            drain_timeout: Duration::from_secs(args.drain_timeout_secs),
-            answers_seen: true,
-        };
+        let lp = Loop::connect(
+            args,
+            system.orders_addr,
+            timeline.clone(),
+            system.database().clone(),
+            true,
+        )
+        .await?;
         body(&lp).await
     }
     .await;
