@@ -1,7 +1,7 @@
 //! The relay's event publisher against a real database and broker: one claim walks on while
 //! the previous walk is produced (Postgres), every event reaches the order-events topic once
 //! and in each order's sequence, and a walk that fails is published again while the walks the
-//! broker acknowledged are not.
+//! broker acknowledged are not; a partner's report carries every history field there.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -24,7 +24,10 @@ use waybill_dispatcher::{
 use waybill_proto::v1::{OrderEvent, OrderStatus};
 use waybill_service_kit::{on_both_backends, testing::TestBackend};
 
-on_both_backends!(events_of_many_walks_reach_the_topic_once_each_in_order);
+on_both_backends!(
+    events_of_many_walks_reach_the_topic_once_each_in_order,
+    order_events_carry_every_history_field,
+);
 
 const ORDERS: usize = 12;
 
@@ -161,4 +164,74 @@ async fn a_failed_walk_is_published_again_and_the_acknowledged_walks_are_not() {
     events.sort();
     events.dedup();
     assert_eq!(events.len(), ORDERS, "every event reached the topic");
+}
+
+/// A partner's report reaches the order-events topic with every field `WatchOrder` shows:
+/// detail, tracking id, detail code, action required, needs review, both times.
+async fn order_events_carry_every_history_field(backend: TestBackend) {
+    let h = Harness::new(backend).await;
+    h.partner("acme", "DE", Span::minutes(10), 2).await;
+    let order = h.place("DE", 1_000).await;
+    let relay = h.relay("dispatcher-a");
+    relay.run_cycle(true).await.unwrap();
+    h.report(order, "EXCEPTION", "acme").await;
+    let (detail, code, tracking) = ("address not found", "ADDRESS_NOT_FOUND", "AC123");
+    let fill = "UPDATE order_status_events SET detail = $2, detail_code = $3, tracking_id = $4, \
+                action_required = TRUE, needs_review = TRUE \
+                WHERE order_id = $1 AND status = 'EXCEPTION'";
+    match h.db.backend() {
+        waybill_service_kit::db::Backend::Postgres(pool) => {
+            sqlx::query(fill)
+                .bind(order)
+                .bind(detail)
+                .bind(code)
+                .bind(tracking)
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+        waybill_service_kit::db::Backend::Sqlite(pool) => {
+            sqlx::query(fill)
+                .bind(order.to_string())
+                .bind(detail)
+                .bind(code)
+                .bind(tracking)
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+    }
+    for _ in 0..500 {
+        if !relay.publish_events().await.unwrap().more {
+            break;
+        }
+    }
+    let events = h
+        .broker
+        .read_topic(&h.topics.order_events, 3, Duration::from_secs(10))
+        .await;
+    let reported = events
+        .iter()
+        .map(|m| OrderEvent::decode(m.payload.as_slice()).unwrap())
+        .find_map(|e| {
+            e.event
+                .filter(|e| e.status == OrderStatus::Exception as i32)
+        })
+        .expect("the EXCEPTION event on the order-events topic");
+    assert_eq!(reported.order_id, order.to_string());
+    assert_eq!(reported.partner_id, "acme");
+    assert_eq!(reported.sequence, 3);
+    assert_eq!(
+        (
+            reported.detail.as_str(),
+            reported.detail_code.as_str(),
+            reported.tracking_id.as_str()
+        ),
+        (detail, code, tracking)
+    );
+    assert!(
+        reported.action_required && reported.needs_review,
+        "{reported:?}"
+    );
+    assert!(reported.occurred_at.is_some() && reported.recorded_at.is_some());
 }

@@ -203,6 +203,12 @@ pub struct UnpublishedEvent {
     pub occurred_at: DateTime<Utc>,
     /// When it was recorded.
     pub recorded_at: DateTime<Utc>,
+    /// Partner reports: a machine-readable reason (may be empty).
+    pub detail_code: String,
+    /// Partner reports: someone must act.
+    pub action_required: bool,
+    /// Recorded after the order's final state: kept for operators, changed nothing.
+    pub needs_review: bool,
     /// The order's customer id.
     pub customer_id: String,
     /// The order's customer e-mail.

@@ -128,7 +128,9 @@ pub fn order_event_message(
             tracking_id: event.tracking_id.clone(),
             sequence: event.seq,
             recorded_at: Some(to_timestamp(event.recorded_at)),
-            ..OrderStatusEvent::default()
+            detail_code: event.detail_code.clone(),
+            action_required: event.action_required,
+            needs_review: event.needs_review,
         }),
         customer_id: event.customer_id.clone(),
         customer_email: event.customer_email.clone(),

@@ -1,7 +1,8 @@
 -- Up to $1 history events not yet on the order-events topic, oldest first, with their order's
 -- routing fields. No row locks in SQLite: one dispatcher per file.
 SELECT e.order_id, e.seq, e.status, e.partner_id, e.detail, e.tracking_id, e.occurred_at,
-       e.recorded_at, o.customer_id, o.customer_email, o.region
+       e.recorded_at, e.detail_code, e.action_required, e.needs_review,
+       o.customer_id, o.customer_email, o.region
 FROM order_status_events e JOIN orders o ON o.id = e.order_id
 WHERE e.published_at IS NULL
 ORDER BY e.recorded_at, e.order_id, e.seq

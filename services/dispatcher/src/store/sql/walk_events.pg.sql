@@ -3,7 +3,8 @@
 -- routing fields. Events already marked published (by a tool that wrote them so) are returned
 -- too, flagged, so the cursor moves past them.
 SELECT e.order_id, e.seq, e.status, e.partner_id, e.detail, e.tracking_id, e.occurred_at,
-       e.recorded_at, o.customer_id, o.customer_email, o.region,
+       e.recorded_at, e.detail_code, e.action_required, e.needs_review,
+       o.customer_id, o.customer_email, o.region,
        e.xid::text AS xid, e.published_at IS NOT NULL AS published
 FROM order_status_events e JOIN orders o ON o.id = e.order_id
 WHERE e.xid IS NOT NULL
