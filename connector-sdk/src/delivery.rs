@@ -57,7 +57,8 @@ pub(crate) const MAX_SENDING: usize = 128;
 /// Reports the pipeline holds in memory at once (on the wire or waiting for a place there).
 /// Past it a stored report stays in the inbox, where the scan finds it: when StatusIngest is
 /// slower than the partner, the queue grows on disk, not in memory (measured before the bound:
-/// 146 MiB with reports half a minute behind).
+/// 146 MiB with reports half a minute behind). Until the scan has caught up, later reports
+/// queue behind those in the inbox rather than overtaking them.
 pub(crate) const MAX_PENDING: usize = 8 * MAX_SENDING;
 /// The longest retry delay StatusIngest may ask for and get: a longer one is the backoff's.
 const QUICK_RETRY: Duration = Duration::from_millis(250);
@@ -90,8 +91,9 @@ pub(crate) struct ReportSender {
     /// Report ids being sent now (by the pipeline or the scan).
     sending: Mutex<HashSet<String>>,
     permits: Semaphore,
-    /// Whether a report was left to the scan because the pipeline was full (the scan is woken
-    /// again as soon as the pipeline has room).
+    /// Whether reports were left to the scan because the pipeline was full: until a scan sees
+    /// every due report, new ones go to the scan too (first stored, first sent), and the scan
+    /// is woken whenever the pipeline has room.
     overflowed: AtomicBool,
     /// The pipeline's tasks, waited for at shutdown.
     tasks: TaskTracker,
@@ -124,11 +126,12 @@ impl ReportSender {
     }
 
     /// Sends `report` now, on its own task (a report just stored by the worker), unless
-    /// [`MAX_PENDING`] are held already: then it waits in the inbox for the scan, woken here.
+    /// [`MAX_PENDING`] are held already or earlier reports wait in the inbox: then it waits
+    /// there for the scan, woken here.
     pub fn submit(self: &Arc<Self>, report: StoredReport) {
         {
             let mut sending = self.sending();
-            if sending.len() >= MAX_PENDING {
+            if sending.len() >= MAX_PENDING || self.overflowed.load(Ordering::Relaxed) {
                 drop(sending);
                 self.overflowed.store(true, Ordering::Relaxed);
                 self.wake.notify_one();
@@ -180,8 +183,8 @@ impl ReportSender {
             sending.remove(&report_id);
             sending.len() < MAX_PENDING
         };
-        // Reports were left in the inbox while the pipeline was full: the scan takes them now.
-        if room && self.overflowed.swap(false, Ordering::Relaxed) {
+        // Reports wait in the inbox since the pipeline was full: the scan takes them now.
+        if room && self.overflowed.load(Ordering::Relaxed) {
             self.wake.notify_one();
         }
     }
@@ -237,6 +240,11 @@ impl ReportSender {
                 return 0;
             }
         };
+        // Every due report is in hand: whatever the pipeline left to the inbox is caught up,
+        // and new reports may take the pipeline again.
+        if due.len() < usize::try_from(BATCH).unwrap_or(usize::MAX) {
+            self.overflowed.store(false, Ordering::Relaxed);
+        }
         let mut attempts = JoinSet::new();
         for report in due {
             if !self.claim(&report.report_id) {
@@ -487,6 +495,18 @@ mod tests {
         // A report already being sent is not claimed twice either.
         sender.submit(report(0));
         assert_eq!(sender.sending().len(), MAX_PENDING);
+        // Room again, but reports wait in the inbox: a new one queues behind them.
+        sender.sending().remove("report-1");
+        sender.submit(report(MAX_PENDING + 1));
+        assert_eq!(sender.sending().len(), MAX_PENDING - 1);
+        // Once a scan has every due report in hand (none here), the pipeline takes new ones.
+        assert_eq!(sender.send_due().await, 0);
+        sender.submit(report(MAX_PENDING + 2));
+        assert!(
+            sender
+                .sending()
+                .contains(&format!("report-{}", MAX_PENDING + 2))
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
