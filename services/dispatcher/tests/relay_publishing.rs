@@ -72,9 +72,14 @@ async fn publish_until(relay: &Relay, expected: usize) -> usize {
 
 /// `(order, sequence, status)` of every event on the topic, in topic order.
 async fn on_topic(h: &Harness, count: usize) -> Vec<(String, i64, i32)> {
+    read_events(h, count, Duration::from_secs(10)).await
+}
+
+/// `(order, sequence, status)` of up to `count` events on the topic, read for at most `wait`.
+async fn read_events(h: &Harness, count: usize, wait: Duration) -> Vec<(String, i64, i32)> {
     let read: Vec<ConsumedMessage> = h
         .broker
-        .read_topic(&h.topics.order_events, count, Duration::from_secs(10))
+        .read_topic(&h.topics.order_events, count, wait)
         .await;
     read.iter()
         .map(|m| {
@@ -166,17 +171,7 @@ async fn a_failed_walk_is_published_again_and_the_acknowledged_walks_are_not() {
     // The failed walk may have reached the topic in part before it failed, so its events can
     // be there twice: read everything (every event was acknowledged by now), then count each
     // event once.
-    let mut events: Vec<(String, i64, i32)> = h
-        .broker
-        .read_topic(&h.topics.order_events, ORDERS * 2, Duration::from_secs(5))
-        .await
-        .iter()
-        .map(|m| {
-            let event = OrderEvent::decode(m.payload.as_slice()).unwrap();
-            let inner = event.event.unwrap();
-            (event.order_id, inner.sequence, inner.status)
-        })
-        .collect();
+    let mut events = read_events(&h, ORDERS * 2, Duration::from_secs(5)).await;
     events.sort();
     events.dedup();
     assert_eq!(events.len(), ORDERS, "every event reached the topic");
@@ -195,28 +190,16 @@ async fn order_events_carry_every_history_field(backend: TestBackend) {
     let fill = "UPDATE order_status_events SET detail = $2, detail_code = $3, tracking_id = $4, \
                 action_required = TRUE, needs_review = TRUE \
                 WHERE order_id = $1 AND status = 'EXCEPTION'";
-    match h.db.backend() {
-        waybill_service_kit::db::Backend::Postgres(pool) => {
-            sqlx::query(fill)
-                .bind(order)
-                .bind(detail)
-                .bind(code)
-                .bind(tracking)
-                .execute(pool)
-                .await
-                .unwrap();
-        }
-        waybill_service_kit::db::Backend::Sqlite(pool) => {
-            sqlx::query(fill)
-                .bind(order.to_string())
-                .bind(detail)
-                .bind(code)
-                .bind(tracking)
-                .execute(pool)
-                .await
-                .unwrap();
-        }
-    }
+    waybill_service_kit::on_pool!(h.db.backend(), |pool| {
+        sqlx::query(fill)
+            .bind(waybill_service_kit::db::Id(order))
+            .bind(detail)
+            .bind(code)
+            .bind(tracking)
+            .execute(pool)
+            .await
+            .unwrap();
+    });
     // Published by the next walk, or a moment later when a transaction of another test on the
     // same Postgres server holds it back (the publisher's watermark, migration 0006).
     let reported = eventually(
