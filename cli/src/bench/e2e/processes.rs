@@ -66,6 +66,8 @@ pub(super) struct Processes {
     /// The bench's own connection (ledger, settling, the poll).
     pub(super) db: Database,
     services: Vec<Service>,
+    /// Where the processes' logs are.
+    dir: PathBuf,
     poll_stop: CancellationToken,
     poll: tokio::task::JoinHandle<()>,
 }
@@ -174,6 +176,7 @@ impl Processes {
             orders_addr,
             db: db.clone(),
             services,
+            dir: settings.dir.to_owned(),
             poll_stop: CancellationToken::new(),
             poll: tokio::spawn(async {}),
         };
@@ -190,7 +193,7 @@ impl Processes {
     async fn partner_ready(&mut self, metrics: SocketAddr) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            self.check_running()?;
+            exited(&mut self.services, &self.dir)?;
             if scrape(metrics)
                 .await
                 .is_ok_and(|page| page.contains("partition_in_flight{"))
@@ -203,15 +206,6 @@ impl Processes {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    }
-
-    fn check_running(&mut self) -> anyhow::Result<()> {
-        for service in &mut self.services {
-            if let Some(status) = service.child.try_wait()? {
-                anyhow::bail!("{} exited ({status}) during start-up", service.role);
-            }
-        }
-        Ok(())
     }
 
     /// Reads each process's peak memory, then stops them: the partner first (so no report is
@@ -252,6 +246,20 @@ fn spawn(role: &'static str, args: &[String], dir: &Path) -> anyhow::Result<Serv
     Ok(Service { role, child })
 }
 
+/// Fails, with its log, if one of `services` has exited (during start-up, each must run).
+fn exited(services: &mut [Service], dir: &Path) -> anyhow::Result<()> {
+    for service in services {
+        if let Some(status) = service.child.try_wait()? {
+            anyhow::bail!(
+                "{} exited ({status}) during start-up; its log:\n{}",
+                service.role,
+                std::fs::read_to_string(log_path(dir, service.role)).unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn log_path(dir: &Path, role: &str) -> PathBuf {
     dir.join(format!("{role}.log"))
 }
@@ -268,17 +276,8 @@ async fn wait_serving(
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };
     let deadline = Instant::now() + Duration::from_secs(60);
-    let log = || std::fs::read_to_string(log_path(dir, role)).unwrap_or_default();
     loop {
-        for service in services.iter_mut() {
-            if let Some(status) = service.child.try_wait()? {
-                anyhow::bail!(
-                    "{} exited ({status}) during start-up; its log:\n{}",
-                    service.role,
-                    std::fs::read_to_string(log_path(dir, service.role)).unwrap_or_default()
-                );
-            }
-        }
+        exited(services, dir)?;
         if let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
             .connect()
             .await
@@ -292,7 +291,7 @@ async fn wait_serving(
         anyhow::ensure!(
             Instant::now() < deadline,
             "{role} did not start within 60 s; its log:\n{}",
-            log()
+            std::fs::read_to_string(log_path(dir, role)).unwrap_or_default()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
