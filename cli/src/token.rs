@@ -16,8 +16,11 @@ use waybill_service_kit::{
     secrets::read_private_file,
 };
 use waybill_token::{
-    MAX_LIFETIME_SECONDS, MAX_SKEW_SECONDS, ParsedToken, Report, ReportClaims, SigningKey,
-    TokenSigner, VerifyingKey, check_validity, error::snippet, keys,
+    EnrolledKey, KeyRefusal, MAX_LIFETIME_SECONDS, Report, ReportClaims, SigningKey, TokenError,
+    TokenSigner,
+    checks::{Check, Outcome, Step},
+    error::snippet,
+    explain_report, keys,
 };
 
 /// `waybill token …`.
@@ -208,168 +211,71 @@ fn sign(args: SignArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One line of `--explain` output.
-fn step(explain: bool, ok: bool, what: &str, detail: &str) {
-    if explain {
-        let mark = if ok { "ok  " } else { "FAIL" };
-        println!(
-            "{mark} {what}{}{detail}",
-            if detail.is_empty() { "" } else { ": " }
-        );
+/// Why `waybill token verify` did not say "valid": the token was refused, or the key could not
+/// be read (an error of the command, not a verdict).
+#[derive(Debug)]
+enum Refusal {
+    Token(TokenError),
+    Failed(anyhow::Error),
+}
+
+impl From<TokenError> for Refusal {
+    fn from(error: TokenError) -> Self {
+        Self::Token(error)
     }
 }
 
-async fn verify(args: VerifyArgs) -> anyhow::Result<bool> {
-    let explain = args.explain;
-    let token = if args.token == "-" {
-        let mut text = String::new();
-        std::io::stdin().read_line(&mut text)?;
-        text.trim().to_owned()
-    } else {
-        args.token.trim().to_owned()
-    };
-    let now = args.at.unwrap_or_else(Utc::now);
-
-    let parsed = match ParsedToken::parse(&token) {
-        Ok(parsed) => parsed,
-        Err(error) => {
-            step(
-                explain,
-                false,
-                "form, typ, alg and headers",
-                &error.to_string(),
-            );
-            hint(
-                explain,
-                "sign with alg EdDSA and the header {\"typ\":\"wb-report+jwt\",\"kid\":\"<enrolled key id>\"}; never put a key (jwk, jku, x5u, x5c) or crit in the header; kid, iss and jti must not be empty or contain control characters (NUL, line breaks)",
-            );
-            return refused(explain, &error.to_string());
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Token(error) => error.fmt(f),
+            Self::Failed(error) => write!(f, "{error:#}"),
         }
-    };
-    let claims = parsed.unverified_claims().clone();
-    step(
-        explain,
-        true,
-        "form, typ, alg and headers",
-        &format!("kid {:?}, iss {:?}", parsed.key_id(), parsed.issuer()),
-    );
-    if explain {
-        println!(
-            "     claims: sub {:?}, report_id {:?}, status {:?}, tracking_id {:?}, detail {}, detail_code {:?}, action_required {}, occurred_at {:?}, aud {:?}, iat {}, exp {}, jti {:?}",
-            claims.sub,
-            claims.report_id,
-            claims.status,
-            claims.tracking_id,
-            snippet(&claims.detail),
-            claims.detail_code,
-            claims.action_required,
-            claims.occurred_at,
-            claims.aud,
-            claims.iat,
-            claims.exp,
-            claims.jti
-        );
     }
+}
 
-    let key: Option<VerifyingKey> = match (&args.key, &args.database_url) {
+/// The key to check the signature with: the `--key` file, the one enrolled in the database, or
+/// none given.
+async fn key_for(
+    args: &VerifyArgs,
+    partner_id: &str,
+    key_id: &str,
+) -> Result<Option<EnrolledKey>, Refusal> {
+    match (&args.key, &args.database_url) {
         (Some(path), _) => {
-            let bytes =
-                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-            Some(
-                keys::verifying_key_from_bytes(&bytes)
-                    .with_context(|| format!("cannot read {}", path.display()))?,
-            )
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("cannot read {}", path.display()))
+                .map_err(Refusal::Failed)?;
+            let key = keys::verifying_key_from_bytes(&bytes)
+                .with_context(|| format!("cannot read {}", path.display()))
+                .map_err(Refusal::Failed)?;
+            Ok(Some(EnrolledKey::Current(key)))
         }
         (None, Some(url)) => {
             let shutdown = tokio_util::sync::CancellationToken::new();
-            let db = Database::connect(url, &PoolSettings::default(), shutdown.clone()).await?;
+            let db = Database::connect(url, &PoolSettings::default(), shutdown.clone())
+                .await
+                .map_err(|error| Refusal::Failed(error.into()))?;
             let store = waybill_status_ingest::store::for_database(&db);
-            let enrolled = store.partner_key(parsed.issuer(), parsed.key_id()).await;
+            let enrolled = store.partner_key(partner_id, key_id).await;
             db.close().await;
             shutdown.cancel();
-            match enrolled.context("cannot read the enrolled keys")? {
-                None => {
-                    let message = format!(
-                        "unknown_key: no key {:?} is enrolled for partner {:?}",
-                        parsed.key_id(),
-                        parsed.issuer()
-                    );
-                    step(explain, false, "key enrolled", &message);
-                    hint(
-                        explain,
-                        "enrol the public key with DispatchAdmin.AddPartnerKey (waybill keys generate prints the call), and use its key id as kid and your partner id as iss",
-                    );
-                    return refused(explain, &message);
-                }
-                Some(key) if key.revoked_at.is_some() => {
-                    let message = format!("revoked_key: key {:?} was revoked", parsed.key_id());
-                    step(explain, false, "key enrolled and not revoked", &message);
-                    hint(
-                        explain,
-                        "sign with a current key; enrol a new one first when rotating",
-                    );
-                    return refused(explain, &message);
-                }
-                Some(key) => Some(
-                    keys::verifying_key_from_bytes(&key.public_key)
-                        .context("the enrolled key is not an Ed25519 public key")?,
-                ),
-            }
+            let enrolled = enrolled
+                .context("cannot read the enrolled keys")
+                .map_err(Refusal::Failed)?;
+            Ok(Some(enrolled.map_or(
+                EnrolledKey::Refused(KeyRefusal::Unknown),
+                |key| EnrolledKey::stored(&key.public_key, key.revoked_at),
+            )))
         }
-        (None, None) => None,
-    };
-    match key {
-        None => step(
-            explain,
-            true,
-            "key and signature",
-            "not checked (give --key or --database-url)",
-        ),
-        Some(key) => {
-            let source = if args.key.is_some() {
-                "the --key file"
-            } else {
-                "the enrolled key, not revoked"
-            };
-            step(explain, true, "key", source);
-            if let Err(error) = parsed.clone().verify_signature(&key) {
-                step(
-                    explain,
-                    false,
-                    "signature (strict Ed25519)",
-                    &error.to_string(),
-                );
-                hint(
-                    explain,
-                    "the token was signed with another private key than the one enrolled under this kid, or altered after signing",
-                );
-                return refused(explain, &error.to_string());
-            }
-            step(explain, true, "signature (strict Ed25519)", "");
-        }
+        (None, None) => Ok(None),
     }
+}
 
-    if let Err(error) = check_validity(&claims, &args.audience, now) {
-        step(
-            explain,
-            false,
-            "audience, expiry, issued-at, lifetime",
-            &error.to_string(),
-        );
-        hint(
-            explain,
-            &format!(
-                "aud must be {:?}; iat = now (your clock within {MAX_SKEW_SECONDS} s of UTC), exp = iat + at most {MAX_LIFETIME_SECONDS} s; Waybill's time is {}",
-                args.audience,
-                now.timestamp()
-            ),
-        );
-        return refused(explain, &error.to_string());
-    }
-    step(explain, true, "audience, expiry, issued-at, lifetime", "");
-
-    let given = &args.report;
-    let bound = Report {
+/// The request to compare the claims with: each field given on the command line, the claim
+/// itself for the others.
+fn request(given: &ReportArgs, claims: &ReportClaims) -> Result<Report, Refusal> {
+    Ok(Report {
         partner_id: given.partner.clone().unwrap_or_else(|| claims.iss.clone()),
         order_id: given.order.clone().unwrap_or_else(|| claims.sub.clone()),
         report_id: given
@@ -377,7 +283,7 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<bool> {
             .clone()
             .unwrap_or_else(|| claims.report_id.clone()),
         status: match &given.status {
-            Some(status) => status_name(status)?,
+            Some(status) => status_name(status).map_err(Refusal::Failed)?,
             None => claims.status.clone(),
         },
         tracking_id: given
@@ -397,21 +303,12 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<bool> {
             Some(at) => at,
             None => claims.occurred_at()?,
         },
-    };
-    if let Err(error) = claims.check_bound_to(&bound) {
-        step(
-            explain,
-            false,
-            "claims equal the request",
-            &error.to_string(),
-        );
-        hint(
-            explain,
-            "sign a token for exactly the report you send, every field as a claim: same partner (iss), order (sub), report_id, status, tracking_id, detail, detail_code, action_required and occurred_at (an empty field: the claim empty or left out)",
-        );
-        return refused(explain, &error.to_string());
-    }
-    let compared = given.partner.is_some()
+    })
+}
+
+/// Whether any field of the request was given to compare with.
+fn compared(given: &ReportArgs) -> bool {
+    given.partner.is_some()
         || given.order.is_some()
         || given.report_id.is_some()
         || given.status.is_some()
@@ -419,38 +316,103 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<bool> {
         || given.detail.is_some()
         || given.detail_code.is_some()
         || given.action_required.is_some()
-        || given.occurred_at.is_some();
-    step(
-        explain,
-        true,
-        "claims equal the request",
-        if compared {
-            ""
-        } else {
-            "not compared (give --order, --report-id, … to compare)"
-        },
+        || given.occurred_at.is_some()
+}
+
+/// Prints one check of `--explain`: `ok`, `FAIL` with what to do, or `--` not checked.
+fn explain_step(args: &VerifyArgs, now: DateTime<Utc>, step: &Step<'_>) {
+    let (mark, detail) = match step.outcome {
+        Outcome::Passed(detail) => ("ok  ", detail.to_owned()),
+        Outcome::NotChecked(why) => ("--  ", why.to_owned()),
+        Outcome::Failed(error) => ("FAIL", error.to_owned()),
+    };
+    let detail = match (step.check, step.outcome) {
+        (Check::Key, Outcome::Passed(_)) if args.key.is_some() => "the --key file".to_owned(),
+        (Check::Key, Outcome::Passed(_)) => "the enrolled key, not revoked".to_owned(),
+        (Check::Binding, Outcome::Passed(_)) if !compared(&args.report) => {
+            "not compared (give --order, --report-id, … to compare)".to_owned()
+        }
+        _ => detail,
+    };
+    let what = step.check.name();
+    println!(
+        "{mark} {what}{}{detail}",
+        if detail.is_empty() { "" } else { ": " }
     );
-    if explain {
+    if let (Check::Form, Outcome::Passed(_), Some(claims)) = (step.check, step.outcome, step.claims)
+    {
         println!(
-            "     left to StatusIngest: the order is routed to this partner, the jti is new, the report id is new"
+            "     claims: sub {:?}, report_id {:?}, status {:?}, tracking_id {:?}, detail {}, detail_code {:?}, action_required {}, occurred_at {:?}, aud {:?}, iat {}, exp {}, jti {:?}",
+            claims.sub,
+            claims.report_id,
+            claims.status,
+            claims.tracking_id,
+            snippet(&claims.detail),
+            claims.detail_code,
+            claims.action_required,
+            claims.occurred_at,
+            claims.aud,
+            claims.iat,
+            claims.exp,
+            claims.jti
         );
+    }
+    if let Outcome::Failed(_) = step.outcome {
+        println!("     what to do: {}", step.check.remedy());
+        if step.check == Check::Validity {
+            println!(
+                "     here: aud must be {:?}; Waybill's time is {}",
+                args.audience,
+                now.timestamp()
+            );
+        }
+    }
+}
+
+/// `waybill token verify`: StatusIngest's own walk of the checks ([`explain_report`]), each
+/// printed with `--explain`. `Ok(false)`: refused.
+async fn verify(args: VerifyArgs) -> anyhow::Result<bool> {
+    let token = if args.token == "-" {
+        let mut text = String::new();
+        std::io::stdin().read_line(&mut text)?;
+        text.trim().to_owned()
     } else {
-        println!("valid");
+        args.token.trim().to_owned()
+    };
+    let now = args.at.unwrap_or_else(Utc::now);
+    let args = &args;
+    let walked = explain_report(
+        &token,
+        &args.audience,
+        now,
+        |partner_id, key_id| async move { key_for(args, &partner_id, &key_id).await },
+        |claims| request(&args.report, claims),
+        &mut |step| {
+            if args.explain {
+                explain_step(args, now, &step);
+            }
+        },
+    )
+    .await;
+    match walked {
+        Ok(_) if args.explain => {
+            println!(
+                "     left to StatusIngest: the order is routed to this partner, the jti is new, the report id is new"
+            );
+            Ok(true)
+        }
+        Ok(_) => {
+            println!("valid");
+            Ok(true)
+        }
+        Err(Refusal::Token(error)) => {
+            if !args.explain {
+                println!("refused: {error}");
+            }
+            Ok(false)
+        }
+        Err(Refusal::Failed(error)) => Err(error),
     }
-    Ok(true)
-}
-
-fn hint(explain: bool, text: &str) {
-    if explain {
-        println!("     what to do: {text}");
-    }
-}
-
-fn refused(explain: bool, message: &str) -> anyhow::Result<bool> {
-    if !explain {
-        println!("refused: {message}");
-    }
-    Ok(false)
 }
 
 /// Runs `waybill keys …`.

@@ -33,7 +33,8 @@
 //! time takes `now`: nothing here reads a clock, and nothing installs process-wide state, so a
 //! partner's program can embed it freely.
 //!
-//! Layout: [`jws`] (signing, parsing and the checks, as separate steps so a verifier looks the
+//! Layout: [`checks`] (the ordered checks, walked by StatusIngest and by `--explain` alike),
+//! [`jws`] (signing, parsing and the checks, as separate steps so a verifier looks the
 //! key up between parsing and the signature), [`claims`] (what a token says and how each claim
 //! is bound to the request), [`keys`] (key files), [`error`] (the [`RejectReason`] of each
 //! check).
@@ -123,6 +124,7 @@
 //! # Ok::<(), waybill_token::TokenError>(())
 //! ```
 
+pub mod checks;
 pub mod claims;
 pub mod error;
 pub mod jws;
@@ -131,6 +133,7 @@ pub mod keys;
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
 
 pub use crate::{
+    checks::{Check, EnrolledKey, KeyRefusal, VerifiedReport, explain_report, verify_report},
     error::{KeyError, RejectReason, TokenError},
     jws::{
         ALGORITHM, Audience, MAX_LIFETIME_SECONDS, MAX_SKEW_SECONDS, MAX_TOKEN_BYTES, ParsedToken,

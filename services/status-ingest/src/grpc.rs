@@ -25,7 +25,6 @@
 
 use std::{sync::Arc, time::Instant};
 
-use chrono::{DateTime, Utc};
 use tonic::{Request, Response, Status};
 use tracing::{debug, warn};
 use waybill_proto::v1::{self as pb, status_ingest_server::StatusIngest};
@@ -34,8 +33,8 @@ use waybill_service_kit::{
     text::{InvalidField, quote},
 };
 use waybill_token::{
-    MAX_SKEW_SECONDS, ParsedToken, RejectReason, Report, TokenError, VerifyingKey,
-    keys::verifying_key_from_bytes,
+    EnrolledKey, KeyRefusal, MAX_SKEW_SECONDS, RejectReason, Report, TokenError, VerifiedReport,
+    verify_report,
 };
 
 use crate::{
@@ -76,19 +75,6 @@ impl IngestApi {
     /// Every check and the effects; `Ok(true)` for a duplicate.
     async fn report(&self, request: &pb::ReportStatusRequest) -> Result<bool, IngestError> {
         let fields = validate::report_fields(request)?;
-        if request.token.is_empty() {
-            return Err(TokenError::new(
-                RejectReason::Malformed,
-                "token is required: a report token signed with your enrolled key",
-            )
-            .into());
-        }
-        let parsed = ParsedToken::parse(&request.token)?;
-        let public_key = self.enrolled_key(parsed.issuer(), parsed.key_id()).await?;
-        let parsed_key_id = parsed.key_id().to_owned();
-        let verified = parsed.verify_signature(&public_key)?;
-        let now = self.clock.now();
-        verified.check_validity(&self.audience, now)?;
         let bound = Report {
             partner_id: request.partner_id.clone(),
             order_id: request.correlation_id.clone(),
@@ -100,8 +86,20 @@ impl IngestApi {
             action_required: request.action_required,
             occurred_at: fields.occurred_at,
         };
-        verified.claims().check_bound_to(&bound)?;
-        let claims = verified.into_claims();
+        let now = self.clock.now();
+        let VerifiedReport {
+            claims,
+            key_id,
+            key,
+        } = verify_report(
+            &request.token,
+            &self.audience,
+            now,
+            |partner_id, key_id| self.enrolled_key(partner_id, key_id),
+            &bound,
+        )
+        .await?;
+        self.keys.remember(&claims.iss, &key_id, key);
         let kept_until =
             chrono::DateTime::from_timestamp(claims.exp.saturating_add(MAX_SKEW_SECONDS), 0)
                 .unwrap_or(now);
@@ -118,7 +116,7 @@ impl IngestApi {
             occurred_at: fields.occurred_at,
             token_id: claims.jti,
             token_id_kept_until: kept_until,
-            key_id: parsed_key_id,
+            key_id,
         };
         match self.store.record_report(&report).await? {
             ReportOutcome::Accepted { sequence, effects } => {
@@ -146,7 +144,8 @@ impl IngestApi {
             ReportOutcome::KeyRevoked(revoked_at) => {
                 // Revoked since this instance remembered it.
                 self.keys.forget(&report.partner_id, &report.key_id);
-                Err(key_refused(&report.partner_id, &report.key_id, revoked_at).into())
+                let why = revoked_at.map_or(KeyRefusal::Unknown, KeyRefusal::Revoked);
+                Err(why.error(&report.partner_id, &report.key_id).into())
             }
             ReportOutcome::ReportIdReused => Err(InvalidField::new(
                 "report_id",
@@ -161,35 +160,20 @@ impl IngestApi {
 }
 
 impl IngestApi {
-    /// The key `key_id` enrolled for `partner_id`, from memory or from the store (then
-    /// remembered); refused if unknown, revoked or not a valid Ed25519 key.
+    /// What is enrolled as key `key_id` of `partner_id`: from memory (a key that verified a
+    /// token before) or from the store.
     async fn enrolled_key(
         &self,
-        partner_id: &str,
-        key_id: &str,
-    ) -> Result<VerifyingKey, IngestError> {
-        if let Some(key) = self.keys.get(partner_id, key_id) {
-            return Ok(key);
+        partner_id: String,
+        key_id: String,
+    ) -> Result<EnrolledKey, IngestError> {
+        if let Some(key) = self.keys.get(&partner_id, &key_id) {
+            return Ok(EnrolledKey::Current(key));
         }
-        let key = self
-            .store
-            .partner_key(partner_id, key_id)
-            .await?
-            .ok_or_else(|| key_refused(partner_id, key_id, None))?;
-        if let Some(revoked_at) = key.revoked_at {
-            return Err(key_refused(partner_id, key_id, Some(revoked_at)).into());
-        }
-        let public_key = verifying_key_from_bytes(&key.public_key).map_err(|_| {
-            TokenError::new(
-                RejectReason::BadSignature,
-                format!(
-                    "enrolled key {} is not a valid Ed25519 public key; enrol a new one",
-                    quote(key_id)
-                ),
-            )
-        })?;
-        self.keys.remember(partner_id, key_id, public_key);
-        Ok(public_key)
+        Ok(match self.store.partner_key(&partner_id, &key_id).await? {
+            Some(key) => EnrolledKey::stored(&key.public_key, key.revoked_at),
+            None => EnrolledKey::Refused(KeyRefusal::Unknown),
+        })
     }
 
     /// [`IngestApi::report`], with a refusal counted by reason and logged.
@@ -225,29 +209,6 @@ impl IngestApi {
             flagged_for_review: stats.flagged_for_review,
             rejected: stats.rejected.into_iter().collect(),
         }
-    }
-}
-
-/// The refusal of key `key_id` of `partner_id`: revoked at `revoked_at`, or not enrolled.
-fn key_refused(partner_id: &str, key_id: &str, revoked_at: Option<DateTime<Utc>>) -> TokenError {
-    match revoked_at {
-        Some(revoked_at) => TokenError::new(
-            RejectReason::RevokedKey,
-            format!(
-                "key {} of partner {} was revoked at {}; sign with a current key",
-                quote(key_id),
-                quote(partner_id),
-                revoked_at.to_rfc3339()
-            ),
-        ),
-        None => TokenError::new(
-            RejectReason::UnknownKey,
-            format!(
-                "no key {} is enrolled for partner {} (the token's kid and iss)",
-                quote(key_id),
-                quote(partner_id)
-            ),
-        ),
     }
 }
 
