@@ -24,38 +24,12 @@ use tonic::{Status, codegen::http};
 use tower::{Layer, Service};
 use tracing::info;
 
-pub use super::credentials::{Credentials, CredentialsError, hash_api_key};
 use super::incoming::PeerInfo;
+pub use super::{
+    caller::{Caller, Role},
+    credentials::{Credentials, CredentialsError, hash_api_key},
+};
 use crate::text::quote;
-
-/// What a caller may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Places and reads orders (`OrderService`).
-    Storefront,
-    /// Steers the dispatcher (`DispatchAdmin`).
-    Operator,
-}
-
-impl Role {
-    /// Lower-case name, as in the credentials file.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Storefront => "storefront",
-            Self::Operator => "operator",
-        }
-    }
-}
-
-/// An authenticated caller; a request extension on every call that carried a credential.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
-    /// Name from the credentials file (what audit records and rate limits use).
-    pub name: Arc<str>,
-    /// Role.
-    pub role: Role,
-}
 
 /// What an RPC path requires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use subtle::ConstantTimeEq;
 use tracing::{info, warn};
 
 use super::{
-    auth::{Caller, Role},
+    caller::{Caller, Role},
     reload::{FileStamps, Reload, file_stamps},
 };
 use crate::text::quote;

@@ -3,6 +3,7 @@
 //!
 //! - [`tls`]: certificate and key from files, optional mTLS;
 //! - [`incoming`]: the accepted connections (plain or TLS) and what is known about each peer;
+//! - [`caller`]: who is calling (a [`Caller`] and its [`Role`]);
 //! - [`credentials`]: the credentials file (API keys or client certificates mapped to roles);
 //! - [`auth`]: the one layer that decides who may call what and writes the operators' audit
 //!   trail;
@@ -15,6 +16,7 @@
 //! without TLS and credentials, unless `--insecure` says so.
 
 pub mod auth;
+pub mod caller;
 pub mod credentials;
 pub mod incoming;
 pub mod rate_limit;
@@ -26,7 +28,8 @@ use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, sync::Arc, time::Dura
 use tracing::warn;
 
 pub use self::{
-    auth::{Caller, Credentials, Role},
+    caller::{Caller, Role},
+    credentials::Credentials,
     rate_limit::RateLimit,
     reload::Reloader,
     tls::{ClientCerts, ReloadableTls, TlsFiles},
@@ -125,7 +128,7 @@ pub enum SecurityError {
     Tls(#[from] tls::TlsError),
     /// The credentials file could not be loaded.
     #[error(transparent)]
-    Credentials(#[from] auth::CredentialsError),
+    Credentials(#[from] credentials::CredentialsError),
     /// A production listener reachable from the network without protection.
     #[error(
         "refusing to serve {addr} without {missing}: configure --tls-cert/--tls-key{and_credentials}, bind a loopback address, or pass --insecure"

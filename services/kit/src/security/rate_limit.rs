@@ -16,7 +16,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tonic::{Status, codegen::http};
 use tower::{Layer, Service};
 
-use super::{auth::Caller, incoming::PeerInfo};
+use super::{caller::Caller, incoming::PeerInfo};
 
 /// The RPCs that are rate-limited.
 pub const LIMITED_RPCS: &[&str] = &[
