@@ -11,7 +11,7 @@
 use std::{str::FromStr, time::Duration};
 
 use sqlx::{
-    PgPool, SqlitePool,
+    PgPool,
     postgres::{PgConnectOptions, PgListener},
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
@@ -20,16 +20,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use uuid::Uuid;
 
+mod backend;
 mod failure;
 mod order_lines;
 mod pg_pool;
 mod value;
 
 pub use self::{
+    backend::{Backend, PoolSettings, Statement},
     failure::{Failure, classify},
     order_lines::{OrderLineRow, lines_of},
     pg_pool::begin,
-    value::{Id, IdList, Instant, Statement, TextList},
+    value::{Id, IdList, Instant, TextList},
 };
 
 /// Postgres `NOTIFY` channel: payload is the order id whose status history grew, or several
@@ -56,28 +58,30 @@ pub enum DbError {
     Migrate(sqlx::migrate::MigrateError),
 }
 
-/// Pool sizing and connection settings.
-#[derive(Debug, Clone)]
-pub struct PoolSettings {
-    /// Upper bound on open connections (Postgres). SQLite uses its own small pool.
-    pub max_connections: u32,
-    /// How long a caller waits for a free connection before failing.
-    pub acquire_timeout: Duration,
-    /// How long a pooled Postgres connection may take to answer the ping it gets when it goes
-    /// back to the pool (and before one idle for a second is handed out) before it is replaced
-    /// by a new connection; also the bound of each attempt to connect that replacement (see
-    /// `pg_pool`: sqlx 0.8's own ping and close have no bound).
-    pub answer_timeout: Duration,
-}
-
-impl Default for PoolSettings {
-    fn default() -> Self {
-        Self {
-            max_connections: 16,
-            acquire_timeout: Duration::from_secs(5),
-            answer_timeout: Duration::from_secs(5),
+/// Runs the same query-building code against whichever pool a [`Backend`]
+/// holds: `on_pool!(backend, |pool| …)`, or with a [`Statement`] whose text for that backend is
+/// bound to `sql`: `on_pool!(backend, STATEMENT, |pool, sql| …)`. The body is compiled once per
+/// backend, so everything it binds and decodes must work on both (see [`Id`], [`Instant`]).
+#[macro_export]
+macro_rules! on_pool {
+    ($backend:expr, |$pool:ident| $body:expr) => {
+        match $backend {
+            $crate::db::Backend::Postgres($pool) => $body,
+            $crate::db::Backend::Sqlite($pool) => $body,
         }
-    }
+    };
+    ($backend:expr, $statement:expr, |$pool:ident, $sql:ident| $body:expr) => {
+        match $backend {
+            $crate::db::Backend::Postgres($pool) => {
+                let $sql = $statement.postgres;
+                $body
+            }
+            $crate::db::Backend::Sqlite($pool) => {
+                let $sql = $statement.sqlite;
+                $body
+            }
+        }
+    };
 }
 
 /// A connected, migrated database.
@@ -89,15 +93,6 @@ pub struct Database {
     location: String,
     /// The newest migration applied (the embedded migrations all ran at connect).
     schema_version: i64,
-}
-
-/// The pool of one backend.
-#[derive(Debug, Clone)]
-pub enum Backend {
-    /// Production.
-    Postgres(PgPool),
-    /// Embedded.
-    Sqlite(SqlitePool),
 }
 
 impl Database {

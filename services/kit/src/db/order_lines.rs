@@ -5,7 +5,10 @@ use std::collections::HashMap;
 
 use uuid::Uuid;
 
-use super::{Backend, Id, IdList, Statement};
+use super::{
+    backend::{Backend, Statement},
+    value::{Id, IdList},
+};
 use crate::on_pool;
 
 const ORDER_LINES: Statement = Statement {

@@ -23,7 +23,7 @@ use sqlx::{
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::PoolSettings;
+use super::backend::PoolSettings;
 
 /// A pooled connection idle for longer than this is pinged before it is handed out: it may
 /// have been closed by a database restart or an idle timeout since. One released less than

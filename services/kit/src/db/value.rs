@@ -5,9 +5,6 @@
 //! `TIMESTAMPTZ`; on SQLite an id is its hyphenated text and an instant INTEGER microseconds
 //! since the Unix epoch (so they compare and sort as numbers). A list of ids travels as a
 //! `UUID[]` on Postgres and as a JSON array of texts on SQLite (read there with `json_each`).
-//!
-//! [`on_pool!`](crate::on_pool) runs the same query-building code against whichever pool a
-//! [`Backend`](super::Backend) holds; [`Statement`] carries a statement's text per backend.
 
 use chrono::{DateTime, Utc};
 use sqlx::{
@@ -40,51 +37,6 @@ pub struct TextList(pub Vec<String>);
 impl<S: Into<String>> FromIterator<S> for TextList {
     fn from_iter<I: IntoIterator<Item = S>>(iter: I) -> Self {
         Self(iter.into_iter().map(Into::into).collect())
-    }
-}
-
-/// One statement's text per backend (placeholders `$1`, `$2`, … work on both).
-#[derive(Debug, Clone, Copy)]
-pub struct Statement {
-    /// The Postgres text.
-    pub postgres: &'static str,
-    /// The SQLite text.
-    pub sqlite: &'static str,
-}
-
-/// Runs the same query-building code against whichever pool a [`Backend`](crate::db::Backend)
-/// holds: `on_pool!(backend, |pool| …)`, or with a [`Statement`] whose text for that backend is
-/// bound to `sql`: `on_pool!(backend, STATEMENT, |pool, sql| …)`. The body is compiled once per
-/// backend, so everything it binds and decodes must work on both (see [`Id`], [`Instant`]).
-#[macro_export]
-macro_rules! on_pool {
-    ($backend:expr, |$pool:ident| $body:expr) => {
-        match $backend {
-            $crate::db::Backend::Postgres($pool) => $body,
-            $crate::db::Backend::Sqlite($pool) => $body,
-        }
-    };
-    ($backend:expr, $statement:expr, |$pool:ident, $sql:ident| $body:expr) => {
-        match $backend {
-            $crate::db::Backend::Postgres($pool) => {
-                let $sql = $statement.postgres;
-                $body
-            }
-            $crate::db::Backend::Sqlite($pool) => {
-                let $sql = $statement.sqlite;
-                $body
-            }
-        }
-    };
-}
-
-impl Statement {
-    /// The text for `backend`.
-    pub fn text(&self, backend: &super::Backend) -> &'static str {
-        match backend {
-            super::Backend::Postgres(_) => self.postgres,
-            super::Backend::Sqlite(_) => self.sqlite,
-        }
     }
 }
 
