@@ -3,7 +3,7 @@
 
 use sqlx::PgPool;
 
-use super::{StoreError, sql::bind_order};
+use super::{error::StoreError, statements::bind_order};
 use crate::{convert::outbox_message, domain::model::NewOrder};
 
 const PLACE_ORDER: &str = include_str!("sql/place_order.pg.sql");

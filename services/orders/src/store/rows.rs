@@ -7,7 +7,7 @@ use uuid::Uuid;
 use waybill_proto::v1::OrderStatus;
 use waybill_service_kit::db::{Id, Instant, OrderLineRow};
 
-use super::StoreError;
+use super::error::StoreError;
 use crate::domain::model::{Address, CatalogItem, Customer, OrderRecord, PricedLine, StatusEvent};
 
 /// An order (lines and history are read separately).

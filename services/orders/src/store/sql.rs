@@ -3,7 +3,6 @@
 //! `sqlite.rs` (one transaction under the single writer).
 
 use async_trait::async_trait;
-use sqlx::{Database as SqlxDatabase, Encode, Type, query::Query};
 use uuid::Uuid;
 use waybill_service_kit::{
     db::{Backend, ChangeFeed, Database, Id, IdList, Instant, Statement, TextList, lines_of},
@@ -11,9 +10,11 @@ use waybill_service_kit::{
 };
 
 use super::{
-    OrderStore, Placement, StoreError, created_record, postgres,
+    error::StoreError,
+    postgres,
     rows::{CatalogRow, EventRow, KeyOwnerRow, OrderRow, assemble},
     sqlite,
+    traits::{OrderStore, Placement},
 };
 use crate::domain::{
     model::{CatalogItem, NewOrder, OrderRecord, StatusEvent},
@@ -82,39 +83,6 @@ impl SqlOrderStore {
         let lines = lines_of(&self.db, &ids).await?;
         assemble(orders, lines, events)
     }
-}
-
-/// Binds the order's own columns, `$1` to `$17` of both backends' placing statement.
-pub(super) fn bind_order<'q, DB>(
-    query: Query<'q, DB, <DB as SqlxDatabase>::Arguments<'q>>,
-    order: &'q NewOrder,
-) -> Query<'q, DB, <DB as SqlxDatabase>::Arguments<'q>>
-where
-    DB: SqlxDatabase,
-    Id: Encode<'q, DB> + Type<DB>,
-    Instant: Encode<'q, DB> + Type<DB>,
-    &'q str: Encode<'q, DB> + Type<DB>,
-    &'q [u8]: Encode<'q, DB> + Type<DB>,
-    i64: Encode<'q, DB> + Type<DB>,
-{
-    query
-        .bind(Id(order.id))
-        .bind(order.idempotency_key.as_str())
-        .bind(order.request_hash.as_slice())
-        .bind(order.customer.id.as_str())
-        .bind(order.customer.name.as_str())
-        .bind(order.customer.email.as_str())
-        .bind(order.customer.phone.as_str())
-        .bind(order.ship_to.line1.as_str())
-        .bind(order.ship_to.line2.as_str())
-        .bind(order.ship_to.city.as_str())
-        .bind(order.ship_to.region.as_str())
-        .bind(order.ship_to.postal_code.as_str())
-        .bind(order.ship_to.country_code.as_str())
-        .bind(order.currency_code.as_str())
-        .bind(order.total_minor)
-        .bind(order.region.as_str())
-        .bind(Instant(order.placed_at))
 }
 
 #[async_trait]
@@ -233,5 +201,33 @@ impl OrderStore for SqlOrderStore {
                 .await?
         });
         rows.into_iter().map(StatusEvent::try_from).collect()
+    }
+}
+
+/// The record of a just-created order, built from what was written (no read-back needed).
+fn created_record(order: &NewOrder) -> OrderRecord {
+    OrderRecord {
+        id: order.id,
+        customer: order.customer.clone(),
+        ship_to: order.ship_to.clone(),
+        lines: order.lines.clone(),
+        currency_code: order.currency_code.clone(),
+        total_minor: order.total_minor,
+        region: order.region.clone(),
+        tracking_id: None,
+        placed_at: order.placed_at,
+        history: vec![StatusEvent {
+            order_id: order.id,
+            seq: 1,
+            status: waybill_proto::v1::OrderStatus::Placed,
+            partner_id: String::new(),
+            detail: String::new(),
+            tracking_id: String::new(),
+            occurred_at: order.placed_at,
+            recorded_at: order.placed_at,
+            detail_code: String::new(),
+            action_required: false,
+            needs_review: false,
+        }],
     }
 }

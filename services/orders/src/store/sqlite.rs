@@ -6,7 +6,7 @@
 use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 use waybill_service_kit::db::{Change, ChangeFeed, Id, Instant};
 
-use super::{StoreError, sql::bind_order};
+use super::{error::StoreError, statements::bind_order};
 use crate::{convert::outbox_message, domain::model::NewOrder};
 
 const PLACE_ORDER: &str = include_str!("sql/place_order.sqlite.sql");
