@@ -4,13 +4,21 @@
 //!   `proto/waybill/v1/*.proto` with a vendored `protoc`.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC server reflection.
 //! - [`headers`]: the Kafka header names every producer and consumer agrees on.
+//! - [`outbox`]: the partner message (`DispatchedOrder`) as stored in the outbox, sent with its
+//!   per-send fields, read for routing and received: one owner for its bytes.
+//! - [`history`]: the history event (`OrderStatusEvent`) as Orders shows it and the
+//!   order-events topic carries it: one encoder.
 //! - [`status`]: where an order stands given its history (StatusIngest and Orders both).
 //! - [`time`]: conversions between protobuf timestamps and `chrono`.
 //!
 //! This crate depends on nothing of ours; everything else depends on it.
 
 pub mod headers;
+pub mod history;
+pub mod outbox;
 pub mod status;
+#[cfg(test)]
+mod test_support;
 pub mod time;
 
 /// Generated code of package `waybill.v1`.
