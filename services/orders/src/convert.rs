@@ -1,7 +1,11 @@
 //! Domain ↔ protobuf conversions.
 
-use prost::Message;
-use waybill_proto::{time::to_timestamp, v1 as pb};
+use waybill_proto::{
+    history::HistoryEvent,
+    outbox::{StoredLine, StoredOrder},
+    time::to_timestamp,
+    v1 as pb,
+};
 
 use crate::domain::model::{Address, NewOrder, OrderRecord, PricedLine, StatusEvent};
 
@@ -59,44 +63,52 @@ fn lines_to_proto(lines: &[PricedLine], currency_code: &str) -> Vec<pb::OrderLin
         .collect()
 }
 
-/// The protobuf form of a history event.
+/// The protobuf form of a history event (encoded by the one history encoder,
+/// [`waybill_proto::history`], which the order-events topic's publisher uses too).
 pub fn event_to_proto(event: &StatusEvent) -> pb::OrderStatusEvent {
-    pb::OrderStatusEvent {
+    HistoryEvent {
         order_id: event.order_id.to_string(),
-        status: event.status.into(),
-        occurred_at: Some(to_timestamp(event.occurred_at)),
+        sequence: event.seq,
+        status: event.status,
         partner_id: event.partner_id.clone(),
         detail: event.detail.clone(),
         tracking_id: event.tracking_id.clone(),
-        sequence: event.seq,
-        recorded_at: Some(to_timestamp(event.recorded_at)),
+        occurred_at: event.occurred_at,
+        recorded_at: event.recorded_at,
         detail_code: event.detail_code.clone(),
         action_required: event.action_required,
         needs_review: event.needs_review,
     }
+    .to_proto()
 }
 
 /// The order as partners receive it, encoded: a `DispatchedOrder` without the per-send fields
-/// (partner, send count, reply-to, region). The placing transaction stores it in the outbox row;
-/// the relay appends those fields to these bytes when it sends (protobuf merges concatenated
-/// messages), so dispatching never reads the order tables.
+/// (partner, send count, reply-to, region), by [`waybill_proto::outbox`]. The placing
+/// transaction stores it in the outbox row; the relay appends those fields to these bytes when
+/// it sends, so dispatching never reads the order tables.
 pub fn outbox_message(order: &NewOrder) -> Vec<u8> {
-    let money = |minor_units| pb::Money {
-        currency_code: order.currency_code.clone(),
-        minor_units,
-    };
-    pb::DispatchedOrder {
+    StoredOrder {
         order_id: order.id.to_string(),
-        placed_at: Some(to_timestamp(order.placed_at)),
-        ship_to: Some(address_to_proto(&order.ship_to)),
-        lines: lines_to_proto(&order.lines, &order.currency_code),
-        total: Some(money(order.total_minor)),
-        recipient: Some(pb::Recipient {
+        placed_at: order.placed_at,
+        ship_to: address_to_proto(&order.ship_to),
+        lines: order
+            .lines
+            .iter()
+            .map(|line| StoredLine {
+                sku: line.sku.clone(),
+                name: line.name.clone(),
+                quantity: line.quantity,
+                unit_price_minor: line.unit_price_minor,
+                line_total_minor: line.line_total_minor,
+            })
+            .collect(),
+        currency_code: order.currency_code.clone(),
+        total_minor: order.total_minor,
+        recipient: pb::Recipient {
             name: order.customer.name.clone(),
             email: order.customer.email.clone(),
             phone: order.customer.phone.clone(),
-        }),
-        ..pb::DispatchedOrder::default()
+        },
     }
-    .encode_to_vec()
+    .stored_message()
 }
