@@ -189,7 +189,7 @@ pub struct RelaySettings {
     /// How often it runs.
     pub cleanup_interval: Duration,
     /// Told of each order's steps through the relay (latency figures); none by default.
-    pub observer: crate::relay::Observer,
+    pub observer: crate::relay::observe::Observer,
 }
 
 impl Default for RelaySettings {
@@ -210,7 +210,7 @@ impl Default for RelaySettings {
             stats_interval: Duration::from_secs(60),
             retention: Duration::from_secs(30 * 86_400),
             cleanup_interval: Duration::from_secs(600),
-            observer: crate::relay::Observer::default(),
+            observer: crate::relay::observe::Observer::default(),
         }
     }
 }
@@ -276,7 +276,7 @@ impl DispatcherArgs {
                 stats_interval: self.stats_interval,
                 retention: self.retention,
                 cleanup_interval: self.cleanup_interval,
-                observer: crate::relay::Observer::default(),
+                observer: crate::relay::observe::Observer::default(),
             },
             security: self.security,
             metrics: self.metrics,

@@ -5,8 +5,9 @@
 //!   backoff, `DEAD` after the budget, re-sends after a missed handover deadline; publishes
 //!   history events to the order-events topic.
 //! - [`domain`]: routing, backoff, audit rule, records — pure logic.
-//! - [`store`]: the [`store::DispatchStore`] trait and its one implementation on Postgres or
-//!   SQLite.
+//! - [`store`]: the store's traits by their users ([`store::RelayStore`],
+//!   [`store::AdminStore`]; [`store::DispatchStore`] is both) and their one implementation on
+//!   Postgres or SQLite.
 //! - [`kafka`]: producer settings (one place), the records and headers, topic creation.
 //! - [`grpc`] and [`convert`]: `waybill.v1.DispatchAdmin` (dispatches, partners and keys,
 //!   routes); its request checks are in [`domain::request`].
@@ -289,7 +290,7 @@ async fn report_relay_health(
 
 /// Logs the metrics and backlog every `interval`: the log-based view of the relay's health.
 async fn log_stats(
-    store: Arc<dyn store::DispatchStore>,
+    store: Arc<dyn store::AdminStore>,
     metrics: Arc<RelayMetrics>,
     send_health: Arc<SendHealth>,
     clock: SharedClock,

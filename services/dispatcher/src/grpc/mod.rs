@@ -26,13 +26,13 @@ use crate::{
     error::DispatchError,
     kafka::{TopicCreator, TopicNames, producer::SendHealth},
     metrics::RelayMetrics,
-    store::DispatchStore,
+    store::AdminStore,
 };
 
 /// The admin service.
 #[derive(Debug, Clone)]
 pub struct AdminApi {
-    store: Arc<dyn DispatchStore>,
+    store: Arc<dyn AdminStore>,
     topics: Arc<dyn TopicCreator>,
     topic_names: TopicNames,
     clock: SharedClock,
@@ -44,7 +44,7 @@ pub struct AdminApi {
 impl AdminApi {
     /// An admin API over `store`; enrolment creates topics with `topics`.
     pub fn new(
-        store: Arc<dyn DispatchStore>,
+        store: Arc<dyn AdminStore>,
         topics: Arc<dyn TopicCreator>,
         topic_names: TopicNames,
         clock: SharedClock,

@@ -46,12 +46,11 @@ use waybill_service_kit::{
 
 mod cleanup;
 mod handover;
-mod observe;
+pub(crate) mod observe;
 mod produce;
 mod publish;
 
 pub use observe::{Observer, RelayObserver, RelayStep};
-pub use publish::Published;
 
 pub use crate::domain::cycle::BatchKind;
 use crate::{
@@ -60,7 +59,7 @@ use crate::{
     error::DispatchError,
     kafka::{TopicCreator, producer::OrderProducer, progress::GroupProbe},
     metrics::RelayMetrics,
-    store::{BatchRecord, DispatchStore, Fence, Lease, LeaseRequest, RecordReport},
+    store::{BatchRecord, Fence, Lease, LeaseRequest, RecordReport, RelayStore},
 };
 
 /// Rows under one lease.
@@ -97,10 +96,19 @@ pub struct CycleReport {
     pub full: bool,
 }
 
+/// What one round of publishing events did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Published {
+    /// Events put on the order-events topic.
+    pub events: usize,
+    /// Whether more are waiting (a full batch, or events held back for a moment).
+    pub more: bool,
+}
+
 /// One dispatcher instance's relay.
 #[derive(Debug, Clone)]
 pub struct Relay {
-    store: Arc<dyn DispatchStore>,
+    store: Arc<dyn RelayStore>,
     producer: OrderProducer,
     topics: Arc<dyn TopicCreator>,
     /// Asks the broker about partners' consumer groups at their handover deadlines.
@@ -118,7 +126,7 @@ impl Relay {
     /// are missing, woken by `feed` (the store announces its own commits: Postgres by
     /// `NOTIFY`, SQLite in-process).
     pub fn new(
-        store: Arc<dyn DispatchStore>,
+        store: Arc<dyn RelayStore>,
         producer: OrderProducer,
         topics: Arc<dyn TopicCreator>,
         clock: SharedClock,

@@ -5,7 +5,7 @@ use std::{sync::atomic::Ordering, time::Duration};
 
 use tracing::{info, warn};
 
-use super::Relay;
+use super::{Published, Relay};
 use crate::{
     domain::model::UnpublishedEvent,
     error::DispatchError,
@@ -16,15 +16,6 @@ use crate::{
 /// How long the publisher waits before looking again when committed events are held back by
 /// an older transaction still running (Postgres; see migration 0006).
 const HELD_BACK_PAUSE: Duration = Duration::from_millis(10);
-
-/// What one round of publishing events did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Published {
-    /// Events put on the order-events topic.
-    pub events: usize,
-    /// Whether more are waiting (a full batch, or events held back for a moment).
-    pub more: bool,
-}
 
 /// Walks one claim of events makes after its first, each read while the previous one is being
 /// produced. The claim's transaction stays open (and the cursor row locked) until the last is

@@ -1,21 +1,21 @@
 //! Outbox rows placed before the outbox carried its message (migration 0005) have none: their
-//! message is built here from the order tables, as Orders builds it at placing since. Nothing
+//! message is built here from the order tables, encoded by [`waybill_proto::outbox`] as Orders
+//! encodes it at placing since. Nothing
 //! else reads the order tables on the way to a partner.
 
 use std::collections::HashMap;
 
-use prost::Message;
 use uuid::Uuid;
 use waybill_proto::{
-    time::to_timestamp,
-    v1::{Address, DispatchedOrder, Money, OrderLine, Recipient},
+    outbox::{StoredLine, StoredOrder},
+    v1::{Address, Recipient},
 };
 use waybill_service_kit::{
     db::{Backend, Id, IdList, Instant, Statement, lines_of},
     on_pool,
 };
 
-use super::{StoreError, rows::ShipToRow};
+use super::{error::StoreError, rows::ShipToRow};
 use crate::domain::model::ShipTo;
 
 const ORDERS: Statement = Statement {
@@ -54,48 +54,44 @@ pub(super) async fn messages(
     rows.into_iter()
         .map(|row| {
             let id: Uuid = row.id.into();
-            let money = |minor_units| Money {
-                currency_code: row.currency_code.clone(),
-                minor_units,
-            };
             let lines = lines
                 .remove(&id)
                 .unwrap_or_default()
                 .into_iter()
                 .map(|line| {
-                    Ok(OrderLine {
+                    Ok(StoredLine {
                         quantity: line.units().ok_or_else(|| {
                             StoreError::Corrupt(format!("bad quantity {}", line.quantity))
                         })?,
-                        unit_price: Some(money(line.unit_price_minor)),
-                        line_total: Some(money(line.line_total_minor)),
+                        unit_price_minor: line.unit_price_minor,
+                        line_total_minor: line.line_total_minor,
                         sku: line.sku,
                         name: line.name,
                     })
                 })
                 .collect::<Result<_, StoreError>>()?;
             let ship_to = ShipTo::from(row.ship_to);
-            let message = DispatchedOrder {
+            let message = StoredOrder {
                 order_id: id.to_string(),
-                placed_at: Some(to_timestamp(row.placed_at.into())),
-                ship_to: Some(Address {
+                placed_at: row.placed_at.into(),
+                ship_to: Address {
                     line1: ship_to.line1,
                     line2: ship_to.line2,
                     city: ship_to.city,
                     region: ship_to.region,
                     postal_code: ship_to.postal_code,
                     country_code: ship_to.country_code,
-                }),
+                },
                 lines,
-                total: Some(money(row.total_minor)),
-                recipient: Some(Recipient {
+                currency_code: row.currency_code,
+                total_minor: row.total_minor,
+                recipient: Recipient {
                     name: row.customer_name,
                     email: row.customer_email,
                     phone: row.customer_phone,
-                }),
-                ..DispatchedOrder::default()
+                },
             };
-            Ok((id, message.encode_to_vec()))
+            Ok((id, message.stored_message()))
         })
         .collect()
 }

@@ -8,7 +8,9 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use super::{EventBatch, StoreError, postgres::walk_indexes_in_order, rows::EventRow};
+use super::{
+    error::StoreError, model::EventBatch, postgres::walk_indexes_in_order, rows::EventRow,
+};
 use crate::domain::model::UnpublishedEvent;
 
 const CLAIM_EVENTS: &str = include_str!("sql/claim_events.pg.sql");

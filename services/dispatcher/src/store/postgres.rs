@@ -14,12 +14,15 @@ use waybill_proto::v1::DispatchState;
 use waybill_service_kit::db::{IdList, TextList};
 
 use super::{
-    AuditBatch, AuditCopy, BatchRecord, Fence, HeldRows, LeaseRequest, RecordReport, RowUpdate,
-    StoreError,
+    error::StoreError,
+    model::{AuditBatch, HeldRows, LeaseRequest, RecordReport},
     rows::{AuditRow, LeasedRow, convert},
-    sql::{LeaseKind, acknowledging_statuses, fenced, save_audit_copy},
+    statements::{LeaseKind, acknowledging_statuses, fenced, save_audit_copy},
 };
-use crate::domain::model::DispatchFilter;
+use crate::domain::{
+    model::DispatchFilter,
+    record::{AuditCopy, BatchRecord, Fence, RowUpdate},
+};
 
 const LEASE_DUE: &str = include_str!("sql/lease_due.pg.sql");
 const LEASE_OVERDUE: &str = include_str!("sql/lease_overdue.pg.sql");
@@ -300,7 +303,7 @@ pub(super) async fn claim_audits(
     Ok(Box::new(PgAuditBatch { tx, copies }))
 }
 
-/// Sends rows back to `PENDING` (see [`super::DispatchStore::retry`]); wakes every dispatcher.
+/// Sends rows back to `PENDING` (see [`super::AdminStore::retry`]); wakes every dispatcher.
 pub(super) async fn retry(
     pool: &PgPool,
     ids: &[Uuid],

@@ -3,16 +3,16 @@
 
 use std::collections::HashMap;
 
-use prost::Message;
 use uuid::Uuid;
-use waybill_proto::v1::{Address, DispatchState, Money};
+use waybill_proto::{outbox::RoutingView, v1::DispatchState};
 use waybill_service_kit::db::{Id, Instant};
 
-use super::{AuditCopy, StoreError};
+use super::error::StoreError;
 use crate::domain::model::{
     AttemptRecord, DispatchRecord, LeasedOrder, PartnerKeyRecord, PartnerRecord, RouteRecord,
     SentPosition, ShipTo, UnpublishedEvent,
 };
+use crate::domain::record::AuditCopy;
 
 fn parse_state(name: &str) -> Result<DispatchState, StoreError> {
     DispatchState::from_short_name(name)
@@ -88,7 +88,7 @@ impl LeasedRow {
                 .ok_or_else(|| StoreError::Corrupt(format!("order {order_id} has no order row")))?,
         };
         // Routing reads the destination and the total from the message itself.
-        let order = RoutingFields::decode(message.as_slice()).map_err(|error| {
+        let order = RoutingView::read(&message).map_err(|error| {
             StoreError::Corrupt(format!(
                 "order {order_id}: undecodable outbox message: {error}"
             ))
@@ -129,17 +129,6 @@ impl LeasedRow {
             total_minor: total.minor_units,
         })
     }
-}
-
-/// The fields of a stored `DispatchedOrder` that routing and the audit rule read, decoded
-/// without the rest (lines, recipient): the same field numbers, every other field skipped. A
-/// unit test holds it to `kafka.proto`.
-#[derive(Clone, PartialEq, prost::Message)]
-struct RoutingFields {
-    #[prost(message, optional, tag = "3")]
-    ship_to: Option<Address>,
-    #[prost(message, optional, tag = "5")]
-    total: Option<Money>,
 }
 
 /// A partner.
@@ -377,45 +366,4 @@ where
     T: TryFrom<R, Error = StoreError>,
 {
     rows.into_iter().map(T::try_from).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use prost::Message;
-    use waybill_proto::v1::{Address, DispatchedOrder, Money, OrderLine, Recipient};
-
-    use super::RoutingFields;
-
-    #[test]
-    fn routing_fields_read_a_dispatched_order_as_the_whole_message_would() {
-        let order = DispatchedOrder {
-            order_id: "o-1".to_owned(),
-            ship_to: Some(Address {
-                line1: "1 Main St".to_owned(),
-                city: "Berlin".to_owned(),
-                region: "BE".to_owned(),
-                postal_code: "10115".to_owned(),
-                country_code: "DE".to_owned(),
-                ..Address::default()
-            }),
-            lines: vec![OrderLine::default(); 3],
-            total: Some(Money {
-                currency_code: "EUR".to_owned(),
-                minor_units: 12_345,
-            }),
-            recipient: Some(Recipient {
-                name: "Ada".to_owned(),
-                ..Recipient::default()
-            }),
-            region: "eu".to_owned(),
-            send_count: 2,
-            ..DispatchedOrder::default()
-        };
-        let read = RoutingFields::decode(order.encode_to_vec().as_slice()).expect("decodes");
-        assert_eq!(
-            (read.ship_to, read.total),
-            (order.ship_to, order.total),
-            "the field numbers of kafka.proto"
-        );
-    }
 }

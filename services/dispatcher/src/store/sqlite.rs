@@ -18,11 +18,15 @@ use waybill_proto::v1::DispatchState;
 use waybill_service_kit::db::{Change, ChangeFeed, Id, IdList, Instant, TextList};
 
 use super::{
-    AuditBatch, AuditCopy, BatchRecord, EventBatch, Fence, LeaseRequest, RecordReport, StoreError,
+    error::StoreError,
+    model::{AuditBatch, EventBatch, LeaseRequest, RecordReport},
     rows::{AuditRow, EventRow, LeasedRow, convert},
-    sql::{LeaseKind, acknowledging_statuses, fenced, save_audit_copy},
+    statements::{LeaseKind, acknowledging_statuses, fenced, save_audit_copy},
 };
-use crate::domain::model::{DispatchFilter, UnpublishedEvent};
+use crate::domain::{
+    model::{DispatchFilter, UnpublishedEvent},
+    record::{AuditCopy, BatchRecord, Fence},
+};
 
 const LEASE_DUE: &str = include_str!("sql/lease_due.sqlite.sql");
 const LEASE_OVERDUE: &str = include_str!("sql/lease_overdue.sqlite.sql");
@@ -210,7 +214,7 @@ pub(super) async fn claim_audits(
     }))
 }
 
-/// Sends rows back to `PENDING` (see [`super::DispatchStore::retry`]); wakes this process's
+/// Sends rows back to `PENDING` (see [`super::AdminStore::retry`]); wakes this process's
 /// dispatcher.
 pub(super) async fn retry(
     pool: &SqlitePool,

@@ -384,8 +384,8 @@ impl Harness {
     }
 }
 
-/// A store that remembers every row it leased, by owner: proves no row is leased twice. It
-/// also counts the further walks of event claims, and can act before each.
+/// A relay's store that remembers every row it leased, by owner: proves no row is leased twice.
+/// It also counts the further walks of event claims, and can act before each.
 pub struct LeaseRecorder {
     pub inner: Arc<dyn DispatchStore>,
     pub leased: std::sync::Mutex<Vec<(Uuid, String)>>,
@@ -420,12 +420,11 @@ mod recorder {
 
     use async_trait::async_trait;
     use chrono::{DateTime, Utc};
-    use uuid::Uuid;
     use waybill_dispatcher::{
         domain::{model::*, routing::RoutingTable},
         store::{
-            AuditBatch, BatchRecord, Cleaned, DispatchStore, EventBatch, Lease, LeaseRequest,
-            RecordReport, StoreError,
+            AuditBatch, BatchRecord, Cleaned, EventBatch, Lease, LeaseRequest, RecordReport,
+            RelayStore, RoutingStore, StoreError,
         },
     };
 
@@ -465,7 +464,20 @@ mod recorder {
     }
 
     #[async_trait]
-    impl DispatchStore for LeaseRecorder {
+    impl RoutingStore for LeaseRecorder {
+        async fn routing_table(&self) -> Result<RoutingTable, StoreError> {
+            self.inner.routing_table().await
+        }
+        async fn list_partners(&self) -> Result<Vec<PartnerRecord>, StoreError> {
+            self.inner.list_partners().await
+        }
+        async fn list_routes(&self) -> Result<Vec<RouteRecord>, StoreError> {
+            self.inner.list_routes().await
+        }
+    }
+
+    #[async_trait]
+    impl RelayStore for LeaseRecorder {
         async fn lease_due(&self, lease: &LeaseRequest) -> Result<Lease, StoreError> {
             let leased = self.inner.lease_due(lease).await?;
             self.leased.lock().unwrap().extend(
@@ -509,80 +521,6 @@ mod recorder {
         }
         async fn clean_up(&self, before: DateTime<Utc>, limit: u32) -> Result<Cleaned, StoreError> {
             self.inner.clean_up(before, limit).await
-        }
-        async fn backlog(&self, now: DateTime<Utc>) -> Result<Backlog, StoreError> {
-            self.inner.backlog(now).await
-        }
-        async fn routing_table(&self) -> Result<RoutingTable, StoreError> {
-            self.inner.routing_table().await
-        }
-        async fn list_partners(&self) -> Result<Vec<PartnerRecord>, StoreError> {
-            self.inner.list_partners().await
-        }
-        async fn upsert_partner(
-            &self,
-            partner: &PartnerRecord,
-        ) -> Result<PartnerRecord, StoreError> {
-            self.inner.upsert_partner(partner).await
-        }
-        async fn disable_partner(
-            &self,
-            id: &str,
-            now: DateTime<Utc>,
-        ) -> Result<Option<PartnerRecord>, StoreError> {
-            self.inner.disable_partner(id, now).await
-        }
-        async fn add_key(&self, key: &PartnerKeyRecord) -> Result<PartnerKeyRecord, StoreError> {
-            self.inner.add_key(key).await
-        }
-        async fn revoke_key(
-            &self,
-            partner_id: &str,
-            key_id: &str,
-            now: DateTime<Utc>,
-        ) -> Result<Option<PartnerKeyRecord>, StoreError> {
-            self.inner.revoke_key(partner_id, key_id, now).await
-        }
-        async fn list_keys(&self, partner_id: &str) -> Result<Vec<PartnerKeyRecord>, StoreError> {
-            self.inner.list_keys(partner_id).await
-        }
-        async fn list_routes(&self) -> Result<Vec<RouteRecord>, StoreError> {
-            self.inner.list_routes().await
-        }
-        async fn set_route(
-            &self,
-            route: &RouteRecord,
-            now: DateTime<Utc>,
-        ) -> Result<RouteRecord, StoreError> {
-            self.inner.set_route(route, now).await
-        }
-        async fn delete_route(&self, id: &str) -> Result<bool, StoreError> {
-            self.inner.delete_route(id).await
-        }
-        async fn order_destination(&self, order_id: Uuid) -> Result<Option<ShipTo>, StoreError> {
-            self.inner.order_destination(order_id).await
-        }
-        async fn list_dispatches(
-            &self,
-            filter: &DispatchFilter,
-            after: Option<Uuid>,
-            limit: u32,
-        ) -> Result<Vec<DispatchRecord>, StoreError> {
-            self.inner.list_dispatches(filter, after, limit).await
-        }
-        async fn get_dispatch(
-            &self,
-            order_id: Uuid,
-        ) -> Result<Option<(DispatchRecord, Vec<AttemptRecord>)>, StoreError> {
-            self.inner.get_dispatch(order_id).await
-        }
-        async fn retry(
-            &self,
-            ids: &[Uuid],
-            filter: &DispatchFilter,
-            now: DateTime<Utc>,
-        ) -> Result<Vec<Uuid>, StoreError> {
-            self.inner.retry(ids, filter, now).await
         }
     }
 }
