@@ -5,11 +5,11 @@
 
 use std::borrow::Cow;
 
-use prost::Message;
 use waybill_proto::{
     headers,
-    time::to_timestamp,
-    v1::{DispatchedOrder, OrderEvent, OrderStatus, OrderStatusEvent},
+    history::{EventAudience, HistoryEvent},
+    outbox::{self, PerSend},
+    v1::OrderStatus,
 };
 
 use crate::domain::model::{LeasedOrder, UnpublishedEvent};
@@ -59,26 +59,24 @@ pub struct Origin<'a> {
 }
 
 /// The `DispatchedOrder` payload for `order`, meant for `partner_id`, on its `send_count`-th
-/// send: the stored message with the per-send fields appended. Protobuf merges concatenated
-/// messages, so the partner decodes one `DispatchedOrder` with every field; the order's own
-/// fields are never decoded and encoded again on the way.
+/// send: the stored message with the per-send fields appended ([`outbox::with_per_send`]: the
+/// partner decodes one `DispatchedOrder` with every field; the order's own fields are never
+/// decoded and encoded again on the way).
 pub fn dispatched_payload(
     order: &LeasedOrder,
     partner_id: &str,
     send_count: i32,
     origin: Origin<'_>,
 ) -> Vec<u8> {
-    let per_send = DispatchedOrder {
-        reply_to: origin.reply_to.to_owned(),
-        region: origin.region.to_owned(),
-        partner_id: partner_id.to_owned(),
-        send_count,
-        ..DispatchedOrder::default()
-    };
-    let mut payload = Vec::with_capacity(order.message.len() + per_send.encoded_len());
-    payload.extend_from_slice(&order.message);
-    payload.extend_from_slice(&per_send.encode_to_vec());
-    payload
+    outbox::with_per_send(
+        &order.message,
+        &PerSend {
+            partner_id,
+            send_count,
+            reply_to: origin.reply_to,
+            region: origin.region,
+        },
+    )
 }
 
 /// The partner's copy (`audit == false`) or the audit copy of an order, carrying `payload`.
@@ -108,39 +106,37 @@ pub fn order_message(
     }
 }
 
-/// An order-events record for one history event.
+/// An order-events record for one history event (encoded by the one history encoder,
+/// [`waybill_proto::history`], which Orders' `WatchOrder` uses too).
 pub fn order_event_message(
     event: &UnpublishedEvent,
     topic: String,
     origin: Origin<'_>,
 ) -> OutgoingMessage {
     let order_id = event.order_id.to_string();
-    let payload = OrderEvent {
+    let payload = HistoryEvent {
         order_id: order_id.clone(),
-        event: Some(OrderStatusEvent {
-            order_id: order_id.clone(),
-            status: OrderStatus::from_short_name(&event.status)
-                .unwrap_or(OrderStatus::Unspecified)
-                .into(),
-            occurred_at: Some(to_timestamp(event.occurred_at)),
-            partner_id: event.partner_id.clone(),
-            detail: event.detail.clone(),
-            tracking_id: event.tracking_id.clone(),
-            sequence: event.seq,
-            recorded_at: Some(to_timestamp(event.recorded_at)),
-            detail_code: event.detail_code.clone(),
-            action_required: event.action_required,
-            needs_review: event.needs_review,
-        }),
-        customer_id: event.customer_id.clone(),
-        customer_email: event.customer_email.clone(),
-        region: event.region.clone(),
-    };
+        sequence: event.seq,
+        status: OrderStatus::from_short_name(&event.status).unwrap_or(OrderStatus::Unspecified),
+        partner_id: event.partner_id.clone(),
+        detail: event.detail.clone(),
+        tracking_id: event.tracking_id.clone(),
+        occurred_at: event.occurred_at,
+        recorded_at: event.recorded_at,
+        detail_code: event.detail_code.clone(),
+        action_required: event.action_required,
+        needs_review: event.needs_review,
+    }
+    .order_event(EventAudience {
+        customer_id: &event.customer_id,
+        customer_email: &event.customer_email,
+        region: &event.region,
+    });
     OutgoingMessage {
         topic,
-        key: order_id.clone(),
-        payload: payload.encode_to_vec(),
         headers: standard_headers(headers::TYPE_ORDER_EVENT, &order_id, origin, "", ""),
+        key: order_id,
+        payload,
     }
 }
 
