@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "waybill/v1/status_ingest.proto",
     "waybill/v1/dispatch_admin.proto",
     "waybill/v1/kafka.proto",
+    "waybill/v1/partner_adapter.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -8,6 +8,7 @@ mod demo;
 mod dev;
 mod health;
 mod partner;
+mod sidecar;
 mod system;
 mod token;
 
@@ -52,6 +53,10 @@ enum Command {
     /// Run one example partner's connector (`local-express` or `distance-freight`) as a
     /// process of its own, against a running Waybill.
     Partner(partner::PartnerArgs),
+    /// Run the connector as a sidecar for a partner's own service in any language: it hands
+    /// each order to the service's `waybill.v1.PartnerAdapter` and takes later statuses on
+    /// `waybill.v1.PartnerReports`, with the connector's guarantees.
+    Sidecar(sidecar::SidecarArgs),
     /// Run the Orders service (PlaceOrder, GetOrder, ListOrders, WatchOrder).
     Orders(waybill_orders::OrdersArgs),
     /// Run the dispatcher: the relay from the outbox to the partners' Kafka topics, and the
@@ -81,6 +86,7 @@ fn main() -> ExitCode {
         Command::Dispatcher(_) => "waybill-dispatcher",
         Command::StatusIngest(_) => "waybill-status-ingest",
         Command::Partner(_) => "waybill-partner",
+        Command::Sidecar(_) => "waybill-sidecar",
         _ => "waybill",
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -150,6 +156,7 @@ async fn run(command: Command) -> ExitCode {
             Err(error) => Err(error),
         },
         Command::Partner(args) => partner::run(args, shutdown::on_signal()).await,
+        Command::Sidecar(args) => sidecar::run(args, shutdown::on_signal()).await,
         Command::Token(command) => match token::run_token(command).await {
             Ok(true) => Ok(()),
             // A refused token: the explanation is printed; exit 1 like a failed check.
@@ -191,6 +198,7 @@ fn is_settings_error(error: &anyhow::Error) -> bool {
         || error
             .downcast_ref::<waybill_status_ingest::RunError>()
             .is_some_and(waybill_status_ingest::RunError::is_settings_error)
+        || error.downcast_ref::<sidecar::SettingsError>().is_some()
         || matches!(
             error.downcast_ref::<waybill_connector_sdk::ConnectorError>(),
             Some(waybill_connector_sdk::ConnectorError::Config(_))

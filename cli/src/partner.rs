@@ -1,12 +1,15 @@
 //! `waybill partner local-express | distance-freight`: one example partner's connector as a
 //! process of its own (a deployment's partner container), configured by flags or the
-//! environment variables of the connector SDK.
+//! environment variables of the connector SDK. [`ConnectorArgs`] are the connector's flags,
+//! shared with `waybill sidecar`.
 
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
-use waybill_connector_sdk::{ConnectorBuilder, examples::ExamplePartner};
+use waybill_connector_sdk::{
+    Connector, ConnectorBuilder, examples::ExamplePartner, metrics::METRICS_PREFIX,
+};
 
 /// Which example partner.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -24,6 +27,20 @@ pub struct PartnerArgs {
     /// The example partner to run.
     #[arg(value_enum)]
     partner: Which,
+    /// local-express only: how long after accepting an order it reports it SHIPPED, in
+    /// milliseconds.
+    #[arg(long, env = "WAYBILL_SHIPPED_AFTER_MS", default_value_t = 2000)]
+    shipped_after_ms: u64,
+    #[command(flatten)]
+    connector: ConnectorArgs,
+}
+
+/// The task serving `--metrics-listen`, to await once the connector stopped.
+pub type MetricsServer = tokio::task::JoinHandle<std::io::Result<()>>;
+
+/// The connector's settings, as flags or the connector SDK's environment variables.
+#[derive(Debug, clap::Args)]
+pub struct ConnectorArgs {
     /// The partner id it is enrolled under (default: the example's own).
     #[arg(long, env = "WAYBILL_PARTNER_ID")]
     partner_id: Option<String>,
@@ -75,12 +92,64 @@ pub struct PartnerArgs {
     /// PEM CA bundle trusted for `https://` reply-to addresses (StatusIngest with TLS).
     #[arg(long, env = "WAYBILL_REPORT_TLS_CA")]
     report_tls_ca: Option<PathBuf>,
-    /// local-express only: how long after accepting an order it reports it SHIPPED, in
-    /// milliseconds.
-    #[arg(long, env = "WAYBILL_SHIPPED_AFTER_MS", default_value_t = 2000)]
-    shipped_after_ms: u64,
     #[command(flatten)]
     metrics: waybill_service_kit::metrics::MetricsArgs,
+}
+
+impl ConnectorArgs {
+    /// The connector of `default_partner` (or `--partner-id`), built and serving its series on
+    /// `--metrics-listen` when set; the metrics server's task, to await after the connector
+    /// stopped.
+    pub async fn start(
+        &self,
+        default_partner: &str,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<(Connector, Option<MetricsServer>)> {
+        let path = |p: &PathBuf| p.to_string_lossy().into_owned();
+        let lookup = |name: &str| -> Option<String> {
+            match name {
+                "WAYBILL_PARTNER_ID" => self.partner_id.clone(),
+                "WAYBILL_KAFKA_BROKERS" => Some(self.kafka_brokers.clone()),
+                "WAYBILL_KAFKA_OPTIONS" => Some(self.kafka_options.join(",")),
+                "WAYBILL_TOPIC_PREFIX" => Some(self.topic_prefix.clone()),
+                "WAYBILL_CONNECTOR_GROUP" => self.group.clone(),
+                "WAYBILL_KAFKA_SESSION_TIMEOUT_MS" => {
+                    self.session_timeout_ms.map(|v| v.to_string())
+                }
+                "WAYBILL_KAFKA_FETCH_WAIT_MS" => self.fetch_wait_ms.map(|v| v.to_string()),
+                "WAYBILL_PARTNER_KEY_FILE" => Some(path(&self.key_file)),
+                "WAYBILL_PARTNER_KEY_ID" => Some(self.key_id.clone()),
+                "WAYBILL_TOKEN_AUDIENCE" => Some(self.audience.clone()),
+                "WAYBILL_INBOX" => self.inbox.clone(),
+                "WAYBILL_ADAPTER_TIMEOUT_MS" => self.adapter_timeout_ms.map(|v| v.to_string()),
+                "WAYBILL_REPORT_TLS_CA" => self.report_tls_ca.as_ref().map(path),
+                _ => None,
+            }
+        };
+        let builder = ConnectorBuilder::from_lookup(default_partner, lookup)?;
+        let connector = builder
+            .build()
+            .await
+            .with_context(|| format!("cannot start the {default_partner} connector"))?;
+        // The connector's series (lag, inbox, counters) on --metrics-listen, when set.
+        let metrics = waybill_service_kit::metrics::Metrics::new();
+        metrics.register(METRICS_PREFIX, |registry| {
+            let inbox = connector.health().register_metrics(registry);
+            metrics.on_scrape(move || inbox.refresh());
+        });
+        let metrics_server = self
+            .metrics
+            .start(&metrics, shutdown.clone())
+            .await
+            .context("cannot serve metrics")?;
+        tracing::info!(partner = %connector.partner_id(), brokers = %self.kafka_brokers, "connector running");
+        Ok((connector, metrics_server))
+    }
+
+    /// The partner id given (`--partner-id` or `WAYBILL_PARTNER_ID`).
+    pub fn partner_id(&self) -> Option<&str> {
+        self.partner_id.as_deref()
+    }
 }
 
 /// Runs the partner until `shutdown` (ctrl-c or SIGTERM): stops taking orders, finishes or
@@ -90,39 +159,7 @@ pub async fn run(args: PartnerArgs, shutdown: CancellationToken) -> anyhow::Resu
         Which::LocalExpress => ExamplePartner::LocalExpress,
         Which::DistanceFreight => ExamplePartner::DistanceFreight,
     };
-    let path = |p: &PathBuf| p.to_string_lossy().into_owned();
-    let lookup = |name: &str| -> Option<String> {
-        match name {
-            "WAYBILL_PARTNER_ID" => args.partner_id.clone(),
-            "WAYBILL_KAFKA_BROKERS" => Some(args.kafka_brokers.clone()),
-            "WAYBILL_KAFKA_OPTIONS" => Some(args.kafka_options.join(",")),
-            "WAYBILL_TOPIC_PREFIX" => Some(args.topic_prefix.clone()),
-            "WAYBILL_CONNECTOR_GROUP" => args.group.clone(),
-            "WAYBILL_KAFKA_SESSION_TIMEOUT_MS" => args.session_timeout_ms.map(|v| v.to_string()),
-            "WAYBILL_KAFKA_FETCH_WAIT_MS" => args.fetch_wait_ms.map(|v| v.to_string()),
-            "WAYBILL_PARTNER_KEY_FILE" => Some(path(&args.key_file)),
-            "WAYBILL_PARTNER_KEY_ID" => Some(args.key_id.clone()),
-            "WAYBILL_TOKEN_AUDIENCE" => Some(args.audience.clone()),
-            "WAYBILL_INBOX" => args.inbox.clone(),
-            "WAYBILL_ADAPTER_TIMEOUT_MS" => args.adapter_timeout_ms.map(|v| v.to_string()),
-            "WAYBILL_REPORT_TLS_CA" => args.report_tls_ca.as_ref().map(path),
-            _ => None,
-        }
-    };
-    let builder = ConnectorBuilder::from_lookup(partner.id(), lookup)?;
-    let connector = builder
-        .build()
-        .await
-        .with_context(|| format!("cannot start the {partner} connector"))?;
-    // The connector's series (lag, inbox, counters) on --metrics-listen, when set.
-    let metrics = waybill_service_kit::metrics::Metrics::new();
-    connector.health().register_metrics(&metrics);
-    let metrics_server = args
-        .metrics
-        .start(&metrics, shutdown.clone())
-        .await
-        .context("cannot serve metrics")?;
-    tracing::info!(partner = %connector.partner_id(), brokers = %args.kafka_brokers, "example partner running");
+    let (connector, metrics_server) = args.connector.start(partner.id(), &shutdown).await?;
     partner
         .run(
             connector,
