@@ -18,7 +18,7 @@ use waybill_service_kit::{
 };
 use waybill_token::TokenSigner;
 
-use super::BenchError;
+use super::error::BenchError;
 
 const PARTNER: &str = "INSERT INTO partners (id, display_name, enabled, handover_deadline_ms, \
                        resend_budget, topic, created_at, updated_at) \

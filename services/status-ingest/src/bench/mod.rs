@@ -10,6 +10,7 @@
 //! limit and `ReportStatus` take turns in five rounds, each phase right after a checkpoint, so
 //! that the machine's drift and the database's checkpoints fall on both alike.
 
+mod error;
 mod fixture;
 
 use std::{
@@ -33,6 +34,7 @@ use waybill_service_kit::{
 };
 use waybill_token::{Report, ReportClaims, SigningKey, TokenSigner};
 
+pub use self::error::BenchError;
 use crate::IngestDeps;
 
 const AUDIENCE: &str = "waybill-bench";
@@ -57,18 +59,6 @@ impl Default for BenchOptions {
         }
     }
 }
-
-/// Why the bench could not run.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct BenchError(String);
-
-macro_rules! bench_error_from {
-    ($($t:ty),*) => {$(impl From<$t> for BenchError {
-        fn from(error: $t) -> Self { Self(error.to_string()) }
-    })*};
-}
-bench_error_from!(sqlx::Error, std::io::Error, tonic::transport::Error);
 
 /// The figures of one run.
 #[derive(Debug, Clone, PartialEq)]
