@@ -35,155 +35,30 @@
 //! the time the request arrived, before it was verified and queued. One order's events are
 //! written under its dispatch row's lock, so in one process their times follow their sequence.
 
+mod batches;
+mod error;
+mod model;
 mod postgres;
 mod sql;
 mod sqlite;
+mod statements;
+mod traits;
 mod writer;
 
-use std::{fmt, sync::Arc};
+use std::sync::Arc;
 
-use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use uuid::Uuid;
-use waybill_proto::v1::OrderStatus;
 use waybill_service_kit::{
     clock::{SharedClock, SystemClock},
-    db::{Database, Failure, classify},
+    db::Database,
 };
 
-pub use self::sql::{MAX_BATCH, SqlIngestStore};
-use crate::domain::decision::Effects;
-
-/// Why a store operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The database could not be reached in time; retrying later may succeed. (The driver's
-    /// error is in the message, so it is not also a `source`: a chain prints it once.)
-    #[error("database unavailable: {0}")]
-    Unavailable(sqlx::Error),
-    /// Anything else the database reported.
-    #[error("database error: {0}")]
-    Database(sqlx::Error),
-    /// A stored value could not be read back.
-    #[error("corrupt row: {0}")]
-    Corrupt(String),
-    /// The batch the report was in failed as a whole (the cause, shared by every report of
-    /// the batch): retrying later may succeed.
-    #[error("the report's batch was not committed: {0}")]
-    Batch(Arc<StoreError>),
-    /// The writer that records reports is gone (it only stops when the store is dropped, so
-    /// this is a bug).
-    #[error("the report writer has stopped")]
-    WriterStopped,
-}
-
-impl From<sqlx::Error> for StoreError {
-    fn from(error: sqlx::Error) -> Self {
-        match classify(&error) {
-            Failure::Unavailable | Failure::Conflict => Self::Unavailable(error),
-            _ => Self::Database(error),
-        }
-    }
-}
-
-/// A partner's enrolled key as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EnrolledKey {
-    /// The raw 32-byte Ed25519 public key.
-    pub public_key: Vec<u8>,
-    /// Set once revoked.
-    pub revoked_at: Option<DateTime<Utc>>,
-}
-
-/// An authenticated report, ready to record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuthenticatedReport {
-    /// The order.
-    pub order_id: Uuid,
-    /// The reporting partner (the token's issuer, equal to the request's).
-    pub partner_id: String,
-    /// The partner's report id.
-    pub report_id: String,
-    /// What happened.
-    pub status: OrderStatus,
-    /// Tracking id; may be empty.
-    pub tracking_id: String,
-    /// Text for people.
-    pub detail: String,
-    /// Machine-readable reason; may be empty.
-    pub detail_code: String,
-    /// Someone must act.
-    pub action_required: bool,
-    /// The partner's time.
-    pub occurred_at: DateTime<Utc>,
-    /// The token id (replay guard).
-    pub token_id: String,
-    /// The key the token was verified with (its `kid`; the partner's key enrolled under it):
-    /// the report's transaction checks that it is still enrolled and not revoked.
-    pub key_id: String,
-    /// Until when the replay guard must remember the token id (its exp plus the skew).
-    pub token_id_kept_until: DateTime<Utc>,
-}
-
-/// What recording a report did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReportOutcome {
-    /// Accepted: the history event at `sequence` and these effects were committed.
-    Accepted {
-        /// The new event's position in the order's history.
-        sequence: i64,
-        /// What changed.
-        effects: Effects,
-    },
-    /// The report id was accepted before from this partner for this order; nothing changed.
-    Duplicate,
-    /// The order does not exist or is not routed to this partner; nothing changed.
-    NotRouted,
-    /// Not routed to this partner yet: a relay batch holds the order right now (SQLite); retry
-    /// in a moment. Nothing changed.
-    InFlight,
-    /// The token id was seen before; nothing changed.
-    Replayed,
-    /// The partner used this report id for another order; nothing changed.
-    ReportIdReused,
-    /// The token's key was revoked (at this time; `None`: it is no longer enrolled) after the
-    /// token was verified with it; nothing changed.
-    KeyRevoked(Option<DateTime<Utc>>),
-}
-
-/// StatusIngest's view of the database.
-#[async_trait]
-pub trait IngestStore: Send + Sync + fmt::Debug + 'static {
-    /// The key `key_id` enrolled for `partner_id`, revoked or not; `None` if there is none.
-    async fn partner_key(
-        &self,
-        partner_id: &str,
-        key_id: &str,
-    ) -> Result<Option<EnrolledKey>, StoreError>;
-
-    /// Records `report` (see the module docs): answered once what it did is committed, or
-    /// once it was refused.
-    async fn record_report(
-        &self,
-        report: &AuthenticatedReport,
-    ) -> Result<ReportOutcome, StoreError>;
-
-    /// Forgets token ids that can no longer be replayed (kept until before `now`); how many.
-    async fn purge_token_ids(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
-}
-
-/// What a batch did with one of its reports ([`SqlIngestStore::record_batch`]).
-#[derive(Debug)]
-pub enum InBatch {
-    /// Decided: accepted or a duplicate (its writes are the batch's, committed with it), or
-    /// refused (rolled back to its savepoint).
-    Decided(ReportOutcome),
-    /// It failed alone: rolled back to its savepoint, the rest of the batch went on.
-    Failed(StoreError),
-    /// Another transaction holds its rows (Postgres): left out of the batch, to be recorded in a
-    /// transaction of its own that waits for them.
-    LeftOut,
-}
+pub use self::{
+    batches::MAX_BATCH,
+    error::StoreError,
+    model::{AuthenticatedReport, EnrolledKey, InBatch, ReportOutcome},
+    sql::SqlIngestStore,
+    traits::IngestStore,
+};
 
 /// The store for `db`'s backend, recording times from the system clock.
 pub fn for_database(db: &Database) -> Arc<dyn IngestStore> {

@@ -1,35 +1,29 @@
 //! The one [`IngestStore`]: key lookup and purging are written once with [`on_pool!`]; reports
 //! go through the group commit (`writer.rs`) to [`SqlIngestStore::record_batch`], whose
-//! transaction is `postgres.rs` (rows locked without waiting, a report whose rows are busy left
-//! out and recorded alone) or `sqlite.rs` (the single writer). Both decide on the same snapshot
-//! row with [`rule`], carry out a rejection with the same statements ([`reroute`]) and keep each
-//! report under the same savepoint ([`Savepoint`]).
-
-use std::collections::HashSet;
+//! transaction (`batches.rs`) is `postgres.rs` (rows locked without waiting, a report whose
+//! rows are busy left out and recorded alone) or `sqlite.rs` (the single writer). Both decide
+//! on the same snapshot row, carry out a rejection with the same statements and keep each
+//! report under the same savepoint (`statements.rs`).
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::{Database as SqlxDatabase, Encode, Type, query::Query};
-use uuid::Uuid;
-use waybill_proto::v1::{DispatchState, OrderStatus};
 use waybill_service_kit::{
     clock::SharedClock,
-    db::{Backend, ChangeFeed, Database, Id, Instant},
+    db::{Database, Instant},
     on_pool,
 };
 
 use super::{
-    AuthenticatedReport, EnrolledKey, InBatch, IngestStore, ReportOutcome, StoreError, postgres,
-    sqlite, writer::Writer,
+    batches::Batches,
+    error::StoreError,
+    model::{AuthenticatedReport, EnrolledKey, InBatch, ReportOutcome},
+    traits::IngestStore,
+    writer::Writer,
 };
-use crate::domain::decision::{Decision, Effects, OrderSnapshot, decide};
 
 const PARTNER_KEY: &str = "SELECT public_key, revoked_at FROM partner_keys \
                            WHERE partner_id = $1 AND key_id = $2";
 const PURGE: &str = "DELETE FROM report_token_ids WHERE expires_at < $1";
-const REJECT: &str = "INSERT INTO dispatch_rejections (order_id, partner_id, report_id, \
-                      rejected_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
-const REROUTE: &str = include_str!("sql/reroute.sql");
 
 /// Reports in the services' database, Postgres or SQLite, written by a group commit.
 #[derive(Debug)]
@@ -38,27 +32,12 @@ pub struct SqlIngestStore {
     writer: Writer,
 }
 
-/// What records a batch: the pool, the change feed and the clock.
-#[derive(Debug, Clone)]
-pub(super) struct Batches {
-    db: Backend,
-    /// Commits announced in this process (SQLite has no `NOTIFY`; on Postgres the batch's
-    /// transaction `NOTIFY`s itself).
-    feed: ChangeFeed,
-    /// Where `recorded_at` comes from.
-    clock: SharedClock,
-}
-
 impl SqlIngestStore {
     /// A store on `db` (already migrated) that records times from `clock`. Its writer starts
     /// with the first report, on the runtime that reports it.
     pub fn new(db: &Database, clock: SharedClock) -> Self {
         Self {
-            batches: Batches {
-                db: db.backend().clone(),
-                feed: db.feed().clone(),
-                clock,
-            },
+            batches: Batches::new(db, clock),
             writer: Writer::default(),
         }
     }
@@ -67,127 +46,12 @@ impl SqlIngestStore {
     /// what the batch did with each, in order. `Err`: the batch failed as a whole (it could not
     /// begin, the connection broke, the commit failed) and none of it was recorded — or, for a
     /// commit whose answer was lost, perhaps all of it (`Unavailable`: a retry of a report
-    /// recorded after all is a duplicate). At most [`MAX_BATCH`] reports.
+    /// recorded after all is a duplicate). At most [`MAX_BATCH`](super::MAX_BATCH) reports.
     pub async fn record_batch(
         &self,
         reports: &[AuthenticatedReport],
     ) -> Result<Vec<InBatch>, StoreError> {
         self.batches.record(reports).await
-    }
-}
-
-/// The most reports one transaction records. On Postgres every report's savepoint that wrote
-/// gets a subtransaction id, and a backend keeps 64 of them in shared memory: beyond that every
-/// snapshot in the cluster has to look subtransactions up on disk.
-pub const MAX_BATCH: usize = 64;
-
-impl Batches {
-    /// See [`SqlIngestStore::record_batch`].
-    pub(super) async fn record(
-        &self,
-        reports: &[AuthenticatedReport],
-    ) -> Result<Vec<InBatch>, StoreError> {
-        debug_assert!(reports.len() <= MAX_BATCH);
-        match &self.db {
-            Backend::Postgres(pool) => postgres::record_batch(pool, &self.clock, reports).await,
-            Backend::Sqlite(pool) => {
-                sqlite::record_batch(pool, &self.feed, &self.clock, reports).await
-            }
-        }
-    }
-
-    /// Records `report` in a transaction of its own that waits for its rows (one left out of a
-    /// batch).
-    pub(super) async fn record_alone(
-        &self,
-        report: &AuthenticatedReport,
-    ) -> Result<ReportOutcome, StoreError> {
-        match &self.db {
-            Backend::Postgres(pool) => postgres::record_alone(pool, &self.clock, report).await,
-            // SQLite's batch waits for the database's one write lock and leaves nothing out; if
-            // it ever did, a batch of one is a transaction of its own.
-            Backend::Sqlite(_) => match self.record(std::slice::from_ref(report)).await?.pop() {
-                Some(InBatch::Decided(outcome)) => Ok(outcome),
-                Some(InBatch::Failed(error)) => Err(error),
-                Some(InBatch::LeftOut) | None => Err(StoreError::Corrupt(
-                    "a batch of one left its report out".to_owned(),
-                )),
-            },
-        }
-    }
-}
-
-/// The savepoint each report of a batch is recorded under, one name reused: opening the next
-/// releases the one before in the same round trip. (`COMMIT` releases the last.)
-#[derive(Debug, Default)]
-pub(super) struct Savepoint {
-    open: bool,
-}
-
-impl Savepoint {
-    /// Undoes what the current report did; the savepoint stays open.
-    pub(super) const ROLLBACK: &'static str = "ROLLBACK TO SAVEPOINT report";
-
-    /// The statement that opens the next report's savepoint.
-    pub(super) fn next(&mut self) -> &'static str {
-        if std::mem::replace(&mut self.open, true) {
-            "RELEASE SAVEPOINT report; SAVEPOINT report"
-        } else {
-            "SAVEPOINT report"
-        }
-    }
-}
-
-/// Where a report's savepoint goes after it was decided.
-pub(super) enum Step {
-    /// Keep its writes (accepted, or a duplicate whose token id is spent) and answer this.
-    Keep(ReportOutcome),
-    /// Roll back to the savepoint (refused) and answer this.
-    Undo(ReportOutcome),
-}
-
-/// Why applying a report inside its savepoint stopped.
-pub(super) enum Applying {
-    /// A statement failed.
-    Sql(sqlx::Error),
-    /// The snapshot could not be read.
-    Store(StoreError),
-}
-
-impl From<sqlx::Error> for Applying {
-    fn from(error: sqlx::Error) -> Self {
-        Self::Sql(error)
-    }
-}
-
-impl From<StoreError> for Applying {
-    fn from(error: StoreError) -> Self {
-        Self::Store(error)
-    }
-}
-
-/// Who is woken when a batch commits: the orders whose history grew, and the relays if an order
-/// went back to routing.
-#[derive(Debug, Default)]
-pub(super) struct Woken {
-    pub(super) orders: Vec<Uuid>,
-    pub(super) outbox: bool,
-}
-
-impl Woken {
-    /// Notes what `report` did.
-    pub(super) fn note(&mut self, report: &AuthenticatedReport, result: &InBatch) {
-        if let InBatch::Decided(ReportOutcome::Accepted { effects, .. }) = result {
-            if !self.orders.contains(&report.order_id) {
-                self.orders.push(report.order_id);
-            }
-            self.outbox |= effects.reroute;
-        }
-    }
-
-    /// Nobody to wake.
-    pub(super) fn is_empty(&self) -> bool {
-        self.orders.is_empty() && !self.outbox
     }
 }
 
@@ -198,142 +62,6 @@ struct KeyRow {
     revoked_at: Option<Instant>,
 }
 
-/// What a report is decided on (see `sql/snapshot.*.sql`).
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub(super) struct SnapshotRow {
-    pub(super) status: String,
-    pub(super) routed_partner: Option<String>,
-    pub(super) dispatch_state: Option<String>,
-    pub(super) rejected: bool,
-    pub(super) earlier_same_order: Option<bool>,
-    pub(super) fresh: bool,
-    pub(super) key_enrolled: bool,
-    pub(super) key_revoked_at: Option<Instant>,
-    /// SQLite only (a lease written into the row); on Postgres the lease is the row's lock,
-    /// which the report's transaction waits for.
-    #[sqlx(default)]
-    pub(super) in_flight: bool,
-}
-
-/// Splits a batch into its head — the first report of each order, token id and report id, which
-/// can be decided together on one snapshot since none depends on another — and the rest, each of
-/// which shares one of those with a report before it (or cannot go with the head, `together`
-/// says) and is recorded after the head, alone under its savepoint, seeing what the head did.
-/// Indexes into `reports`, in order.
-pub(super) fn split(
-    reports: &[AuthenticatedReport],
-    together: impl Fn(&AuthenticatedReport) -> bool,
-) -> (Vec<usize>, Vec<usize>) {
-    let mut orders = HashSet::new();
-    let mut token_ids = HashSet::new();
-    let mut report_ids = HashSet::new();
-    let (mut head, mut rest) = (Vec::new(), Vec::new());
-    for (index, report) in reports.iter().enumerate() {
-        let token_id = (report.partner_id.as_str(), report.token_id.as_str());
-        let report_id = (report.partner_id.as_str(), report.report_id.as_str());
-        let after_another = !orders.insert(report.order_id)
-            | !token_ids.insert(token_id)
-            | !report_ids.insert(report_id);
-        if after_another || !together(report) {
-            rest.push(index);
-        } else {
-            head.push(index);
-        }
-    }
-    (head, rest)
-}
-
-/// What the report's transaction does next.
-pub(super) enum Ruling {
-    /// Roll back and answer this.
-    Refuse(ReportOutcome),
-    /// Commit (the token id is spent even so: a token is accepted once) and answer this.
-    Spend(ReportOutcome),
-    /// Carry these effects out.
-    Apply(Effects),
-}
-
-/// Lets [`decide`] rule on `row` (`None`: no such order).
-pub(super) fn rule(
-    row: Option<SnapshotRow>,
-    report: &AuthenticatedReport,
-) -> Result<Ruling, StoreError> {
-    let Some(row) = row else {
-        return Ok(Ruling::Refuse(ReportOutcome::NotRouted));
-    };
-    // The token was verified with a key the service remembers; whether it still may sign is
-    // decided here, before anything else.
-    if !row.key_enrolled || row.key_revoked_at.is_some() {
-        return Ok(Ruling::Refuse(ReportOutcome::KeyRevoked(
-            row.key_revoked_at.map(Into::into),
-        )));
-    }
-    let snapshot = OrderSnapshot {
-        status: OrderStatus::from_short_name(&row.status)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown order status {:?}", row.status)))?,
-        routed_partner: row.routed_partner,
-        dispatch_state: row
-            .dispatch_state
-            .map(|name| {
-                DispatchState::from_short_name(&name)
-                    .ok_or_else(|| StoreError::Corrupt(format!("unknown dispatch state {name:?}")))
-            })
-            .transpose()?,
-        rejected_by_reporter: row.rejected,
-        earlier_report_same_order: row.earlier_same_order,
-        token_id_fresh: row.fresh,
-        dispatch_in_flight: row.in_flight,
-    };
-    Ok(
-        match decide(
-            &snapshot,
-            &report.partner_id,
-            report.status,
-            !report.tracking_id.is_empty(),
-        ) {
-            Decision::Apply(effects) => Ruling::Apply(effects),
-            Decision::NotRouted => Ruling::Refuse(ReportOutcome::NotRouted),
-            Decision::InFlight => Ruling::Refuse(ReportOutcome::InFlight),
-            Decision::Replayed => Ruling::Refuse(ReportOutcome::Replayed),
-            Decision::ReportIdReused => Ruling::Refuse(ReportOutcome::ReportIdReused),
-            Decision::Duplicate => Ruling::Spend(ReportOutcome::Duplicate),
-        },
-    )
-}
-
-/// A rejection, to run inside the report's transaction: the partner is remembered as having
-/// refused the order, and the dispatch row goes back to routing (the same statements on both
-/// backends).
-pub(super) fn reroute<'q, DB>(
-    report: &'q AuthenticatedReport,
-    now: DateTime<Utc>,
-) -> [Query<'q, DB, <DB as SqlxDatabase>::Arguments<'q>>; 2]
-where
-    DB: SqlxDatabase,
-    Id: Encode<'q, DB> + Type<DB>,
-    Instant: Encode<'q, DB> + Type<DB>,
-    &'q str: Encode<'q, DB> + Type<DB>,
-    String: Encode<'q, DB> + Type<DB>,
-{
-    [
-        sqlx::query(REJECT)
-            .bind(Id(report.order_id))
-            .bind(report.partner_id.as_str())
-            .bind(report.report_id.as_str())
-            .bind(Instant(now)),
-        sqlx::query(REROUTE)
-            .bind(Id(report.order_id))
-            .bind(report.partner_id.as_str())
-            .bind(Instant(now))
-            .bind(rejection_note(&report.partner_id, &report.report_id)),
-    ]
-}
-
-/// The dispatch row's last error after a rejection: operators see who refused.
-fn rejection_note(partner_id: &str, report_id: &str) -> String {
-    format!("rejected by partner {partner_id} (report {report_id}); routing to the next partner")
-}
-
 #[async_trait]
 impl IngestStore for SqlIngestStore {
     async fn partner_key(
@@ -341,7 +69,7 @@ impl IngestStore for SqlIngestStore {
         partner_id: &str,
         key_id: &str,
     ) -> Result<Option<EnrolledKey>, StoreError> {
-        let row: Option<KeyRow> = on_pool!(&self.batches.db, |pool| {
+        let row: Option<KeyRow> = on_pool!(self.batches.backend(), |pool| {
             sqlx::query_as(PARTNER_KEY)
                 .bind(partner_id)
                 .bind(key_id)
@@ -366,7 +94,7 @@ impl IngestStore for SqlIngestStore {
     }
 
     async fn purge_token_ids(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
-        Ok(on_pool!(&self.batches.db, |pool| {
+        Ok(on_pool!(self.batches.backend(), |pool| {
             sqlx::query(PURGE)
                 .bind(Instant(now))
                 .execute(pool)

@@ -12,8 +12,9 @@ use waybill_service_kit::{
 };
 
 use super::{
-    AuthenticatedReport, InBatch, ReportOutcome, StoreError,
-    sql::{Applying, Ruling, Savepoint, SnapshotRow, Step, Woken, reroute, rule},
+    error::StoreError,
+    model::{AuthenticatedReport, InBatch, ReportOutcome},
+    statements::{Applying, Ruling, Savepoint, SnapshotRow, Step, Woken, reroute, rule},
 };
 
 const GUARD: &str = "INSERT INTO report_token_ids (partner_id, jti, expires_at) \

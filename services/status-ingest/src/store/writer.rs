@@ -24,8 +24,9 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use super::{
-    AuthenticatedReport, InBatch, StoreError,
-    sql::{Batches, MAX_BATCH},
+    batches::{Batches, MAX_BATCH},
+    error::StoreError,
+    model::{AuthenticatedReport, InBatch},
 };
 
 /// Reports queued for the writer at most; a caller beyond waits for room.

@@ -27,8 +27,9 @@ use waybill_service_kit::{
 };
 
 use super::{
-    AuthenticatedReport, InBatch, ReportOutcome, StoreError,
-    sql::{Applying, Ruling, Savepoint, SnapshotRow, Woken, reroute, rule, split},
+    error::StoreError,
+    model::{AuthenticatedReport, InBatch, ReportOutcome},
+    statements::{Applying, Ruling, Savepoint, SnapshotRow, Woken, reroute, rule, split},
 };
 use crate::domain::decision::Effects;
 

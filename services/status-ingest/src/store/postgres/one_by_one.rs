@@ -12,8 +12,9 @@ use waybill_service_kit::{
 };
 
 use super::super::{
-    AuthenticatedReport, InBatch, ReportOutcome, StoreError,
-    sql::{Applying, Ruling, Savepoint, SnapshotRow, Step, rule},
+    error::StoreError,
+    model::{AuthenticatedReport, InBatch, ReportOutcome},
+    statements::{Applying, Ruling, Savepoint, SnapshotRow, Step, rule},
 };
 
 const SNAPSHOT_IN_BATCH: &str = include_str!("../sql/snapshot_batch.pg.sql");

@@ -14,8 +14,9 @@ use waybill_proto::v1::{DispatchState, OrderStatus};
 use waybill_service_kit::{clock::SharedClock, db::Instant};
 
 use super::super::{
-    AuthenticatedReport, InBatch, ReportOutcome, StoreError,
-    sql::{Applying, Ruling, SnapshotRow, rule},
+    error::StoreError,
+    model::{AuthenticatedReport, InBatch, ReportOutcome},
+    statements::{Applying, Ruling, SnapshotRow, rule},
 };
 use crate::domain::decision::{Decision, OrderSnapshot, decide};
 
