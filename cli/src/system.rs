@@ -20,7 +20,7 @@ use waybill_connector_sdk::{
     Acceptance, ClusterConfig, Connector, PartnerError, PipelineObserver, ReportSigningKey,
     ShipmentContext, TransportPartner,
     examples::{DistanceFreight, ExamplePartner, LocalExpress},
-    metrics::ConnectorHealth,
+    metrics::{ConnectorHealth, METRICS_PREFIX, register_metrics},
     proto::DispatchedOrder,
 };
 use waybill_dispatcher::{
@@ -326,7 +326,10 @@ impl System {
             .iter()
             .map(|(_, health)| health.clone())
             .collect();
-        waybill_connector_sdk::metrics::register_metrics(&self.metrics, &connectors);
+        self.metrics.register(METRICS_PREFIX, |registry| {
+            let inbox = register_metrics(registry, &connectors);
+            self.metrics.on_scrape(move || inbox.refresh());
+        });
         Ok(())
     }
 

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! WAYBILL_KAFKA_BROKERS=127.0.0.1:9092 WAYBILL_PARTNER_KEY_FILE=local-express-2026.pem \
-//! WAYBILL_PARTNER_KEY_ID=local-express-2026 cargo run -p waybill-connector-sdk --example local-express
+//! WAYBILL_PARTNER_KEY_ID=local-express-2026 cargo run -p waybill-connector-sdk --features examples --example local-express
 //! ```
 //!
 //! Settings: the SDK's environment variables (`waybill_connector_sdk::config`). Sandbox

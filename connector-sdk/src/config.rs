@@ -20,9 +20,10 @@
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use crate::{
-    connector::{Connector, ConnectorError},
+    clock::{SharedClock, SystemClock},
     domain::backoff::Backoff,
-    inbox::{Inbox, SqlInbox},
+    error::{ConfigError, ConnectorError},
+    inbox::Inbox,
     observe::{Observer, PipelineObserver},
     signing::ReportSigningKey,
 };
@@ -134,7 +135,7 @@ impl ClusterConfig {
 
 /// Where the inbox lives.
 #[derive(Debug, Clone)]
-enum InboxChoice {
+pub(crate) enum InboxChoice {
     Default,
     Url(String),
     Ready(Arc<dyn Inbox>),
@@ -147,7 +148,7 @@ pub struct ConnectorBuilder {
     pub(crate) clusters: Vec<ClusterConfig>,
     pub(crate) signing_key: Option<ReportSigningKey>,
     pub(crate) audience: String,
-    inbox: InboxChoice,
+    pub(crate) inbox: InboxChoice,
     pub(crate) adapter_timeout: Duration,
     pub(crate) adapter_attempts: u32,
     pub(crate) adapter_backoff: Backoff,
@@ -162,6 +163,7 @@ pub struct ConnectorBuilder {
     pub(crate) stats_interval: Duration,
     pub(crate) report_tls: Option<tonic::transport::ClientTlsConfig>,
     pub(crate) observer: Observer,
+    pub(crate) clock: SharedClock,
 }
 
 impl ConnectorBuilder {
@@ -192,6 +194,7 @@ impl ConnectorBuilder {
             stats_interval: Duration::from_secs(60),
             report_tls: None,
             observer: Observer::default(),
+            clock: Arc::new(SystemClock),
         }
     }
 
@@ -208,16 +211,15 @@ impl ConnectorBuilder {
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConnectorError> {
         let var = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        let millis = |name: &str| -> Result<Option<Duration>, ConnectorError> {
+        let millis = |name: &'static str| -> Result<Option<Duration>, ConfigError> {
             var(name)
                 .map(|v| {
                     v.trim()
                         .parse::<u64>()
                         .map(Duration::from_millis)
-                        .map_err(|_| {
-                            ConnectorError::Config(format!(
-                                "{name}={v:?} is not a number of milliseconds"
-                            ))
+                        .map_err(|_| ConfigError::NotMilliseconds {
+                            variable: name,
+                            value: v.clone(),
                         })
                 })
                 .transpose()
@@ -239,10 +241,8 @@ impl ConnectorBuilder {
                         entry
                             .split_once('=')
                             .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-                            .ok_or_else(|| {
-                                ConnectorError::Config(format!(
-                                    "WAYBILL_KAFKA_OPTIONS: {entry:?} must be key=value"
-                                ))
+                            .ok_or_else(|| ConfigError::KafkaOption {
+                                entry: entry.to_owned(),
                             })
                     })
                     .collect::<Result<Vec<_>, _>>()
@@ -280,20 +280,11 @@ impl ConnectorBuilder {
         ) {
             (Some(file), Some(kid)) => {
                 builder = builder.signing_key(
-                    ReportSigningKey::from_pem_file(&file, kid)
-                        .map_err(|e| ConnectorError::Config(e.to_string()))?,
+                    ReportSigningKey::from_pem_file(&file, kid).map_err(ConfigError::from)?,
                 );
             }
-            (None, None) => {
-                return Err(ConnectorError::Config(
-                    "WAYBILL_PARTNER_KEY_FILE and WAYBILL_PARTNER_KEY_ID are required: the private key that signs reports and the id it was enrolled under (`waybill keys generate` makes both)".to_owned(),
-                ));
-            }
-            _ => {
-                return Err(ConnectorError::Config(
-                    "set both WAYBILL_PARTNER_KEY_FILE and WAYBILL_PARTNER_KEY_ID".to_owned(),
-                ));
-            }
+            (None, None) => return Err(ConfigError::NoKeyVariables.into()),
+            _ => return Err(ConfigError::HalfKeyVariables.into()),
         }
         if let Some(audience) = var("WAYBILL_TOKEN_AUDIENCE") {
             builder = builder.audience(audience);
@@ -305,8 +296,10 @@ impl ConnectorBuilder {
             builder = builder.adapter_timeout(timeout);
         }
         if let Some(path) = var("WAYBILL_REPORT_TLS_CA") {
-            let pem = std::fs::read(&path).map_err(|e| {
-                ConnectorError::Config(format!("WAYBILL_REPORT_TLS_CA: cannot read {path}: {e}"))
+            let pem = std::fs::read(&path).map_err(|e| ConfigError::File {
+                variable: "WAYBILL_REPORT_TLS_CA",
+                path: path.clone(),
+                reason: e.to_string(),
             })?;
             builder = builder.report_tls_ca(pem);
         }
@@ -439,55 +432,14 @@ impl ConnectorBuilder {
         self
     }
 
-    /// Checks the settings and opens the inbox.
-    pub async fn build(self) -> Result<Connector, ConnectorError> {
-        let partner = self.partner_id.trim();
-        if partner.is_empty()
-            || !partner
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-        {
-            return Err(ConnectorError::Config(format!(
-                "partner id {:?} must be ASCII letters, digits, '-', '_' or '.'",
-                self.partner_id
-            )));
-        }
-        if self.clusters.is_empty() {
-            return Err(ConnectorError::Config(
-                "no cluster configured: add one with .cluster(ClusterConfig::new(name, brokers))"
-                    .to_owned(),
-            ));
-        }
-        let mut names: Vec<&str> = self.clusters.iter().map(|c| c.name.as_str()).collect();
-        names.sort_unstable();
-        names.dedup();
-        if names.len() != self.clusters.len() {
-            return Err(ConnectorError::Config(
-                "cluster names must be unique".to_owned(),
-            ));
-        }
-        // A Kafka setting this build cannot honour stops here, before the inbox is opened or
-        // anything listens.
-        for cluster in &self.clusters {
-            waybill_service_kit::kafka::check_client_config(&cluster.client_config(partner))
-                .map_err(|refused| {
-                    ConnectorError::Config(format!("cluster {}: {refused}", cluster.name))
-                })?;
-        }
-        let Some(key) = self.signing_key.clone() else {
-            return Err(ConnectorError::Config(
-                "no signing key: reports must be signed with the key enrolled for this partner"
-                    .to_owned(),
-            ));
-        };
-        let inbox: Arc<dyn Inbox> = match &self.inbox {
-            InboxChoice::Ready(inbox) => Arc::clone(inbox),
-            InboxChoice::Url(url) => Arc::new(SqlInbox::open(url).await?),
-            InboxChoice::Default => {
-                Arc::new(SqlInbox::open_sqlite(format!(".waybill/{partner}-inbox.db")).await?)
-            }
-        };
-        Ok(Connector::new(self, key, inbox))
+    /// Where the connector reads the time (default: the [`SystemClock`]): the due times of
+    /// reports and their retries, each report token's issue time, the inbox's time stamps and
+    /// retention, the placed → answered latency. A test sets a
+    /// [`ManualClock`](crate::clock::ManualClock) and moves it. An inbox given ready with
+    /// [`ConnectorBuilder::inbox`] keeps its own clock.
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
     }
 }
 

@@ -13,32 +13,72 @@ use rdkafka::{producer::FutureProducer, producer::Producer as _};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use waybill_service_kit::kafka_log::{ClientLog, LogContext};
+use waybill_kafka_client::{
+    log::{ClientLog, LogContext},
+    settings::check_client_config,
+};
 
+pub use crate::error::ConnectorError;
 use crate::{
-    TransportPartner,
-    config::ConnectorBuilder,
+    clock::SharedClock,
+    config::{ConnectorBuilder, InboxChoice},
     consumer::{PollContext, PollSettings, create_consumer, poll_loop},
     delivery::{ReportSender, SenderSettings},
-    inbox::{Inbox, InboxError},
+    domain::{order::AdapterRetry, report::ReportRetry},
+    error::ConfigError,
+    inbox::{Inbox, SqlInbox},
     metrics::{ClusterHealth, ConnectorHealth, ConnectorMetrics},
+    partner::TransportPartner,
     signing::ReportSigningKey,
     status::StatusReporter,
     worker::{ClusterSink, Worker, WorkerSettings},
 };
 
-/// Why the connector could not start or stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectorError {
-    /// A setting is wrong.
-    #[error("configuration: {0}")]
-    Config(String),
-    /// A Kafka client could not be created.
-    #[error("kafka: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
-    /// The inbox could not be opened.
-    #[error(transparent)]
-    Inbox(#[from] InboxError),
+impl ConnectorBuilder {
+    /// Checks the settings and opens the inbox.
+    pub async fn build(self) -> Result<Connector, ConnectorError> {
+        let partner = self.partner_id.trim();
+        if partner.is_empty()
+            || !partner
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            return Err(ConfigError::PartnerId(self.partner_id.clone()).into());
+        }
+        if self.clusters.is_empty() {
+            return Err(ConfigError::NoCluster.into());
+        }
+        let mut names: Vec<&str> = self.clusters.iter().map(|c| c.name.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        if names.len() != self.clusters.len() {
+            return Err(ConfigError::DuplicateCluster.into());
+        }
+        // A Kafka setting this build cannot honour stops here, before the inbox is opened or
+        // anything listens.
+        for cluster in &self.clusters {
+            check_client_config(&cluster.client_config(partner)).map_err(|refused| {
+                ConfigError::KafkaSettings {
+                    cluster: cluster.name.clone(),
+                    refused,
+                }
+            })?;
+        }
+        let Some(key) = self.signing_key.clone() else {
+            return Err(ConfigError::NoSigningKey.into());
+        };
+        let clock = Arc::clone(&self.clock);
+        let inbox: Arc<dyn Inbox> = match &self.inbox {
+            InboxChoice::Ready(inbox) => Arc::clone(inbox),
+            InboxChoice::Url(url) => Arc::new(SqlInbox::open(url).await?.with_clock(clock)),
+            InboxChoice::Default => Arc::new(
+                SqlInbox::open_sqlite(format!(".waybill/{partner}-inbox.db"))
+                    .await?
+                    .with_clock(clock),
+            ),
+        };
+        Ok(Connector::new(self, key, inbox))
+    }
 }
 
 /// A partner's connector: configured by [`Connector::builder`], started by [`Connector::run`].
@@ -98,6 +138,7 @@ impl Connector {
             partner_id: self.settings.partner_id.clone(),
             inbox: Arc::clone(&self.inbox),
             wake: Arc::clone(&self.wake),
+            clock: Arc::clone(&self.settings.clock),
         }
     }
 
@@ -132,14 +173,17 @@ impl Connector {
             self.key.clone(),
             SenderSettings {
                 audience: settings.audience.clone(),
-                backoff: settings.report_backoff,
-                attempt_budget: settings.report_attempts,
+                retry: ReportRetry {
+                    attempts: settings.report_attempts,
+                    backoff: settings.report_backoff,
+                },
                 rpc_timeout: settings.report_timeout,
                 tls: settings.report_tls.clone(),
             },
             Arc::clone(&metrics),
             Arc::clone(&self.wake),
             settings.observer.clone(),
+            Arc::clone(&settings.clock),
         ));
         let worker = Arc::new(Worker {
             partner_id: settings.partner_id.clone(),
@@ -147,12 +191,15 @@ impl Connector {
             inbox: Arc::clone(&self.inbox),
             settings: WorkerSettings {
                 adapter_timeout: settings.adapter_timeout,
-                adapter_attempts: settings.adapter_attempts,
-                adapter_backoff: settings.adapter_backoff,
+                adapter_retry: AdapterRetry {
+                    attempts: settings.adapter_attempts,
+                    backoff: settings.adapter_backoff,
+                },
             },
             metrics: Arc::clone(&metrics),
             reports: Arc::clone(&sender),
             observer: settings.observer.clone(),
+            clock: Arc::clone(&settings.clock),
         });
 
         // Every client first: a bad setting fails before anything runs.
@@ -244,6 +291,7 @@ impl Connector {
         let sender_task = tokio::spawn(Arc::clone(&sender).run(sender_stop.clone()));
         let chores = tokio::spawn(chores(
             self.health.clone(),
+            Arc::clone(&settings.clock),
             settings.retention,
             settings.stats_interval,
             sender_stop.clone(),
@@ -285,6 +333,7 @@ impl Connector {
 /// Periodic chores: forget settled inbox rows past retention, log the counters.
 async fn chores(
     health: ConnectorHealth,
+    clock: SharedClock,
     retention: Duration,
     interval: Duration,
     stop: CancellationToken,
@@ -294,7 +343,7 @@ async fn chores(
             () = stop.cancelled() => return,
             () = tokio::time::sleep(interval) => {}
         }
-        let before = chrono::Utc::now()
+        let before = clock.now()
             - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(7));
         match health.inbox.purge(&health.partner_id, before).await {
             Ok(purged) if purged > 0 => {

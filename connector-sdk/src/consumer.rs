@@ -37,26 +37,23 @@ use rdkafka::{
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-use waybill_service_kit::kafka_log::ClientLog;
+use waybill_kafka_client::log::ClientLog;
 
 use crate::{
-    TransportPartner,
-    domain::ledger::PartitionLedger,
+    domain::{
+        ledger::PartitionLedger,
+        partition::{Cadence, pause, resume},
+    },
     envelope::decode_dispatched_order,
     inbox::RecordOrigin,
     metrics::{ConnectorHealth, ConnectorMetrics, PartitionHealth},
+    partner::TransportPartner,
     worker::{ClusterSink, Job, JobKind, RawRecord, Worker},
 };
 
 /// How long one `poll` waits: also the longest delay before a finished job's successor in
 /// the same key starts.
 const POLL_TIMEOUT: Duration = Duration::from_millis(20);
-
-/// How often the lag is measured.
-const LAG_INTERVAL: Duration = Duration::from_secs(15);
-/// How soon a lag measurement that could not reach every partition's watermark (a busy broker)
-/// is tried again.
-const LAG_RETRY: Duration = Duration::from_secs(1);
 
 /// The poll loop's settings.
 #[derive(Debug, Clone)]
@@ -268,7 +265,11 @@ impl<P: TransportPartner> PollContext<P> {
             cancel: slot.cancel.clone(),
         };
         let start = slot.ledger.receive(offset, &lane, job);
-        if slot.ledger.in_flight() >= self.settings.max_in_flight && !slot.paused {
+        if pause(
+            slot.ledger.in_flight(),
+            self.settings.max_in_flight,
+            slot.paused,
+        ) {
             let mut list = TopicPartitionList::new();
             list.add_partition(&self.settings.topic, partition);
             match consumer.pause(&list) {
@@ -318,7 +319,11 @@ impl<P: TransportPartner> PollContext<P> {
             .partitions
             .iter()
             .filter(|(_, slot)| {
-                slot.paused && slot.ledger.in_flight() <= self.settings.max_in_flight / 2
+                resume(
+                    slot.ledger.in_flight(),
+                    self.settings.max_in_flight,
+                    slot.paused,
+                )
             })
             .map(|(partition, _)| *partition)
             .collect();
@@ -423,7 +428,7 @@ impl<P: TransportPartner> PollContext<P> {
     }
 
     /// Asks the broker for each partition's high watermark (a request per partition, so
-    /// only every [`LAG_INTERVAL`]) and records the lag behind the safe offset. `false` when
+    /// only every [`LAG_INTERVAL`](crate::domain::partition::LAG_INTERVAL)) and records the lag behind the safe offset. `false` when
     /// some watermark could not be read.
     fn refresh_lag(&self, consumer: &BaseConsumer<Self>) -> bool {
         let partitions: Vec<i32> = self.lock().partitions.keys().copied().collect();
@@ -499,8 +504,7 @@ pub(crate) fn poll_loop<P: TransportPartner>(
     context
         .health
         .update_cluster(context.cluster_index, |cluster| cluster.polling = true);
-    let mut last_commit = Instant::now();
-    let mut next_lag = Instant::now() + LAG_INTERVAL;
+    let mut cadence = Cadence::new(context.settings.commit_interval, Instant::now());
     while !shutdown.is_cancelled() {
         match consumer.poll(POLL_TIMEOUT) {
             Some(Ok(message)) => {
@@ -512,18 +516,18 @@ pub(crate) fn poll_loop<P: TransportPartner>(
             None => {}
         }
         context.drain_completions(&consumer);
-        if last_commit.elapsed() >= context.settings.commit_interval {
+        if cadence.commit_due(Instant::now()) {
             {
                 let mut state = context.lock();
                 context.commit(&consumer, &mut state, None, CommitMode::Async);
                 context.publish_health(&state);
             }
-            last_commit = Instant::now();
+            cadence.committed(Instant::now());
         }
-        if Instant::now() >= next_lag {
+        if cadence.lag_due(Instant::now()) {
             // A watermark request that timed out is tried again in a second, not an interval.
             let complete = context.refresh_lag(&consumer);
-            next_lag = Instant::now() + if complete { LAG_INTERVAL } else { LAG_RETRY };
+            cadence.lag_measured(Instant::now(), complete);
         }
     }
     let partitions: Vec<i32> = context.lock().partitions.keys().copied().collect();

@@ -10,7 +10,12 @@
 //! retry, later statuses from the adapter, reports left by a restart or by another instance
 //! sharing the inbox. A report being sent is in `sending` and is skipped by the scan, so it
 //! is not sent twice at once (a second copy would be a harmless duplicate anyway). At most
-//! [`MAX_SENDING`] reports are on the wire at once.
+//! [`MAX_SENDING`] reports are on the wire at once, at most
+//! [`MAX_PENDING`](crate::domain::report::MAX_PENDING) held.
+//!
+//! What to do at each step — take a report onto the pipeline or leave it to the scan, what an
+//! answer means, when a report is due again, how long the scan sleeps — is decided in
+//! [`crate::domain::report`]; this module sends, stores and sleeps.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -21,7 +26,6 @@ use std::{
     time::Duration,
 };
 
-use chrono::Utc;
 use tokio::{
     sync::{Notify, Semaphore},
     task::JoinSet,
@@ -29,15 +33,14 @@ use tokio::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, error, info, warn};
-use waybill_proto::{
-    headers::RETRY_AFTER_MS,
-    v1::{ReportStatusRequest, status_ingest_client::StatusIngestClient},
-};
+use waybill_proto::v1::{ReportStatusRequest, status_ingest_client::StatusIngestClient};
 
 use crate::{
-    domain::{
-        backoff::Backoff,
-        report_outcome::{ReportOutcome, classify},
+    clock::SharedClock,
+    domain::report::{
+        Admission, BATCH, Failure, MAX_SENDING, QUICK_RETRIES, ReportRetry, Settle,
+        TOKEN_LIFETIME_SECONDS, admit, quick_delay, scan_caught_up, scan_wait, settle,
+        wake_scan_after_send,
     },
     inbox::{Inbox, StoredReport},
     metrics::ConnectorMetrics,
@@ -45,34 +48,11 @@ use crate::{
     signing::ReportSigningKey,
 };
 
-/// How long each report token is valid (StatusIngest allows at most 300 s).
-const TOKEN_LIFETIME_SECONDS: i64 = 120;
-/// Reports read per scan.
-const BATCH: i64 = 256;
-/// Reports on the wire at once: half of StatusIngest's default in-flight limit per connection
-/// (`ServerLimits::concurrency_per_connection`, 256), past which it sheds calls with
-/// `UNAVAILABLE`; a connector alone never meets that, so a burst of reports is queued here
-/// instead of refused there and retried after a backoff.
-pub(crate) const MAX_SENDING: usize = 128;
-/// Reports the pipeline holds in memory at once (on the wire or waiting for a place there).
-/// Past it a stored report stays in the inbox, where the scan finds it: when StatusIngest is
-/// slower than the partner, the queue grows on disk, not in memory (measured before the bound:
-/// 146 MiB with reports half a minute behind). Until the scan has caught up, later reports
-/// queue behind those in the inbox rather than overtaking them.
-pub(crate) const MAX_PENDING: usize = 8 * MAX_SENDING;
-/// The longest retry delay StatusIngest may ask for and get: a longer one is the backoff's.
-const QUICK_RETRY: Duration = Duration::from_millis(250);
-/// Retries made at StatusIngest's request in a row before the backoff takes over.
-const QUICK_RETRIES: u32 = 8;
-/// The longest the scan sleeps (another instance sharing the inbox may have left reports).
-const SCAN_AT_MOST_EVERY: Duration = Duration::from_secs(5);
-
 /// Settings of the report sender.
 #[derive(Debug, Clone)]
 pub(crate) struct SenderSettings {
     pub audience: String,
-    pub backoff: Backoff,
-    pub attempt_budget: u32,
+    pub retry: ReportRetry,
     pub rpc_timeout: Duration,
     pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
@@ -87,6 +67,7 @@ pub(crate) struct ReportSender {
     pub metrics: Arc<ConnectorMetrics>,
     pub wake: Arc<Notify>,
     pub observer: Observer,
+    pub clock: SharedClock,
     clients: Mutex<HashMap<String, StatusIngestClient<Channel>>>,
     /// Report ids being sent now (by the pipeline or the scan).
     sending: Mutex<HashSet<String>>,
@@ -100,6 +81,7 @@ pub(crate) struct ReportSender {
 }
 
 impl ReportSender {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         partner_id: String,
         inbox: Arc<dyn Inbox>,
@@ -108,6 +90,7 @@ impl ReportSender {
         metrics: Arc<ConnectorMetrics>,
         wake: Arc<Notify>,
         observer: Observer,
+        clock: SharedClock,
     ) -> Self {
         Self {
             partner_id,
@@ -117,6 +100,7 @@ impl ReportSender {
             metrics,
             wake,
             observer,
+            clock,
             clients: Mutex::new(HashMap::new()),
             sending: Mutex::new(HashSet::new()),
             permits: Semaphore::new(MAX_SENDING),
@@ -126,19 +110,27 @@ impl ReportSender {
     }
 
     /// Sends `report` now, on its own task (a report just stored by the worker), unless
-    /// [`MAX_PENDING`] are held already or earlier reports wait in the inbox: then it waits
+    /// [`MAX_PENDING`](crate::domain::report::MAX_PENDING) are held already or earlier reports wait in the inbox: then it waits
     /// there for the scan, woken here.
     pub fn submit(self: &Arc<Self>, report: StoredReport) {
         {
             let mut sending = self.sending();
-            if sending.len() >= MAX_PENDING || self.overflowed.load(Ordering::Relaxed) {
-                drop(sending);
-                self.overflowed.store(true, Ordering::Relaxed);
-                self.wake.notify_one();
-                return;
-            }
-            if !sending.insert(report.report_id.clone()) {
-                return;
+            let overflowed = self.overflowed.load(Ordering::Relaxed);
+            match admit(
+                sending.len(),
+                overflowed,
+                sending.contains(&report.report_id),
+            ) {
+                Admission::ToInbox => {
+                    drop(sending);
+                    self.overflowed.store(true, Ordering::Relaxed);
+                    self.wake.notify_one();
+                    return;
+                }
+                Admission::AlreadySending => return,
+                Admission::Send => {
+                    sending.insert(report.report_id.clone());
+                }
             }
         }
         let sender = Arc::clone(self);
@@ -172,19 +164,19 @@ impl ReportSender {
             // QUICK_RETRY each and QUICK_RETRIES in all (about a second), then the backoff's.
             let mut quick = 0_u32;
             while let Some(asked) = self.attempt(report.clone(), quick < QUICK_RETRIES).await {
-                let delay = asked.saturating_mul(1 << quick.min(16)).min(QUICK_RETRY);
+                let delay = quick_delay(asked, quick);
                 quick += 1;
                 tokio::time::sleep(delay).await;
                 report.attempts += 1;
             }
         }
-        let room = {
+        let pending = {
             let mut sending = self.sending();
             sending.remove(&report_id);
-            sending.len() < MAX_PENDING
+            sending.len()
         };
         // Reports wait in the inbox since the pipeline was full: the scan takes them now.
-        if room && self.overflowed.load(Ordering::Relaxed) {
+        if wake_scan_after_send(pending, self.overflowed.load(Ordering::Relaxed)) {
             self.wake.notify_one();
         }
     }
@@ -203,14 +195,7 @@ impl ReportSender {
                 continue;
             }
             let wait = match self.inbox.next_report_due(&self.partner_id).await {
-                // Due now yet nothing sent: every due report is being sent by the pipeline,
-                // which wakes this loop if one fails.
-                Ok(Some(due)) if due <= Utc::now() => SCAN_AT_MOST_EVERY,
-                Ok(Some(due)) => (due - Utc::now())
-                    .to_std()
-                    .unwrap_or(Duration::ZERO)
-                    .min(SCAN_AT_MOST_EVERY),
-                Ok(None) => SCAN_AT_MOST_EVERY,
+                Ok(next_due) => scan_wait(next_due, self.clock.now()),
                 Err(error) => {
                     ConnectorMetrics::add(&self.metrics.inbox_errors);
                     warn!(%error, "cannot read the next report time from the inbox");
@@ -230,7 +215,11 @@ impl ReportSender {
     pub async fn send_due(self: &Arc<Self>) -> usize {
         let due = match self
             .inbox
-            .due_reports(&self.partner_id, Utc::now(), BATCH)
+            .due_reports(
+                &self.partner_id,
+                self.clock.now(),
+                i64::try_from(BATCH).unwrap_or(i64::MAX),
+            )
             .await
         {
             Ok(due) => due,
@@ -242,7 +231,7 @@ impl ReportSender {
         };
         // Every due report is in hand: whatever the pipeline left to the inbox is caught up,
         // and new reports may take the pipeline again.
-        if due.len() < usize::try_from(BATCH).unwrap_or(usize::MAX) {
+        if scan_caught_up(due.len()) {
             self.overflowed.store(false, Ordering::Relaxed);
         }
         let mut attempts = JoinSet::new();
@@ -297,13 +286,14 @@ impl ReportSender {
             &self.partner_id,
             report,
             &self.settings.audience,
-            Utc::now(),
+            self.clock.now(),
             TOKEN_LIFETIME_SECONDS,
         )
     }
 
     /// One attempt, its outcome stored in the inbox. `Some(delay)` when StatusIngest asked for
-    /// a retry that soon ([`RETRY_AFTER_MS`], at most [`QUICK_RETRY`]): the caller makes it.
+    /// a retry that soon ([`RETRY_AFTER_MS`](waybill_proto::headers::RETRY_AFTER_MS), at most
+    /// [`QUICK_RETRY`](crate::domain::report::QUICK_RETRY)): the caller makes it.
     async fn attempt(&self, report: StoredReport, quick_allowed: bool) -> Option<Duration> {
         let attempt = u32::try_from(report.attempts)
             .unwrap_or(u32::MAX)
@@ -321,102 +311,88 @@ impl ReportSender {
             }
             Err(status) => Err(status),
         };
-        let outcome = match &result {
-            Ok(_) => ReportOutcome::Confirmed,
-            Err(status) => classify(status.code()),
+        let answered = match &result {
+            Ok(response) => Ok(response.get_ref().duplicate),
+            Err(status) => Err(Failure::of(status)),
         };
+        let settled = settle(
+            answered.as_ref().map(|duplicate| *duplicate),
+            attempt,
+            &self.settings.retry,
+            quick_allowed,
+            self.clock.now(),
+            &mut rand::rng(),
+        );
+        let (order_id, report_id) = (&report.order_id, &report.report_id);
         let mut quick = None;
-        let stored = match (outcome, &result) {
-            (ReportOutcome::Confirmed, Ok(response)) => {
-                let duplicate = response.get_ref().duplicate;
-                self.observer.step(&report.order_id, Step::ReportConfirmed);
+        let stored = match &settled {
+            Settle::Confirmed { duplicate } => {
+                self.observer.step(order_id, Step::ReportConfirmed);
                 ConnectorMetrics::add(&self.metrics.reports_confirmed);
-                if duplicate {
+                if *duplicate {
                     ConnectorMetrics::add(&self.metrics.reports_duplicate);
                 }
-                debug!(order_id = %report.order_id, report_id = %report.report_id,
-                    status = %report.status, attempt, duplicate, "report confirmed");
+                debug!(%order_id, %report_id, status = %report.status, attempt, duplicate,
+                    "report confirmed");
                 self.inbox
-                    .report_confirmed(&self.partner_id, &report.report_id)
+                    .report_confirmed(&self.partner_id, report_id)
                     .await
             }
-            (ReportOutcome::Retry, Err(status)) if attempt < self.settings.attempt_budget => {
+            Settle::Retry {
+                next_attempt_at,
+                delay,
+                quick: asked,
+                error,
+            } => {
                 ConnectorMetrics::add(&self.metrics.report_retries);
-                quick = retry_after(status).filter(|_| quick_allowed);
-                let delay = quick.unwrap_or_else(|| self.settings.backoff.jittered(attempt));
-                let next = Utc::now()
-                    + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero());
-                let message = format!("{:?}: {}", status.code(), status.message());
-                if attempt == 1 && quick.is_none() {
-                    warn!(order_id = %report.order_id, report_id = %report.report_id,
-                        reply_to = %report.reply_to, attempt, error = %message,
-                        retry_in_ms = delay.as_millis() as u64, "report failed, will retry");
+                quick = asked.then_some(*delay);
+                let retry_in_ms = delay.as_millis() as u64;
+                if attempt == 1 && !asked {
+                    warn!(%order_id, %report_id, reply_to = %report.reply_to, attempt, %error,
+                        retry_in_ms, "report failed, will retry");
                 } else {
-                    debug!(order_id = %report.order_id, report_id = %report.report_id, attempt,
-                        error = %message, retry_in_ms = delay.as_millis() as u64, "report failed again");
+                    debug!(%order_id, %report_id, attempt, %error, retry_in_ms,
+                        "report failed again");
                 }
                 let stored = self
                     .inbox
-                    .report_failed(&self.partner_id, &report.report_id, next, &message)
+                    .report_failed(&self.partner_id, report_id, *next_attempt_at, error)
                     .await;
-                if quick.is_none() {
+                if !asked {
                     // The scan times the retry.
                     self.wake.notify_one();
                 }
                 stored
             }
-            (_, Err(status)) => {
+            Settle::Refused { error } => {
                 ConnectorMetrics::add(&self.metrics.reports_refused);
-                let message = format!("{:?}: {}", status.code(), status.message());
-                error!(order_id = %report.order_id, report_id = %report.report_id,
-                    status = %report.status, attempt, error = %message,
+                error!(%order_id, %report_id, status = %report.status, attempt, %error,
                     "report refused, kept in the inbox as refused");
                 self.inbox
-                    .report_refused(&self.partner_id, &report.report_id, &message)
+                    .report_refused(&self.partner_id, report_id, error)
                     .await
             }
-            (_, Ok(_)) => Ok(()),
         };
         if let Err(error) = stored {
             // The report stays pending and is sent again: a duplicate at worst.
             ConnectorMetrics::add(&self.metrics.inbox_errors);
-            warn!(order_id = %report.order_id, report_id = %report.report_id, %error,
+            warn!(%order_id, %report_id, %error,
                 "cannot record the report's outcome in the inbox");
             return None;
-        } else if attempt > 1 && outcome == ReportOutcome::Confirmed {
-            info!(order_id = %report.order_id, report_id = %report.report_id, attempt,
-                "report landed after retries");
+        } else if attempt > 1 && matches!(settled, Settle::Confirmed { .. }) {
+            info!(%order_id, %report_id, attempt, "report landed after retries");
         }
         quick
     }
 }
 
-/// The retry delay StatusIngest asked for in `status`, if any and at most [`QUICK_RETRY`].
-fn retry_after(status: &tonic::Status) -> Option<Duration> {
-    let millis: u64 = status
-        .metadata()
-        .get(RETRY_AFTER_MS)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(Duration::from_millis(millis)).filter(|delay| *delay <= QUICK_RETRY)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn refusal(retry_after: Option<&str>) -> tonic::Status {
-        let mut status = tonic::Status::unavailable("the order is being handed to you");
-        if let Some(value) = retry_after {
-            status
-                .metadata_mut()
-                .insert(RETRY_AFTER_MS, value.parse().expect("ascii"));
-        }
-        status
-    }
+    use crate::{
+        clock::Clock as _,
+        domain::{backoff::Backoff, report::MAX_PENDING, test_clock},
+    };
 
     /// A StatusIngest that takes connections and never answers: every report sent to it
     /// stays on the wire.
@@ -443,23 +419,27 @@ mod tests {
         )
         .expect("key");
         let wake = Arc::new(Notify::new());
+        let clock = test_clock();
         let sender = Arc::new(ReportSender::new(
             "acme".to_owned(),
             Arc::new(inbox),
             key,
             SenderSettings {
                 audience: "waybill-test".to_owned(),
-                backoff: crate::domain::backoff::Backoff {
-                    base: Duration::from_millis(100),
-                    cap: Duration::from_secs(1),
+                retry: ReportRetry {
+                    attempts: 3,
+                    backoff: Backoff {
+                        base: Duration::from_millis(100),
+                        cap: Duration::from_secs(1),
+                    },
                 },
-                attempt_budget: 3,
                 rpc_timeout: Duration::from_secs(600),
                 tls: None,
             },
             Arc::new(ConnectorMetrics::default()),
             wake.clone(),
             Observer::default(),
+            Arc::new(clock.clone()),
         ));
         let report = |n: usize| {
             StoredReport::pending(
@@ -470,7 +450,7 @@ mod tests {
                 String::new(),
                 String::new(),
                 false,
-                Utc::now(),
+                clock.now(),
                 reply_to.clone(),
                 None,
             )
@@ -508,21 +488,5 @@ mod tests {
                 .contains(&format!("report-{}", MAX_PENDING + 2))
         );
         let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn a_short_retry_asked_for_is_taken_and_a_long_or_garbled_one_is_the_backoffs() {
-        assert_eq!(
-            retry_after(&refusal(Some("10"))),
-            Some(Duration::from_millis(10))
-        );
-        assert_eq!(
-            retry_after(&refusal(Some(" 250 "))),
-            Some(Duration::from_millis(250))
-        );
-        assert_eq!(retry_after(&refusal(Some("251"))), None, "over QUICK_RETRY");
-        assert_eq!(retry_after(&refusal(Some("-1"))), None);
-        assert_eq!(retry_after(&refusal(Some("soon"))), None);
-        assert_eq!(retry_after(&refusal(None)), None);
     }
 }

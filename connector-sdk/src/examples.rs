@@ -12,14 +12,21 @@
 //!
 //! Both are idempotent on the order id, as every adapter must be: the same order always gets
 //! the same tracking id.
+//!
+//! Behind the cargo feature `examples` (the `waybill` binary turns it on): a partner's own
+//! build leaves them out.
 
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use waybill_proto::v1::DispatchedOrder;
 
 use crate::{
-    Acceptance, Connector, ConnectorError, PartnerError, ShipmentContext, StatusReporter,
-    StatusUpdate, TransportPartner, proto::DispatchedOrder, sandbox::SandboxMarkers,
+    connector::Connector,
+    error::ConnectorError,
+    partner::{Acceptance, PartnerError, ShipmentContext, TransportPartner},
+    sandbox::SandboxMarkers,
+    status::{StatusReporter, StatusUpdate},
 };
 
 /// The id `local-express` is enrolled under.

@@ -69,10 +69,10 @@
 //! over a partition knows what the other did. Several regions: add one [`ClusterConfig`] per
 //! region; each order is answered at the reply-to address it carried. Programs configured by
 //! environment use [`ConnectorBuilder::from_env`] (the variables are in [`config`]). Two
-//! complete example partners are in [`examples`], with [`sandbox`] markers that trigger every
-//! path; `connector-sdk/examples/` runs each as a program of its own (`cargo run -p
-//! waybill-connector-sdk --example local-express`), and `waybill partner local-express` runs
-//! one from the `waybill` binary.
+//! complete example partners are in `examples` (cargo feature `examples`), with [`sandbox`]
+//! markers that trigger every path; `connector-sdk/examples/` runs each as a program of its own
+//! (`cargo run -p waybill-connector-sdk --features examples --example local-express`), and
+//! `waybill partner local-express` runs one from the `waybill` binary.
 //!
 //! # What the SDK guarantees
 //!
@@ -101,17 +101,33 @@
 //!   dispatch span and the parent of the adapter's spans and of the reports' server spans.
 //! - **Metrics.** [`metrics::ConnectorHealth::register_metrics`] registers the connector's
 //!   Prometheus series (counters, partition lag, inbox counts, placed → acknowledged latency)
-//!   in a `waybill_service_kit::metrics::Metrics`; serve it with
-//!   `waybill_service_kit::metrics::serve` on a port the partner's scraper reaches:
+//!   in a [`prometheus_client`] registry the partner's program passes (with the prefix
+//!   [`metrics::METRICS_PREFIX`]: `waybill_connector_*`), and returns the inbox gauges to
+//!   refresh before each scrape; the program serves the registry on a port its scraper
+//!   reaches. The SDK brings no HTTP server or registry of its own:
 //!
 //!   ```no_run
-//!   # async fn metrics(connector: &waybill_connector_sdk::Connector, shutdown: tokio_util::sync::CancellationToken) -> std::io::Result<()> {
-//!   let metrics = waybill_service_kit::metrics::Metrics::new();
-//!   connector.health().register_metrics(&metrics);
-//!   let listener = tokio::net::TcpListener::bind("0.0.0.0:9464").await?;
-//!   tokio::spawn(waybill_service_kit::metrics::serve(listener, metrics, shutdown));
-//!   # Ok(()) }
+//!   # async fn metrics(connector: &waybill_connector_sdk::Connector) -> Result<String, std::fmt::Error> {
+//!   use prometheus_client::{encoding::text::encode, registry::Registry};
+//!   use waybill_connector_sdk::metrics::METRICS_PREFIX;
+//!
+//!   let mut registry = Registry::default();
+//!   let inbox = connector
+//!       .health()
+//!       .register_metrics(registry.sub_registry_with_prefix(METRICS_PREFIX));
+//!   // In the program's `GET /metrics` handler:
+//!   inbox.refresh().await;
+//!   let mut body = String::new();
+//!   encode(&mut body, &registry)?;
+//!   # Ok(body) }
 //!   ```
+//! - **Errors say whether to retry.** [`ConnectorError`], [`ReportError`], [`PartnerError`]
+//!   and [`inbox::InboxError`] are enums with an `is_retryable()`: only an inbox that could not
+//!   be reached for a moment is worth another try.
+//! - **Time is injected.** Every decision in time — when a report is due again, each report
+//!   token's issue time, the inbox's time stamps and retention, the latency figure — reads the
+//!   [`clock::Clock`] set with [`ConnectorBuilder::clock`] (the system's by default), so a test
+//!   moves a [`clock::ManualClock`] instead of waiting.
 //!
 //! # What the adapter must guarantee
 //!
@@ -124,20 +140,27 @@
 //! # Layout
 //!
 //! [`partner`] (the trait and its types), [`status`] (later reports), [`signing`] (keys),
-//! [`config`] (builder and environment), [`connector`] (running), [`inbox`] (the durable
-//! inbox: trait, SQLite and Postgres), [`metrics`] (health and counters), [`envelope`]
-//! (checked decoding of a record), [`sandbox`] (example markers), `consumer` (the poll thread:
-//! its module doc says why a `BaseConsumer`), `worker` (one record's work), `delivery`
-//! (sending reports), [`domain`] (pure decisions, unit-tested: commit watermark, lanes,
-//! backoff, report outcomes), [`trace`] (W3C trace context).
+//! [`config`] (builder and environment), [`connector`] (running), [`error`] (why it could not
+//! start), [`clock`] (the time source), [`inbox`] (the durable inbox: trait, SQLite and
+//! Postgres), [`metrics`] (health and counters), [`envelope`] (checked decoding of a record),
+//! [`sandbox`] (example markers), `consumer` (the poll thread: its module doc says why a
+//! `BaseConsumer`), `worker` (one record's work), `delivery` (sending reports), [`domain`]
+//! (pure decisions, unit-tested on a manual clock: what to do with a record and with a
+//! report's answer, when a report is due again, when the pipeline overflows to the inbox,
+//! commit watermark, lanes, backoff), [`trace`] (W3C trace context). Modules import one
+//! another directly, never through this root's re-exports, so no module imports one that
+//! imports it back.
 #![warn(missing_docs)]
 
+pub mod clock;
 pub mod config;
 pub mod connector;
 mod consumer;
 mod delivery;
 pub mod domain;
 pub mod envelope;
+pub mod error;
+#[cfg(feature = "examples")]
 pub mod examples;
 pub mod inbox;
 pub mod metrics;
@@ -149,9 +172,11 @@ pub mod status;
 pub mod trace;
 mod worker;
 
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{ClusterConfig, ConnectorBuilder};
-pub use connector::{Connector, ConnectorError};
+pub use connector::Connector;
 pub use envelope::{DecodeError, IncomingOrder, decode_dispatched_order};
+pub use error::{ConfigError, ConnectorError};
 pub use observe::{PipelineObserver, Step};
 pub use partner::{Acceptance, PartnerError, ShipmentContext, TransportPartner};
 pub use signing::ReportSigningKey;

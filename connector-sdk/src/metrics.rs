@@ -4,10 +4,27 @@
 //! [`ConnectorHealth::inbox_counts`] for the durable state. The SDK logs the same figures every
 //! stats interval.
 //!
-//! The same figures as Prometheus series (`waybill_connector_*`): register them with
-//! [`ConnectorHealth::register_metrics`] and serve the registry with
-//! [`waybill_service_kit::metrics::serve`] (or `MetricsArgs::start`) on a port your scraper
-//! reaches.
+//! The same figures as Prometheus series (`waybill_connector_*`), in the
+//! [`prometheus_client`] registry the partner's program passes (the SDK keeps no registry of
+//! its own and serves nothing): [`ConnectorHealth::register_metrics`] registers them in a
+//! registry with the prefix [`METRICS_PREFIX`] and returns the [`InboxGauges`] to refresh
+//! before each scrape; the program serves the registry on a port its scraper reaches.
+//!
+//! ```no_run
+//! # async fn scrape(connector: &waybill_connector_sdk::Connector) -> Result<String, std::fmt::Error> {
+//! use prometheus_client::{encoding::text::encode, registry::Registry};
+//! use waybill_connector_sdk::metrics::METRICS_PREFIX;
+//!
+//! let mut registry = Registry::default();
+//! let inbox = connector
+//!     .health()
+//!     .register_metrics(registry.sub_registry_with_prefix(METRICS_PREFIX));
+//! // At every scrape (an HTTP handler of the program's own):
+//! inbox.refresh().await;
+//! let mut text = String::new();
+//! encode(&mut text, &registry)?;
+//! # Ok(text) }
+//! ```
 
 use std::{
     collections::BTreeMap,
@@ -17,6 +34,7 @@ use std::{
     },
 };
 
+use futures::future::BoxFuture;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _},
@@ -26,10 +44,18 @@ use prometheus_client::{
         gauge::ConstGauge,
         histogram::{Histogram, exponential_buckets},
     },
-    registry::Unit,
+    registry::{Registry, Unit},
 };
 
-use crate::inbox::{Inbox, InboxCounts, InboxError};
+use crate::{
+    domain::order::placed_to_answered,
+    inbox::{Inbox, InboxCounts, InboxError},
+};
+
+/// The prefix of the connector's series: register them in a registry with it
+/// (`registry.sub_registry_with_prefix(METRICS_PREFIX)`, or a `Metrics::register(METRICS_PREFIX,
+/// …)` of the services' kit), so that they are named `waybill_connector_*`.
+pub const METRICS_PREFIX: &str = "waybill_connector";
 
 macro_rules! counters {
     ($($(#[doc = $doc:literal])* $name:ident),* $(,)?) => {
@@ -109,22 +135,16 @@ impl ConnectorMetrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Records the time from `placed_at` (Waybill's clock) to now (this host's clock) when the
-    /// adapter answered an order for the first time. A negative difference (clock skew) counts
-    /// as 0.
-    pub(crate) fn observe_answered(&self, placed_at: Option<&prost_types::Timestamp>) {
-        let Some(placed_at) = placed_at else { return };
-        let Ok(nanos) = u32::try_from(placed_at.nanos) else {
-            return;
-        };
-        let Some(placed) = chrono::DateTime::from_timestamp(placed_at.seconds, nanos) else {
-            return;
-        };
-        let seconds = (chrono::Utc::now() - placed)
-            .num_microseconds()
-            .unwrap_or(0) as f64
-            / 1e6;
-        self.placed_to_answered.0.observe(seconds.max(0.0));
+    /// Records the time from `placed_at` (Waybill's clock) to `now` (this host's clock) when
+    /// the adapter answered an order for the first time.
+    pub(crate) fn observe_answered(
+        &self,
+        placed_at: Option<&prost_types::Timestamp>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) {
+        if let Some(seconds) = placed_to_answered(placed_at, now) {
+            self.placed_to_answered.0.observe(seconds);
+        }
     }
 }
 
@@ -209,22 +229,24 @@ impl ConnectorHealth {
 }
 
 impl ConnectorHealth {
-    /// Registers this connector's Prometheus series in `metrics`; the same as
+    /// Registers this connector's Prometheus series in `registry`; the same as
     /// [`register_metrics`] with this one connector.
-    pub fn register_metrics(&self, metrics: &waybill_service_kit::metrics::Metrics) {
-        register_metrics(metrics, std::slice::from_ref(self));
+    pub fn register_metrics(&self, registry: &mut Registry) -> InboxGauges {
+        register_metrics(registry, std::slice::from_ref(self))
     }
 }
 
-/// Registers the Prometheus series (names `waybill_connector_*`, every sample labelled with its
-/// `partner`) of every connector of this process, in one call (a second call would repeat the
-/// metric families): the counters above, each assigned partition's in-flight records and lag,
-/// the inbox's counts by state (read from the inbox at every scrape) and the placed →
-/// acknowledged latency histogram. Serve `metrics` with the kit's `/metrics` endpoint.
-pub fn register_metrics(
-    metrics: &waybill_service_kit::metrics::Metrics,
-    connectors: &[ConnectorHealth],
-) {
+/// Registers the Prometheus series of every connector of this process in `registry`, in one
+/// call (a second call would repeat the metric families): the counters above, each assigned
+/// partition's in-flight records and lag, the inbox's counts by state and the placed →
+/// acknowledged latency histogram, every sample labelled with its `partner`. Names are
+/// unprefixed (`records_received`, …): pass a registry with the prefix [`METRICS_PREFIX`]
+/// for the documented `waybill_connector_*`.
+///
+/// The inbox's counts are read from the inbox, which takes a query: run the returned
+/// [`InboxGauges::refresh`] before each scrape (with the services' kit,
+/// `metrics.on_scrape(move || inbox.refresh())`).
+pub fn register_metrics(registry: &mut Registry, connectors: &[ConnectorHealth]) -> InboxGauges {
     let connectors: Vec<Watched> = connectors
         .iter()
         .map(|health| Watched {
@@ -232,14 +254,25 @@ pub fn register_metrics(
             inbox_counts: Arc::default(),
         })
         .collect();
-    let collector = ConnectorCollector {
+    registry.register_collector(Box::new(ConnectorCollector {
         connectors: connectors.clone(),
-    };
-    metrics.register("waybill_connector", |registry| {
-        registry.register_collector(Box::new(collector));
-    });
-    metrics.on_scrape(move || {
-        let connectors = connectors.clone();
+    }));
+    InboxGauges { connectors }
+}
+
+/// The inbox counts behind the `inbox_*` gauges of [`register_metrics`]' connectors. Cheap to
+/// clone.
+#[derive(Debug, Clone)]
+pub struct InboxGauges {
+    connectors: Vec<Watched>,
+}
+
+impl InboxGauges {
+    /// Reads every connector's inbox counts into the gauges (an inbox that cannot be read
+    /// keeps its last values, with a warning). Until it first runs, the inbox gauges have no
+    /// samples.
+    pub fn refresh(&self) -> BoxFuture<'static, ()> {
+        let connectors = self.connectors.clone();
         Box::pin(async move {
             for watched in connectors {
                 match watched.health.inbox_counts().await {
@@ -255,7 +288,7 @@ pub fn register_metrics(
                 }
             }
         })
-    });
+    }
 }
 
 /// One connector and its inbox counts as read by the last scrape's refresher.
@@ -417,4 +450,57 @@ fn gauge(
         ConstGauge::new(*value).encode(family.encode_family(labels)?)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::encoding::text::encode;
+
+    use super::*;
+    use crate::inbox::SqlInbox;
+
+    #[tokio::test]
+    async fn the_series_keep_their_names_in_the_registry_the_program_passes() {
+        let dir =
+            std::env::temp_dir().join(format!("waybill-sdk-metrics-{}", uuid::Uuid::new_v4()));
+        let inbox = SqlInbox::open_sqlite(dir.join("inbox.db"))
+            .await
+            .expect("inbox");
+        let health = ConnectorHealth {
+            partner_id: "acme".to_owned(),
+            metrics: Arc::new(ConnectorMetrics::default()),
+            clusters: Arc::new(Mutex::new(Vec::new())),
+            running: Arc::new(AtomicBool::new(true)),
+            inbox: Arc::new(inbox),
+        };
+        ConnectorMetrics::add(&health.metrics.records_received);
+        let mut registry = Registry::default();
+        let inbox = health.register_metrics(registry.sub_registry_with_prefix(METRICS_PREFIX));
+        let scrape = |registry: &Registry| {
+            let mut text = String::new();
+            encode(&mut text, registry).expect("encodes");
+            text
+        };
+        let before = scrape(&registry);
+        assert!(
+            before.contains("waybill_connector_records_received_total{partner=\"acme\"} 1\n"),
+            "{before}"
+        );
+        assert!(
+            before.contains("waybill_connector_running{partner=\"acme\"} 1\n"),
+            "{before}"
+        );
+        assert!(
+            !before.contains("waybill_connector_inbox_orders{"),
+            "no inbox samples before a refresh: {before}"
+        );
+        inbox.refresh().await;
+        let after = scrape(&registry);
+        assert!(
+            after
+                .contains("waybill_connector_inbox_orders{partner=\"acme\",state=\"started\"} 0\n"),
+            "{after}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

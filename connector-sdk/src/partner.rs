@@ -102,6 +102,12 @@ pub enum PartnerError {
 }
 
 impl PartnerError {
+    /// Whether the SDK retries the order after this error (with backoff, within the adapter
+    /// retries), rather than setting it aside.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Retryable(_))
+    }
+
     /// A [`PartnerError::Retryable`].
     pub fn retryable(reason: impl std::fmt::Display) -> Self {
         Self::Retryable(reason.to_string())

@@ -29,10 +29,24 @@ impl std::fmt::Debug for ReportSigningKey {
     }
 }
 
-/// The key could not be read.
+/// The key could not be read. Never retryable: give another file, key or key id.
 #[derive(Debug, thiserror::Error)]
-#[error("report signing key: {0}")]
-pub struct SigningKeyError(pub String);
+pub enum SigningKeyError {
+    /// The key file could not be read.
+    #[error("report signing key: cannot read {path}: {reason}")]
+    Read {
+        /// The file.
+        path: String,
+        /// What the file system said.
+        reason: String,
+    },
+    /// The bytes are not an Ed25519 private key in PKCS#8 (PEM or DER).
+    #[error("report signing key: {0}")]
+    NotAKey(String),
+    /// The key id is empty.
+    #[error("report signing key: the key id is empty: give the id the key was enrolled under")]
+    EmptyKeyId,
+}
 
 impl ReportSigningKey {
     /// Reads a PKCS#8 private key (PEM, as `openssl genpkey -algorithm ed25519` or
@@ -42,15 +56,17 @@ impl ReportSigningKey {
         key_id: impl Into<String>,
     ) -> Result<Self, SigningKeyError> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path)
-            .map_err(|e| SigningKeyError(format!("cannot read {}: {e}", path.display())))?;
+        let bytes = std::fs::read(path).map_err(|e| SigningKeyError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
         Self::from_pkcs8(&bytes, key_id)
     }
 
     /// Reads a PKCS#8 private key from PEM or DER bytes (a secret manager's value).
     pub fn from_pkcs8(bytes: &[u8], key_id: impl Into<String>) -> Result<Self, SigningKeyError> {
         let key = waybill_token::keys::signing_key_from_pkcs8(bytes)
-            .map_err(|e| SigningKeyError(e.to_string()))?;
+            .map_err(|e| SigningKeyError::NotAKey(e.to_string()))?;
         Self::from_key(key, key_id)
     }
 
@@ -58,9 +74,7 @@ impl ReportSigningKey {
     pub fn from_key(key: SigningKey, key_id: impl Into<String>) -> Result<Self, SigningKeyError> {
         let key_id = key_id.into();
         if key_id.trim().is_empty() {
-            return Err(SigningKeyError(
-                "the key id is empty: give the id the key was enrolled under".to_owned(),
-            ));
+            return Err(SigningKeyError::EmptyKeyId);
         }
         Ok(Self {
             signer: TokenSigner::new(key, key_id),

@@ -9,7 +9,10 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
-use crate::inbox::{Inbox, InboxError, OrderState, StoredReport};
+use crate::{
+    clock::SharedClock,
+    inbox::{Inbox, InboxError, OrderState, StoredReport},
+};
 
 /// The statuses a partner reports after accepting an order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,13 +135,40 @@ pub enum ReportError {
         /// Its state in the inbox.
         state: &'static str,
     },
-    /// A field breaks StatusIngest's rules; sending it would be refused.
-    #[error("{0}")]
-    Invalid(String),
+    /// The detail is longer than StatusIngest takes.
+    #[error("detail is longer than {MAX_DETAIL_CHARS} characters")]
+    DetailTooLong,
+    /// The detail code breaks StatusIngest's rule.
+    #[error(
+        "detail code {0:?} must be at most 64 upper-case letters, digits or '_' (ADDRESS_NOT_FOUND)"
+    )]
+    InvalidDetailCode(String),
+    /// The report id is empty or too long.
+    #[error("report id must be 1 to 128 characters")]
+    InvalidReportId,
     /// The inbox could not store it; nothing was stored.
     #[error(transparent)]
     Inbox(#[from] InboxError),
 }
+
+impl ReportError {
+    /// Whether reporting the same update again may succeed: only when the inbox could not be
+    /// reached for a moment. An order never delivered or not accepted, or a field that breaks
+    /// StatusIngest's rules, is refused again.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Inbox(error) => error.is_retryable(),
+            Self::UnknownOrder(_)
+            | Self::NotAccepted { .. }
+            | Self::DetailTooLong
+            | Self::InvalidDetailCode(_)
+            | Self::InvalidReportId => false,
+        }
+    }
+}
+
+/// The longest detail StatusIngest takes, in characters.
+const MAX_DETAIL_CHARS: usize = 1024;
 
 /// Reports later statuses of orders this connector accepted. Cheap to clone; use it from any
 /// task.
@@ -147,6 +177,7 @@ pub struct StatusReporter {
     pub(crate) partner_id: String,
     pub(crate) inbox: Arc<dyn Inbox>,
     pub(crate) wake: Arc<Notify>,
+    pub(crate) clock: SharedClock,
 }
 
 impl StatusReporter {
@@ -162,10 +193,8 @@ impl StatusReporter {
         update: StatusUpdate,
     ) -> Result<String, ReportError> {
         check_detail_code(&update.detail_code)?;
-        if update.detail.chars().count() > 1024 {
-            return Err(ReportError::Invalid(
-                "detail is longer than 1024 characters".to_owned(),
-            ));
+        if update.detail.chars().count() > MAX_DETAIL_CHARS {
+            return Err(ReportError::DetailTooLong);
         }
         let order = self.accepted_order(order_id).await?;
         if order.state != OrderState::Accepted {
@@ -178,9 +207,7 @@ impl StatusReporter {
             .report_id
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         if report_id.trim().is_empty() || report_id.chars().count() > 128 {
-            return Err(ReportError::Invalid(
-                "report id must be 1 to 128 characters".to_owned(),
-            ));
+            return Err(ReportError::InvalidReportId);
         }
         let report = StoredReport::pending(
             report_id.clone(),
@@ -190,7 +217,7 @@ impl StatusReporter {
             update.detail,
             update.detail_code,
             update.action_required,
-            update.occurred_at.unwrap_or_else(Utc::now),
+            update.occurred_at.unwrap_or_else(|| self.clock.now()),
             order.reply_to,
             // The connector's span for this order (its parent in the trace).
             order.traceparent,
@@ -238,9 +265,7 @@ pub(crate) fn check_detail_code(code: &str) -> Result<(), ReportError> {
     if ok {
         Ok(())
     } else {
-        Err(ReportError::Invalid(format!(
-            "detail code {code:?} must be at most 64 upper-case letters, digits or '_' (ADDRESS_NOT_FOUND)"
-        )))
+        Err(ReportError::InvalidDetailCode(code.to_owned()))
     }
 }
 
@@ -254,6 +279,16 @@ mod tests {
         assert!(check_detail_code("ADDRESS_NOT_FOUND").is_ok());
         assert!(check_detail_code("address").is_err());
         assert!(check_detail_code(&"A".repeat(65)).is_err());
+        let refused = check_detail_code("address").expect_err("lower case");
+        assert!(!refused.is_retryable());
+        assert!(refused.to_string().contains("\"address\""), "{refused}");
+    }
+
+    #[test]
+    fn only_an_unavailable_inbox_is_worth_reporting_again_for() {
+        assert!(ReportError::from(InboxError::Unavailable("busy".into())).is_retryable());
+        assert!(!ReportError::UnknownOrder("o-1".into()).is_retryable());
+        assert!(!ReportError::DetailTooLong.is_retryable());
     }
 
     #[test]

@@ -13,19 +13,23 @@ use rdkafka::{
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, error, info, info_span, warn};
-use waybill_proto::v1::OrderStatus;
-use waybill_service_kit::kafka_log::LogContext;
+use waybill_kafka_client::log::LogContext;
 
 use crate::{
-    Acceptance, PartnerError, ShipmentContext, TransportPartner,
+    clock::SharedClock,
     delivery::ReportSender,
-    domain::backoff::Backoff,
-    envelope::IncomingOrder,
-    inbox::{
-        Inbox, InboxError, OrderDelivery, OrderState, RecordOrigin, StoredAnswer, StoredReport,
+    domain::{
+        backoff::Backoff,
+        order::{
+            AdapterRetry, AfterCall, AfterStore, Answer, CallResult, OnDelivery, OnUndecodable,
+            after_call, after_store, answer, on_delivery, on_undecodable,
+        },
     },
+    envelope::IncomingOrder,
+    inbox::{Inbox, InboxError, OrderDelivery, OrderState, RecordOrigin},
     metrics::ConnectorMetrics,
     observe::{Observer, Step},
+    partner::{Acceptance, ShipmentContext, TransportPartner},
 };
 
 /// The dead-letter record's header naming why it was set aside.
@@ -78,8 +82,7 @@ impl std::fmt::Debug for ClusterSink {
 #[derive(Debug, Clone)]
 pub(crate) struct WorkerSettings {
     pub adapter_timeout: Duration,
-    pub adapter_attempts: u32,
-    pub adapter_backoff: Backoff,
+    pub adapter_retry: AdapterRetry,
 }
 
 /// Everything jobs share.
@@ -91,6 +94,7 @@ pub(crate) struct Worker<P> {
     pub metrics: Arc<ConnectorMetrics>,
     pub reports: Arc<ReportSender>,
     pub observer: Observer,
+    pub clock: SharedClock,
 }
 
 impl<P: TransportPartner> Worker<P> {
@@ -140,8 +144,8 @@ impl<P: TransportPartner> Worker<P> {
             return false;
         };
         self.observer.step(&order_id, Step::Recorded);
-        match row.state {
-            OrderState::Accepted | OrderState::Rejected | OrderState::SetAside => {
+        match on_delivery(&row) {
+            OnDelivery::AnswerFromInbox => {
                 ConnectorMetrics::add(&self.metrics.duplicates_skipped);
                 info!(
                     deliveries = row.deliveries,
@@ -152,13 +156,13 @@ impl<P: TransportPartner> Worker<P> {
                 self.reports.wake.notify_one();
                 return true;
             }
-            OrderState::Started if row.deliveries > 1 => {
+            OnDelivery::CallAgain => {
                 info!(
                     deliveries = row.deliveries,
                     "order seen before without a stored answer, asking the adapter again with the same idempotency key"
                 );
             }
-            OrderState::Started => ConnectorMetrics::add(&self.metrics.orders_started),
+            OnDelivery::FirstCall => ConnectorMetrics::add(&self.metrics.orders_started),
         }
 
         let mut attempt = 0_u32;
@@ -196,53 +200,38 @@ impl<P: TransportPartner> Worker<P> {
                 AssertUnwindSafe(self.adapter.request_shipment(&incoming.order, &ctx))
                     .catch_unwind(),
             );
-            let result = tokio::select! {
+            let called = tokio::select! {
                 () = job.cancel.cancelled() => return false,
-                result = call => result,
+                called = call => called,
             };
-            let failure = match result {
-                Ok(Err(_panic)) => {
-                    return self
-                        .set_aside_order(job, &order_id, "adapter panicked", sink)
-                        .await;
+            let result = match called {
+                Ok(Ok(Ok(acceptance))) => CallResult::Answered(acceptance),
+                Ok(Ok(Err(error))) => CallResult::Failed(error),
+                Ok(Err(_panic)) => CallResult::Panicked,
+                Err(_) => {
+                    ConnectorMetrics::add(&self.metrics.adapter_timeouts);
+                    CallResult::TimedOut(self.settings.adapter_timeout)
                 }
-                Ok(Ok(Ok(acceptance))) => {
+            };
+            let decision = after_call(
+                result,
+                attempt,
+                &self.settings.adapter_retry,
+                &mut rand::rng(),
+            );
+            let (delay, failure) = match decision {
+                AfterCall::Store(acceptance) => {
                     self.observer.step(&order_id, Step::Answered);
                     return self
                         .store_answer(job, incoming, &order_id, acceptance, traceparent)
                         .await;
                 }
-                Ok(Ok(Err(PartnerError::Permanent(reason)))) => {
-                    return self
-                        .set_aside_order(
-                            job,
-                            &order_id,
-                            &format!("adapter failed permanently: {reason}"),
-                            sink,
-                        )
-                        .await;
+                AfterCall::SetAside(reason) => {
+                    return self.set_aside_order(job, &order_id, &reason, sink).await;
                 }
-                Ok(Ok(Err(PartnerError::Retryable(reason)))) => reason,
-                Err(_) => {
-                    ConnectorMetrics::add(&self.metrics.adapter_timeouts);
-                    format!(
-                        "adapter call timed out after {} ms",
-                        self.settings.adapter_timeout.as_millis()
-                    )
-                }
+                AfterCall::Retry { delay, failure } => (delay, failure),
             };
-            if attempt >= self.settings.adapter_attempts {
-                return self
-                    .set_aside_order(
-                        job,
-                        &order_id,
-                        &format!("adapter failed {attempt} times, the latest: {failure}"),
-                        sink,
-                    )
-                    .await;
-            }
             ConnectorMetrics::add(&self.metrics.adapter_retries);
-            let delay = self.settings.adapter_backoff.jittered(attempt);
             warn!(attempt, error = %failure, retry_in_ms = delay.as_millis() as u64,
                 "adapter call failed, retrying this order (other orders keep flowing)");
             tokio::select! {
@@ -260,43 +249,12 @@ impl<P: TransportPartner> Worker<P> {
         acceptance: Acceptance,
         traceparent: Option<String>,
     ) -> bool {
-        let now = chrono::Utc::now();
-        let (answer, status, tracking_id, detail, detail_code) = match acceptance {
-            Acceptance::Accepted { tracking_id } => (
-                StoredAnswer::Accepted {
-                    tracking_id: tracking_id.clone(),
-                },
-                OrderStatus::ReceivedByPartner,
-                tracking_id,
-                String::new(),
-                String::new(),
-            ),
-            Acceptance::Rejected {
-                reason,
-                detail_code,
-            } => (
-                StoredAnswer::Rejected {
-                    reason: reason.clone(),
-                },
-                OrderStatus::RejectedByPartner,
-                String::new(),
-                reason,
-                detail_code,
-            ),
-        };
-        // One report id per order and answer, the same from any instance: StatusIngest
-        // answers a second copy as a duplicate.
-        let report = StoredReport::pending(
-            format!("{order_id}:{}", status.short_name()),
-            order_id.to_owned(),
-            status.short_name(),
-            tracking_id,
-            detail,
-            detail_code,
-            false,
-            now,
-            incoming.reply_to.clone(),
+        let Answer { answer, report } = answer(
+            order_id,
+            acceptance,
+            &incoming.reply_to,
             traceparent,
+            self.clock.now(),
         );
         let Some(stored) = self
             .inbox_op(&job.cancel, || {
@@ -312,31 +270,22 @@ impl<P: TransportPartner> Worker<P> {
             OrderState::Accepted => {
                 ConnectorMetrics::add(&self.metrics.orders_accepted);
                 self.metrics
-                    .observe_answered(incoming.order.placed_at.as_ref());
+                    .observe_answered(incoming.order.placed_at.as_ref(), self.clock.now());
                 info!(tracking_id = %stored.tracking_id, "order accepted by the partner");
             }
             OrderState::Rejected => {
                 ConnectorMetrics::add(&self.metrics.orders_rejected);
                 self.metrics
-                    .observe_answered(incoming.order.placed_at.as_ref());
+                    .observe_answered(incoming.order.placed_at.as_ref(), self.clock.now());
                 info!(reason = %stored.reason, "order rejected by the partner");
             }
             OrderState::Started | OrderState::SetAside => {}
         }
-        let ours = match &answer {
-            StoredAnswer::Accepted { tracking_id } => {
-                stored.state == OrderState::Accepted && stored.tracking_id == *tracking_id
-            }
-            StoredAnswer::Rejected { reason } => {
-                stored.state == OrderState::Rejected && stored.reason == *reason
-            }
-        };
-        if ours {
+        match after_store(&answer, &stored) {
             // Ours is the answer stored (or another instance's identical one: the same report
             // id and content, so at worst StatusIngest sees a duplicate): send it now.
-            self.reports.submit(report);
-        } else {
-            self.reports.wake.notify_one();
+            AfterStore::Submit => self.reports.submit(report),
+            AfterStore::WakeScan => self.reports.wake.notify_one(),
         }
         true
     }
@@ -373,7 +322,7 @@ impl<P: TransportPartner> Worker<P> {
         else {
             return false;
         };
-        if seen {
+        if on_undecodable(seen) == OnUndecodable::Done {
             return true;
         }
         warn!(topic = %job.origin.topic, partition = job.origin.partition,

@@ -11,6 +11,7 @@ use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use support::*;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use waybill_connector_sdk::metrics::METRICS_PREFIX;
 use waybill_proto::v1::{
     self as pb, DispatchState, OrderStatus, status_ingest_client::StatusIngestClient,
 };
@@ -24,7 +25,10 @@ async fn each_service_and_the_connector_expose_their_series_after_real_traffic()
     let key = enroll(&stack, "acme", "US", 1).await;
     let connector = builder(&stack, "acme", &key).build().await.unwrap();
     let connector_metrics = Metrics::new();
-    connector.health().register_metrics(&connector_metrics);
+    connector_metrics.register(METRICS_PREFIX, |registry| {
+        let inbox = connector.health().register_metrics(registry);
+        connector_metrics.on_scrape(move || inbox.refresh());
+    });
     let running = start(connector, Recorder::default());
 
     let orders_at = stack.serve_metrics(&stack.orders_metrics).await;

@@ -21,10 +21,9 @@
 //! - [`secrets`]: reading key files whose permissions are checked.
 //! - [`security`]: TLS (mTLS optional, reload on SIGHUP), the caller-identity layer shared by
 //!   every service (roles, audit trail), per-caller rate limits, and the production guard.
-//! - `kafka` (feature `kafka`): refusing Kafka client settings the build cannot honour, before
-//!   a service starts, naming what it supports.
-//! - [`kafka_log`]: librdkafka's log lines and errors as one line per change (brokers down,
-//!   back) instead of one per reconnect attempt, for every Kafka client's context.
+//! - `kafka` and `kafka_log` (feature `kafka`): the `waybill-kafka-client` crate's `settings`
+//!   (refusing Kafka client settings the build cannot honour) and `log` (librdkafka's lines
+//!   once per change), re-exported for the services that speak Kafka.
 //! - [`shutdown`]: SIGINT/SIGTERM to a `CancellationToken`.
 //! - [`clock`]: the time source, controllable in tests.
 //! - `testing` (feature `testing`): throw-away databases for tests.
@@ -35,8 +34,9 @@ pub mod db;
 pub mod duration;
 pub mod grpc;
 #[cfg(feature = "kafka")]
-pub mod kafka;
-pub mod kafka_log;
+pub use waybill_kafka_client::log as kafka_log;
+#[cfg(feature = "kafka")]
+pub use waybill_kafka_client::settings as kafka;
 pub mod metrics;
 pub mod page_token;
 pub mod run;

@@ -23,7 +23,7 @@ use sqlx::{Connection as _, Database, Executor};
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
-use crate::inbox::InboxError;
+use crate::inbox::error::InboxError;
 
 /// Writes queued before callers wait for room (back-pressure, not growth).
 const QUEUE: usize = 1024;
@@ -108,15 +108,15 @@ where
         self.queue
             .send(Write { apply, reply })
             .await
-            .map_err(|_| InboxError("the inbox writer has stopped".to_owned()))?;
+            .map_err(|_| InboxError::Closed("its writer has stopped"))?;
         answer
             .await
-            .map_err(|_| InboxError("the inbox writer stopped before committing".to_owned()))??;
+            .map_err(|_| InboxError::Closed("its writer stopped before committing"))??;
         let result = value
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
-        result.ok_or_else(|| InboxError("the inbox write left no result".to_owned()))
+        result.ok_or(InboxError::Closed("its writer left no result"))
     }
 }
 
@@ -269,7 +269,7 @@ mod tests {
                             .execute(&mut *conn)
                             .await?;
                         if id == 13 {
-                            return Err(InboxError("thirteen is refused".to_owned()));
+                            return Err(InboxError::Refused("thirteen is refused".to_owned()));
                         }
                         Ok(id)
                     })
@@ -295,8 +295,8 @@ mod tests {
         for (id, result) in (1..=20).zip(&results) {
             match id {
                 13 => assert_eq!(
-                    result.as_ref().unwrap_err().0,
-                    "thirteen is refused",
+                    result.as_ref().unwrap_err(),
+                    &InboxError::Refused("thirteen is refused".to_owned()),
                     "the write's own error"
                 ),
                 _ => assert_eq!(*result.as_ref().unwrap(), id),
@@ -315,7 +315,10 @@ mod tests {
         let results = join_all([insert(&writer, 1, None), insert(&writer, 2, Some(99))]).await;
         for result in &results {
             let error = result.as_ref().unwrap_err();
-            assert!(error.0.contains("FOREIGN KEY"), "{error}");
+            assert!(
+                matches!(error, InboxError::Refused(message) if message.contains("FOREIGN KEY")),
+                "a refused statement, not worth a retry: {error:?}"
+            );
         }
         assert!(ids(&pool).await.is_empty(), "nothing of the batch stored");
         // The writer goes on: the next batch commits.

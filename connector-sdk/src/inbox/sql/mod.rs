@@ -14,7 +14,7 @@
 //! - `group`: the writer every write goes through (group commit: one transaction, one flush, per
 //!   batch of whatever writes are queued).
 
-use std::{path::Path, str::FromStr, time::Duration};
+use std::{path::Path, str::FromStr, sync::Arc, time::Duration};
 
 use sqlx::{
     PgPool, Postgres, Sqlite, SqlitePool,
@@ -22,7 +22,10 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
-use super::InboxError;
+use crate::{
+    clock::{SharedClock, SystemClock},
+    inbox::error::InboxError,
+};
 use rows::SCHEMA;
 
 /// The pool (reads, schema) and the writer every write goes through (`group`).
@@ -73,6 +76,8 @@ use group::Writer;
 #[derive(Debug, Clone)]
 pub struct SqlInbox {
     pool: Pool,
+    /// Where the time stamps it keeps come from.
+    clock: SharedClock,
 }
 
 impl SqlInbox {
@@ -82,8 +87,9 @@ impl SqlInbox {
     pub async fn open_sqlite(path: impl AsRef<Path>) -> Result<Self, InboxError> {
         let path = path.as_ref();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                InboxError(format!("cannot create directory {}: {e}", parent.display()))
+            std::fs::create_dir_all(parent).map_err(|e| InboxError::Directory {
+                path: parent.display().to_string(),
+                reason: e.to_string(),
             })?;
         }
         let options = SqliteConnectOptions::new()
@@ -99,6 +105,7 @@ impl SqlInbox {
         let writer = Writer::start(pool.clone());
         let inbox = Self {
             pool: Pool::Sqlite(pool, writer),
+            clock: Arc::new(SystemClock),
         };
         inbox.create_schema().await?;
         Ok(inbox)
@@ -115,6 +122,7 @@ impl SqlInbox {
         let writer = Writer::start(pool.clone());
         let inbox = Self {
             pool: Pool::Postgres(pool, writer),
+            clock: Arc::new(SystemClock),
         };
         inbox.create_schema().await?;
         Ok(inbox)
@@ -128,6 +136,18 @@ impl SqlInbox {
         } else {
             Self::open_sqlite(url.strip_prefix("sqlite://").unwrap_or(url)).await
         }
+    }
+
+    /// The same inbox, its time stamps (deliveries, answers, reports) read from `clock`
+    /// (the connector's, when it opens the inbox).
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Now, as the inbox stores instants.
+    fn now_micros(&self) -> i64 {
+        rows::micros(self.clock.now())
     }
 
     /// Closes the pool (waits for connections to be returned).
@@ -144,7 +164,7 @@ impl SqlInbox {
             }
             Pool::Postgres(pool, _) => {
                 // Two instances starting together would race on the catalog: serialise them.
-                let mut tx = waybill_service_kit::db::begin(pool).await?;
+                let mut tx = begin(pool).await?;
                 sqlx::query("SELECT pg_advisory_xact_lock(4207319520)")
                     .execute(&mut *tx)
                     .await?;
@@ -156,4 +176,18 @@ impl SqlInbox {
         }
         Ok(())
     }
+}
+
+/// Begins a transaction on `pool` in a task of its own, so that a caller cancelled while the
+/// `BEGIN` is answered cannot leave the pooled Postgres session inside a transaction (sqlx 0.8
+/// counts the transaction only once `BEGIN` is answered; the services' kit does the same).
+async fn begin<DB: sqlx::Database>(
+    pool: &sqlx::Pool<DB>,
+) -> Result<sqlx::Transaction<'static, DB>, InboxError> {
+    let pool = pool.clone();
+    #[allow(clippy::disallowed_methods)] // the SDK's one `Pool::begin`, in a task of its own
+    let begun = tokio::spawn(async move { pool.begin().await }).await;
+    begun
+        .map_err(|_| InboxError::Closed("the runtime stopped while a transaction began"))?
+        .map_err(InboxError::from)
 }

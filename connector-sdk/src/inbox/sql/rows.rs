@@ -4,7 +4,10 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::inbox::{InboxError, InboxOrder, OrderState, ReportState, StoredReport};
+use crate::inbox::{
+    error::InboxError,
+    model::{InboxOrder, OrderState, ReportState, StoredReport},
+};
 
 pub(super) const SCHEMA: [&str; 5] = [
     "CREATE TABLE IF NOT EXISTS waybill_inbox_orders (
@@ -94,8 +97,9 @@ pub(super) struct OrderRow {
 impl OrderRow {
     pub(super) fn into_order(self) -> Result<InboxOrder, InboxError> {
         Ok(InboxOrder {
-            state: OrderState::parse(&self.state)
-                .ok_or_else(|| InboxError(format!("unknown order state {:?}", self.state)))?,
+            state: OrderState::parse(&self.state).ok_or_else(|| {
+                InboxError::Corrupt(format!("unknown order state {:?}", self.state))
+            })?,
             order_id: self.order_id,
             reply_to: self.reply_to,
             region: self.region,
@@ -128,8 +132,9 @@ pub(super) struct ReportRow {
 impl ReportRow {
     pub(super) fn into_report(self) -> Result<StoredReport, InboxError> {
         Ok(StoredReport {
-            state: ReportState::parse(&self.state)
-                .ok_or_else(|| InboxError(format!("unknown report state {:?}", self.state)))?,
+            state: ReportState::parse(&self.state).ok_or_else(|| {
+                InboxError::Corrupt(format!("unknown report state {:?}", self.state))
+            })?,
             occurred_at: from_micros(self.occurred_at)?,
             report_id: self.report_id,
             order_id: self.order_id,
@@ -161,11 +166,7 @@ pub(super) fn micros(at: DateTime<Utc>) -> i64 {
     at.timestamp_micros()
 }
 
-pub(super) fn now_micros() -> i64 {
-    micros(Utc::now())
-}
-
 pub(super) fn from_micros(value: i64) -> Result<DateTime<Utc>, InboxError> {
     DateTime::from_timestamp_micros(value)
-        .ok_or_else(|| InboxError(format!("instant {value} out of range")))
+        .ok_or_else(|| InboxError::Corrupt(format!("instant {value} out of range")))
 }

@@ -8,12 +8,16 @@ use super::{
     Pool, SqlInbox,
     rows::{
         INSERT_REPORT, INSERT_SET_ASIDE, ORDER_COLUMNS, OrderRow, REPORT_COLUMNS, ReportRow,
-        SetAsideDbRow, from_micros, micros, now_micros,
+        SetAsideDbRow, from_micros, micros,
     },
 };
 use crate::inbox::{
-    Inbox, InboxCounts, InboxError, InboxOrder, OrderDelivery, OrderState, RecordOrigin,
-    ReportState, SetAsideRow, StoredAnswer, StoredReport,
+    Inbox,
+    error::InboxError,
+    model::{
+        InboxCounts, InboxOrder, OrderDelivery, OrderState, RecordOrigin, ReportState, SetAsideRow,
+        StoredAnswer, StoredReport,
+    },
 };
 
 /// Inserts a report unless its id is stored already; evaluates to `true` when inserted.
@@ -74,7 +78,7 @@ impl Inbox for SqlInbox {
                     updated_at = excluded.updated_at
              RETURNING {ORDER_COLUMNS}"
         );
-        let (partner, order, now) = (partner.to_owned(), order.clone(), now_micros());
+        let (partner, order, now) = (partner.to_owned(), order.clone(), self.now_micros());
         let row: OrderRow = write!(self, move |conn| {
             Ok(sqlx::query_as(&sql)
                 .bind(&partner)
@@ -93,7 +97,7 @@ impl Inbox for SqlInbox {
         let sql =
             "UPDATE waybill_inbox_orders SET adapter_calls = adapter_calls + 1, updated_at = $3
                    WHERE partner_id = $1 AND order_id = $2";
-        let (partner, order_id, now) = (partner.to_owned(), order_id.to_owned(), now_micros());
+        let (partner, order_id, now) = (partner.to_owned(), order_id.to_owned(), self.now_micros());
         write!(self, move |conn| {
             sqlx::query(sql)
                 .bind(&partner)
@@ -123,7 +127,7 @@ impl Inbox for SqlInbox {
         let select = format!(
             "SELECT {ORDER_COLUMNS} FROM waybill_inbox_orders WHERE partner_id = $1 AND order_id = $2"
         );
-        let now = now_micros();
+        let now = self.now_micros();
         let (partner, order_id, tracking_id, reason, report) = (
             partner.to_owned(),
             order_id.to_owned(),
@@ -164,7 +168,7 @@ impl Inbox for SqlInbox {
         let update =
             "UPDATE waybill_inbox_orders SET state = 'set_aside', reason = $3, updated_at = $4
                       WHERE partner_id = $1 AND order_id = $2 AND state = 'started'";
-        let now = now_micros();
+        let now = self.now_micros();
         let (partner, order_id, origin, reason) = (
             partner.to_owned(),
             order_id.to_owned(),
@@ -190,7 +194,7 @@ impl Inbox for SqlInbox {
         origin: &RecordOrigin,
         reason: &str,
     ) -> Result<bool, InboxError> {
-        let now = now_micros();
+        let now = self.now_micros();
         let (partner, origin, reason) = (partner.to_owned(), origin.clone(), reason.to_owned());
         write!(self, move |conn| {
             Ok(insert_set_aside!(
@@ -231,7 +235,7 @@ impl Inbox for SqlInbox {
     }
 
     async fn add_report(&self, partner: &str, report: &StoredReport) -> Result<bool, InboxError> {
-        let now = now_micros();
+        let now = self.now_micros();
         let (partner, report) = (partner.to_owned(), report.clone());
         write!(self, move |conn| Ok(insert_report!(
             &mut *conn, &partner, report, now
@@ -272,7 +276,8 @@ impl Inbox for SqlInbox {
         let sql = "UPDATE waybill_inbox_reports
                    SET state = 'confirmed', attempts = attempts + 1, last_error = '', updated_at = $3
                    WHERE partner_id = $1 AND report_id = $2";
-        let (partner, report_id, now) = (partner.to_owned(), report_id.to_owned(), now_micros());
+        let (partner, report_id, now) =
+            (partner.to_owned(), report_id.to_owned(), self.now_micros());
         write!(self, move |conn| {
             sqlx::query(sql)
                 .bind(&partner)
@@ -298,7 +303,7 @@ impl Inbox for SqlInbox {
             partner.to_owned(),
             report_id.to_owned(),
             error.to_owned(),
-            now_micros(),
+            self.now_micros(),
         );
         write!(self, move |conn| {
             sqlx::query(sql)
@@ -326,7 +331,7 @@ impl Inbox for SqlInbox {
             partner.to_owned(),
             report_id.to_owned(),
             error.to_owned(),
-            now_micros(),
+            self.now_micros(),
         );
         write!(self, move |conn| {
             sqlx::query(sql)

@@ -1,5 +1,5 @@
 //! What this build's librdkafka can do, and refusing a Kafka client setting it cannot honour
-//! before a service starts (feature `kafka`: the dispatcher and the connector SDK).
+//! before a service starts (the dispatcher and the connector SDK).
 //!
 //! librdkafka checks most settings only when a client is created (a SASL mechanism without a
 //! provider, TLS without OpenSSL, a CA file it cannot read), and a service creates its clients

@@ -15,7 +15,7 @@
 //! paths on the build machine to every JSON line.
 //!
 //! The decisions are [`LogGate`]'s, a pure state machine given the time of each callback, so it
-//! is tested without waiting. `LogContext` (feature `kafka`) is the client context that hands
+//! is tested without waiting. [`LogContext`] is the client context that hands
 //! librdkafka's callbacks over, shared by the dispatcher's clients and the connector SDK's.
 
 use std::{
@@ -377,17 +377,15 @@ impl ClientLog {
     }
 }
 
-/// The librdkafka client context that logs through a [`ClientLog`] (feature `kafka`): every
+/// The librdkafka client context that logs through a [`ClientLog`]: every
 /// Kafka client of the dispatcher and of the connector SDK is created with it, or forwards its
 /// `log` and `error` callbacks the same way (the SDK's consumer, whose context has callbacks of
 /// its own). rdkafka's default context would log each callback through the `log` crate.
-#[cfg(feature = "kafka")]
 #[derive(Debug, Clone)]
 pub struct LogContext {
     log: ClientLog,
 }
 
-#[cfg(feature = "kafka")]
 impl LogContext {
     /// Lines of `client` (its name in each line).
     pub fn new(client: impl Into<String>) -> Self {
@@ -400,7 +398,6 @@ impl LogContext {
     }
 }
 
-#[cfg(feature = "kafka")]
 impl From<ClientLog> for LogContext {
     /// A context sharing `log` (and so its outages) with other clients of the same brokers.
     fn from(log: ClientLog) -> Self {
@@ -408,7 +405,6 @@ impl From<ClientLog> for LogContext {
     }
 }
 
-#[cfg(feature = "kafka")]
 impl rdkafka::ClientContext for LogContext {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
         self.log.log(level as i32, fac, log_message);
