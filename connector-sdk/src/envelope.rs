@@ -5,8 +5,7 @@
 //! the payload. Anything else is a [`DecodeError`]: the caller sets the record aside (counts,
 //! logs and keeps it) and moves on, so one bad record never stops a partition.
 
-use prost::Message;
-use waybill_proto::{headers, v1::DispatchedOrder};
+use waybill_proto::{headers, outbox, v1::DispatchedOrder};
 
 /// An order received on the partner's topic, with what is needed to answer it.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,7 +82,7 @@ pub fn decode_dispatched_order<'a>(
     let correlation_id = require(headers::CORRELATION_ID)?;
     let reply_to = require(headers::REPLY_TO)?;
     let region = require(headers::REGION)?;
-    let order = DispatchedOrder::decode(payload)?;
+    let order = outbox::decode(payload)?;
     if order.order_id != correlation_id {
         return Err(DecodeError::CorrelationMismatch {
             header: correlation_id,
@@ -102,6 +101,8 @@ pub fn decode_dispatched_order<'a>(
 
 #[cfg(test)]
 mod tests {
+    use prost::Message;
+
     use super::*;
 
     fn record(order_id: &str) -> (Vec<(&'static str, Vec<u8>)>, Vec<u8>) {
