@@ -26,6 +26,11 @@ if ! python3 -c 'import jwt, cryptography' >/dev/null 2>&1; then
   python3 -m pip install --quiet 'PyJWT[crypto]'
 fi
 
+if ! python3 -c 'import confluent_kafka, grpc, grpc_tools, jwt, google.protobuf' >/dev/null 2>&1; then
+  echo "installing the Python reference partner's libraries (examples/partners/python/requirements.txt)"
+  python3 -m pip install --quiet confluent-kafka protobuf grpcio grpcio-tools 'PyJWT[crypto]'
+fi
+
 # A Kafka-protocol broker in its own process, for the tests that stall, restart or kill it
 # (most tests use librdkafka's in-process mock cluster).
 if [ -z "${WAYBILL_TANSU_BIN:-}" ]; then
