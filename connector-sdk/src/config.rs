@@ -141,7 +141,7 @@ pub(crate) enum InboxChoice {
     Ready(Arc<dyn Inbox>),
 }
 
-/// Builds a [`Connector`].
+/// Builds a [`Connector`](crate::connector::Connector).
 #[derive(Debug, Clone)]
 pub struct ConnectorBuilder {
     pub(crate) partner_id: String,

@@ -2,7 +2,7 @@
 //! under (`DispatchAdmin.AddPartnerKey`). Rotation: enrol a new key, restart the connector
 //! with it, then revoke the old one — reports signed with either verify in between.
 //!
-//! Every field of a report the connector sends is signed ([`ReportSigningKey::signed_request`]):
+//! Every field of a report the connector sends is signed (`ReportSigningKey::signed_request`):
 //! the request and its token's claims are made from the same stored report, so nothing the
 //! partner says — detail, detail code and action required included — travels unsigned.
 

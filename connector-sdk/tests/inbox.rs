@@ -2,11 +2,16 @@
 //! test server, `WAYBILL_TEST_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`).
 #![allow(clippy::unwrap_used)]
 
+use std::sync::Arc;
+
 use chrono::{Duration, Utc};
 use sqlx::Connection as _;
-use waybill_connector_sdk::inbox::{
-    Inbox, OrderDelivery, OrderState, RecordOrigin, ReportState, SqlInbox, StoredAnswer,
-    StoredReport,
+use waybill_connector_sdk::{
+    Clock as _, ManualClock,
+    inbox::{
+        Inbox, OrderDelivery, OrderState, RecordOrigin, ReportState, SqlInbox, StoredAnswer,
+        StoredReport,
+    },
 };
 
 fn delivery(order_id: &str, reply_to: &str) -> OrderDelivery {
@@ -241,6 +246,50 @@ async fn sqlite_inbox_keeps_its_contract_and_survives_reopening() {
         .unwrap();
     assert!(reopened.order("acme", "o-3").await.unwrap().is_some());
     reopened.close().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn the_inbox_stamps_its_rows_with_the_clock_it_is_given() {
+    let dir = std::env::temp_dir().join(format!("waybill-inbox-{}", uuid::Uuid::new_v4()));
+    let clock = ManualClock::new(Utc::now() - Duration::days(30));
+    let inbox = SqlInbox::open_sqlite(dir.join("inbox.db"))
+        .await
+        .unwrap()
+        .with_clock(Arc::new(clock.clone()));
+    let p = "acme";
+    inbox
+        .begin(p, &delivery("o-1", "http://eu:50053"))
+        .await
+        .unwrap();
+    let answer = StoredAnswer::Accepted {
+        tracking_id: "TRK-1".to_owned(),
+    };
+    inbox
+        .record_answer(
+            p,
+            "o-1",
+            &answer,
+            &report("r-1", "o-1", "RECEIVED_BY_PARTNER"),
+        )
+        .await
+        .unwrap();
+    inbox.report_confirmed(p, "r-1").await.unwrap();
+    // Settled thirty days ago by the inbox's clock: past a week's retention however late the
+    // test runs, and not yet past it a day before it was settled.
+    let settled = clock.now();
+    assert_eq!(
+        inbox.purge(p, settled - Duration::days(1)).await.unwrap(),
+        0
+    );
+    assert_eq!(
+        inbox
+            .purge(p, settled + Duration::seconds(1))
+            .await
+            .unwrap(),
+        1
+    );
+    inbox.close().await;
     let _ = std::fs::remove_dir_all(dir);
 }
 
