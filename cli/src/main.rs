@@ -8,6 +8,7 @@ mod demo;
 mod dev;
 mod health;
 mod partner;
+mod partner_check;
 mod sidecar;
 mod system;
 mod token;
@@ -53,6 +54,9 @@ enum Command {
     /// Run one example partner's connector (`local-express` or `distance-freight`) as a
     /// process of its own, against a running Waybill.
     Partner(partner::PartnerArgs),
+    /// Check a partner's adapter against the contract before going live: plays Waybill's side
+    /// (broker, StatusIngest), attacks the adapter, prints a verdict per scenario (docs/partners.md).
+    PartnerCheck(partner_check::PartnerCheckArgs),
     /// Run the connector as a sidecar for a partner's own service in any language: it hands
     /// each order to the service's `waybill.v1.PartnerAdapter` and takes later statuses on
     /// `waybill.v1.PartnerReports`, with the connector's guarantees.
@@ -101,7 +105,7 @@ fn main() -> ExitCode {
     };
     if matches!(
         cli.command,
-        Command::Demo(_) | Command::Bench(bench::BenchCommand::E2e(_))
+        Command::Demo(_) | Command::PartnerCheck(_) | Command::Bench(bench::BenchCommand::E2e(_))
     ) {
         // The demo's and the e2e bench's own progress lines go to stderr: the services' logs
         // (a line per order at info) stay at warnings unless RUST_LOG asks for more. Colour
@@ -156,6 +160,7 @@ async fn run(command: Command) -> ExitCode {
             Err(error) => Err(error),
         },
         Command::Partner(args) => partner::run(args, shutdown::on_signal()).await,
+        Command::PartnerCheck(args) => return partner_check::main(args).await,
         Command::Sidecar(args) => sidecar::run(args, shutdown::on_signal()).await,
         Command::Token(command) => match token::run_token(command).await {
             Ok(true) => Ok(()),
