@@ -21,6 +21,7 @@ use tracing::{debug, warn};
 use uuid::Uuid;
 
 mod backend;
+pub mod dispatch_moves;
 mod failure;
 mod order_lines;
 mod pg_pool;

@@ -13,7 +13,7 @@ use std::{
 use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
 use waybill_service_kit::{
-    db::{Backend, Id, Instant, to_unix_micros},
+    db::{Backend, Id, Instant, dispatch_moves, to_unix_micros},
     on_pool,
 };
 use waybill_token::TokenSigner;
@@ -161,8 +161,6 @@ const RAW_BUMP: &str = "UPDATE orders SET status_seq = status_seq + 1, status = 
 const RAW_EVENT: &str = "INSERT INTO order_status_events (order_id, seq, status, partner_id, \
                          tracking_id, report_id, occurred_at, recorded_at) \
                          VALUES ($1, $2, 'SHIPPED', $3, 'BENCH', $4, $5, $5)";
-const RAW_ACKNOWLEDGE: &str = "UPDATE dispatch SET state = 'ACKNOWLEDGED', ack_due_at = NULL, \
-                               updated_at = $2 WHERE order_id = $1";
 
 /// The same writes as an accepted first SHIPPED report, as plain SQL, one transaction each,
 /// `concurrency` at a time: how long they took.
@@ -215,8 +213,9 @@ async fn raw_report(db: &Backend, partner: &str, order: Uuid) -> Result<(), sqlx
             .bind(Instant(now))
             .execute(&mut *tx)
             .await?;
-        sqlx::query(RAW_ACKNOWLEDGE)
+        sqlx::query(dispatch_moves::ACKNOWLEDGE)
             .bind(Id(order))
+            .bind(partner)
             .bind(Instant(now))
             .execute(&mut *tx)
             .await?;

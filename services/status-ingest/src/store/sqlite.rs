@@ -8,7 +8,7 @@
 use sqlx::{Executor as _, SqliteConnection, SqlitePool};
 use waybill_service_kit::{
     clock::SharedClock,
-    db::{Change, ChangeFeed, Failure, Id, Instant, classify},
+    db::{Change, ChangeFeed, Failure, Id, Instant, classify, dispatch_moves},
 };
 
 use super::{
@@ -28,12 +28,6 @@ const BUMP: &str = "UPDATE orders SET status = $2, \
                         tracking_id = CASE WHEN $3 THEN $4 ELSE tracking_id END \
                     WHERE id = $1 RETURNING status_seq";
 const APPEND: &str = include_str!("sql/append.sqlite.sql");
-// Clearing the lease fences out a relay batch holding the row (see `sql/append.pg.sql`).
-const ACKNOWLEDGE: &str = "UPDATE dispatch SET state = 'ACKNOWLEDGED', ack_due_at = NULL, \
-                               lease_owner = NULL, lease_expires_at = NULL, batch_id = NULL, \
-                               updated_at = $3 \
-                           WHERE order_id = $1 AND partner_id = $2 AND state <> 'ACKNOWLEDGED'";
-
 /// Records `reports` in one transaction (see [`super::SqlIngestStore::record_batch`]).
 pub(super) async fn record_batch(
     pool: &SqlitePool,
@@ -137,7 +131,7 @@ async fn apply(
         .execute(&mut *conn)
         .await?;
     if effects.acknowledge {
-        sqlx::query(ACKNOWLEDGE)
+        sqlx::query(dispatch_moves::ACKNOWLEDGE)
             .bind(order_id)
             .bind(&report.partner_id)
             .bind(Instant(at))

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{Database as SqlxDatabase, Encode, Type, query::Query};
 use uuid::Uuid;
 use waybill_proto::v1::{DispatchState, OrderStatus};
-use waybill_service_kit::db::{Id, Instant};
+use waybill_service_kit::db::{Id, Instant, dispatch_moves};
 
 use super::{
     error::StoreError,
@@ -19,7 +19,6 @@ use crate::domain::decision::{Decision, Effects, OrderSnapshot, decide};
 
 const REJECT: &str = "INSERT INTO dispatch_rejections (order_id, partner_id, report_id, \
                       rejected_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
-const REROUTE: &str = include_str!("sql/reroute.sql");
 
 /// The savepoint each report of a batch is recorded under, one name reused: opening the next
 /// releases the one before in the same round trip. (`COMMIT` releases the last.)
@@ -218,7 +217,7 @@ where
             .bind(report.partner_id.as_str())
             .bind(report.report_id.as_str())
             .bind(Instant(now)),
-        sqlx::query(REROUTE)
+        sqlx::query(dispatch_moves::REROUTE)
             .bind(Id(report.order_id))
             .bind(report.partner_id.as_str())
             .bind(Instant(now))

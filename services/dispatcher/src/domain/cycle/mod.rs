@@ -30,6 +30,15 @@
 //! "Partner behind": its record is still in the log, its live consumer group has not read it
 //! yet; "gone" is everything else (see [`handover`]).
 //!
+//! Moves made outside the relay, each in one statement of `waybill_service_kit::db::dispatch_moves`
+//! (its table says who makes them and why):
+//!
+//! | by | from | next state |
+//! | --- | --- | --- |
+//! | StatusIngest, a confirming report of the routed partner | any but `ACKNOWLEDGED` | `ACKNOWLEDGED` (deadline and lease cleared) |
+//! | StatusIngest, a rejection by the routed partner | any | `PENDING` (partner, route, budget reset) |
+//! | DispatchAdmin `RetryDispatches` | `DEAD`, `UNROUTABLE`, `UNACKNOWLEDGED` | `PENDING` (budget reset) |
+//!
 //! What it decides is recorded as the types in [`super::record`].
 
 pub mod handover;

@@ -302,3 +302,16 @@ fn is_report_id_conflict(error: &sqlx::Error) -> bool {
 fn is_lock_busy(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some(LOCK_NOT_AVAILABLE))
 }
+
+#[cfg(test)]
+mod tests {
+    use waybill_service_kit::db::dispatch_moves::sets_acknowledged;
+
+    /// The one-statement writes move the dispatch row to `ACKNOWLEDGED` exactly as the shared
+    /// move does (`waybill_service_kit::db::dispatch_moves`).
+    #[test]
+    fn the_batch_writes_acknowledge_as_the_shared_move_does() {
+        assert!(sets_acknowledged(super::APPEND));
+        assert!(sets_acknowledged(super::together::RECORD_MANY));
+    }
+}

@@ -20,7 +20,7 @@ use super::super::{
 };
 use crate::domain::decision::{Decision, OrderSnapshot, decide};
 
-const RECORD_MANY: &str = include_str!("../sql/record_many.pg.sql");
+pub(super) const RECORD_MANY: &str = include_str!("../sql/record_many.pg.sql");
 
 /// Every status an order can have.
 const STATUSES: [OrderStatus; 7] = [

@@ -1,6 +1,6 @@
 -- Records the head of a batch in one statement, without waiting for a row lock: reports that
 -- share no order, token id or report id (so no report's decision depends on another's), and
--- are not rejections (those go one at a time, see reroute.sql).
+-- are not rejections (those go one at a time: the kit's dispatch_moves::REROUTE).
 --
 -- One element per report in $1-$12: order, partner, report id, token id, until when the token
 -- id is kept, the token's key id, the reported status, tracking id, detail, the partner's time,
