@@ -3,6 +3,7 @@
 //! own SQLite file, dropped when the handle is dropped, so tests run in parallel without
 //! interfering.
 
+pub mod fixtures;
 pub mod postgres_tls;
 pub mod proxy;
 pub mod require;

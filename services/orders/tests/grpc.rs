@@ -15,7 +15,10 @@ use waybill_orders::{OrdersDeps, serve};
 use waybill_proto::v1::{self as pb, order_service_client::OrderServiceClient};
 use waybill_service_kit::{
     grpc::ServerLimits,
-    testing::{TestBackend, eventually},
+    testing::{
+        TestBackend, eventually,
+        fixtures::{OrderFixture as _, sample_order},
+    },
 };
 
 struct Running {
@@ -54,34 +57,9 @@ async fn start(backend: TestBackend) -> Running {
     }
 }
 
+/// The sample order with two lines (3 mugs at 12.50, a desk lamp at 45.00).
 fn request(key: &str) -> pb::PlaceOrderRequest {
-    pb::PlaceOrderRequest {
-        idempotency_key: key.to_owned(),
-        customer: Some(pb::Customer {
-            id: "cust-1".into(),
-            name: "Ada Lovelace".into(),
-            email: "ada@example.com".into(),
-            phone: "+44 20 7946 0000".into(),
-        }),
-        shipping_address: Some(pb::Address {
-            line1: "12 St James's Square".into(),
-            line2: String::new(),
-            city: "London".into(),
-            region: String::new(),
-            postal_code: "SW1Y 4JH".into(),
-            country_code: "GB".into(),
-        }),
-        lines: vec![
-            pb::LineItem {
-                sku: "MUG-001".into(),
-                quantity: 3,
-            },
-            pb::LineItem {
-                sku: "LAMP-DESK".into(),
-                quantity: 1,
-            },
-        ],
-    }
+    sample_order(key, "GB").with_lines(&[("MUG-001", 3), ("LAMP-DESK", 1)])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -343,8 +321,7 @@ async fn list_orders_walks_every_page_with_tokens() {
             .unwrap();
         placed.push(order.id);
     }
-    let mut other = request("other-customer");
-    other.customer.as_mut().unwrap().id = "cust-2".into();
+    let other = request("other-customer").with_customer_id("cust-2");
     s.client.place_order(other).await.unwrap();
 
     let mut seen = Vec::new();

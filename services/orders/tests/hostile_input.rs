@@ -14,7 +14,10 @@ use uuid::Uuid;
 use waybill_orders::{OrdersDeps, serve};
 use waybill_proto::v1::{self as pb, order_service_client::OrderServiceClient};
 use waybill_service_kit::{
-    grpc::ServerLimits, page_token::PageTokenKey, testing::TestBackend, text::MAX_MESSAGE_BYTES,
+    grpc::ServerLimits,
+    page_token::PageTokenKey,
+    testing::{TestBackend, fixtures::sample_order},
+    text::MAX_MESSAGE_BYTES,
 };
 
 const BACKENDS: [TestBackend; 2] = [TestBackend::Postgres, TestBackend::Sqlite];
@@ -58,30 +61,6 @@ async fn start(backend: TestBackend) -> Running {
         key,
         f,
         shutdown,
-    }
-}
-
-fn request(key: &str) -> pb::PlaceOrderRequest {
-    pb::PlaceOrderRequest {
-        idempotency_key: key.to_owned(),
-        customer: Some(pb::Customer {
-            id: "cust-1".into(),
-            name: "Ada Lovelace".into(),
-            email: "ada@example.com".into(),
-            phone: "+44 20 7946 0000".into(),
-        }),
-        shipping_address: Some(pb::Address {
-            line1: "12 St James's Square".into(),
-            line2: String::new(),
-            city: "London".into(),
-            region: String::new(),
-            postal_code: "SW1Y 4JH".into(),
-            country_code: "GB".into(),
-        }),
-        lines: vec![pb::LineItem {
-            sku: "MUG-001".into(),
-            quantity: 3,
-        }],
     }
 }
 
@@ -133,7 +112,7 @@ async fn over_long_ids_and_country_codes_get_a_short_readable_invalid_argument()
             .await
             .unwrap_err();
         assert_invalid(&status, "order_id", "watch_order");
-        let mut bad = request("long-country");
+        let mut bad = sample_order("long-country", "GB");
         bad.shipping_address.as_mut().unwrap().country_code = long.clone();
         let status = s.client.place_order(bad).await.unwrap_err();
         assert_invalid(&status, "shipping_address.country_code", "place_order");
@@ -211,7 +190,7 @@ async fn a_control_character_in_any_text_field_is_invalid_argument_on_both_backe
         let mut s = start(backend).await;
         for control in ["a\0b", "G\u{1b}", "x\u{7f}"] {
             for (field, breaks) in &fields {
-                let mut bad = request("controls");
+                let mut bad = sample_order("controls", "GB");
                 breaks(&mut bad, control);
                 let status = s.client.place_order(bad).await.unwrap_err();
                 assert_invalid(&status, field, &format!("{backend:?} {control:?}"));
@@ -253,7 +232,7 @@ async fn forged_altered_and_out_of_range_page_tokens_are_invalid_argument_on_bot
         let mut s = start(backend).await;
         for i in 0..3 {
             s.client
-                .place_order(request(&format!("k{i}")))
+                .place_order(sample_order(&format!("k{i}"), "GB"))
                 .await
                 .unwrap();
         }

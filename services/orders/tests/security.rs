@@ -24,6 +24,7 @@ use waybill_service_kit::{
     security::{Credentials, RateLimit, ReloadableTls, ServerSecurity},
     testing::{
         TestBackend,
+        fixtures::sample_order,
         tls::{TestPki, write_private},
     },
 };
@@ -115,31 +116,9 @@ fn with_key<T>(message: T, key: Option<&str>) -> Request<T> {
     request
 }
 
-fn order(key: &str) -> pb::PlaceOrderRequest {
-    pb::PlaceOrderRequest {
-        idempotency_key: key.to_owned(),
-        customer: Some(pb::Customer {
-            id: "c1".into(),
-            name: "Ada".into(),
-            email: "ada@example.com".into(),
-            phone: String::new(),
-        }),
-        shipping_address: Some(pb::Address {
-            line1: "1 Main St".into(),
-            city: "Springfield".into(),
-            country_code: "US".into(),
-            ..Default::default()
-        }),
-        lines: vec![pb::LineItem {
-            sku: "MUG-001".into(),
-            quantity: 2,
-        }],
-    }
-}
-
 async fn place(client: &mut OrderServiceClient<Channel>, key: Option<&str>) -> Result<(), Status> {
     client
-        .place_order(with_key(order("tls-1"), key))
+        .place_order(with_key(sample_order("tls-1", "US"), key))
         .await
         .map(|_| ())
 }

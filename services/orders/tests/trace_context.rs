@@ -8,8 +8,12 @@ mod support;
 use tokio_util::sync::CancellationToken;
 use tonic::Request;
 use waybill_orders::{OrdersDeps, serve};
-use waybill_proto::v1::{self as pb, order_service_client::OrderServiceClient};
-use waybill_service_kit::{grpc::ServerLimits, telemetry, testing::TestBackend};
+use waybill_proto::v1::order_service_client::OrderServiceClient;
+use waybill_service_kit::{
+    grpc::ServerLimits,
+    telemetry,
+    testing::{TestBackend, fixtures::sample_order},
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_callers_trace_context_rides_in_the_dispatch_row() {
@@ -29,25 +33,7 @@ async fn the_callers_trace_context_rides_in_the_dispatch_row() {
         .unwrap();
 
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let mut call = Request::new(pb::PlaceOrderRequest {
-        idempotency_key: "traced".into(),
-        customer: Some(pb::Customer {
-            id: "c".into(),
-            name: "N".into(),
-            email: "n@example.com".into(),
-            phone: String::new(),
-        }),
-        shipping_address: Some(pb::Address {
-            line1: "1 Main St".into(),
-            city: "Springfield".into(),
-            country_code: "US".into(),
-            ..Default::default()
-        }),
-        lines: vec![pb::LineItem {
-            sku: "MUG-001".into(),
-            quantity: 1,
-        }],
-    });
+    let mut call = Request::new(sample_order("traced", "US"));
     call.metadata_mut().insert(
         "traceparent",
         format!("00-{trace_id}-00f067aa0ba902b7-01")
