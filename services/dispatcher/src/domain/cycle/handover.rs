@@ -10,8 +10,7 @@
 //!
 //! - **behind**: the group has live members and either has not consumed the record yet (it
 //!   is still in the log, `low ≤ offset < high`, and the group's committed offset, the next
-//!   record it reads, is `≤ offset`; a partition it never committed counts as read from the
-//!   log's start, where the SDK begins) or has **read** it (committed past it) without
+//!   record it reads, is `≤ offset`) or has **read** it (committed past it) without
 //!   confirming it. The SDK commits a record only once the adapter's answer, with its report,
 //!   is durable in its inbox, so a read record is held by the partner and its report is on its
 //!   way (queued behind others when the partner is busy): a copy cannot help, it only adds to
@@ -26,7 +25,10 @@
 //! - **gone**: everything else — the record neither read nor in the log any more (the broker
 //!   lost its data, or retention removed it), no live members, the group or the position
 //!   unknown (no such group: a partner whose connector uses another group id; rows sent before
-//!   positions were kept), or the broker did not answer. Today's rule applies: re-send within
+//!   positions were kept), the group never committed on the partition (it may read from the
+//!   partition's end, a client's default `latest`, and would never reach the order: a
+//!   connector that is merely slow to commit its first records gets one copy it answers from
+//!   its inbox), or the broker did not answer. Today's rule applies: re-send within
 //!   the budget, then `UNACKNOWLEDGED`.
 
 use std::collections::HashMap;
@@ -43,7 +45,7 @@ pub struct PartitionProgress {
     /// The offset the next record will get (high watermark).
     pub high: i64,
     /// The group's committed offset: the next record it reads. `None` when the group never
-    /// committed on this partition (the SDK then reads it from the log's start).
+    /// committed on this partition (where it reads from is then unknown).
     pub committed: Option<i64>,
 }
 
@@ -125,11 +127,13 @@ pub fn judge(
     let Some(partition) = group.partitions.get(&position.partition) else {
         return Handover::Gone;
     };
+    // Never committed here: where it reads from is unknown (see the module documentation).
+    let Some(committed) = partition.committed else {
+        return Handover::Gone;
+    };
     let in_log = partition.low <= position.offset && position.offset < partition.high;
     // Read: committed past it (what the log still holds no longer matters: the partner has it).
-    let read = partition
-        .committed
-        .is_some_and(|committed| committed > position.offset);
+    let read = committed > position.offset;
     if !read && !in_log {
         return Handover::Gone;
     }
@@ -138,10 +142,7 @@ pub fn judge(
         return Handover::Gone;
     }
     // Below the log's start (retention removed what it had not read), it reads from the start.
-    let next_read = partition
-        .committed
-        .unwrap_or(partition.low)
-        .max(partition.low);
+    let next_read = committed.max(partition.low);
     let ahead = (position.offset - next_read).max(0);
     let passed = ((now - sent_at).num_milliseconds() / deadline_ms).max(0);
     let deadlines = i64::from(order.resends).saturating_add(passed);

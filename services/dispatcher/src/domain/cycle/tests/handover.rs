@@ -64,11 +64,6 @@ fn a_live_group_that_has_not_read_the_order_yet_is_behind() {
         plan_with(&overdue(0, 0), &group(true, Some(40))),
         Plan::Behind { ahead: 0, .. }
     ));
-    // Never committed on the partition: the SDK reads it from the log's start.
-    assert!(matches!(
-        plan_with(&overdue(0, 0), &group(true, None)),
-        Plan::Behind { ahead: 30, .. }
-    ));
     // Committed below what the log still holds: it reads from the log's start.
     assert!(matches!(
         plan_with(&overdue(0, 0), &group(true, Some(3))),
@@ -189,6 +184,13 @@ fn every_other_case_is_gone_and_follows_the_resend_rule() {
         (
             "no longer in the log, never committed",
             at(9),
+            group(true, None),
+        ),
+        // A group that never committed on the partition may read from its end (a client's
+        // default `latest`): it would never reach the order, so it gets a copy.
+        (
+            "in the log, never committed",
+            overdue(0, 0),
             group(true, None),
         ),
         ("beyond the log's end (broker lost it)", at(100), behind()),
