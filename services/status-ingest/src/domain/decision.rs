@@ -105,6 +105,18 @@ pub fn decide(
         });
     }
     let reroute = reported == OrderStatus::RejectedByPartner;
+    if reroute && snapshot.dispatch_state == Some(DispatchState::Acknowledged) {
+        // A rejection after this partner confirmed the order: it may already be on its way.
+        // Routing it to the next partner could ship it twice; a person decides (and replays
+        // it with RetryDispatches if it must go elsewhere).
+        return Decision::Apply(Effects {
+            order_status: snapshot.status,
+            record_tracking: false,
+            acknowledge: false,
+            reroute: false,
+            needs_review: true,
+        });
+    }
     Decision::Apply(Effects {
         order_status: status_after(snapshot.status, reported),
         record_tracking: has_tracking && !reroute,
@@ -132,6 +144,30 @@ mod tests {
             token_id_fresh: true,
             dispatch_in_flight: false,
         }
+    }
+
+    #[test]
+    fn a_rejection_after_the_partner_confirmed_is_kept_for_review_not_rerouted() {
+        let confirmed = OrderSnapshot {
+            dispatch_state: Some(DispatchState::Acknowledged),
+            ..routed(OrderStatus::ReceivedByPartner)
+        };
+        let after = effects(decide(
+            &confirmed,
+            "acme",
+            OrderStatus::RejectedByPartner,
+            false,
+        ));
+        assert_eq!(after.order_status, OrderStatus::ReceivedByPartner);
+        assert!(after.needs_review && !after.reroute && !after.acknowledge);
+        // Before a confirmation a rejection re-routes, as always.
+        let sent = effects(decide(
+            &routed(OrderStatus::SentToPartner),
+            "acme",
+            OrderStatus::RejectedByPartner,
+            false,
+        ));
+        assert!(sent.reroute && !sent.needs_review);
     }
 
     fn effects(decision: Decision) -> Effects {
