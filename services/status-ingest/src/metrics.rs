@@ -20,7 +20,13 @@ pub struct ReasonLabel {
 }
 
 /// Refusal names that are not token checks.
-pub const OTHER_REASONS: [&str; 4] = ["invalid_argument", "not_routed", "unavailable", "internal"];
+pub const OTHER_REASONS: [&str; 5] = [
+    "invalid_argument",
+    "not_routed",
+    "dispatch_in_flight",
+    "unavailable",
+    "internal",
+];
 
 /// Counters of one StatusIngest instance.
 #[derive(Debug)]
@@ -148,6 +154,10 @@ mod tests {
         let metrics = IngestMetrics::default();
         assert_eq!(metrics.snapshot().rejected.get("bad_signature"), Some(&0));
         assert_eq!(metrics.snapshot().rejected.get("not_routed"), Some(&0));
+        assert_eq!(
+            metrics.snapshot().rejected.get("dispatch_in_flight"),
+            Some(&0)
+        );
         metrics.add_rejected("bad_signature");
         metrics.add_rejected("bad_signature");
         metrics.add_accepted(true);
