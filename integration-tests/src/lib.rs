@@ -13,7 +13,12 @@
 //! Orders and the dispatcher bind port 0 on loopback and share a throw-away database; the
 //! dispatcher produces to a test broker (`WAYBILL_TEST_BROKER=mock|tansu`, see
 //! `waybill_dispatcher::testing`) under topic names unique to the stack, so tests run in
-//! parallel. Dropping the stack shuts the services down and drops the database.
+//! parallel.
+//!
+//! A stack is stopped by construction: dropping it (at the end of a test, or while a failed
+//! assertion unwinds) stops every service and waits for each as [`TestStack::stop`] does,
+//! before the database is dropped, so no test has to remember `stop` and none leaves a
+//! service running. `stop` remains for a test that wants the stop awaited where it says so.
 //!
 //! With `.status_ingest(true)` a StatusIngest runs too (audience [`AUDIENCE`]) and the
 //! dispatcher stamps its address as every order's reply-to, so a connector built on the SDK
@@ -40,7 +45,11 @@ use waybill_service_kit::{
     grpc::ServerLimits,
     metrics::Metrics,
     security::{ReloadableTls, ServerSecurity},
-    testing::{TestBackend, TestDatabase, eventually, tls::TestPki},
+    testing::{
+        TestBackend, TestDatabase, eventually,
+        fixtures::{sample_partner, sample_route},
+        tls::TestPki,
+    },
 };
 
 /// Configures a [`TestStack`].
@@ -210,7 +219,7 @@ impl TestStackBuilder {
             db,
             broker,
             shutdown,
-            servers,
+            tasks: Mutex::new(servers),
             _test_db: test_db,
         }
     }
@@ -262,8 +271,8 @@ pub struct TestStack {
     /// The PKI StatusIngest's TLS certificate comes from (with `.status_ingest_tls(true)`).
     pub ingest_pki: Option<TestPki>,
     shutdown: CancellationToken,
-    /// Orders and the dispatcher, until they have stopped.
-    servers: Vec<tokio::task::JoinHandle<()>>,
+    /// Orders, the dispatcher and the metrics endpoints, until they have stopped.
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     // Last: dropped after the services stop.
     _test_db: TestDatabase,
 }
@@ -287,27 +296,36 @@ impl TestStack {
     pub async fn serve_metrics(&self, metrics: &Metrics) -> SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(waybill_service_kit::metrics::serve(
-            listener,
-            metrics.clone(),
-            self.shutdown.clone(),
-        ));
+        let serving =
+            waybill_service_kit::metrics::serve(listener, metrics.clone(), self.shutdown.clone());
+        lock(&self.tasks).push(tokio::spawn(async move {
+            let _ = serving.await;
+        }));
         addr
     }
 
     /// Stops every service and waits until each has finished (in-flight requests drained, the
     /// relay's leases released), then closes the pool; the test database is dropped after that.
-    /// Dropping a stack without `stop` only cancels the services, which may then still be
-    /// writing while the database is dropped.
-    pub async fn stop(mut self) {
-        if self.ingest.is_some() {
-            self.stop_status_ingest().await;
-        }
-        self.shutdown.cancel();
-        for server in std::mem::take(&mut self.servers) {
-            let _ = server.await;
+    /// Dropping the stack does the same (see [`Drop`]); `stop` is the awaited form.
+    pub async fn stop(self) {
+        let tasks = self.cancel();
+        for task in tasks {
+            let _ = task.await;
         }
         self.db.close().await;
+    }
+
+    /// Cancels every service (StatusIngest included) and takes the tasks to wait for.
+    fn cancel(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = std::mem::take(&mut *lock(&self.tasks));
+        if let Some((_, _, running)) = &self.ingest
+            && let Some(running) = lock(running).take()
+        {
+            running.stop.cancel();
+            tasks.push(running.task);
+        }
+        self.shutdown.cancel();
+        tasks
     }
 
     /// Where StatusIngest listens (the orders' reply-to), when it runs.
@@ -324,7 +342,7 @@ impl TestStack {
             .ingest
             .as_ref()
             .expect("this stack runs no StatusIngest");
-        let taken = running.lock().unwrap().take();
+        let taken = lock(running).take();
         if let Some(running) = taken {
             running.stop.cancel();
             let _ = running.task.await;
@@ -357,7 +375,7 @@ impl TestStack {
             &self.ingest_counters,
             Metrics::new(),
         );
-        *running.lock().unwrap() = Some(started);
+        *lock(running) = Some(started);
     }
 
     /// Waits (up to 10 s) until the order's dispatch row satisfies `done`, and returns it; fails
@@ -422,51 +440,85 @@ impl TestStack {
     }
 
     /// Enrolls `partner_id` (which creates its topic) with one route for `country_code`,
-    /// through the admin API as an operator would.
+    /// through the admin API as an operator would: the kit's [`sample_partner`] and
+    /// [`sample_route`].
     pub async fn enroll_partner(&self, partner_id: &str, country_code: &str) {
+        self.enroll(sample_partner(partner_id)).await;
+        self.set_route(sample_route(partner_id, country_code)).await;
+    }
+
+    /// Enrolls (or updates) `partner` through the admin API — a [`sample_partner`] with what
+    /// the test changes.
+    pub async fn enroll(&self, partner: pb::Partner) {
         let mut admin = self.admin_client().await;
         admin
             .enroll_partner(pb::EnrollPartnerRequest {
-                partner: Some(pb::Partner {
-                    id: partner_id.to_owned(),
-                    display_name: format!("{partner_id} (test)"),
-                    enabled: true,
-                    handover_deadline: Some(prost_types::Duration {
-                        seconds: 600,
-                        nanos: 0,
-                    }),
-                    resend_budget: Some(3),
-                    ..Default::default()
-                }),
+                partner: Some(partner),
             })
             .await
             .unwrap();
+    }
+
+    /// Sets `route` through the admin API — a [`sample_route`] with what the test changes.
+    pub async fn set_route(&self, route: pb::Route) {
+        let mut admin = self.admin_client().await;
         admin
-            .set_route(pb::SetRouteRequest {
-                route: Some(pb::Route {
-                    id: format!("{partner_id}-{country_code}"),
-                    partner_id: partner_id.to_owned(),
-                    country_code: country_code.to_owned(),
-                    priority: 10,
-                    enabled: true,
-                    ..Default::default()
-                }),
-            })
+            .set_route(pb::SetRouteRequest { route: Some(route) })
             .await
             .unwrap();
     }
 }
 
+/// How long a dropped stack waits for its services to stop before aborting them.
+const DROP_GRACE: Duration = Duration::from_secs(10);
+
+/// Stopping by construction: every service is cancelled and, on a multi-threaded runtime (every
+/// test of this workspace that starts a stack), awaited for up to [`DROP_GRACE`] — as
+/// [`TestStack::stop`] does — and the pool closed; whatever is still running then is aborted.
+/// Only then are the broker and the database dropped (fields drop after this). On a
+/// current-thread runtime the services cannot run while this thread waits: they are cancelled
+/// and aborted.
 impl Drop for TestStack {
     fn drop(&mut self) {
-        if let Some((_, _, running)) = &self.ingest
-            && let Ok(mut running) = running.lock()
-            && let Some(running) = running.take()
-        {
-            running.stop.cancel();
+        let tasks = self.cancel();
+        if tasks.is_empty() {
+            // Stopped already (`stop`), or nothing left to stop.
+            return;
         }
-        self.shutdown.cancel();
+        let aborts: Vec<_> = tasks
+            .iter()
+            .map(tokio::task::JoinHandle::abort_handle)
+            .collect();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current()
+            && runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+        {
+            let db = self.db.clone();
+            tokio::task::block_in_place(|| {
+                runtime.block_on(async {
+                    let stopped = tokio::time::timeout(DROP_GRACE, async {
+                        for task in tasks {
+                            let _ = task.await;
+                        }
+                    })
+                    .await;
+                    if stopped.is_err() {
+                        eprintln!("test stack: a service did not stop within {DROP_GRACE:?}");
+                    }
+                    db.close().await;
+                });
+            });
+        }
+        for abort in aborts {
+            abort.abort();
+        }
     }
+}
+
+/// The guarded value, even if a panicking test poisoned the lock.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A running StatusIngest.

@@ -18,6 +18,7 @@ use waybill_proto::{
     headers,
     v1::{DispatchState, OrderStatus},
 };
+use waybill_service_kit::testing::fixtures::{PartnerFixture as _, sample_partner};
 
 const WITHIN: Duration = Duration::from_secs(30);
 
@@ -114,7 +115,6 @@ async fn a_dispatched_order_reaches_the_adapter_once_and_its_answers_land_on_the
     assert_eq!(counts.reports_confirmed, 2);
     assert_eq!(counts.reports_pending, 0);
     running.stop().await;
-    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -190,7 +190,6 @@ async fn an_order_delivered_three_times_calls_the_adapter_once_and_records_one_e
     );
     assert_eq!(row.adapter_calls, 1);
     second.stop().await;
-    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -245,7 +244,6 @@ async fn reports_made_while_status_ingest_is_down_all_land_once_it_is_back() {
         assert_eq!(recorder.calls_for(order_id), 1);
     }
     running.stop().await;
-    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -317,7 +315,6 @@ async fn poison_records_are_set_aside_and_slow_orders_retry_without_stalling_the
     assert!(metrics.adapter_retries >= 2);
     assert_eq!(metrics.dead_letter_failures, 0);
     running.stop().await;
-    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -376,7 +373,6 @@ async fn a_partners_token_is_refused_for_another_partners_orders() {
     let order = wait_for_status(&stack, &order_id, OrderStatus::ReceivedByPartner, WITHIN).await;
     assert_eq!(order.partner_id, "alpha");
     alpha.stop().await;
-    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -437,7 +433,6 @@ async fn an_unconfirmed_report_is_sent_after_a_restart_to_a_status_ingest_over_t
     assert_eq!(order.tracking_id, tracking_id(&order_id));
     assert_eq!(recorder.calls_for(&order_id), 1);
     trusting.stop().await;
-    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -446,23 +441,9 @@ async fn a_resend_after_the_handover_deadline_is_answered_from_the_inbox() {
     let key = enroll(&stack, "acme", "US", 1).await;
     // A one-second handover deadline, and StatusIngest down: the receipt cannot arrive in
     // time, so the dispatcher sends the order again.
-    let mut admin = stack.admin_client().await;
-    admin
-        .enroll_partner(waybill_proto::v1::EnrollPartnerRequest {
-            partner: Some(waybill_proto::v1::Partner {
-                id: "acme".to_owned(),
-                display_name: "acme (test)".to_owned(),
-                enabled: true,
-                handover_deadline: Some(prost_types::Duration {
-                    seconds: 1,
-                    nanos: 0,
-                }),
-                resend_budget: Some(3),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap();
+    stack
+        .enroll(sample_partner("acme").with_handover_deadline(Duration::from_secs(1)))
+        .await;
     stack.stop_status_ingest().await;
     let recorder = Recorder::default();
     let running = start(
@@ -493,5 +474,4 @@ async fn a_resend_after_the_handover_deadline_is_answered_from_the_inbox() {
     })
     .await;
     running.stop().await;
-    stack.stop().await;
 }

@@ -76,7 +76,7 @@ async fn the_example_partners_take_every_sandbox_path() {
         .build()
         .await
         .unwrap();
-    let adapter = waybill_connector_sdk::examples::LocalExpress::new(connector.reporter())
+    let adapter = waybill_connector_sdk::examples::LocalExpress::new()
         .shipped_after(Duration::from_millis(200));
     let local = start(connector, adapter);
 

@@ -95,7 +95,6 @@ async fn two_instances_share_the_partitions_and_one_takes_over_when_the_other_st
         );
     }
     second.stop().await;
-    stack.stop().await;
 }
 
 /// Run as a child process by the test below (never on its own): a connector with a slow
@@ -217,7 +216,6 @@ async fn an_instance_killed_mid_flight_is_taken_over_with_nothing_lost_or_double
     .await;
     survivor.stop().await;
     inbox.close().await;
-    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -336,5 +334,4 @@ async fn a_revoked_partitions_stuck_orders_are_abandoned_within_the_bound_and_fe
     );
     second.stop().await;
     first.stop().await;
-    stack.stop().await;
 }

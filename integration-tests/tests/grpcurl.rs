@@ -93,5 +93,4 @@ async fn grpcurl_lists_describes_and_places_an_order() {
     .await
     .expect("grpcurl health");
     assert!(health.contains("SERVING"), "{health}");
-    stack.stop().await;
 }

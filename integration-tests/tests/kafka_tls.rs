@@ -51,5 +51,4 @@ async fn a_dispatcher_and_a_partner_exchange_an_order_through_a_broker_reached_o
     assert_eq!(records.len(), 1, "one record on {topic}");
     assert_eq!(records[0].key, order_id);
     running.stop().await;
-    stack.stop().await;
 }

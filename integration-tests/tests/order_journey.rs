@@ -14,37 +14,16 @@ use waybill_proto::{
     time::from_timestamp,
     v1::{self as pb},
 };
-use waybill_service_kit::telemetry;
+use waybill_service_kit::{
+    telemetry,
+    testing::fixtures::{OrderFixture as _, sample_order},
+};
 
 /// The process-wide telemetry pipeline, as the `waybill` binary installs it, so spans carry
 /// trace ids across services.
 fn telemetry() {
     static GUARD: OnceLock<Option<telemetry::TelemetryGuard>> = OnceLock::new();
     GUARD.get_or_init(|| telemetry::init("journey-test", telemetry::LogFormat::Text).ok());
-}
-
-fn order_request(key: &str, country: &str, sku: &str, quantity: u32) -> pb::PlaceOrderRequest {
-    pb::PlaceOrderRequest {
-        idempotency_key: key.to_owned(),
-        customer: Some(pb::Customer {
-            id: "cust-journey".into(),
-            name: "Ada Lovelace".into(),
-            email: "ada@example.com".into(),
-            phone: "+1 555 0100".into(),
-        }),
-        shipping_address: Some(pb::Address {
-            line1: "1 Main St".into(),
-            line2: String::new(),
-            city: "Springfield".into(),
-            region: "WA".into(),
-            postal_code: "98001".into(),
-            country_code: country.to_owned(),
-        }),
-        lines: vec![pb::LineItem {
-            sku: sku.to_owned(),
-            quantity,
-        }],
-    }
 }
 
 async fn dispatch(stack: &TestStack, order_id: &str, until: pb::DispatchState) -> pb::Dispatch {
@@ -63,7 +42,7 @@ async fn a_placed_order_is_on_its_partners_topic_at_once_with_key_payload_and_he
     // A running dispatcher has its broker connection and the topic's metadata already: warm
     // them with a first order so the figure below is the relay's, not connection set-up.
     let warm_up = orders
-        .place_order(order_request("journey-0", "US", "LAMP-DESK", 1))
+        .place_order(sample_order("journey-0", "US").with_line("LAMP-DESK", 1))
         .await
         .unwrap()
         .into_inner()
@@ -72,7 +51,7 @@ async fn a_placed_order_is_on_its_partners_topic_at_once_with_key_payload_and_he
     dispatch(&stack, &warm_up.id, pb::DispatchState::Sent).await;
 
     let trace_id = "0af7651916cd43dd8448eb211c80319c";
-    let mut call = Request::new(order_request("journey-1", "US", "LAMP-DESK", 2));
+    let mut call = Request::new(sample_order("journey-1", "US").with_line("LAMP-DESK", 2));
     call.metadata_mut().insert(
         "traceparent",
         format!("00-{trace_id}-b7ad6b7169203331-01")
@@ -170,7 +149,6 @@ async fn a_placed_order_is_on_its_partners_topic_at_once_with_key_payload_and_he
     assert_eq!(fetched.status(), pb::OrderStatus::SentToPartner);
     assert_eq!(fetched.partner_id, "contoso");
     assert_eq!(fetched.status_history.last().unwrap().partner_id, "contoso");
-    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,7 +158,7 @@ async fn an_order_at_the_audit_threshold_also_goes_to_the_audit_topic() {
     let mut orders = stack.orders_client().await;
     // 800 mugs at 12.50 USD = 10,000.00 USD: exactly the default threshold; 799 is just below.
     let at_threshold = orders
-        .place_order(order_request("audit-at", "US", "MUG-001", 800))
+        .place_order(sample_order("audit-at", "US").with_line("MUG-001", 800))
         .await
         .unwrap()
         .into_inner()
@@ -188,7 +166,7 @@ async fn an_order_at_the_audit_threshold_also_goes_to_the_audit_topic() {
         .unwrap();
     assert_eq!(at_threshold.total.as_ref().unwrap().minor_units, 1_000_000);
     let below = orders
-        .place_order(order_request("audit-below", "US", "MUG-001", 799))
+        .place_order(sample_order("audit-below", "US").with_line("MUG-001", 799))
         .await
         .unwrap()
         .into_inner()
@@ -220,7 +198,6 @@ async fn an_order_at_the_audit_threshold_also_goes_to_the_audit_topic() {
         )
         .await;
     assert_eq!(partner.len(), 2);
-    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,7 +206,7 @@ async fn an_order_nobody_ships_to_is_unroutable_and_listed_for_operators() {
     stack.enroll_partner("contoso", "US").await;
     let mut orders = stack.orders_client().await;
     let order = orders
-        .place_order(order_request("nowhere", "JP", "MUG-001", 1))
+        .place_order(sample_order("nowhere", "JP"))
         .await
         .unwrap()
         .into_inner()
@@ -269,7 +246,6 @@ async fn an_order_nobody_ships_to_is_unroutable_and_listed_for_operators() {
         .unwrap()
         .into_inner();
     assert_eq!(fetched.status(), pb::OrderStatus::Placed);
-    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,7 +254,7 @@ async fn a_customer_watching_the_order_sees_it_sent_to_the_partner() {
     stack.enroll_partner("contoso", "US").await;
     let mut orders = stack.orders_client().await;
     let order = orders
-        .place_order(order_request("watched", "US", "MUG-001", 1))
+        .place_order(sample_order("watched", "US"))
         .await
         .unwrap()
         .into_inner()
@@ -308,5 +284,4 @@ async fn a_customer_watching_the_order_sees_it_sent_to_the_partner() {
             (2, pb::OrderStatus::SentToPartner, "contoso".to_owned())
         ]
     );
-    stack.stop().await;
 }

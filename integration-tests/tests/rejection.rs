@@ -9,7 +9,10 @@ use waybill_proto::{
     time::to_timestamp,
     v1::{self as pb, DispatchState, OrderStatus, status_ingest_client::StatusIngestClient},
 };
-use waybill_service_kit::grpc::ServerLimits;
+use waybill_service_kit::{
+    grpc::ServerLimits,
+    testing::fixtures::{RouteFixture as _, sample_order, sample_partner, sample_route},
+};
 use waybill_status_ingest::IngestDeps;
 use waybill_token::{Report, ReportClaims, SigningKey, TokenSigner};
 
@@ -77,36 +80,12 @@ async fn reject(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_order_goes_to_the_next_partner_then_to_operators() {
     let stack = TestStack::builder().start().await;
+    // Acme first (priority 10), Globex next (20).
     stack.enroll_partner("acme", "US").await;
-    let mut admin = stack.admin_client().await;
-    admin
-        .enroll_partner(pb::EnrollPartnerRequest {
-            partner: Some(pb::Partner {
-                id: "globex".into(),
-                display_name: "Globex".into(),
-                enabled: true,
-                handover_deadline: Some(prost_types::Duration {
-                    seconds: 600,
-                    nanos: 0,
-                }),
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("enrol globex");
-    admin
-        .set_route(pb::SetRouteRequest {
-            route: Some(pb::Route {
-                id: "globex-us".into(),
-                partner_id: "globex".into(),
-                country_code: "US".into(),
-                priority: 20,
-                enabled: true,
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("route globex");
+    stack.enroll(sample_partner("globex")).await;
+    stack
+        .set_route(sample_route("globex", "US").with_priority(20))
+        .await;
     let signers = [
         (
             "acme",
@@ -118,14 +97,9 @@ async fn a_rejected_order_goes_to_the_next_partner_then_to_operators() {
         ),
     ];
     for (partner, signer) in &signers {
-        admin
-            .add_partner_key(pb::AddPartnerKeyRequest {
-                partner_id: (*partner).into(),
-                key_id: signer.key_id().into(),
-                public_key: signer.verifying_key().to_bytes().to_vec(),
-            })
-            .await
-            .expect("enrol key");
+        stack
+            .add_partner_key(partner, signer.key_id(), &signer.verifying_key().to_bytes())
+            .await;
     }
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -145,26 +119,7 @@ async fn a_rejected_order_goes_to_the_next_partner_then_to_operators() {
 
     let mut orders = stack.orders_client().await;
     let order = orders
-        .place_order(pb::PlaceOrderRequest {
-            idempotency_key: "rejected-1".into(),
-            customer: Some(pb::Customer {
-                id: "c1".into(),
-                name: "Ada".into(),
-                email: "ada@example.com".into(),
-                ..Default::default()
-            }),
-            shipping_address: Some(pb::Address {
-                line1: "1 Main St".into(),
-                city: "Springfield".into(),
-                postal_code: "98001".into(),
-                country_code: "US".into(),
-                ..Default::default()
-            }),
-            lines: vec![pb::LineItem {
-                sku: "MUG-001".into(),
-                quantity: 1,
-            }],
-        })
+        .place_order(sample_order("rejected-1", "US"))
         .await
         .expect("place")
         .into_inner()
@@ -240,5 +195,4 @@ async fn a_rejected_order_goes_to_the_next_partner_then_to_operators() {
 
     shutdown.cancel();
     server.await.expect("join").expect("serve");
-    stack.stop().await;
 }

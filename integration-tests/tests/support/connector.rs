@@ -16,6 +16,7 @@ use waybill_connector_sdk::{
 use waybill_integration_tests::{AUDIENCE, TestStack};
 use waybill_proto::v1::{self as pb, OrderStatus};
 pub use waybill_service_kit::testing::eventually;
+use waybill_service_kit::testing::fixtures::{OrderFixture as _, sample_order};
 use waybill_token::SigningKey;
 
 /// The process-wide telemetry pipeline, as the `waybill` binary installs it (W3C trace
@@ -214,27 +215,9 @@ pub fn tracking_id(order_id: &str) -> String {
 
 /// A PlaceOrder request shipping to `country`, with `line2` (sandbox markers).
 pub fn order_request(key: &str, country: &str, line2: &str) -> pb::PlaceOrderRequest {
-    pb::PlaceOrderRequest {
-        idempotency_key: key.to_owned(),
-        customer: Some(pb::Customer {
-            id: "cust-connector".into(),
-            name: "Grace Hopper".into(),
-            email: "grace@example.com".into(),
-            phone: "+1 555 0101".into(),
-        }),
-        shipping_address: Some(pb::Address {
-            line1: "2 Harbor Rd".into(),
-            line2: line2.to_owned(),
-            city: "Arlington".into(),
-            region: "VA".into(),
-            postal_code: "22201".into(),
-            country_code: country.to_owned(),
-        }),
-        lines: vec![pb::LineItem {
-            sku: "LAMP-DESK".into(),
-            quantity: 1,
-        }],
-    }
+    sample_order(key, country)
+        .with_line("LAMP-DESK", 1)
+        .with_line2(line2)
 }
 
 /// Places an order; returns its id. Retries `UNAVAILABLE` with the same idempotency key, as
