@@ -15,6 +15,7 @@ use std::{
 };
 
 use waybill_proto::v1::{self as pb, OrderStatus, order_service_client::OrderServiceClient};
+use waybill_service_kit::testing::fixtures::sample_order;
 
 fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -103,25 +104,7 @@ async fn place(orders: SocketAddr, key: &str) -> String {
         .await
         .unwrap();
     client
-        .place_order(pb::PlaceOrderRequest {
-            idempotency_key: key.to_owned(),
-            customer: Some(pb::Customer {
-                id: "c1".into(),
-                name: "Ada".into(),
-                email: "ada@example.com".into(),
-                ..Default::default()
-            }),
-            shipping_address: Some(pb::Address {
-                line1: "1 Main St".into(),
-                city: "Springfield".into(),
-                country_code: "US".into(),
-                ..Default::default()
-            }),
-            lines: vec![pb::LineItem {
-                sku: "MUG-001".into(),
-                quantity: 1,
-            }],
-        })
+        .place_order(sample_order(key, "US"))
         .await
         .unwrap()
         .into_inner()

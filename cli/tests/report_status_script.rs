@@ -11,7 +11,10 @@ use std::{path::PathBuf, process::Command, time::Duration};
 use tokio_util::sync::CancellationToken;
 use waybill_integration_tests::TestStack;
 use waybill_proto::v1::{self as pb, DispatchState, OrderStatus};
-use waybill_service_kit::{grpc::ServerLimits, testing::TestBackend};
+use waybill_service_kit::{
+    grpc::ServerLimits,
+    testing::{TestBackend, fixtures::sample_order},
+};
 use waybill_status_ingest::IngestDeps;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,26 +30,7 @@ async fn the_script_enrols_signs_and_reports() {
     stack.enroll_partner("acme", "US").await;
     let mut orders = stack.orders_client().await;
     let placed = orders
-        .place_order(pb::PlaceOrderRequest {
-            idempotency_key: "script-1".into(),
-            customer: Some(pb::Customer {
-                id: "c1".into(),
-                name: "Ada".into(),
-                email: "ada@example.com".into(),
-                ..Default::default()
-            }),
-            shipping_address: Some(pb::Address {
-                line1: "1 Main St".into(),
-                city: "Springfield".into(),
-                postal_code: "12345".into(),
-                country_code: "US".into(),
-                ..Default::default()
-            }),
-            lines: vec![pb::LineItem {
-                sku: "MUG-001".into(),
-                quantity: 1,
-            }],
-        })
+        .place_order(sample_order("script-1", "US"))
         .await
         .unwrap()
         .into_inner()

@@ -1,6 +1,6 @@
 //! `waybill bench report` on a small scale, on both backends: every report is accepted (with
-//! signature checks on), the raw side writes as many, and the figures it prints are there.
-//! Timing is never asserted.
+//! signature checks on), the raw side writes as many, and the figures it prints agree with each
+//! other (percentiles in order, the ratio is one rate over the other). Timing is never asserted.
 #![allow(clippy::unwrap_used)]
 
 use waybill_service_kit::{on_both_backends, on_pool, testing::TestBackend, testing::TestDatabase};
@@ -18,8 +18,17 @@ async fn bench_report_accepts_every_report_and_prints_figures(backend: TestBacke
     };
     let report = report_bench(&db, &options).await.unwrap();
     assert_eq!(report.errors, 0);
-    assert!(report.report_status_per_s > 0.0 && report.raw_inserts_per_s > 0.0);
-    assert!(report.latency_ms.0 > 0.0 && report.latency_ms.0 <= report.latency_ms.1);
+    // Work was done on both sides: both rates are positive, and the ratio is one over the other.
+    assert!(
+        report.report_status_per_s > 0.0 && report.raw_inserts_per_s > 0.0,
+        "{report:?}"
+    );
+    assert_eq!(
+        report.ratio(),
+        report.report_status_per_s / report.raw_inserts_per_s
+    );
+    let (p50, p99, max) = report.latency_ms;
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{report:?}");
 
     let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
     assert_eq!(json["benchmark"], "report");
@@ -31,7 +40,33 @@ async fn bench_report_accepts_every_report_and_prints_figures(backend: TestBacke
         }
     );
     assert_eq!(json["reports"], 300);
-    assert!(json["ratio_to_raw"].as_f64().unwrap() > 0.0);
+    assert_eq!(json["concurrency"], 4);
+    assert_eq!(json["errors"], 0);
+    // The printed figures are the report's, rounded as printed: a rate to 0.1, a latency to
+    // 0.001 ms, the ratio to 0.001 (of the unrounded rates).
+    let printed = |key: &str| json[key].as_f64().unwrap();
+    let latency = |key: &str| json["latency_ms"][key].as_f64().unwrap();
+    let close = |printed: f64, exact: f64, step: f64| (printed - exact).abs() <= step / 2.0 + 1e-9;
+    assert!(
+        close(
+            printed("report_status_per_s"),
+            report.report_status_per_s,
+            0.1
+        ),
+        "{json:#}"
+    );
+    assert!(
+        close(printed("raw_inserts_per_s"), report.raw_inserts_per_s, 0.1),
+        "{json:#}"
+    );
+    for (key, exact) in [("p50", p50), ("p99", p99), ("max", max)] {
+        assert!(close(latency(key), exact, 0.001), "{key}: {json:#}");
+    }
+    assert!(latency("p50") <= latency("p99") && latency("p99") <= latency("max"));
+    assert!(
+        close(printed("ratio_to_raw"), report.ratio(), 0.001),
+        "{json:#}"
+    );
     assert_eq!(
         json["checkpointed"], true,
         "the tests connect as a superuser"
