@@ -70,6 +70,20 @@ async fn each_service_and_the_connector_expose_their_series_after_real_traffic()
     let orders = scrape(orders_at).await;
     assert_eq!(orders.value("waybill_orders_placed_total"), 2.0);
     assert_eq!(orders.value("waybill_orders_place_replayed_total"), 0.0);
+    // Every call, by method and status code (the kit's layer in front of every service).
+    assert_eq!(
+        orders.value(
+            r#"waybill_orders_grpc_server_handled_total{grpc_service="waybill.v1.OrderService",grpc_method="PlaceOrder",grpc_code="OK"}"#
+        ),
+        2.0
+    );
+    assert_eq!(
+        orders.value(
+            r#"waybill_orders_grpc_server_handling_seconds_count{grpc_service="waybill.v1.OrderService",grpc_method="PlaceOrder"}"#
+        ),
+        2.0
+    );
+    assert!(orders.text.contains("waybill_orders_build_info{version="));
 
     let dispatcher = scrape(dispatcher_at).await;
     assert_eq!(dispatcher.value("waybill_dispatcher_sent_total"), 1.0);
@@ -114,6 +128,19 @@ async fn each_service_and_the_connector_expose_their_series_after_real_traffic()
     );
 
     let ingest = scrape(ingest_at).await;
+    assert_eq!(
+        ingest.value(
+            r#"waybill_status_ingest_grpc_server_handled_total{grpc_service="waybill.v1.StatusIngest",grpc_method="ReportStatus",grpc_code="INVALID_ARGUMENT"}"#
+        ),
+        1.0,
+        "the refused report, by its status code"
+    );
+    assert_eq!(
+        ingest
+            .value(r#"waybill_status_ingest_grpc_server_refused_total{reason="unauthenticated"}"#),
+        0.0,
+        "no credentials on this stack: nothing refused before the service"
+    );
     assert_eq!(
         ingest.value("waybill_status_ingest_reports_accepted_total"),
         1.0,

@@ -45,6 +45,7 @@ use waybill_service_kit::{
     clock::{SharedClock, SystemClock},
     db::Database,
     grpc::{HealthParts, ServerLimits},
+    rpc_metrics::RpcMetrics,
     run::{MetricsEndpoint, RunError as KitRunError, bind, connect},
     security::CallerAuth,
 };
@@ -248,11 +249,19 @@ pub async fn serve(
     let routes = tonic::service::Routes::new(
         DispatchAdminServer::new(admin).max_decoding_message_size(MAX_REQUEST_BYTES),
     );
+    let limits = ServerLimits {
+        rpc_metrics: Some(RpcMetrics::register(
+            &deps.metrics,
+            "waybill_dispatcher",
+            &[SERVICE_NAME],
+        )),
+        ..deps.limits.clone()
+    };
     let served = waybill_service_kit::grpc::serve_with_health(
         listener,
         routes,
         &[SERVICE_NAME],
-        &deps.limits,
+        &limits,
         health,
         shutdown.clone(),
     )

@@ -12,6 +12,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::{info, warn};
 
 use crate::{
+    rpc_metrics::{RpcMetrics, RpcMetricsLayer},
     security::{
         ServerSecurity, auth::AuthLayer, incoming, rate_limit::RateLimitLayer,
         reload::FILE_CHECK_INTERVAL,
@@ -34,6 +35,8 @@ pub struct ServerLimits {
     /// How often the TLS files and the credentials file are checked for changes (they are
     /// also re-read on SIGHUP).
     pub file_check_interval: Duration,
+    /// Per-RPC series (calls by method and code, latency, refusals): off when `None`.
+    pub rpc_metrics: Option<RpcMetrics>,
 }
 
 impl Default for ServerLimits {
@@ -44,6 +47,7 @@ impl Default for ServerLimits {
             drain_grace: Duration::from_secs(10),
             security: ServerSecurity::default(),
             file_check_interval: FILE_CHECK_INTERVAL,
+            rpc_metrics: None,
         }
     }
 }
@@ -171,6 +175,8 @@ pub async fn serve_with_health(
         // Past the concurrency limit, refuse at once (UNAVAILABLE) instead of queueing without
         // bound: callers retry with backoff, memory stays flat.
         .load_shed(true)
+        // Metrics outermost: every call is counted, refused ones included.
+        .layer(RpcMetricsLayer::new(limits.rpc_metrics.clone()))
         // Caller identity first: nothing below it (rate limits, handlers) sees a call that is
         // not allowed; the rate limit then keys on the identified caller.
         .layer(AuthLayer::new(security.credentials.clone()))

@@ -29,6 +29,7 @@ use waybill_service_kit::{
     db::{ChangeFeed, Database},
     grpc::ServerLimits,
     page_token::{PageTokenKey, PageTokenKeyError},
+    rpc_metrics::RpcMetrics,
     run::{MetricsEndpoint, RunError as KitRunError, bind, connect},
     security::CallerAuth,
 };
@@ -189,6 +190,14 @@ pub async fn serve(
     limits: ServerLimits,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    let limits = ServerLimits {
+        rpc_metrics: Some(RpcMetrics::register(
+            &deps.metrics,
+            "waybill_orders",
+            &[SERVICE_NAME],
+        )),
+        ..limits
+    };
     let routes = tonic::service::Routes::new(service(deps, shutdown.clone()));
     waybill_service_kit::grpc::serve(listener, routes, &[SERVICE_NAME], &limits, shutdown)
         .await

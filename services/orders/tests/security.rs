@@ -41,6 +41,17 @@ struct Server {
     pki: TestPki,
     _f: Fixture,
     shutdown: CancellationToken,
+    metrics: waybill_service_kit::metrics::Metrics,
+}
+
+impl Server {
+    /// The value of `series` (name and labels as written) in this server's metrics.
+    async fn series(&self, series: &str) -> f64 {
+        let text = self.metrics.render().await.unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
+    }
 }
 
 impl Drop for Server {
@@ -79,9 +90,11 @@ async fn start_with(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
+    let deps = OrdersDeps::new(&f.db, "test");
+    let metrics = deps.metrics.clone();
     tokio::spawn(serve(
         listener,
-        OrdersDeps::new(&f.db, "test"),
+        deps,
         ServerLimits {
             security,
             ..ServerLimits::default()
@@ -93,6 +106,7 @@ async fn start_with(
         pki,
         _f: f,
         shutdown,
+        metrics,
     }
 }
 
@@ -153,6 +167,21 @@ async fn storefronts_place_orders_over_tls_and_nobody_else_does() {
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
     assert!(status.message().contains("alice"), "{}", status.message());
+    // Each refusal counted by reason and by status code, the accepted call too.
+    for (reason, count) in [("unauthenticated", 2.0), ("permission_denied", 2.0)] {
+        let series = format!(r#"waybill_orders_grpc_server_refused_total{{reason="{reason}"}}"#);
+        assert_eq!(s.series(&series).await, count, "{reason}");
+    }
+    for (code, count) in [
+        ("OK", 1.0),
+        ("UNAUTHENTICATED", 2.0),
+        ("PERMISSION_DENIED", 1.0),
+    ] {
+        let series = format!(
+            r#"waybill_orders_grpc_server_handled_total{{grpc_service="waybill.v1.OrderService",grpc_method="PlaceOrder",grpc_code="{code}"}}"#
+        );
+        assert_eq!(s.series(&series).await, count, "{code}");
+    }
 
     // Health stays open; a plaintext client gets nowhere on a TLS listener.
     let mut health = tonic_health::pb::health_client::HealthClient::new(
@@ -272,6 +301,15 @@ async fn place_order_is_rate_limited_per_caller() {
     }
     assert_eq!(&codes[..2], &[Code::Ok, Code::Ok], "{codes:?}");
     assert!(codes.contains(&Code::ResourceExhausted), "{codes:?}");
+    let limited = codes
+        .iter()
+        .filter(|code| **code == Code::ResourceExhausted)
+        .count();
+    assert_eq!(
+        s.series(r#"waybill_orders_grpc_server_refused_total{reason="rate_limited"}"#)
+            .await,
+        limited as f64
+    );
     // Other RPCs are not limited.
     let status = client
         .get_order(with_key(

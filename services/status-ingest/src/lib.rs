@@ -39,6 +39,7 @@ use waybill_service_kit::{
     clock::{SharedClock, SystemClock},
     db::Database,
     grpc::ServerLimits,
+    rpc_metrics::RpcMetrics,
     run::{MetricsEndpoint, bind, connect},
     security::CallerAuth,
 };
@@ -173,6 +174,14 @@ pub async fn serve(
     limits: ServerLimits,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    let limits = ServerLimits {
+        rpc_metrics: Some(RpcMetrics::register(
+            &deps.registry,
+            "waybill_status_ingest",
+            &[SERVICE_NAME],
+        )),
+        ..limits
+    };
     let routes = tonic::service::Routes::new(service(deps));
     waybill_service_kit::grpc::serve(listener, routes, &[SERVICE_NAME], &limits, shutdown).await?;
     Ok(())

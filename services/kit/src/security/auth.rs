@@ -29,6 +29,7 @@ pub use super::{
     caller::{Caller, Role},
     credentials::{Credentials, CredentialsError, hash_api_key},
 };
+use crate::rpc_metrics::Refusal;
 use crate::text::quote;
 
 /// What an RPC path requires.
@@ -197,7 +198,16 @@ where
                 }
                 Either::Right(self.inner.call(request))
             }
-            Err(status) => Either::Left(ready(Ok(status.into_http()))),
+            Err(status) => {
+                let refusal = if status.code() == tonic::Code::PermissionDenied {
+                    Refusal::PermissionDenied
+                } else {
+                    Refusal::Unauthenticated
+                };
+                let mut response = status.into_http();
+                response.extensions_mut().insert(refusal);
+                Either::Left(ready(Ok(response)))
+            }
         }
     }
 }

@@ -17,6 +17,7 @@ use tonic::{Status, codegen::http};
 use tower::{Layer, Service};
 
 use super::{caller::Caller, incoming::PeerInfo};
+use crate::rpc_metrics::Refusal;
 
 /// The RPCs that are rate-limited.
 pub const LIMITED_RPCS: &[&str] = &[
@@ -111,7 +112,9 @@ where
             let status = Status::resource_exhausted(
                 "rate limit for this call exceeded for this caller; retry with backoff",
             );
-            return Either::Left(ready(Ok(status.into_http())));
+            let mut response = status.into_http();
+            response.extensions_mut().insert(Refusal::RateLimited);
+            return Either::Left(ready(Ok(response)));
         }
         Either::Right(self.inner.call(request))
     }
