@@ -1,7 +1,9 @@
-//! `waybill bench place`, the real binary, briefly, on Postgres and SQLite: every order placed,
-//! the placing write's own rate measured in the same run as the limit, and the figures
-//! consistent with each other; `--prefill` writing its finished orders once. Not a timed test:
-//! the ratio is printed, never asserted.
+//! `waybill bench place`, the real binary, briefly, on Postgres and SQLite: every order placed
+//! (and in the database: the warm-up's, the measured ones and the limit's own), the placing
+//! write's own rate measured in the same run as the limit, and the figures consistent with each
+//! other (each rate is its orders over its seconds, the ratio one rate over the other, the
+//! percentiles in order and within the run); `--prefill` writing its finished orders once. Not
+//! a timed test: the ratio is printed, never asserted.
 #![allow(clippy::unwrap_used)]
 
 use std::process::Command;
@@ -13,6 +15,8 @@ use waybill_service_kit::{
 };
 
 const REQUESTS: u64 = 200;
+/// `--warmup`: placed through gRPC before the measured requests.
+const WARMUP: u64 = 10;
 
 fn bench(url: &str) -> Value {
     bench_with(url, &[])
@@ -20,7 +24,8 @@ fn bench(url: &str) -> Value {
 
 fn bench_with(url: &str, extra: &[&str]) -> Value {
     let output = Command::new(env!("CARGO_BIN_EXE_waybill"))
-        .args(["bench", "place", "--json", "--warmup", "10", "-c", "4"])
+        .args(["bench", "place", "--json", "-c", "4"])
+        .args(["--warmup", &WARMUP.to_string()])
         .args(["-n", &REQUESTS.to_string(), "--database-url", url])
         .args(extra)
         .env_remove("RUST_LOG")
@@ -35,12 +40,40 @@ fn bench_with(url: &str, extra: &[&str]) -> Value {
         (report["requests"].as_u64(), report["errors"].as_u64()),
         (Some(REQUESTS), Some(0))
     );
-    let throughput = report["throughput_per_s"].as_f64().unwrap();
+    let figure = |value: &Value, key: &str| {
+        value[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key}: {report:#}"))
+    };
+    // Each rate is its orders over its own seconds; both positive (work was done).
+    let (throughput, seconds) = (
+        figure(&report, "throughput_per_s"),
+        figure(&report, "seconds"),
+    );
     assert_eq!(report["limit"]["orders"], REQUESTS, "{report:#}");
-    let limit = report["limit"]["orders_per_second"].as_f64().unwrap();
+    let (limit, limit_seconds) = (
+        figure(&report["limit"], "orders_per_second"),
+        figure(&report["limit"], "seconds"),
+    );
     assert!(throughput > 0.0 && limit > 0.0, "{report:#}");
-    let ratio = report["ratio"].as_f64().unwrap();
+    for (rate, seconds) in [(throughput, seconds), (limit, limit_seconds)] {
+        assert!(
+            (rate * seconds - REQUESTS as f64).abs() < 1e-6 * REQUESTS as f64,
+            "{report:#}"
+        );
+    }
+    let ratio = figure(&report, "ratio");
     assert!((ratio - throughput / limit).abs() < 1e-9, "{report:#}");
+    // Percentiles in order, and no request longer than the measured time it was part of (the
+    // histogram keeps three significant digits: a value may read up to 0.1 % high).
+    let latency = &report["latency_ms"];
+    let (p50, p99, max) = (
+        figure(latency, "p50"),
+        figure(latency, "p99"),
+        figure(latency, "max"),
+    );
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{report:#}");
+    assert!(max <= seconds * 1000.0 * 1.001 + 0.001, "{report:#}");
     assert!(report["peak_rss_mib"].as_f64().unwrap() > 1.0, "{report:#}");
     report
 }
@@ -61,6 +94,27 @@ async fn bench_place_reports_the_ratio_to_the_placing_write_on_both_backends() {
         assert!(
             report["storage"].as_str().unwrap().starts_with(scheme),
             "{report:#}"
+        );
+        // The ledger: every order the report counts is in the database, and no other — the
+        // warm-up's and the measured ones through gRPC, the limit's through the placing write
+        // alone; each with its dispatch row (the outbox).
+        let through_grpc = "SELECT count(*) FROM orders WHERE customer_id LIKE 'bench-customer-%'";
+        assert_eq!(
+            count(&db, through_grpc).await,
+            (WARMUP + REQUESTS) as i64,
+            "{backend:?}"
+        );
+        let limit = "SELECT count(*) FROM orders WHERE customer_id = 'bench-limit'";
+        assert_eq!(count(&db, limit).await, REQUESTS as i64, "{backend:?}");
+        assert_eq!(
+            count(&db, "SELECT count(*) FROM orders").await,
+            (WARMUP + 2 * REQUESTS) as i64,
+            "{backend:?}"
+        );
+        assert_eq!(
+            count(&db, "SELECT count(*) FROM dispatch").await,
+            (WARMUP + 2 * REQUESTS) as i64,
+            "{backend:?}"
         );
     }
 }
