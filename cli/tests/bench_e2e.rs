@@ -342,6 +342,18 @@ async fn find_max_on_postgres_sets_the_rate_beside_the_lower_bare_limit() {
         bookkeeping > 0.0 && before > 0.0 && after > 0.0,
         "{report:#}"
     );
+    // The bookkeeping limit is its two runs together: their orders over their seconds.
+    let seconds = |rate: &str| ms(&limits[rate], "seconds");
+    assert!(
+        (seconds("bookkeeping") - seconds("bookkeeping_before") - seconds("bookkeeping_after"))
+            .abs()
+            < 1e-6,
+        "{report:#}"
+    );
+    assert!(
+        (bookkeeping * seconds("bookkeeping") - 2000.0).abs() < 1e-6 * 2000.0,
+        "{report:#}"
+    );
     assert!(
         (report_raw - 2.0 / (1.0 / before + 1.0 / after)).abs() < 1e-6,
         "{report:#}"
