@@ -96,8 +96,18 @@ async fn each_service_and_the_connector_expose_their_series_after_real_traffic()
         assert_eq!(dispatcher.value(zero), 0.0, "{zero}");
     }
     // The backlog, read from the database at scrape time.
+    assert!(
+        !dispatcher
+            .text
+            .contains(r#"outbox_backlog{state="ACKNOWLEDGED"}"#),
+        "done rows are not a backlog"
+    );
+    assert_eq!(dispatcher.value("waybill_dispatcher_can_send"), 1.0);
+    assert_eq!(
+        dispatcher.value("waybill_dispatcher_send_failures_total"),
+        0.0
+    );
     for (state, rows) in [
-        ("ACKNOWLEDGED", 1.0),
         ("UNROUTABLE", 1.0),
         ("PENDING", 0.0),
         ("SENT", 0.0),

@@ -207,6 +207,9 @@ pub async fn serve(
         });
     }
     let send_health = producer.health().clone();
+    deps.metrics.register("waybill_dispatcher", |registry| {
+        kafka::health_metrics::register(registry, send_health.clone());
+    });
     let relay = Relay::new(
         store.clone(),
         producer,

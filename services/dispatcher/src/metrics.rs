@@ -25,12 +25,12 @@ use waybill_proto::v1::DispatchState;
 
 use crate::domain::model::Backlog;
 
-/// Every state a dispatch row can be in (the backlog gauge has a series for each).
-const STATES: [DispatchState; 7] = [
+/// Every state a dispatch row waits in (the backlog gauge has a series for each); not
+/// `ACKNOWLEDGED`, which is done.
+const STATES: [DispatchState; 6] = [
     DispatchState::Pending,
     DispatchState::Retrying,
     DispatchState::Sent,
-    DispatchState::Acknowledged,
     DispatchState::Dead,
     DispatchState::Unroutable,
     DispatchState::Unacknowledged,

@@ -11,6 +11,7 @@
 //!   committed offsets, watermarks), for the handover deadline. Its client has the group's id
 //!   but never subscribes: the dispatcher reads no topic and commits nothing.
 
+pub mod health_metrics;
 pub mod messages;
 pub mod producer;
 pub mod progress;
