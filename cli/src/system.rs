@@ -311,8 +311,7 @@ impl System {
             });
             let task = match partner {
                 ExamplePartner::LocalExpress => {
-                    let adapter = LocalExpress::new(connector.reporter())
-                        .shipped_after(settings.shipped_after);
+                    let adapter = LocalExpress::new().shipped_after(settings.shipped_after);
                     tokio::spawn(run_partner(connector, adapter, fault, stop))
                 }
                 ExamplePartner::DistanceFreight => {

@@ -21,7 +21,7 @@ pub async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_env_filter(filter.unwrap_or_else(|_| "info".into()))
         .init();
     let connector = ConnectorBuilder::from_env("local-express")?.build().await?;
-    let adapter = LocalExpress::new(connector.reporter());
+    let adapter = LocalExpress::new();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let on_signal = shutdown.clone();
     tokio::spawn(async move {

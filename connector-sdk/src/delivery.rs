@@ -182,9 +182,9 @@ impl ReportSender {
     }
 
     /// Scans for due reports until `stop` is cancelled; woken by reports the pipeline does
-    /// not carry (later statuses, redeliveries, failed attempts), else by the earliest retry
-    /// time (at most every 5 s, so another instance's reports in a shared inbox are picked
-    /// up too).
+    /// not carry (later statuses, redeliveries, failed attempts, an answer's reports scheduled
+    /// for later), else by the earliest time a report is due (a retry, a scheduled report;
+    /// at most every 5 s, so another instance's reports in a shared inbox are picked up too).
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         loop {
             if stop.is_cancelled() {
@@ -194,7 +194,11 @@ impl ReportSender {
             if sent > 0 {
                 continue;
             }
-            let wait = match self.inbox.next_report_due(&self.partner_id).await {
+            let wait = match self
+                .inbox
+                .next_report_due(&self.partner_id, self.clock.now())
+                .await
+            {
                 Ok(next_due) => scan_wait(next_due, self.clock.now()),
                 Err(error) => {
                     ConnectorMetrics::add(&self.metrics.inbox_errors);
@@ -405,24 +409,67 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn past_the_pending_bound_a_stored_report_waits_in_the_inbox_for_the_scan() {
-        let (_listener, reply_to) = silent_status_ingest().await;
+    async fn a_report_scheduled_for_later_is_sent_when_the_clock_reaches_it() {
+        // Nobody listens there: each attempt fails at once and is kept for a retry.
+        let reply_to = format!("http://{}", {
+            let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            closed.local_addr().expect("addr")
+        });
         let dir =
-            std::env::temp_dir().join(format!("waybill-sdk-pending-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let inbox = crate::inbox::SqlInbox::open_sqlite(dir.join("inbox.db"))
+            std::env::temp_dir().join(format!("waybill-sdk-scheduled-{}", uuid::Uuid::new_v4()));
+        let inbox = Arc::new(
+            crate::inbox::SqlInbox::open_sqlite(dir.join("inbox.db"))
+                .await
+                .expect("inbox"),
+        );
+        let clock = test_clock();
+        let sender = Arc::new(sender(inbox.clone(), Arc::new(Notify::new()), &clock));
+        let shipped = StoredReport::pending(
+            "o-1:later:0".to_owned(),
+            "o-1".to_owned(),
+            "SHIPPED",
+            "T-1".to_owned(),
+            String::new(),
+            String::new(),
+            false,
+            clock.now(),
+            reply_to,
+            None,
+        )
+        .due_at(clock.now() + chrono::Duration::seconds(2));
+        inbox.add_report("acme", &shipped).await.expect("stored");
+        assert_eq!(sender.send_due().await, 0, "not before its time");
+        let next = inbox
+            .next_report_due("acme", clock.now())
             .await
-            .expect("inbox");
+            .expect("read");
+        assert_eq!(
+            scan_wait(next, clock.now()),
+            Duration::from_secs(2),
+            "the scan sleeps until it is due"
+        );
+        clock.advance(chrono::Duration::milliseconds(1999));
+        assert_eq!(sender.send_due().await, 0);
+        clock.advance(chrono::Duration::milliseconds(1));
+        assert_eq!(sender.send_due().await, 1, "sent when due");
+        let kept = inbox.reports_of("acme", "o-1").await.expect("read");
+        assert_eq!(kept[0].attempts, 1, "failed, kept for a retry");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn sender(
+        inbox: Arc<dyn Inbox>,
+        wake: Arc<Notify>,
+        clock: &crate::clock::ManualClock,
+    ) -> ReportSender {
         let key = ReportSigningKey::from_key(
             waybill_token::SigningKey::from_bytes(&[7; 32]),
             "acme-test",
         )
         .expect("key");
-        let wake = Arc::new(Notify::new());
-        let clock = test_clock();
-        let sender = Arc::new(ReportSender::new(
+        ReportSender::new(
             "acme".to_owned(),
-            Arc::new(inbox),
+            inbox,
             key,
             SenderSettings {
                 audience: "waybill-test".to_owned(),
@@ -437,10 +484,24 @@ mod tests {
                 tls: None,
             },
             Arc::new(ConnectorMetrics::default()),
-            wake.clone(),
+            wake,
             Observer::default(),
             Arc::new(clock.clone()),
-        ));
+        )
+    }
+
+    #[tokio::test]
+    async fn past_the_pending_bound_a_stored_report_waits_in_the_inbox_for_the_scan() {
+        let (_listener, reply_to) = silent_status_ingest().await;
+        let dir =
+            std::env::temp_dir().join(format!("waybill-sdk-pending-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let inbox = crate::inbox::SqlInbox::open_sqlite(dir.join("inbox.db"))
+            .await
+            .expect("inbox");
+        let wake = Arc::new(Notify::new());
+        let clock = test_clock();
+        let sender = Arc::new(sender(Arc::new(inbox), wake.clone(), &clock));
         let report = |n: usize| {
             StoredReport::pending(
                 format!("report-{n}"),

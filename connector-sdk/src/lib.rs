@@ -20,30 +20,35 @@
 //! bytes: [`ReportSigningKey::public_key`], or what `waybill keys generate` prints). Rotation:
 //! enrol a second key, restart the connector with it, revoke the first.
 //!
-//! **3. The trait.** One async method, called once per order in effect; later statuses go
-//! through a [`StatusReporter`] from anywhere in the program:
+//! **3. The trait.** One async method, called once per order in effect. Statuses the partner
+//! already knows when it answers (`SHIPPED` at the next round) go with the answer
+//! ([`Acceptance::then_report`]): stored in the inbox with it, sent when due, across crashes.
+//! Statuses its system learns of later go through a [`StatusReporter`] from anywhere in the
+//! program:
 //!
 //! ```no_run
+//! use std::time::Duration;
 //! use waybill_connector_sdk::{
 //!     Acceptance, ClusterConfig, Connector, PartnerError, ReportSigningKey, ShipmentContext,
-//!     StatusReporter, StatusUpdate, TransportPartner, proto::DispatchedOrder,
+//!     StatusUpdate, TransportPartner, proto::DispatchedOrder,
 //! };
 //!
-//! struct Acme { reporter: StatusReporter }
+//! struct Acme;
 //!
 //! impl TransportPartner for Acme {
 //!     async fn request_shipment(&self, order: &DispatchedOrder, ctx: &ShipmentContext)
 //!         -> Result<Acceptance, PartnerError> {
-//!         // Create the shipment in Acme's own system, keyed by ctx.idempotency_key().
-//!         let tracking_id = format!("ACME-{}", &ctx.idempotency_key()[..8]);
-//!         let (reporter, order_id) = (self.reporter.clone(), order.order_id.clone());
-//!         tokio::spawn(async move {
-//!             // ...later, when the truck leaves:
-//!             let _ = reporter.report(&order_id, StatusUpdate::shipped()).await;
-//!         });
-//!         Ok(Acceptance::accepted(tracking_id))
+//!         // Create the shipment in Acme's own system, keyed by ctx.idempotency_key(): the
+//!         // same key gets the same shipment, and the same tracking id, back.
+//!         let tracking_id = book_shipment(order, ctx.idempotency_key()).await?;
+//!         // Known now, reported in four hours: durably, not from a timer in memory.
+//!         Ok(Acceptance::accepted(tracking_id)
+//!             .then_report(StatusUpdate::shipped(), Duration::from_secs(4 * 3600)))
 //!     }
 //! }
+//! # async fn book_shipment(_: &DispatchedOrder, key: &str) -> Result<String, PartnerError> {
+//! #     Ok(key.to_owned())
+//! # }
 //!
 //! #[tokio::main]
 //! async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -54,11 +59,13 @@
 //!         .inbox_path("/var/lib/acme/waybill-inbox.db")
 //!         .build()
 //!         .await?;
-//!     let adapter = Acme { reporter: connector.reporter() };
+//!     // Statuses Acme's system learns of later (a depot scan, a delivery), from wherever
+//!     // they arrive: reporter.report(&order_id, StatusUpdate::delivered()).await
+//!     let _reporter = connector.reporter();
 //!     let shutdown = tokio_util::sync::CancellationToken::new();
 //!     let on_signal = shutdown.clone();
 //!     tokio::spawn(async move { let _ = tokio::signal::ctrl_c().await; on_signal.cancel(); });
-//!     connector.run(adapter, shutdown).await?;
+//!     connector.run(Acme, shutdown).await?;
 //!     Ok(())
 //! }
 //! ```
@@ -81,6 +88,10 @@
 //!   reported. A redelivered order — broker redelivery, producer duplicate, resend after the
 //!   handover deadline, restart before commit — is answered from the inbox and never handed
 //!   to the adapter again; its report is re-sent if it was never confirmed.
+//! - **Later statuses survive a crash.** Reports an answer schedules
+//!   ([`Acceptance::then_report`]) are stored in the answer's transaction, each due after its
+//!   delay, and sent when due — after a restart too. A report through
+//!   [`StatusReporter::report`] is durable once the call returns.
 //! - **Reports land.** Each report is signed with a fresh token per attempt (same report id,
 //!   so a retry is a duplicate, not a replay), retried with exponential backoff and jitter
 //!   while StatusIngest is unreachable, kept across restarts; `duplicate = true` counts as
@@ -134,7 +145,12 @@
 //! **Idempotency on the order id** ([`ShipmentContext::idempotency_key`]). If the process
 //! dies after the adapter's call reached the partner's system but before the answer was
 //! stored, or the call timed out, the SDK calls again with the same key; answer the same way
-//! (same tracking id) both times. And return promptly or within
+//! (same tracking id) both times. A tracking id made up from the order id must come from all
+//! of it (a digest, as `examples::tracking_id` makes them), never from its first
+//! characters: order ids are UUIDv7s, whose first twelve digits are the millisecond they were
+//! made in. Never keep a status to report in a timer or a task of the process only: it dies
+//! with the process, and the redelivered order is answered from the inbox without the adapter.
+//! And return promptly or within
 //! [`ConnectorBuilder::adapter_timeout`]; block on nothing the SDK waits for.
 //!
 //! # Layout
@@ -178,7 +194,7 @@ pub use connector::Connector;
 pub use envelope::{DecodeError, IncomingOrder, decode_dispatched_order};
 pub use error::{ConfigError, ConnectorError};
 pub use observe::{PipelineObserver, Step};
-pub use partner::{Acceptance, PartnerError, ShipmentContext, TransportPartner};
+pub use partner::{Acceptance, LaterReport, PartnerError, ShipmentContext, TransportPartner};
 pub use signing::ReportSigningKey;
 pub use status::{PartnerStatus, ReportError, StatusReporter, StatusUpdate};
 pub use worker::{DEAD_LETTER_ORIGIN, DEAD_LETTER_REASON};

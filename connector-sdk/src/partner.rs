@@ -4,6 +4,8 @@ use std::{future::Future, time::Duration};
 
 use waybill_proto::v1::DispatchedOrder;
 
+use crate::status::StatusUpdate;
+
 /// A shipping partner's adapter: turns a Waybill order into a shipment request in the
 /// partner's own system.
 ///
@@ -33,10 +35,15 @@ use waybill_proto::v1::DispatchedOrder;
 ///         order: &DispatchedOrder,
 ///         ctx: &ShipmentContext,
 ///     ) -> Result<Acceptance, PartnerError> {
-///         // call the partner's own API with ctx.idempotency_key() here
-///         Ok(Acceptance::accepted(format!("ACME-{}", &ctx.idempotency_key()[..8])))
+///         // call the partner's own API with ctx.idempotency_key() here; it answers with
+///         // its tracking id, the same for the same key
+///         let tracking_id = book_shipment(order, ctx.idempotency_key()).await?;
+///         Ok(Acceptance::accepted(tracking_id))
 ///     }
 /// }
+/// # async fn book_shipment(_: &DispatchedOrder, key: &str) -> Result<String, PartnerError> {
+/// #     Ok(key.to_owned())
+/// # }
 /// ```
 pub trait TransportPartner: Send + Sync + 'static {
     /// Asks the partner's system to carry `order`. Answer [`Acceptance::Accepted`] with the
@@ -53,12 +60,22 @@ pub trait TransportPartner: Send + Sync + 'static {
 
 /// The partner's answer to a shipment request. Stored in the inbox before it is reported, so a
 /// crash between the two re-sends the stored answer instead of asking again.
+///
+/// An acceptance may carry **later reports** ([`Acceptance::then_report`]): statuses the
+/// partner already knows it will report, each after a delay (`SHIPPED` when the courier's
+/// next round leaves, say). They are stored in the same inbox transaction as the answer and
+/// sent when due, across restarts: a crash after the answer was stored cannot lose them, and a
+/// crash before it means the adapter is asked again and answers again. Statuses the partner's
+/// system learns of later go through a [`StatusReporter`](crate::status::StatusReporter).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Acceptance {
     /// The partner will carry the order: reported as `RECEIVED_BY_PARTNER` with the tracking id.
+    #[non_exhaustive]
     Accepted {
         /// The partner's tracking id (shown on the order).
         tracking_id: String,
+        /// Reports to send later, each when its delay has passed since the answer was stored.
+        later: Vec<LaterReport>,
     },
     /// The partner will not carry it: reported as `REJECTED_BY_PARTNER`; Waybill tries the
     /// next matching route.
@@ -76,6 +93,7 @@ impl Acceptance {
     pub fn accepted(tracking_id: impl Into<String>) -> Self {
         Self::Accepted {
             tracking_id: tracking_id.into(),
+            later: Vec::new(),
         }
     }
 
@@ -86,6 +104,50 @@ impl Acceptance {
             detail_code: detail_code.into(),
         }
     }
+
+    /// Also reports `update` `after` the answer is stored: durably, stored with the answer in
+    /// one inbox transaction, sent when due and retried until StatusIngest confirms it, across
+    /// restarts. Call it several times for several reports.
+    ///
+    /// Defaults: the order's tracking id; `occurred_at` the time the report is due; report id
+    /// `<order id>:later:<n>` (`n` counting this acceptance's later reports from 0), the same
+    /// whichever instance or retry answers, unless
+    /// [`StatusUpdate::with_report_id`](crate::status::StatusUpdate::with_report_id) names one.
+    /// An update that breaks StatusIngest's rules (a detail code not in upper case, say) makes
+    /// the whole answer a permanent failure: the order is set aside, as if the adapter had
+    /// returned [`PartnerError::Permanent`]. On a rejection there is nothing to report later:
+    /// the update is left out.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use waybill_connector_sdk::{Acceptance, StatusUpdate};
+    ///
+    /// let answer = Acceptance::accepted("LX-7Q2F9C")
+    ///     .then_report(StatusUpdate::shipped(), Duration::from_secs(2 * 3600));
+    /// ```
+    pub fn then_report(mut self, update: StatusUpdate, after: Duration) -> Self {
+        if let Self::Accepted { later, .. } = &mut self {
+            later.push(LaterReport { update, after });
+        }
+        self
+    }
+
+    /// The later reports this answer carries (none for a rejection).
+    pub fn later(&self) -> &[LaterReport] {
+        match self {
+            Self::Accepted { later, .. } => later,
+            Self::Rejected { .. } => &[],
+        }
+    }
+}
+
+/// A report an [`Acceptance`] schedules: `update`, due `after` the answer is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaterReport {
+    /// What to report.
+    pub update: StatusUpdate,
+    /// How long after the answer is stored.
+    pub after: Duration,
 }
 
 /// Why the adapter could not answer.

@@ -3,6 +3,13 @@
 //! [`StatusReporter`] (cheap to clone). A report is stored in the inbox before
 //! [`StatusReporter::report`] returns and sent from there, so it survives a restart and is
 //! retried until StatusIngest confirms it.
+//!
+//! A status already known when the adapter answers (`SHIPPED` at the next round) is better
+//! scheduled with the answer ([`Acceptance::then_report`](crate::partner::Acceptance::then_report)):
+//! stored in the answer's own transaction, so nothing between answering and reporting can
+//! lose it. Not from a task the adapter spawns to call [`StatusReporter::report`] after a
+//! sleep: a process that dies meanwhile loses the status, and the redelivered order is
+//! answered from the inbox without calling the adapter again.
 
 use std::sync::Arc;
 
@@ -40,13 +47,13 @@ impl PartnerStatus {
 /// One status report, built with the constructors and `with_*` methods.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusUpdate {
-    status: PartnerStatus,
-    tracking_id: Option<String>,
-    detail: String,
-    detail_code: String,
-    action_required: bool,
-    occurred_at: Option<DateTime<Utc>>,
-    report_id: Option<String>,
+    pub(crate) status: PartnerStatus,
+    pub(crate) tracking_id: Option<String>,
+    pub(crate) detail: String,
+    pub(crate) detail_code: String,
+    pub(crate) action_required: bool,
+    pub(crate) occurred_at: Option<DateTime<Utc>>,
+    pub(crate) report_id: Option<String>,
 }
 
 impl StatusUpdate {
@@ -118,6 +125,19 @@ impl StatusUpdate {
     /// The status.
     pub fn status(&self) -> PartnerStatus {
         self.status
+    }
+
+    /// Whether StatusIngest would take it: a detail code of its form, a detail not too long,
+    /// a report id (when one is given) of 1 to 128 characters.
+    pub fn check(&self) -> Result<(), ReportError> {
+        check_detail_code(&self.detail_code)?;
+        if self.detail.chars().count() > MAX_DETAIL_CHARS {
+            return Err(ReportError::DetailTooLong);
+        }
+        if let Some(report_id) = &self.report_id {
+            check_report_id(report_id)?;
+        }
+        Ok(())
     }
 }
 
@@ -192,10 +212,7 @@ impl StatusReporter {
         order_id: &str,
         update: StatusUpdate,
     ) -> Result<String, ReportError> {
-        check_detail_code(&update.detail_code)?;
-        if update.detail.chars().count() > MAX_DETAIL_CHARS {
-            return Err(ReportError::DetailTooLong);
-        }
+        update.check()?;
         let order = self.accepted_order(order_id).await?;
         if order.state != OrderState::Accepted {
             return Err(ReportError::NotAccepted {
@@ -206,9 +223,6 @@ impl StatusReporter {
         let report_id = update
             .report_id
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-        if report_id.trim().is_empty() || report_id.chars().count() > 128 {
-            return Err(ReportError::InvalidReportId);
-        }
         let report = StoredReport::pending(
             report_id.clone(),
             order_id.to_owned(),
@@ -256,6 +270,15 @@ impl StatusReporter {
 /// is still running.
 pub const ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// StatusIngest's rule for report ids.
+fn check_report_id(report_id: &str) -> Result<(), ReportError> {
+    if report_id.trim().is_empty() || report_id.chars().count() > 128 {
+        Err(ReportError::InvalidReportId)
+    } else {
+        Ok(())
+    }
+}
+
 /// StatusIngest's rule for detail codes.
 pub(crate) fn check_detail_code(code: &str) -> Result<(), ReportError> {
     let ok = code.len() <= 64
@@ -289,6 +312,33 @@ mod tests {
         assert!(ReportError::from(InboxError::Unavailable("busy".into())).is_retryable());
         assert!(!ReportError::UnknownOrder("o-1".into()).is_retryable());
         assert!(!ReportError::DetailTooLong.is_retryable());
+    }
+
+    #[test]
+    fn an_update_is_checked_against_status_ingest_rules_before_it_is_stored() {
+        assert!(StatusUpdate::shipped().check().is_ok());
+        assert!(
+            StatusUpdate::exception("DELAYED")
+                .with_report_id("o-1:delayed")
+                .check()
+                .is_ok()
+        );
+        assert!(matches!(
+            StatusUpdate::exception("delayed").check(),
+            Err(ReportError::InvalidDetailCode(_))
+        ));
+        assert!(matches!(
+            StatusUpdate::shipped()
+                .with_detail("x".repeat(MAX_DETAIL_CHARS + 1))
+                .check(),
+            Err(ReportError::DetailTooLong)
+        ));
+        for id in [" ", &"r".repeat(129)] {
+            assert!(matches!(
+                StatusUpdate::shipped().with_report_id(id).check(),
+                Err(ReportError::InvalidReportId)
+            ));
+        }
     }
 
     #[test]

@@ -249,17 +249,23 @@ impl<P: TransportPartner> Worker<P> {
         acceptance: Acceptance,
         traceparent: Option<String>,
     ) -> bool {
-        let Answer { answer, report } = answer(
+        let made = answer(
             order_id,
             acceptance,
             &incoming.reply_to,
             traceparent,
             self.clock.now(),
         );
+        let reports = made.reports();
+        let Answer {
+            answer,
+            report,
+            later,
+        } = made;
         let Some(stored) = self
             .inbox_op(&job.cancel, || {
                 self.inbox
-                    .record_answer(&self.partner_id, order_id, &answer, &report)
+                    .record_answer(&self.partner_id, order_id, &answer, &reports)
             })
             .await
         else {
@@ -284,7 +290,14 @@ impl<P: TransportPartner> Worker<P> {
         match after_store(&answer, &stored) {
             // Ours is the answer stored (or another instance's identical one: the same report
             // id and content, so at worst StatusIngest sees a duplicate): send it now.
-            AfterStore::Submit => self.reports.submit(report),
+            AfterStore::Submit => {
+                self.reports.submit(report);
+                // The scan times the reports scheduled for later: woken, it sleeps until the
+                // earliest is due rather than its usual while.
+                if !later.is_empty() {
+                    self.reports.wake.notify_one();
+                }
+            }
             AfterStore::WakeScan => self.reports.wake.notify_one(),
         }
         true

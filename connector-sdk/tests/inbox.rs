@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use chrono::{Duration, Utc};
+use chrono::{DateTime, Duration, Utc};
 use sqlx::Connection as _;
 use waybill_connector_sdk::{
     Clock as _, ManualClock,
@@ -48,7 +48,94 @@ fn origin(offset: i64) -> RecordOrigin {
     }
 }
 
+/// Whether two instants are the same to the microsecond the inbox keeps.
+fn same_instant(a: Option<DateTime<Utc>>, b: DateTime<Utc>) -> bool {
+    a.is_some_and(|a| (a - b).num_microseconds().is_some_and(|d| d.abs() < 1))
+}
+
+/// An answer's reports scheduled for later (`Acceptance::then_report`): stored in the answer's
+/// transaction or not at all, each due at its time, the earliest one the scan's next wake-up.
+async fn scheduled_reports(inbox: &dyn Inbox) {
+    let p = "acme-later";
+    inbox
+        .begin(p, &delivery("o-9", "http://eu:50053"))
+        .await
+        .unwrap();
+    let now = Utc::now();
+    let (shipped_at, delivered_at) = (now + Duration::hours(1), now + Duration::hours(2));
+    let reports = [
+        report("o-9:RECEIVED_BY_PARTNER", "o-9", "RECEIVED_BY_PARTNER"),
+        report("o-9:later:0", "o-9", "SHIPPED").due_at(shipped_at),
+        report("o-9:later:1", "o-9", "DELIVERED").due_at(delivered_at),
+    ];
+    let accepted = StoredAnswer::Accepted {
+        tracking_id: "TRK-1".to_owned(),
+    };
+    let stored = inbox
+        .record_answer(p, "o-9", &accepted, &reports)
+        .await
+        .unwrap();
+    assert_eq!(stored.state, OrderState::Accepted);
+    let kept = inbox.reports_of(p, "o-9").await.unwrap();
+    assert_eq!(kept.len(), 3, "the answer's report and both scheduled ones");
+    assert!(kept.iter().all(|r| r.state == ReportState::Pending));
+    let due_at = |id: &str| kept.iter().find(|r| r.report_id == id).unwrap().due_at;
+    assert!(same_instant(due_at("o-9:later:0"), shipped_at));
+    assert!(same_instant(due_at("o-9:later:1"), delivered_at));
+    assert!(due_at("o-9:RECEIVED_BY_PARTNER").is_some_and(|at| at <= Utc::now()));
+
+    // Only the answer's report is due now; the scan sleeps until the SHIPPED is.
+    let due = inbox.due_reports(p, Utc::now(), 10).await.unwrap();
+    let ids: Vec<&str> = due.iter().map(|r| r.report_id.as_str()).collect();
+    assert_eq!(ids, ["o-9:RECEIVED_BY_PARTNER"]);
+    let next = inbox.next_report_due(p, Utc::now()).await.unwrap();
+    assert!(same_instant(next, shipped_at), "{next:?}");
+    let due = inbox.due_reports(p, shipped_at, 10).await.unwrap();
+    let ids: Vec<&str> = due.iter().map(|r| r.report_id.as_str()).collect();
+    assert_eq!(ids, ["o-9:RECEIVED_BY_PARTNER", "o-9:later:0"]);
+    assert_eq!(
+        inbox.due_reports(p, delivered_at, 10).await.unwrap().len(),
+        3
+    );
+
+    // A second answer (another instance's, a late retry's) adds none of its reports.
+    let late = inbox
+        .record_answer(
+            p,
+            "o-9",
+            &StoredAnswer::Accepted {
+                tracking_id: "TRK-2".to_owned(),
+            },
+            &[
+                report("o-9:RECEIVED_BY_PARTNER", "o-9", "RECEIVED_BY_PARTNER"),
+                report("o-9:other", "o-9", "SHIPPED").due_at(now),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(late.tracking_id, "TRK-1", "the first answer stays");
+    assert_eq!(inbox.reports_of(p, "o-9").await.unwrap().len(), 3);
+
+    // Sent and confirmed: nothing left to wake for; not purged while one is pending.
+    inbox
+        .report_confirmed(p, "o-9:RECEIVED_BY_PARTNER")
+        .await
+        .unwrap();
+    inbox.report_confirmed(p, "o-9:later:0").await.unwrap();
+    assert_eq!(
+        inbox
+            .purge(p, Utc::now() + Duration::seconds(1))
+            .await
+            .unwrap(),
+        0,
+        "a scheduled report still pending keeps its order"
+    );
+    let next = inbox.next_report_due(p, Utc::now()).await.unwrap();
+    assert!(same_instant(next, delivered_at), "{next:?}");
+}
+
 async fn conformance(inbox: &dyn Inbox) {
+    scheduled_reports(inbox).await;
     let p = "acme";
     // First delivery: recorded as started.
     let first = inbox
@@ -70,7 +157,11 @@ async fn conformance(inbox: &dyn Inbox) {
             &StoredAnswer::Accepted {
                 tracking_id: "TRK-1".to_owned(),
             },
-            &report("o-1:RECEIVED_BY_PARTNER", "o-1", "RECEIVED_BY_PARTNER"),
+            &[report(
+                "o-1:RECEIVED_BY_PARTNER",
+                "o-1",
+                "RECEIVED_BY_PARTNER",
+            )],
         )
         .await
         .unwrap();
@@ -84,7 +175,11 @@ async fn conformance(inbox: &dyn Inbox) {
             &StoredAnswer::Rejected {
                 reason: "late".to_owned(),
             },
-            &report("o-1:REJECTED_BY_PARTNER", "o-1", "REJECTED_BY_PARTNER"),
+            &[report(
+                "o-1:REJECTED_BY_PARTNER",
+                "o-1",
+                "REJECTED_BY_PARTNER",
+            )],
         )
         .await
         .unwrap();
@@ -134,7 +229,7 @@ async fn conformance(inbox: &dyn Inbox) {
             .unwrap()
             .is_empty()
     );
-    let next = inbox.next_report_due(p).await.unwrap().unwrap();
+    let next = inbox.next_report_due(p, Utc::now()).await.unwrap().unwrap();
     assert!((next - later).num_milliseconds().abs() < 2);
     let due = inbox.due_reports(p, later, 10).await.unwrap();
     assert_eq!(due[0].attempts, 1);
@@ -143,7 +238,13 @@ async fn conformance(inbox: &dyn Inbox) {
         .report_confirmed(p, "o-1:RECEIVED_BY_PARTNER")
         .await
         .unwrap();
-    assert!(inbox.next_report_due(p).await.unwrap().is_none());
+    assert!(
+        inbox
+            .next_report_due(p, Utc::now())
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     // Later reports: a repeated report id is left alone.
     assert!(
@@ -245,6 +346,17 @@ async fn sqlite_inbox_keeps_its_contract_and_survives_reopening() {
         .await
         .unwrap();
     assert!(reopened.order("acme", "o-3").await.unwrap().is_some());
+    // A report scheduled for later is still there, still due at its time.
+    let pending: Vec<_> = reopened
+        .reports_of("acme-later", "o-9")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.state == ReportState::Pending)
+        .collect();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].report_id, "o-9:later:1");
+    assert!(pending[0].due_at.is_some_and(|at| at > Utc::now()));
     reopened.close().await;
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -270,7 +382,7 @@ async fn the_inbox_stamps_its_rows_with_the_clock_it_is_given() {
             p,
             "o-1",
             &answer,
-            &report("r-1", "o-1", "RECEIVED_BY_PARTNER"),
+            &[report("r-1", "o-1", "RECEIVED_BY_PARTNER")],
         )
         .await
         .unwrap();
@@ -313,6 +425,13 @@ async fn postgres_inbox_keeps_its_contract() {
         let (a, b) = (a.unwrap(), b.unwrap());
         conformance(&a).await;
         assert!(b.order("acme", "o-3").await.unwrap().is_some(), "shared");
+        assert!(
+            b.next_report_due("acme-later", Utc::now())
+                .await
+                .unwrap()
+                .is_some(),
+            "a scheduled report, seen by the other instance"
+        );
         a.close().await;
         b.close().await;
     }

@@ -2,9 +2,9 @@
 //!
 //! - An order id is recorded ([`Inbox::begin`]) before the adapter is called; a redelivered
 //!   order that already has an answer is never handed to the adapter again.
-//! - The adapter's answer and the report that says it are stored in one transaction
-//!   ([`Inbox::record_answer`]) before anything is sent, so a crash between the two re-sends
-//!   the stored answer.
+//! - The adapter's answer, the report that says it and the reports it schedules for later
+//!   are stored in one transaction ([`Inbox::record_answer`]) before anything is sent, so a
+//!   crash between the two re-sends the stored answer, and a scheduled report is never lost.
 //! - Reports stay `pending` until StatusIngest confirms them; the report sender picks them up
 //!   after a restart.
 //! - Records and orders that were set aside are kept with their reason.
@@ -47,15 +47,16 @@ pub trait Inbox: Send + Sync + std::fmt::Debug + 'static {
     /// first call of a delivery is counted by [`Inbox::begin`]), before the call.
     async fn note_adapter_call(&self, partner: &str, order_id: &str) -> Result<(), InboxError>;
 
-    /// Stores the adapter's answer and the report that says it, atomically; the first answer
-    /// stored wins (a late second caller gets the first answer back, and its report is not
-    /// added). Returns the order as stored.
+    /// Stores the adapter's answer and its `reports` (the one that says the answer, then
+    /// those it schedules for later, each due at its [`StoredReport::due_at`]), atomically;
+    /// the first answer stored wins (a late second caller gets the first answer back, and its
+    /// reports are not added). Returns the order as stored.
     async fn record_answer(
         &self,
         partner: &str,
         order_id: &str,
         answer: &StoredAnswer,
-        report: &StoredReport,
+        reports: &[StoredReport],
     ) -> Result<InboxOrder, InboxError>;
 
     /// Marks `order_id` set aside with `reason` and keeps a set-aside row for its record.
@@ -83,8 +84,8 @@ pub trait Inbox: Send + Sync + std::fmt::Debug + 'static {
     /// The order, if it was ever delivered.
     async fn order(&self, partner: &str, order_id: &str) -> Result<Option<InboxOrder>, InboxError>;
 
-    /// Adds a report (a later status from the adapter). A report id already stored is left as
-    /// it is (returns `false`).
+    /// Adds a report (a later status from the adapter), due at its [`StoredReport::due_at`]
+    /// or at once. A report id already stored is left as it is (returns `false`).
     async fn add_report(&self, partner: &str, report: &StoredReport) -> Result<bool, InboxError>;
 
     /// Pending reports due at `now`, oldest first, at most `limit`.
@@ -95,8 +96,14 @@ pub trait Inbox: Send + Sync + std::fmt::Debug + 'static {
         limit: i64,
     ) -> Result<Vec<StoredReport>, InboxError>;
 
-    /// When the earliest pending report is due, if any.
-    async fn next_report_due(&self, partner: &str) -> Result<Option<DateTime<Utc>>, InboxError>;
+    /// When the earliest pending report due after `after` is due, if any (reports due
+    /// already are left out: the scan that asks has just taken them, or the pipeline is
+    /// sending them).
+    async fn next_report_due(
+        &self,
+        partner: &str,
+        after: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, InboxError>;
 
     /// StatusIngest confirmed the report.
     async fn report_confirmed(&self, partner: &str, report_id: &str) -> Result<(), InboxError>;

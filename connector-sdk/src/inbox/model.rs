@@ -135,6 +135,10 @@ pub struct StoredReport {
     pub attempts: i64,
     /// The latest failure, or StatusIngest's refusal.
     pub last_error: String,
+    /// When it is due: in a report to store, `None` for as soon as it is stored, or the time
+    /// a report scheduled for later ([`Acceptance::then_report`](crate::partner::Acceptance::then_report))
+    /// is first sent; read from the inbox, when its next attempt is due.
+    pub due_at: Option<DateTime<Utc>>,
 }
 
 impl StoredReport {
@@ -166,7 +170,14 @@ impl StoredReport {
             state: ReportState::Pending,
             attempts: 0,
             last_error: String::new(),
+            due_at: None,
         }
+    }
+
+    /// The same report, first due at `at` instead of as soon as it is stored.
+    pub fn due_at(mut self, at: DateTime<Utc>) -> Self {
+        self.due_at = Some(at);
+        self
     }
 }
 

@@ -9,17 +9,18 @@
 //! | an order | the inbox holds its answer (accepted, rejected, set aside) | [`OnDelivery::AnswerFromInbox`]: the adapter is not called; its pending report goes out through the scan |
 //! | an order | started before, no answer stored (a crash, a timeout) | [`OnDelivery::CallAgain`]: the adapter again, same idempotency key |
 //! | an order | first delivery | [`OnDelivery::FirstCall`] |
-//! | an adapter call | accepted or rejected | [`AfterCall::Store`]: the answer and its report, in one inbox transaction |
+//! | an adapter call | accepted or rejected | [`AfterCall::Store`]: the answer, its report and the reports it schedules for later, in one inbox transaction |
+//! | an adapter call | accepted with a later report StatusIngest would refuse | [`AfterCall::SetAside`], as a permanent error |
 //! | an adapter call | a permanent error | [`AfterCall::SetAside`] |
 //! | an adapter call | a panic | [`AfterCall::SetAside`] |
 //! | an adapter call | a retryable error or a timeout, attempts left | [`AfterCall::Retry`] after a backoff with jitter |
 //! | an adapter call | a retryable error or a timeout, attempts spent | [`AfterCall::SetAside`] |
-//! | an answer stored | the inbox kept ours (or another instance's identical one) | [`AfterStore::Submit`]: its report onto the pipeline now |
+//! | an answer stored | the inbox kept ours (or another instance's identical one) | [`AfterStore::Submit`]: its report onto the pipeline now (the scan, woken, times the later ones) |
 //! | an answer stored | the inbox kept another instance's different answer | [`AfterStore::WakeScan`]: that answer's report goes out through the scan |
 //!
-//! Besides: [`answer`] makes the stored answer and its report (a deterministic report id, so
-//! two instances answering the same order send one event), [`placed_to_answered`] the latency
-//! figure.
+//! Besides: [`answer`] makes the stored answer, its report (a deterministic report id, so
+//! two instances answering the same order send one event) and the later reports it schedules
+//! (each due after its delay, deterministic ids too), [`placed_to_answered`] the latency figure.
 
 use std::time::Duration;
 
@@ -30,7 +31,7 @@ use waybill_proto::v1::OrderStatus;
 use crate::{
     domain::backoff::Backoff,
     inbox::{InboxOrder, OrderState, StoredAnswer, StoredReport},
-    partner::{Acceptance, PartnerError},
+    partner::{Acceptance, LaterReport, PartnerError},
 };
 
 /// What to do with a record that is not an order.
@@ -120,7 +121,19 @@ pub fn after_call(
     rng: &mut impl Rng,
 ) -> AfterCall {
     let failure = match result {
-        CallResult::Answered(acceptance) => return AfterCall::Store(acceptance),
+        CallResult::Answered(acceptance) => {
+            return match acceptance
+                .later()
+                .iter()
+                .find_map(|l| l.update.check().err())
+            {
+                None => AfterCall::Store(acceptance),
+                Some(error) => AfterCall::SetAside(format!(
+                    "adapter failed permanently: it answered with a later report StatusIngest \
+                     would refuse: {error}"
+                )),
+            };
+        }
         CallResult::Panicked => return AfterCall::SetAside("adapter panicked".to_owned()),
         CallResult::Failed(PartnerError::Permanent(reason)) => {
             return AfterCall::SetAside(format!("adapter failed permanently: {reason}"));
@@ -141,18 +154,34 @@ pub fn after_call(
     }
 }
 
-/// An answer to store, and the report that says it.
+/// An answer to store, the report that says it, and the reports it schedules.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
     /// What the inbox keeps for the order.
     pub answer: StoredAnswer,
     /// The `RECEIVED_BY_PARTNER` or `REJECTED_BY_PARTNER` report.
     pub report: StoredReport,
+    /// The reports the acceptance scheduled ([`Acceptance::then_report`]), each due at its
+    /// [`StoredReport::due_at`].
+    pub later: Vec<StoredReport>,
 }
 
-/// The stored form of the adapter's `acceptance` of `order_id` at `now`, and its report to
-/// `reply_to` continuing `traceparent`. The report id is `<order id>:<status>`, the same from
-/// any instance: StatusIngest answers a second copy as a duplicate.
+impl Answer {
+    /// Every report to store with the answer, in one transaction: [`Answer::report`] first.
+    pub fn reports(&self) -> Vec<StoredReport> {
+        std::iter::once(&self.report)
+            .chain(&self.later)
+            .cloned()
+            .collect()
+    }
+}
+
+/// The stored form of the adapter's `acceptance` of `order_id` at `now`, and its reports to
+/// `reply_to` continuing `traceparent`. The answer's report id is `<order id>:<status>`, the
+/// same from any instance: StatusIngest answers a second copy as a duplicate. Each later report
+/// is due at `now` + its delay, occurred then unless it says otherwise, carries the tracking id
+/// unless it names another, and is `<order id>:later:<n>` unless it names its id: the same
+/// whichever instance or retry answered.
 pub fn answer(
     order_id: &str,
     acceptance: Acceptance,
@@ -160,8 +189,9 @@ pub fn answer(
     traceparent: Option<String>,
     now: DateTime<Utc>,
 ) -> Answer {
+    let later = acceptance.later().to_vec();
     let (answer, status, tracking_id, detail, detail_code) = match acceptance {
-        Acceptance::Accepted { tracking_id } => (
+        Acceptance::Accepted { tracking_id, .. } => (
             StoredAnswer::Accepted {
                 tracking_id: tracking_id.clone(),
             },
@@ -183,6 +213,31 @@ pub fn answer(
             detail_code,
         ),
     };
+    let later = later
+        .into_iter()
+        .enumerate()
+        .map(|(n, LaterReport { update, after })| {
+            let due = chrono::Duration::from_std(after)
+                .ok()
+                .and_then(|after| now.checked_add_signed(after))
+                .unwrap_or(DateTime::<Utc>::MAX_UTC);
+            StoredReport::pending(
+                update
+                    .report_id
+                    .unwrap_or_else(|| format!("{order_id}:later:{n}")),
+                order_id.to_owned(),
+                update.status.as_str(),
+                update.tracking_id.unwrap_or_else(|| tracking_id.clone()),
+                update.detail,
+                update.detail_code,
+                update.action_required,
+                update.occurred_at.unwrap_or(due),
+                reply_to.to_owned(),
+                traceparent.clone(),
+            )
+            .due_at(due)
+        })
+        .collect();
     let report = StoredReport::pending(
         format!("{order_id}:{}", status.short_name()),
         order_id.to_owned(),
@@ -195,7 +250,11 @@ pub fn answer(
         reply_to.to_owned(),
         traceparent,
     );
-    Answer { answer, report }
+    Answer {
+        answer,
+        report,
+        later,
+    }
 }
 
 /// What to do once the inbox answered a store of an answer.

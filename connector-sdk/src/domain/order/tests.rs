@@ -3,7 +3,7 @@
 use rand::{SeedableRng, rngs::StdRng};
 
 use super::*;
-use crate::{clock::Clock as _, domain::test_clock as clock};
+use crate::{clock::Clock as _, domain::test_clock as clock, status::StatusUpdate};
 
 fn row(state: OrderState, deliveries: i64) -> InboxOrder {
     InboxOrder {
@@ -267,4 +267,138 @@ fn the_latency_runs_from_placing_to_the_clock_and_never_below_zero() {
         nanos: -1,
     };
     assert_eq!(placed_to_answered(Some(&garbled), clock.now()), None);
+}
+
+#[test]
+fn an_acceptance_schedules_its_later_reports_in_the_same_answer() {
+    let clock = clock();
+    let traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned());
+    let acceptance = Acceptance::accepted("T-1")
+        .then_report(StatusUpdate::shipped(), Duration::from_secs(2))
+        .then_report(
+            StatusUpdate::exception("DELAYED")
+                .with_detail("storm")
+                .with_tracking_id("T-2")
+                .with_report_id("order-1:delayed"),
+            Duration::from_secs(3600),
+        );
+    assert_eq!(
+        decide(CallResult::Answered(acceptance.clone()), 1),
+        AfterCall::Store(acceptance.clone())
+    );
+    let made = answer(
+        "order-1",
+        acceptance,
+        "http://ingest.eu:50053",
+        traceparent.clone(),
+        clock.now(),
+    );
+    let shipped_at = clock.now() + chrono::Duration::seconds(2);
+    assert_eq!(
+        made.later[0],
+        StoredReport::pending(
+            "order-1:later:0".to_owned(),
+            "order-1".to_owned(),
+            "SHIPPED",
+            "T-1".to_owned(),
+            String::new(),
+            String::new(),
+            false,
+            shipped_at,
+            "http://ingest.eu:50053".to_owned(),
+            traceparent.clone(),
+        )
+        .due_at(shipped_at),
+        "the tracking id, the reply-to and the trace of the answer; occurred when due"
+    );
+    let delayed = &made.later[1];
+    assert_eq!(delayed.report_id, "order-1:delayed", "the id it named");
+    assert_eq!(
+        (delayed.status.as_str(), delayed.tracking_id.as_str()),
+        ("EXCEPTION", "T-2")
+    );
+    assert_eq!(
+        (delayed.detail.as_str(), delayed.detail_code.as_str()),
+        ("storm", "DELAYED")
+    );
+    assert_eq!(
+        delayed.due_at,
+        Some(clock.now() + chrono::Duration::hours(1))
+    );
+    assert_eq!(made.report.due_at, None, "the answer's report: at once");
+    let ids: Vec<String> = made.reports().into_iter().map(|r| r.report_id).collect();
+    assert_eq!(
+        ids,
+        [
+            "order-1:RECEIVED_BY_PARTNER",
+            "order-1:later:0",
+            "order-1:delayed"
+        ],
+        "stored together, the answer's report first"
+    );
+
+    // Answered again (a crash before the first answer was stored, another instance): the
+    // same ids, so StatusIngest sees duplicates at worst.
+    clock.advance(chrono::Duration::seconds(30));
+    let again = answer(
+        "order-1",
+        Acceptance::accepted("T-1").then_report(StatusUpdate::shipped(), Duration::from_secs(2)),
+        "http://ingest.eu:50053",
+        traceparent,
+        clock.now(),
+    );
+    assert_eq!(again.later[0].report_id, "order-1:later:0");
+    assert_eq!(
+        again.later[0].due_at,
+        Some(clock.now() + chrono::Duration::seconds(2))
+    );
+}
+
+#[test]
+fn a_later_report_keeps_the_time_it_names_and_a_delay_past_the_calendar_is_capped() {
+    let clock = clock();
+    let at = clock.now() - chrono::Duration::minutes(5);
+    let made = answer(
+        "order-1",
+        Acceptance::accepted("T-1")
+            .then_report(StatusUpdate::shipped().occurred_at(at), Duration::ZERO)
+            .then_report(StatusUpdate::delivered(), Duration::MAX),
+        "http://ingest.eu:50053",
+        None,
+        clock.now(),
+    );
+    assert_eq!(made.later[0].occurred_at, at);
+    assert_eq!(made.later[0].due_at, Some(clock.now()));
+    assert_eq!(made.later[1].due_at, Some(DateTime::<Utc>::MAX_UTC));
+}
+
+#[test]
+fn a_rejection_has_nothing_to_report_later() {
+    let rejected = Acceptance::rejected("no trucks", "NO_CAPACITY")
+        .then_report(StatusUpdate::shipped(), Duration::from_secs(1));
+    assert!(rejected.later().is_empty());
+    let made = answer(
+        "order-1",
+        rejected,
+        "http://ingest.eu:50053",
+        None,
+        clock().now(),
+    );
+    assert!(made.later.is_empty());
+    assert_eq!(made.reports(), std::slice::from_ref(&made.report));
+}
+
+#[test]
+fn an_acceptance_with_a_later_report_status_ingest_would_refuse_sets_the_order_aside() {
+    let bad = Acceptance::accepted("T-1")
+        .then_report(StatusUpdate::shipped(), Duration::from_secs(1))
+        .then_report(StatusUpdate::exception("delayed"), Duration::from_secs(2));
+    let AfterCall::SetAside(reason) = decide(CallResult::Answered(bad), 1) else {
+        panic!("set aside");
+    };
+    assert!(
+        reason.starts_with("adapter failed permanently: it answered with a later report")
+            && reason.contains("\"delayed\""),
+        "{reason}"
+    );
 }

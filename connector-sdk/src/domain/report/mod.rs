@@ -16,7 +16,7 @@
 //! | a quick retry | the n-th in a row | waits the delay asked × 2ⁿ, at most [`QUICK_RETRY`] ([`quick_delay`]) |
 //! | a send finished | room again, and reports wait in the inbox | [`wake_scan_after_send`]: the scan takes them |
 //! | a scan | it read fewer than a batch: every due report is in hand | [`scan_caught_up`]: new reports take the pipeline again |
-//! | the scan, idle | the next report is due at `t` | [`scan_wait`]: sleeps until `t`, at most [`SCAN_AT_MOST_EVERY`] |
+//! | the scan, idle | the next report is due at `t` (a retry, or one an answer scheduled for later; those due already are on the wire) | [`scan_wait`]: sleeps until `t`, at most [`SCAN_AT_MOST_EVERY`] |
 //!
 //! Each attempt carries a fresh token issued at the clock's `now` for [`TOKEN_LIFETIME_SECONDS`]
 //! (same report id: a retry is a duplicate, not a replay).

@@ -66,13 +66,14 @@ pub(super) const SCHEMA: [&str; 5] = [
 pub(super) const ORDER_COLUMNS: &str = "order_id, state, reply_to, region, traceparent, tracking_id, reason, deliveries, adapter_calls";
 
 pub(super) const REPORT_COLUMNS: &str = "report_id, order_id, status, tracking_id, detail, detail_code, \
-     action_required, occurred_at, reply_to, traceparent, state, attempts, last_error";
+     action_required, occurred_at, reply_to, traceparent, state, attempts, last_error, \
+     next_attempt_at";
 
 pub(super) const INSERT_REPORT: &str = "INSERT INTO waybill_inbox_reports
     (partner_id, report_id, order_id, status, tracking_id, detail, detail_code,
      action_required, occurred_at, reply_to, traceparent, state, attempts, next_attempt_at,
      last_error, created_at, updated_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending', 0, $12, '', $12, $12)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending', 0, $13, '', $12, $12)
     ON CONFLICT (partner_id, report_id) DO NOTHING";
 
 pub(super) const INSERT_SET_ASIDE: &str = "INSERT INTO waybill_inbox_set_aside
@@ -127,6 +128,7 @@ pub(super) struct ReportRow {
     pub(super) state: String,
     pub(super) attempts: i64,
     pub(super) last_error: String,
+    pub(super) next_attempt_at: i64,
 }
 
 impl ReportRow {
@@ -147,6 +149,7 @@ impl ReportRow {
             traceparent: self.traceparent,
             attempts: self.attempts,
             last_error: self.last_error,
+            due_at: Some(from_micros(self.next_attempt_at)?),
         })
     }
 }

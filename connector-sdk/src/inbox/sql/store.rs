@@ -20,7 +20,8 @@ use crate::inbox::{
     },
 };
 
-/// Inserts a report unless its id is stored already; evaluates to `true` when inserted.
+/// Inserts a report unless its id is stored already, due at its `due_at` or at `$now`;
+/// evaluates to `true` when inserted.
 macro_rules! insert_report {
     ($executor:expr, $partner:expr, $report:expr, $now:expr) => {
         sqlx::query(INSERT_REPORT)
@@ -36,6 +37,7 @@ macro_rules! insert_report {
             .bind(&$report.reply_to)
             .bind(&$report.traceparent)
             .bind($now)
+            .bind($report.due_at.map_or($now, micros))
             .execute($executor)
             .await?
             .rows_affected()
@@ -114,7 +116,7 @@ impl Inbox for SqlInbox {
         partner: &str,
         order_id: &str,
         answer: &StoredAnswer,
-        report: &StoredReport,
+        reports: &[StoredReport],
     ) -> Result<InboxOrder, InboxError> {
         let (state, tracking_id, reason) = match answer {
             StoredAnswer::Accepted { tracking_id } => {
@@ -128,12 +130,12 @@ impl Inbox for SqlInbox {
             "SELECT {ORDER_COLUMNS} FROM waybill_inbox_orders WHERE partner_id = $1 AND order_id = $2"
         );
         let now = self.now_micros();
-        let (partner, order_id, tracking_id, reason, report) = (
+        let (partner, order_id, tracking_id, reason, reports) = (
             partner.to_owned(),
             order_id.to_owned(),
             tracking_id.to_owned(),
             reason.to_owned(),
-            report.clone(),
+            reports.to_vec(),
         );
         let row: OrderRow = write!(self, move |conn| {
             let updated = sqlx::query(update)
@@ -147,7 +149,9 @@ impl Inbox for SqlInbox {
                 .await?
                 .rows_affected();
             if updated == 1 {
-                let _added = insert_report!(&mut *conn, &partner, report, now);
+                for report in &reports {
+                    let _added = insert_report!(&mut *conn, &partner, report, now);
+                }
             }
             Ok(sqlx::query_as(&select)
                 .bind(&partner)
@@ -262,11 +266,16 @@ impl Inbox for SqlInbox {
         rows.into_iter().map(ReportRow::into_report).collect()
     }
 
-    async fn next_report_due(&self, partner: &str) -> Result<Option<DateTime<Utc>>, InboxError> {
+    async fn next_report_due(
+        &self,
+        partner: &str,
+        after: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, InboxError> {
         let sql = "SELECT MIN(next_attempt_at) FROM waybill_inbox_reports
-                   WHERE partner_id = $1 AND state = 'pending'";
+                   WHERE partner_id = $1 AND state = 'pending' AND next_attempt_at > $2";
         let next: Option<i64> = on_pool!(self, |pool| sqlx::query_scalar(sql)
             .bind(partner)
+            .bind(micros(after))
             .fetch_one(pool)
             .await?);
         next.map(from_micros).transpose()
