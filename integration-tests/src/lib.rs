@@ -47,7 +47,7 @@ use waybill_service_kit::{
     security::{ReloadableTls, ServerSecurity},
     testing::{
         TestBackend, TestDatabase, eventually,
-        fixtures::{sample_partner, sample_route},
+        fixtures::{self, sample_partner, sample_route},
         tls::TestPki,
     },
 };
@@ -409,14 +409,7 @@ impl TestStack {
     /// admin API.
     pub async fn add_partner_key(&self, partner_id: &str, key_id: &str, public_key: &[u8]) {
         let mut admin = self.admin_client().await;
-        admin
-            .add_partner_key(pb::AddPartnerKeyRequest {
-                partner_id: partner_id.to_owned(),
-                key_id: key_id.to_owned(),
-                public_key: public_key.to_vec(),
-            })
-            .await
-            .unwrap();
+        fixtures::add_partner_key(&mut admin, partner_id, key_id, public_key).await;
     }
 
     /// A client of the Orders service.
@@ -443,29 +436,22 @@ impl TestStack {
     /// through the admin API as an operator would: the kit's [`sample_partner`] and
     /// [`sample_route`].
     pub async fn enroll_partner(&self, partner_id: &str, country_code: &str) {
-        self.enroll(sample_partner(partner_id)).await;
-        self.set_route(sample_route(partner_id, country_code)).await;
+        let mut admin = self.admin_client().await;
+        let route = sample_route(partner_id, country_code);
+        fixtures::enroll(&mut admin, sample_partner(partner_id), route, &[]).await;
     }
 
     /// Enrolls (or updates) `partner` through the admin API — a [`sample_partner`] with what
     /// the test changes.
     pub async fn enroll(&self, partner: pb::Partner) {
         let mut admin = self.admin_client().await;
-        admin
-            .enroll_partner(pb::EnrollPartnerRequest {
-                partner: Some(partner),
-            })
-            .await
-            .unwrap();
+        fixtures::enroll_partner(&mut admin, partner).await;
     }
 
     /// Sets `route` through the admin API — a [`sample_route`] with what the test changes.
     pub async fn set_route(&self, route: pb::Route) {
         let mut admin = self.admin_client().await;
-        admin
-            .set_route(pb::SetRouteRequest { route: Some(route) })
-            .await
-            .unwrap();
+        fixtures::set_route(&mut admin, route).await;
     }
 }
 

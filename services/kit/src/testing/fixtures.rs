@@ -2,7 +2,8 @@
 //! ([`sample_order`]), a partner an operator would enrol ([`sample_partner`]) and its route
 //! ([`sample_route`]). Each has sensible defaults; a test changes only what it is about,
 //! through the `with_*` methods of [`OrderFixture`], [`PartnerFixture`] and [`RouteFixture`],
-//! so what a test varies is visible where it varies it.
+//! so what a test varies is visible where it varies it. [`enroll`] enrols a partner, its route
+//! and its keys through any dispatcher's admin API (in-process or a process of its own).
 //!
 //! ```
 //! use waybill_service_kit::testing::fixtures::{OrderFixture as _, sample_order};
@@ -13,7 +14,8 @@
 
 use std::time::Duration;
 
-use waybill_proto::v1 as pb;
+use tonic::transport::Channel;
+use waybill_proto::v1::{self as pb, dispatch_admin_client::DispatchAdminClient};
 
 /// The sample order's customer: id, name, email, phone.
 pub const SAMPLE_CUSTOMER: (&str, &str, &str, &str) =
@@ -152,4 +154,57 @@ impl RouteFixture for pb::Route {
         self.priority = priority;
         self
     }
+}
+
+/// Enrols `partner` with `route` and each key (`key_id`, raw 32-byte Ed25519 public key)
+/// through the dispatcher's admin API, as an operator would; a refusal fails the test.
+pub async fn enroll(
+    admin: &mut DispatchAdminClient<Channel>,
+    partner: pb::Partner,
+    route: pb::Route,
+    keys: &[(&str, &[u8])],
+) {
+    let partner_id = partner.id.clone();
+    enroll_partner(admin, partner).await;
+    set_route(admin, route).await;
+    for (key_id, public_key) in keys {
+        add_partner_key(admin, &partner_id, key_id, public_key).await;
+    }
+}
+
+/// Enrols (or updates) `partner` through the admin API; a refusal fails the test.
+pub async fn enroll_partner(admin: &mut DispatchAdminClient<Channel>, partner: pb::Partner) {
+    let id = partner.id.clone();
+    admin
+        .enroll_partner(pb::EnrollPartnerRequest {
+            partner: Some(partner),
+        })
+        .await
+        .unwrap_or_else(|status| panic!("enrol partner {id}: {status}"));
+}
+
+/// Sets `route` through the admin API; a refusal fails the test.
+pub async fn set_route(admin: &mut DispatchAdminClient<Channel>, route: pb::Route) {
+    let id = route.id.clone();
+    admin
+        .set_route(pb::SetRouteRequest { route: Some(route) })
+        .await
+        .unwrap_or_else(|status| panic!("set route {id}: {status}"));
+}
+
+/// Enrols `public_key` (raw 32 bytes) for `partner_id` as `key_id`; a refusal fails the test.
+pub async fn add_partner_key(
+    admin: &mut DispatchAdminClient<Channel>,
+    partner_id: &str,
+    key_id: &str,
+    public_key: &[u8],
+) {
+    admin
+        .add_partner_key(pb::AddPartnerKeyRequest {
+            partner_id: partner_id.to_owned(),
+            key_id: key_id.to_owned(),
+            public_key: public_key.to_vec(),
+        })
+        .await
+        .unwrap_or_else(|status| panic!("add key {key_id} for {partner_id}: {status}"));
 }
