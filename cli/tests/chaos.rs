@@ -17,6 +17,7 @@
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[allow(dead_code)] // the helpers only other tests use (a partner's key)
 mod common;
 
 use std::{
@@ -30,6 +31,7 @@ use std::{
 };
 
 use common::{
+    enrolment::{enroll, order_request},
     partner_topics::{Seen, confirm, read_partner_topics},
     processes::{Service, free_addr, wait_serving},
 };
@@ -38,8 +40,7 @@ use tokio::sync::Semaphore;
 use uuid::Uuid;
 use waybill_dispatcher::testing::TestBroker;
 use waybill_proto::v1::{
-    self as pb, dispatch_admin_client::DispatchAdminClient,
-    order_service_client::OrderServiceClient,
+    dispatch_admin_client::DispatchAdminClient, order_service_client::OrderServiceClient,
 };
 use waybill_service_kit::testing::{TestBackend, TestDatabase};
 
@@ -110,30 +111,6 @@ fn dispatcher_args(
     .to_vec()
 }
 
-fn order_request(key: &str, country: &str) -> pb::PlaceOrderRequest {
-    pb::PlaceOrderRequest {
-        idempotency_key: key.to_owned(),
-        customer: Some(pb::Customer {
-            id: "chaos".into(),
-            name: "Chaos Monkey".into(),
-            email: "chaos@example.com".into(),
-            phone: String::new(),
-        }),
-        shipping_address: Some(pb::Address {
-            line1: "1 Main St".into(),
-            line2: String::new(),
-            city: "Springfield".into(),
-            region: String::new(),
-            postal_code: "12345".into(),
-            country_code: country.to_owned(),
-        }),
-        lines: vec![pb::LineItem {
-            sku: "MUG-001".into(),
-            quantity: 1,
-        }],
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_survive_killed_dispatchers_and_a_broker_that_loses_its_data() {
     waybill_service_kit::require!(
@@ -186,34 +163,7 @@ async fn orders_survive_killed_dispatchers_and_a_broker_that_loses_its_data() {
         .await
         .unwrap();
     for (id, country) in PARTNERS {
-        admin
-            .enroll_partner(pb::EnrollPartnerRequest {
-                partner: Some(pb::Partner {
-                    id: id.to_owned(),
-                    display_name: id.to_owned(),
-                    handover_deadline: Some(prost_types::Duration {
-                        seconds: 5,
-                        nanos: 0,
-                    }),
-                    resend_budget: Some(100),
-                    ..Default::default()
-                }),
-            })
-            .await
-            .unwrap();
-        admin
-            .set_route(pb::SetRouteRequest {
-                route: Some(pb::Route {
-                    id: format!("{id}-{country}"),
-                    partner_id: id.to_owned(),
-                    country_code: country.to_owned(),
-                    priority: 10,
-                    enabled: true,
-                    ..Default::default()
-                }),
-            })
-            .await
-            .unwrap();
+        enroll(&mut admin, id, country, Duration::from_secs(5), 100).await;
     }
 
     let pool = PgPool::connect(&database.url).await.unwrap();

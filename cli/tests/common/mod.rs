@@ -2,8 +2,10 @@
 //!
 //! - [`processes`]: one `waybill` process (start, kill, stop, restart, peak memory), free
 //!   addresses, waiting for SERVING.
+//! - [`enrolment`]: an order request for a country; a partner enrolled with its route (and key).
 //! - [`partner_topics`]: the chaos checker — reading the partner topics as a partner would and
 //!   confirming what it saw.
 
+pub mod enrolment;
 pub mod partner_topics;
 pub mod processes;
