@@ -33,7 +33,7 @@ use waybill_service_kit::{
     text::{InvalidField, quote},
 };
 use waybill_token::{
-    EnrolledKey, KeyRefusal, MAX_SKEW_SECONDS, RejectReason, Report, TokenError, VerifiedReport,
+    EnrolledKey, KeyRefusal, MAX_SKEW_SECONDS, RejectReason, TokenError, VerifiedReport,
     verify_report,
 };
 
@@ -75,17 +75,7 @@ impl IngestApi {
     /// Every check and the effects; `Ok(true)` for a duplicate.
     async fn report(&self, request: &pb::ReportStatusRequest) -> Result<bool, IngestError> {
         let fields = validate::report_fields(request)?;
-        let bound = Report {
-            partner_id: request.partner_id.clone(),
-            order_id: request.correlation_id.clone(),
-            report_id: request.report_id.clone(),
-            status: fields.status.short_name().to_owned(),
-            tracking_id: request.tracking_id.clone(),
-            detail: request.detail.clone(),
-            detail_code: request.detail_code.clone(),
-            action_required: request.action_required,
-            occurred_at: fields.occurred_at,
-        };
+        let bound = fields.bound_report(request);
         let now = self.clock.now();
         let VerifiedReport {
             claims,

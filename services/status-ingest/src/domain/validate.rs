@@ -47,6 +47,25 @@ pub struct ReportFields {
     pub occurred_at: DateTime<Utc>,
 }
 
+impl ReportFields {
+    /// The report the request's token must be bound to: every field the partner says, as the
+    /// request carries it (the status by its short name). StatusIngest and `waybill
+    /// partner-check`'s fake StatusIngest check tokens against it.
+    pub fn bound_report(&self, request: &ReportStatusRequest) -> waybill_token::Report {
+        waybill_token::Report {
+            partner_id: request.partner_id.clone(),
+            order_id: request.correlation_id.clone(),
+            report_id: request.report_id.clone(),
+            status: self.status.short_name().to_owned(),
+            tracking_id: request.tracking_id.clone(),
+            detail: request.detail.clone(),
+            detail_code: request.detail_code.clone(),
+            action_required: request.action_required,
+            occurred_at: self.occurred_at,
+        }
+    }
+}
+
 /// Checks every field of `request` except the token.
 pub fn report_fields(request: &ReportStatusRequest) -> Result<ReportFields, InvalidField> {
     let order_id = Uuid::parse_str(request.correlation_id.trim()).map_err(|_| {
