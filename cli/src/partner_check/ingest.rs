@@ -22,15 +22,18 @@ use waybill_proto::v1::{
 };
 use waybill_service_kit::{grpc::ServerLimits, text::InvalidField};
 use waybill_status_ingest::{domain::validate, error::IngestError};
-use waybill_token::{EnrolledKey, KeyRefusal, RejectReason, Report, TokenError, VerifyingKey};
+use waybill_token::{EnrolledKey, KeyRefusal, RejectReason, TokenError, VerifyingKey};
 
 /// The message of a refusal for an unavailable store, as the real one words it.
 const UNAVAILABLE_MESSAGE: &str = "storage is unavailable, retry later with a fresh token";
 
+/// An enrolled key and when it was revoked.
+type Enrolled = (VerifyingKey, Option<DateTime<Utc>>);
+
 /// The partner's keys as enrolled: shared by both regions.
 #[derive(Default)]
 pub struct Keys {
-    keys: Mutex<HashMap<String, (VerifyingKey, Option<DateTime<Utc>>)>>,
+    keys: Mutex<HashMap<String, Enrolled>>,
 }
 
 impl Keys {
@@ -268,17 +271,7 @@ impl FakeIngest {
             return Err(Status::unavailable(UNAVAILABLE_MESSAGE));
         }
         let fields = validate::report_fields(request).map_err(invalid)?;
-        let report = Report {
-            partner_id: request.partner_id.clone(),
-            order_id: request.correlation_id.clone(),
-            report_id: request.report_id.clone(),
-            status: fields.status.short_name().to_owned(),
-            tracking_id: request.tracking_id.clone(),
-            detail: request.detail.clone(),
-            detail_code: request.detail_code.clone(),
-            action_required: request.action_required,
-            occurred_at: fields.occurred_at,
-        };
+        let report = fields.bound_report(request);
         let now = Utc::now() + chrono::Duration::seconds(mode.clock_shift_secs);
         let keys = self.keys.clone();
         let partner_id = self.partner_id.clone();

@@ -92,6 +92,7 @@ pub fn answered(calls: &[Call], order: &str) -> bool {
 pub fn check_shipments(calls: &[Call], findings: &mut Findings) {
     let mut tracking: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     let mut received_ids: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    let mut changed: BTreeMap<&str, usize> = BTreeMap::new();
     for call in calls {
         if !call.tracking_id.is_empty() {
             tracking
@@ -106,32 +107,37 @@ pub fn check_shipments(calls: &[Call], findings: &mut Findings) {
                 .insert(&call.report_id);
         }
         if call.outcome == (Outcome::Duplicate { changed: true }) {
-            findings.broke("a retried report id said something else than its first copy");
-            findings.saw(format!(
-                "order {}: report {} sent again with other content (status {}, tracking id {:?})",
-                call.order_id, call.report_id, call.status, call.tracking_id
-            ));
+            *changed.entry(&call.report_id).or_default() += 1;
         }
     }
     for (order, ids) in &tracking {
-        if ids.len() > 1 {
-            findings.broke("the second delivery created a second shipment");
-            findings.saw(format!(
-                "order {order}: {} tracking ids ({})",
-                ids.len(),
-                ids.iter().copied().collect::<Vec<_>>().join(", ")
-            ));
-        }
+        second_shipment(findings, order, ids, "tracking ids");
     }
     for (order, ids) in &received_ids {
-        if ids.len() > 1 {
-            findings.broke("the second delivery created a second shipment");
-            findings.saw(format!(
-                "order {order}: {} accepted RECEIVED_BY_PARTNER reports ({})",
-                ids.len(),
-                ids.iter().copied().collect::<Vec<_>>().join(", ")
-            ));
-        }
+        second_shipment(
+            findings,
+            order,
+            ids,
+            "accepted RECEIVED_BY_PARTNER report ids",
+        );
+    }
+    for (report_id, times) in &changed {
+        findings.broke("a retried report id said something else than its first copy");
+        findings.saw(format!(
+            "report {report_id}: sent again {times} time(s) with other content"
+        ));
+    }
+}
+
+/// More than one of `ids` (tracking ids, report ids) for one order: a second shipment.
+fn second_shipment(findings: &mut Findings, order: &str, ids: &BTreeSet<&str>, what: &str) {
+    if ids.len() > 1 {
+        findings.broke("the second delivery created a second shipment");
+        findings.saw(format!(
+            "order {order}: {} {what} ({})",
+            ids.len(),
+            ids.iter().copied().collect::<Vec<_>>().join(", ")
+        ));
     }
 }
 
@@ -179,11 +185,8 @@ pub fn table(verdicts: &[Verdict]) -> String {
             verdict.scenario,
             verdict.verdict.to_uppercase()
         ));
-        let rest = if verdict.passed() {
-            verdict.evidence.iter().skip(1)
-        } else {
-            verdict.evidence.iter().skip(0)
-        };
+        let skip = usize::from(verdict.passed());
+        let rest = verdict.evidence.iter().skip(skip);
         for line in rest {
             out.push_str(&format!("{:<width$}           {line}\n", ""));
         }

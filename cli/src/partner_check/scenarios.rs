@@ -150,11 +150,7 @@ fn release(s: &Scene<'_>) {
 /// is killed, StatusIngest comes back, the adapter restarts: every order must still be reported.
 async fn restart_during_outage(s: &mut Scene<'_>, f: &mut Findings) -> anyhow::Result<()> {
     let orders = s.orders(3);
-    let records: Vec<_> = orders
-        .iter()
-        .enumerate()
-        .map(|(i, o)| s.record(o, 1, 0, i))
-        .collect();
+    let records = s.first_sends(&orders, 0);
     s.region(0).set(|m| m.unavailable = true);
     s.send(&records).await?;
     let within = s.stage.timeout.min(Duration::from_secs(8));
@@ -238,11 +234,7 @@ async fn bad_record(s: &mut Scene<'_>, f: &mut Findings, version: bool) -> anyho
 /// StatusIngest answers UNAVAILABLE until each order was tried once, then comes back.
 async fn ingest_unavailable(s: &mut Scene<'_>, f: &mut Findings) -> anyhow::Result<()> {
     let orders = s.orders(3);
-    let records: Vec<_> = orders
-        .iter()
-        .enumerate()
-        .map(|(i, o)| s.record(o, 1, 0, i))
-        .collect();
+    let records = s.first_sends(&orders, 0);
     s.region(0).set(|m| m.unavailable = true);
     s.send(&records).await?;
     let ids: Vec<String> = orders.iter().map(|o| o.id.clone()).collect();
@@ -269,11 +261,7 @@ async fn ingest_unavailable(s: &mut Scene<'_>, f: &mut Findings) -> anyhow::Resu
 /// Every answer takes a while.
 async fn ingest_slow(s: &mut Scene<'_>, f: &mut Findings) -> anyhow::Result<()> {
     let orders = s.orders(3);
-    let records: Vec<_> = orders
-        .iter()
-        .enumerate()
-        .map(|(i, o)| s.record(o, 1, 0, i))
-        .collect();
+    let records = s.first_sends(&orders, 0);
     s.region(0).set(|m| m.delay = SLOW);
     s.send(&records).await?;
     let missing = s.wait_answered(&refs(&orders), 0, f).await;
@@ -287,11 +275,7 @@ async fn ingest_slow(s: &mut Scene<'_>, f: &mut Findings) -> anyhow::Result<()> 
 async fn replay_refused(s: &mut Scene<'_>, f: &mut Findings) -> anyhow::Result<()> {
     let orders = s.orders(3);
     let victim = orders[0].id.clone();
-    let records: Vec<_> = orders
-        .iter()
-        .enumerate()
-        .map(|(i, o)| s.record(o, 1, 0, i))
-        .collect();
+    let records = s.first_sends(&orders, 0);
     let v = victim.clone();
     s.region(0).set(move |m| m.replay_order = Some(v));
     s.send(&records).await?;
@@ -380,11 +364,7 @@ async fn clock_skew(s: &mut Scene<'_>, f: &mut Findings) -> anyhow::Result<()> {
 /// are reported signed with key 2 and accepted.
 async fn key_rotation(s: &mut Scene<'_>, f: &mut Findings) -> anyhow::Result<()> {
     let before = s.orders(2);
-    let records: Vec<_> = before
-        .iter()
-        .enumerate()
-        .map(|(i, o)| s.record(o, 1, 0, i))
-        .collect();
+    let records = s.first_sends(&before, 0);
     s.send(&records).await?;
     let missing = s.wait_answered(&refs(&before), 0, f).await;
     never_answered(f, &missing, " before the key rotation");
@@ -394,11 +374,7 @@ async fn key_rotation(s: &mut Scene<'_>, f: &mut Findings) -> anyhow::Result<()>
     let new = s.key_id();
     s.adapter.start()?;
     let after = s.orders(2);
-    let records: Vec<_> = after
-        .iter()
-        .enumerate()
-        .map(|(i, o)| s.record(o, 1, 0, i))
-        .collect();
+    let records = s.first_sends(&after, 0);
     s.send(&records).await?;
     let missing = s.wait_answered(&refs(&after), 0, f).await;
     if !missing.is_empty() {

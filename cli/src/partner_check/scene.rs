@@ -163,6 +163,15 @@ impl<'a> Scene<'a> {
         order_record(order, send_count, self.sender(region), partition)
     }
 
+    /// The first send of each of `orders` from region `region`, spread over the partitions.
+    pub fn first_sends(&self, orders: &[TestOrder], region: usize) -> Vec<Record> {
+        orders
+            .iter()
+            .enumerate()
+            .map(|(i, order)| self.record(order, 1, region, i))
+            .collect()
+    }
+
     /// Who sends from `region`.
     pub fn sender<'r>(&'r self, region: &'r Region) -> Sender<'r> {
         Sender {
