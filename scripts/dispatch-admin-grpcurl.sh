@@ -26,6 +26,9 @@ grpcurl -plaintext "${ADDR}" describe "${SVC}"
 
 call EnrollPartner '{"partner":{"id":"grpcurl-demo","display_name":"grpcurl demo","handover_deadline":"600s","resend_budget":2}}'
 call ListPartners
+# Changes only the fields given; a dry run first says what would change.
+call UpdatePartner '{"partner_id":"grpcurl-demo","handover_deadline":"300s","dry_run":true}'
+call UpdatePartner '{"partner_id":"grpcurl-demo","handover_deadline":"300s"}'
 # A raw 32-byte Ed25519 public key, base64 (bytes fields are base64 in protobuf JSON).
 call AddPartnerKey '{"partner_id":"grpcurl-demo","key_id":"demo-key-1","public_key":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}' || true
 call ListPartnerKeys '{"partner_id":"grpcurl-demo"}'

@@ -193,6 +193,7 @@ async fn the_operator_script_calls_every_rpc() {
         stderr.contains("every DispatchAdmin RPC answered"),
         "{stderr}"
     );
+    assert!(stderr.contains("== UpdatePartner"), "{stderr}");
     assert!(
         stderr.contains("== GetDispatch"),
         "an order existed, so GetDispatch ran: {stderr}"

@@ -14,6 +14,7 @@ pub mod audit;
 pub mod backoff;
 pub mod cycle;
 pub mod model;
+pub mod partner_change;
 pub mod record;
 pub mod request;
 pub mod routing;

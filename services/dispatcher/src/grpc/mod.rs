@@ -7,7 +7,7 @@
 //! trail with the caller.
 //!
 //! - [`dispatches`]: `ListDispatches`, `GetDispatch`, `RetryDispatches`, `GetRelayStats`.
-//! - [`partners`]: `ListPartners`, `EnrollPartner`, `DisablePartner` and the partners' signing
+//! - [`partners`]: `ListPartners`, `EnrollPartner`, `UpdatePartner`, `DisablePartner` and the partners' signing
 //!   keys (`AddPartnerKey`, `RevokePartnerKey`, `ListPartnerKeys`).
 //! - [`routes`]: `ListRoutes`, `SetRoute`, `DeleteRoute`, `ExplainRoute`.
 
@@ -115,6 +115,16 @@ impl DispatchAdmin for AdminApi {
     ) -> Reply<v1::Partner> {
         reply(
             self.enroll(&caller_of(&request), request.into_inner().partner)
+                .await,
+        )
+    }
+
+    async fn update_partner(
+        &self,
+        request: Request<v1::UpdatePartnerRequest>,
+    ) -> Reply<v1::UpdatePartnerResponse> {
+        reply(
+            self.update(&caller_of(&request), request.into_inner())
                 .await,
         )
     }

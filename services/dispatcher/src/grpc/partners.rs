@@ -1,6 +1,6 @@
 //! Partners and their signing keys: `ListPartners`, `EnrollPartner` (the partner's topic is
-//! created first: a partner is saved only once it has somewhere to receive orders),
-//! `DisablePartner`, `AddPartnerKey`, `RevokePartnerKey`, `ListPartnerKeys`.
+//! created first: a partner is saved only once it has somewhere to receive orders; for one
+//! enrolled already, a change of the fields given), `UpdatePartner`, `DisablePartner`, `AddPartnerKey`, `RevokePartnerKey`, `ListPartnerKeys`.
 
 use tracing::info;
 use waybill_proto::v1;
@@ -9,7 +9,11 @@ use waybill_service_kit::text::quote;
 use super::AdminApi;
 use crate::{
     convert,
-    domain::{model::PartnerKeyRecord, model::PartnerRecord, request},
+    domain::{
+        model::{PartnerKeyRecord, PartnerRecord},
+        partner_change::{FieldChange, PartnerChange, describe},
+        request,
+    },
     error::{DispatchError, NotFound},
     store::StoreError,
 };
@@ -32,30 +36,138 @@ impl AdminApi {
         let id = partner.id.trim().to_owned();
         request::partner_id("partner.id", &id)?;
         request::text("partner.display_name", &partner.display_name, 200)?;
-        let handover_deadline = request::handover_deadline(partner.handover_deadline)?;
-        let resend_budget = request::resend_budget(partner.resend_budget)?;
+        let handover_deadline = partner
+            .handover_deadline
+            .map(|deadline| request::handover_deadline(Some(deadline)))
+            .transpose()?;
+        let resend_budget = partner
+            .resend_budget
+            .map(|budget| request::resend_budget(Some(budget)))
+            .transpose()?;
+        let display_name = partner.display_name.trim();
         let topic = self.topic_names.partner_topic(&id);
-        // The topic first: a partner is saved only once it has somewhere to receive orders.
+        // The topic first: a partner is saved only once it has somewhere to receive orders
+        // (and enrolling again re-creates it if the broker lost it).
         self.topics.ensure_topic(&topic).await?;
+        if let Some(current) = self.partner(&id).await? {
+            // Enrolled already: only the fields given change, and a disabled partner stays
+            // disabled (UpdatePartner enables it).
+            let change = PartnerChange {
+                display_name: (!display_name.is_empty()).then(|| display_name.to_owned()),
+                handover_deadline,
+                resend_budget,
+                enabled: None,
+            };
+            return Ok(self
+                .change(caller, "EnrollPartner", &current, &change, false)
+                .await?
+                .0);
+        }
         let now = self.clock.now();
-        let display_name = match partner.display_name.trim() {
-            "" => id.clone(),
-            name => name.to_owned(),
-        };
         let record = PartnerRecord {
+            display_name: if display_name.is_empty() {
+                id.clone()
+            } else {
+                display_name.to_owned()
+            },
             id,
-            display_name,
-            // Enrolling (again) enables: DisablePartner is the way to switch one off.
             enabled: true,
-            handover_deadline,
-            resend_budget,
+            handover_deadline: request::handover_deadline(None)?,
+            resend_budget: request::resend_budget(None)?,
             topic,
             created_at: now,
             updated_at: now,
         };
+        let record = PartnerRecord {
+            handover_deadline: handover_deadline.unwrap_or(record.handover_deadline),
+            resend_budget: resend_budget.unwrap_or(record.resend_budget),
+            ..record
+        };
         let partner = convert::partner(self.store.upsert_partner(&record).await?);
         info!(target: "waybill::audit", %caller, rpc = "EnrollPartner", partner_id = %partner.id, "partner enrolled");
         Ok(partner)
+    }
+
+    pub(super) async fn update(
+        &self,
+        caller: &str,
+        update: v1::UpdatePartnerRequest,
+    ) -> Result<v1::UpdatePartnerResponse, DispatchError> {
+        let id = update.partner_id.trim();
+        request::partner_id("partner_id", id)?;
+        let display_name = match update.display_name.as_deref().map(str::trim) {
+            Some("") => {
+                return Err(request::InvalidField::new(
+                    "display_name",
+                    "must not be empty when set",
+                )
+                .into());
+            }
+            Some(name) => {
+                request::text("display_name", name, 200)?;
+                Some(name.to_owned())
+            }
+            None => None,
+        };
+        let change = PartnerChange {
+            display_name,
+            handover_deadline: update
+                .handover_deadline
+                .map(|deadline| request::handover_deadline(Some(deadline)))
+                .transpose()?,
+            resend_budget: update
+                .resend_budget
+                .map(|budget| request::resend_budget(Some(budget)))
+                .transpose()?,
+            enabled: update.enabled,
+        };
+        let current = self
+            .partner(id)
+            .await?
+            .ok_or_else(|| NotFound::Partner(id.to_owned()))?;
+        let (partner, changes) = self
+            .change(caller, "UpdatePartner", &current, &change, update.dry_run)
+            .await?;
+        Ok(v1::UpdatePartnerResponse {
+            partner: Some(partner),
+            applied: !update.dry_run && !changes.is_empty(),
+            changes: changes
+                .into_iter()
+                .map(|c| v1::FieldChange {
+                    field: c.field.to_owned(),
+                    old_value: c.old,
+                    new_value: c.new,
+                })
+                .collect(),
+        })
+    }
+
+    /// Makes `change` to `current` (unless `dry_run`) and adds it to the audit trail, naming
+    /// every field changed.
+    async fn change(
+        &self,
+        caller: &str,
+        rpc: &'static str,
+        current: &PartnerRecord,
+        change: &PartnerChange,
+        dry_run: bool,
+    ) -> Result<(v1::Partner, Vec<FieldChange>), DispatchError> {
+        let (next, changes) = change.apply(current, self.clock.now());
+        let saved = if dry_run || changes.is_empty() {
+            next
+        } else {
+            self.store.upsert_partner(&next).await?
+        };
+        if !dry_run {
+            info!(target: "waybill::audit", %caller, rpc, partner_id = %current.id, changed = %describe(&changes), "partner updated");
+        }
+        Ok((convert::partner(saved), changes))
+    }
+
+    /// The partner `id`, if enrolled.
+    async fn partner(&self, id: &str) -> Result<Option<PartnerRecord>, DispatchError> {
+        let partners = self.store.list_partners().await?;
+        Ok(partners.into_iter().find(|partner| partner.id == id))
     }
 
     pub(super) async fn disable(
