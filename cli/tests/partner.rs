@@ -15,6 +15,7 @@ use std::{
 use support::*;
 use waybill_integration_tests::AUDIENCE;
 use waybill_proto::v1::OrderStatus;
+use waybill_service_kit::testing::process::KilledOnDrop;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn waybill_partner_runs_an_example_partner_as_its_own_process() {
@@ -33,24 +34,26 @@ async fn waybill_partner_runs_an_example_partner_as_its_own_process() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let mut partner = Command::new(env!("CARGO_BIN_EXE_waybill"))
-        .args(["partner", "distance-freight"])
-        .args([
-            "--kafka-brokers",
-            &format!("region={}", stack.broker().bootstrap_servers()),
-        ])
-        .args(["--topic-prefix", &stack.topics.partner_prefix])
-        .args(["--session-timeout-ms", "6000"])
-        .args(["--key-file", key_file.to_str().unwrap()])
-        .args(["--key-id", key.key_id()])
-        .args(["--audience", AUDIENCE])
-        .args(["--inbox", dir.join("inbox.db").to_str().unwrap()])
-        .args(["--kafka-option", "client.id=distance-freight-test"])
-        .args(["--metrics-listen", &metrics_addr.to_string()])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut partner = KilledOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_waybill"))
+            .args(["partner", "distance-freight"])
+            .args([
+                "--kafka-brokers",
+                &format!("region={}", stack.broker().bootstrap_servers()),
+            ])
+            .args(["--topic-prefix", &stack.topics.partner_prefix])
+            .args(["--session-timeout-ms", "6000"])
+            .args(["--key-file", key_file.to_str().unwrap()])
+            .args(["--key-id", key.key_id()])
+            .args(["--audience", AUDIENCE])
+            .args(["--inbox", dir.join("inbox.db").to_str().unwrap()])
+            .args(["--kafka-option", "client.id=distance-freight-test"])
+            .args(["--metrics-listen", &metrics_addr.to_string()])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
 
     let order_id = place(&stack, "CA", "").await;
     let order = wait_for_status(

@@ -14,13 +14,14 @@ use std::{
     collections::HashSet,
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use support::*;
 use waybill_integration_tests::{AUDIENCE, TestStack};
 use waybill_proto::v1::OrderStatus;
+use waybill_service_kit::testing::process::KilledOnDrop;
 
 const PARTNER: &str = "py-freight";
 
@@ -47,8 +48,8 @@ fn sidecar(
     key_id: &str,
     adapter: SocketAddr,
     listen: SocketAddr,
-) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_waybill"))
+) -> KilledOnDrop {
+    let child = Command::new(env!("CARGO_BIN_EXE_waybill"))
         .arg("sidecar")
         .args(["--partner-id", PARTNER])
         .args(["--adapter", &format!("http://{adapter}")])
@@ -66,7 +67,8 @@ fn sidecar(
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
-        .unwrap()
+        .unwrap();
+    KilledOnDrop(child)
 }
 
 /// The Python service's own records: (order id, tracking id) of each shipment, and how many
@@ -106,15 +108,17 @@ async fn a_python_service_behind_the_sidecar_ships_every_order_once_across_a_cra
     let (adapter_addr, listen) = (free_addr(), free_addr());
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let db = dir.join("shipments.db");
-    let mut adapter = Command::new("python3")
-        .arg(manifest.join("tests/sidecar_adapter.py"))
-        .arg(manifest.join("../proto"))
-        .arg(&db)
-        .arg(adapter_addr.port().to_string())
-        .arg(listen.to_string())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let adapter = KilledOnDrop(
+        Command::new("python3")
+            .arg(manifest.join("tests/sidecar_adapter.py"))
+            .arg(manifest.join("../proto"))
+            .arg(&db)
+            .arg(adapter_addr.port().to_string())
+            .arg(listen.to_string())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     eventually(
         Duration::from_secs(30),
         "the Python service listens",
@@ -212,8 +216,7 @@ async fn a_python_service_behind_the_sidecar_ships_every_order_once_across_a_cra
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "{status}");
-    let _ = adapter.kill();
-    let _ = adapter.wait();
+    drop(adapter);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

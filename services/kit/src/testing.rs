@@ -5,6 +5,7 @@
 
 pub mod fixtures;
 pub mod postgres_tls;
+pub mod process;
 pub mod proxy;
 pub mod require;
 pub mod tls;
