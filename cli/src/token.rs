@@ -135,6 +135,11 @@ pub struct GenerateArgs {
     /// The dispatcher's admin address, for the printed enrolment call.
     #[arg(long, default_value = "127.0.0.1:50052")]
     dispatcher: String,
+    /// The CA certificate of a dispatcher with TLS: the printed call then uses TLS and an
+    /// operator's API key from `$WAYBILL_API_KEY` (without it, a plaintext call, as `waybill
+    /// dev` serves; against a TLS listener that call would hang).
+    #[arg(long, env = "WAYBILL_TLS_CA")]
+    dispatcher_ca: Option<PathBuf>,
 }
 
 /// Short or full status name → the short name tokens carry.
@@ -459,8 +464,15 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         public_path.display()
     );
     eprintln!("enrol the public key (an operator, against the dispatcher's admin API):");
+    let transport = match &args.dispatcher_ca {
+        Some(ca) => format!(
+            "-cacert {} -H \"authorization: Bearer $WAYBILL_API_KEY\"",
+            ca.display()
+        ),
+        None => "-plaintext".to_owned(),
+    };
     println!(
-        "grpcurl -plaintext -d '{body}' {} waybill.v1.DispatchAdmin/AddPartnerKey",
+        "grpcurl {transport} -d '{body}' {} waybill.v1.DispatchAdmin/AddPartnerKey",
         args.dispatcher
     );
     Ok(())

@@ -47,6 +47,31 @@ fn generate_sign_verify_and_explain() {
         call.contains("\"partner_id\":\"acme\"") && call.contains("\"key_id\":\"acme-1\""),
         "{call}"
     );
+    // Against a dispatcher with TLS: the call trusts its CA and carries an operator's key.
+    let tls = waybill(&[
+        "keys",
+        "generate",
+        "--partner",
+        "acme",
+        "--key-id",
+        "acme-tls",
+        "--out-dir",
+        dir_arg,
+        "--dispatcher",
+        "dispatcher:50052",
+        "--dispatcher-ca",
+        "pki/ca.pem",
+    ]);
+    assert!(tls.status.success(), "{}", text(&tls));
+    let call = String::from_utf8_lossy(&tls.stdout);
+    assert!(
+        call.starts_with(
+            "grpcurl -cacert pki/ca.pem -H \"authorization: Bearer $WAYBILL_API_KEY\" -d '{"
+        ) && call
+            .trim_end()
+            .ends_with("dispatcher:50052 waybill.v1.DispatchAdmin/AddPartnerKey"),
+        "{call}"
+    );
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
