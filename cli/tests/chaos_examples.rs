@@ -32,7 +32,7 @@ use std::{
 
 use common::{
     enrolment::{add_key, enroll, order_request},
-    processes::{Service, free_addr, wait_serving},
+    processes::{Loop, Service},
 };
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -161,61 +161,22 @@ async fn example_partners_ship_every_order_with_its_own_tracking_id_through_kill
     let brokers = broker.bootstrap_servers().to_owned();
     let prefix = format!("cx{}.partner.", &Uuid::new_v4().simple().to_string()[..8]);
 
-    let (orders_addr, ingest_addr, dispatcher_addr) = (free_addr(), free_addr(), free_addr());
-    let args = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-    let mut orders_service = Service::start(
-        "orders",
-        args(&[
-            "orders",
-            "--listen",
-            &orders_addr.to_string(),
-            "--database-url",
-            &database.url,
-            "--seed-catalog",
-            "--rate-limit",
-            "1000000",
-        ]),
+    let Loop {
+        orders: mut orders_service,
+        mut ingest,
+        mut dispatcher,
+        orders_addr,
+        dispatcher_addr,
+        ..
+    } = Loop::start(
+        &database.url,
+        &brokers,
+        &prefix,
+        AUDIENCE,
+        &["--rate-limit", "1000000"],
         &dir,
-    );
-    wait_serving(orders_addr, "orders", &orders_service.log).await;
-    let mut ingest = Service::start(
-        "status-ingest",
-        args(&[
-            "status-ingest",
-            "--listen",
-            &ingest_addr.to_string(),
-            "--database-url",
-            &database.url,
-            "--audience",
-            AUDIENCE,
-        ]),
-        &dir,
-    );
-    wait_serving(ingest_addr, "status-ingest", &ingest.log).await;
-    let mut dispatcher = Service::start(
-        "dispatcher",
-        args(&[
-            "dispatcher",
-            "--listen",
-            &dispatcher_addr.to_string(),
-            "--database-url",
-            &database.url,
-            "--kafka-brokers",
-            &brokers,
-            "--topic-prefix",
-            &prefix,
-            "--topic-partitions",
-            "3",
-            "--reply-to",
-            &format!("http://{ingest_addr}"),
-            "--region",
-            "eu",
-            "--poll-interval",
-            "250ms",
-        ]),
-        &dir,
-    );
-    wait_serving(dispatcher_addr, "dispatcher", &dispatcher.log).await;
+    )
+    .await;
     let mut admin = DispatchAdminClient::connect(format!("http://{dispatcher_addr}"))
         .await
         .unwrap();

@@ -9,11 +9,17 @@
 //! must still pass).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[allow(dead_code)] // the process helpers this file does not use
+#[path = "common/processes.rs"]
+mod processes;
+
 use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
 };
+
+use processes::python_libraries;
 
 /// The scenarios a defect is checked on: every one a defect below breaks, and two it must not.
 const DEFECT_SUBSET: &[&str] = &[
@@ -28,19 +34,6 @@ const DEFECT_SUBSET: &[&str] = &[
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Whether `python3` has the libraries the Python adapters use.
-fn python_libraries() -> bool {
-    Command::new("python3")
-        .args([
-            "-c",
-            "import confluent_kafka, grpc, grpc_tools, jwt, google.protobuf, cryptography",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success())
 }
 
 /// What one run of the kit said.

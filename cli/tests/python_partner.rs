@@ -24,7 +24,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use processes::{Service, free_addr, wait_serving};
+use processes::{Loop, python_libraries};
 use sqlx::{Connection as _, Row as _, SqliteConnection};
 use uuid::Uuid;
 use waybill_dispatcher::testing::TestBroker;
@@ -41,19 +41,6 @@ const AUDIENCE: &str = "waybill-python-test";
 const BEFORE_JOIN: usize = 6;
 const FIRST_BATCH: usize = 24;
 const LAST_BATCH: usize = 10;
-
-/// Whether `python3` has the reference partner's libraries.
-fn python_libraries() -> bool {
-    Command::new("python3")
-        .args([
-            "-c",
-            "import confluent_kafka, grpc, grpc_tools, jwt, google.protobuf, cryptography",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success())
-}
 
 /// The partner's process, its log appended to one file across restarts.
 struct PythonPartner {
@@ -236,59 +223,12 @@ async fn the_python_reference_partner_ships_each_order_once_through_sigkills() {
     let prefix = format!("py{}.partner.", &Uuid::new_v4().simple().to_string()[..8]);
 
     // Waybill: Orders, StatusIngest, the dispatcher (StatusIngest's address as the reply-to).
-    let (orders_addr, ingest_addr, dispatcher_addr) = (free_addr(), free_addr(), free_addr());
-    let args = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-    let orders_service = Service::start(
-        "orders",
-        args(&[
-            "orders",
-            "--listen",
-            &orders_addr.to_string(),
-            "--database-url",
-            &database.url,
-            "--seed-catalog",
-        ]),
-        &dir,
+    let waybill = Loop::start(&database.url, &brokers, &prefix, AUDIENCE, &[], &dir).await;
+    let (orders_addr, ingest_addr, dispatcher_addr) = (
+        waybill.orders_addr,
+        waybill.ingest_addr,
+        waybill.dispatcher_addr,
     );
-    wait_serving(orders_addr, "orders", &orders_service.log).await;
-    let ingest_service = Service::start(
-        "status-ingest",
-        args(&[
-            "status-ingest",
-            "--listen",
-            &ingest_addr.to_string(),
-            "--database-url",
-            &database.url,
-            "--audience",
-            AUDIENCE,
-        ]),
-        &dir,
-    );
-    wait_serving(ingest_addr, "status-ingest", &ingest_service.log).await;
-    let dispatcher_service = Service::start(
-        "dispatcher",
-        args(&[
-            "dispatcher",
-            "--listen",
-            &dispatcher_addr.to_string(),
-            "--database-url",
-            &database.url,
-            "--kafka-brokers",
-            &brokers,
-            "--topic-prefix",
-            &prefix,
-            "--topic-partitions",
-            "3",
-            "--reply-to",
-            &format!("http://{ingest_addr}"),
-            "--region",
-            "eu",
-            "--poll-interval",
-            "250ms",
-        ]),
-        &dir,
-    );
-    wait_serving(dispatcher_addr, "dispatcher", &dispatcher_service.log).await;
 
     // The partner, its route and its key, as an operator enrols them.
     let mut admin = DispatchAdminClient::connect(format!("http://{dispatcher_addr}"))
@@ -531,6 +471,6 @@ async fn the_python_reference_partner_ships_each_order_once_through_sigkills() {
     );
 
     drop(partner);
-    drop((orders_service, ingest_service, dispatcher_service));
+    drop(waybill);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -156,3 +156,101 @@ pub async fn wait_serving(addr: SocketAddr, what: &str, log: &Path) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Waybill's three services as processes of their own on one database and broker, each
+/// SERVING: Orders (catalog seeded, `orders_extra` flags added), StatusIngest (audience
+/// `audience`) and the dispatcher (topics `prefix` + partner id, 3 partitions, StatusIngest
+/// as the reply-to, region `eu`, polling every 250 ms). Logs go to `dir`.
+pub struct Loop {
+    pub orders: Service,
+    pub ingest: Service,
+    pub dispatcher: Service,
+    pub orders_addr: SocketAddr,
+    pub ingest_addr: SocketAddr,
+    pub dispatcher_addr: SocketAddr,
+}
+
+impl Loop {
+    pub async fn start(
+        database_url: &str,
+        brokers: &str,
+        prefix: &str,
+        audience: &str,
+        orders_extra: &[&str],
+        dir: &Path,
+    ) -> Self {
+        let (orders_addr, ingest_addr, dispatcher_addr) = (free_addr(), free_addr(), free_addr());
+        let args = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let mut orders_args = args(&[
+            "orders",
+            "--listen",
+            &orders_addr.to_string(),
+            "--database-url",
+            database_url,
+            "--seed-catalog",
+        ]);
+        orders_args.extend(args(orders_extra));
+        let orders = Service::start("orders", orders_args, dir);
+        wait_serving(orders_addr, "orders", &orders.log).await;
+        let ingest = Service::start(
+            "status-ingest",
+            args(&[
+                "status-ingest",
+                "--listen",
+                &ingest_addr.to_string(),
+                "--database-url",
+                database_url,
+                "--audience",
+                audience,
+            ]),
+            dir,
+        );
+        wait_serving(ingest_addr, "status-ingest", &ingest.log).await;
+        let dispatcher = Service::start(
+            "dispatcher",
+            args(&[
+                "dispatcher",
+                "--listen",
+                &dispatcher_addr.to_string(),
+                "--database-url",
+                database_url,
+                "--kafka-brokers",
+                brokers,
+                "--topic-prefix",
+                prefix,
+                "--topic-partitions",
+                "3",
+                "--reply-to",
+                &format!("http://{ingest_addr}"),
+                "--region",
+                "eu",
+                "--poll-interval",
+                "250ms",
+            ]),
+            dir,
+        );
+        wait_serving(dispatcher_addr, "dispatcher", &dispatcher.log).await;
+        Self {
+            orders,
+            ingest,
+            dispatcher,
+            orders_addr,
+            ingest_addr,
+            dispatcher_addr,
+        }
+    }
+}
+
+/// Whether `python3` has the libraries the Python partners use (confluent-kafka, grpcio with
+/// its tools, protobuf, PyJWT with cryptography).
+pub fn python_libraries() -> bool {
+    Command::new("python3")
+        .args([
+            "-c",
+            "import confluent_kafka, grpc, grpc_tools, jwt, google.protobuf, cryptography",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
