@@ -13,14 +13,12 @@
 //! - [`metrics`]: in-process counters.
 //! - [`config`]: flags with environment fallbacks, validated into a [`StatusIngestConfig`].
 //! - [`error`]: everything a report can be refused with, and its one mapping to gRPC.
-//! - [`bench`]: `waybill bench report`.
 //! - The token itself (format, checks, key files) is the `waybill-token` crate, shared with the
 //!   connector SDK.
 //!
 //! [`run`] starts the service from settings; [`serve`] is the seam tests and the all-in-one
 //! binary use (a bound listener and ready dependencies).
 
-pub mod bench;
 pub mod config;
 pub mod domain;
 pub mod error;

@@ -13,12 +13,11 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use waybill_dispatcher::kafka::TopicNames;
 use waybill_service_kit::db::{Backend, Database};
-use waybill_status_ingest::bench::{BenchOptions, report_bench};
 
 use crate::bench::{
     limit::{BenchRoute, BookkeepingLimit},
     measure::Rate,
-    report::pool_settings,
+    report::{BenchOptions, pool_settings, report_bench},
 };
 
 /// How far from now the bookkeeping limit's orders are placed: the run after the steps takes

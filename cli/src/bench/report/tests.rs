@@ -1,10 +1,11 @@
-//! `waybill bench report` on a small scale, on both backends: every report is accepted (with
+//! `waybill bench report`'s measurement on a small scale, on both backends: every report is accepted (with
 //! signature checks on), the raw side writes as many, and the figures it prints agree with each
 //! other (percentiles in order, the ratio is one rate over the other). Timing is never asserted.
 #![allow(clippy::unwrap_used)]
 
 use waybill_service_kit::{on_both_backends, on_pool, testing::TestBackend, testing::TestDatabase};
-use waybill_status_ingest::bench::{BenchOptions, report_bench};
+
+use super::measure::{BenchOptions, report_bench};
 
 on_both_backends!(bench_report_accepts_every_report_and_prints_figures);
 

@@ -1,5 +1,14 @@
 //! `waybill bench report`: `ReportStatus` with every check on, next to the same writes as plain
-//! SQL (StatusIngest's own bench, `waybill_status_ingest::bench`, run on `--database-url`).
+//! SQL, on `--database-url`: [`measure`] runs both sides against an in-process StatusIngest,
+//! [`fixture`] makes the orders and the raw writes.
+
+mod error;
+mod fixture;
+mod measure;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use measure::{BenchOptions, report_bench};
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
@@ -41,12 +50,12 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<()> {
     )
     .await
     .context("cannot open the bench database")?;
-    let options = waybill_status_ingest::bench::BenchOptions {
+    let options = BenchOptions {
         reports: args.reports,
         concurrency: args.concurrency,
         warmup: args.warmup,
     };
-    let report = waybill_status_ingest::bench::report_bench(&db, &options).await;
+    let report = report_bench(&db, &options).await;
     shutdown.cancel();
     db.close().await;
     let report = report?;

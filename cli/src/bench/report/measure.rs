@@ -10,9 +10,6 @@
 //! limit and `ReportStatus` take turns in five rounds, each phase right after a checkpoint, so
 //! that the machine's drift and the database's checkpoints fall on both alike.
 
-mod error;
-mod fixture;
-
 use std::{
     sync::Arc,
     time::{Duration, Instant},
@@ -34,8 +31,10 @@ use waybill_service_kit::{
 };
 use waybill_token::{Report, ReportClaims, SigningKey, TokenSigner};
 
-pub use self::error::BenchError;
-use crate::IngestDeps;
+use waybill_status_ingest::IngestDeps;
+
+use super::error::BenchError;
+use super::fixture;
 
 const AUDIENCE: &str = "waybill-bench";
 
@@ -159,7 +158,7 @@ pub async fn report_bench(
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(crate::serve(
+    let server = tokio::spawn(waybill_status_ingest::serve(
         listener,
         IngestDeps::new(db, AUDIENCE),
         ServerLimits::default(),
