@@ -153,7 +153,28 @@ fn acceptance(answer: ShipmentAnswer) -> Result<Acceptance, PartnerError> {
         Some(Answer::Accepted(accepted)) if accepted.tracking_id.trim().is_empty() => Err(
             PartnerError::permanent("the adapter accepted the order without a tracking id"),
         ),
-        Some(Answer::Accepted(accepted)) => Ok(Acceptance::accepted(accepted.tracking_id)),
+        Some(Answer::Accepted(accepted)) => {
+            let mut acceptance = Acceptance::accepted(accepted.tracking_id);
+            for scheduled in accepted.later {
+                let status = scheduled.status.unwrap_or_default();
+                let update = later_update(&status).map_err(|refused| {
+                    PartnerError::permanent(format!(
+                        "the adapter scheduled a later status that breaks a rule: {}",
+                        refused.message()
+                    ))
+                })?;
+                let after = scheduled
+                    .after
+                    .and_then(|after| std::time::Duration::try_from(after).ok())
+                    .ok_or_else(|| {
+                        PartnerError::permanent(
+                            "the adapter scheduled a later status without a valid `after`",
+                        )
+                    })?;
+                acceptance = acceptance.then_report(update, after);
+            }
+            Ok(acceptance)
+        }
         Some(Answer::Rejected(rejected)) => {
             Ok(Acceptance::rejected(rejected.reason, rejected.detail_code))
         }
@@ -279,6 +300,7 @@ mod tests {
     fn answers_become_the_connectors() {
         let accepted = answer(Answer::Accepted(Accepted {
             tracking_id: "PY-1".into(),
+            later: Vec::new(),
         }));
         assert_eq!(accepted, Ok(Acceptance::accepted("PY-1")));
         let rejected = answer(Answer::Rejected(Rejected {
@@ -299,6 +321,43 @@ mod tests {
     }
 
     #[test]
+    fn an_acceptance_may_schedule_later_statuses() {
+        let scheduled = |status: OrderStatus, after: Option<prost_types::Duration>| {
+            waybill_proto::v1::ScheduledStatus {
+                status: Some(LaterStatus {
+                    status: status as i32,
+                    ..LaterStatus::default()
+                }),
+                after,
+            }
+        };
+        let two_hours = Some(prost_types::Duration {
+            seconds: 7_200,
+            nanos: 0,
+        });
+        let accepted = answer(Answer::Accepted(Accepted {
+            tracking_id: "PY-1".into(),
+            later: vec![scheduled(OrderStatus::Shipped, two_hours)],
+        }))
+        .unwrap();
+        assert_eq!(accepted.later().len(), 1);
+        assert_eq!(
+            accepted.later()[0].after,
+            std::time::Duration::from_secs(7_200)
+        );
+        for broken in [
+            scheduled(OrderStatus::ReceivedByPartner, two_hours),
+            scheduled(OrderStatus::Shipped, None),
+        ] {
+            let refused = answer(Answer::Accepted(Accepted {
+                tracking_id: "PY-1".into(),
+                later: vec![broken],
+            }));
+            assert!(!refused.unwrap_err().is_retryable());
+        }
+    }
+
+    #[test]
     fn an_empty_answer_or_tracking_id_is_an_adapter_defect_not_retried() {
         assert!(
             !acceptance(ShipmentAnswer::default())
@@ -307,6 +366,7 @@ mod tests {
         );
         let blank = answer(Answer::Accepted(Accepted {
             tracking_id: " ".into(),
+            later: Vec::new(),
         }));
         assert!(!blank.unwrap_err().is_retryable());
     }

@@ -2,7 +2,8 @@
 //! (grpcio, stubs generated from `proto/` at start-up: `sidecar_adapter.py`), against a running
 //! Waybill (Orders, dispatcher, StatusIngest on loopback, a Kafka-protocol broker). The
 //! sidecar is killed with SIGKILL mid-batch and started again: every order is acknowledged
-//! once and reported SHIPPED once, the service created one shipment per order (a second call
+//! once, reported SHIPPED once (through `PartnerReports`) and DELIVERED once (scheduled with
+//! the answer), the service created one shipment per order (a second call
 //! for one order is answered from its own store), tracking ids are unique, a rejection is
 //! reported as such. Bad settings are refused with exit status 64.
 #![allow(clippy::unwrap_used)]
@@ -188,6 +189,17 @@ async fn a_python_service_behind_the_sidecar_ships_every_order_once_across_a_cra
             "{order_id}"
         );
         assert_eq!(events(&order, OrderStatus::Shipped), 1, "{order_id}");
+    }
+    // The DELIVERED each answer scheduled, through the kill: once each.
+    for order_id in &orders {
+        let order = wait_for_status(
+            &stack,
+            order_id,
+            OrderStatus::Delivered,
+            Duration::from_secs(60),
+        )
+        .await;
+        assert_eq!(events(&order, OrderStatus::Delivered), 1, "{order_id}");
     }
     wait_for_status(
         &stack,

@@ -1,6 +1,7 @@
 """A partner's own service behind `waybill sidecar`, in Python (grpcio), written from
-proto/waybill/v1/partner_adapter.proto alone: it implements waybill.v1.PartnerAdapter and
-reports each accepted order SHIPPED through the sidecar's waybill.v1.PartnerReports.
+proto/waybill/v1/partner_adapter.proto alone: it implements waybill.v1.PartnerAdapter,
+reports each accepted order SHIPPED through the sidecar's waybill.v1.PartnerReports, and
+schedules DELIVERED with its answer (Accepted.later).
 
 Its "shipment system" is a SQLite file: one shipment per idempotency key, created at most once
 (a second call for the same key answers the stored tracking id), and every call logged, so a
@@ -23,6 +24,7 @@ import uuid
 from concurrent import futures
 
 import grpc
+from google.protobuf import duration_pb2
 from grpc_tools import protoc
 
 try:
@@ -92,7 +94,13 @@ def main():
                     tracking_id = row[0]
                 db.execute("COMMIT")
             wake.set()
-            return pb.ShipmentAnswer(accepted=pb.Accepted(tracking_id=tracking_id))
+            # DELIVERED is known now to come 2 s later: scheduled with the answer, stored by the
+            # sidecar in the same transaction (SHIPPED goes through PartnerReports below).
+            delivered = pb.ScheduledStatus(
+                status=pb.LaterStatus(status=common_pb2.ORDER_STATUS_DELIVERED),
+                after=duration_pb2.Duration(seconds=2),
+            )
+            return pb.ShipmentAnswer(accepted=pb.Accepted(tracking_id=tracking_id, later=[delivered]))
 
     def report_owed():
         """Reports SHIPPED for every owed order until the sidecar stored it."""
