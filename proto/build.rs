@@ -8,6 +8,7 @@ use std::{env, path::PathBuf};
 const PROTOS: &[&str] = &[
     "waybill/v1/common.proto",
     "waybill/v1/orders.proto",
+    "waybill/v1/catalog.proto",
     "waybill/v1/status_ingest.proto",
     "waybill/v1/dispatch_admin.proto",
     "waybill/v1/kafka.proto",

@@ -111,7 +111,12 @@ mod tests {
     #[test]
     fn descriptor_set_names_every_service() {
         let text = String::from_utf8_lossy(super::FILE_DESCRIPTOR_SET);
-        for service in ["OrderService", "StatusIngest", "DispatchAdmin"] {
+        for service in [
+            "OrderService",
+            "CatalogService",
+            "StatusIngest",
+            "DispatchAdmin",
+        ] {
             assert!(
                 text.contains(service),
                 "{service} missing from descriptor set"

@@ -15,6 +15,9 @@ pub enum OrdersError {
     /// No such order.
     #[error("order {0} not found")]
     NotFound(String),
+    /// A catalog call named a SKU the catalog does not have; nothing was changed.
+    #[error("sku {} is not in the catalog; nothing was changed", quote(.0))]
+    UnknownSku(String),
     /// The idempotency key belongs to a different request.
     #[error("{0}")]
     AlreadyExists(String),
@@ -53,7 +56,9 @@ fn status_of(error: OrdersError) -> Status {
         OrdersError::InvalidArgument(field) => {
             Status::new(Code::InvalidArgument, field.to_string())
         }
-        OrdersError::NotFound(_) => Status::new(Code::NotFound, error.to_string()),
+        OrdersError::NotFound(_) | OrdersError::UnknownSku(_) => {
+            Status::new(Code::NotFound, error.to_string())
+        }
         OrdersError::AlreadyExists(message) => Status::new(Code::AlreadyExists, message.clone()),
         OrdersError::Unavailable(cause) => {
             error!(error = %cause, "storage unavailable");

@@ -11,6 +11,7 @@
 //!   binary use (a bound listener and ready dependencies).
 
 pub mod catalog;
+pub mod catalog_admin;
 pub mod config;
 pub mod convert;
 pub mod domain;
@@ -23,7 +24,9 @@ use std::{sync::Arc, time::Duration};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
-use waybill_proto::v1::order_service_server::OrderServiceServer;
+use waybill_proto::v1::{
+    catalog_service_server::CatalogServiceServer, order_service_server::OrderServiceServer,
+};
 use waybill_service_kit::{
     clock::{SharedClock, SystemClock},
     db::{ChangeFeed, Database},
@@ -34,7 +37,7 @@ use waybill_service_kit::{
     security::CallerAuth,
 };
 
-use crate::store::OrderStore;
+use crate::{catalog_admin::CatalogApi, store::OrderStore};
 pub use crate::{
     config::{OrdersArgs, OrdersConfig},
     grpc::OrdersApi,
@@ -42,6 +45,8 @@ pub use crate::{
 
 /// The fully qualified gRPC service name, for health reporting.
 pub const SERVICE_NAME: &str = "waybill.v1.OrderService";
+/// The catalog service served beside it.
+pub const CATALOG_SERVICE_NAME: &str = "waybill.v1.CatalogService";
 
 /// What the Orders service needs to serve.
 #[derive(Debug, Clone)]
@@ -58,6 +63,8 @@ pub struct OrdersDeps {
     pub page_tokens: PageTokenKey,
     /// Where the service registers its Prometheus series (`waybill_orders_*`).
     pub metrics: waybill_service_kit::metrics::Metrics,
+    /// The catalog's rows, for `CatalogService`.
+    pub catalog: store::CatalogStore,
     /// How long a catalog entry read for an order is used for the next ones (see
     /// [`catalog::CatalogCache`]).
     pub catalog_cache: Duration,
@@ -69,6 +76,7 @@ impl OrdersDeps {
     pub fn new(db: &Database, region: impl Into<String>) -> Self {
         Self {
             store: store::for_database(db),
+            catalog: store::CatalogStore::new(db),
             feed: db.feed().clone(),
             clock: Arc::new(SystemClock),
             region: region.into(),
@@ -183,6 +191,19 @@ pub const DEFAULT_CATALOG_CACHE: Duration = Duration::from_secs(1);
 /// Largest request message Orders decodes.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
+/// Largest request message `CatalogService` decodes: an `UpsertCatalogItems` of 10,000 items
+/// with every field at its bound in 4-byte characters is about 9 MiB.
+pub const MAX_CATALOG_REQUEST_BYTES: usize = 12 * 1024 * 1024;
+
+/// The catalog service, for composing with others on one server.
+pub fn catalog_service(deps: &OrdersDeps) -> CatalogServiceServer<CatalogApi> {
+    CatalogServiceServer::new(CatalogApi::new(
+        deps.catalog.clone(),
+        deps.page_tokens.clone(),
+    ))
+    .max_decoding_message_size(MAX_CATALOG_REQUEST_BYTES)
+}
+
 /// Serves Orders (with health and reflection) on `listener` until `shutdown` is cancelled.
 pub async fn serve(
     listener: TcpListener,
@@ -194,12 +215,14 @@ pub async fn serve(
         rpc_metrics: Some(RpcMetrics::register(
             &deps.metrics,
             "waybill_orders",
-            &[SERVICE_NAME],
+            &[SERVICE_NAME, CATALOG_SERVICE_NAME],
         )),
         ..limits
     };
-    let routes = tonic::service::Routes::new(service(deps, shutdown.clone()));
-    waybill_service_kit::grpc::serve(listener, routes, &[SERVICE_NAME], &limits, shutdown)
+    let catalog = catalog_service(&deps);
+    let routes = tonic::service::Routes::new(service(deps, shutdown.clone())).add_service(catalog);
+    let names = [SERVICE_NAME, CATALOG_SERVICE_NAME];
+    waybill_service_kit::grpc::serve(listener, routes, &names, &limits, shutdown)
         .await
         .map_err(KitRunError::from)?;
     Ok(())

@@ -5,6 +5,7 @@
 //! | service | who may call |
 //! |---|---|
 //! | `waybill.v1.OrderService` | storefronts |
+//! | `waybill.v1.CatalogService` | `ListCatalogItems`: storefronts and operators; the rest: operators |
 //! | `waybill.v1.DispatchAdmin` | operators (each call is logged as an audit record) |
 //! | `waybill.v1.StatusIngest` | anyone at the transport level: partners authenticate with signed report tokens inside the call |
 //! | health, reflection | anyone |
@@ -54,8 +55,13 @@ pub fn access_for(path: &str) -> Access {
         // counters are for operators.
         return Access::Role(Role::Operator);
     }
+    if path == "/waybill.v1.CatalogService/ListCatalogItems" {
+        // Storefronts may see what they can sell; operators what they manage.
+        return Access::Authenticated;
+    }
     match service {
         "waybill.v1.OrderService" => Access::Role(Role::Storefront),
+        "waybill.v1.CatalogService" => Access::Role(Role::Operator),
         "waybill.v1.DispatchAdmin" => Access::Role(Role::Operator),
         "waybill.v1.StatusIngest"
         | "grpc.health.v1.Health"
@@ -264,6 +270,27 @@ mod tests {
             assert_eq!(status.code(), code, "{key:?}");
         }
         assert!(authorize(&c, &request(stats, Some("ops-key"))).is_ok());
+        let list = "/waybill.v1.CatalogService/ListCatalogItems";
+        for key in ["shop-key", "ops-key"] {
+            assert!(authorize(&c, &request(list, Some(key))).is_ok(), "{key}");
+        }
+        for change in ["UpsertCatalogItems", "RetireCatalogItems"] {
+            let path = format!("/waybill.v1.CatalogService/{change}");
+            assert!(authorize(&c, &request(&path, Some("ops-key"))).is_ok());
+            for (key, code) in [
+                (None, tonic::Code::Unauthenticated),
+                (Some("shop-key"), tonic::Code::PermissionDenied),
+            ] {
+                let status = authorize(&c, &request(&path, key)).expect_err(&path);
+                assert_eq!(status.code(), code, "{path} {key:?}");
+            }
+        }
+        assert_eq!(
+            authorize(&c, &request(list, None))
+                .expect_err("no key")
+                .code(),
+            tonic::Code::Unauthenticated
+        );
         for open in [
             "/grpc.health.v1.Health/Check",
             "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",

@@ -5,6 +5,7 @@
 //! - [`pricing`]: lines priced from the catalog, totals with overflow checks.
 //! - [`page_token`]: opaque cursors for `ListOrders`, authenticated with the server's key.
 
+pub mod catalog_rules;
 pub mod countries;
 pub mod model;
 pub mod page_token;

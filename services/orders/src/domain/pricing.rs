@@ -32,15 +32,21 @@ pub fn price(
     let mut currency: Option<&str> = None;
     let mut total: i64 = 0;
     for (index, line) in lines.iter().enumerate() {
-        let item = catalog
-            .get(&line.sku)
-            .filter(|item| item.active)
-            .ok_or_else(|| {
-                InvalidField::new(
-                    format!("lines[{index}].sku"),
-                    format!("{} is not in the catalog", quote(&line.sku)),
-                )
-            })?;
+        let item = catalog.get(&line.sku).ok_or_else(|| {
+            InvalidField::new(
+                format!("lines[{index}].sku"),
+                format!("{} is not in the catalog", quote(&line.sku)),
+            )
+        })?;
+        if !item.active {
+            return Err(InvalidField::new(
+                format!("lines[{index}].sku"),
+                format!(
+                    "{} is retired from the catalog and can no longer be ordered",
+                    quote(&line.sku)
+                ),
+            ));
+        }
         match currency {
             None => currency = Some(&item.currency_code),
             Some(first) if first != item.currency_code => {

@@ -181,12 +181,17 @@ pub fn customer_id(value: &str) -> Result<(), InvalidField> {
 
 /// `ListOrders`' page size: 0 for [`DEFAULT_PAGE_SIZE`], at most [`MAX_PAGE_SIZE`].
 pub fn page_size(size: u32) -> Result<u32, InvalidField> {
+    page_size_within(size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+}
+
+/// A `page_size` field: 0 for `default`, else at most `max`.
+pub fn page_size_within(size: u32, default: u32, max: u32) -> Result<u32, InvalidField> {
     match size {
-        0 => Ok(DEFAULT_PAGE_SIZE),
-        size if size <= MAX_PAGE_SIZE => Ok(size),
+        0 => Ok(default),
+        size if size <= max => Ok(size),
         size => Err(InvalidField::new(
             "page_size",
-            format!("must be 0 (default {DEFAULT_PAGE_SIZE}) to {MAX_PAGE_SIZE}, got {size}"),
+            format!("must be 0 (default {default}) to {max}, got {size}"),
         )),
     }
 }

@@ -7,6 +7,7 @@
 //! The placing transaction is the heart of the transactional outbox: the order, its lines, its
 //! `PLACED` event and its `PENDING` dispatch row are written together or not at all.
 
+mod catalog_admin;
 mod error;
 mod postgres;
 mod rows;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use waybill_service_kit::{db::Database, on_pool};
 
 pub use self::{
+    catalog_admin::{CatalogStore, ItemChange, RetireError},
     error::StoreError,
     sql::SqlOrderStore,
     traits::{OrderStore, Placement},

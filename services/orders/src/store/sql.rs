@@ -21,7 +21,7 @@ use crate::domain::{
     page_token::PageCursor,
 };
 
-const CATALOG_ITEMS: Statement = Statement {
+pub(super) const CATALOG_ITEMS: Statement = Statement {
     postgres: "SELECT sku, name, unit_price_minor, currency_code, active FROM catalog_items \
                WHERE sku = ANY($1)",
     sqlite: "SELECT sku, name, unit_price_minor, currency_code, active FROM catalog_items \
