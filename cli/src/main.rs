@@ -4,6 +4,7 @@
 //! telemetry and maps failures to exit codes.
 
 mod bench;
+mod catalog;
 mod demo;
 mod dev;
 mod health;
@@ -81,6 +82,9 @@ enum Command {
     /// Ask one listener's gRPC health service (for container health checks): exits 0 when
     /// SERVING.
     Health(health::HealthArgs),
+    /// The catalog PlaceOrder prices from: import a CSV or JSON-lines file, list it.
+    #[command(subcommand)]
+    Catalog(catalog::CatalogCommand),
 }
 
 fn main() -> ExitCode {
@@ -170,6 +174,11 @@ async fn run(command: Command) -> ExitCode {
         },
         Command::Keys(command) => token::run_keys(command),
         Command::Health(args) => health::run(args).await,
+        Command::Catalog(command) => match catalog::run(command).await {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::FAILURE,
+            Err(error) => Err(error),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
