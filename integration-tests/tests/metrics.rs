@@ -84,6 +84,10 @@ async fn each_service_and_the_connector_expose_their_series_after_real_traffic()
         2.0
     );
     assert!(orders.text.contains("waybill_orders_build_info{version="));
+    // The process's own series, once per registry.
+    assert!(orders.value("process_resident_memory_bytes") > 0.0);
+    assert!(orders.value("process_open_fds") > 0.0);
+    assert!(orders.value("process_start_time_seconds") > 1.7e9);
 
     let dispatcher = scrape(dispatcher_at).await;
     assert_eq!(dispatcher.value("waybill_dispatcher_sent_total"), 1.0);

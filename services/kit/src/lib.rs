@@ -39,6 +39,7 @@ pub use waybill_kafka_client::log as kafka_log;
 pub use waybill_kafka_client::settings as kafka;
 pub mod metrics;
 pub mod page_token;
+pub mod process_metrics;
 pub mod rpc_metrics;
 pub mod run;
 pub mod secrets;

@@ -39,10 +39,16 @@ type Refresher = Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
 
 /// A registry of series and the refreshers that run before each scrape. Cheap to clone; clones
 /// share the registry.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Mutex<Registry>>,
     refreshers: Arc<Mutex<Vec<Refresher>>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -52,9 +58,15 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    /// An empty registry.
+    /// A registry holding the process's own series (`process_*`, read from `/proc/self` at
+    /// each scrape) and nothing else yet.
     pub fn new() -> Self {
-        Self::default()
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(crate::process_metrics::ProcessCollector));
+        Self {
+            registry: Arc::new(Mutex::new(registry)),
+            refreshers: Arc::default(),
+        }
     }
 
     /// Registers series: `register` gets the registry under `prefix` (e.g. `waybill_dispatcher`;
