@@ -76,6 +76,15 @@ pub struct RelayMetrics {
     audit_pending: Gauge,
     /// Seconds since the next history event to publish was recorded, as last read.
     unpublished_event_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Per partner, seconds since the oldest order it has not confirmed was last sent.
+    oldest_unconfirmed_age: Family<PartnerLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+}
+
+/// The label of the per-partner gauges.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartnerLabel {
+    /// The partner id.
+    pub partner: String,
 }
 
 impl Default for RelayMetrics {
@@ -108,6 +117,7 @@ impl Default for RelayMetrics {
             oldest_due_age: Gauge::default(),
             audit_pending: Gauge::default(),
             unpublished_event_age: Gauge::default(),
+            oldest_unconfirmed_age: Family::default(),
         }
     }
 }
@@ -316,6 +326,12 @@ impl RelayMetrics {
             Unit::Seconds,
             self.unpublished_event_age.clone(),
         );
+        registry.register_with_unit(
+            "oldest_unconfirmed_age",
+            "Per partner: how long ago the oldest order it has not confirmed was sent (no series: none waiting)",
+            Unit::Seconds,
+            self.oldest_unconfirmed_age.clone(),
+        );
     }
 
     /// Sets the backlog gauges from a fresh read of the database. Every state is set (0 when it
@@ -342,6 +358,15 @@ impl RelayMetrics {
         self.audit_pending.set(backlog.audit_pending);
         self.unpublished_event_age
             .set(age(backlog.oldest_unpublished_at));
+        // Only the partners waiting now: one that caught up has no series rather than its last.
+        self.oldest_unconfirmed_age.clear();
+        for (partner, at) in &backlog.oldest_unconfirmed_by_partner {
+            self.oldest_unconfirmed_age
+                .get_or_create(&PartnerLabel {
+                    partner: partner.clone(),
+                })
+                .set(age(Some(*at)));
+        }
     }
 
     /// Records one message's produce latency.
@@ -429,6 +454,10 @@ mod tests {
                 oldest_due_at: Some(now - chrono::Duration::milliseconds(2500)),
                 audit_pending: 2,
                 oldest_unpublished_at: Some(now - chrono::Duration::milliseconds(1500)),
+                oldest_unconfirmed_by_partner: vec![(
+                    "acme".to_owned(),
+                    now - chrono::Duration::seconds(90),
+                )],
             },
             now,
         );
@@ -443,6 +472,7 @@ mod tests {
             "waybill_dispatcher_oldest_due_age_seconds 2.5",
             "waybill_dispatcher_audit_outbox_pending 2",
             "waybill_dispatcher_unpublished_event_age_seconds 1.5",
+            "waybill_dispatcher_oldest_unconfirmed_age_seconds{partner=\"acme\"} 90.0",
             "waybill_dispatcher_retries_total 2",
             "waybill_dispatcher_produce_latency_seconds_count 1",
         ] {
@@ -456,6 +486,10 @@ mod tests {
         assert!(
             text.contains("waybill_dispatcher_oldest_due_age_seconds 0.0\n"),
             "{text}"
+        );
+        assert!(
+            !text.contains("oldest_unconfirmed_age_seconds{"),
+            "a partner that caught up has no series: {text}"
         );
     }
 }

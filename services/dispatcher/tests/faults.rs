@@ -424,11 +424,13 @@ async fn a_producer_that_cannot_send_is_rebuilt_and_health_says_so(backend: Test
         || async { (relay_status().await == Some(ServingStatus::Serving)).then_some(()) },
     )
     .await;
-    eventually(Duration::from_secs(60), "every order sent", || async {
+    let backlog = eventually(Duration::from_secs(60), "every order sent", || async {
         let backlog = h.store.backlog(chrono::Utc::now()).await.unwrap();
-        (backlog.by_state == [(DispatchState::Sent, 3)]).then_some(())
+        (backlog.by_state == [(DispatchState::Sent, 3)]).then_some(backlog)
     })
     .await;
+    // Sent, not confirmed: the partner's oldest waiting order is in the backlog (its gauge).
+    assert_eq!(backlog.oldest_unconfirmed_by_partner.len(), 1, "{backlog:?}");
     shutdown.cancel();
     server.await.unwrap().unwrap();
 }

@@ -228,4 +228,7 @@ pub struct Backlog {
     pub audit_pending: i64,
     /// When the next history event to publish was recorded (none waiting: `None`).
     pub oldest_unpublished_at: Option<DateTime<Utc>>,
+    /// For each partner with orders sent and not confirmed (`SENT`): when the oldest of them
+    /// was last sent.
+    pub oldest_unconfirmed_by_partner: Vec<(String, DateTime<Utc>)>,
 }

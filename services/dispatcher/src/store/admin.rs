@@ -42,6 +42,12 @@ const COUNT_BY_STATE: &str = "SELECT state, count(*) AS rows FROM dispatch \
 const OLDEST_DUE: &str = "SELECT min(next_attempt_at) FROM dispatch \
                           WHERE state IN ('PENDING', 'RETRYING') AND next_attempt_at <= $1";
 const COUNT_AUDITS: &str = "SELECT count(*) FROM audit_outbox";
+/// Per partner, the oldest latest send of an order not confirmed yet (the `SENT` rows only:
+/// the orders in flight, served by `dispatch_by_state`).
+const OLDEST_UNCONFIRMED: &str = "SELECT partner_id, min(sent_at) FROM dispatch \
+                                  WHERE state = 'SENT' AND partner_id IS NOT NULL \
+                                    AND sent_at IS NOT NULL \
+                                  GROUP BY partner_id ORDER BY partner_id";
 /// When the next event to publish was recorded: on Postgres the first unpublished one after
 /// the cursor (an index probe), or one from before migration 0006; on SQLite the oldest
 /// unmarked one.
@@ -76,11 +82,12 @@ const ORDER_DESTINATION: &str = "SELECT ship_line1, ship_line2, ship_city, ship_
 #[async_trait]
 impl AdminStore for SqlDispatchStore {
     async fn backlog(&self, now: DateTime<Utc>) -> Result<Backlog, StoreError> {
-        let (counts, oldest, audit_pending, unpublished): (
+        let (counts, oldest, audit_pending, unpublished, unconfirmed): (
             Vec<StateCountRow>,
             Option<Instant>,
             i64,
             Option<Instant>,
+            Vec<(String, Instant)>,
         ) = on_pool!(&self.db, OLDEST_UNPUBLISHED, |pool, oldest_unpublished| {
             (
                 sqlx::query_as(COUNT_BY_STATE).fetch_all(pool).await?,
@@ -92,6 +99,7 @@ impl AdminStore for SqlDispatchStore {
                 sqlx::query_scalar(oldest_unpublished)
                     .fetch_one(pool)
                     .await?,
+                sqlx::query_as(OLDEST_UNCONFIRMED).fetch_all(pool).await?,
             )
         });
         Ok(Backlog {
@@ -99,6 +107,10 @@ impl AdminStore for SqlDispatchStore {
             oldest_due_at: oldest.map(Into::into),
             audit_pending,
             oldest_unpublished_at: unpublished.map(Into::into),
+            oldest_unconfirmed_by_partner: unconfirmed
+                .into_iter()
+                .map(|(partner, at)| (partner, at.into()))
+                .collect(),
         })
     }
 
