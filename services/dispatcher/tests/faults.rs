@@ -348,6 +348,21 @@ async fn a_producer_that_cannot_send_is_rebuilt_and_health_says_so(backend: Test
     let mut deps = DispatcherDeps::new(h.db.clone(), h.kafka(), settings).unwrap();
     deps.topic_creator = h.broker.topic_creator();
     deps.limits = ServerLimits::default();
+    let metrics = deps.metrics.clone();
+    let series = |name: &'static str| {
+        let metrics = metrics.clone();
+        async move {
+            let text = metrics.render().await.unwrap();
+            text.lines()
+                .find_map(|line| {
+                    line.strip_prefix(name)?
+                        .strip_prefix(' ')?
+                        .parse::<f64>()
+                        .ok()
+                })
+                .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+        }
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
@@ -402,6 +417,10 @@ async fn a_producer_that_cannot_send_is_rebuilt_and_health_says_so(backend: Test
     assert!(!stats.can_send);
     assert!(stats.failed_sends >= 3);
     assert!(!stats.last_send_error.is_empty());
+    // The same in the series an SRE alerts on.
+    assert_eq!(series("waybill_dispatcher_can_send").await, 0.0);
+    assert!(series("waybill_dispatcher_send_failures_total").await >= 3.0);
+    assert!(series("waybill_dispatcher_producer_rebuilds_total").await >= 1.0);
     let overall = health
         .clone()
         .check(tonic_health::pb::HealthCheckRequest {
@@ -430,7 +449,12 @@ async fn a_producer_that_cannot_send_is_rebuilt_and_health_says_so(backend: Test
     })
     .await;
     // Sent, not confirmed: the partner's oldest waiting order is in the backlog (its gauge).
-    assert_eq!(backlog.oldest_unconfirmed_by_partner.len(), 1, "{backlog:?}");
+    assert_eq!(
+        backlog.oldest_unconfirmed_by_partner.len(),
+        1,
+        "{backlog:?}"
+    );
+    assert_eq!(series("waybill_dispatcher_can_send").await, 1.0);
     shutdown.cancel();
     server.await.unwrap().unwrap();
 }
