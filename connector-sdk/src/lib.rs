@@ -5,6 +5,12 @@
 //! the status reports to the StatusIngest address each order carried, set bad records aside,
 //! commit offsets only when the work is safe.
 //!
+//! The wire details it meets for you — the topic, key and headers, the schema-version and
+//! correlation-id rules, the consumer group and where it starts, when offsets are committed,
+//! `ReportStatus` and every claim of its token, every refusal and what to do about it — are the
+//! partner contract, `docs/partners.md` in Waybill's repository, written for partners in any
+//! language; read it to know what the SDK promises on the wire, or to debug an exchange.
+//!
 //! # From nothing to a running adapter
 //!
 //! **1. A key.** Reports are signed with the partner's Ed25519 key (a JWT, `alg: EdDSA`):
