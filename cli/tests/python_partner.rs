@@ -12,6 +12,8 @@
 //! refusal of any kind.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/enrolment.rs"]
+mod enrolment;
 #[allow(dead_code)] // the process helpers this file does not use
 #[path = "common/processes.rs"]
 mod processes;
@@ -24,6 +26,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use enrolment::{add_key, enroll, order_request};
 use processes::{Loop, python_libraries};
 use sqlx::{Connection as _, Row as _, SqliteConnection};
 use uuid::Uuid;
@@ -165,30 +168,6 @@ async fn shipments(db: &Path) -> Option<Shipments> {
     })
 }
 
-fn order_request(key: &str) -> pb::PlaceOrderRequest {
-    pb::PlaceOrderRequest {
-        idempotency_key: key.to_owned(),
-        customer: Some(pb::Customer {
-            id: "python-partner".into(),
-            name: "Ada Lovelace".into(),
-            email: "ada@example.com".into(),
-            phone: String::new(),
-        }),
-        shipping_address: Some(pb::Address {
-            line1: "1 Hauptstrasse".into(),
-            line2: String::new(),
-            city: "Berlin".into(),
-            region: String::new(),
-            postal_code: "10115".into(),
-            country_code: COUNTRY.to_owned(),
-        }),
-        lines: vec![pb::LineItem {
-            sku: "MUG-001".into(),
-            quantity: 1,
-        }],
-    }
-}
-
 async fn place(
     orders: &mut OrderServiceClient<tonic::transport::Channel>,
     n: usize,
@@ -196,7 +175,7 @@ async fn place(
     let mut ids = Vec::new();
     for _ in 0..n {
         let reply = orders
-            .place_order(order_request(&Uuid::new_v4().to_string()))
+            .place_order(order_request(&Uuid::new_v4().to_string(), COUNTRY))
             .await
             .unwrap();
         ids.push(reply.into_inner().order.unwrap().id);
@@ -234,54 +213,9 @@ async fn the_python_reference_partner_ships_each_order_once_through_sigkills() {
     let mut admin = DispatchAdminClient::connect(format!("http://{dispatcher_addr}"))
         .await
         .unwrap();
-    admin
-        .enroll_partner(pb::EnrollPartnerRequest {
-            partner: Some(pb::Partner {
-                id: PARTNER.to_owned(),
-                display_name: "Python Express".to_owned(),
-                enabled: true,
-                handover_deadline: Some(prost_types::Duration {
-                    seconds: 600,
-                    nanos: 0,
-                }),
-                resend_budget: Some(3),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap();
-    admin
-        .set_route(pb::SetRouteRequest {
-            route: Some(pb::Route {
-                id: format!("{PARTNER}-{COUNTRY}"),
-                partner_id: PARTNER.to_owned(),
-                country_code: COUNTRY.to_owned(),
-                priority: 10,
-                enabled: true,
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap();
-    let seed: Vec<u8> = [Uuid::new_v4(), Uuid::new_v4()]
-        .iter()
-        .flat_map(|u| *u.as_bytes())
-        .collect();
-    let key = waybill_token::SigningKey::from_bytes(&seed.try_into().unwrap());
+    enroll(&mut admin, PARTNER, COUNTRY, Duration::from_secs(600), 3).await;
     let key_file = dir.join("pyexpress.pem");
-    std::fs::write(
-        &key_file,
-        waybill_token::keys::signing_key_to_pem(&key).unwrap(),
-    )
-    .unwrap();
-    admin
-        .add_partner_key(pb::AddPartnerKeyRequest {
-            partner_id: PARTNER.to_owned(),
-            key_id: "pyexpress-k1".to_owned(),
-            public_key: key.verifying_key().to_bytes().to_vec(),
-        })
-        .await
-        .unwrap();
+    let key_id = add_key(&mut admin, PARTNER, &key_file).await;
 
     let mut orders = OrderServiceClient::connect(format!("http://{orders_addr}"))
         .await
@@ -301,7 +235,7 @@ async fn the_python_reference_partner_ships_each_order_once_through_sigkills() {
                 "session.timeout.ms=6000".to_owned(),
             ),
             ("WAYBILL_PARTNER_KEY_FILE", key_file.display().to_string()),
-            ("WAYBILL_PARTNER_KEY_ID", "pyexpress-k1".to_owned()),
+            ("WAYBILL_PARTNER_KEY_ID", key_id.clone()),
             ("WAYBILL_TOKEN_AUDIENCE", AUDIENCE.to_owned()),
             ("WAYBILL_PARTNER_DB", db.display().to_string()),
             ("WAYBILL_SHIP_AFTER_MS", "500".to_owned()),

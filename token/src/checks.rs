@@ -181,7 +181,7 @@ where
     F: FnOnce(String, String) -> Fut,
     Fut: Future<Output = Result<EnrolledKey, E>>,
 {
-    let found = walk(
+    let found = explain_report(
         token,
         audience,
         now,
@@ -193,29 +193,12 @@ where
     found.ok_or_else(|| unreachable_unchecked_key().into())
 }
 
-/// `--explain`'s walk: the same checks in the same order, each reported to `observe` as it is
-/// made. `lookup` may answer `None` (no key given): the key and the signature are then not
-/// checked and the rest still is. `report` builds the request to compare from the claims (a
+/// `--explain`'s walk, and [`verify_report`]'s: the checks in order, each reported to `observe`
+/// as it is made. `lookup` may answer `None` (no key given): the key and the signature are then
+/// not checked and the rest still is. `report` builds the request to compare from the claims (a
 /// field not given compares equal). `Ok(None)`: every check made passed but the signature was
 /// not checked.
 pub async fn explain_report<E, F, Fut, O>(
-    token: &str,
-    audience: &str,
-    now: DateTime<Utc>,
-    lookup: F,
-    report: impl FnOnce(&ReportClaims) -> Result<Report, E>,
-    observe: &mut O,
-) -> Result<Option<VerifiedReport>, E>
-where
-    E: From<TokenError> + fmt::Display,
-    F: FnOnce(String, String) -> Fut,
-    Fut: Future<Output = Result<Option<EnrolledKey>, E>>,
-    O: FnMut(Step<'_>),
-{
-    walk(token, audience, now, lookup, report, observe).await
-}
-
-async fn walk<E, F, Fut, O>(
     token: &str,
     audience: &str,
     now: DateTime<Utc>,
