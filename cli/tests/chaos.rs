@@ -57,12 +57,7 @@ struct Plan {
 
 impl Plan {
     fn from_env() -> Self {
-        let var = |name: &str, default: u64| {
-            std::env::var(name)
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(default)
-        };
+        let var = common::processes::env_u64;
         Self {
             seconds: var("WAYBILL_CHAOS_SECONDS", 30),
             rate: var("WAYBILL_CHAOS_RATE", 40),

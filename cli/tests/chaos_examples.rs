@@ -61,12 +61,7 @@ struct Plan {
 
 impl Plan {
     fn from_env() -> Self {
-        let var = |name: &str, default: u64| {
-            std::env::var(name)
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(default)
-        };
+        let var = common::processes::env_u64;
         Self {
             seconds: var("WAYBILL_CHAOS_EXAMPLES_SECONDS", 24),
             rate: var("WAYBILL_CHAOS_EXAMPLES_RATE", 24),

@@ -254,3 +254,11 @@ pub fn python_libraries() -> bool {
         .status()
         .is_ok_and(|status| status.success())
 }
+
+/// The number in environment variable `name` (a test's shape set from outside), or `default`.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
