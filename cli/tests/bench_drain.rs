@@ -8,10 +8,8 @@
 use std::process::Command;
 
 use serde_json::Value;
-use waybill_service_kit::{
-    on_pool,
-    testing::{TestBackend, TestDatabase},
-};
+use waybill_service_kit::on_pool;
+use waybill_test_kit::{TestBackend, TestDatabase};
 
 const ORDERS: u64 = 600;
 

@@ -8,7 +8,7 @@
 use std::process::{Command, Output};
 
 use serde_json::Value;
-use waybill_service_kit::testing::{TestBackend, TestDatabase};
+use waybill_test_kit::{TestBackend, TestDatabase};
 
 /// The hops, in the order the bench reports them.
 const HOPS: [&str; 10] = [
@@ -158,7 +158,7 @@ async fn bench_e2e_on_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_e2e_with_each_service_a_process_of_its_own() {
     let db = TestDatabase::create(TestBackend::Postgres).await;
-    let broker = waybill_dispatcher::testing::TestBroker::tansu();
+    let broker = waybill_test_kit::broker::TestBroker::tansu();
     // `bench e2e --processes` on the test's database and broker, with `args`.
     let processes_run = |args: &'static [&'static str]| {
         let (url, brokers) = (db.url.clone(), broker.bootstrap_servers().to_owned());

@@ -9,10 +9,8 @@
 use std::process::Command;
 
 use serde_json::Value;
-use waybill_service_kit::{
-    on_pool,
-    testing::{TestBackend, TestDatabase},
-};
+use waybill_service_kit::on_pool;
+use waybill_test_kit::{TestBackend, TestDatabase};
 
 const REQUESTS: u64 = 200;
 /// `--warmup`: placed through gRPC before the measured requests.

@@ -14,11 +14,11 @@ use waybill_proto::v1::order_service_client::OrderServiceClient;
 use waybill_service_kit::{
     grpc::ServerLimits,
     security::{Credentials, ReloadableTls, ServerSecurity, auth::hash_api_key},
-    testing::{
-        TestBackend, TestDatabase,
-        fixtures::{OrderFixture, sample_order},
-        tls::TestPki,
-    },
+};
+use waybill_test_kit::{
+    TestBackend, TestDatabase,
+    fixtures::{OrderFixture, sample_order},
+    tls::TestPki,
 };
 
 const STOREFRONT_KEY: &str = "sf_import_3a9e1c";

@@ -38,11 +38,10 @@ use common::{
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
 use uuid::Uuid;
-use waybill_dispatcher::testing::TestBroker;
 use waybill_proto::v1::{
     dispatch_admin_client::DispatchAdminClient, order_service_client::OrderServiceClient,
 };
-use waybill_service_kit::testing::{TestBackend, TestDatabase};
+use waybill_test_kit::{TestBackend, TestDatabase, broker::TestBroker};
 
 const PARTNERS: [(&str, &str); 2] = [("alpha", "DE"), ("beta", "FR")];
 const TOPIC_PREFIX: &str = "chaos.partner.";
@@ -108,7 +107,7 @@ fn dispatcher_args(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_survive_killed_dispatchers_and_a_broker_that_loses_its_data() {
-    waybill_service_kit::require!(
+    waybill_test_kit::require!(
         std::env::var_os("WAYBILL_TANSU_BIN").is_some(),
         "WAYBILL_TANSU_BIN is not set (scripts/test.sh installs Tansu and sets it)"
     );

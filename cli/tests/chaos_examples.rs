@@ -36,11 +36,10 @@ use common::{
 };
 use sqlx::PgPool;
 use uuid::Uuid;
-use waybill_dispatcher::testing::TestBroker;
 use waybill_proto::v1::{
     dispatch_admin_client::DispatchAdminClient, order_service_client::OrderServiceClient,
 };
-use waybill_service_kit::testing::{TestBackend, TestDatabase};
+use waybill_test_kit::{TestBackend, TestDatabase, broker::TestBroker};
 
 const LOCAL: (&str, &str) = ("local-express", "DE");
 const FREIGHT: (&str, &str) = ("distance-freight", "FR");
@@ -144,7 +143,7 @@ fn done(journeys: &BTreeMap<Uuid, Journey>, id: &Uuid, partner: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn example_partners_ship_every_order_with_its_own_tracking_id_through_kills() {
-    waybill_service_kit::require!(
+    waybill_test_kit::require!(
         std::env::var_os("WAYBILL_TANSU_BIN").is_some(),
         "WAYBILL_TANSU_BIN is not set (scripts/test.sh installs Tansu and sets it)"
     );

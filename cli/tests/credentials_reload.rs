@@ -13,10 +13,8 @@ use std::{
 
 use tonic::{Code, Request, transport::Channel};
 use waybill_proto::v1::{GetOrderRequest, order_service_client::OrderServiceClient};
-use waybill_service_kit::{
-    security::auth::hash_api_key,
-    testing::{eventually, tls::write_private},
-};
+use waybill_service_kit::security::auth::hash_api_key;
+use waybill_test_kit::{eventually, tls::write_private};
 
 const WAIT: Duration = Duration::from_secs(60);
 

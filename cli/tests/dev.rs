@@ -15,7 +15,7 @@ use std::{
 };
 
 use waybill_proto::v1::{self as pb, OrderStatus, order_service_client::OrderServiceClient};
-use waybill_service_kit::testing::fixtures::sample_order;
+use waybill_test_kit::fixtures::sample_order;
 
 fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")

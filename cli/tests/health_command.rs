@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use waybill_service_kit::testing::tls::{TestPki, write_private};
+use waybill_test_kit::tls::{TestPki, write_private};
 
 struct Service(Child);
 

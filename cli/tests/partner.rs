@@ -15,7 +15,7 @@ use std::{
 use support::*;
 use waybill_integration_tests::AUDIENCE;
 use waybill_proto::v1::OrderStatus;
-use waybill_service_kit::testing::process::KilledOnDrop;
+use waybill_test_kit::process::KilledOnDrop;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn waybill_partner_runs_an_example_partner_as_its_own_process() {

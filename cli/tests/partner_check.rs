@@ -154,7 +154,7 @@ fn local_express_passes_every_scenario() {
 
 #[test]
 fn the_python_reference_partner_passes_every_scenario() {
-    waybill_service_kit::require!(
+    waybill_test_kit::require!(
         python_libraries(),
         "python3 with confluent_kafka, grpc, grpc_tools, jwt, protobuf and cryptography"
     );
@@ -190,7 +190,7 @@ fn defect_fails_exactly(defect: &str, fails: &[&str], promise: &str) {
 
 #[test]
 fn a_partner_that_is_not_idempotent_fails_the_redelivery_scenarios() {
-    waybill_service_kit::require!(python_libraries(), "python3 with the partner libraries");
+    waybill_test_kit::require!(python_libraries(), "python3 with the partner libraries");
     defect_fails_exactly(
         "not-idempotent",
         &[
@@ -204,7 +204,7 @@ fn a_partner_that_is_not_idempotent_fails_the_redelivery_scenarios() {
 
 #[test]
 fn a_partner_that_commits_before_reporting_fails_the_restart_scenarios() {
-    waybill_service_kit::require!(python_libraries(), "python3 with the partner libraries");
+    waybill_test_kit::require!(python_libraries(), "python3 with the partner libraries");
     defect_fails_exactly(
         "commit-first",
         &["restart-redelivery", "restart-during-outage"],
@@ -214,7 +214,7 @@ fn a_partner_that_commits_before_reporting_fails_the_restart_scenarios() {
 
 #[test]
 fn a_partner_that_ignores_the_reply_to_fails_the_second_region() {
-    waybill_service_kit::require!(python_libraries(), "python3 with the partner libraries");
+    waybill_test_kit::require!(python_libraries(), "python3 with the partner libraries");
     defect_fails_exactly(
         "ignore-reply-to",
         &["second-region"],
@@ -224,7 +224,7 @@ fn a_partner_that_ignores_the_reply_to_fails_the_second_region() {
 
 #[test]
 fn a_partner_that_loops_on_a_replay_refusal_fails_replay_refused() {
-    waybill_service_kit::require!(python_libraries(), "python3 with the partner libraries");
+    waybill_test_kit::require!(python_libraries(), "python3 with the partner libraries");
     defect_fails_exactly(
         "loop-on-replay",
         &["replay-refused"],

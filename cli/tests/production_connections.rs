@@ -10,8 +10,7 @@ use std::{
 };
 
 use processes::{free_addr, wait_serving};
-use waybill_dispatcher::testing::TestBroker;
-use waybill_service_kit::testing::tls::TestPki;
+use waybill_test_kit::{broker::TestBroker, tls::TestPki};
 
 #[allow(dead_code)] // the process helpers this file does not use
 #[path = "common/processes.rs"]
@@ -173,7 +172,7 @@ fn a_broker_certificate_from_the_wrong_ca_is_refused_and_said_so() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_service_stores_over_verified_tls_and_refuses_a_server_from_another_ca() {
-    use waybill_service_kit::testing::postgres_tls::TlsPostgres;
+    use waybill_test_kit::postgres_tls::TlsPostgres;
 
     let pki = TestPki::new();
     let server = TlsPostgres::start(&pki);

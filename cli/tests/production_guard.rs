@@ -34,7 +34,7 @@ fn production_commands_refuse_unprotected_public_listeners() {
     }
 
     // A TLS key others can read is refused, naming the fix and never printing the key.
-    let pki = waybill_service_kit::testing::tls::TestPki::new();
+    let pki = waybill_test_kit::tls::TestPki::new();
     let cert = pki.dir.join("server.pem");
     let key = dir.join("server.key");
     std::fs::write(&key, &pki.server.key).unwrap();

@@ -30,12 +30,11 @@ use enrolment::{add_key, enroll, order_request};
 use processes::{Loop, python_libraries};
 use sqlx::{Connection as _, Row as _, SqliteConnection};
 use uuid::Uuid;
-use waybill_dispatcher::testing::TestBroker;
 use waybill_proto::v1::{
     self as pb, OrderStatus, dispatch_admin_client::DispatchAdminClient,
     order_service_client::OrderServiceClient, status_ingest_client::StatusIngestClient,
 };
-use waybill_service_kit::testing::{TestBackend, TestDatabase};
+use waybill_test_kit::{TestBackend, TestDatabase, broker::TestBroker};
 
 const PARTNER: &str = "pyexpress";
 const COUNTRY: &str = "DE";
@@ -185,11 +184,11 @@ async fn place(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_reference_partner_ships_each_order_once_through_sigkills() {
-    waybill_service_kit::require!(
+    waybill_test_kit::require!(
         std::env::var_os("WAYBILL_TANSU_BIN").is_some(),
         "WAYBILL_TANSU_BIN is not set (scripts/test.sh installs Tansu and sets it)"
     );
-    waybill_service_kit::require!(
+    waybill_test_kit::require!(
         python_libraries(),
         "python3 with confluent-kafka, protobuf, grpcio, grpcio-tools and PyJWT[crypto] is \
          missing (scripts/test.sh installs them)"

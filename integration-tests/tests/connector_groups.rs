@@ -13,7 +13,7 @@ use support::*;
 use waybill_connector_sdk::{Connector, inbox::SqlInbox};
 use waybill_integration_tests::{AUDIENCE, TestStack};
 use waybill_proto::v1::OrderStatus;
-use waybill_service_kit::testing::{TestBackend, TestDatabase};
+use waybill_test_kit::{TestBackend, TestDatabase};
 
 const WITHIN: Duration = Duration::from_secs(40);
 

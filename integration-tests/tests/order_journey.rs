@@ -14,10 +14,8 @@ use waybill_proto::{
     time::from_timestamp,
     v1::{self as pb},
 };
-use waybill_service_kit::{
-    telemetry,
-    testing::fixtures::{OrderFixture as _, sample_order},
-};
+use waybill_service_kit::telemetry;
+use waybill_test_kit::fixtures::{OrderFixture as _, sample_order};
 
 /// The process-wide telemetry pipeline, as the `waybill` binary installs it, so spans carry
 /// trace ids across services.

@@ -9,11 +9,9 @@ use waybill_proto::{
     time::to_timestamp,
     v1::{self as pb, DispatchState, OrderStatus, status_ingest_client::StatusIngestClient},
 };
-use waybill_service_kit::{
-    grpc::ServerLimits,
-    testing::fixtures::{RouteFixture as _, sample_order, sample_partner, sample_route},
-};
+use waybill_service_kit::grpc::ServerLimits;
 use waybill_status_ingest::IngestDeps;
+use waybill_test_kit::fixtures::{RouteFixture as _, sample_order, sample_partner, sample_route};
 use waybill_token::{Report, ReportClaims, SigningKey, TokenSigner};
 
 const AUDIENCE: &str = "waybill-test";

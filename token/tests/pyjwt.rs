@@ -124,7 +124,7 @@ fn pyjwt_token(python: &str, key_pem: &str, claims: &serde_json::Value, variant:
 #[test]
 fn tokens_signed_by_pyjwt_are_accepted_and_its_forgeries_refused() {
     let python = python_with_pyjwt();
-    waybill_service_kit::require!(
+    waybill_test_kit::require!(
         python.is_some(),
         "python3 with PyJWT[crypto] is not available and pip cannot install it"
     );

@@ -15,8 +15,8 @@ use waybill_connector_sdk::{
 };
 use waybill_integration_tests::{AUDIENCE, TestStack};
 use waybill_proto::v1::{self as pb, OrderStatus};
-pub use waybill_service_kit::testing::eventually;
-use waybill_service_kit::testing::fixtures::{OrderFixture as _, sample_order};
+pub use waybill_test_kit::eventually;
+use waybill_test_kit::fixtures::{OrderFixture as _, sample_order};
 use waybill_token::SigningKey;
 
 /// The process-wide telemetry pipeline, as the `waybill` binary installs it (W3C trace

@@ -16,7 +16,8 @@
 //! - [`error`]: everything an admin call or a relay step can fail with, and its one mapping to
 //!   gRPC.
 //! - [`embedded`]: the in-process broker `waybill dev` and `waybill demo` use.
-//! - `testing` (feature `testing`): a Kafka-protocol test broker for tests.
+//!
+//! The test broker (the mock cluster or a Tansu process) is `waybill_test_kit::broker`.
 //!
 //! [`run`] starts the service from settings; [`serve`] is the seam tests and the all-in-one
 //! binary use (a bound listener and ready dependencies).
@@ -31,8 +32,6 @@ pub mod kafka;
 pub mod metrics;
 pub mod relay;
 pub mod store;
-#[cfg(feature = "testing")]
-pub mod testing;
 
 use std::{sync::Arc, time::Duration};
 

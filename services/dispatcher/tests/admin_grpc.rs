@@ -10,7 +10,7 @@ use tonic::{Code, transport::Channel};
 use waybill_proto::v1::{
     self, DispatchState, dispatch_admin_client::DispatchAdminClient, explain_route_request::Target,
 };
-use waybill_service_kit::testing::{TestBackend, eventually};
+use waybill_test_kit::{TestBackend, eventually};
 
 async fn client(addr: std::net::SocketAddr) -> DispatchAdminClient<Channel> {
     DispatchAdminClient::connect(format!("http://{addr}"))

@@ -10,7 +10,8 @@ use tonic::{Code, Status, transport::Channel};
 use waybill_proto::v1::{
     self, dispatch_admin_client::DispatchAdminClient, explain_route_request::Target,
 };
-use waybill_service_kit::{testing::TestBackend, text::MAX_MESSAGE_BYTES};
+use waybill_service_kit::text::MAX_MESSAGE_BYTES;
+use waybill_test_kit::TestBackend;
 
 fn assert_invalid(status: &Status, needle: &str, context: &str) {
     assert_eq!(

@@ -13,7 +13,7 @@ use std::{
 use common::Harness;
 use tonic::{Code, transport::Channel};
 use waybill_proto::v1::{self, dispatch_admin_client::DispatchAdminClient};
-use waybill_service_kit::testing::TestBackend;
+use waybill_test_kit::TestBackend;
 
 /// Every line the dispatcher logs in this test binary (the audit trail among them).
 fn logged() -> &'static Arc<Mutex<Vec<u8>>> {

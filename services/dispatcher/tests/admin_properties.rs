@@ -12,7 +12,8 @@ use tonic::{Code, Status, transport::Channel};
 use waybill_proto::v1::{
     self, dispatch_admin_client::DispatchAdminClient, explain_route_request::Target,
 };
-use waybill_service_kit::{testing::TestBackend, text::MAX_MESSAGE_BYTES};
+use waybill_service_kit::text::MAX_MESSAGE_BYTES;
+use waybill_test_kit::TestBackend;
 
 fn hostile_text() -> impl Strategy<Value = String> {
     prop_oneof![

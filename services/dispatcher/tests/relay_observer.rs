@@ -12,7 +12,7 @@ use common::Harness;
 use uuid::Uuid;
 use waybill_dispatcher::relay::{Observer, RelayObserver, RelayStep};
 use waybill_proto::v1::DispatchState;
-use waybill_service_kit::{on_both_backends, testing::TestBackend};
+use waybill_test_kit::{TestBackend, on_both_backends};
 
 on_both_backends!(the_observer_is_told_each_lease_and_each_acknowledged_produce);
 

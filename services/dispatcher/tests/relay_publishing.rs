@@ -18,14 +18,9 @@ use common::{
     fixture::{FixtureOrder, insert_orders},
 };
 use prost::Message;
-use waybill_dispatcher::{
-    kafka::producer::OrderProducer, metrics::RelayMetrics, relay::Relay, testing::ConsumedMessage,
-};
+use waybill_dispatcher::{kafka::producer::OrderProducer, metrics::RelayMetrics, relay::Relay};
 use waybill_proto::v1::{OrderEvent, OrderStatus};
-use waybill_service_kit::{
-    on_both_backends,
-    testing::{TestBackend, eventually},
-};
+use waybill_test_kit::{TestBackend, broker::ConsumedMessage, eventually, on_both_backends};
 
 on_both_backends!(
     events_of_many_walks_reach_the_topic_once_each_in_order,
@@ -125,7 +120,7 @@ async fn events_of_many_walks_reach_the_topic_once_each_in_order(backend: TestBa
 #[tokio::test]
 async fn a_failed_walk_is_published_again_and_the_acknowledged_walks_are_not() {
     let h = Arc::new(Harness::new(TestBackend::Postgres).await);
-    waybill_service_kit::require!(
+    waybill_test_kit::require!(
         h.broker.set_available(true),
         "this broker cannot be taken down (WAYBILL_TEST_BROKER=mock can)"
     );

@@ -13,7 +13,8 @@ use common::Harness;
 use uuid::Uuid;
 use waybill_dispatcher::store::Cleaned;
 use waybill_proto::v1::DispatchState;
-use waybill_service_kit::{db::Id, on_both_backends, on_pool, testing::TestBackend};
+use waybill_service_kit::{db::Id, on_pool};
+use waybill_test_kit::{TestBackend, on_both_backends};
 
 on_both_backends!(old_attempts_and_acknowledged_messages_go_and_the_rest_stays);
 

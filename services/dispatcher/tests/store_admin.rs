@@ -13,7 +13,7 @@ use waybill_dispatcher::{
     store::StoreError,
 };
 use waybill_proto::v1::DispatchState;
-use waybill_service_kit::{on_both_backends, testing::TestBackend};
+use waybill_test_kit::{TestBackend, on_both_backends};
 
 on_both_backends!(partners_keys_and_routes, dispatches_page_by_id);
 

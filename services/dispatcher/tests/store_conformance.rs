@@ -19,11 +19,8 @@ use waybill_dispatcher::{
     store::{AttemptLog, AuditCopy, BatchRecord, Fence, Lease, RowUpdate},
 };
 use waybill_proto::v1::{DispatchState, DispatchedOrder};
-use waybill_service_kit::{
-    db::Id,
-    on_both_backends, on_pool,
-    testing::{TestBackend, eventually},
-};
+use waybill_service_kit::{db::Id, on_pool};
+use waybill_test_kit::{TestBackend, eventually, on_both_backends};
 
 on_both_backends!(
     leases_only_due_unleased_rows,

@@ -26,7 +26,9 @@
 //!   once per change), re-exported for the services that speak Kafka.
 //! - [`shutdown`]: SIGINT/SIGTERM to a `CancellationToken`.
 //! - [`clock`]: the time source, controllable in tests.
-//! - `testing` (feature `testing`): throw-away databases for tests.
+//!
+//! Test helpers (throw-away databases, fixtures, a test PKI) are in the `waybill-test-kit`
+//! crate, a dev-dependency only.
 
 pub mod clock;
 pub mod config;
@@ -46,6 +48,4 @@ pub mod secrets;
 pub mod security;
 pub mod shutdown;
 pub mod telemetry;
-#[cfg(feature = "testing")]
-pub mod testing;
 pub mod text;

@@ -30,10 +30,10 @@ use tower::{Service, ServiceExt};
 use waybill_service_kit::{
     grpc::{ServerLimits, serve},
     security::{Credentials, ReloadableTls, ServerSecurity, auth::hash_api_key},
-    testing::{
-        eventually,
-        tls::{TestPki, write_private},
-    },
+};
+use waybill_test_kit::{
+    eventually,
+    tls::{TestPki, write_private},
 };
 
 const PROTECTED_CHECK: &str = "/waybill.test.Protected/Check";

@@ -11,10 +11,8 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 use tokio_util::sync::CancellationToken;
-use waybill_service_kit::{
-    db::{Backend, Database, PoolSettings},
-    testing::{TestBackend, TestDatabase, eventually, proxy::Proxy},
-};
+use waybill_service_kit::db::{Backend, Database, PoolSettings};
+use waybill_test_kit::{TestBackend, TestDatabase, eventually, proxy::Proxy};
 
 /// The test Postgres server's address and the test database's URL through `proxy`.
 fn through(proxy: &Proxy, database: &TestDatabase) -> String {

@@ -5,13 +5,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use tokio_util::sync::CancellationToken;
-use waybill_service_kit::{
-    db::{Database, DbError, PoolSettings},
-    testing::{
-        TestBackend, TestDatabase,
-        postgres_tls::{CERT_ROLE, TlsPostgres},
-        tls::TestPki,
-    },
+use waybill_service_kit::db::{Database, DbError, PoolSettings};
+use waybill_test_kit::{
+    TestBackend, TestDatabase,
+    postgres_tls::{CERT_ROLE, TlsPostgres},
+    tls::TestPki,
 };
 
 async fn connect(url: &str) -> Result<Database, DbError> {

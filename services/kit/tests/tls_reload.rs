@@ -7,8 +7,8 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use waybill_service_kit::{
     grpc::{ServerLimits, serve},
     security::{ReloadableTls, ServerSecurity},
-    testing::tls::{TestPki, write_private},
 };
+use waybill_test_kit::tls::{TestPki, write_private};
 
 async fn health(addr: std::net::SocketAddr, pki: &TestPki) -> Result<(), String> {
     let channel = Channel::from_shared(format!("https://{addr}"))

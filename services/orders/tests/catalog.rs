@@ -22,11 +22,11 @@ use waybill_proto::v1::{
 use waybill_service_kit::{
     grpc::ServerLimits,
     security::{Credentials, ReloadableTls, ServerSecurity},
-    testing::{
-        TestBackend, TestDatabase,
-        fixtures::{OrderFixture, sample_order},
-        tls::TestPki,
-    },
+};
+use waybill_test_kit::{
+    TestBackend, TestDatabase,
+    fixtures::{OrderFixture, sample_order},
+    tls::TestPki,
 };
 
 const STOREFRONT_KEY: &str = "sf_catalog_5d2e8a";

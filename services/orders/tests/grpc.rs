@@ -13,12 +13,10 @@ use tonic::{Code, transport::Channel};
 use uuid::Uuid;
 use waybill_orders::{OrdersDeps, serve};
 use waybill_proto::v1::{self as pb, order_service_client::OrderServiceClient};
-use waybill_service_kit::{
-    grpc::ServerLimits,
-    testing::{
-        TestBackend, eventually,
-        fixtures::{OrderFixture as _, sample_order},
-    },
+use waybill_service_kit::grpc::ServerLimits;
+use waybill_test_kit::{
+    TestBackend, eventually,
+    fixtures::{OrderFixture as _, sample_order},
 };
 
 struct Running {

@@ -13,12 +13,8 @@ use tonic::{Code, Status, transport::Channel};
 use uuid::Uuid;
 use waybill_orders::{OrdersDeps, serve};
 use waybill_proto::v1::{self as pb, order_service_client::OrderServiceClient};
-use waybill_service_kit::{
-    grpc::ServerLimits,
-    page_token::PageTokenKey,
-    testing::{TestBackend, fixtures::sample_order},
-    text::MAX_MESSAGE_BYTES,
-};
+use waybill_service_kit::{grpc::ServerLimits, page_token::PageTokenKey, text::MAX_MESSAGE_BYTES};
+use waybill_test_kit::{TestBackend, fixtures::sample_order};
 
 const BACKENDS: [TestBackend; 2] = [TestBackend::Postgres, TestBackend::Sqlite];
 

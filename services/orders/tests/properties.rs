@@ -20,9 +20,8 @@ use waybill_orders::{
     serve,
 };
 use waybill_proto::v1::{self as pb, order_service_client::OrderServiceClient};
-use waybill_service_kit::{
-    grpc::ServerLimits, page_token::PageTokenKey, testing::TestBackend, text::MAX_MESSAGE_BYTES,
-};
+use waybill_service_kit::{grpc::ServerLimits, page_token::PageTokenKey, text::MAX_MESSAGE_BYTES};
+use waybill_test_kit::TestBackend;
 
 /// Cases per property: `PROPTEST_CASES`, or a short run by default.
 fn cases(default: u32) -> u32 {

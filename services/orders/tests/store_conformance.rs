@@ -13,7 +13,8 @@ use waybill_orders::{
     store::{Placement, StoreError},
 };
 use waybill_proto::v1::OrderStatus;
-use waybill_service_kit::{db::Backend, on_both_backends, testing::TestBackend};
+use waybill_service_kit::db::Backend;
+use waybill_test_kit::{TestBackend, on_both_backends};
 
 on_both_backends!(
     place_writes_order_lines_event_and_dispatch_row,
@@ -303,7 +304,7 @@ async fn get_order_reads_the_row_and_its_history_in_one_snapshot() {
         .unwrap();
     let store = f.store.clone();
     let reading = tokio::spawn(async move { store.get_order(order.id).await });
-    waybill_service_kit::testing::eventually(
+    waybill_test_kit::eventually(
         std::time::Duration::from_secs(10),
         "GetOrder waiting for the history",
         || async {

@@ -9,11 +9,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::Request;
 use waybill_orders::{OrdersDeps, serve};
 use waybill_proto::v1::order_service_client::OrderServiceClient;
-use waybill_service_kit::{
-    grpc::ServerLimits,
-    telemetry,
-    testing::{TestBackend, fixtures::sample_order},
-};
+use waybill_service_kit::{grpc::ServerLimits, telemetry};
+use waybill_test_kit::{TestBackend, fixtures::sample_order};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_callers_trace_context_rides_in_the_dispatch_row() {

@@ -19,11 +19,11 @@ use common::{
 use tonic::Code;
 use uuid::Uuid;
 use waybill_proto::v1::OrderStatus;
-use waybill_service_kit::{on_both_backends, testing::TestBackend};
 use waybill_status_ingest::{
     domain::decision::status_after,
     store::{AuthenticatedReport, InBatch, ReportOutcome, SqlIngestStore, StoreError},
 };
+use waybill_test_kit::{TestBackend, on_both_backends};
 
 on_both_backends!(
     one_batch_answers_each_report_as_if_alone,

@@ -13,11 +13,9 @@ use common::{World, start};
 use sqlx::Connection;
 use uuid::Uuid;
 use waybill_proto::v1::OrderStatus;
-use waybill_service_kit::{
-    db::Backend,
-    testing::{TestBackend, eventually},
-};
+use waybill_service_kit::db::Backend;
 use waybill_status_ingest::store::{AuthenticatedReport, ReportOutcome};
+use waybill_test_kit::{TestBackend, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_report_waits_behind_the_relay_without_holding_the_order() {

@@ -11,8 +11,8 @@ use common::{World, start};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use waybill_proto::v1::OrderStatus;
-use waybill_service_kit::testing::{TestBackend, eventually};
 use waybill_status_ingest::store::AuthenticatedReport;
+use waybill_test_kit::{TestBackend, eventually};
 
 async fn expired_token_ids_are_forgotten(backend: TestBackend) {
     let world = World::new(backend).await;

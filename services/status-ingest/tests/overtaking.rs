@@ -15,7 +15,8 @@ use common::{
 };
 use tonic::Code;
 use waybill_proto::{headers::RETRY_AFTER_MS, v1::OrderStatus};
-use waybill_service_kit::{db::Backend, testing::TestBackend};
+use waybill_service_kit::db::Backend;
+use waybill_test_kit::TestBackend;
 
 /// The order's history: placed, sent by the relay, then the partner's receipt, in that order.
 async fn assert_sent_then_received(world: &common::World, order: uuid::Uuid) {

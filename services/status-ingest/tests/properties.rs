@@ -22,7 +22,8 @@ use waybill_proto::{
     time::to_timestamp,
     v1::{OrderStatus, ReportStatusRequest},
 };
-use waybill_service_kit::{testing::TestBackend, text::MAX_MESSAGE_BYTES};
+use waybill_service_kit::text::MAX_MESSAGE_BYTES;
+use waybill_test_kit::TestBackend;
 use waybill_token::{Report, ReportClaims};
 
 /// Text as an attacker sends it: ordinary, control characters (NUL most of all), odd Unicode,

@@ -16,7 +16,7 @@ use serde_json::json;
 use tonic::Code;
 use uuid::Uuid;
 use waybill_proto::v1::{OrderStatus, ReportStatusRequest};
-use waybill_service_kit::{on_both_backends, testing::TestBackend};
+use waybill_test_kit::{TestBackend, on_both_backends};
 use waybill_token::{Report, ReportClaims, SigningKey, TokenSigner};
 
 on_both_backends!(

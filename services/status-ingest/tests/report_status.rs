@@ -17,8 +17,9 @@ use waybill_proto::{
     time::to_timestamp,
     v1::{self as pb, OrderStatus, order_service_client::OrderServiceClient},
 };
-use waybill_service_kit::{grpc::ServerLimits, on_both_backends, testing::TestBackend};
+use waybill_service_kit::grpc::ServerLimits;
 use waybill_status_ingest::IngestDeps;
+use waybill_test_kit::{TestBackend, on_both_backends};
 use waybill_token::Report;
 
 on_both_backends!(

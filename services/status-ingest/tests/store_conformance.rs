@@ -8,8 +8,8 @@ use chrono::Duration;
 use common::{World, start};
 use uuid::Uuid;
 use waybill_proto::v1::OrderStatus;
-use waybill_service_kit::{on_both_backends, testing::TestBackend};
 use waybill_status_ingest::store::{AuthenticatedReport, ReportOutcome};
+use waybill_test_kit::{TestBackend, on_both_backends};
 
 on_both_backends!(
     an_accepted_report_lands_on_the_order_and_acknowledges_the_handover,

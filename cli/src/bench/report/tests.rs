@@ -3,7 +3,8 @@
 //! other (percentiles in order, the ratio is one rate over the other). Timing is never asserted.
 #![allow(clippy::unwrap_used)]
 
-use waybill_service_kit::{on_both_backends, on_pool, testing::TestBackend, testing::TestDatabase};
+use waybill_service_kit::on_pool;
+use waybill_test_kit::{TestBackend, TestDatabase, on_both_backends};
 
 use super::measure::{BenchOptions, report_bench};
 

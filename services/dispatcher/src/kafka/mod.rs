@@ -6,7 +6,7 @@
 //! - [`messages`]: the records: partner copy, audit copy and order event, with their headers.
 //! - [`TopicCreator`]: creates a partner's topic on enrolment. [`AdminTopicCreator`] uses the
 //!   Kafka Admin API; brokers without one (librdkafka's mock cluster) get their own
-//!   implementation (see the `testing` module).
+//!   implementation ([`crate::embedded::MockTopicCreator`]).
 //! - [`progress`]: asks how far a partner's consumer group has read its topic (members,
 //!   committed offsets, watermarks), for the handover deadline. Its client has the group's id
 //!   but never subscribes: the dispatcher reads no topic and commits nothing.

@@ -20,13 +20,12 @@ use waybill_dispatcher::{
     metrics::RelayMetrics,
     relay::Relay,
     store::{DispatchStore, EventBatch, for_database},
-    testing::TestBroker,
 };
 use waybill_service_kit::{
     clock::{ManualClock, SharedClock, SystemClock},
     db::Database,
-    testing::{TestBackend, TestDatabase, eventually},
 };
+use waybill_test_kit::{TestBackend, TestDatabase, broker::TestBroker, eventually};
 
 pub struct Harness {
     pub test_db: TestDatabase,

@@ -11,10 +11,8 @@ use waybill_orders::{
     store::{self, OrderStore},
 };
 use waybill_proto::v1 as pb;
-use waybill_service_kit::{
-    db::{Backend, Change, Database},
-    testing::{TestBackend, TestDatabase},
-};
+use waybill_service_kit::db::{Backend, Change, Database};
+use waybill_test_kit::{TestBackend, TestDatabase};
 
 /// A migrated, seeded database and its order store.
 pub struct Fixture {

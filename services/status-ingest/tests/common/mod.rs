@@ -13,13 +13,13 @@ use uuid::Uuid;
 use waybill_service_kit::{
     clock::ManualClock,
     db::{Backend, Database, from_unix_micros, to_unix_micros},
-    testing::{TestBackend, TestDatabase},
 };
 use waybill_status_ingest::{
     IngestDeps,
     metrics::IngestMetrics,
     store::{self, IngestStore},
 };
+use waybill_test_kit::{TestBackend, TestDatabase};
 use waybill_token::{Report, ReportClaims, SigningKey, TokenSigner};
 
 /// The audience the test service accepts.

@@ -15,8 +15,9 @@ use waybill_proto::{
         status_ingest_client::StatusIngestClient,
     },
 };
-use waybill_service_kit::{grpc::ServerLimits, testing::TestBackend};
+use waybill_service_kit::grpc::ServerLimits;
 use waybill_status_ingest::IngestDeps;
+use waybill_test_kit::TestBackend;
 use waybill_token::{Report, ReportClaims, SigningKey, TokenSigner};
 
 use super::{World, signer};

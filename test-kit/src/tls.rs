@@ -11,7 +11,7 @@ use rcgen::{
 use sha2::{Digest, Sha256};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
-use crate::security::{ClientCerts, TlsFiles};
+use waybill_service_kit::security::{ClientCerts, TlsFiles};
 
 /// A certificate and its private key, PEM.
 #[derive(Debug, Clone)]

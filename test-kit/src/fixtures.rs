@@ -6,7 +6,7 @@
 //! and its keys through any dispatcher's admin API (in-process or a process of its own).
 //!
 //! ```
-//! use waybill_service_kit::testing::fixtures::{OrderFixture as _, sample_order};
+//! use waybill_test_kit::fixtures::{OrderFixture as _, sample_order};
 //! let order = sample_order("k1", "GB").with_lines(&[("MUG-001", 3), ("LAMP-DESK", 1)]);
 //! assert_eq!(order.lines.len(), 2);
 //! assert_eq!(order.shipping_address.unwrap().country_code, "GB");

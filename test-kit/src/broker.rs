@@ -1,5 +1,5 @@
-//! A Kafka-protocol broker for tests (feature `testing`), shared with the integration-tests
-//! crate. One helper, [`TestBroker::start`], picks the broker from `WAYBILL_TEST_BROKER`:
+//! A Kafka-protocol broker for tests, shared by the services' tests, the integration-tests
+//! crate and the command's tests. One helper, [`TestBroker::start`], picks the broker from `WAYBILL_TEST_BROKER`:
 //!
 //! - `mock` (default): librdkafka's in-process mock cluster. Nothing to install; can take the
 //!   broker down and up for outage tests. It has no Admin API, so topics are created through
@@ -28,12 +28,12 @@ use rdkafka::{
     message::Headers,
 };
 
-use waybill_service_kit::testing::{proxy::Proxy, tls::TestPki};
-
-use crate::{
+use waybill_dispatcher::{
     embedded::EmbeddedBroker,
     kafka::{AdminTopicCreator, KafkaSettings, TopicCreator},
 };
+
+use crate::{proxy::Proxy, tls::TestPki};
 
 /// Which broker a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

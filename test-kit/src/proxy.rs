@@ -24,7 +24,7 @@ use tokio::{
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::security::{TlsFiles, tls::server_config};
+use waybill_service_kit::security::{TlsFiles, tls::server_config};
 
 /// See the module docs. Stops (and drops every connection) when dropped.
 #[derive(Debug)]

@@ -1,8 +1,15 @@
-//! Throw-away databases for tests: each test gets its own Postgres database (created from
-//! `WAYBILL_TEST_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`) or its
-//! own SQLite file, dropped when the handle is dropped, so tests run in parallel without
-//! interfering.
+//! What the workspace's tests share (crate `waybill-test-kit`, a dev-dependency only, never
+//! published): throw-away databases on either backend ([`TestDatabase`], one test suite on both
+//! with [`on_both_backends!`]), [`eventually`] for waiting on an effect, the sample data
+//! ([`fixtures`]), a test PKI ([`tls`]), Postgres over TLS ([`postgres_tls`]), a TCP/TLS proxy
+//! ([`proxy`]), child processes stopped by construction ([`process`]), skips that fail under
+//! `WAYBILL_REQUIRE_ALL=1` ([`require!`]), and a Kafka-protocol test broker ([`broker`]).
+//!
+//! Each test gets its own Postgres database (created from `WAYBILL_TEST_POSTGRES_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/postgres`) or its own SQLite file, dropped when the
+//! handle is dropped, so tests run in parallel without interfering.
 
+pub mod broker;
 pub mod fixtures;
 pub mod postgres_tls;
 pub mod process;
@@ -16,7 +23,7 @@ use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::db::{Database, PoolSettings};
+use waybill_service_kit::db::{Database, PoolSettings};
 
 /// The Postgres server tests use, as an admin URL to its maintenance database.
 pub fn postgres_admin_url() -> String {
@@ -151,13 +158,13 @@ macro_rules! on_both_backends {
         mod postgres {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
-                super::$name($crate::testing::TestBackend::Postgres).await;
+                super::$name($crate::TestBackend::Postgres).await;
             })*
         }
         mod sqlite {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
-                super::$name($crate::testing::TestBackend::Sqlite).await;
+                super::$name($crate::TestBackend::Sqlite).await;
             })*
         }
     };

@@ -33,7 +33,7 @@ pub fn missing(test: &str, why: &str) {
 macro_rules! require {
     ($available:expr, $($why:tt)+) => {
         if !$available {
-            $crate::testing::require::missing(module_path!(), &format!($($why)+));
+            $crate::require::missing(module_path!(), &format!($($why)+));
             return;
         }
     };
