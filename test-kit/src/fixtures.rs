@@ -187,7 +187,10 @@ pub async fn enroll_partner(admin: &mut DispatchAdminClient<Channel>, partner: p
 pub async fn set_route(admin: &mut DispatchAdminClient<Channel>, route: pb::Route) {
     let id = route.id.clone();
     admin
-        .set_route(pb::SetRouteRequest { route: Some(route) })
+        .set_route(pb::SetRouteRequest {
+            route: Some(route),
+            ..pb::SetRouteRequest::default()
+        })
         .await
         .unwrap_or_else(|status| panic!("set route {id}: {status}"));
 }

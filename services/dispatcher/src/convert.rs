@@ -2,10 +2,12 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use waybill_proto::{time::to_timestamp, v1};
 
 use crate::domain::{
     model::{AttemptRecord, DispatchRecord, PartnerKeyRecord, PartnerRecord, RouteRecord, ShipTo},
+    route_change::RoutingImpact,
     routing::{Explanation, Verdict},
 };
 
@@ -29,6 +31,7 @@ pub fn partner(record: PartnerRecord) -> v1::Partner {
         resend_budget: Some(record.resend_budget),
         topic: record.topic,
         created_at: Some(to_timestamp(record.created_at)),
+        impact: None,
     }
 }
 
@@ -42,6 +45,36 @@ pub fn route(record: RouteRecord) -> v1::Route {
         postal_prefix: record.postal_prefix,
         priority: record.priority,
         enabled: record.enabled,
+        impact: None,
+    }
+}
+
+/// A routing change's impact as operators see it: weighed over the orders created since
+/// `since`; `partial` when only the busiest destinations were; `applied` when the change was
+/// made.
+pub fn impact(
+    impact: &RoutingImpact,
+    since: DateTime<Utc>,
+    partial: bool,
+    applied: bool,
+) -> v1::RoutingImpact {
+    v1::RoutingImpact {
+        applied,
+        countries_left_without_route: impact.countries_left_without_route.clone(),
+        since: Some(to_timestamp(since)),
+        orders_considered: impact.orders_considered,
+        orders_rerouted: impact.orders_rerouted,
+        orders_unroutable: impact.orders_unroutable,
+        shifts: impact
+            .shifts
+            .iter()
+            .map(|shift| v1::PartnerShift {
+                from_partner_id: shift.from.clone().unwrap_or_default(),
+                to_partner_id: shift.to.clone().unwrap_or_default(),
+                orders: shift.orders,
+            })
+            .collect(),
+        partial,
     }
 }
 
@@ -53,6 +86,7 @@ pub fn key(record: PartnerKeyRecord) -> v1::PartnerKey {
         public_key: record.public_key,
         created_at: Some(to_timestamp(record.created_at)),
         revoked_at: record.revoked_at.map(to_timestamp),
+        last_used_at: record.last_used_at.map(to_timestamp),
     }
 }
 

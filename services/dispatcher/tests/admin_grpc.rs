@@ -158,12 +158,14 @@ async fn partners_keys_routes_and_explain(backend: TestBackend) {
     admin
         .set_route(v1::SetRouteRequest {
             route: Some(route("de", "acme", "de", 5)),
+            ..Default::default()
         })
         .await
         .unwrap();
     let ghost = admin
         .set_route(v1::SetRouteRequest {
             route: Some(route("fr", "ghost", "FR", 1)),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -172,6 +174,7 @@ async fn partners_keys_routes_and_explain(backend: TestBackend) {
     let bad_country = admin
         .set_route(v1::SetRouteRequest {
             route: Some(route("x", "acme", "DEU", 1)),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -222,12 +225,14 @@ async fn partners_keys_routes_and_explain(backend: TestBackend) {
     admin
         .delete_route(v1::DeleteRouteRequest {
             route_id: "de".into(),
+            ..Default::default()
         })
         .await
         .unwrap();
     let gone = admin
         .delete_route(v1::DeleteRouteRequest {
             route_id: "de".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -235,6 +240,7 @@ async fn partners_keys_routes_and_explain(backend: TestBackend) {
     let disabled = admin
         .disable_partner(v1::DisablePartnerRequest {
             partner_id: "acme".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -243,6 +249,7 @@ async fn partners_keys_routes_and_explain(backend: TestBackend) {
     let bad_id = admin
         .disable_partner(v1::DisablePartnerRequest {
             partner_id: "Acme!".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -338,6 +345,7 @@ async fn dispatches_list_page_get_retry_and_stats() {
         .retry_dispatches(v1::RetryDispatchesRequest {
             order_ids: vec![unroutable[0].to_string(), sent.to_string()],
             filter: None,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -350,6 +358,7 @@ async fn dispatches_list_page_get_retry_and_stats() {
         .retry_dispatches(v1::RetryDispatchesRequest {
             order_ids: vec![],
             filter: Some(v1::DispatchFilter::default()),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -361,6 +370,7 @@ async fn dispatches_list_page_get_retry_and_stats() {
         .retry_dispatches(v1::RetryDispatchesRequest {
             order_ids: vec![],
             filter: Some(filter),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -122,7 +122,10 @@ async fn hostile_admin_input_is_invalid_argument_on_both_backends() {
             ),
         ] {
             let status = admin
-                .set_route(v1::SetRouteRequest { route: Some(route) })
+                .set_route(v1::SetRouteRequest {
+                    route: Some(route),
+                    ..Default::default()
+                })
                 .await
                 .unwrap_err();
             assert_invalid(&status, needle, &ctx(needle));
@@ -161,6 +164,7 @@ async fn hostile_admin_input_is_invalid_argument_on_both_backends() {
         let status = admin
             .disable_partner(v1::DisablePartnerRequest {
                 partner_id: "ac\0me".into(),
+                ..Default::default()
             })
             .await
             .unwrap_err();

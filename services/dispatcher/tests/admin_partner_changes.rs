@@ -100,6 +100,7 @@ async fn partner_changes(backend: TestBackend, id: &str) {
     admin
         .disable_partner(v1::DisablePartnerRequest {
             partner_id: id.into(),
+            ..Default::default()
         })
         .await
         .unwrap();

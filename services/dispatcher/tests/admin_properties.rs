@@ -72,6 +72,7 @@ async fn exercise(admin: &mut DispatchAdminClient<Channel>, t: &[String], n: i32
                     vec![]
                 },
                 filter,
+                ..Default::default()
             })
             .await
             .map(|_| ()),
@@ -100,7 +101,9 @@ async fn exercise(admin: &mut DispatchAdminClient<Channel>, t: &[String], n: i32
                     postal_prefix: t[8].clone(),
                     priority: n,
                     enabled: n % 3 == 0,
+                    ..Default::default()
                 }),
+                ..Default::default()
             })
             .await
             .map(|_| ()),
@@ -151,6 +154,7 @@ async fn exercise(admin: &mut DispatchAdminClient<Channel>, t: &[String], n: i32
         admin
             .disable_partner(v1::DisablePartnerRequest {
                 partner_id: t[3].clone(),
+                ..Default::default()
             })
             .await
             .map(|_| ()),
@@ -159,6 +163,7 @@ async fn exercise(admin: &mut DispatchAdminClient<Channel>, t: &[String], n: i32
         admin
             .delete_route(v1::DeleteRouteRequest {
                 route_id: t[5].clone(),
+                ..Default::default()
             })
             .await
             .map(|_| ()),

@@ -93,6 +93,7 @@ async fn dispatch_admin_is_for_operators_only() {
             .disable_partner(authed(
                 v1::DisablePartnerRequest {
                     partner_id: "acme".into(),
+                    ..Default::default()
                 },
                 key,
             ))

@@ -63,6 +63,7 @@ async fn partners_keys_and_routes(backend: TestBackend) {
         public_key: vec![1; 32],
         created_at: h.clock_now(),
         revoked_at: None,
+        last_used_at: None,
     };
     h.store.add_key(&key).await.unwrap();
     assert!(matches!(

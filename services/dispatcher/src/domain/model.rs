@@ -121,6 +121,9 @@ pub struct PartnerKeyRecord {
     pub created_at: DateTime<Utc>,
     /// When it was revoked, if it was.
     pub revoked_at: Option<DateTime<Utc>>,
+    /// When StatusIngest last accepted a report signed with it (kept at most a minute
+    /// behind); `None`: never.
+    pub last_used_at: Option<DateTime<Utc>>,
 }
 
 /// A dispatch row as operators see it.

@@ -14,7 +14,10 @@ use waybill_proto::v1::{self, DispatchState};
 pub use waybill_service_kit::text::InvalidField;
 use waybill_service_kit::text::{TextKind, check_text, is_partner_id, quote};
 
-use crate::domain::model::DispatchFilter;
+use crate::domain::{
+    cycle::replay::{DEFAULT_MAX_ORDERS, MAX_ORDERS_CEILING, ReplayBounds, max_spread},
+    model::DispatchFilter,
+};
 
 /// Most order ids one `RetryDispatches` may name.
 pub const MAX_RETRY_IDS: usize = 1_000;
@@ -180,6 +183,52 @@ pub fn retry_selection(
         .map(RetrySelection::Orders)
 }
 
+/// A `RetryDispatches`' cap and spread: `max_orders` 1 to [`MAX_ORDERS_CEILING`] (unset:
+/// [`DEFAULT_MAX_ORDERS`]), `spread` zero to [`max_spread`] (unset: zero). Named order ids must
+/// fit under the cap (a request naming more is refused, not cut: which ones to leave out is
+/// the operator's call); a filter matching more is truncated, and the answer says so.
+pub fn replay_bounds(
+    max_orders: Option<i32>,
+    spread: Option<prost_types::Duration>,
+    named_orders: usize,
+) -> Result<ReplayBounds, InvalidField> {
+    let max_orders = match max_orders {
+        None => DEFAULT_MAX_ORDERS,
+        Some(n) => u32::try_from(n)
+            .ok()
+            .filter(|n| (1..=MAX_ORDERS_CEILING).contains(n))
+            .ok_or_else(|| {
+                InvalidField::new(
+                    "max_orders",
+                    format!("must be between 1 and {MAX_ORDERS_CEILING}, got {n}"),
+                )
+            })?,
+    };
+    if named_orders > max_orders as usize {
+        return Err(InvalidField::new(
+            "order_ids",
+            format!(
+                "names {named_orders} orders, more than max_orders ({max_orders}): name fewer, \
+                 or raise max_orders"
+            ),
+        ));
+    }
+    let spread = match spread {
+        None => chrono::Duration::zero(),
+        Some(d) if d.seconds < 0 || d.nanos < 0 => {
+            return Err(InvalidField::new("spread", "must not be negative"));
+        }
+        Some(d) => {
+            chrono::Duration::seconds(d.seconds.min(i64::from(u32::MAX)))
+                + chrono::Duration::nanoseconds(i64::from(d.nanos))
+        }
+    };
+    if spread > max_spread() {
+        return Err(InvalidField::new("spread", "must be at most 24h"));
+    }
+    Ok(ReplayBounds { max_orders, spread })
+}
+
 /// `PENDING, DEAD, …`: states as an operator writes them.
 pub fn state_names(states: &[DispatchState]) -> String {
     states
@@ -333,6 +382,37 @@ mod tests {
         )
         .expect_err("too many");
         assert_eq!(error.field, "order_ids");
+    }
+
+    #[test]
+    fn a_replay_is_capped_and_spread_within_bounds() {
+        let secs = |seconds| Some(prost_types::Duration { seconds, nanos: 0 });
+        assert_eq!(replay_bounds(None, None, 0), Ok(ReplayBounds::default()));
+        assert_eq!(
+            replay_bounds(Some(10), secs(600), 10),
+            Ok(ReplayBounds {
+                max_orders: 10,
+                spread: chrono::Duration::minutes(10)
+            })
+        );
+        for (cap, spread, named, field) in [
+            (Some(-1), None, 0, "max_orders"),
+            (Some(0), None, 0, "max_orders"),
+            (Some(10_001), None, 0, "max_orders"),
+            (Some(2), None, 3, "order_ids"),
+            (None, None, 1_001, "order_ids"),
+            (None, secs(-1), 0, "spread"),
+            (None, secs(86_401), 0, "spread"),
+        ] {
+            let error = replay_bounds(cap, spread, named).expect_err(field);
+            assert_eq!(error.field, field, "{error}");
+        }
+        assert_eq!(
+            replay_bounds(Some(-5), None, 0)
+                .expect_err("negative")
+                .to_string(),
+            "max_orders: must be between 1 and 10000, got -5"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! equals the address's region ignoring case, and the address's postal code starts with its
 //! prefix (if set) ignoring case and spaces.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use super::model::{PartnerRecord, RouteRecord, ShipTo};
 
@@ -121,7 +121,29 @@ impl RoutingTable {
         Explanation { chosen, verdicts }
     }
 
-    fn check(&self, route: &RouteRecord, ship_to: &ShipTo) -> Result<&PartnerRecord, String> {
+    /// Every partner, in no particular order.
+    pub fn partners(&self) -> impl Iterator<Item = &PartnerRecord> {
+        self.partners.values()
+    }
+
+    /// Every route, in weighing order.
+    pub fn routes(&self) -> &[RouteRecord] {
+        &self.routes
+    }
+
+    /// The countries at least one route can carry orders to (the route and its partner
+    /// enabled), by code: a country missing here makes every order to it unroutable.
+    pub fn countries_served(&self) -> BTreeSet<String> {
+        self.routes
+            .iter()
+            .filter(|route| self.usable(route).is_ok())
+            .map(|route| route.country_code.to_ascii_uppercase())
+            .collect()
+    }
+
+    /// The route's partner when the route can match anything at all: the route enabled, its
+    /// partner known and enabled.
+    fn usable(&self, route: &RouteRecord) -> Result<&PartnerRecord, String> {
         if !route.enabled {
             return Err("route disabled".to_owned());
         }
@@ -132,6 +154,11 @@ impl RoutingTable {
         if !partner.enabled {
             return Err(format!("partner {} disabled", partner.id));
         }
+        Ok(partner)
+    }
+
+    fn check(&self, route: &RouteRecord, ship_to: &ShipTo) -> Result<&PartnerRecord, String> {
+        let partner = self.usable(route)?;
         if !route
             .country_code
             .eq_ignore_ascii_case(ship_to.country_code.trim())
@@ -315,6 +342,25 @@ mod tests {
                 "route disabled",
                 "partner ghost unknown"
             ]
+        );
+    }
+
+    #[test]
+    fn countries_served_need_an_enabled_route_of_an_enabled_partner() {
+        let mut off_route = route("it", "a", "IT", "", "", 1);
+        off_route.enabled = false;
+        let table = RoutingTable::new(
+            vec![partner("a", true), partner("off", false)],
+            vec![
+                route("de", "a", "DE", "", "10", 1),
+                route("fr", "off", "FR", "", "", 1),
+                route("es", "ghost", "ES", "", "", 1),
+                off_route,
+            ],
+        );
+        assert_eq!(
+            table.countries_served().into_iter().collect::<Vec<_>>(),
+            ["DE"]
         );
     }
 

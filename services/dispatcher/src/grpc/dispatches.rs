@@ -1,15 +1,21 @@
 //! The dispatches and the relay: `ListDispatches`, `GetDispatch`, `RetryDispatches` (only
-//! orders in a retryable state and not leased right now; a request that cannot be done whole
-//! changes nothing) and `GetRelayStats`.
+//! orders in a retryable state and not leased right now; a request naming orders that cannot
+//! be done whole changes nothing; at most `max_orders`, the oldest first, due times spread over
+//! `spread` — the replay move of `domain::cycle::replay`; `dry_run` answers and changes
+//! nothing) and `GetRelayStats`.
+
+use std::collections::HashSet;
 
 use tracing::info;
 use uuid::Uuid;
-use waybill_proto::v1;
+use waybill_proto::{time::to_timestamp, v1};
+use waybill_service_kit::duration::format_duration;
 
 use super::AdminApi;
 use crate::{
     convert::{self, to_proto_duration},
     domain::{
+        cycle::replay::{self, NotReplayable},
         model::DispatchFilter,
         request::{self, RetrySelection},
     },
@@ -62,37 +68,66 @@ impl AdminApi {
         request: v1::RetryDispatchesRequest,
     ) -> Result<v1::RetryDispatchesResponse, DispatchError> {
         let now = self.clock.now();
-        let retried = match request::retry_selection(request, &RETRYABLE_STATES)? {
-            RetrySelection::Matching(filter) => self.store.retry(&[], &filter, now).await?,
+        let dry_run = request.dry_run;
+        let bounds =
+            request::replay_bounds(request.max_orders, request.spread, request.order_ids.len())?;
+        let (ids, filter) = match request::retry_selection(request, &RETRYABLE_STATES)? {
+            RetrySelection::Matching(filter) => (Vec::new(), filter),
             RetrySelection::Orders(ids) => {
                 // Check everything first: a request that cannot be done whole changes nothing.
                 for &order_id in &ids {
                     let Some((row, _)) = self.store.get_dispatch(order_id).await? else {
                         return Err(NotFound::Dispatch(order_id).into());
                     };
-                    if !RETRYABLE_STATES.contains(&row.state) {
-                        return Err(Conflict::NotRetryable {
-                            order_id,
-                            state: row.state,
+                    match replay::replayable(row.state, row.lease_expires_at, now) {
+                        Ok(()) => {}
+                        Err(NotReplayable::State(state)) => {
+                            return Err(Conflict::NotRetryable { order_id, state }.into());
                         }
-                        .into());
-                    }
-                    if row.lease_expires_at.is_some_and(|until| until > now) {
-                        return Err(Conflict::Leased {
-                            order_id,
-                            owner: row.lease_owner.unwrap_or_default(),
+                        Err(NotReplayable::Leased(_)) => {
+                            return Err(Conflict::Leased {
+                                order_id,
+                                owner: row.lease_owner.unwrap_or_default(),
+                            }
+                            .into());
                         }
-                        .into());
                     }
                 }
-                self.store
-                    .retry(&ids, &DispatchFilter::default(), now)
-                    .await?
+                (ids, DispatchFilter::default())
             }
         };
-        let order_ids: Vec<String> = retried.iter().map(Uuid::to_string).collect();
-        info!(target: "waybill::audit", %caller, rpc = "RetryDispatches", count = retried.len(), order_ids = %order_ids.join(","), "dispatches retried");
-        Ok(v1::RetryDispatchesResponse { order_ids })
+        let (candidates, matched) = self
+            .store
+            .replay_candidates(&ids, &filter, now, bounds.max_orders)
+            .await?;
+        let plan = replay::plan(&candidates, matched, &bounds, now);
+        let rows = if dry_run {
+            plan.rows
+        } else {
+            let done: HashSet<Uuid> = self
+                .store
+                .replay(&plan.rows, now)
+                .await?
+                .into_iter()
+                .collect();
+            plan.rows
+                .into_iter()
+                .filter(|row| done.contains(&row.order_id))
+                .collect()
+        };
+        let order_ids: Vec<String> = rows.iter().map(|row| row.order_id.to_string()).collect();
+        if !dry_run {
+            info!(target: "waybill::audit", %caller, rpc = "RetryDispatches", count = rows.len(), matched = plan.matched, truncated = plan.truncated, spread = %format_duration(bounds.spread.to_std().unwrap_or_default()), order_ids = %order_ids.join(","), "dispatches retried");
+        }
+        Ok(v1::RetryDispatchesResponse {
+            first_due_at: rows.first().map(|row| to_timestamp(row.next_attempt_at)),
+            last_due_at: rows.last().map(|row| to_timestamp(row.next_attempt_at)),
+            order_ids,
+            applied: !dry_run,
+            matched: plan.matched,
+            truncated: plan.truncated,
+            max_orders: i32::try_from(bounds.max_orders).unwrap_or(i32::MAX),
+        })
     }
 
     pub(super) async fn stats(&self) -> Result<v1::RelayStats, DispatchError> {

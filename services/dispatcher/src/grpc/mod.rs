@@ -175,7 +175,7 @@ impl DispatchAdmin for AdminApi {
 
     async fn set_route(&self, request: Request<v1::SetRouteRequest>) -> Reply<v1::Route> {
         reply(
-            self.save_route(&caller_of(&request), request.into_inner().route)
+            self.save_route(&caller_of(&request), request.into_inner())
                 .await,
         )
     }

@@ -1,6 +1,8 @@
 //! Partners and their signing keys: `ListPartners`, `EnrollPartner` (the partner's topic is
 //! created first: a partner is saved only once it has somewhere to receive orders; for one
-//! enrolled already, a change of the fields given), `UpdatePartner`, `DisablePartner`, `AddPartnerKey`, `RevokePartnerKey`, `ListPartnerKeys`.
+//! enrolled already, a change of the fields given), `UpdatePartner`, `DisablePartner` (both
+//! weigh what enabling or disabling does to routing, as a route change is weighed),
+//! `AddPartnerKey`, `RevokePartnerKey`, `ListPartnerKeys` (with when each key was last used).
 
 use tracing::info;
 use waybill_proto::v1;
@@ -13,6 +15,7 @@ use crate::{
         model::{PartnerKeyRecord, PartnerRecord},
         partner_change::{FieldChange, PartnerChange, describe},
         request,
+        route_change::{self, RoutingChange},
     },
     error::{DispatchError, NotFound},
     store::StoreError,
@@ -125,11 +128,26 @@ impl AdminApi {
             .partner(id)
             .await?
             .ok_or_else(|| NotFound::Partner(id.to_owned()))?;
+        // Enabling or disabling changes routing: weighed before it is made.
+        let weighed = match change.enabled {
+            Some(enabled) if enabled != current.enabled => Some(
+                self.weigh(&RoutingChange::PartnerEnabled {
+                    partner_id: id.to_owned(),
+                    enabled,
+                })
+                .await?,
+            ),
+            _ => None,
+        };
         let (partner, changes) = self
             .change(caller, "UpdatePartner", &current, &change, update.dry_run)
             .await?;
+        if let (Some(weighed), false) = (&weighed, update.dry_run) {
+            info!(target: "waybill::audit", %caller, rpc = "UpdatePartner", partner_id = %id, impact = %route_change::describe(&weighed.impact), "routing changed");
+        }
         Ok(v1::UpdatePartnerResponse {
             partner: Some(partner),
+            impact: weighed.map(|weighed| weighed.answer(!update.dry_run)),
             applied: !update.dry_run && !changes.is_empty(),
             changes: changes
                 .into_iter()
@@ -177,13 +195,32 @@ impl AdminApi {
     ) -> Result<v1::Partner, DispatchError> {
         let id = request.partner_id.trim();
         request::partner_id("partner_id", id)?;
-        let partner = self
-            .store
-            .disable_partner(id, self.clock.now())
-            .await?
-            .ok_or_else(|| NotFound::Partner(id.to_owned()))?;
-        info!(target: "waybill::audit", %caller, rpc = "DisablePartner", partner_id = %id, "partner disabled");
-        Ok(convert::partner(partner))
+        let weighed = self
+            .weigh(&RoutingChange::PartnerEnabled {
+                partner_id: id.to_owned(),
+                enabled: false,
+            })
+            .await?;
+        let partner = if request.dry_run {
+            weighed
+                .before
+                .partner(id)
+                .cloned()
+                .map(|partner| PartnerRecord {
+                    enabled: false,
+                    ..partner
+                })
+        } else {
+            self.store.disable_partner(id, self.clock.now()).await?
+        }
+        .ok_or_else(|| NotFound::Partner(id.to_owned()))?;
+        if !request.dry_run {
+            info!(target: "waybill::audit", %caller, rpc = "DisablePartner", partner_id = %id, impact = %route_change::describe(&weighed.impact), "partner disabled");
+        }
+        Ok(v1::Partner {
+            impact: Some(weighed.answer(!request.dry_run)),
+            ..convert::partner(partner)
+        })
     }
 
     pub(super) async fn add_key(
@@ -202,6 +239,7 @@ impl AdminApi {
             public_key: request.public_key,
             created_at: self.clock.now(),
             revoked_at: None,
+            last_used_at: None,
         };
         let key = match self.store.add_key(&record).await {
             Ok(saved) => convert::key(saved),

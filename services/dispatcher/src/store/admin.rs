@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 use waybill_proto::v1::DispatchState;
 use waybill_service_kit::{
-    db::{Backend, Id, Instant, Statement, TextList},
+    db::{Backend, Id, IdList, Instant, Statement, TextList},
     on_pool,
 };
 
@@ -14,16 +14,21 @@ use super::{
     error::StoreError,
     postgres,
     rows::{
-        AttemptRow, DispatchRow, KeyRow, PartnerRow, RouteRow, ShipToRow, StateCountRow, convert,
+        AttemptRow, DestinationRow, DispatchRow, KeyRow, PartnerRow, RouteRow, ShipToRow,
+        StateCountRow, convert,
     },
     sql::SqlDispatchStore,
     sqlite,
     statements::RETRYABLE_STATES,
     traits::AdminStore,
 };
-use crate::domain::model::{
-    AttemptRecord, Backlog, DispatchFilter, DispatchRecord, PartnerKeyRecord, PartnerRecord,
-    RouteRecord, ShipTo,
+use crate::domain::{
+    cycle::replay::Replayed,
+    model::{
+        AttemptRecord, Backlog, DispatchFilter, DispatchRecord, PartnerKeyRecord, PartnerRecord,
+        RouteRecord, ShipTo,
+    },
+    route_change::RecentDestination,
 };
 
 const LIST_DISPATCHES: Statement = Statement {
@@ -68,14 +73,24 @@ const DISABLE_PARTNER: &str = "UPDATE partners SET enabled = FALSE, updated_at =
 const ADD_KEY: &str = "INSERT INTO partner_keys \
                        (partner_id, key_id, public_key, created_at, revoked_at) \
                        VALUES ($1, $2, $3, $4, NULL) \
-                       RETURNING partner_id, key_id, public_key, created_at, revoked_at";
+                       RETURNING partner_id, key_id, public_key, created_at, revoked_at, \
+                       last_used_at";
 const REVOKE_KEY: &str = "UPDATE partner_keys SET revoked_at = COALESCE(revoked_at, $3) \
                           WHERE partner_id = $1 AND key_id = $2 \
-                          RETURNING partner_id, key_id, public_key, created_at, revoked_at";
-const LIST_KEYS: &str = "SELECT partner_id, key_id, public_key, created_at, revoked_at \
-                         FROM partner_keys WHERE partner_id = $1 ORDER BY key_id";
+                          RETURNING partner_id, key_id, public_key, created_at, revoked_at, \
+                          last_used_at";
+const LIST_KEYS: &str = "SELECT partner_id, key_id, public_key, created_at, revoked_at, \
+                         last_used_at FROM partner_keys WHERE partner_id = $1 ORDER BY key_id";
 const SET_ROUTE: &str = include_str!("sql/set_route.sql");
 const DELETE_ROUTE: &str = "DELETE FROM routes WHERE id = $1";
+const REPLAY_CANDIDATES: Statement = Statement {
+    postgres: include_str!("sql/replay_candidates.pg.sql"),
+    sqlite: include_str!("sql/replay_candidates.sqlite.sql"),
+};
+const RECENT_DESTINATIONS: Statement = Statement {
+    postgres: include_str!("sql/recent_destinations.pg.sql"),
+    sqlite: include_str!("sql/recent_destinations.sqlite.sql"),
+};
 const ORDER_DESTINATION: &str = "SELECT ship_line1, ship_line2, ship_city, ship_region, \
                                  ship_postal_code, ship_country_code FROM orders WHERE id = $1";
 
@@ -275,18 +290,56 @@ impl AdminStore for SqlDispatchStore {
             .transpose()
     }
 
-    async fn retry(
+    async fn replay_candidates(
         &self,
         ids: &[Uuid],
         filter: &DispatchFilter,
         now: DateTime<Utc>,
-    ) -> Result<Vec<Uuid>, StoreError> {
-        let states: TextList = RETRYABLE_STATES.iter().map(|s| s.short_name()).collect();
+        limit: u32,
+    ) -> Result<(Vec<Uuid>, i64), StoreError> {
+        let rows: Vec<(Id, i64)> = on_pool!(&self.db, REPLAY_CANDIDATES, |pool, sql| {
+            sqlx::query_as(sql)
+                .bind(Instant(now))
+                .bind(IdList(ids.to_vec()))
+                .bind(filter.state.map(DispatchState::short_name))
+                .bind(filter.partner_id.as_deref())
+                .bind(retryable_states())
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?
+        });
+        let matched = rows.first().map_or(0, |(_, matched)| *matched);
+        Ok((rows.into_iter().map(|(id, _)| id.into()).collect(), matched))
+    }
+
+    async fn replay(&self, rows: &[Replayed], now: DateTime<Utc>) -> Result<Vec<Uuid>, StoreError> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let states = retryable_states();
         match &self.db {
-            Backend::Postgres(pool) => postgres::retry(pool, ids, filter, now, &states).await,
-            Backend::Sqlite(pool) => {
-                sqlite::retry(pool, &self.feed, ids, filter, now, &states).await
-            }
+            Backend::Postgres(pool) => postgres::replay(pool, rows, now, &states).await,
+            Backend::Sqlite(pool) => sqlite::replay(pool, &self.feed, rows, now, &states).await,
         }
     }
+
+    async fn recent_destinations(
+        &self,
+        since: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<RecentDestination>, StoreError> {
+        let rows: Vec<DestinationRow> = on_pool!(&self.db, RECENT_DESTINATIONS, |pool, sql| {
+            sqlx::query_as(sql)
+                .bind(Instant(since))
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+}
+
+/// The retryable states as bound into the replay's statements.
+fn retryable_states() -> TextList {
+    RETRYABLE_STATES.iter().map(|s| s.short_name()).collect()
 }

@@ -10,8 +10,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
-use waybill_proto::v1::DispatchState;
-use waybill_service_kit::db::{IdList, TextList};
+use waybill_service_kit::db::TextList;
 
 use super::{
     error::StoreError,
@@ -20,7 +19,7 @@ use super::{
     statements::{LeaseKind, acknowledging_statuses, fenced, save_audit_copy},
 };
 use crate::domain::{
-    model::DispatchFilter,
+    cycle::replay::Replayed,
     record::{AuditCopy, BatchRecord, Fence, RowUpdate},
 };
 
@@ -39,7 +38,7 @@ const RESCHEDULE_AUDITS: &str = "UPDATE audit_outbox a SET attempts = f.attempts
                                              $4::timestamptz[]) \
                                      AS f (order_id, attempts, last_error, due_at) \
                                  WHERE a.order_id = f.order_id";
-const RETRY: &str = include_str!("sql/retry.pg.sql");
+const REPLAY: &str = include_str!("sql/replay.pg.sql");
 
 /// Leases rows of `kind` and returns them with what producing needs (lines excepted), locked
 /// by a transaction left open: the batch is recorded through the returned [`HeldRows`], and
@@ -303,19 +302,24 @@ pub(super) async fn claim_audits(
     Ok(Box::new(PgAuditBatch { tx, copies }))
 }
 
-/// Sends rows back to `PENDING` (see [`super::AdminStore::retry`]); wakes every dispatcher.
-pub(super) async fn retry(
+/// Carries out a replay's rows (see [`super::AdminStore::replay`]); wakes every dispatcher.
+pub(super) async fn replay(
     pool: &PgPool,
-    ids: &[Uuid],
-    filter: &DispatchFilter,
+    rows: &[Replayed],
     now: DateTime<Utc>,
     retryable: &TextList,
 ) -> Result<Vec<Uuid>, StoreError> {
-    Ok(sqlx::query_scalar(RETRY)
+    Ok(sqlx::query_scalar(REPLAY)
         .bind(now)
-        .bind(IdList(ids.to_vec()))
-        .bind(filter.state.map(DispatchState::short_name))
-        .bind(filter.partner_id.as_deref())
+        .bind(rows.iter().map(|r| r.order_id).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.state.short_name())
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|r| r.attempts).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.resends).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.next_attempt_at).collect::<Vec<_>>())
         .bind(retryable)
         .fetch_all(pool)
         .await?)

@@ -12,7 +12,7 @@ use crate::domain::model::{
     AttemptRecord, DispatchRecord, LeasedOrder, PartnerKeyRecord, PartnerRecord, RouteRecord,
     SentPosition, ShipTo, UnpublishedEvent,
 };
-use crate::domain::record::AuditCopy;
+use crate::domain::{record::AuditCopy, route_change::RecentDestination};
 
 fn parse_state(name: &str) -> Result<DispatchState, StoreError> {
     DispatchState::from_short_name(name)
@@ -193,6 +193,7 @@ pub(super) struct KeyRow {
     public_key: Vec<u8>,
     created_at: Instant,
     revoked_at: Option<Instant>,
+    last_used_at: Option<Instant>,
 }
 
 impl From<KeyRow> for PartnerKeyRecord {
@@ -203,6 +204,7 @@ impl From<KeyRow> for PartnerKeyRecord {
             public_key: row.public_key,
             created_at: row.created_at.into(),
             revoked_at: row.revoked_at.map(Into::into),
+            last_used_at: row.last_used_at.map(Into::into),
         }
     }
 }
@@ -366,4 +368,35 @@ where
     T: TryFrom<R, Error = StoreError>,
 {
     rows.into_iter().map(T::try_from).collect()
+}
+
+/// Recent orders to one destination (`sql/recent_destinations.*.sql`).
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct DestinationRow {
+    country_code: String,
+    region: String,
+    postal_code: String,
+    /// Comma-separated; empty when nobody refused them.
+    rejected_partners: String,
+    orders: i64,
+}
+
+impl From<DestinationRow> for RecentDestination {
+    fn from(row: DestinationRow) -> Self {
+        Self {
+            ship_to: ShipTo {
+                country_code: row.country_code,
+                region: row.region,
+                postal_code: row.postal_code,
+                ..ShipTo::default()
+            },
+            rejected_partners: row
+                .rejected_partners
+                .split(',')
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            orders: row.orders,
+        }
+    }
 }

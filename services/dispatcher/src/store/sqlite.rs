@@ -14,7 +14,6 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use sqlx::SqlitePool;
 use uuid::Uuid;
-use waybill_proto::v1::DispatchState;
 use waybill_service_kit::db::{Change, ChangeFeed, Id, IdList, Instant, TextList};
 
 use super::{
@@ -24,7 +23,8 @@ use super::{
     statements::{LeaseKind, acknowledging_statuses, fenced, save_audit_copy},
 };
 use crate::domain::{
-    model::{DispatchFilter, UnpublishedEvent},
+    cycle::replay::Replayed,
+    model::UnpublishedEvent,
     record::{AuditCopy, BatchRecord, Fence},
 };
 
@@ -52,7 +52,7 @@ const RESCHEDULE_AUDITS: &str = "UPDATE audit_outbox SET attempts = f.attempts, 
                                               value ->> '$.due' AS due \
                                        FROM json_each($1)) AS f \
                                  WHERE audit_outbox.order_id = f.id";
-const RETRY: &str = include_str!("sql/retry.sqlite.sql");
+const REPLAY: &str = include_str!("sql/replay.sqlite.sql");
 
 /// Leases rows of `kind` and returns them with what producing needs (lines excepted).
 pub(super) async fn lease(
@@ -214,21 +214,30 @@ pub(super) async fn claim_audits(
     }))
 }
 
-/// Sends rows back to `PENDING` (see [`super::AdminStore::retry`]); wakes this process's
+/// Carries out a replay's rows (see [`super::AdminStore::replay`]); wakes this process's
 /// dispatcher.
-pub(super) async fn retry(
+pub(super) async fn replay(
     pool: &SqlitePool,
     feed: &ChangeFeed,
-    ids: &[Uuid],
-    filter: &DispatchFilter,
+    rows: &[Replayed],
     now: DateTime<Utc>,
     retryable: &TextList,
 ) -> Result<Vec<Uuid>, StoreError> {
-    let retried: Vec<Id> = sqlx::query_scalar(RETRY)
+    let rows = json!(
+        rows.iter()
+            .map(|r| json!({
+                "id": r.order_id.to_string(),
+                "state": r.state.short_name(),
+                "attempts": r.attempts,
+                "resends": r.resends,
+                "due": Instant(r.next_attempt_at).unix_micros(),
+            }))
+            .collect::<Vec<_>>()
+    )
+    .to_string();
+    let retried: Vec<Id> = sqlx::query_scalar(REPLAY)
         .bind(Instant(now))
-        .bind(IdList(ids.to_vec()))
-        .bind(filter.state.map(DispatchState::short_name))
-        .bind(filter.partner_id.as_deref())
+        .bind(rows)
         .bind(retryable)
         .fetch_all(pool)
         .await?;

@@ -6,20 +6,15 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
-use waybill_proto::v1::{DispatchState, OrderStatus};
+use waybill_proto::v1::OrderStatus;
 use waybill_service_kit::db::{Id, Instant, TextList};
 
 use crate::domain::record::{AuditCopy, BatchRecord};
 
 const SAVE_AUDIT_COPY: &str = include_str!("sql/save_audit_copy.sql");
 
-/// States an operator may send back to `PENDING`.
-pub const RETRYABLE_STATES: [DispatchState; 4] = [
-    DispatchState::Retrying,
-    DispatchState::Dead,
-    DispatchState::Unroutable,
-    DispatchState::Unacknowledged,
-];
+/// States an operator may send back to `PENDING` (the replay's, bound into its statements).
+pub use crate::domain::cycle::replay::RETRYABLE_STATES;
 
 /// Order statuses that show the partner has the order: the one list, bound into the statements
 /// that look for a confirmation of receipt.

@@ -14,11 +14,13 @@ use super::{
     model::{AuditBatch, Cleaned, EventBatch, Lease, LeaseRequest, RecordReport},
 };
 use crate::domain::{
+    cycle::replay::{self, ReplayBounds, Replayed},
     model::{
         AttemptRecord, Backlog, DispatchFilter, DispatchRecord, PartnerKeyRecord, PartnerRecord,
         RouteRecord, ShipTo,
     },
     record::BatchRecord,
+    route_change::RecentDestination,
     routing::RoutingTable,
 };
 
@@ -115,15 +117,47 @@ pub trait AdminStore: RoutingStore {
         &self,
         order_id: Uuid,
     ) -> Result<Option<(DispatchRecord, Vec<AttemptRecord>)>, StoreError>;
-    /// Sends rows back to `PENDING` with a fresh budget: the named ones, or (with `ids` empty)
-    /// every one matching `filter`; only rows in a retryable state (`RETRYING`, `DEAD`,
-    /// `UNROUTABLE`, `UNACKNOWLEDGED`) and not under a live lease. Returns the ids changed.
+    /// The rows a replay may take at `now` (the guard of [`crate::domain::cycle::replay`]):
+    /// the named ones, or (with `ids` empty) every one matching `filter`; only rows in a
+    /// retryable state and not under a live lease. The oldest first, at most `limit`, and how
+    /// many match in all.
+    async fn replay_candidates(
+        &self,
+        ids: &[Uuid],
+        filter: &DispatchFilter,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<(Vec<Uuid>, i64), StoreError>;
+
+    /// Carries out a replay's rows in one statement, each only if its guard still holds at
+    /// `now`; wakes the relays. Returns the ids changed, by id.
+    async fn replay(&self, rows: &[Replayed], now: DateTime<Utc>) -> Result<Vec<Uuid>, StoreError>;
+
+    /// Sends rows back to `PENDING` with a fresh budget, all due now and with no cap: the
+    /// named ones, or (with `ids` empty) every one matching `filter` (a replay of
+    /// [`AdminStore::replay_candidates`]). Returns the ids changed, by id.
     async fn retry(
         &self,
         ids: &[Uuid],
         filter: &DispatchFilter,
         now: DateTime<Utc>,
-    ) -> Result<Vec<Uuid>, StoreError>;
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let (candidates, matched) = self.replay_candidates(ids, filter, now, u32::MAX).await?;
+        let bounds = ReplayBounds {
+            max_orders: u32::MAX,
+            spread: chrono::Duration::zero(),
+        };
+        let plan = replay::plan(&candidates, matched, &bounds, now);
+        self.replay(&plan.rows, now).await
+    }
+
+    /// Where the orders created since `since` ship to, with the partners that refused them,
+    /// counted per destination: the busiest first, at most `limit`.
+    async fn recent_destinations(
+        &self,
+        since: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<RecentDestination>, StoreError>;
 }
 
 /// The whole database view: the relay's and the operators'. Every type with both is one.

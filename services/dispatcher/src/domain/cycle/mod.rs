@@ -37,11 +37,12 @@
 //! | --- | --- | --- |
 //! | StatusIngest, a confirming report of the routed partner | any but `ACKNOWLEDGED` | `ACKNOWLEDGED` (deadline and lease cleared) |
 //! | StatusIngest, a rejection by the routed partner | any | `PENDING` (partner, route, budget reset) |
-//! | DispatchAdmin `RetryDispatches` | `DEAD`, `UNROUTABLE`, `UNACKNOWLEDGED` | `PENDING` (budget reset) |
+//! | DispatchAdmin `RetryDispatches` ([`replay`]) | `RETRYING`, `DEAD`, `UNROUTABLE`, `UNACKNOWLEDGED`, not leased | `PENDING` (budget reset, due times spread over the replay's window) |
 //!
 //! What it decides is recorded as the types in [`super::record`].
 
 pub mod handover;
+pub mod replay;
 
 use chrono::{DateTime, Utc};
 use rand::Rng;
