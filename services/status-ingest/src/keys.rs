@@ -1,5 +1,6 @@
 //! Partners' enrolled keys this instance remembers, so that verifying a report's signature
-//! costs no database round trip once its key has been seen.
+//! costs no database round trip once its key has been seen; and when it last wrote that a key
+//! was used ([`KeyUse`]).
 //!
 //! Only what cannot change is remembered: a key's public half, once enrolled, is never replaced
 //! (keys are added under a new key id and revoked, never updated or deleted). Whether the key
@@ -10,6 +11,7 @@
 
 use std::{collections::HashMap, sync::Mutex};
 
+use chrono::{DateTime, Duration, Utc};
 use waybill_token::VerifyingKey;
 
 /// Keys remembered at most (a few per partner: thousands of partners).
@@ -51,11 +53,86 @@ impl KeyCache {
     }
 }
 
+/// How often, at most, this instance writes that a key was used.
+pub fn key_use_interval() -> Duration {
+    Duration::minutes(1)
+}
+
+/// When this instance last wrote each key's `last_used_at` (`partner_keys`, shown by
+/// `ListPartnerKeys` so an operator sees an old key is unused before revoking it).
+///
+/// A report accepted with a key writes its time only if this instance has not written one for
+/// that key in the last [`key_use_interval`]: at most one write a minute per key and instance,
+/// however many reports, in a statement of its own after the report's commit. So the reports'
+/// transactions never lock the key's row (every report of a partner would queue on it, across
+/// instances), and the time shown is at most a minute behind the latest use — enough to tell a
+/// key still in use from one that is not. Bounded like [`KeyCache`].
+#[derive(Debug, Default)]
+pub struct KeyUse {
+    written: Mutex<HashMap<(String, String), DateTime<Utc>>>,
+}
+
+impl KeyUse {
+    /// Whether a use of `key_id` of `partner_id` at `now` is to be written; if so, it counts
+    /// as written from now on.
+    pub fn due(&self, partner_id: &str, key_id: &str, now: DateTime<Utc>) -> bool {
+        let mut written = self
+            .written
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let key = (partner_id.to_owned(), key_id.to_owned());
+        if written
+            .get(&key)
+            .is_some_and(|last| now - *last < key_use_interval())
+        {
+            return false;
+        }
+        if written.len() >= MAX_KEYS {
+            written.clear();
+        }
+        written.insert(key, now);
+        true
+    }
+
+    /// The write for the key failed: the next use tries again.
+    pub fn failed(&self, partner_id: &str, key_id: &str) {
+        self.written
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&(partner_id.to_owned(), key_id.to_owned()));
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use chrono::TimeZone;
     use waybill_token::SigningKey;
 
     use super::*;
+
+    #[test]
+    fn a_key_use_is_written_at_most_once_a_minute_per_key() {
+        let at = |seconds| {
+            Utc.timestamp_opt(1_800_000_000 + seconds, 0)
+                .single()
+                .unwrap_or_default()
+        };
+        let uses = KeyUse::default();
+        assert!(uses.due("acme", "k1", at(0)), "the first use is written");
+        assert!(
+            !uses.due("acme", "k1", at(59)),
+            "not again within the minute"
+        );
+        assert!(uses.due("acme", "k2", at(59)), "another key is its own");
+        assert!(uses.due("globex", "k1", at(59)), "another partner's too");
+        assert!(uses.due("acme", "k1", at(60)), "a minute later, again");
+        assert!(!uses.due("acme", "k1", at(61)));
+        uses.failed("acme", "k1");
+        assert!(
+            uses.due("acme", "k1", at(62)),
+            "a failed write is tried again"
+        );
+    }
 
     fn key(seed: u8) -> VerifyingKey {
         SigningKey::from_bytes(&[seed; 32]).verifying_key()

@@ -1,4 +1,6 @@
-//! The one [`IngestStore`]: key lookup and purging are written once with [`on_pool!`]; reports
+//! The one [`IngestStore`]: key lookup, purging and a key's last use (written after an
+//! accepted report, at most once a minute per key: [`KeyUse`]) are written once with
+//! [`on_pool!`]; reports
 //! go through the group commit (`writer.rs`) to [`SqlIngestStore::record_batch`], whose
 //! transaction (`batches.rs`) is `postgres.rs` (rows locked without waiting, a report whose
 //! rows are busy left out and recorded alone) or `sqlite.rs` (the single writer). Both decide
@@ -20,9 +22,14 @@ use super::{
     traits::IngestStore,
     writer::Writer,
 };
+use crate::keys::KeyUse;
 
 const PARTNER_KEY: &str = "SELECT public_key, revoked_at FROM partner_keys \
                            WHERE partner_id = $1 AND key_id = $2";
+/// Never backwards: instances write their own times, in any order.
+const MARK_KEY_USED: &str = "UPDATE partner_keys SET last_used_at = $3 \
+                             WHERE partner_id = $1 AND key_id = $2 \
+                               AND (last_used_at IS NULL OR last_used_at < $3)";
 const PURGE: &str = "DELETE FROM report_token_ids WHERE expires_at < $1";
 
 /// Reports in the services' database, Postgres or SQLite, written by a group commit.
@@ -30,6 +37,9 @@ const PURGE: &str = "DELETE FROM report_token_ids WHERE expires_at < $1";
 pub struct SqlIngestStore {
     batches: Batches,
     writer: Writer,
+    /// When each key's use was last written (at most once a minute per key).
+    key_use: KeyUse,
+    clock: SharedClock,
 }
 
 impl SqlIngestStore {
@@ -37,8 +47,10 @@ impl SqlIngestStore {
     /// with the first report, on the runtime that reports it.
     pub fn new(db: &Database, clock: SharedClock) -> Self {
         Self {
-            batches: Batches::new(db, clock),
+            batches: Batches::new(db, clock.clone()),
             writer: Writer::default(),
+            key_use: KeyUse::default(),
+            clock,
         }
     }
 
@@ -52,6 +64,34 @@ impl SqlIngestStore {
         reports: &[AuthenticatedReport],
     ) -> Result<Vec<InBatch>, StoreError> {
         self.batches.record(reports).await
+    }
+}
+
+impl SqlIngestStore {
+    /// Writes that the report's key was used now, at most once a minute per key and instance
+    /// ([`KeyUse`]: not a write per report, and never inside the reports' transactions). A
+    /// failed write is logged and tried again with the next report; the report stands.
+    async fn note_key_use(&self, report: &AuthenticatedReport) {
+        let now = self.clock.now();
+        if !self.key_use.due(&report.partner_id, &report.key_id, now) {
+            return;
+        }
+        let written: Result<u64, StoreError> = async {
+            Ok(on_pool!(self.batches.backend(), |pool| {
+                sqlx::query(MARK_KEY_USED)
+                    .bind(&report.partner_id)
+                    .bind(&report.key_id)
+                    .bind(Instant(now))
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+            }))
+        }
+        .await;
+        if let Err(error) = written {
+            self.key_use.failed(&report.partner_id, &report.key_id);
+            tracing::warn!(partner_id = %report.partner_id, key_id = %report.key_id, %error, "could not record when the key was last used");
+        }
     }
 }
 
@@ -86,11 +126,19 @@ impl IngestStore for SqlIngestStore {
         &self,
         report: &AuthenticatedReport,
     ) -> Result<ReportOutcome, StoreError> {
-        match self.writer.submit(&self.batches, report.clone()).await? {
-            InBatch::Decided(outcome) => Ok(outcome),
-            InBatch::Failed(error) => Err(error),
-            InBatch::LeftOut => self.batches.record_alone(report).await,
+        let outcome = match self.writer.submit(&self.batches, report.clone()).await? {
+            InBatch::Decided(outcome) => outcome,
+            InBatch::Failed(error) => return Err(error),
+            InBatch::LeftOut => self.batches.record_alone(report).await?,
+        };
+        // Accepted, or a duplicate (its token was valid all the same): the key is in use.
+        if matches!(
+            outcome,
+            ReportOutcome::Accepted { .. } | ReportOutcome::Duplicate
+        ) {
+            self.note_key_use(report).await;
         }
+        Ok(outcome)
     }
 
     async fn purge_token_ids(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
