@@ -190,6 +190,8 @@ impl System {
             dispatcher.topic_creator = broker.topic_creator();
         }
         let metrics = waybill_service_kit::metrics::Metrics::new();
+        // One pool for the three services: its series once.
+        db.register_metrics(&metrics);
         dispatcher.metrics = metrics.clone();
         let ingest = waybill_status_ingest::IngestDeps {
             registry: metrics.clone(),

@@ -25,6 +25,7 @@ pub mod dispatch_moves;
 mod failure;
 mod order_lines;
 mod pg_pool;
+mod pool_metrics;
 mod value;
 
 pub use self::{
@@ -32,6 +33,7 @@ pub use self::{
     failure::{Failure, classify},
     order_lines::{OrderLineRow, lines_of},
     pg_pool::begin,
+    pool_metrics::{PoolCollector, register as register_pool_metrics},
     value::{Id, IdList, Instant, TextList},
 };
 
@@ -200,6 +202,13 @@ impl Database {
     /// Commit notifications, shared by everything in this process that uses this database.
     pub fn feed(&self) -> &ChangeFeed {
         &self.feed
+    }
+
+    /// Registers the pool's series (`waybill_db_pool_*`: connections in use and idle, the
+    /// bound, acquire timeouts; see `db/pool_metrics.rs`) in `metrics`, read from the pool at
+    /// each scrape. Once per pool: services that share a [`Database`] share its series.
+    pub fn register_metrics(&self, metrics: &crate::metrics::Metrics) {
+        register_pool_metrics(metrics, &self.backend);
     }
 
     /// Closes the pool, waiting for connections in use to be returned.

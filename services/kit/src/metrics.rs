@@ -1,5 +1,8 @@
 //! Metrics in the Prometheus text exposition format (OpenMetrics 1.0, which Prometheus and
-//! every compatible scraper read), served on `GET /metrics` of a plain HTTP listener.
+//! every compatible scraper read), served on `GET /metrics` of a plain HTTP listener. A
+//! scraper whose `Accept` header asks for `text/plain` and not OpenMetrics (older scrapers,
+//! `promtool check metrics`) gets the same series in the classic text format 0.0.4 instead
+//! ([`classic_text`]), as Prometheus' own client libraries negotiate.
 //!
 //! Each service registers its series in a [`Metrics`] handed to it (no process-wide registry,
 //! so several services in one process — `waybill dev`, tests — each own their series, or share
@@ -19,7 +22,7 @@ use std::{
 
 use axum::{
     Router,
-    http::{StatusCode, header},
+    http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -31,6 +34,9 @@ use tracing::{info, warn};
 
 /// The content type of the exposition.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The content type of the classic text format, for scrapers that ask for it.
+pub const CLASSIC_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// How long one scrape waits for each refresher before answering with the last values.
 pub const REFRESH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -156,14 +162,77 @@ pub async fn serve(
         .await
 }
 
-async fn scrape(axum::extract::State(metrics): axum::extract::State<Metrics>) -> Response {
+async fn scrape(
+    axum::extract::State(metrics): axum::extract::State<Metrics>,
+    headers: HeaderMap,
+) -> Response {
+    let classic = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .fold((false, false), |(plain, open), accept| {
+            (
+                plain || accept.contains("text/plain"),
+                open || accept.contains("application/openmetrics-text"),
+            )
+        });
     match metrics.render().await {
+        Ok(text) if classic == (true, false) => (
+            [(header::CONTENT_TYPE, CLASSIC_CONTENT_TYPE)],
+            classic_text(&text),
+        )
+            .into_response(),
         Ok(text) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
         Err(error) => {
             warn!(%error, "cannot encode metrics");
             (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n").into_response()
         }
     }
+}
+
+/// The OpenMetrics exposition `open_metrics` (as [`Metrics::render`] writes it) in the classic
+/// text format 0.0.4: a counter's family is named by its samples (`x_total`), an info series is
+/// a gauge `x_info`, `unknown` is `untyped`; `# UNIT` and `# EOF` lines and exemplars, which
+/// the classic format has not, are left out. Samples are as they were.
+pub fn classic_text(open_metrics: &str) -> String {
+    // HELP comes before TYPE: the family's type, by its OpenMetrics name, first.
+    let types: std::collections::HashMap<&str, &str> = open_metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.split_once(' '))
+        .collect();
+    let renamed = |name: &str| match types.get(name) {
+        Some(&"counter") => format!("{name}_total"),
+        Some(&"info") => format!("{name}_info"),
+        _ => name.to_owned(),
+    };
+    let mut out = String::with_capacity(open_metrics.len());
+    for line in open_metrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some((name, help)) = line
+            .strip_prefix("# HELP ")
+            .and_then(|rest| rest.split_once(' '))
+        {
+            out.push_str(&format!("# HELP {} {help}\n", renamed(name)));
+        } else if let Some((name, kind)) = line
+            .strip_prefix("# TYPE ")
+            .and_then(|rest| rest.split_once(' '))
+        {
+            let kind = match kind {
+                "info" => "gauge",
+                "unknown" => "untyped",
+                other => other,
+            };
+            out.push_str(&format!("# TYPE {} {kind}\n", renamed(name)));
+        } else {
+            // An exemplar follows the value after " # ".
+            out.push_str(line.split_once(" # ").map_or(line, |(sample, _)| sample));
+            out.push('\n');
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -222,6 +291,78 @@ mod tests {
             text.contains("waybill_test_backlog 7\n"),
             "last value: {text}"
         );
+    }
+
+    #[test]
+    fn the_classic_format_names_counters_and_info_by_their_samples() {
+        let open_metrics = "# HELP w_things Things done.\n# TYPE w_things counter\n\
+                            w_things_total 3\n# HELP w_build The running build.\n\
+                            # TYPE w_build info\nw_build_info{version=\"1\"} 1\n\
+                            # HELP w_age Age.\n# TYPE w_age gauge\n# UNIT w_age seconds\n\
+                            w_age_seconds 2.5\n# EOF\n";
+        assert_eq!(
+            classic_text(open_metrics),
+            "# HELP w_things_total Things done.\n# TYPE w_things_total counter\n\
+             w_things_total 3\n# HELP w_build_info The running build.\n\
+             # TYPE w_build_info gauge\nw_build_info{version=\"1\"} 1\n\
+             # HELP w_age Age.\n# TYPE w_age gauge\nw_age_seconds 2.5\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_scraper_asking_for_text_plain_gets_the_classic_format() {
+        let metrics = Metrics::new();
+        let counter = Counter::<u64>::default();
+        metrics.register("waybill_test", |registry| {
+            registry.register("things", "Things done", counter.clone());
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, metrics, stop.clone()));
+        for (accept, content_type, line) in [
+            (None, CONTENT_TYPE, "# TYPE waybill_test_things counter"),
+            (
+                Some("text/plain;version=0.0.4;q=0.9,*/*;q=0.1"),
+                CLASSIC_CONTENT_TYPE,
+                "# TYPE waybill_test_things_total counter",
+            ),
+            (
+                Some("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"),
+                CONTENT_TYPE,
+                "# TYPE waybill_test_things counter",
+            ),
+        ] {
+            let (head, body) = get(addr, accept).await;
+            assert!(
+                head.to_ascii_lowercase()
+                    .contains(&format!("content-type: {content_type}")),
+                "{accept:?}: {head}"
+            );
+            assert!(body.contains(line), "{accept:?}: {body}");
+        }
+        stop.cancel();
+        server.await.unwrap().unwrap();
+    }
+
+    /// `GET /metrics` over HTTP/1.1 with `accept`: the response's head and body.
+    async fn get(addr: std::net::SocketAddr, accept: Option<&str>) -> (String, String) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
+        stream
+            .write_all(
+                format!(
+                    "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        (head.to_owned(), body.to_owned())
     }
 
     #[derive(Debug, clap::Parser)]

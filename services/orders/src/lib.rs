@@ -151,6 +151,7 @@ pub async fn run(config: OrdersConfig, shutdown: CancellationToken) -> Result<()
         catalog_cache: config.catalog_cache,
         ..OrdersDeps::new(&db, config.region)
     };
+    db.register_metrics(&deps.metrics);
     let metrics = MetricsEndpoint::start(&config.metrics, &deps.metrics, &shutdown).await?;
     let limits = ServerLimits {
         security,

@@ -99,6 +99,7 @@ pub async fn run(config: StatusIngestConfig, shutdown: CancellationToken) -> Res
     )
     .await?;
     let deps = IngestDeps::new(&db, config.audience.clone());
+    db.register_metrics(&deps.registry);
     let metrics = MetricsEndpoint::start(&config.metrics, &deps.registry, &shutdown).await?;
     waybill_service_kit::run::log_started(
         "status-ingest",

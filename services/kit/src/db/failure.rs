@@ -22,9 +22,12 @@ pub enum Failure {
     Other,
 }
 
-/// The kind of `error`, alike on Postgres and SQLite.
+/// The kind of `error`, alike on Postgres and SQLite. Every store maps its database errors
+/// through here once per failed call, so a timed-out acquire is also counted here (the pool's
+/// `waybill_db_pool_acquire_timeouts_total`: sqlx has no hook of its own for it).
 pub fn classify(error: &sqlx::Error) -> Failure {
     use sqlx::error::ErrorKind;
+    super::pool_metrics::note(error);
     match error {
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
             Failure::Unavailable
