@@ -109,8 +109,16 @@ impl IngestApi {
             key_id,
         };
         match self.store.record_report(&report).await? {
-            ReportOutcome::Accepted { sequence, effects } => {
+            ReportOutcome::Accepted {
+                sequence,
+                effects,
+                placed_to_acknowledged,
+            } => {
                 self.metrics.add_accepted(effects.needs_review);
+                if let Some(after) = placed_to_acknowledged {
+                    self.metrics
+                        .observe_acknowledged(&report.partner_id, after);
+                }
                 if effects.needs_review {
                     warn!(partner_id = %report.partner_id, order_id = %report.order_id, status = report.status.short_name(), sequence, "report after a final state kept and flagged for review");
                 } else {

@@ -1,5 +1,6 @@
 //! This instance's counters since it started: reports accepted, duplicates, flagged for review,
-//! and refusals by reason. One source, three views, as the dispatcher's: Prometheus series
+//! and refusals by reason; and, per partner, how long after its placing each order was
+//! acknowledged (the histogram is in the Prometheus series only). One source, three views, as the dispatcher's: Prometheus series
 //! (`waybill_status_ingest_*`, see [`IngestMetrics::register`]), the `GetReportStats` RPC
 //! (grpcurl-able) and a structured log line every stats interval.
 
@@ -7,7 +8,7 @@ use std::{collections::BTreeMap, sync::Mutex};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family},
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
     registry::Registry,
 };
 use waybill_token::RejectReason;
@@ -18,6 +19,22 @@ pub struct ReasonLabel {
     /// Why the report was refused (`bad_signature`, `not_routed`, …).
     pub reason: &'static str,
 }
+
+/// The label of the placed → acknowledged histogram.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartnerLabel {
+    /// The partner that acknowledged the order (an enrolled partner's id: accepted reports
+    /// only, so the label's values are bounded by the partners enrolled).
+    pub partner: String,
+}
+
+/// The placed → acknowledged histogram's buckets, in seconds: from an order acknowledged
+/// within the same poll (tens of milliseconds) to one acknowledged after re-sends at the
+/// handover deadline (default 10 min) or a partner outage (an hour).
+pub const PLACED_TO_ACKNOWLEDGED_BUCKETS: [f64; 16] = [
+    0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+    3600.0,
+];
 
 /// Refusal names that are not token checks.
 pub const OTHER_REASONS: [&str; 5] = [
@@ -35,6 +52,7 @@ pub struct IngestMetrics {
     duplicates: Counter,
     flagged: Counter,
     rejected: Family<ReasonLabel, Counter>,
+    placed_to_acknowledged: Family<PartnerLabel, Histogram>,
     /// Every reason seen or known, for the snapshot (a family cannot list its labels).
     reasons: Mutex<std::collections::BTreeSet<&'static str>>,
 }
@@ -56,6 +74,9 @@ impl Default for IngestMetrics {
             duplicates: Counter::default(),
             flagged: Counter::default(),
             rejected,
+            placed_to_acknowledged: Family::new_with_constructor(|| {
+                Histogram::new(PLACED_TO_ACKNOWLEDGED_BUCKETS)
+            }),
             reasons: Mutex::new(reasons),
         }
     }
@@ -97,6 +118,11 @@ impl IngestMetrics {
             "Status reports refused, by reason (token checks, invalid_argument, not_routed, ...)",
             self.rejected.clone(),
         );
+        registry.register(
+            "placed_to_acknowledged_seconds",
+            "Per partner: from an order's placing to the report that acknowledged its handover (dispatch ACKNOWLEDGED), by the services' clock",
+            self.placed_to_acknowledged.clone(),
+        );
     }
 
     /// One more accepted report.
@@ -105,6 +131,15 @@ impl IngestMetrics {
         if flagged {
             self.flagged.inc();
         }
+    }
+
+    /// An order `partner` acknowledged `after` its placing.
+    pub fn observe_acknowledged(&self, partner: &str, after: std::time::Duration) {
+        self.placed_to_acknowledged
+            .get_or_create(&PartnerLabel {
+                partner: partner.to_owned(),
+            })
+            .observe(after.as_secs_f64());
     }
 
     /// One more duplicate.
@@ -164,5 +199,25 @@ mod tests {
         let stats = metrics.snapshot();
         assert_eq!(stats.rejected.get("bad_signature"), Some(&2));
         assert_eq!((stats.accepted, stats.flagged_for_review), (1, 1));
+    }
+
+    #[test]
+    fn placed_to_acknowledged_is_a_histogram_in_seconds_per_partner() {
+        let metrics = IngestMetrics::default();
+        metrics.observe_acknowledged("acme", std::time::Duration::from_millis(1500));
+        metrics.observe_acknowledged("acme", std::time::Duration::from_secs(700));
+        let mut registry = Registry::default();
+        metrics.register(registry.sub_registry_with_prefix("waybill_status_ingest"));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap_or_default();
+        for line in [
+            "# TYPE waybill_status_ingest_placed_to_acknowledged_seconds histogram",
+            r#"waybill_status_ingest_placed_to_acknowledged_seconds_count{partner="acme"} 2"#,
+            r#"waybill_status_ingest_placed_to_acknowledged_seconds_sum{partner="acme"} 701.5"#,
+            r#"waybill_status_ingest_placed_to_acknowledged_seconds_bucket{le="2.5",partner="acme"} 1"#,
+            r#"waybill_status_ingest_placed_to_acknowledged_seconds_bucket{le="1800.0",partner="acme"} 2"#,
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
     }
 }

@@ -61,12 +61,24 @@ async fn an_accepted_report_lands_on_the_order_and_acknowledges_the_handover(bac
         action_required: true,
         ..report(order, OrderStatus::ReceivedByPartner, "r-1")
     };
+    // Placed at start(); acknowledged 90.5 s later by the services' clock.
+    world.clock.advance(Duration::milliseconds(90_500));
     let outcome = world.store.record_report(&received).await.unwrap();
-    let ReportOutcome::Accepted { sequence, effects } = outcome else {
+    let ReportOutcome::Accepted {
+        sequence,
+        effects,
+        placed_to_acknowledged,
+    } = outcome
+    else {
         panic!("{outcome:?}")
     };
     assert_eq!(sequence, 3);
     assert!(effects.acknowledge && effects.record_tracking);
+    assert_eq!(
+        placed_to_acknowledged,
+        Some(std::time::Duration::from_millis(90_500)),
+        "placed → acknowledged, for the report that acknowledged the handover"
+    );
     let history = world.history(order).await;
     let event = history.last().unwrap();
     assert_eq!(
@@ -103,6 +115,22 @@ async fn an_accepted_report_lands_on_the_order_and_acknowledges_the_handover(bac
         "the handover deadline no longer applies"
     );
     assert_eq!(world.token_ids().await, 1);
+    // The next report acknowledges nothing new: the handover was acknowledged already.
+    let shipped = world
+        .store
+        .record_report(&report(order, OrderStatus::Shipped, "r-2"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            shipped,
+            ReportOutcome::Accepted {
+                placed_to_acknowledged: None,
+                ..
+            }
+        ),
+        "{shipped:?}"
+    );
 }
 
 async fn a_duplicate_report_id_changes_nothing(backend: TestBackend) {

@@ -56,6 +56,10 @@ pub enum ReportOutcome {
         sequence: i64,
         /// What changed.
         effects: Effects,
+        /// If this report is the one that acknowledged the handover (the dispatch row became
+        /// `ACKNOWLEDGED` with it): how long after the order was placed, by the services' clock
+        /// (`orders.placed_at` to the report's `recorded_at`).
+        placed_to_acknowledged: Option<std::time::Duration>,
     },
     /// The report id was accepted before from this partner for this order; nothing changed.
     Duplicate,

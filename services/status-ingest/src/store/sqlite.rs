@@ -13,7 +13,7 @@ use waybill_service_kit::{
 
 use super::{
     error::StoreError,
-    model::{AuthenticatedReport, InBatch, ReportOutcome},
+    model::{AuthenticatedReport, InBatch},
     statements::{Applying, Ruling, Savepoint, SnapshotRow, Step, Woken, reroute, rule},
 };
 
@@ -101,11 +101,12 @@ async fn apply(
         .bind(&report.key_id)
         .fetch_optional(&mut *conn)
         .await?;
-    let effects = match rule(row, report)? {
+    let acceptance = match rule(row, report)? {
         Ruling::Refuse(outcome) => return Ok(Step::Undo(outcome)),
         Ruling::Spend(outcome) => return Ok(Step::Keep(outcome)),
-        Ruling::Apply(effects) => effects,
+        Ruling::Apply(acceptance) => acceptance,
     };
+    let effects = acceptance.effects;
     // The write lock is held: from here the report is true but for the commit.
     let at = clock.now();
     let sequence: i64 = sqlx::query_scalar(BUMP)
@@ -143,5 +144,5 @@ async fn apply(
             statement.execute(&mut *conn).await?;
         }
     }
-    Ok(Step::Keep(ReportOutcome::Accepted { sequence, effects }))
+    Ok(Step::Keep(acceptance.accepted(sequence, at)))
 }

@@ -98,6 +98,8 @@ impl Woken {
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub(super) struct SnapshotRow {
     pub(super) status: String,
+    /// When the order was placed (`orders.placed_at`).
+    pub(super) placed_at: Option<Instant>,
     pub(super) routed_partner: Option<String>,
     pub(super) dispatch_state: Option<String>,
     pub(super) rejected: bool,
@@ -146,7 +148,32 @@ pub(super) enum Ruling {
     /// Commit (the token id is spent even so: a token is accepted once) and answer this.
     Spend(ReportOutcome),
     /// Carry these effects out.
-    Apply(Effects),
+    Apply(Acceptance),
+}
+
+/// A report to accept: its effects, and what its answer will say.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Acceptance {
+    /// What accepting it changes.
+    pub(super) effects: Effects,
+    /// When the order was placed, if accepting this report is what acknowledges the handover:
+    /// the dispatch row moves to `ACKNOWLEDGED` with it (the statements move it only from
+    /// another state, and only for the partner it is routed to, which an accepted report's is).
+    acknowledges_placed_at: Option<DateTime<Utc>>,
+}
+
+impl Acceptance {
+    /// The answer once the report's event is at `sequence`, recorded at `at`.
+    pub(super) fn accepted(self, sequence: i64, at: DateTime<Utc>) -> ReportOutcome {
+        ReportOutcome::Accepted {
+            sequence,
+            effects: self.effects,
+            // A clock that stepped back since the placing reads as no time at all.
+            placed_to_acknowledged: self
+                .acknowledges_placed_at
+                .map(|placed| (at - placed).to_std().unwrap_or_default()),
+        }
+    }
 }
 
 /// Lets [`decide`] rule on `row` (`None`: no such order).
@@ -164,6 +191,7 @@ pub(super) fn rule(
             row.key_revoked_at.map(Into::into),
         )));
     }
+    let placed_at = row.placed_at.map(DateTime::from);
     let snapshot = OrderSnapshot {
         status: OrderStatus::from_short_name(&row.status)
             .ok_or_else(|| StoreError::Corrupt(format!("unknown order status {:?}", row.status)))?,
@@ -187,7 +215,13 @@ pub(super) fn rule(
             report.status,
             !report.tracking_id.is_empty(),
         ) {
-            Decision::Apply(effects) => Ruling::Apply(effects),
+            Decision::Apply(effects) => Ruling::Apply(Acceptance {
+                effects,
+                acknowledges_placed_at: placed_at.filter(|_| {
+                    effects.acknowledge
+                        && snapshot.dispatch_state != Some(DispatchState::Acknowledged)
+                }),
+            }),
             Decision::NotRouted => Ruling::Refuse(ReportOutcome::NotRouted),
             Decision::InFlight => Ruling::Refuse(ReportOutcome::InFlight),
             Decision::Replayed => Ruling::Refuse(ReportOutcome::Replayed),

@@ -277,22 +277,23 @@ async fn try_alone(
         .fetch_optional(&mut *tx)
         .await?;
     // Refused: rolled back (with the replay guard's insert when the order does not exist).
-    let effects = match rule(row, report)? {
+    let acceptance = match rule(row, report)? {
         Ruling::Refuse(outcome) => return Ok(outcome),
         Ruling::Spend(outcome) => {
             tx.commit().await?;
             return Ok(outcome);
         }
-        Ruling::Apply(effects) => effects,
+        Ruling::Apply(acceptance) => acceptance,
     };
-    let sequence = append(&mut tx, report, &effects, clock.now()).await?;
+    let at = clock.now();
+    let sequence = append(&mut tx, report, &acceptance.effects, at).await?;
     let woken = Woken {
         orders: vec![report.order_id],
-        outbox: effects.reroute,
+        outbox: acceptance.effects.reroute,
     };
     notify(&mut tx, &woken).await?;
     tx.commit().await?;
-    Ok(ReportOutcome::Accepted { sequence, effects })
+    Ok(acceptance.accepted(sequence, at))
 }
 
 fn is_report_id_conflict(error: &sqlx::Error) -> bool {

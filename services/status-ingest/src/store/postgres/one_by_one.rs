@@ -13,7 +13,7 @@ use waybill_service_kit::{
 
 use super::super::{
     error::StoreError,
-    model::{AuthenticatedReport, InBatch, ReportOutcome},
+    model::{AuthenticatedReport, InBatch},
     statements::{Applying, Ruling, Savepoint, SnapshotRow, Step, rule},
 };
 
@@ -65,12 +65,13 @@ async fn apply_in_batch(
     let row: Option<SnapshotRow> = super::snapshot_query(SNAPSHOT_IN_BATCH, report)
         .fetch_optional(&mut *conn)
         .await?;
-    let effects = match rule(row, report)? {
+    let acceptance = match rule(row, report)? {
         Ruling::Refuse(outcome) => return Ok(Step::Undo(outcome)),
         Ruling::Spend(outcome) => return Ok(Step::Keep(outcome)),
-        Ruling::Apply(effects) => effects,
+        Ruling::Apply(acceptance) => acceptance,
     };
     // The rows are locked: from here the report is true but for the commit.
-    let sequence = super::append(conn, report, &effects, clock.now()).await?;
-    Ok(Step::Keep(ReportOutcome::Accepted { sequence, effects }))
+    let at = clock.now();
+    let sequence = super::append(conn, report, &acceptance.effects, at).await?;
+    Ok(Step::Keep(acceptance.accepted(sequence, at)))
 }

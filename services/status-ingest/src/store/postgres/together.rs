@@ -44,6 +44,7 @@ struct HeadRow {
     present: bool,
     locked: bool,
     status: Option<String>,
+    placed_at: Option<DateTime<Utc>>,
     routed_partner: Option<String>,
     dispatch_state: Option<String>,
     rejected: bool,
@@ -112,6 +113,8 @@ pub(super) async fn record(
     let texts = |field: fn(&AuthenticatedReport) -> &str| -> Vec<&str> {
         head.iter().map(|report| field(report)).collect()
     };
+    // The rows are locked by the time this is written: the report is true but for the commit.
+    let at = clock.now();
     let rows: Vec<HeadRow> = sqlx::query_as(RECORD_MANY)
         .bind(head.iter().map(|r| r.order_id).collect::<Vec<_>>())
         .bind(texts(|r| &r.partner_id))
@@ -129,9 +132,7 @@ pub(super) async fn record(
         .bind(head.iter().map(|r| r.occurred_at).collect::<Vec<_>>())
         .bind(texts(|r| &r.detail_code))
         .bind(head.iter().map(|r| r.action_required).collect::<Vec<_>>())
-        // The rows are locked by the time this is written: the report is true but for the
-        // commit.
-        .bind(clock.now())
+        .bind(at)
         .bind(&effects.position)
         .bind(&effects.current)
         .bind(&effects.order_status)
@@ -151,12 +152,16 @@ pub(super) async fn record(
     Ok(head
         .iter()
         .zip(rows)
-        .map(|(report, row)| ruled(report, row))
+        .map(|(report, row)| ruled(report, row, at))
         .collect())
 }
 
 /// What the statement did with `report`, checked against [`rule`] on the snapshot it returned.
-fn ruled(report: &AuthenticatedReport, row: HeadRow) -> Result<InBatch, StoreError> {
+fn ruled(
+    report: &AuthenticatedReport,
+    row: HeadRow,
+    at: DateTime<Utc>,
+) -> Result<InBatch, StoreError> {
     let untouched = !row.taken && row.seq.is_none();
     if !row.present && untouched {
         // No such order: refused as another partner's order is.
@@ -167,6 +172,7 @@ fn ruled(report: &AuthenticatedReport, row: HeadRow) -> Result<InBatch, StoreErr
     }
     let mut snapshot = SnapshotRow {
         status: row.status.unwrap_or_default(),
+        placed_at: row.placed_at.map(Instant),
         routed_partner: row.routed_partner,
         dispatch_state: row.dispatch_state,
         rejected: row.rejected,
@@ -182,11 +188,8 @@ fn ruled(report: &AuthenticatedReport, row: HeadRow) -> Result<InBatch, StoreErr
     let tried = !matches!(rule(Some(snapshot.clone()), report)?, Ruling::Refuse(_));
     snapshot.fresh = if tried { row.taken } else { !row.seen };
     match (rule(Some(snapshot), report)?, row.taken, row.seq) {
-        (Ruling::Apply(effects), true, Some(sequence)) => {
-            Ok(InBatch::Decided(ReportOutcome::Accepted {
-                sequence,
-                effects,
-            }))
+        (Ruling::Apply(acceptance), true, Some(sequence)) => {
+            Ok(InBatch::Decided(acceptance.accepted(sequence, at)))
         }
         (Ruling::Spend(outcome), true, None) | (Ruling::Refuse(outcome), false, None) => {
             Ok(InBatch::Decided(outcome))

@@ -24,7 +24,8 @@
 --     handover (the lease cleared: a relay batch holding the row is fenced out), and wakes the
 --     order's watchers with one NOTIFY naming every order it appended to, sent at commit.
 -- The service decides every report again from the snapshot returned, and rolls the batch back
--- if the two ever disagree. One row per report, in input order: the snapshot, whether the token
+-- if the two ever disagree. One row per report, in input order: the snapshot (with the order's
+-- placing time, the start of its placed → acknowledged latency), whether the token
 -- id was taken (`taken`) or, when no attempt was made, seen before (`seen`), and the new event's
 -- sequence if accepted.
 WITH input AS (
@@ -43,7 +44,7 @@ WITH input AS (
     WHERE d.order_id = ANY ($1)
     FOR UPDATE SKIP LOCKED
 ), order_row AS MATERIALIZED (
-    SELECT o.id, o.status
+    SELECT o.id, o.status, o.placed_at
     FROM orders o
     WHERE o.id IN (SELECT order_id FROM dispatch_row)
     FOR NO KEY UPDATE SKIP LOCKED
@@ -52,6 +53,7 @@ WITH input AS (
            EXISTS (SELECT 1 FROM orders x WHERE x.id = i.order_id) AS present,
            o.id IS NOT NULL AS locked,
            o.status AS current_status,
+           o.placed_at,
            d.partner_id AS routed_partner,
            d.state AS dispatch_state,
            d.partner_id IS NOT DISTINCT FROM i.partner_id AS routed_now,
@@ -119,7 +121,8 @@ WITH input AS (
     FROM (SELECT string_agg(order_id::text, ',') AS ids FROM event) AS w
     WHERE ids IS NOT NULL
 )
-SELECT s.present, s.locked, s.current_status AS status, s.routed_partner, s.dispatch_state,
+SELECT s.present, s.locked, s.current_status AS status, s.placed_at, s.routed_partner,
+       s.dispatch_state,
        s.rejected, s.earlier_same_order, s.key_enrolled, s.key_revoked_at,
        g.jti IS NOT NULL AS taken, s.seen, ev.seq
 FROM snapshot s

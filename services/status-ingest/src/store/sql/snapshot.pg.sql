@@ -1,4 +1,5 @@
--- The snapshot a report is decided on, in one round trip: takes the token id into the replay
+-- The snapshot a report is decided on (and the order's placing time, the start of its placed →
+-- acknowledged latency), in one round trip: takes the token id into the replay
 -- guard ($4 for partner $2, kept until $5; `fresh` says whether it was new), locks order $1 (so
 -- one order's reports append in sequence order), and reads its status, where it is routed,
 -- whether partner $2 refused it, whether report id $3 of partner $2 exists already (TRUE:
@@ -12,6 +13,7 @@ WITH guard AS (
     RETURNING 1
 )
 SELECT o.status,
+       o.placed_at,
        d.partner_id AS routed_partner,
        d.state AS dispatch_state,
        EXISTS (

@@ -1,4 +1,5 @@
--- The snapshot a report is decided on: order $1's status, where it is routed, whether partner
+-- The snapshot a report is decided on (and the order's placing time, the start of its placed →
+-- acknowledged latency): order $1's status, where it is routed, whether partner
 -- $2 refused it, and whether report id $3 of partner $2 exists already (TRUE: for this order,
 -- FALSE: for another); `fresh` echoes $4, whether the replay guard's insert (the transaction's
 -- first statement, taking the write lock) found the token id new; and whether the token's key
@@ -6,6 +7,7 @@
 -- holds the dispatch row right now (its lease columns set: the order is being handed to a
 -- partner and the relay has not recorded to whom yet). No row: no such order.
 SELECT o.status,
+       o.placed_at,
        d.partner_id AS routed_partner,
        d.state AS dispatch_state,
        EXISTS (

@@ -1,4 +1,5 @@
--- The snapshot a report is decided on inside a batch, in one round trip and without waiting for
+-- The snapshot a report is decided on inside a batch (with the order's placing time, as
+-- snapshot.pg.sql), in one round trip and without waiting for
 -- a row lock: locks order $1's dispatch row, then the order row, both NOWAIT (if another
 -- transaction holds either, the statement fails with lock_not_available and the report is left
 -- out of the batch, to be recorded in a transaction of its own that waits: see snapshot.pg.sql),
@@ -24,6 +25,7 @@ WITH dispatch_row AS MATERIALIZED (
     RETURNING 1
 )
 SELECT o.status,
+       o.placed_at,
        d.partner_id AS routed_partner,
        d.state AS dispatch_state,
        EXISTS (
