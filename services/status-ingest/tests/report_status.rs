@@ -1,12 +1,13 @@
 //! `ReportStatus` over real gRPC on loopback, on Postgres and SQLite: what a partner and an
 //! operator would check — accepted reports seen by a `WatchOrder` client, replays (also after a
-//! restart), key rotation, duplicates, rejections. Refusals are in `refusals.rs`.
+//! restart), key rotation (with when each key was last used), duplicates, rejections. Refusals are in `refusals.rs`.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use chrono::Duration;
+use chrono::{DateTime, Duration, Utc};
 use common::{
+    World,
     service::{Service, report, request, world},
     signer, token_for,
 };
@@ -17,7 +18,7 @@ use waybill_proto::{
     time::to_timestamp,
     v1::{self as pb, OrderStatus, order_service_client::OrderServiceClient},
 };
-use waybill_service_kit::grpc::ServerLimits;
+use waybill_service_kit::{db::Instant, grpc::ServerLimits, on_pool};
 use waybill_status_ingest::IngestDeps;
 use waybill_test_kit::{TestBackend, on_both_backends};
 use waybill_token::Report;
@@ -195,11 +196,28 @@ async fn a_replayed_token_is_refused_also_after_a_restart(backend: TestBackend) 
     second.stop().await;
 }
 
+/// When a key was last used (`partner_keys.last_used_at`, what `ListPartnerKeys` answers).
+async fn last_used(world: &World, partner: &str, key: &str) -> Option<DateTime<Utc>> {
+    const SQL: &str = "SELECT last_used_at FROM partner_keys WHERE partner_id = $1 AND key_id = $2";
+    let at: Option<Instant> = on_pool!(world.db.backend(), |pool| {
+        sqlx::query_scalar(SQL)
+            .bind(partner)
+            .bind(key)
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    });
+    at.map(Into::into)
+}
+
 async fn key_rotation_keeps_old_tokens_until_revoked(backend: TestBackend) {
     let (world, order, old) = world(backend).await;
     let ingest = Service::start(world.deps()).await;
     let new = signer(4, "k2");
     world.key("acme", &new).await;
+    let unused = signer(5, "k3");
+    world.key("acme", &unused).await;
+    assert_eq!(last_used(&world, "acme", "k2").await, None, "not used yet");
     let now = world.now();
     let r1 = report(
         order,
@@ -216,13 +234,55 @@ async fn key_rotation_keeps_old_tokens_until_revoked(backend: TestBackend) {
         .report_status(request(&r1, token_for(&new, &r1, now)))
         .await
         .expect("the new key works");
+    assert_eq!(
+        last_used(&world, "acme", "k2").await,
+        Some(now),
+        "an accepted report marks its key used"
+    );
+    // Within the minute the use is not written again; a minute on, it is.
+    world.clock.advance(Duration::seconds(30));
+    let r1_again = report(
+        order,
+        "acme",
+        "r-1",
+        OrderStatus::ReceivedByPartner,
+        "",
+        now,
+    );
+    let answer = ingest
+        .client
+        .clone()
+        .report_status(request(&r1_again, token_for(&new, &r1_again, world.now())))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answer.duplicate);
+    assert_eq!(last_used(&world, "acme", "k2").await, Some(now));
+    world.clock.advance(Duration::seconds(31));
+    let later = world.now();
     ingest
         .client
         .clone()
-        .report_status(request(&r2, token_for(&old, &r2, now)))
+        .report_status(request(&r2, token_for(&new, &r2, later)))
+        .await
+        .expect("the new key still works");
+    assert_eq!(last_used(&world, "acme", "k2").await, Some(later));
+    assert_eq!(
+        last_used(&world, "acme", "k1").await,
+        None,
+        "the old key is not in use: it can be revoked"
+    );
+    let r2b = report(order, "acme", "r-2b", OrderStatus::Shipped, "", later);
+    ingest
+        .client
+        .clone()
+        .report_status(request(&r2b, token_for(&old, &r2b, later)))
         .await
         .expect("the old key still works");
+    assert_eq!(last_used(&world, "acme", "k1").await, Some(later));
+    assert_eq!(last_used(&world, "acme", "k3").await, None, "never used");
     world.revoke("acme", "k1").await;
+    let now = world.now();
     let r3 = report(order, "acme", "r-3", OrderStatus::Delivered, "", now);
     let refused = ingest
         .client
