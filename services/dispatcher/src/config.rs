@@ -33,6 +33,9 @@ pub struct DispatcherArgs {
     /// Most database connections this service opens.
     #[arg(long, env = "WAYBILL_DB_MAX_CONNECTIONS", default_value_t = 8)]
     pub db_max_connections: u32,
+    /// Whether this service applies pending migrations at start.
+    #[command(flatten)]
+    pub schema: waybill_service_kit::db::SchemaArgs,
     /// Kafka bootstrap servers, comma-separated `host:port`.
     #[arg(long, env = "WAYBILL_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     pub kafka_brokers: String,
@@ -144,6 +147,8 @@ pub struct DispatcherConfig {
     pub database_url: String,
     /// Database pool size.
     pub db_max_connections: u32,
+    /// What start-up does with the schema (migrate, or require it current).
+    pub schema: waybill_service_kit::db::SchemaPolicy,
     /// Broker connection and topic creation.
     pub kafka: KafkaSettings,
     /// The relay.
@@ -245,6 +250,7 @@ impl DispatcherArgs {
             listen: self.listen,
             database_url: waybill_service_kit::config::require_database_url(self.database_url)?,
             db_max_connections: self.db_max_connections,
+            schema: self.schema.policy(),
             kafka: KafkaSettings {
                 brokers: self.kafka_brokers,
                 options: kafka_options,

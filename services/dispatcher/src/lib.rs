@@ -150,6 +150,7 @@ pub async fn run(config: DispatcherConfig, shutdown: CancellationToken) -> Resul
     let db = connect(
         &config.database_url,
         config.db_max_connections,
+        config.schema,
         shutdown.clone(),
     )
     .await?;

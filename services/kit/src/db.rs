@@ -26,6 +26,7 @@ mod failure;
 mod order_lines;
 mod pg_pool;
 mod pool_metrics;
+mod schema;
 mod value;
 
 pub use self::{
@@ -34,6 +35,7 @@ pub use self::{
     order_lines::{OrderLineRow, lines_of},
     pg_pool::begin,
     pool_metrics::{PoolCollector, register as register_pool_metrics},
+    schema::{Migration, SchemaArgs, SchemaError, SchemaPolicy, SchemaStatus},
     value::{Id, IdList, Instant, TextList},
 };
 
@@ -56,9 +58,10 @@ pub enum DbError {
     /// printed with its chain, the cause appears once).
     #[error("cannot connect to the database: {0}")]
     Connect(sqlx::Error),
-    /// A migration failed (the cause is in the message, as for `Connect`).
-    #[error("database migration failed: {0}")]
-    Migrate(sqlx::migrate::MigrateError),
+    /// The schema could not be read or brought up to date, or is behind this binary and the
+    /// policy is [`SchemaPolicy::Require`] (the message names the migrations and the remedy).
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
 }
 
 /// Runs the same query-building code against whichever pool a [`Backend`]
@@ -94,12 +97,13 @@ pub struct Database {
     feed: ChangeFeed,
     /// Where it is, for logs: never the password.
     location: String,
-    /// The newest migration applied (the embedded migrations all ran at connect).
-    schema_version: i64,
+    /// Where the schema stood once connected (after migrating, under the default policy).
+    schema: SchemaStatus,
 }
 
 impl Database {
-    /// Connects to `url` (`postgres://…` or `sqlite:…`/`sqlite://…`) and runs the migrations.
+    /// Connects to `url` (`postgres://…` or `sqlite:…`/`sqlite://…`) and applies the pending
+    /// migrations, or checks that none is pending, or neither, as [`PoolSettings::schema`] says.
     ///
     /// For SQLite the file is created if missing. On Postgres, a background task relays the
     /// `NOTIFY`s of other processes into [`Database::feed`] until `shutdown` is cancelled.
@@ -128,10 +132,6 @@ impl Database {
             let pool = pg_pool::connect(options, settings, shutdown.clone())
                 .await
                 .map_err(DbError::Connect)?;
-            POSTGRES_MIGRATIONS
-                .run(&pool)
-                .await
-                .map_err(DbError::Migrate)?;
             spawn_pg_relay(&pool, feed.clone(), shutdown)
                 .await
                 .map_err(DbError::Connect)?;
@@ -160,27 +160,104 @@ impl Database {
                 .connect_with(options)
                 .await
                 .map_err(DbError::Connect)?;
-            SQLITE_MIGRATIONS
-                .run(&pool)
-                .await
-                .map_err(DbError::Migrate)?;
             Backend::Sqlite(pool)
         } else {
             return Err(DbError::InvalidUrl(format!(
                 "{url:?}: expected postgres://… or sqlite://…"
             )));
         };
-        let migrations = match &backend {
-            Backend::Postgres(_) => &POSTGRES_MIGRATIONS,
-            Backend::Sqlite(_) => &SQLITE_MIGRATIONS,
-        };
-        let schema_version = migrations.iter().map(|m| m.version).max().unwrap_or(0);
-        Ok(Self {
+        let mut db = Self {
             backend,
             feed,
             location,
-            schema_version,
-        })
+            schema: SchemaStatus::default(),
+        };
+        db.schema = db.schema_status().await?;
+        match settings.schema {
+            SchemaPolicy::Leave => {}
+            SchemaPolicy::Migrate => {
+                db.migrate().await?;
+            }
+            SchemaPolicy::Require => {
+                schema::refuse_unusable(&db.schema)?;
+                if !db.schema.pending.is_empty() {
+                    return Err(SchemaError::Behind(db.schema.pending.clone()).into());
+                }
+            }
+        }
+        if !db.schema.newer.is_empty() {
+            warn!(
+                database = %db.location,
+                newer = ?db.schema.newer,
+                "the database schema is newer than this binary (migrated by a newer version): \
+                 running on it, as migrations only add; upgrade this binary"
+            );
+        }
+        Ok(db)
+    }
+
+    /// Where the schema stands against this binary's migrations, read now (nothing written).
+    pub async fn schema_status(&self) -> Result<SchemaStatus, SchemaError> {
+        let has_table = self.has_migrations_table().await?;
+        match &self.backend {
+            Backend::Postgres(pool) => {
+                let mut conn = pool
+                    .acquire()
+                    .await
+                    .map_err(sqlx::migrate::MigrateError::from)?;
+                schema::status(&mut *conn, &POSTGRES_MIGRATIONS, has_table).await
+            }
+            Backend::Sqlite(pool) => {
+                let mut conn = pool
+                    .acquire()
+                    .await
+                    .map_err(sqlx::migrate::MigrateError::from)?;
+                schema::status(&mut *conn, &SQLITE_MIGRATIONS, has_table).await
+            }
+        }
+    }
+
+    /// Applies this binary's pending migrations (under the database's migration lock, so
+    /// processes starting together take turns) and returns those this call applied.
+    pub async fn migrate(&mut self) -> Result<Vec<Migration>, SchemaError> {
+        let applied = match &self.backend {
+            Backend::Postgres(pool) => {
+                let mut conn = pool
+                    .acquire()
+                    .await
+                    .map_err(sqlx::migrate::MigrateError::from)?;
+                schema::migrate(&mut *conn, &POSTGRES_MIGRATIONS).await?
+            }
+            Backend::Sqlite(pool) => {
+                let mut conn = pool
+                    .acquire()
+                    .await
+                    .map_err(sqlx::migrate::MigrateError::from)?;
+                schema::migrate(&mut *conn, &SQLITE_MIGRATIONS).await?
+            }
+        };
+        self.schema = self.schema_status().await?;
+        Ok(applied)
+    }
+
+    /// Whether sqlx's bookkeeping table exists (asked without creating it).
+    async fn has_migrations_table(&self) -> Result<bool, SchemaError> {
+        let found: Result<bool, sqlx::Error> = match &self.backend {
+            Backend::Postgres(pool) => {
+                sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+                    .fetch_one(pool)
+                    .await
+            }
+            Backend::Sqlite(pool) => {
+                sqlx::query_scalar(
+                    "SELECT count(*) > 0 FROM sqlite_master \
+                 WHERE type = 'table' AND name = '_sqlx_migrations'",
+                )
+                .fetch_one(pool)
+                .await
+            }
+        };
+        Ok(found.map_err(sqlx::migrate::MigrateError::from)?)
     }
 
     /// Where the database is, for logs: backend, host, port and name (Postgres, with its
@@ -189,9 +266,14 @@ impl Database {
         &self.location
     }
 
-    /// The schema version: the newest migration, all of which ran at connect.
+    /// The schema version: the newest migration the database had once connected.
     pub fn schema_version(&self) -> i64 {
-        self.schema_version
+        self.schema.version()
+    }
+
+    /// Where the schema stood once connected (or after [`Database::migrate`]).
+    pub fn schema(&self) -> &SchemaStatus {
+        &self.schema
     }
 
     /// The backend's pool.

@@ -13,7 +13,7 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    db::{Database, DbError, PoolSettings},
+    db::{Database, DbError, PoolSettings, SchemaPolicy},
     metrics::{Metrics, MetricsArgs},
     security::{ClientCerts, SecurityArgs, SecurityError},
 };
@@ -56,14 +56,17 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, RunError> {
         .map_err(|source| RunError::Bind { addr, source })
 }
 
-/// Connects to and migrates the database at `url` with a pool of at most `max_connections`.
+/// Connects to the database at `url` with a pool of at most `max_connections`, and migrates it
+/// or checks its schema as `schema` says.
 pub async fn connect(
     url: &str,
     max_connections: u32,
+    schema: SchemaPolicy,
     shutdown: CancellationToken,
 ) -> Result<Database, RunError> {
     let settings = PoolSettings {
         max_connections,
+        schema,
         ..PoolSettings::default()
     };
     Ok(Database::connect(url, &settings, shutdown).await?)

@@ -40,6 +40,7 @@ async fn connections_of_a_host_that_stops_answering_are_replaced() {
         max_connections: 3,
         acquire_timeout: Duration::from_secs(20),
         answer_timeout: Duration::from_millis(500),
+        ..PoolSettings::default()
     };
     let db = Database::connect(
         &through(&proxy, &database),

@@ -31,6 +31,9 @@ pub struct OrdersArgs {
     /// Most database connections this service opens.
     #[arg(long, env = "WAYBILL_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
+    /// Whether this service applies pending migrations at start.
+    #[command(flatten)]
+    pub schema: waybill_service_kit::db::SchemaArgs,
     /// How long a catalog entry read for an order is used for the next ones: a price change
     /// applies to orders placed up to this much later (`0s`: the catalog is read every time).
     #[arg(long, env = "WAYBILL_CATALOG_CACHE", default_value = "1s", value_parser = parse_duration)]
@@ -55,6 +58,8 @@ pub struct OrdersConfig {
     pub database_url: String,
     /// Database pool size.
     pub db_max_connections: u32,
+    /// What start-up does with the schema (migrate, or require it current).
+    pub schema: waybill_service_kit::db::SchemaPolicy,
     /// Region stamped on new orders.
     pub region: String,
     /// Whether the sample catalog is loaded at start-up.
@@ -76,6 +81,7 @@ impl OrdersArgs {
             listen: self.listen,
             database_url: waybill_service_kit::config::require_database_url(self.database_url)?,
             db_max_connections: self.db_max_connections,
+            schema: self.schema.policy(),
             region: self.region,
             seed_catalog: self.seed_catalog,
             catalog_cache: self.catalog_cache,

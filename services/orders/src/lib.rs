@@ -133,6 +133,7 @@ pub async fn run(config: OrdersConfig, shutdown: CancellationToken) -> Result<()
     let db = connect(
         &config.database_url,
         config.db_max_connections,
+        config.schema,
         shutdown.clone(),
     )
     .await?;

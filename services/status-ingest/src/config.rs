@@ -29,6 +29,9 @@ pub struct StatusIngestArgs {
     /// Most database connections this service opens.
     #[arg(long, env = "WAYBILL_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
+    /// Whether this service applies pending migrations at start.
+    #[command(flatten)]
+    pub schema: waybill_service_kit::db::SchemaArgs,
     /// How often expired token ids are deleted from the replay guard and the counters logged
     /// (at least 1s).
     #[arg(long, env = "WAYBILL_STATS_INTERVAL", default_value = "60s", value_parser = parse_duration)]
@@ -51,6 +54,8 @@ pub struct StatusIngestConfig {
     pub database_url: String,
     /// Database pool size.
     pub db_max_connections: u32,
+    /// What start-up does with the schema (migrate, or require it current).
+    pub schema: waybill_service_kit::db::SchemaPolicy,
     /// The audience report tokens must name.
     pub audience: String,
     /// How often expired token ids are deleted and the counters logged.
@@ -71,6 +76,7 @@ impl StatusIngestArgs {
             listen: self.listen,
             database_url: waybill_service_kit::config::require_database_url(self.database_url)?,
             db_max_connections: self.db_max_connections,
+            schema: self.schema.policy(),
             audience: self.audience,
             stats_interval: self.stats_interval,
             security: self.security,

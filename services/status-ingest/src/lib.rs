@@ -95,6 +95,7 @@ pub async fn run(config: StatusIngestConfig, shutdown: CancellationToken) -> Res
     let db = connect(
         &config.database_url,
         config.db_max_connections,
+        config.schema,
         shutdown.clone(),
     )
     .await?;

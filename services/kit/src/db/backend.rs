@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use sqlx::{PgPool, SqlitePool};
 
+use super::schema::SchemaPolicy;
+
 /// The pool of one backend.
 #[derive(Debug, Clone)]
 pub enum Backend {
@@ -27,6 +29,9 @@ pub struct PoolSettings {
     /// by a new connection; also the bound of each attempt to connect that replacement (see
     /// `pg_pool`: sqlx 0.8's own ping and close have no bound).
     pub answer_timeout: Duration,
+    /// What connecting does with the schema: migrate (the default), require it current, or
+    /// leave it.
+    pub schema: SchemaPolicy,
 }
 
 impl Default for PoolSettings {
@@ -35,6 +40,7 @@ impl Default for PoolSettings {
             max_connections: 16,
             acquire_timeout: Duration::from_secs(5),
             answer_timeout: Duration::from_secs(5),
+            schema: SchemaPolicy::Migrate,
         }
     }
 }
