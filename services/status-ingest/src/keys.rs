@@ -112,7 +112,7 @@ mod tests {
 
     #[test]
     fn a_key_use_is_written_at_most_once_a_minute_per_key() {
-        let at = |seconds| {
+        let at = |seconds: i64| {
             Utc.timestamp_opt(1_800_000_000 + seconds, 0)
                 .single()
                 .unwrap_or_default()
