@@ -15,7 +15,7 @@ use crate::{
         model::{PartnerKeyRecord, PartnerRecord},
         partner_change::{FieldChange, PartnerChange, describe},
         request,
-        route_change::{self, RoutingChange},
+        route_change::{self, RoutingChange, RoutingImpact},
     },
     error::{DispatchError, NotFound},
     store::StoreError,
@@ -62,7 +62,7 @@ impl AdminApi {
                 enabled: None,
             };
             return Ok(self
-                .change(caller, "EnrollPartner", &current, &change, false)
+                .change(caller, "EnrollPartner", &current, &change, false, None)
                 .await?
                 .0);
         }
@@ -140,11 +140,15 @@ impl AdminApi {
             _ => None,
         };
         let (partner, changes) = self
-            .change(caller, "UpdatePartner", &current, &change, update.dry_run)
+            .change(
+                caller,
+                "UpdatePartner",
+                &current,
+                &change,
+                update.dry_run,
+                weighed.as_ref().map(|weighed| &weighed.impact),
+            )
             .await?;
-        if let (Some(weighed), false) = (&weighed, update.dry_run) {
-            info!(target: "waybill::audit", %caller, rpc = "UpdatePartner", partner_id = %id, impact = %route_change::describe(&weighed.impact), "routing changed");
-        }
         Ok(v1::UpdatePartnerResponse {
             partner: Some(partner),
             impact: weighed.map(|weighed| weighed.answer(!update.dry_run)),
@@ -161,7 +165,8 @@ impl AdminApi {
     }
 
     /// Makes `change` to `current` (unless `dry_run`) and adds it to the audit trail, naming
-    /// every field changed.
+    /// every field changed and, when it enables or disables the partner, its `impact` on
+    /// routing.
     async fn change(
         &self,
         caller: &str,
@@ -169,6 +174,7 @@ impl AdminApi {
         current: &PartnerRecord,
         change: &PartnerChange,
         dry_run: bool,
+        impact: Option<&RoutingImpact>,
     ) -> Result<(v1::Partner, Vec<FieldChange>), DispatchError> {
         let (next, changes) = change.apply(current, self.clock.now());
         let saved = if dry_run || changes.is_empty() {
@@ -177,7 +183,8 @@ impl AdminApi {
             self.store.upsert_partner(&next).await?
         };
         if !dry_run {
-            info!(target: "waybill::audit", %caller, rpc, partner_id = %current.id, changed = %describe(&changes), "partner updated");
+            let routing = impact.map_or_else(|| "unchanged".to_owned(), route_change::describe);
+            info!(target: "waybill::audit", %caller, rpc, partner_id = %current.id, changed = %describe(&changes), %routing, "partner updated");
         }
         Ok((convert::partner(saved), changes))
     }
