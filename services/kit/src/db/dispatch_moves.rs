@@ -6,7 +6,7 @@
 //! | --- | --- | --- | --- |
 //! | StatusIngest: a report from the routed partner that confirms the handover (`RECEIVED_BY_PARTNER` or a later status) | any but `ACKNOWLEDGED` | `ACKNOWLEDGED`: deadline and lease cleared | [`ACKNOWLEDGE`]; the same [`ACKNOWLEDGED_SET`] inside StatusIngest's one-statement batch writes on Postgres (a test there holds them to it) |
 //! | StatusIngest: `REJECTED_BY_PARTNER` from the routed partner | any | `PENDING`: partner and route cleared, fresh budget, due now, the rejection as `last_error` | [`REROUTE`] |
-//! | DispatchAdmin `RetryDispatches` (an operator) | `DEAD`, `UNROUTABLE`, `UNACKNOWLEDGED`, not under a live lease | `PENDING`: fresh budget, due now | the dispatcher's `store/sql/retry.*.sql` (its admin store) |
+//! | DispatchAdmin `RetryDispatches` (an operator) | `RETRYING`, `DEAD`, `UNROUTABLE`, `UNACKNOWLEDGED`, not under a live lease | `PENDING`: fresh budget, due at its place in the replay's spread | decided in the dispatcher's `domain/cycle/replay.rs` (in its state-machine table), written by its `store/sql/replay.*.sql` |
 //!
 //! Clearing the lease when acknowledging fences out a relay batch holding the row: its record
 //! step matches on the lease it took, so a re-send in flight cannot put the row back to `SENT`.
