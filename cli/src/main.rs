@@ -8,6 +8,7 @@ mod catalog;
 mod demo;
 mod dev;
 mod health;
+mod migrate;
 mod partner;
 mod partner_check;
 mod sidecar;
@@ -85,6 +86,10 @@ enum Command {
     /// The catalog PlaceOrder prices from: import a CSV or JSON-lines file, list it.
     #[command(subcommand)]
     Catalog(catalog::CatalogCommand),
+    /// Apply the database's pending migrations, or with `--check` say where the schema stands
+    /// (exit 0 current, 3 pending): for deployments that upgrade the schema as a step of its own
+    /// and start the services with `--migrate-on-start false`.
+    Migrate(migrate::MigrateArgs),
 }
 
 fn main() -> ExitCode {
@@ -174,6 +179,10 @@ async fn run(command: Command) -> ExitCode {
         },
         Command::Keys(command) => token::run_keys(command),
         Command::Health(args) => health::run(args).await,
+        Command::Migrate(args) => match migrate::run(args).await {
+            Ok(code) => return code,
+            Err(error) => Err(error),
+        },
         Command::Catalog(command) => match catalog::run(command).await {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::FAILURE,

@@ -68,6 +68,7 @@ pub async fn enroll(
                 enabled: true,
                 ..Default::default()
             }),
+            ..Default::default()
         })
         .await
         .unwrap();
