@@ -1,6 +1,7 @@
 //! The whole system in one process, as `waybill dev`, `waybill demo` and `waybill bench e2e`
-//! run it: Orders, the dispatcher, StatusIngest on one database, the embedded Kafka-protocol
-//! broker (or a given cluster), and the two example partners' connectors, enrolled with their
+//! run it: the services' [`Stack`] (Orders, the dispatcher, StatusIngest on one database, the
+//! embedded Kafka-protocol broker or a given cluster; the assembly the integration tests'
+//! `TestStack` starts too), and the two example partners' connectors, enrolled with their
 //! routes and keys through `DispatchAdmin` as an operator would.
 
 use std::{
@@ -23,15 +24,11 @@ use waybill_connector_sdk::{
     metrics::{ConnectorHealth, METRICS_PREFIX, register_metrics},
     proto::DispatchedOrder,
 };
-use waybill_dispatcher::{
-    DispatcherDeps, RelaySettings, embedded::EmbeddedBroker, kafka::KafkaSettings,
-};
-use waybill_orders::OrdersDeps;
+use waybill_dispatcher::{RelaySettings, kafka::KafkaSettings};
 use waybill_proto::v1::{self as pb, dispatch_admin_client::DispatchAdminClient};
-use waybill_service_kit::{
-    db::{Database, PoolSettings},
-    grpc::ServerLimits,
-    run::bind,
+use waybill_service_kit::{db::Database, metrics::Metrics};
+use waybill_stack::{
+    Broker, DispatcherSettings, IngestSettings, Stack, StackMetrics, StackSettings,
 };
 use waybill_token::{SigningKey, keys};
 
@@ -113,149 +110,69 @@ pub struct System {
     pub key_ids: Vec<(ExamplePartner, String)>,
     /// Every service's and partner's Prometheus series, in one registry (`waybill dev` serves
     /// it on `--metrics-listen`).
-    pub metrics: waybill_service_kit::metrics::Metrics,
-    embedded: Option<EmbeddedBroker>,
-    db: Database,
+    pub metrics: Metrics,
+    stack: Stack,
     shutdown: CancellationToken,
-    services_stop: CancellationToken,
     partners_stop: CancellationToken,
-    services: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
     connectors: Vec<(ExamplePartner, JoinHandle<anyhow::Result<()>>)>,
 }
 
 impl System {
-    /// Binds, connects, migrates, seeds the catalog, starts every service, enrols the example
-    /// partners (idempotently) and starts their connectors. Everything stops once `shutdown`
-    /// is cancelled and [`System::wait`] is awaited: the partners first (so no report is cut
-    /// off), then the services.
+    /// Starts the services' stack (binds, connects, migrates, seeds the catalog, starts every
+    /// service), enrols the example partners (idempotently) and starts their connectors.
+    /// Everything stops once `shutdown` is cancelled and [`System::wait`] is awaited: the
+    /// partners first (so no report is cut off), then the services.
     pub async fn start(
         settings: SystemSettings,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
-        // Bind first: a taken port fails before anything else starts.
-        let orders_listener = bind(settings.orders_listen).await?;
-        let dispatcher_listener = bind(settings.dispatcher_listen).await?;
-        let ingest_listener = bind(settings.status_ingest_listen).await?;
-        let orders_addr = orders_listener.local_addr()?;
-        let dispatcher_addr = dispatcher_listener.local_addr()?;
-        let ingest_addr = ingest_listener.local_addr()?;
-
-        let services_stop = CancellationToken::new();
-        let partners_stop = CancellationToken::new();
-        if let Some(path) = settings.database_url.strip_prefix("sqlite://")
-            && let Some(parent) = Path::new(path.split('?').next().unwrap_or(path)).parent()
-            && !parent.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create {}", parent.display()))?;
-        }
-        let db = Database::connect(
-            &settings.database_url,
-            &PoolSettings::default(),
-            services_stop.clone(),
-        )
-        .await?;
-        waybill_orders::store::seed_catalog(&db).await?;
-
-        // Kept alive until the end: dropping it stops the broker.
-        let embedded = match &settings.kafka_brokers {
-            Some(_) => None,
-            None => Some(
-                EmbeddedBroker::start()
-                    .map_err(|e| anyhow::anyhow!("cannot start the embedded broker: {e}"))?,
-            ),
+        let metrics = Metrics::new();
+        let broker = match &settings.kafka_brokers {
+            Some(brokers) => Broker::Kafka {
+                settings: KafkaSettings::new(brokers.clone()),
+                topic_creator: None,
+            },
+            None => Broker::Embedded,
         };
-        let brokers = match (&settings.kafka_brokers, &embedded) {
-            (Some(brokers), _) => brokers.clone(),
-            (None, Some(broker)) => broker.bootstrap_servers().to_owned(),
-            (None, None) => anyhow::bail!("no broker"),
-        };
-        let relay = RelaySettings {
+        let stack = Stack::start(StackSettings {
+            database_url: settings.database_url.clone(),
+            seed_catalog: true,
             region: settings.region.clone(),
-            reply_to: format!("http://{ingest_addr}"),
-            audit: settings.audit.clone(),
-            observer: settings.observe.relay.clone(),
-            ..RelaySettings::default()
+            orders_listen: settings.orders_listen,
+            dispatcher: Some(DispatcherSettings {
+                listen: settings.dispatcher_listen,
+                broker,
+                relay: RelaySettings {
+                    audit: settings.audit.clone(),
+                    observer: settings.observe.relay.clone(),
+                    ..RelaySettings::default()
+                },
+            }),
+            status_ingest: Some(IngestSettings::new(
+                settings.status_ingest_listen,
+                settings.audience.clone(),
+            )),
+            metrics: StackMetrics::shared(&metrics),
+        })
+        .await?;
+        let (Some(dispatcher_addr), Some(ingest_addr), Some(brokers)) = (
+            stack.dispatcher_addr,
+            stack.ingest_addr(),
+            stack.brokers.clone(),
+        ) else {
+            anyhow::bail!("the stack started without its dispatcher or StatusIngest");
         };
-        if let Some(broker) = &embedded {
-            for topic in [&relay.topics.audit, &relay.topics.order_events] {
-                broker
-                    .create_topic(topic, 1)
-                    .map_err(|e| anyhow::anyhow!("cannot create topic {topic}: {e}"))?;
-            }
-        }
-        let mut dispatcher =
-            DispatcherDeps::new(db.clone(), KafkaSettings::new(brokers.clone()), relay)?;
-        if let Some(broker) = &embedded {
-            dispatcher.topic_creator = broker.topic_creator();
-        }
-        let metrics = waybill_service_kit::metrics::Metrics::new();
-        // One pool for the three services: its series once.
-        db.register_metrics(&metrics);
-        dispatcher.metrics = metrics.clone();
-        let ingest = waybill_status_ingest::IngestDeps {
-            registry: metrics.clone(),
-            ..waybill_status_ingest::IngestDeps::new(&db, settings.audience.clone())
-        };
-
-        let services: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = vec![
-            (
-                "orders",
-                tokio::spawn({
-                    let stop = services_stop.clone();
-                    let deps = OrdersDeps {
-                        metrics: metrics.clone(),
-                        ..OrdersDeps::new(&db, settings.region.clone())
-                    };
-                    async move {
-                        waybill_orders::serve(orders_listener, deps, ServerLimits::default(), stop)
-                            .await
-                            .map_err(anyhow::Error::from)
-                    }
-                }),
-            ),
-            (
-                "dispatcher",
-                tokio::spawn({
-                    let stop = services_stop.clone();
-                    async move {
-                        waybill_dispatcher::serve(dispatcher_listener, dispatcher, stop)
-                            .await
-                            .map_err(anyhow::Error::from)
-                    }
-                }),
-            ),
-            (
-                "status ingest",
-                tokio::spawn({
-                    let stop = services_stop.clone();
-                    async move {
-                        waybill_status_ingest::serve(
-                            ingest_listener,
-                            ingest,
-                            ServerLimits::default(),
-                            stop,
-                        )
-                        .await
-                        .map_err(anyhow::Error::from)
-                    }
-                }),
-            ),
-        ];
         let mut system = Self {
-            orders_addr,
+            orders_addr: stack.orders_addr,
             dispatcher_addr,
             ingest_addr,
             brokers,
             partners: Vec::new(),
             key_ids: Vec::new(),
             metrics,
-            embedded,
-            db,
+            stack,
             shutdown,
-            services_stop,
-            partners_stop,
-            services,
+            partners_stop: CancellationToken::new(),
             connectors: Vec::new(),
         };
         if let Err(error) = system.start_partners(&settings).await {
@@ -374,48 +291,30 @@ impl System {
     /// the database and the broker. The first failure of any part is returned.
     pub async fn wait(mut self) -> anyhow::Result<()> {
         // A part that fails on its own stops everything (a lost port, a broken database).
-        let failed = {
-            let services =
-                futures::future::select_all(self.services.iter_mut().map(|(_, task)| task));
-            tokio::select! {
-                () = self.shutdown.cancelled() => None,
-                (result, index, _) = services => Some((index, result)),
-            }
+        let mut first_error = tokio::select! {
+            () = self.shutdown.cancelled() => None,
+            failure = self.stack.failure() => Some(anyhow::Error::from(failure)),
         };
-        let mut first_error = None;
-        if let Some((index, result)) = failed {
-            let (name, _) = self.services.remove(index);
-            first_error = Some(
-                flatten(name, result)
-                    .err()
-                    .unwrap_or_else(|| anyhow::anyhow!("{name} stopped by itself")),
-            );
-        }
         self.partners_stop.cancel();
         for (partner, task) in self.connectors.drain(..) {
             if let Err(error) = flatten(partner.id(), task.await) {
                 first_error.get_or_insert(error);
             }
         }
-        self.services_stop.cancel();
-        for (name, task) in self.services.drain(..) {
-            if let Err(error) = flatten(name, task.await) {
-                first_error.get_or_insert(error);
-            }
+        if let Err(error) = self.stack.stop().await {
+            first_error.get_or_insert(error.into());
         }
-        self.db.close().await;
-        drop(self.embedded.take());
         first_error.map_or(Ok(()), Err)
     }
 
     /// The database every service uses.
     pub fn database(&self) -> &Database {
-        &self.db
+        self.stack.database()
     }
 
     /// Whether the broker is the embedded one.
     pub fn embedded(&self) -> bool {
-        self.embedded.is_some()
+        self.stack.embedded()
     }
 }
 
@@ -543,6 +442,7 @@ pub(crate) async fn enroll(
                     enabled: true,
                     ..Default::default()
                 }),
+                dry_run: false,
             })
             .await
             .with_context(|| format!("cannot route {country} to {id}"))?;

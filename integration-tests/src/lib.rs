@@ -10,7 +10,8 @@
 //! # }
 //! ```
 //!
-//! Orders and the dispatcher bind port 0 on loopback and share a throw-away database; the
+//! The services are started by [`Stack`] (crate `waybill-stack`), the assembly `waybill dev`
+//! runs. Orders and the dispatcher bind port 0 on loopback and share a throw-away database; the
 //! dispatcher produces to a test broker (`WAYBILL_TEST_BROKER=mock|tansu`, see
 //! `waybill_test_kit::broker`) under topic names unique to the stack, so tests run in
 //! parallel.
@@ -26,25 +27,17 @@
 //! it down and bring it back on the same address.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 
-use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
-use waybill_dispatcher::{DispatcherDeps, RelaySettings, kafka::TopicNames};
-use waybill_orders::OrdersDeps;
+use waybill_dispatcher::{RelaySettings, kafka::TopicNames};
 use waybill_proto::v1::{
     self as pb, dispatch_admin_client::DispatchAdminClient,
     order_service_client::OrderServiceClient,
 };
-use waybill_service_kit::{
-    db::Database,
-    grpc::ServerLimits,
-    metrics::Metrics,
-    security::{ReloadableTls, ServerSecurity},
+use waybill_service_kit::{db::Database, metrics::Metrics, security::ReloadableTls};
+use waybill_stack::{
+    Broker, DispatcherSettings, IngestSettings, Stack, StackMetrics, StackSettings,
 };
 use waybill_test_kit::{
     TestBackend, TestDatabase,
@@ -119,53 +112,24 @@ impl TestStackBuilder {
     /// Creates the database and starts the services.
     pub async fn start(self) -> TestStack {
         let test_db = TestDatabase::create(self.backend).await;
-        let db = test_db.connect().await;
-        if self.seed_catalog {
-            waybill_orders::store::seed_catalog(&db).await.unwrap();
-        }
-        let shutdown = CancellationToken::new();
-
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let orders_addr = listener.local_addr().unwrap();
-        let orders_metrics = Metrics::new();
-        let mut servers = vec![spawn_server(waybill_orders::serve(
-            listener,
-            OrdersDeps {
-                metrics: orders_metrics.clone(),
-                ..OrdersDeps::new(&db, "test")
-            },
-            ServerLimits::default(),
-            shutdown.clone(),
-        ))];
-
-        let ingest_counters = Arc::new(waybill_status_ingest::metrics::IngestMetrics::default());
-        let ingest_metrics = Metrics::new();
-        let dispatcher_metrics = Metrics::new();
-        let ingest_pki = self.status_ingest_tls.then(TestPki::new);
-        let ingest_tls = ingest_pki
-            .as_ref()
-            .map(|pki| ReloadableTls::load(pki.server_files(false)).unwrap());
-        let ingest = if self.status_ingest || self.status_ingest_tls {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let running = IngestRunning::spawn(
-                listener,
-                &db,
-                ingest_tls.clone(),
-                &ingest_counters,
-                ingest_metrics.clone(),
-            );
-            Some((addr, ingest_tls, Mutex::new(Some(running))))
-        } else {
-            None
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let metrics = StackMetrics::separate();
+        let mut settings = StackSettings {
+            seed_catalog: self.seed_catalog,
+            region: "test".to_owned(),
+            metrics: metrics.clone(),
+            ..StackSettings::new(test_db.url.clone(), loopback)
         };
-        let reply_to = ingest.as_ref().map_or_else(
-            || "http://127.0.0.1:50053".to_owned(),
-            |(addr, tls, _)| {
-                let scheme = if tls.is_some() { "https" } else { "http" };
-                format!("{scheme}://{addr}")
-            },
-        );
+
+        let ingest_pki = self.status_ingest_tls.then(TestPki::new);
+        if self.status_ingest || self.status_ingest_tls {
+            settings.status_ingest = Some(IngestSettings {
+                tls: ingest_pki
+                    .as_ref()
+                    .map(|pki| ReloadableTls::load(pki.server_files(false)).unwrap()),
+                ..IngestSettings::new(loopback, AUDIENCE)
+            });
+        }
 
         let suffix = uuid::Uuid::new_v4().simple().to_string();
         let topics = TopicNames {
@@ -173,7 +137,7 @@ impl TestStackBuilder {
             audit: format!("s{}.audit", &suffix[..10]),
             order_events: format!("s{}.events", &suffix[..10]),
         };
-        let (broker, admin_addr) = if self.dispatcher {
+        let broker = if self.dispatcher {
             let broker = if self.broker_tls {
                 TestBroker::tansu_tls()
             } else {
@@ -181,73 +145,48 @@ impl TestStackBuilder {
             };
             broker.create_topic(&topics.audit, 1).await;
             broker.create_topic(&topics.order_events, 1).await;
-            let relay = RelaySettings {
-                topics: topics.clone(),
-                region: "test".to_owned(),
-                reply_to,
-                poll_interval: self.poll_interval,
-                ..RelaySettings::default()
+            let kafka = Broker::Kafka {
+                settings: broker.kafka_settings(Duration::from_secs(5)),
+                topic_creator: Some(broker.topic_creator()),
             };
-            let mut deps = DispatcherDeps::new(
-                db.clone(),
-                broker.kafka_settings(Duration::from_secs(5)),
-                relay,
-            )
-            .unwrap();
-            deps.topic_creator = broker.topic_creator();
-            deps.metrics = dispatcher_metrics.clone();
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let admin_addr = listener.local_addr().unwrap();
-            servers.push(spawn_server(waybill_dispatcher::serve(
-                listener,
-                deps,
-                shutdown.clone(),
-            )));
-            (Some(broker), Some(admin_addr))
+            settings.dispatcher = Some(DispatcherSettings {
+                relay: RelaySettings {
+                    topics: topics.clone(),
+                    // StatusIngest's address instead, when the stack runs one.
+                    reply_to: "http://127.0.0.1:50053".to_owned(),
+                    poll_interval: self.poll_interval,
+                    ..RelaySettings::default()
+                },
+                ..DispatcherSettings::new(loopback, kafka)
+            });
+            Some(broker)
         } else {
-            (None, None)
+            None
         };
 
+        let stack = Stack::start(settings).await.unwrap();
         TestStack {
-            orders_addr,
-            admin_addr,
-            orders_metrics,
-            dispatcher_metrics,
-            ingest_metrics,
-            ingest_counters,
-            ingest,
+            orders_addr: stack.orders_addr,
+            admin_addr: stack.dispatcher_addr,
+            orders_metrics: metrics.orders,
+            dispatcher_metrics: metrics.dispatcher,
+            ingest_metrics: metrics.status_ingest,
             ingest_pki,
             topics,
-            db,
+            db: stack.database().clone(),
+            stack,
             broker,
-            shutdown,
-            tasks: Mutex::new(servers),
             _test_db: test_db,
         }
     }
 }
 
-/// Runs a service until its shutdown token is cancelled; [`TestStack::stop`] waits for it. A
-/// failure is printed with its causes (a service's error names what failed, its `source` why).
-fn spawn_server<E: std::error::Error + Send + 'static>(
-    serve: impl std::future::Future<Output = Result<(), E>> + Send + 'static,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        if let Err(error) = serve.await {
-            let mut message = error.to_string();
-            let mut cause = error.source();
-            while let Some(inner) = cause {
-                message = format!("{message}: {inner}");
-                cause = inner.source();
-            }
-            eprintln!("test stack service failed: {message}");
-        }
-    })
-}
-
-/// A running system.
+/// A running system: a [`Stack`] on a throw-away database and a test broker.
 #[derive(Debug)]
 pub struct TestStack {
+    /// The services: dropped first, which stops them and closes the pool (see [`Stack`]'s
+    /// `Drop`), before the broker and the database go.
+    stack: Stack,
     /// Where Orders listens.
     pub orders_addr: SocketAddr,
     /// Where the dispatcher's admin API listens (when a dispatcher runs).
@@ -258,23 +197,14 @@ pub struct TestStack {
     pub dispatcher_metrics: Metrics,
     /// StatusIngest's Prometheus series (the same counters across a restart).
     pub ingest_metrics: Metrics,
-    ingest_counters: Arc<waybill_status_ingest::metrics::IngestMetrics>,
     /// The topic names this stack's dispatcher produces to.
     pub topics: TopicNames,
     /// The shared database.
     pub db: Database,
-    /// The test broker (when a dispatcher runs).
-    pub broker: Option<TestBroker>,
-    ingest: Option<(
-        SocketAddr,
-        Option<ReloadableTls>,
-        Mutex<Option<IngestRunning>>,
-    )>,
     /// The PKI StatusIngest's TLS certificate comes from (with `.status_ingest_tls(true)`).
     pub ingest_pki: Option<TestPki>,
-    shutdown: CancellationToken,
-    /// Orders, the dispatcher and the metrics endpoints, until they have stopped.
-    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The test broker (when a dispatcher runs).
+    pub broker: Option<TestBroker>,
     // Last: dropped after the services stop.
     _test_db: TestDatabase,
 }
@@ -296,88 +226,41 @@ impl TestStack {
     /// Serves `metrics` on `GET http://<returned address>/metrics` (loopback, an ephemeral
     /// port) until the stack stops.
     pub async fn serve_metrics(&self, metrics: &Metrics) -> SocketAddr {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let serving =
-            waybill_service_kit::metrics::serve(listener, metrics.clone(), self.shutdown.clone());
-        lock(&self.tasks).push(tokio::spawn(async move {
-            let _ = serving.await;
-        }));
-        addr
+        self.stack
+            .serve_metrics(metrics, SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .unwrap()
     }
 
     /// Stops every service and waits until each has finished (in-flight requests drained, the
     /// relay's leases released), then closes the pool; the test database is dropped after that.
-    /// Dropping the stack does the same (see [`Drop`]); `stop` is the awaited form.
+    /// Dropping the stack does the same ([`Stack`]'s `Drop`); `stop` is the awaited form. A
+    /// service that ended with an error is printed with its causes.
     pub async fn stop(self) {
-        let tasks = self.cancel();
-        for task in tasks {
-            let _ = task.await;
+        if let Err(error) = self.stack.stop().await {
+            eprintln!("test stack: {}", error.chain());
         }
-        self.db.close().await;
-    }
-
-    /// Cancels every service (StatusIngest included) and takes the tasks to wait for.
-    fn cancel(&self) -> Vec<tokio::task::JoinHandle<()>> {
-        let mut tasks = std::mem::take(&mut *lock(&self.tasks));
-        if let Some((_, _, running)) = &self.ingest
-            && let Some(running) = lock(running).take()
-        {
-            running.stop.cancel();
-            tasks.push(running.task);
-        }
-        self.shutdown.cancel();
-        tasks
     }
 
     /// Where StatusIngest listens (the orders' reply-to), when it runs.
     pub fn ingest_addr(&self) -> SocketAddr {
-        self.ingest
-            .as_ref()
+        self.stack
+            .ingest_addr()
             .expect("this stack runs no StatusIngest")
-            .0
     }
 
     /// Stops StatusIngest (its port refuses connections until started again).
     pub async fn stop_status_ingest(&self) {
-        let (_, _, running) = self
-            .ingest
-            .as_ref()
-            .expect("this stack runs no StatusIngest");
-        let taken = lock(running).take();
-        if let Some(running) = taken {
-            running.stop.cancel();
-            let _ = running.task.await;
-        }
+        assert!(
+            self.stack.ingest_addr().is_some(),
+            "this stack runs no StatusIngest"
+        );
+        self.stack.stop_status_ingest().await;
     }
 
     /// Starts StatusIngest again on the same address.
     pub async fn start_status_ingest(&self) {
-        let (addr, tls, running) = self
-            .ingest
-            .as_ref()
-            .expect("this stack runs no StatusIngest");
-        let mut attempts = 0;
-        let listener = loop {
-            match tokio::net::TcpListener::bind(addr).await {
-                Ok(listener) => break listener,
-                Err(error) if attempts < 50 => {
-                    attempts += 1;
-                    let _ = error;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(error) => panic!("cannot bind {addr} again: {error}"),
-            }
-        };
-        // The same counters; registered once (with the first start) in `ingest_metrics`.
-        let started = IngestRunning::spawn(
-            listener,
-            &self.db,
-            tls.clone(),
-            &self.ingest_counters,
-            Metrics::new(),
-        );
-        *lock(running) = Some(started);
+        self.stack.start_status_ingest().await.unwrap();
     }
 
     /// Waits (up to 10 s) until the order's dispatch row satisfies `done`, and returns it; fails
@@ -454,95 +337,5 @@ impl TestStack {
     pub async fn set_route(&self, route: pb::Route) {
         let mut admin = self.admin_client().await;
         fixtures::set_route(&mut admin, route).await;
-    }
-}
-
-/// How long a dropped stack waits for its services to stop before aborting them.
-const DROP_GRACE: Duration = Duration::from_secs(10);
-
-/// Stopping by construction: every service is cancelled and, on a multi-threaded runtime (every
-/// test of this workspace that starts a stack), awaited for up to [`DROP_GRACE`] — as
-/// [`TestStack::stop`] does — and the pool closed; whatever is still running then is aborted.
-/// Only then are the broker and the database dropped (fields drop after this). On a
-/// current-thread runtime the services cannot run while this thread waits: they are cancelled
-/// and aborted.
-impl Drop for TestStack {
-    fn drop(&mut self) {
-        let tasks = self.cancel();
-        if tasks.is_empty() {
-            // Stopped already (`stop`), or nothing left to stop.
-            return;
-        }
-        let aborts: Vec<_> = tasks
-            .iter()
-            .map(tokio::task::JoinHandle::abort_handle)
-            .collect();
-        if let Ok(runtime) = tokio::runtime::Handle::try_current()
-            && runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
-        {
-            let db = self.db.clone();
-            tokio::task::block_in_place(|| {
-                runtime.block_on(async {
-                    let stopped = tokio::time::timeout(DROP_GRACE, async {
-                        for task in tasks {
-                            let _ = task.await;
-                        }
-                    })
-                    .await;
-                    if stopped.is_err() {
-                        eprintln!("test stack: a service did not stop within {DROP_GRACE:?}");
-                    }
-                    db.close().await;
-                });
-            });
-        }
-        for abort in aborts {
-            abort.abort();
-        }
-    }
-}
-
-/// The guarded value, even if a panicking test poisoned the lock.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// A running StatusIngest.
-#[derive(Debug)]
-struct IngestRunning {
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl IngestRunning {
-    fn spawn(
-        listener: tokio::net::TcpListener,
-        db: &Database,
-        tls: Option<ReloadableTls>,
-        counters: &Arc<waybill_status_ingest::metrics::IngestMetrics>,
-        registry: Metrics,
-    ) -> Self {
-        let stop = CancellationToken::new();
-        let deps = waybill_status_ingest::IngestDeps {
-            metrics: Arc::clone(counters),
-            registry,
-            ..waybill_status_ingest::IngestDeps::new(db, AUDIENCE)
-        };
-        let limits = ServerLimits {
-            security: ServerSecurity {
-                tls,
-                ..ServerSecurity::default()
-            },
-            ..ServerLimits::default()
-        };
-        let task = tokio::spawn({
-            let stop = stop.clone();
-            async move {
-                let _ = waybill_status_ingest::serve(listener, deps, limits, stop).await;
-            }
-        });
-        Self { stop, task }
     }
 }
