@@ -367,7 +367,17 @@ async fn every_service_shows_traffic_and_failures_in_its_series() {
         let broker = broker.clone();
         move || broker.restart(Duration::from_secs(15))
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(broker.bootstrap_servers())
+        .await
+        .is_ok()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the broker is still up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     orders
         .place_order(order_request(&Uuid::new_v4().to_string()))
         .await
