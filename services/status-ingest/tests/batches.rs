@@ -349,6 +349,9 @@ async fn a_busy_order_does_not_hold_up_the_others() {
     let (world, busy, _) = world(TestBackend::Postgres).await;
     let free = world.order().await;
     world.route(free, "acme").await;
+    // Both orders were placed at start(); their reports are recorded 2 s later.
+    world.clock.advance(Duration::seconds(2));
+    let two_seconds = Some(std::time::Duration::from_secs(2));
     let mut relay = sqlx::PgConnection::connect(&world.test_db.url)
         .await
         .unwrap();
@@ -369,7 +372,11 @@ async fn a_busy_order_does_not_hold_up_the_others() {
         .expect("the free order's report is not held up")
         .unwrap()
         .unwrap();
-    assert!(matches!(recorded, ReportOutcome::Accepted { .. }));
+    // Recorded with the batch's head: it acknowledged the handover 2 s after the placing.
+    assert!(
+        matches!(recorded, ReportOutcome::Accepted { placed_to_acknowledged, .. } if placed_to_acknowledged == two_seconds),
+        "{recorded:?}"
+    );
     assert!(!waiting.is_finished(), "the busy order's report waits");
     sqlx::query("COMMIT").execute(&mut relay).await.unwrap();
     let recorded = tokio::time::timeout(std::time::Duration::from_secs(20), waiting)
@@ -377,6 +384,10 @@ async fn a_busy_order_does_not_hold_up_the_others() {
         .unwrap()
         .unwrap()
         .unwrap();
-    assert!(matches!(recorded, ReportOutcome::Accepted { .. }));
+    // Recorded alone, waiting for the row: the same answer.
+    assert!(
+        matches!(recorded, ReportOutcome::Accepted { placed_to_acknowledged, .. } if placed_to_acknowledged == two_seconds),
+        "{recorded:?}"
+    );
     assert_eq!(world.history(busy).await.len(), 3);
 }
