@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# A partner's first status report, by hand: generate and enrol a signing key with
-# `waybill keys generate`, sign a token with `waybill token sign`, report with grpcurl
-# (reflection, no proto files), then send the same report again with a fresh token (answered
-# `duplicate: true`) and read StatusIngest's counters.
+# A partner's first status report, by hand: generate a signing key with `waybill keys generate`
+# and enrol it with the `waybill admin keys add` command it prints, sign a token with `waybill
+# token sign`, report with grpcurl (reflection, no proto files: the raw API on purpose), then
+# send the same report again with a fresh token (answered `duplicate: true`) and read
+# StatusIngest's counters.
 #
 #   scripts/report-status-grpcurl.sh ORDER_ID PARTNER_ID [DISPATCHER_ADDR] [STATUS_INGEST_ADDR]
 #
@@ -27,8 +28,9 @@ echo "== waybill keys generate (key id ${KEY_ID}, files in ${KEY_DIR})" >&2
 enrol="$("${WAYBILL}" keys generate --partner "${PARTNER_ID}" --key-id "${KEY_ID}" \
   --out-dir "${KEY_DIR}" --dispatcher "${DISPATCHER}")"
 echo "${enrol}" >&2
-# The printed line is the enrolment call itself: run it as printed.
-bash -c "${enrol}"
+# The printed line is the enrolment command itself (`waybill admin keys add …`): run it as
+# printed, with this script's waybill binary.
+eval "\"\${WAYBILL}\" ${enrol#waybill }"
 
 report() {
   local report_id="$1" status="$2" tracking_id="$3" occurred_at="$4"

@@ -1,11 +1,12 @@
-//! `waybill catalog`: the operator's side of `waybill.v1.CatalogService`.
+//! `waybill catalog import FILE` (also `waybill admin catalog import`): loading a catalog file
+//! into `waybill.v1.CatalogService`.
 //!
-//! `import FILE` reads a whole CSV (header `sku,name,price_minor,currency`) or JSON-lines file,
-//! checks every row with the rules the service applies (`waybill_orders::domain::catalog_rules`)
-//! and prints each bad row by line with the rule it breaks; only when every row is valid does
-//! it send them, in one `UpsertCatalogItems` call (up to 10,000 items), which the service
-//! applies in one transaction: all or nothing. `--dry-run` prints what would change. `list`
-//! prints the catalog page by page.
+//! It reads a whole CSV (header `sku,name,price_minor,currency`) or JSON-lines file, checks
+//! every row with the rules the service applies (`waybill_orders::domain::catalog_rules`) and
+//! prints each bad row by line with the rule it breaks; only when every row is valid does it
+//! send them, in one `UpsertCatalogItems` call (up to 10,000 items), which the service applies
+//! in one transaction: all or nothing. `--dry-run` prints what would change. The other catalog
+//! commands (list, upsert, retire) are in `admin::catalog`; the connection is `waybill admin`'s.
 
 use std::{
     collections::HashMap,
@@ -14,39 +15,16 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use tonic::{
-    Request,
-    metadata::MetadataValue,
-    transport::{Certificate, Channel, ClientTlsConfig},
-};
+use tonic::transport::Channel;
 use waybill_orders::domain::catalog_rules::{self, ItemInput, MAX_BATCH};
 use waybill_proto::v1::{
     self as pb, catalog_change::Kind, catalog_service_client::CatalogServiceClient,
 };
 
-/// `waybill catalog …`.
-#[derive(Debug, clap::Subcommand)]
-pub enum CatalogCommand {
-    /// Load a CSV (`sku,name,price_minor,currency`) or JSON-lines file into the catalog: every
-    /// row is checked first and nothing is applied unless all are valid; then all at once.
-    Import(ImportArgs),
-    /// Print the catalog (SKU, price, currency, name), by SKU.
-    List(ListArgs),
-}
-
-/// Where the Orders service is and how to reach it.
-#[derive(Debug, clap::Args)]
-pub struct Connection {
-    /// The Orders listener, `host:port`.
-    #[arg(long, env = "WAYBILL_ORDERS", default_value = "127.0.0.1:50051")]
-    orders: String,
-    /// Connect with TLS, trusting this CA bundle (PEM); without it, plaintext.
-    #[arg(long, env = "WAYBILL_TLS_CA")]
-    tls_ca: Option<PathBuf>,
-    /// The caller's API key (an operator's for import; a storefront's may list).
-    #[arg(long, env = "WAYBILL_API_KEY", hide_env_values = true)]
-    api_key: Option<String>,
-}
+use crate::admin::{
+    connection::{Connection, Target},
+    output::print_json,
+};
 
 /// `waybill catalog import`.
 #[derive(Debug, clap::Args)]
@@ -59,18 +37,6 @@ pub struct ImportArgs {
     /// Print what would change and change nothing.
     #[arg(long)]
     dry_run: bool,
-    #[command(flatten)]
-    connection: Connection,
-}
-
-/// `waybill catalog list`.
-#[derive(Debug, clap::Args)]
-pub struct ListArgs {
-    /// Retired items too (marked `retired`).
-    #[arg(long)]
-    include_retired: bool,
-    #[command(flatten)]
-    connection: Connection,
 }
 
 /// A catalog file's format.
@@ -95,15 +61,8 @@ struct JsonRow {
     currency: String,
 }
 
-/// Runs a `catalog` command; `Ok(false)` when it refused (bad rows printed).
-pub async fn run(command: CatalogCommand) -> anyhow::Result<bool> {
-    match command {
-        CatalogCommand::Import(args) => import(args).await,
-        CatalogCommand::List(args) => list(args).await.map(|()| true),
-    }
-}
-
-async fn import(args: ImportArgs) -> anyhow::Result<bool> {
+/// Imports the file; `Ok(false)` when it refused (bad rows printed, nothing sent).
+pub async fn import(args: ImportArgs, connection: &Connection, json: bool) -> anyhow::Result<bool> {
     let format = match args.format {
         Some(format) => format,
         None => format_of(&args.file)?,
@@ -125,24 +84,22 @@ async fn import(args: ImportArgs) -> anyhow::Result<bool> {
         }
     };
     let count = items.len();
-    let mut client = client(&args.connection).await?;
-    let answer = client
-        .upsert_catalog_items(authorized(
-            &args.connection,
-            pb::UpsertCatalogItemsRequest {
+    let mut client = client(connection).await?;
+    let answer = connection
+        .answer(
+            Target::Orders,
+            "UpsertCatalogItems",
+            client.upsert_catalog_items(connection.request(pb::UpsertCatalogItemsRequest {
                 items,
                 dry_run: args.dry_run,
-            },
-        )?)
+            })?),
+        )
         .await
-        .map_err(|status| {
-            anyhow::anyhow!(
-                "UpsertCatalogItems refused ({:?}): {}; nothing was applied",
-                status.code(),
-                status.message()
-            )
-        })?
-        .into_inner();
+        .context("nothing was applied")?;
+    if json {
+        print_json(&answer, "waybill.v1.UpsertCatalogItemsResponse")?;
+        return Ok(true);
+    }
     print!("{}", report(&answer));
     println!(
         "{count} row(s): {} created, {} changed, {} unchanged{}",
@@ -339,7 +296,7 @@ fn parse_jsonl(text: &str, rows: &mut Rows, problems: &mut Problems) {
 }
 
 /// Each created or changed item, one line each.
-fn report(answer: &pb::UpsertCatalogItemsResponse) -> String {
+pub fn report(answer: &pb::UpsertCatalogItemsResponse) -> String {
     let mut text = String::new();
     let verb = if answer.dry_run { "would " } else { "" };
     for change in &answer.changes {
@@ -381,83 +338,13 @@ fn report(answer: &pb::UpsertCatalogItemsResponse) -> String {
     text
 }
 
-async fn list(args: ListArgs) -> anyhow::Result<()> {
-    let mut client = client(&args.connection).await?;
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .list_catalog_items(authorized(
-                &args.connection,
-                pb::ListCatalogItemsRequest {
-                    page_size: 1000,
-                    page_token,
-                    include_retired: args.include_retired,
-                },
-            )?)
-            .await
-            .map_err(|status| {
-                anyhow::anyhow!(
-                    "ListCatalogItems refused ({:?}): {}",
-                    status.code(),
-                    status.message()
-                )
-            })?
-            .into_inner();
-        for item in &page.items {
-            println!(
-                "{}\t{}\t{}\t{}{}",
-                item.sku,
-                item.price_minor,
-                item.currency_code,
-                item.name,
-                if item.retired { "\tretired" } else { "" }
-            );
-        }
-        if page.next_page_token.is_empty() {
-            return Ok(());
-        }
-        page_token = page.next_page_token;
-    }
-}
-
-/// A request carrying the API key, when one is set.
-fn authorized<T>(connection: &Connection, message: T) -> anyhow::Result<Request<T>> {
-    let mut request = Request::new(message);
-    if let Some(key) = &connection.api_key {
-        let value: MetadataValue<_> = format!("Bearer {key}")
-            .parse()
-            .context("WAYBILL_API_KEY is not a valid header value")?;
-        request.metadata_mut().insert("authorization", value);
-    }
-    Ok(request)
-}
-
-async fn client(connection: &Connection) -> anyhow::Result<CatalogServiceClient<Channel>> {
-    let address = &connection.orders;
-    let channel = match &connection.tls_ca {
-        Some(ca) => {
-            let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
-            let host = address
-                .rsplit_once(':')
-                .map_or(address.as_str(), |(h, _)| h);
-            let tls = ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(pem))
-                .domain_name(host.trim_start_matches('[').trim_end_matches(']'));
-            Channel::from_shared(format!("https://{address}"))?
-                .tls_config(tls)?
-                .connect()
-                .await
-        }
-        None => {
-            Channel::from_shared(format!("http://{address}"))?
-                .connect()
-                .await
-        }
-    }
-    .with_context(|| format!("cannot connect to Orders at {address}"))?;
-    Ok(CatalogServiceClient::new(channel)
-        .max_decoding_message_size(64 * 1024 * 1024)
-        .max_encoding_message_size(waybill_orders::MAX_CATALOG_REQUEST_BYTES))
+/// A CatalogService client on `connection`'s Orders address, sized for a whole file.
+pub async fn client(connection: &Connection) -> anyhow::Result<CatalogServiceClient<Channel>> {
+    Ok(
+        CatalogServiceClient::new(connection.channel(Target::Orders).await?)
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(waybill_orders::MAX_CATALOG_REQUEST_BYTES),
+    )
 }
 
 #[cfg(test)]

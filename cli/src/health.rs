@@ -52,10 +52,21 @@ pub struct HealthArgs {
 }
 
 /// The TLS material read from the files the flags name.
-struct TlsFiles {
-    ca: Vec<u8>,
+pub(crate) struct TlsFiles {
+    /// The CA bundle the listener's certificate must chain to (PEM).
+    pub(crate) ca: Vec<u8>,
     /// Client certificate chain and key (PEM).
-    identity: Option<(Vec<u8>, Vec<u8>)>,
+    pub(crate) identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// What [`diagnose`] needs to know of the connection that failed.
+pub(crate) struct Probe<'a> {
+    /// The listener, `host:port`.
+    pub(crate) address: &'a str,
+    /// The name the server's certificate is checked against.
+    pub(crate) server_name: String,
+    /// How long to wait for each answer.
+    pub(crate) timeout: Duration,
 }
 
 fn read(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
@@ -77,18 +88,22 @@ impl HealthArgs {
         }))
     }
 
-    /// The name the server's certificate is checked against.
-    fn server_name(&self) -> String {
-        self.server_name.clone().unwrap_or_else(|| {
-            let host = self
-                .address
-                .rsplit_once(':')
-                .map_or(self.address.as_str(), |(host, _)| host);
-            host.trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned()
-        })
+    fn probe(&self) -> Probe<'_> {
+        Probe {
+            address: &self.address,
+            server_name: self
+                .server_name
+                .clone()
+                .unwrap_or_else(|| host_of(&self.address).to_owned()),
+            timeout: self.timeout,
+        }
     }
+}
+
+/// The host part of `host:port` (brackets of an IPv6 literal removed).
+pub(crate) fn host_of(address: &str) -> &str {
+    let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 /// Asks once, prints the answer; `Ok(())` only for `SERVING`.
@@ -98,7 +113,7 @@ pub async fn run(args: HealthArgs) -> anyhow::Result<()> {
         Ok(status) => status,
         Err(Failure::Answered(error)) => return Err(error),
         Err(Failure::Transport(error)) => {
-            return match diagnose(&args, tls.as_ref()).await {
+            return match diagnose(&args.probe(), tls.as_ref()).await {
                 Some(mismatch) => Err(anyhow::anyhow!("{}: {mismatch}", args.address)),
                 None => Err(error),
             };
@@ -187,9 +202,9 @@ enum Handshake {
     Refused,
 }
 
-/// When the check got no answer: whether the probe and the listener disagree on TLS, and the
-/// flag that fixes it.
-async fn diagnose(args: &HealthArgs, tls: Option<&TlsFiles>) -> Option<String> {
+/// When a call got no answer: whether the caller and the listener disagree on TLS, and the
+/// flag that fixes it (`waybill health` and `waybill admin` both ask).
+pub(crate) async fn diagnose(args: &Probe<'_>, tls: Option<&TlsFiles>) -> Option<String> {
     let handshake = handshake(args, tls).await.ok()?;
     match (tls, handshake) {
         (None, Handshake::NotTls) => None,
@@ -225,7 +240,7 @@ const HTTP2_PREFACE: &[u8] =
 /// certificate; none trusted without --tls-ca: then only whether it speaks TLS matters), then
 /// the HTTP/2 preface, so that a refusal after the handshake (TLS 1.3 refuses a missing client
 /// certificate only then) is seen too.
-async fn handshake(args: &HealthArgs, tls: Option<&TlsFiles>) -> anyhow::Result<Handshake> {
+async fn handshake(args: &Probe<'_>, tls: Option<&TlsFiles>) -> anyhow::Result<Handshake> {
     let mut roots = RootCertStore::empty();
     if let Some(files) = tls {
         for cert in CertificateDer::pem_slice_iter(&files.ca) {
@@ -244,10 +259,10 @@ async fn handshake(args: &HealthArgs, tls: Option<&TlsFiles>) -> anyhow::Result<
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
-    let name = ServerName::try_from(args.server_name())?;
+    let name = ServerName::try_from(args.server_name.clone())?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let outcome = tokio::time::timeout(args.timeout, async {
-        let tcp = TcpStream::connect(&args.address).await?;
+        let tcp = TcpStream::connect(args.address).await?;
         let mut stream = connector.connect(name, tcp).await?;
         stream.write_all(HTTP2_PREFACE).await?;
         let mut frame = [0_u8; 9];
@@ -286,9 +301,9 @@ async fn handshake(args: &HealthArgs, tls: Option<&TlsFiles>) -> anyhow::Result<
 }
 
 /// Whether the listener answers the HTTP/2 preface in plaintext (with its SETTINGS frame).
-async fn speaks_plaintext_http2(args: &HealthArgs) -> bool {
+async fn speaks_plaintext_http2(args: &Probe<'_>) -> bool {
     let answer = tokio::time::timeout(args.timeout, async {
-        let mut tcp = TcpStream::connect(&args.address).await?;
+        let mut tcp = TcpStream::connect(args.address).await?;
         tcp.write_all(HTTP2_PREFACE).await?;
         let mut frame = [0_u8; 9];
         tcp.read_exact(&mut frame).await?;

@@ -3,6 +3,7 @@
 //! benchmarks. Each subcommand lives in its own module; this file only parses flags, sets up
 //! telemetry and maps failures to exit codes.
 
+mod admin;
 mod bench;
 mod catalog;
 mod demo;
@@ -77,15 +78,20 @@ enum Command {
     /// one and explain which check fails.
     #[command(subcommand)]
     Token(token::TokenCommand),
-    /// Partners' signing keys: generate a key pair and print the call that enrols it.
+    /// Partners' signing keys: generate a key pair and print the `waybill admin keys add`
+    /// command that enrols it.
     #[command(subcommand)]
     Keys(token::KeysCommand),
     /// Ask one listener's gRPC health service (for container health checks): exits 0 when
     /// SERVING.
     Health(health::HealthArgs),
-    /// The catalog PlaceOrder prices from: import a CSV or JSON-lines file, list it.
-    #[command(subcommand)]
-    Catalog(catalog::CatalogCommand),
+    /// The catalog PlaceOrder prices from: import a CSV or JSON-lines file, list, upsert,
+    /// retire (the same command as `waybill admin catalog`).
+    Catalog(admin::catalog::CatalogArgs),
+    /// The operator's jobs, one command each, over the services' RPCs: dispatches, partners,
+    /// routes, keys, catalog, relay and report stats. Tables, or `--json`; exits 64 on a usage
+    /// error, 1 when the service refuses, 69 when it cannot be reached.
+    Admin(admin::AdminArgs),
     /// Apply the database's pending migrations, or with `--check` say where the schema stands
     /// (exit 0 current, 3 pending): for deployments that upgrade the schema as a step of its own
     /// and start the services with `--migrate-on-start false`.
@@ -183,7 +189,12 @@ async fn run(command: Command) -> ExitCode {
             Ok(code) => return code,
             Err(error) => Err(error),
         },
-        Command::Catalog(command) => match catalog::run(command).await {
+        Command::Catalog(args) => match args.run().await {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::FAILURE,
+            Err(error) => Err(error),
+        },
+        Command::Admin(args) => match admin::run(args).await {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::FAILURE,
             Err(error) => Err(error),
@@ -193,7 +204,9 @@ async fn run(command: Command) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
-            if is_settings_error(&error) {
+            if let Some(code) = admin::exit_code(&error) {
+                ExitCode::from(code)
+            } else if is_settings_error(&error) {
                 ExitCode::from(EXIT_USAGE)
             } else {
                 ExitCode::FAILURE

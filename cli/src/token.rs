@@ -7,7 +7,6 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use base64::{Engine as _, engine::general_purpose::STANDARD};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 use waybill_proto::v1::OrderStatus;
@@ -35,7 +34,8 @@ pub enum TokenCommand {
 /// `waybill keys …`.
 #[derive(Debug, clap::Subcommand)]
 pub enum KeysCommand {
-    /// Write a new Ed25519 key pair for a partner and print the AddPartnerKey call enrolling it.
+    /// Write a new Ed25519 key pair for a partner and print the `waybill admin keys add`
+    /// command that enrols it.
     Generate(GenerateArgs),
 }
 
@@ -132,15 +132,18 @@ pub struct GenerateArgs {
     /// Directory to write `<key-id>.pem` (private, mode 600) and `<key-id>.pub.pem` into.
     #[arg(long, default_value = ".")]
     out_dir: PathBuf,
-    /// The dispatcher's admin address, for the printed enrolment call.
-    #[arg(long, default_value = "127.0.0.1:50052")]
+    /// The dispatcher's admin address, for the printed enrolment command.
+    #[arg(long, env = "WAYBILL_DISPATCHER", default_value = DEFAULT_DISPATCHER)]
     dispatcher: String,
-    /// The CA certificate of a dispatcher with TLS: the printed call then uses TLS and an
-    /// operator's API key from `$WAYBILL_API_KEY` (without it, a plaintext call, as `waybill
-    /// dev` serves; against a TLS listener that call would hang).
+    /// The CA certificate of a dispatcher with TLS: the printed command then passes it as
+    /// `--tls-ca` (the operator's API key and client certificate come from their environment,
+    /// as `waybill admin` reads them).
     #[arg(long, env = "WAYBILL_TLS_CA")]
     dispatcher_ca: Option<PathBuf>,
 }
+
+/// Where `waybill admin` looks for the dispatcher when not told.
+const DEFAULT_DISPATCHER: &str = "127.0.0.1:50052";
 
 /// Short or full status name → the short name tokens carry.
 fn status_name(name: &str) -> anyhow::Result<String> {
@@ -453,29 +456,58 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         keys::verifying_key_to_pem(&key.verifying_key())?.as_bytes(),
         false,
     )?;
-    let body = serde_json::json!({
-        "partner_id": args.partner,
-        "key_id": args.key_id,
-        "public_key": STANDARD.encode(key.verifying_key().to_bytes()),
-    });
     eprintln!(
         "wrote {} (private: keep it secret, the partner signs with it) and {} (public)",
         private_path.display(),
         public_path.display()
     );
-    eprintln!("enrol the public key (an operator, against the dispatcher's admin API):");
-    let transport = match &args.dispatcher_ca {
-        Some(ca) => format!(
-            "-cacert {} -H \"authorization: Bearer $WAYBILL_API_KEY\"",
-            ca.display()
-        ),
-        None => "-plaintext".to_owned(),
-    };
-    println!(
-        "grpcurl {transport} -d '{body}' {} waybill.v1.DispatchAdmin/AddPartnerKey",
-        args.dispatcher
+    eprintln!(
+        "enrol the public key (an operator, with WAYBILL_API_KEY and, for an mTLS dispatcher, WAYBILL_CLIENT_CERT/WAYBILL_CLIENT_KEY set):"
     );
+    println!("{}", enrol_command(&args, &public_path));
     Ok(())
+}
+
+/// The `waybill admin keys add …` command that enrols the key just written, its words quoted
+/// for a POSIX shell where they need it.
+fn enrol_command(args: &GenerateArgs, public_path: &Path) -> String {
+    let mut words = vec![
+        "waybill".to_owned(),
+        "admin".to_owned(),
+        "keys".to_owned(),
+        "add".to_owned(),
+        "--partner".to_owned(),
+        args.partner.clone(),
+        "--key-id".to_owned(),
+        args.key_id.clone(),
+        "--public-key".to_owned(),
+        public_path.display().to_string(),
+    ];
+    if args.dispatcher != DEFAULT_DISPATCHER {
+        words.extend(["--dispatcher".to_owned(), args.dispatcher.clone()]);
+    }
+    if let Some(ca) = &args.dispatcher_ca {
+        words.extend(["--tls-ca".to_owned(), ca.display().to_string()]);
+    }
+    words
+        .iter()
+        .map(|word| shell_word(word))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `word` as one POSIX shell word: as it is when it is made of safe characters, else in single
+/// quotes.
+fn shell_word(word: &str) -> String {
+    let safe = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:@=+,".contains(c));
+    if safe {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
 }
 
 /// Writes a file that must not exist yet (never overwrite a key), private ones with mode 600.

