@@ -162,10 +162,9 @@ fn print_banner(args: &DevArgs, database_url: &str, system: &System) {
     println!(
         "  grpcurl -plaintext -d '{{\"order_id\":\"ORDER_ID\"}}' {orders} waybill.v1.OrderService/WatchOrder"
     );
-    println!("  # the dispatcher's view");
-    println!(
-        "  grpcurl -plaintext -d '{{\"filter\":{{\"partner_id\":\"local-express\"}}}}' {dispatcher} waybill.v1.DispatchAdmin/ListDispatches"
-    );
+    println!("  # the dispatcher's view (every operator job is a `waybill admin` command)");
+    println!("  waybill admin dispatches list --partner local-express --dispatcher {dispatcher}");
+    println!("  waybill admin relay stats --dispatcher {dispatcher}");
     println!("  # report a status as local-express would, signed with its key");
     println!(
         "  waybill token sign --key {} --key-id {key_id} --audience {} --partner local-express --order ORDER_ID --report-id delivered-1 --status DELIVERED --request-json | grpcurl -plaintext -d @ {ingest} waybill.v1.StatusIngest/ReportStatus",
