@@ -16,6 +16,9 @@
 //! the alerts honest.
 #![allow(clippy::unwrap_used)]
 
+#[allow(dead_code)] // the partner helpers this file does not use (its admin calls carry a key)
+#[path = "common/enrolment.rs"]
+mod enrolment;
 #[allow(dead_code)] // the process helpers this file does not use
 #[path = "common/processes.rs"]
 mod processes;
@@ -26,6 +29,7 @@ use std::{
     collections::BTreeSet, net::SocketAddr, path::Path, process::Command, sync::Arc, time::Duration,
 };
 
+use enrolment::order_request;
 use processes::{Service, free_addr, wait_serving};
 use scrape::{
     dashboard_expressions, name_matches, promtool_check_expressions, scrape, scrape_until,
@@ -86,30 +90,6 @@ async fn channel(addr: SocketAddr) -> Channel {
 
 async fn admin(addr: SocketAddr, key: &str) -> Admin {
     DispatchAdminClient::with_interceptor(channel(addr).await, Bearer::new(key))
-}
-
-fn order_request(key: &str) -> pb::PlaceOrderRequest {
-    pb::PlaceOrderRequest {
-        idempotency_key: key.to_owned(),
-        customer: Some(pb::Customer {
-            id: "sre".into(),
-            name: "Site Reliability".into(),
-            email: "sre@example.com".into(),
-            phone: String::new(),
-        }),
-        shipping_address: Some(pb::Address {
-            line1: "1 Main St".into(),
-            line2: String::new(),
-            city: "Springfield".into(),
-            region: String::new(),
-            postal_code: "12345".into(),
-            country_code: COUNTRY.to_owned(),
-        }),
-        lines: vec![pb::LineItem {
-            sku: "MUG-001".into(),
-            quantity: 1,
-        }],
-    }
 }
 
 /// Enrols the partner with a route for [`COUNTRY`] and a fresh key written to `key_file`;
@@ -307,7 +287,7 @@ async fn every_service_shows_traffic_and_failures_in_its_series() {
     let mut placed = Vec::new();
     for _ in 0..LOOPED {
         let reply = orders
-            .place_order(order_request(&Uuid::new_v4().to_string()))
+            .place_order(order_request(&Uuid::new_v4().to_string(), COUNTRY))
             .await
             .unwrap()
             .into_inner();
@@ -379,7 +359,7 @@ async fn every_service_shows_traffic_and_failures_in_its_series() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     orders
-        .place_order(order_request(&Uuid::new_v4().to_string()))
+        .place_order(order_request(&Uuid::new_v4().to_string(), COUNTRY))
         .await
         .unwrap();
     let down = scrape_until(
