@@ -32,6 +32,7 @@ use prometheus_client::{
         histogram::{Histogram, exponential_buckets},
         info::Info,
     },
+    registry::Unit,
 };
 use tonic::{Code, codegen::http};
 use tower::{Layer, Service};
@@ -137,9 +138,10 @@ impl RpcMetrics {
                 "RPCs completed, by service, method and gRPC status code",
                 this.handled.clone(),
             );
-            registry.register(
-                "grpc_server_handling_seconds",
+            registry.register_with_unit(
+                "grpc_server_handling",
                 "Time from a call's arrival to its last message (a stream's whole life), by method",
+                Unit::Seconds,
                 this.seconds.clone(),
             );
             registry.register(

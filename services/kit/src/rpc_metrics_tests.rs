@@ -95,6 +95,13 @@ async fn a_call_is_counted_with_the_status_in_its_trailers() {
         .await
         .unwrap();
     assert!(count.ends_with(" 1"), "{count}");
+    assert_eq!(
+        line(&metrics, "# UNIT waybill_test_grpc_server_handling_seconds")
+            .await
+            .unwrap(),
+        "# UNIT waybill_test_grpc_server_handling_seconds seconds",
+        "a histogram in seconds says so"
+    );
     let build = line(&metrics, "waybill_test_build_info{").await.unwrap();
     assert!(build.ends_with(" 1"), "{build}");
 }

@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, sync::Mutex};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, histogram::Histogram},
-    registry::Registry,
+    registry::{Registry, Unit},
 };
 use waybill_token::RejectReason;
 
@@ -118,9 +118,10 @@ impl IngestMetrics {
             "Status reports refused, by reason (token checks, invalid_argument, not_routed, ...)",
             self.rejected.clone(),
         );
-        registry.register(
-            "placed_to_acknowledged_seconds",
+        registry.register_with_unit(
+            "placed_to_acknowledged",
             "Per partner: from an order's placing to the report that acknowledged its handover (dispatch ACKNOWLEDGED), by the services' clock",
+            Unit::Seconds,
             self.placed_to_acknowledged.clone(),
         );
     }
@@ -212,6 +213,7 @@ mod tests {
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap_or_default();
         for line in [
             "# TYPE waybill_status_ingest_placed_to_acknowledged_seconds histogram",
+            "# UNIT waybill_status_ingest_placed_to_acknowledged_seconds seconds",
             r#"waybill_status_ingest_placed_to_acknowledged_seconds_count{partner="acme"} 2"#,
             r#"waybill_status_ingest_placed_to_acknowledged_seconds_sum{partner="acme"} 701.5"#,
             r#"waybill_status_ingest_placed_to_acknowledged_seconds_bucket{le="2.5",partner="acme"} 1"#,
