@@ -21,15 +21,25 @@
 //! which Postgres cannot hold in `text` while SQLite would, is refused the same way on both
 //! backends and never surfaces as `INTERNAL`.
 //!
+//! A report that overtakes the relay's bookkeeping of its order's send (the partner consumed,
+//! answered and reported before the relay's batch recorded the send: the batch holds the order
+//! right now) waits for that batch's commit, told by the database's change feed, for at most
+//! [`RELAY_WAIT`], and is then recorded: a wake-up instead of sending the partner away to sign
+//! a fresh token and call again. Past the wait (a batch held up by a slow broker, or a relay in
+//! another process on SQLite, which has no cross-process notifications) it is answered
+//! `UNAVAILABLE` with a retry hint, as before.
+//!
 //! Refusals are counted by reason and logged with partner, order and reason — never the token.
 
-use std::{sync::Arc, time::Instant};
+use std::{sync::Arc, time::Duration, time::Instant};
 
+use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 use tracing::{debug, warn};
 use waybill_proto::v1::{self as pb, status_ingest_server::StatusIngest};
 use waybill_service_kit::{
     clock::SharedClock,
+    db::{Change, ChangeFeed},
     text::{InvalidField, quote},
 };
 use waybill_token::{
@@ -45,6 +55,11 @@ use crate::{
     store::{AuthenticatedReport, IngestStore, ReportOutcome},
 };
 
+/// How long a report that overtook the relay's bookkeeping waits for the relay's commit. A relay
+/// batch records its sends milliseconds after the broker acknowledged them; one that takes
+/// longer is waiting for a slow broker, and the partner is better told to come back.
+pub const RELAY_WAIT: Duration = Duration::from_millis(200);
+
 /// The StatusIngest gRPC service.
 #[derive(Debug, Clone)]
 pub struct IngestApi {
@@ -53,6 +68,7 @@ pub struct IngestApi {
     audience: String,
     metrics: Arc<IngestMetrics>,
     keys: Arc<KeyCache>,
+    relay_commits: Option<ChangeFeed>,
 }
 
 impl IngestApi {
@@ -69,6 +85,43 @@ impl IngestApi {
             audience: audience.into(),
             metrics,
             keys: Arc::default(),
+            relay_commits: None,
+        }
+    }
+
+    /// Reports that overtook the relay's bookkeeping wait for its commit on `feed` (see the
+    /// module's documentation); without one they are answered `UNAVAILABLE` at once.
+    #[must_use]
+    pub fn waiting_for_relay_on(mut self, feed: Option<ChangeFeed>) -> Self {
+        self.relay_commits = feed;
+        self
+    }
+
+    /// Records `report`, waiting for the relay's commit when the report overtook it.
+    async fn record(&self, report: &AuthenticatedReport) -> Result<ReportOutcome, IngestError> {
+        let outcome = self.store.record_report(report).await?;
+        let (ReportOutcome::InFlight, Some(feed)) = (&outcome, &self.relay_commits) else {
+            return Ok(outcome);
+        };
+        self.metrics.add_waited_for_relay();
+        // Subscribed first, then recorded again: a commit between the two is not missed. A
+        // refused attempt changes nothing (its token id is not spent), so it can be repeated.
+        let mut commits = feed.subscribe();
+        let deadline = tokio::time::Instant::now() + RELAY_WAIT;
+        loop {
+            let outcome = self.store.record_report(report).await?;
+            if !matches!(outcome, ReportOutcome::InFlight) {
+                return Ok(outcome);
+            }
+            loop {
+                match tokio::time::timeout_at(deadline, commits.recv()).await {
+                    Err(_) | Ok(Err(RecvError::Closed)) => return Ok(outcome),
+                    Ok(Ok(Change::OrderStatus(order))) if order == report.order_id => break,
+                    // Fallen behind the feed: whatever it was, look again.
+                    Ok(Err(RecvError::Lagged(_))) => break,
+                    Ok(Ok(_)) => {}
+                }
+            }
         }
     }
 
@@ -108,7 +161,7 @@ impl IngestApi {
             token_id_kept_until: kept_until,
             key_id,
         };
-        match self.store.record_report(&report).await? {
+        match self.record(&report).await? {
             ReportOutcome::Accepted {
                 sequence,
                 effects,

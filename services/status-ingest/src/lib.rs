@@ -35,7 +35,7 @@ use tracing::{info, warn};
 use waybill_proto::v1::status_ingest_server::StatusIngestServer;
 use waybill_service_kit::{
     clock::{SharedClock, SystemClock},
-    db::Database,
+    db::{ChangeFeed, Database},
     grpc::ServerLimits,
     rpc_metrics::RpcMetrics,
     run::{MetricsEndpoint, bind, connect},
@@ -65,6 +65,10 @@ pub struct IngestDeps {
     pub metrics: Arc<IngestMetrics>,
     /// Where the counters are registered as Prometheus series (`waybill_status_ingest_*`).
     pub registry: waybill_service_kit::metrics::Metrics,
+    /// The database's commit notifications: a report that overtook the relay's bookkeeping of
+    /// its order's send waits on them for the relay's commit (`None`: it is answered
+    /// `UNAVAILABLE` with a retry hint at once).
+    pub relay_commits: Option<ChangeFeed>,
 }
 
 impl IngestDeps {
@@ -77,6 +81,7 @@ impl IngestDeps {
             audience: audience.into(),
             metrics: Arc::new(IngestMetrics::default()),
             registry: waybill_service_kit::metrics::Metrics::new(),
+            relay_commits: Some(db.feed().clone()),
         }
     }
 }
@@ -156,12 +161,10 @@ pub fn service(deps: IngestDeps) -> StatusIngestServer<IngestApi> {
     deps.registry.register("waybill_status_ingest", |registry| {
         deps.metrics.register(registry)
     });
-    StatusIngestServer::new(IngestApi::new(
-        deps.store,
-        deps.clock,
-        deps.audience,
-        deps.metrics,
-    ))
+    StatusIngestServer::new(
+        IngestApi::new(deps.store, deps.clock, deps.audience, deps.metrics)
+            .waiting_for_relay_on(deps.relay_commits),
+    )
     // A report is a few hundred bytes plus its token; 64 KiB is generous, 4 MiB (tonic's
     // default) is not a deliberate limit.
     .max_decoding_message_size(64 * 1024)

@@ -51,6 +51,7 @@ pub struct IngestMetrics {
     accepted: Counter,
     duplicates: Counter,
     flagged: Counter,
+    waited_for_relay: Counter,
     rejected: Family<ReasonLabel, Counter>,
     placed_to_acknowledged: Family<PartnerLabel, Histogram>,
     /// Every reason seen or known, for the snapshot (a family cannot list its labels).
@@ -73,6 +74,7 @@ impl Default for IngestMetrics {
             accepted: Counter::default(),
             duplicates: Counter::default(),
             flagged: Counter::default(),
+            waited_for_relay: Counter::default(),
             rejected,
             placed_to_acknowledged: Family::new_with_constructor(|| {
                 Histogram::new(PLACED_TO_ACKNOWLEDGED_BUCKETS)
@@ -91,6 +93,8 @@ pub struct IngestStats {
     pub duplicates: u64,
     /// Accepted after a final state.
     pub flagged_for_review: u64,
+    /// Reports that overtook the relay's bookkeeping and waited for its commit.
+    pub waited_for_relay: u64,
     /// Refusals by reason; every known reason present.
     pub rejected: BTreeMap<String, u64>,
 }
@@ -112,6 +116,11 @@ impl IngestMetrics {
             "reports_flagged_for_review",
             "Status reports accepted after a final state and flagged for review",
             self.flagged.clone(),
+        );
+        registry.register(
+            "reports_waited_for_relay",
+            "Status reports that overtook the relay's bookkeeping of their order's send and waited for its commit (then recorded, or refused as dispatch_in_flight past the wait)",
+            self.waited_for_relay.clone(),
         );
         registry.register(
             "reports_rejected",
@@ -143,6 +152,11 @@ impl IngestMetrics {
             .observe(after.as_secs_f64());
     }
 
+    /// One more report that waited for the relay's commit.
+    pub fn add_waited_for_relay(&self) {
+        self.waited_for_relay.inc();
+    }
+
     /// One more duplicate.
     pub fn add_duplicate(&self) {
         self.duplicates.inc();
@@ -170,6 +184,7 @@ impl IngestMetrics {
             accepted: self.accepted.get(),
             duplicates: self.duplicates.get(),
             flagged_for_review: self.flagged.get(),
+            waited_for_relay: self.waited_for_relay.get(),
             rejected: reasons
                 .into_iter()
                 .map(|reason| {

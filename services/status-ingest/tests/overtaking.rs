@@ -1,8 +1,9 @@
 //! A partner's report that overtakes the relay's bookkeeping of its order's send (the partner
 //! consumed, answered and reported before the relay's batch recorded to whom it sent the order)
 //! is never refused for good: on SQLite, where a relay batch's lease is written into the row, it
-//! is answered `UNAVAILABLE` with a retry hint of a few milliseconds and changes nothing; on
-//! Postgres, where the lease is the row's lock, it waits for the relay's transaction and lands.
+//! waits for the relay's commit on the change feed and lands, or past the wait is answered
+//! `UNAVAILABLE` with a retry hint of a few milliseconds and changes nothing; on Postgres, where
+//! the lease is the row's lock, it waits for the relay's transaction and lands.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -15,8 +16,8 @@ use common::{
 };
 use tonic::Code;
 use waybill_proto::{headers::RETRY_AFTER_MS, v1::OrderStatus};
-use waybill_service_kit::db::Backend;
-use waybill_test_kit::TestBackend;
+use waybill_service_kit::db::{Backend, Change};
+use waybill_test_kit::{TestBackend, eventually};
 
 /// The order's history: placed, sent by the relay, then the partner's receipt, in that order.
 async fn assert_sent_then_received(world: &common::World, order: uuid::Uuid) {
@@ -69,6 +70,11 @@ async fn on_sqlite_a_report_for_an_order_in_a_relay_batch_is_asked_to_retry_then
         ingest.stats().await.rejected.get("dispatch_in_flight"),
         Some(&1)
     );
+    assert_eq!(
+        world.metrics.snapshot().waited_for_relay,
+        1,
+        "it waited for the relay's commit before answering"
+    );
 
     // The relay records the send: the retry (a fresh token, the same report id) lands.
     world.route(order, "acme").await;
@@ -81,6 +87,48 @@ async fn on_sqlite_a_report_for_an_order_in_a_relay_batch_is_asked_to_retry_then
         .into_inner();
     assert!(!answer.duplicate);
     assert_sent_then_received(&world, order).await;
+    ingest.stop().await;
+}
+
+#[tokio::test]
+async fn on_sqlite_a_report_waits_for_the_relay_s_commit_and_lands_without_a_retry() {
+    let (world, _, acme) = world(TestBackend::Sqlite).await;
+    let order = world.order().await;
+    world.lease(order, "relay-1").await;
+    let ingest = Service::start(world.deps()).await;
+    let received = report(
+        order,
+        "acme",
+        "r-1",
+        OrderStatus::ReceivedByPartner,
+        "1Z999",
+        world.now(),
+    );
+    let call = tokio::spawn({
+        let mut client = ingest.client.clone();
+        let request = request(&received, token_for(&acme, &received, world.now()));
+        async move { client.report_status(request).await }
+    });
+    // Once the report waits for the relay, the relay's batch records the send and says so on
+    // the change feed, as the dispatcher's store does after its commit.
+    eventually(
+        Duration::from_secs(20),
+        "the report waiting for the relay",
+        || std::future::ready(world.metrics.snapshot().waited_for_relay == 1),
+    )
+    .await;
+    world.route(order, "acme").await;
+    world.db.feed().publish(Change::OrderStatus(order));
+    let answer = call.await.unwrap().unwrap().into_inner();
+    assert!(!answer.duplicate);
+    assert_sent_then_received(&world, order).await;
+    let stats = ingest.stats().await;
+    assert_eq!(stats.accepted, 1);
+    assert_eq!(
+        stats.rejected.get("dispatch_in_flight"),
+        Some(&0),
+        "never refused"
+    );
     ingest.stop().await;
 }
 

@@ -118,6 +118,7 @@ impl World {
             audience: AUDIENCE.to_owned(),
             metrics: self.metrics.clone(),
             registry: Default::default(),
+            relay_commits: Some(self.db.feed().clone()),
         }
     }
 
