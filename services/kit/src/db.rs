@@ -28,6 +28,7 @@ mod pg_pool;
 mod pool_metrics;
 mod schema;
 mod value;
+mod write_gate;
 
 pub use self::{
     backend::{Backend, PoolSettings, Statement},
@@ -37,6 +38,7 @@ pub use self::{
     pool_metrics::{PoolCollector, register as register_pool_metrics},
     schema::{Migration, SchemaArgs, SchemaError, SchemaPolicy, SchemaStatus},
     value::{Id, IdList, Instant, TextList},
+    write_gate::{WriteTurn, sqlite_write_turn},
 };
 
 /// Postgres `NOTIFY` channel: payload is the order id whose status history grew, or several

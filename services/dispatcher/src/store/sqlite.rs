@@ -14,7 +14,9 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use sqlx::SqlitePool;
 use uuid::Uuid;
-use waybill_service_kit::db::{Change, ChangeFeed, Id, IdList, Instant, TextList};
+use waybill_service_kit::db::{
+    Change, ChangeFeed, Id, IdList, Instant, TextList, sqlite_write_turn,
+};
 
 use super::{
     error::StoreError,
@@ -60,6 +62,9 @@ pub(super) async fn lease(
     kind: LeaseKind,
     lease: &LeaseRequest,
 ) -> Result<Vec<LeasedRow>, StoreError> {
+    // The lease is a write: this process's writers take turns without SQLite's sleeping busy
+    // handler (the turn ends with the statement).
+    let turn = sqlite_write_turn(pool).await;
     let ids: Vec<Id> = sqlx::query_scalar(match kind {
         LeaseKind::Due => LEASE_DUE,
         LeaseKind::Overdue => LEASE_OVERDUE,
@@ -71,6 +76,7 @@ pub(super) async fn lease(
     .bind(i64::from(lease.limit))
     .fetch_all(pool)
     .await?;
+    drop(turn);
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -112,6 +118,7 @@ pub(super) async fn record(
             .collect::<Vec<_>>()
     )
     .to_string();
+    let _turn = sqlite_write_turn(pool).await;
     let mut tx = waybill_service_kit::db::begin(pool).await?;
     let applied: Vec<Id> = sqlx::query_scalar(RECORD_UPDATES)
         .bind(&fence.owner)
@@ -271,6 +278,7 @@ impl EventBatch for SqliteEventBatch {
                 .collect::<Vec<_>>()
         )
         .to_string();
+        let _turn = sqlite_write_turn(&self.pool).await;
         sqlx::query(MARK_PUBLISHED)
             .bind(Instant(now))
             .bind(keys)
@@ -296,6 +304,7 @@ impl AuditBatch for SqliteAuditBatch {
         delivered: &[Uuid],
         failed: &[AuditCopy],
     ) -> Result<(), StoreError> {
+        let _turn = sqlite_write_turn(&self.pool).await;
         let mut tx = waybill_service_kit::db::begin(&self.pool).await?;
         if !delivered.is_empty() {
             sqlx::query(DELETE_AUDITS)

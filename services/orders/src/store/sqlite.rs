@@ -4,7 +4,7 @@
 //! process's change feed (SQLite has no `NOTIFY`).
 
 use sqlx::{QueryBuilder, Sqlite, SqlitePool};
-use waybill_service_kit::db::{Change, ChangeFeed, Id, Instant};
+use waybill_service_kit::db::{Change, ChangeFeed, Id, Instant, sqlite_write_turn};
 
 use super::{error::StoreError, statements::bind_order};
 use crate::{convert::outbox_message, domain::model::NewOrder};
@@ -26,6 +26,8 @@ pub(super) async fn place_order(
 ) -> Result<bool, StoreError> {
     let id = Id(order.id);
     let placed_at = Instant(order.placed_at);
+    // This process's writers take turns without SQLite's sleeping busy handler.
+    let _turn = sqlite_write_turn(pool).await;
     let mut tx = waybill_service_kit::db::begin(pool).await?;
     let inserted = bind_order(sqlx::query(PLACE_ORDER), order)
         .execute(&mut *tx)

@@ -8,7 +8,7 @@
 use sqlx::{Executor as _, SqliteConnection, SqlitePool};
 use waybill_service_kit::{
     clock::SharedClock,
-    db::{Change, ChangeFeed, Failure, Id, Instant, classify, dispatch_moves},
+    db::{Change, ChangeFeed, Failure, Id, Instant, classify, dispatch_moves, sqlite_write_turn},
 };
 
 use super::{
@@ -35,6 +35,8 @@ pub(super) async fn record_batch(
     clock: &SharedClock,
     reports: &[AuthenticatedReport],
 ) -> Result<Vec<InBatch>, StoreError> {
+    // This process's writers take turns without SQLite's sleeping busy handler.
+    let _turn = sqlite_write_turn(pool).await;
     let mut tx = waybill_service_kit::db::begin(pool).await?;
     let mut savepoint = Savepoint::default();
     let mut woken = Woken::default();
