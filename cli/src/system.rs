@@ -26,7 +26,7 @@ use waybill_connector_sdk::{
 };
 use waybill_dispatcher::{RelaySettings, kafka::KafkaSettings};
 use waybill_proto::v1::{self as pb, dispatch_admin_client::DispatchAdminClient};
-use waybill_service_kit::{db::Database, metrics::Metrics};
+use waybill_service_kit::{db::Database, metrics::Metrics, security::ServerSecurity};
 use waybill_stack::{
     Broker, DispatcherSettings, IngestSettings, Stack, StackMetrics, StackSettings,
 };
@@ -153,6 +153,7 @@ impl System {
                 settings.audience.clone(),
             )),
             metrics: StackMetrics::shared(&metrics),
+            security: ServerSecurity::default(),
         })
         .await?;
         let (Some(dispatcher_addr), Some(ingest_addr), Some(brokers)) = (

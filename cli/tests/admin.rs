@@ -18,16 +18,13 @@ use std::{
 };
 
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 use tonic::{Request, metadata::MetadataValue};
-use waybill_dispatcher::{DispatcherDeps, RelaySettings, kafka::TopicNames};
-use waybill_orders::OrdersDeps;
+use waybill_dispatcher::{RelaySettings, kafka::TopicNames};
 use waybill_proto::v1::order_service_client::OrderServiceClient;
-use waybill_service_kit::{
-    grpc::ServerLimits,
-    security::{Credentials, ReloadableTls, ServerSecurity, auth::hash_api_key},
+use waybill_service_kit::security::{
+    Credentials, ReloadableTls, ServerSecurity, auth::hash_api_key,
 };
-use waybill_status_ingest::IngestDeps;
+use waybill_stack::{Broker, DispatcherSettings, IngestSettings, StackSettings};
 use waybill_test_kit::{
     TestBackend, TestDatabase, broker::TestBroker, eventually, fixtures::sample_order, tls::TestPki,
 };
@@ -35,28 +32,17 @@ use waybill_test_kit::{
 const OPERATOR_KEY: &str = "op_admin_cli_6f1d2e";
 const STOREFRONT_KEY: &str = "sf_admin_cli_90ab3c";
 
-/// The three services on one database, each over TLS requiring a client certificate from the
-/// test CA, with credentials; stopped when dropped.
+/// The three services on one database, as `waybill dev` assembles them (`waybill_stack`), each
+/// over TLS requiring a client certificate from the test CA, with credentials; stopped when
+/// dropped (the services first, then the broker and the database).
 struct Stack {
     dispatcher: SocketAddr,
     orders: SocketAddr,
     ingest: SocketAddr,
     pki: TestPki,
-    shutdown: CancellationToken,
+    _services: waybill_stack::Stack,
     _broker: TestBroker,
     _db: TestDatabase,
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
-async fn listener() -> (tokio::net::TcpListener, SocketAddr) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    (listener, addr)
 }
 
 async fn start(backend: TestBackend) -> Stack {
@@ -75,35 +61,7 @@ async fn start(backend: TestBackend) -> Stack {
         credentials: Some(Arc::new(credentials)),
         rate_limit: None,
     };
-    let limits = || ServerLimits {
-        security: security.clone(),
-        ..ServerLimits::default()
-    };
     let test_db = TestDatabase::create(backend).await;
-    let db = test_db.connect().await;
-    waybill_orders::store::seed_catalog(&db).await.unwrap();
-    let shutdown = CancellationToken::new();
-
-    let (orders_listener, orders) = listener().await;
-    let deps = OrdersDeps {
-        catalog_cache: Duration::ZERO,
-        ..OrdersDeps::new(&db, "test")
-    };
-    tokio::spawn(waybill_orders::serve(
-        orders_listener,
-        deps,
-        limits(),
-        shutdown.clone(),
-    ));
-
-    let (ingest_listener, ingest) = listener().await;
-    tokio::spawn(waybill_status_ingest::serve(
-        ingest_listener,
-        IngestDeps::new(&db, "waybill-test"),
-        limits(),
-        shutdown.clone(),
-    ));
-
     let broker = TestBroker::start();
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     let topics = TopicNames {
@@ -113,33 +71,34 @@ async fn start(backend: TestBackend) -> Stack {
     };
     broker.create_topic(&topics.audit, 1).await;
     broker.create_topic(&topics.order_events, 1).await;
-    let relay = RelaySettings {
-        topics,
-        region: "test".to_owned(),
-        reply_to: format!("https://{ingest}"),
-        poll_interval: Duration::from_millis(200),
-        ..RelaySettings::default()
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let kafka = Broker::Kafka {
+        settings: broker.kafka_settings(Duration::from_secs(5)),
+        topic_creator: Some(broker.topic_creator()),
     };
-    let mut deps = DispatcherDeps::new(
-        db.clone(),
-        broker.kafka_settings(Duration::from_secs(5)),
-        relay,
-    )
+    let services = waybill_stack::Stack::start(StackSettings {
+        region: "test".to_owned(),
+        dispatcher: Some(DispatcherSettings {
+            relay: RelaySettings {
+                topics,
+                poll_interval: Duration::from_millis(200),
+                ..RelaySettings::default()
+            },
+            ..DispatcherSettings::new(loopback, kafka)
+        }),
+        // Its reply-to is https: the stack's certificate.
+        status_ingest: Some(IngestSettings::new(loopback, "waybill-test")),
+        security,
+        ..StackSettings::new(test_db.url.clone(), loopback)
+    })
+    .await
     .unwrap();
-    deps.topic_creator = broker.topic_creator();
-    deps.limits = limits();
-    let (dispatcher_listener, dispatcher) = listener().await;
-    tokio::spawn(waybill_dispatcher::serve(
-        dispatcher_listener,
-        deps,
-        shutdown.clone(),
-    ));
     Stack {
-        dispatcher,
-        orders,
-        ingest,
+        dispatcher: services.dispatcher_addr.unwrap(),
+        orders: services.orders_addr,
+        ingest: services.ingest_addr().unwrap(),
         pki,
-        shutdown,
+        _services: services,
         _broker: broker,
         _db: test_db,
     }
@@ -538,7 +497,10 @@ async fn refusals(stack: &Stack) {
     let expected = "requires a client certificate: pass --tls-cert and --tls-key";
     assert!(errors.contains(expected), "{errors}");
     // Nothing listening: unreachable, exit 69, the flag to check named.
-    let closed = listener().await.1;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let errors = stack
         .refused(
             Caller::Operator,

@@ -5,10 +5,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
 use waybill_service_kit::{
-    db::Database,
-    grpc::ServerLimits,
-    metrics::Metrics,
-    security::{ReloadableTls, ServerSecurity},
+    db::Database, grpc::ServerLimits, metrics::Metrics, security::ServerSecurity,
 };
 use waybill_status_ingest::{IngestDeps, metrics::IngestMetrics};
 
@@ -17,11 +14,11 @@ use crate::{error::StackError, services::Services};
 /// The name StatusIngest's task goes by.
 pub(crate) const SERVICE: &str = "status ingest";
 
-/// What a restart needs: the address, the certificate, the audience and the counters, which
-/// live across restarts (registered once, with the first start).
+/// What a restart needs: the address, the listener's security, the audience and the counters,
+/// which live across restarts (registered once, with the first start).
 pub(crate) struct Ingest {
     pub(crate) addr: SocketAddr,
-    tls: Option<ReloadableTls>,
+    security: ServerSecurity,
     audience: String,
     counters: Arc<IngestMetrics>,
 }
@@ -32,12 +29,12 @@ impl Ingest {
         services: &Services,
         (listener, addr): (TcpListener, SocketAddr),
         db: &Database,
-        (audience, tls): (String, Option<ReloadableTls>),
+        (audience, security): (String, ServerSecurity),
         registry: &Metrics,
     ) -> Self {
         let ingest = Self {
             addr,
-            tls,
+            security,
             audience,
             counters: Arc::new(IngestMetrics::default()),
         };
@@ -47,7 +44,11 @@ impl Ingest {
 
     /// The reply-to the relay stamps on every order: this StatusIngest's URL.
     pub(crate) fn reply_to(&self) -> String {
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let scheme = if self.security.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         format!("{scheme}://{}", self.addr)
     }
 
@@ -87,10 +88,7 @@ impl Ingest {
             ..IngestDeps::new(db, self.audience.clone())
         };
         let limits = ServerLimits {
-            security: ServerSecurity {
-                tls: self.tls.clone(),
-                ..ServerSecurity::default()
-            },
+            security: self.security.clone(),
             ..ServerLimits::default()
         };
         services.spawn(SERVICE, |stop| {

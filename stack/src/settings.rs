@@ -7,7 +7,10 @@ use waybill_dispatcher::{
     RelaySettings,
     kafka::{KafkaSettings, TopicCreator},
 };
-use waybill_service_kit::{metrics::Metrics, security::ReloadableTls};
+use waybill_service_kit::{
+    metrics::Metrics,
+    security::{ReloadableTls, ServerSecurity},
+};
 
 /// How to run a stack. Orders always runs; the dispatcher and StatusIngest when set.
 pub struct StackSettings {
@@ -26,6 +29,9 @@ pub struct StackSettings {
     pub status_ingest: Option<IngestSettings>,
     /// Where each service's series go.
     pub metrics: StackMetrics,
+    /// TLS, callers' credentials and rate limits of every listener (none by default);
+    /// StatusIngest takes its certificate from [`IngestSettings::tls`] when that is set.
+    pub security: ServerSecurity,
 }
 
 impl StackSettings {
@@ -40,6 +46,7 @@ impl StackSettings {
             dispatcher: None,
             status_ingest: None,
             metrics: StackMetrics::shared(&Metrics::new()),
+            security: ServerSecurity::default(),
         }
     }
 }

@@ -8,6 +8,7 @@ use waybill_service_kit::{
     db::{Database, PoolSettings},
     grpc::ServerLimits,
     metrics::Metrics,
+    security::ServerSecurity,
 };
 
 use crate::{
@@ -63,6 +64,7 @@ impl Stack {
             dispatcher,
             status_ingest,
             metrics,
+            security,
         } = settings;
         let (orders_listener, orders_addr) = bind(orders_listen).await?;
         let dispatcher_listener = match &dispatcher {
@@ -94,20 +96,28 @@ impl Stack {
             metrics: stack.metrics.orders.clone(),
             ..OrdersDeps::new(&stack.db, region.clone())
         };
+        let limits = ServerLimits {
+            security: security.clone(),
+            ..ServerLimits::default()
+        };
         stack.services.spawn("orders", |stop| {
-            waybill_orders::serve(orders_listener, orders, ServerLimits::default(), stop)
+            waybill_orders::serve(orders_listener, orders, limits, stop)
         });
         if let (Some(listener), Some(ingest)) = (ingest_listener, status_ingest) {
+            let ingest_security = ServerSecurity {
+                tls: ingest.tls.or_else(|| security.tls.clone()),
+                ..security.clone()
+            };
             stack.ingest = Some(Ingest::start(
                 &stack.services,
                 listener,
                 &stack.db,
-                (ingest.audience, ingest.tls),
+                (ingest.audience, ingest_security),
                 &stack.metrics.status_ingest,
             ));
         }
         if let (Some((listener, _)), Some(dispatcher)) = (dispatcher_listener, dispatcher) {
-            stack.start_dispatcher(listener, dispatcher, region)?;
+            stack.start_dispatcher(listener, dispatcher, region, security)?;
         }
         Ok(stack)
     }
@@ -118,6 +128,7 @@ impl Stack {
         listener: tokio::net::TcpListener,
         settings: DispatcherSettings,
         region: String,
+        security: ServerSecurity,
     ) -> Result<(), StackError> {
         let DispatcherSettings { broker, relay, .. } = settings;
         let mut relay = relay;
@@ -150,6 +161,10 @@ impl Stack {
             deps.topic_creator = creator;
         }
         deps.metrics = self.metrics.dispatcher.clone();
+        deps.limits = ServerLimits {
+            security,
+            ..deps.limits
+        };
         self.services.spawn("dispatcher", |stop| {
             waybill_dispatcher::serve(listener, deps, stop)
         });
