@@ -5,51 +5,14 @@
 
 mod common;
 
-use std::{
-    io::Write,
-    sync::{Arc, Mutex, OnceLock},
-};
-
 use common::Harness;
 use tonic::{Code, transport::Channel};
 use waybill_proto::v1::{self, dispatch_admin_client::DispatchAdminClient};
 use waybill_test_kit::TestBackend;
 
-/// Every line the dispatcher logs in this test binary (the audit trail among them).
-fn logged() -> &'static Arc<Mutex<Vec<u8>>> {
-    static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOG.get_or_init(|| {
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let writer = Arc::clone(&log);
-        tracing_subscriber::fmt()
-            .with_env_filter("waybill::audit=info")
-            .with_ansi(false)
-            .with_writer(move || Buffer(Arc::clone(&writer)))
-            .init();
-        log
-    })
-}
-
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Buffer {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// The audit lines about `partner`.
 fn audit_of(partner: &str) -> Vec<String> {
-    let text = String::from_utf8_lossy(&logged().lock().unwrap()).into_owned();
-    text.lines()
-        .filter(|line| line.contains(&format!("partner_id={partner}")))
-        .map(str::to_owned)
-        .collect()
+    common::audit::lines_with(&format!("partner_id={partner}"))
 }
 
 fn minutes(n: i64) -> Option<prost_types::Duration> {
@@ -79,7 +42,7 @@ async fn partner_changes_on_sqlite() {
 }
 
 async fn partner_changes(backend: TestBackend, id: &str) {
-    logged();
+    common::audit::capture();
     let h = Harness::new(backend).await;
     let running = h.serve("dispatcher-a").await;
     let mut admin = DispatchAdminClient::connect(format!("http://{}", running.addr))

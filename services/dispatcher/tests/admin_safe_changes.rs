@@ -10,11 +10,7 @@
 
 mod common;
 
-use std::{
-    io::Write,
-    sync::{Arc, Mutex, OnceLock},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use common::{Harness, Running};
@@ -36,41 +32,9 @@ on_both_backends!(
     keys_show_when_they_were_last_used,
 );
 
-/// Every line the dispatcher logs in this test binary (the audit trail among them).
-fn logged() -> &'static Arc<Mutex<Vec<u8>>> {
-    static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOG.get_or_init(|| {
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let writer = Arc::clone(&log);
-        tracing_subscriber::fmt()
-            .with_env_filter("waybill::audit=info")
-            .with_ansi(false)
-            .with_writer(move || Buffer(Arc::clone(&writer)))
-            .init();
-        log
-    })
-}
-
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Buffer {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// The audit lines that mention `needle`.
 fn audit_of(needle: &str) -> Vec<String> {
-    let text = String::from_utf8_lossy(&logged().lock().unwrap()).into_owned();
-    text.lines()
-        .filter(|line| line.contains(needle))
-        .map(str::to_owned)
-        .collect()
+    common::audit::lines_with(needle)
 }
 
 /// A tag per backend, so that ids in the shared audit log are each test's own.
@@ -156,7 +120,7 @@ fn minutes(n: i64) -> chrono::Duration {
 }
 
 async fn route_changes_answer_their_impact_and_dry_runs_change_nothing(backend: TestBackend) {
-    logged();
+    common::audit::capture();
     let h = Harness::new(backend).await;
     let (acme, beta) = (
         format!("acme-{}", tag(backend)),
@@ -335,7 +299,7 @@ async fn route_changes_answer_their_impact_and_dry_runs_change_nothing(backend: 
 }
 
 async fn replays_are_capped_and_spread_and_dry_runs_change_nothing(backend: TestBackend) {
-    logged();
+    common::audit::capture();
     let h = Harness::new(backend).await;
     let acme = format!("replay-{}", tag(backend));
     h.partner(&acme, "DE", minutes(10), 5).await;

@@ -174,13 +174,15 @@ impl Database {
             location,
             schema: SchemaStatus::default(),
         };
-        db.schema = db.schema_status().await?;
+        // Migrating reads the schema under the migration lock and again once done: no read
+        // before it.
         match settings.schema {
-            SchemaPolicy::Leave => {}
             SchemaPolicy::Migrate => {
                 db.migrate().await?;
             }
+            SchemaPolicy::Leave => db.schema = db.schema_status().await?,
             SchemaPolicy::Require => {
+                db.schema = db.schema_status().await?;
                 schema::refuse_unusable(&db.schema)?;
                 if !db.schema.pending.is_empty() {
                     return Err(SchemaError::Behind(db.schema.pending.clone()).into());

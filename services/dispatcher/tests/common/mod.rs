@@ -2,6 +2,7 @@
 //! broker, a controllable clock, partners and routes, and relays built on them.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod audit;
 pub mod batch;
 pub mod fixture;
 
