@@ -10,12 +10,12 @@ mod support;
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use support::*;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use waybill_connector_sdk::metrics::METRICS_PREFIX;
 use waybill_proto::v1::{
     self as pb, DispatchState, OrderStatus, status_ingest_client::StatusIngestClient,
 };
 use waybill_service_kit::metrics::Metrics;
+use waybill_test_kit::metrics_http::get_metrics;
 
 const WITHIN: Duration = Duration::from_secs(30);
 
@@ -265,24 +265,12 @@ impl Scrape {
 
 /// `GET /metrics` over a plain HTTP/1.1 connection.
 async fn scrape(addr: SocketAddr) -> Scrape {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(
-            format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (head, body) = get_metrics(addr, None).await;
     assert!(
         head.to_ascii_lowercase()
             .contains("content-type: application/openmetrics-text"),
         "{head}"
     );
-    let body = dechunk(head, body);
     assert!(body.trim_end().ends_with("# EOF"), "{body}");
     let samples = body
         .lines()
@@ -295,26 +283,5 @@ async fn scrape(addr: SocketAddr) -> Scrape {
     Scrape {
         text: body,
         samples,
-    }
-}
-
-/// The body of a `Transfer-Encoding: chunked` response, or `body` as it is.
-fn dechunk(head: &str, body: &str) -> String {
-    if !head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        return body.to_owned();
-    }
-    let mut out = String::new();
-    let mut rest = body;
-    loop {
-        let (size, after) = rest.split_once("\r\n").unwrap();
-        let size = usize::from_str_radix(size.trim(), 16).unwrap();
-        if size == 0 {
-            return out;
-        }
-        out.push_str(&after[..size]);
-        rest = &after[size + 2..];
     }
 }

@@ -3,7 +3,8 @@
 //! with [`on_both_backends!`]), [`eventually`] for waiting on an effect, the sample data
 //! ([`fixtures`]), a test PKI ([`tls`]), Postgres over TLS ([`postgres_tls`]), a TCP/TLS proxy
 //! ([`proxy`]), child processes stopped by construction ([`process`]), skips that fail under
-//! `WAYBILL_REQUIRE_ALL=1` ([`require!`]), and a Kafka-protocol test broker ([`broker`]).
+//! `WAYBILL_REQUIRE_ALL=1` ([`require!`]), a Kafka-protocol test broker ([`broker`]), and a
+//! service's `/metrics` fetched over plain HTTP ([`metrics_http`]).
 //!
 //! Each test gets its own Postgres database (created from `WAYBILL_TEST_POSTGRES_URL`, default
 //! `postgres://postgres@127.0.0.1:5432/postgres`) or its own SQLite file, dropped when the
@@ -11,6 +12,7 @@
 
 pub mod broker;
 pub mod fixtures;
+pub mod metrics_http;
 pub mod postgres_tls;
 pub mod process;
 pub mod proxy;

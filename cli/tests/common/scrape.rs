@@ -12,6 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use waybill_test_kit::metrics_http::get_metrics;
+
 /// One scrape of an endpoint: the OpenMetrics text and its samples by series (name and labels
 /// as written); the classic-format scrape taken with it passed `promtool check metrics`.
 pub struct Scrape {
@@ -36,47 +38,10 @@ impl Scrape {
     }
 }
 
-/// `GET /metrics` with `accept`: the head and the (de-chunked) body.
-async fn get(addr: SocketAddr, accept: Option<&str>) -> (String, String) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
-    stream
-        .write_all(
-            format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        let mut out = String::new();
-        let mut rest = body;
-        loop {
-            let (size, after) = rest.split_once("\r\n").unwrap();
-            let size = usize::from_str_radix(size.trim(), 16).unwrap();
-            if size == 0 {
-                break out;
-            }
-            out.push_str(&after[..size]);
-            rest = &after[size + 2..];
-        }
-    } else {
-        body.to_owned()
-    };
-    (head.to_owned(), body)
-}
-
 /// Scrapes `addr` twice — as Prometheus does (OpenMetrics) and as a classic scraper does
 /// (`text/plain`, judged by `promtool check metrics`, which must pass).
 pub async fn scrape(what: &'static str, addr: SocketAddr) -> Scrape {
-    let (head, text) = get(addr, None).await;
+    let (head, text) = get_metrics(addr, None).await;
     assert!(
         head.to_ascii_lowercase()
             .contains("content-type: application/openmetrics-text"),
@@ -91,7 +56,7 @@ pub async fn scrape(what: &'static str, addr: SocketAddr) -> Scrape {
             (series.to_owned(), value.parse::<f64>().unwrap())
         })
         .collect();
-    let (head, classic) = get(addr, Some("text/plain;version=0.0.4;q=1")).await;
+    let (head, classic) = get_metrics(addr, Some("text/plain;version=0.0.4;q=1")).await;
     assert!(
         head.to_ascii_lowercase()
             .contains("content-type: text/plain; version=0.0.4"),
