@@ -34,7 +34,7 @@ pub use self::{
     backend::{Backend, PoolSettings, Statement},
     failure::{Failure, classify},
     order_lines::{OrderLineRow, lines_of},
-    pg_pool::begin,
+    pg_pool::{begin, begin_with},
     pool_metrics::{PoolCollector, register as register_pool_metrics},
     schema::{Migration, SchemaArgs, SchemaError, SchemaPolicy, SchemaStatus},
     value::{Id, IdList, Instant, TextList},

@@ -124,8 +124,13 @@ impl Inbox for SqlInbox {
             }
             StoredAnswer::Rejected { reason } => (OrderState::Rejected, "", reason.as_str()),
         };
-        let update = "UPDATE waybill_inbox_orders SET state = $3, tracking_id = $4, reason = $5, updated_at = $6
-                      WHERE partner_id = $1 AND order_id = $2 AND state = 'started'";
+        // The answer and the row it leaves in one round trip (a thread hand-off on SQLite); the
+        // row is read on its own only when the order was answered before (a redelivery).
+        let update = format!(
+            "UPDATE waybill_inbox_orders SET state = $3, tracking_id = $4, reason = $5, updated_at = $6
+             WHERE partner_id = $1 AND order_id = $2 AND state = 'started'
+             RETURNING {ORDER_COLUMNS}"
+        );
         let select = format!(
             "SELECT {ORDER_COLUMNS} FROM waybill_inbox_orders WHERE partner_id = $1 AND order_id = $2"
         );
@@ -138,26 +143,26 @@ impl Inbox for SqlInbox {
             reports.to_vec(),
         );
         let row: OrderRow = write!(self, move |conn| {
-            let updated = sqlx::query(update)
+            let updated: Option<OrderRow> = sqlx::query_as(&update)
                 .bind(&partner)
                 .bind(&order_id)
                 .bind(state.as_str())
                 .bind(&tracking_id)
                 .bind(&reason)
                 .bind(now)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
-            if updated == 1 {
-                for report in &reports {
-                    let _added = insert_report!(&mut *conn, &partner, report, now);
-                }
+                .fetch_optional(&mut *conn)
+                .await?;
+            let Some(row) = updated else {
+                return Ok(sqlx::query_as(&select)
+                    .bind(&partner)
+                    .bind(&order_id)
+                    .fetch_one(&mut *conn)
+                    .await?);
+            };
+            for report in &reports {
+                let _added = insert_report!(&mut *conn, &partner, report, now);
             }
-            Ok(sqlx::query_as(&select)
-                .bind(&partner)
-                .bind(&order_id)
-                .fetch_one(&mut *conn)
-                .await?)
+            Ok(row)
         })?;
         row.into_order()
     }

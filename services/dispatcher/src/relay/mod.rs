@@ -35,20 +35,17 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use uuid::Uuid;
-use waybill_service_kit::{
-    clock::SharedClock,
-    db::{Change, ChangeFeed},
-};
+use waybill_service_kit::{clock::SharedClock, db::ChangeFeed};
 
 mod cleanup;
 mod handover;
 pub(crate) mod observe;
 mod produce;
 mod publish;
+mod wake;
 
 pub use observe::{Observer, RelayObserver, RelayStep};
 
@@ -348,14 +345,17 @@ impl Relay {
             let (due, overdue) = relay.relay_due_and_overdue(with_overdue).await?;
             Ok(due >= limit || overdue >= limit)
         };
-        // Dispatching wakes for new outbox rows; publishing for any new history event.
+        // Dispatching wakes for new outbox rows; publishing for any new history event (see
+        // `wake.rs`). Subscribed before the first cycle, so no commit after it goes unseen.
+        let wakeups = wake::Wakeups::default();
+        let forwarding = wakeups.forward(self.feed.subscribe(), &shutdown);
         let dispatching =
             futures::future::join_all((0..self.settings.batches_in_flight.max(1)).map(|_| {
                 self.drive(
                     "dispatch",
                     &shutdown,
                     grace,
-                    |change| matches!(change, Change::Outbox),
+                    (&wakeups.dispatch, Duration::ZERO),
                     dispatch_step,
                 )
             }));
@@ -363,7 +363,7 @@ impl Relay {
             "publish events",
             &shutdown,
             grace,
-            |_| true,
+            (&wakeups.publish, wake::PUBLISH_SPACING),
             || async {
                 let limit = self.settings.batch_size as usize;
                 let events = self.publish_events().await?;
@@ -388,6 +388,7 @@ impl Relay {
         // Topics are ensured alongside, not first: a slow admin API must not hold back orders
         // whose topics exist.
         tokio::join!(
+            forwarding,
             self.ensure_topics(&shutdown),
             dispatching,
             publishing,
@@ -397,20 +398,21 @@ impl Relay {
     }
 
     /// Runs `step` until `shutdown`: again at once while it reports a full batch, otherwise
-    /// after the next change notification or the poll interval, whichever comes first.
+    /// after the next wake-up or the poll interval, whichever comes first, and no sooner than
+    /// `spacing` after the last step started.
     async fn drive<F, Fut>(
         &self,
         name: &str,
         shutdown: &CancellationToken,
         grace: Duration,
-        wake_on: fn(&Change) -> bool,
+        (wake, spacing): (&tokio::sync::Notify, Duration),
         mut step: F,
     ) where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<bool, DispatchError>>,
     {
-        let mut wake = self.feed.subscribe();
         while !shutdown.is_cancelled() {
+            let started = tokio::time::Instant::now();
             let outcome = tokio::select! {
                 result = step() => Some(result),
                 () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => None,
@@ -434,8 +436,14 @@ impl Relay {
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = wait_for_change(&mut wake, wake_on) => {}
+                () = wake.notified() => {}
                 () = tokio::time::sleep(self.settings.poll_interval) => {}
+            }
+            if started.elapsed() < spacing {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep_until(started + spacing) => {}
+                }
             }
         }
     }
@@ -454,20 +462,6 @@ impl Relay {
             tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
         if !matches!(flushed, Ok(Ok(()))) {
             warn!("kafka producer not fully flushed at shutdown");
-        }
-    }
-}
-
-/// Waits for a commit that may have made work for this loop.
-async fn wait_for_change(wake: &mut broadcast::Receiver<Change>, wake_on: fn(&Change) -> bool) {
-    loop {
-        match wake.recv().await {
-            Ok(change) if wake_on(&change) => return,
-            Ok(_) => {}
-            // Missed notifications may have been ours: look.
-            Err(RecvError::Lagged(_)) => return,
-            // The feed is gone (database closed): fall back to polling alone.
-            Err(RecvError::Closed) => std::future::pending().await,
         }
     }
 }

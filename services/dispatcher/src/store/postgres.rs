@@ -64,11 +64,7 @@ pub(super) async fn lease(
         LeaseKind::Overdue => query.bind(acknowledging_statuses()),
     };
     let idle_limit = (lease.expires_at - lease.now).num_milliseconds().max(1);
-    let mut tx = waybill_service_kit::db::begin(pool).await?;
-    sqlx::query(LEASE_SETTINGS)
-        .bind(idle_limit.to_string())
-        .execute(&mut *tx)
-        .await?;
+    let mut tx = waybill_service_kit::db::begin_with(pool, lease_begin(idle_limit)).await?;
     let rows: Vec<LeasedRow> = query.fetch_all(&mut *tx).await?;
     if rows.is_empty() {
         tx.commit().await?;
@@ -85,10 +81,15 @@ pub(super) async fn lease(
     Ok((rows, Some(Box::new(held))))
 }
 
-/// For the rest of a lease's transaction: the due indexes walked in order (see
-/// [`walk_indexes_in_order`]), and how long it may sit idle (`$1` ms) before the server ends it.
-const LEASE_SETTINGS: &str = "SELECT set_config('enable_sort', 'off', TRUE), \
-                              set_config('idle_in_transaction_session_timeout', $1, TRUE)";
+/// Begins a lease's transaction and sets, for the rest of it, the due indexes walked in order
+/// (see [`walk_indexes_in_order`]) and how long it may sit idle (`idle_limit_ms`) before the
+/// server ends it: one simple query, one round trip (the limit is an integer, formatted in).
+fn lease_begin(idle_limit_ms: i64) -> String {
+    format!(
+        "BEGIN; SET LOCAL enable_sort = off; \
+         SET LOCAL idle_in_transaction_session_timeout = {idle_limit_ms}"
+    )
+}
 
 /// Takes the oldest rows by walking their partial index in order (`dispatch_due`,
 /// `dispatch_handover_due`, `order_status_events_unpublished`) and stopping at the batch size,

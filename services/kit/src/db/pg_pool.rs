@@ -120,3 +120,17 @@ pub async fn begin<DB: sqlx::Database>(
         .await
         .map_err(|joined| sqlx::Error::Io(std::io::Error::other(joined.to_string())))?
 }
+
+/// [`begin`] with a `BEGIN` statement of the caller's (Postgres: any statements sent as one
+/// simple query, e.g. `BEGIN; SET LOCAL …`): what a transaction sets for itself costs no round
+/// trip of its own.
+pub async fn begin_with<DB: sqlx::Database>(
+    pool: &sqlx::Pool<DB>,
+    statement: String,
+) -> Result<sqlx::Transaction<'static, DB>, sqlx::Error> {
+    let pool = pool.clone();
+    #[allow(clippy::disallowed_methods)] // the one place that may
+    tokio::spawn(async move { pool.begin_with(statement).await })
+        .await
+        .map_err(|joined| sqlx::Error::Io(std::io::Error::other(joined.to_string())))?
+}
