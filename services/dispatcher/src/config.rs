@@ -300,6 +300,20 @@ impl DispatcherConfig {
         check_pool_size(self.db_max_connections)?;
         check_range("--batch-size", relay.batch_size, 1..=10_000)?;
         check_range("--batches-in-flight", relay.batches_in_flight, 1..=16)?;
+        let least = relay.batches_in_flight + 2;
+        if waybill_service_kit::db::is_postgres_url(&self.database_url)
+            && self.db_max_connections < least
+        {
+            return fail(
+                "--db-max-connections",
+                format!(
+                    "must be at least --batches-in-flight plus two ({least}) on Postgres: each \
+                     batch in flight holds a connection while it is produced, publishing holds \
+                     one while it sends, and DispatchAdmin needs one; got {}",
+                    self.db_max_connections
+                ),
+            );
+        }
         check_range("--event-batch-size", relay.event_batch_size, 1..=50_000)?;
         if relay.lease <= self.kafka.produce_timeout + Duration::from_secs(1) {
             return fail(
@@ -424,6 +438,36 @@ mod tests {
         assert_eq!(config.listen.port(), 50052);
         assert_eq!(config.relay.reply_to, "http://127.0.0.1:50053");
         assert!(config.relay.audit.is_audited("USD", 1_000_000));
+    }
+
+    #[test]
+    fn refuses_a_postgres_pool_that_batches_in_flight_would_exhaust() {
+        let config = |database_url: &str, pool: &str, batches: &str| {
+            Cli::try_parse_from([
+                "x",
+                "--database-url",
+                database_url,
+                "--db-max-connections",
+                pool,
+                "--batches-in-flight",
+                batches,
+            ])
+            .expect("parse")
+            .args
+            .into_config()
+        };
+        let error = config("postgres://db/waybill", "5", "4").expect_err("invalid");
+        assert_eq!(error.flag, "--db-max-connections");
+        assert_eq!(
+            error.to_string(),
+            "invalid setting --db-max-connections: must be at least --batches-in-flight plus two \
+             (6) on Postgres: each batch in flight holds a connection while it is produced, \
+             publishing holds one while it sends, and DispatchAdmin needs one; got 5"
+        );
+        assert!(config("postgresql://db/waybill", "6", "4").is_ok());
+        assert!(config("postgres://db/waybill", "3", "1").is_ok());
+        // SQLite leases hold no connection while their batch is produced.
+        assert!(config("sqlite://waybill.db", "2", "4").is_ok());
     }
 
     #[test]

@@ -116,7 +116,7 @@ impl Database {
     ) -> Result<Self, DbError> {
         let feed = ChangeFeed::new();
         let location;
-        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let backend = if is_postgres_url(url) {
             // No JIT: every statement here is short, and compiling one costs far more than it
             // saves. Measured: the relay's handover-deadline scan, estimated over the JIT
             // threshold from its worst case, spent 660 ms compiling (inlining and optimising)
@@ -316,6 +316,12 @@ fn ssl_mode_name(mode: sqlx::postgres::PgSslMode) -> &'static str {
         PgSslMode::VerifyCa => "verify-ca",
         PgSslMode::VerifyFull => "verify-full",
     }
+}
+
+/// Whether `url` names a Postgres database (`postgres://…` or `postgresql://…`); anything else
+/// is taken for SQLite.
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
 /// A commit notification.
