@@ -35,7 +35,7 @@ use std::{sync::Arc, time::Duration, time::Instant};
 
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
-use tracing::{debug, warn};
+use tracing::{Instrument, Span, debug, warn};
 use waybill_proto::v1::{self as pb, status_ingest_server::StatusIngest};
 use waybill_service_kit::{
     clock::SharedClock,
@@ -271,7 +271,17 @@ impl StatusIngest for IngestApi {
         &self,
         request: Request<pb::ReportStatusRequest>,
     ) -> Result<Response<pb::ReportStatusResponse>, Status> {
-        Ok(Response::new(self.report_counted(request.get_ref()).await?))
+        // To completion even if the caller goes away (a partner killed mid-call, a client
+        // deadline): a report it queued may commit, and then it is counted (accepted, its
+        // placed → acknowledged latency) like any other. Cancelled with the call, the commit
+        // went uncounted and the partner's re-send counted as a duplicate only.
+        let (api, request) = (self.clone(), request.into_inner());
+        let answer = tokio::spawn(
+            async move { api.report_counted(&request).await }.instrument(Span::current()),
+        )
+        .await
+        .map_err(|_| Status::unavailable("the report's task ended early; send it again"))??;
+        Ok(Response::new(answer))
     }
 
     async fn get_report_stats(

@@ -132,6 +132,63 @@ async fn on_sqlite_a_report_waits_for_the_relay_s_commit_and_lands_without_a_ret
     ingest.stop().await;
 }
 
+/// The relay's batch on Postgres: the order's dispatch row locked by an open transaction (its
+/// lease).
+async fn relay_batch_holding(
+    pool: &sqlx::PgPool,
+    order: uuid::Uuid,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut relay = waybill_service_kit::db::begin(pool).await.unwrap();
+    sqlx::query("SELECT 1 FROM dispatch WHERE order_id = $1 FOR UPDATE")
+        .bind(order)
+        .execute(&mut *relay)
+        .await
+        .unwrap();
+    relay
+}
+
+/// Until a transaction of this database waits on a row lock (the report's, on the relay's),
+/// checking that `call` has not been answered meanwhile.
+async fn until_a_report_waits_on_the_lock<T>(
+    pool: &sqlx::PgPool,
+    call: &tokio::task::JoinHandle<T>,
+) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE wait_event_type = 'Lock' AND datname = current_database()",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            return;
+        }
+        assert!(!call.is_finished(), "answered before the relay recorded");
+        assert!(Instant::now() < deadline, "the report never waited");
+        tokio::task::yield_now().await;
+    }
+}
+
+/// The relay records the send to acme and commits.
+async fn relay_records_the_send(
+    mut relay: sqlx::Transaction<'static, sqlx::Postgres>,
+    order: uuid::Uuid,
+) {
+    sqlx::query("UPDATE dispatch SET state = 'SENT', partner_id = 'acme', route_id = 'r-acme', sent_at = now(), ack_due_at = now() + interval '10 minutes' WHERE order_id = $1")
+        .bind(order)
+        .execute(&mut *relay)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO order_status_events (order_id, seq, status, partner_id, occurred_at, recorded_at) SELECT $1, max(seq) + 1, 'SENT_TO_PARTNER', 'acme', now(), now() FROM order_status_events WHERE order_id = $1")
+        .bind(order)
+        .execute(&mut *relay)
+        .await
+        .unwrap();
+    relay.commit().await.unwrap();
+}
+
 #[tokio::test]
 async fn on_postgres_a_report_for_an_order_in_a_relay_batch_waits_for_it_and_lands() {
     let (world, _, acme) = world(TestBackend::Postgres).await;
@@ -139,13 +196,7 @@ async fn on_postgres_a_report_for_an_order_in_a_relay_batch_waits_for_it_and_lan
     let Backend::Postgres(pool) = world.db.backend() else {
         unreachable!("a Postgres world")
     };
-    // The relay's batch: the dispatch row locked by an open transaction (its lease).
-    let mut relay = waybill_service_kit::db::begin(pool).await.unwrap();
-    sqlx::query("SELECT 1 FROM dispatch WHERE order_id = $1 FOR UPDATE")
-        .bind(order)
-        .execute(&mut *relay)
-        .await
-        .unwrap();
+    let relay = relay_batch_holding(pool, order).await;
     let ingest = Service::start(world.deps()).await;
     let received = report(
         order,
@@ -160,37 +211,61 @@ async fn on_postgres_a_report_for_an_order_in_a_relay_batch_waits_for_it_and_lan
         let request = request(&received, token_for(&acme, &received, world.now()));
         async move { client.report_status(request).await }
     });
-    // Until the report's transaction waits on the relay's lock.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE wait_event_type = 'Lock' AND datname = current_database()",
-        )
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        if waiting > 0 {
-            break;
-        }
-        assert!(!call.is_finished(), "answered before the relay recorded");
-        assert!(Instant::now() < deadline, "the report never waited");
-        tokio::task::yield_now().await;
-    }
+    until_a_report_waits_on_the_lock(pool, &call).await;
     // The relay records the send and commits: the waiting report lands after it.
-    sqlx::query("UPDATE dispatch SET state = 'SENT', partner_id = 'acme', route_id = 'r-acme', sent_at = now(), ack_due_at = now() + interval '10 minutes' WHERE order_id = $1")
-        .bind(order)
-        .execute(&mut *relay)
-        .await
-        .unwrap();
-    sqlx::query("INSERT INTO order_status_events (order_id, seq, status, partner_id, occurred_at, recorded_at) SELECT $1, max(seq) + 1, 'SENT_TO_PARTNER', 'acme', now(), now() FROM order_status_events WHERE order_id = $1")
-        .bind(order)
-        .execute(&mut *relay)
-        .await
-        .unwrap();
-    relay.commit().await.unwrap();
+    relay_records_the_send(relay, order).await;
     let answer = call.await.unwrap().unwrap().into_inner();
     assert!(!answer.duplicate);
+    assert_sent_then_received(&world, order).await;
+    ingest.stop().await;
+}
+
+/// A partner killed mid-call (or a client deadline) cancels its call, not the report it made:
+/// the report lands once the relay commits, and is counted like any other; the partner's
+/// re-send is a duplicate.
+#[tokio::test]
+async fn a_report_whose_caller_went_away_while_it_waited_lands_and_is_counted() {
+    let (world, _, acme) = world(TestBackend::Postgres).await;
+    let order = world.order().await;
+    let Backend::Postgres(pool) = world.db.backend() else {
+        unreachable!("a Postgres world")
+    };
+    let relay = relay_batch_holding(pool, order).await;
+    let ingest = Service::start(world.deps()).await;
+    let received = report(
+        order,
+        "acme",
+        "r-1",
+        OrderStatus::ReceivedByPartner,
+        "1Z999",
+        world.now(),
+    );
+    let call = tokio::spawn({
+        let mut client = ingest.client.clone();
+        let request = request(&received, token_for(&acme, &received, world.now()));
+        async move { client.report_status(request).await }
+    });
+    until_a_report_waits_on_the_lock(pool, &call).await;
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+    relay_records_the_send(relay, order).await;
+    eventually(
+        Duration::from_secs(20),
+        "the abandoned report recorded and counted",
+        || async { ingest.stats().await.accepted == 1 },
+    )
+    .await;
+    assert_sent_then_received(&world, order).await;
+    // The partner, never told, sends the same report again with a fresh token.
+    let mut client = ingest.client.clone();
+    let again = client
+        .report_status(request(&received, token_for(&acme, &received, world.now())))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.duplicate);
+    let stats = ingest.stats().await;
+    assert_eq!((stats.accepted, stats.duplicates), (1, 1));
     assert_sent_then_received(&world, order).await;
     ingest.stop().await;
 }
