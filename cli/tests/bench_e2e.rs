@@ -81,6 +81,14 @@ fn check_step(step: &Value, orders: u64) {
     assert_eq!(ledger["balanced"], true, "{step:#}");
     assert_eq!(ledger["void"], false, "{step:#}");
     assert_eq!(ledger["answered_twice"], 0, "{step:#}");
+    // What the step cost in CPU, per order: the whole machine's and this process's (which runs
+    // the whole loop here), and the machine's busy share.
+    let cpu = &step["cpu"];
+    assert!(ms(cpu, "machine_ms_per_order") > 0.0, "{cpu:#}");
+    assert!(ms(cpu, "process_ms_per_order") > 0.0, "{cpu:#}");
+    let busy = ms(cpu, "machine_busy");
+    assert!(busy > 0.0 && busy <= 1.0, "{cpu:#}");
+    assert!(cpu["cpus"].as_u64().unwrap() >= 1, "{cpu:#}");
     let total = &step["to_received_ms"];
     let hops = step["hops"].as_array().unwrap();
     let names: Vec<&str> = hops.iter().map(|h| h["hop"].as_str().unwrap()).collect();
@@ -197,6 +205,10 @@ async fn bench_e2e_with_each_service_a_process_of_its_own() {
     for process in processes {
         let peak = process["peak_rss_mib"].as_f64().unwrap();
         assert!(peak > 1.0 && peak <= 64.0, "{process:#}");
+        assert!(
+            process["cpu_seconds"].as_f64().unwrap() > 0.0,
+            "{process:#}"
+        );
         assert_eq!(process["clean_exit"], true, "{process:#}");
     }
 

@@ -83,7 +83,16 @@ pub(crate) fn mib_text(mib: Option<f64>) -> String {
 /// CPU time (user + system) this process has used so far, in seconds (Linux; `None`
 /// elsewhere). `/proc` counts it in USER_HZ ticks, which Linux fixes at 100 for user space.
 pub(crate) fn process_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    cpu_seconds_in(&std::fs::read_to_string("/proc/self/stat").ok()?)
+}
+
+/// [`process_cpu_seconds`] of another process, `pid`.
+pub(crate) fn process_cpu_seconds_of(pid: u32) -> Option<f64> {
+    cpu_seconds_in(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// User + system time in a `/proc/<pid>/stat` line, in seconds.
+fn cpu_seconds_in(stat: &str) -> Option<f64> {
     // Fields after the command name (which may hold spaces) start at the state, field 3.
     let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
     let utime: f64 = fields.nth(11)?.parse().ok()?;

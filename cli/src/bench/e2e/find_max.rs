@@ -146,7 +146,7 @@ pub(super) struct Judged {
 pub(super) fn table_line(judged: &Judged) -> String {
     let r = &judged.report;
     format!(
-        "  {:>4} {:>8.0} {:>8} {:>9} {:>9} {:>9.1} {:>9.1} {:>+8.2} s  {}",
+        "  {:>4} {:>8.0} {:>8} {:>9} {:>9} {:>9.1} {:>9.1} {:>+8.2} s {:>9} {:>6}  {}",
         judged.step,
         r.rate_per_s,
         r.offered,
@@ -155,6 +155,12 @@ pub(super) fn table_line(judged: &Judged) -> String {
         r.to_received_all_ms.p50,
         r.to_received_all_ms.p99,
         r.backlog_growth_s,
+        r.cpu
+            .machine_ms_per_order
+            .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.2}")),
+        r.cpu
+            .machine_busy
+            .map_or_else(|| "-".to_owned(), |busy| format!("{:.0} %", busy * 100.0)),
         if judged.passed {
             "pass".to_owned()
         } else {
@@ -166,7 +172,7 @@ pub(super) fn table_line(judged: &Judged) -> String {
 /// The header of the steps' table.
 pub(super) fn table_header(step: Duration) -> String {
     format!(
-        "  {:>4} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>10}  (steps of {} s; received: p50/p99 ms from the scheduled send)\n",
+        "  {:>4} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>6}  (steps of {} s; received: p50/p99 ms from the scheduled send; the machine's CPU ms an order and busy share)\n",
         "step",
         "rate/s",
         "offered",
@@ -175,6 +181,8 @@ pub(super) fn table_header(step: Duration) -> String {
         "p50",
         "p99",
         "backlog",
+        "cpu ms",
+        "busy",
         step.as_secs_f64()
     )
 }

@@ -11,6 +11,7 @@
 //! - `report.rs`: text and `--json`;
 //! - `processes.rs`: `--processes`, each service a process of its own, its memory read.
 
+mod cpu;
 mod find_max;
 mod hops;
 mod ledger;

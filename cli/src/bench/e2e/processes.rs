@@ -30,6 +30,7 @@ use waybill_service_kit::{
 };
 
 use super::timeline::Timeline;
+use crate::bench::measure::process_cpu_seconds_of;
 use crate::system;
 
 /// How often the database is asked which orders were received.
@@ -51,6 +52,8 @@ pub(super) struct ProcessPeak {
     pub(super) role: &'static str,
     /// Its peak resident set (the kernel's `VmHWM`), read just before it was stopped.
     pub(super) peak_rss_mib: Option<f64>,
+    /// Its CPU time (user + system) from its start to just before it was stopped, in seconds.
+    pub(super) cpu_seconds: Option<f64>,
     /// Whether it stopped cleanly on SIGTERM (exit 0 within the bound).
     pub(super) clean_exit: bool,
 }
@@ -208,7 +211,7 @@ impl Processes {
         }
     }
 
-    /// Reads each process's peak memory, then stops them: the partner first (so no report is
+    /// Reads each process's peak memory and CPU time, then stops them: the partner first (so no report is
     /// cut off), then the dispatcher, StatusIngest and Orders, each with SIGTERM.
     pub(super) async fn stop(mut self) -> Vec<ProcessPeak> {
         self.poll_stop.cancel();
@@ -216,10 +219,12 @@ impl Processes {
         let mut peaks = Vec::new();
         while let Some(mut service) = self.services.pop() {
             let peak_rss_mib = service.child.id().and_then(peak_rss_mib);
+            let cpu_seconds = service.child.id().and_then(process_cpu_seconds_of);
             let clean_exit = terminate(&mut service.child, Duration::from_secs(30)).await;
             peaks.push(ProcessPeak {
                 role: service.role,
                 peak_rss_mib,
+                cpu_seconds,
                 clean_exit,
             });
         }

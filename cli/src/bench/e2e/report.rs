@@ -66,12 +66,16 @@ impl E2eReport {
     fn memory_text(&self) -> String {
         let mut text = format!("  peak RSS {}", mib_text(self.peak_rss_mib));
         if !self.processes.is_empty() {
-            text += " (this process: load and ledger); services, each its own process:";
+            text += " (this process: load and ledger); services, each its own process, with \
+                     its CPU time over the whole run:";
             for process in &self.processes {
                 text += &format!(
-                    " {} {}{}",
+                    " {} {} ({}){}",
                     process.role,
                     mib_text(process.peak_rss_mib),
+                    process
+                        .cpu_seconds
+                        .map_or_else(|| "CPU unknown".to_owned(), |s| format!("{s:.1} s")),
                     if process.clean_exit {
                         ""
                     } else {
@@ -94,7 +98,7 @@ impl E2eReport {
         println!(
             "e2e: {} orders offered at {}/s for {} s on {} + {}\n  \
              placed {} ({} errors), {} behind schedule (max {:.1} ms late); cut-off: {}, \
-             {:.2} s after the last was offered\n{}{}\n{}\n{}",
+             {:.2} s after the last was offered\n{}{}\n{}\n{}\n{}",
             s.offered,
             s.rate_per_s,
             s.duration_s,
@@ -107,6 +111,7 @@ impl E2eReport {
             cut_off_text(s.cut_off),
             s.cut_off_after_s,
             s.hops.to_text(),
+            s.cpu.to_text(!self.processes.is_empty()),
             ledger_text(&s.ledger),
             resends_text(&s.ledger),
             self.memory_text(),

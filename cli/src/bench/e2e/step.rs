@@ -15,6 +15,7 @@ use waybill_proto::v1::order_service_client::OrderServiceClient;
 use waybill_service_kit::db::Database;
 
 use super::{
+    cpu::{CpuFigures, CpuStart},
     hops::{self, Hops},
     ledger::{self, CutOff, Ledger},
     load::{self, Placed, Sample},
@@ -64,6 +65,8 @@ pub(super) struct StepReport {
     pub(super) backlog_growth_s: f64,
     pub(super) backlog: Vec<Sample>,
     pub(super) ledger: Ledger,
+    /// The CPU the step took (offering and the wait for its orders), per order placed.
+    pub(super) cpu: CpuFigures,
 }
 
 impl Loop {
@@ -77,9 +80,11 @@ impl Loop {
         let prefix = format!("e2e-{}-{index}-", self.run);
         let settled = self.settle().await?;
         let confirmed_before = self.timeline.confirmed();
+        let cpu_start = CpuStart::now();
         let offered = load::offer(&self.clients, &self.timeline, &prefix, rate, duration).await?;
         let offered_at = Instant::now();
         let cut_off = self.wait(&offered.placed, confirmed_before).await;
+        let cpu = cpu_start.until_now(offered.placed.len() as u64);
         let cut_off_at = self.timeline.now();
         let found = ledger::read(&self.db, &prefix).await?;
         let tracks = self.timeline.tracks(offered.placed.iter().map(|p| p.id));
@@ -122,6 +127,7 @@ impl Loop {
             backlog_growth_s: growth(&offered.samples) * duration.as_secs_f64() / rate,
             backlog: offered.samples,
             ledger: reckoning.ledger,
+            cpu,
         })
     }
 
