@@ -336,6 +336,7 @@ impl ClientLog {
                 target: "librdkafka",
                 client,
                 reason,
+                remedy = remedy(last_failure.as_deref().unwrap_or(&reason)),
                 last_failure,
                 "kafka brokers down: none can be reached; retrying quietly, logged again once one answers"
             ),
@@ -412,6 +413,19 @@ impl rdkafka::ClientContext for LogContext {
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         self.log.error(error.rdkafka_error_code(), &error, reason);
+    }
+}
+
+/// The setting to check for a connection failure whose cause is known; "" otherwise.
+/// librdkafka names the setting itself only sometimes (its wording depends on what else is in
+/// OpenSSL's error queue: "… verify that ssl.ca.location is correctly configured", or just
+/// "certificate verify failed").
+fn remedy(failure: &str) -> &'static str {
+    if failure.contains("certificate verify failed") {
+        "the broker's certificate is not signed by a CA this client trusts: set ssl.ca.location \
+         to the CA that signed it (--kafka-option ssl.ca.location=ca.pem)"
+    } else {
+        ""
     }
 }
 
@@ -565,5 +579,16 @@ mod tests {
         assert!(log.down.load(Ordering::Relaxed));
         log.reachable();
         assert!(!log.down.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn a_certificate_the_client_cannot_verify_names_the_setting_to_fix() {
+        let failure = "ssl://127.0.0.1:9093/bootstrap: error:0A000086:SSL routines::certificate \
+                       verify failed (after 14ms in state SSL_HANDSHAKE)";
+        assert!(remedy(failure).contains("ssl.ca.location"));
+        assert_eq!(
+            remedy("Connect to ipv4#127.0.0.1:9092 failed: Connection refused"),
+            ""
+        );
     }
 }
