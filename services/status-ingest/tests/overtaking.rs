@@ -189,8 +189,21 @@ async fn relay_records_the_send(
     relay.commit().await.unwrap();
 }
 
-#[tokio::test]
-async fn on_postgres_a_report_for_an_order_in_a_relay_batch_waits_for_it_and_lands() {
+/// On Postgres: acme's receipt for an order of a relay batch, sent and waiting on the batch's
+/// lock.
+struct Waiting {
+    world: common::World,
+    acme: waybill_token::TokenSigner,
+    order: uuid::Uuid,
+    relay: sqlx::Transaction<'static, sqlx::Postgres>,
+    ingest: Service,
+    received: waybill_token::Report,
+    call: tokio::task::JoinHandle<
+        Result<tonic::Response<waybill_proto::v1::ReportStatusResponse>, tonic::Status>,
+    >,
+}
+
+async fn a_report_waiting_on_the_relay() -> Waiting {
     let (world, _, acme) = world(TestBackend::Postgres).await;
     let order = world.order().await;
     let Backend::Postgres(pool) = world.db.backend() else {
@@ -212,6 +225,27 @@ async fn on_postgres_a_report_for_an_order_in_a_relay_batch_waits_for_it_and_lan
         async move { client.report_status(request).await }
     });
     until_a_report_waits_on_the_lock(pool, &call).await;
+    Waiting {
+        world,
+        acme,
+        order,
+        relay,
+        ingest,
+        received,
+        call,
+    }
+}
+
+#[tokio::test]
+async fn on_postgres_a_report_for_an_order_in_a_relay_batch_waits_for_it_and_lands() {
+    let Waiting {
+        world,
+        order,
+        relay,
+        ingest,
+        call,
+        ..
+    } = a_report_waiting_on_the_relay().await;
     // The relay records the send and commits: the waiting report lands after it.
     relay_records_the_send(relay, order).await;
     let answer = call.await.unwrap().unwrap().into_inner();
@@ -225,27 +259,15 @@ async fn on_postgres_a_report_for_an_order_in_a_relay_batch_waits_for_it_and_lan
 /// re-send is a duplicate.
 #[tokio::test]
 async fn a_report_whose_caller_went_away_while_it_waited_lands_and_is_counted() {
-    let (world, _, acme) = world(TestBackend::Postgres).await;
-    let order = world.order().await;
-    let Backend::Postgres(pool) = world.db.backend() else {
-        unreachable!("a Postgres world")
-    };
-    let relay = relay_batch_holding(pool, order).await;
-    let ingest = Service::start(world.deps()).await;
-    let received = report(
+    let Waiting {
+        world,
+        acme,
         order,
-        "acme",
-        "r-1",
-        OrderStatus::ReceivedByPartner,
-        "1Z999",
-        world.now(),
-    );
-    let call = tokio::spawn({
-        let mut client = ingest.client.clone();
-        let request = request(&received, token_for(&acme, &received, world.now()));
-        async move { client.report_status(request).await }
-    });
-    until_a_report_waits_on_the_lock(pool, &call).await;
+        relay,
+        ingest,
+        received,
+        call,
+    } = a_report_waiting_on_the_relay().await;
     call.abort();
     assert!(call.await.unwrap_err().is_cancelled());
     relay_records_the_send(relay, order).await;
