@@ -91,6 +91,11 @@ pub struct DispatcherArgs {
     /// batches are larger than theirs: fewer round trips to the broker and the database.
     #[arg(long, env = "WAYBILL_EVENT_BATCH_SIZE", default_value_t = 3000)]
     pub event_batch_size: u32,
+    /// Shortest time between two cycles publishing history events and audit copies, unless
+    /// the last filled its batch: an event reaches its topic at most this much after its
+    /// commit, and a busy system publishes many per cycle instead of a cycle per commit.
+    #[arg(long, env = "WAYBILL_PUBLISH_INTERVAL", default_value = "100ms", value_parser = parse_duration)]
+    pub publish_interval: Duration,
     /// How long a lease lasts; another instance takes over the orders of a crashed one after
     /// it. Must exceed --produce-timeout by more than a second (a send plus its bookkeeping
     /// must fit in the lease).
@@ -177,6 +182,8 @@ pub struct RelaySettings {
     pub batches_in_flight: u32,
     /// Most history events published together.
     pub event_batch_size: u32,
+    /// Shortest time between two publishing cycles that did not fill their batch.
+    pub publish_interval: Duration,
     /// Lease length.
     pub lease: Duration,
     /// Fallback poll interval.
@@ -207,6 +214,7 @@ impl Default for RelaySettings {
             batch_size: 1000,
             batches_in_flight: 4,
             event_batch_size: 3000,
+            publish_interval: Duration::from_millis(100),
             lease: Duration::from_secs(60),
             poll_interval: Duration::from_secs(1),
             attempt_budget: 12,
@@ -270,6 +278,7 @@ impl DispatcherArgs {
                 batch_size: self.batch_size,
                 batches_in_flight: self.batches_in_flight,
                 event_batch_size: self.event_batch_size,
+                publish_interval: self.publish_interval,
                 lease: self.lease,
                 poll_interval: self.poll_interval,
                 attempt_budget: self.attempt_budget,
@@ -324,6 +333,13 @@ impl DispatcherConfig {
                     format_duration(self.kafka.produce_timeout),
                     format_duration(relay.lease)
                 ),
+            );
+        }
+        if relay.publish_interval > Duration::from_secs(10) {
+            let got = format_duration(relay.publish_interval);
+            return fail(
+                "--publish-interval",
+                format!("must be at most 10s, got {got}"),
             );
         }
         if relay.poll_interval.is_zero() {
@@ -504,8 +520,10 @@ mod tests {
     }
 
     #[test]
-    fn refuses_a_retention_under_an_hour_and_a_zero_cleanup_interval() {
+    fn refuses_a_retention_under_an_hour_a_zero_cleanup_interval_and_a_long_publish_interval() {
         for (flag, value, valid) in [
+            ("--publish-interval", "10s", true),
+            ("--publish-interval", "11s", false),
             ("--retention", "59m", false),
             ("--retention", "1h", true),
             ("--cleanup-interval", "0s", false),
@@ -516,6 +534,7 @@ mod tests {
                 Ok(config) if valid => {
                     let set = match flag {
                         "--retention" => config.relay.retention,
+                        "--publish-interval" => config.relay.publish_interval,
                         _ => config.relay.cleanup_interval,
                     };
                     assert_eq!(format_duration(set), value);

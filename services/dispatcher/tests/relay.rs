@@ -363,10 +363,24 @@ async fn route_change_applies_to_the_next_order(backend: TestBackend) {
     let h = Harness::new(backend).await;
     h.partner("acme", "DE", Span::minutes(10), 2).await;
     h.partner("bolt", "AT", Span::minutes(10), 2).await;
-    let relay = h.relay("dispatcher-a");
+    // The routing table is read once and kept while partners and routes are unchanged.
+    let store = Arc::new(common::LeaseRecorder::new(h.store.clone()));
+    let reads = || {
+        store
+            .routing_reads
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    let clock = Arc::new(h.clock.clone());
+    let relay = h.relay_over(store.clone(), clock, h.settings("dispatcher-a"));
+    let harness = &h;
+    let routed = |order| async move { harness.dispatch(order).await.partner_id };
     let before = h.place("DE", 100).await;
     relay.run_cycle(true).await.unwrap();
-    assert_eq!(h.dispatch(before).await.partner_id.as_deref(), Some("acme"));
+    assert_eq!(routed(before).await.as_deref(), Some("acme"));
+    let unchanged = h.place("DE", 100).await;
+    relay.run_cycle(true).await.unwrap();
+    assert_eq!(routed(unchanged).await.as_deref(), Some("acme"));
+    assert_eq!(reads(), 1, "routes unchanged: the kept table");
 
     // A better route for DE, at runtime: no restart.
     h.route("de-via-bolt", "bolt", "DE", 1).await;
@@ -375,11 +389,24 @@ async fn route_change_applies_to_the_next_order(backend: TestBackend) {
     let row = h.dispatch(after).await;
     assert_eq!(row.partner_id.as_deref(), Some("bolt"));
     assert_eq!(row.route_id.as_deref(), Some("de-via-bolt"));
+    assert_eq!(reads(), 2);
     let on_topic = h
         .broker
         .read_topic(&h.topics.partner_topic("bolt"), 1, Duration::from_secs(10))
         .await;
     assert_eq!(on_topic[0].key, after.to_string());
+
+    // An operator's own SQL counts too: the route disabled by hand sends DE back to acme.
+    waybill_service_kit::on_pool!(h.db.backend(), |pool| {
+        sqlx::query("UPDATE routes SET enabled = FALSE WHERE id = 'de-via-bolt'")
+            .execute(pool)
+            .await
+            .unwrap();
+    });
+    let by_hand = h.place("DE", 100).await;
+    relay.run_cycle(true).await.unwrap();
+    assert_eq!(routed(by_hand).await.as_deref(), Some("acme"));
+    assert_eq!(reads(), 3);
 }
 
 async fn unacknowledged_orders_are_resent_then_flagged(backend: TestBackend) {

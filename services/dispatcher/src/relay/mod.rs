@@ -45,6 +45,7 @@ mod handover;
 pub(crate) mod observe;
 mod produce;
 mod publish;
+mod routing;
 mod wake;
 
 pub use observe::{Observer, RelayObserver, RelayStep};
@@ -112,6 +113,8 @@ pub struct Relay {
     probe: GroupProbe,
     /// Whether the latest attempt to publish events failed (so an outage is logged once).
     events_failing: Arc<AtomicBool>,
+    /// The routing table, kept while partners and routes are unchanged (`routing.rs`).
+    routing: Arc<routing::RoutingCache>,
     clock: SharedClock,
     feed: ChangeFeed,
     settings: RelaySettings,
@@ -145,6 +148,7 @@ impl Relay {
             topics,
             probe,
             events_failing: Arc::new(AtomicBool::new(false)),
+            routing: Arc::default(),
             clock,
             feed,
             settings,
@@ -363,7 +367,7 @@ impl Relay {
             "publish events",
             &shutdown,
             grace,
-            (&wakeups.publish, wake::PUBLISH_SPACING),
+            (&wakeups.publish, self.settings.publish_interval),
             || async {
                 let limit = self.settings.batch_size as usize;
                 let events = self.publish_events().await?;

@@ -31,7 +31,10 @@ impl Relay {
         if batch.orders().is_empty() {
             return Ok(BatchRecord::default());
         }
-        let table = self.store.routing_table().await?;
+        let table = self
+            .routing
+            .table(batch.lease.routing_version, || self.store.routing_table())
+            .await?;
         // Whether a partner that missed a deadline is behind or gone depends on its consumers.
         let progress = match batch.kind {
             BatchKind::Overdue => self.consumer_progress(batch.orders(), &table).await,

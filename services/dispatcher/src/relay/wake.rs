@@ -9,11 +9,9 @@
 //!   the others stay free for the commits that follow, so batches still overlap under load.
 //! - **Events in batches.** Publishing history events is off the orders' way to their
 //!   partners, and every status change of every order is a commit: the publishing loop runs
-//!   at most once per [`PUBLISH_SPACING`] unless its last batch was full, so a busy system
-//!   publishes many events per cycle instead of a cycle (a transaction of half a dozen
-//!   statements) per event. An event reaches the order-events topic at most that much later.
-
-use std::time::Duration;
+//!   at most once per `--publish-interval` (100 ms) unless its last batch was full, so a busy
+//!   system publishes many events per cycle instead of a cycle (a transaction of eight round
+//!   trips) per event. An event reaches the order-events topic at most that much later.
 
 use tokio::sync::{
     Notify,
@@ -21,9 +19,6 @@ use tokio::sync::{
 };
 use tokio_util::sync::CancellationToken;
 use waybill_service_kit::db::Change;
-
-/// The shortest time between two publishing cycles that did not fill their batch.
-pub(super) const PUBLISH_SPACING: Duration = Duration::from_millis(20);
 
 /// The relay's loops' wake-ups.
 #[derive(Debug, Default)]
@@ -67,7 +62,7 @@ impl Wakeups {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use std::sync::Arc;
+    use std::{sync::Arc, time::Duration};
 
     use super::*;
 

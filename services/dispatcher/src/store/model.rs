@@ -36,6 +36,10 @@ pub struct Lease {
     pub orders: Vec<LeasedOrder>,
     /// Postgres: the transaction that holds the rows' locks; the outcome is recorded through it.
     pub(super) held: Option<Box<dyn HeldRows>>,
+    /// The version of the partners and routes when the rows were leased, read with them
+    /// (`None`: not known, so routing reads the tables). A routing table read after the lease
+    /// and kept under this version holds every change committed before the lease.
+    pub routing_version: Option<i64>,
 }
 
 impl Lease {
@@ -46,6 +50,7 @@ impl Lease {
             fence,
             orders,
             held: None,
+            routing_version: None,
         }
     }
 
@@ -55,6 +60,7 @@ impl Lease {
             fence,
             orders,
             held: Some(held),
+            routing_version: None,
         }
     }
 }
@@ -65,6 +71,7 @@ impl fmt::Debug for Lease {
             .field("fence", &self.fence)
             .field("orders", &self.orders.len())
             .field("held", &self.held.is_some())
+            .field("routing_version", &self.routing_version)
             .finish()
     }
 }

@@ -62,12 +62,19 @@ pub(super) struct LeasedRow {
     tracestate: String,
     /// `NULL` on rows placed before the outbox carried its message (see `legacy.rs`).
     message: Option<Vec<u8>>,
+    /// The routing tables' version when the row was leased (migration 0010).
+    routing_version: i64,
 }
 
 impl LeasedRow {
     /// The order id.
     pub(super) fn id(&self) -> Uuid {
         self.order_id.into()
+    }
+
+    /// The routing tables' version in the lease's snapshot.
+    pub(super) fn routing_version(&self) -> i64 {
+        self.routing_version
     }
 
     /// Whether the row carries its message.

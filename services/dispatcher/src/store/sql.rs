@@ -79,6 +79,7 @@ impl SqlDispatchStore {
             owner: lease.owner.clone(),
             batch_id: lease.batch_id,
         };
+        let routing_version = rows.first().map(LeasedRow::routing_version);
         let orders = match self.messages_built(rows).await {
             Ok(orders) => orders,
             Err(error) => {
@@ -89,10 +90,12 @@ impl SqlDispatchStore {
                 return Err(error);
             }
         };
-        Ok(match held {
+        let mut lease = match held {
             Some(held) => Lease::held(fence, orders, held),
             None => Lease::new(fence, orders),
-        })
+        };
+        lease.routing_version = routing_version;
+        Ok(lease)
     }
 
     /// The leased orders, with the messages of rows placed before the outbox carried them built

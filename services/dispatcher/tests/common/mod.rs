@@ -107,8 +107,18 @@ impl Harness {
         clock: SharedClock,
         settings: RelaySettings,
     ) -> Relay {
+        self.relay_over(self.store.clone(), clock, settings)
+    }
+
+    /// A relay over `store` (say, a [`LeaseRecorder`] around this harness's store).
+    pub fn relay_over(
+        &self,
+        store: Arc<dyn waybill_dispatcher::store::RelayStore>,
+        clock: SharedClock,
+        settings: RelaySettings,
+    ) -> Relay {
         Relay::new(
-            self.store.clone(),
+            store,
             OrderProducer::new(&self.kafka()).unwrap(),
             self.broker.topic_creator(),
             clock,
@@ -393,6 +403,8 @@ pub struct LeaseRecorder {
     pub walks: Arc<std::sync::atomic::AtomicUsize>,
     /// Called with the walk's number (from 1) before each further walk.
     pub before_walk: Option<Arc<dyn Fn(usize) + Send + Sync>>,
+    /// Reads of the routing table so far.
+    pub routing_reads: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl LeaseRecorder {
@@ -402,6 +414,7 @@ impl LeaseRecorder {
             leased: Default::default(),
             walks: Default::default(),
             before_walk: None,
+            routing_reads: Default::default(),
         }
     }
 }
@@ -466,6 +479,7 @@ mod recorder {
     #[async_trait]
     impl RoutingStore for LeaseRecorder {
         async fn routing_table(&self) -> Result<RoutingTable, StoreError> {
+            self.routing_reads.fetch_add(1, Ordering::SeqCst);
             self.inner.routing_table().await
         }
         async fn list_partners(&self) -> Result<Vec<PartnerRecord>, StoreError> {

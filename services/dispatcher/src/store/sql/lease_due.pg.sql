@@ -21,5 +21,8 @@ SELECT d.order_id, d.state, d.attempts, d.resends, d.partner_id, d.traceparent, 
        -- Partners that refused the order, comma-separated: routing skips them.
        array_to_string(ARRAY(SELECT r.partner_id FROM dispatch_rejections r
                              WHERE r.order_id = d.order_id ORDER BY r.partner_id), ',')
-           AS rejected_partners
+           AS rejected_partners,
+       -- The routing tables' version in the lease's snapshot (migration 0010): the relay keeps
+       -- its routing table while this is unchanged.
+       (SELECT version FROM routing_version WHERE id = 1) AS routing_version
 FROM due d

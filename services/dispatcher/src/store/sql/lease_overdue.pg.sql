@@ -23,5 +23,8 @@ SELECT d.order_id, d.state, d.attempts, d.resends, d.partner_id, d.traceparent, 
           AND e.partner_id = d.partner_id
           AND e.status = ANY($3)
         LIMIT 1) IS NOT NULL AS acknowledged,
-       NULL::text AS rejected_partners
+       NULL::text AS rejected_partners,
+       -- The routing tables' version in the lease's snapshot (migration 0010): the relay keeps
+       -- its routing table while this is unchanged.
+       (SELECT version FROM routing_version WHERE id = 1) AS routing_version
 FROM due d

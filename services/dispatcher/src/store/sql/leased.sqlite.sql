@@ -10,6 +10,9 @@ SELECT d.order_id, d.state, d.attempts, d.resends, d.partner_id, d.traceparent, 
                  AND e.partner_id = d.partner_id
                  AND e.status IN (SELECT value FROM json_each($3))) AS acknowledged,
        (SELECT group_concat(r.partner_id, ',') FROM dispatch_rejections r
-        WHERE r.order_id = d.order_id) AS rejected_partners
+        WHERE r.order_id = d.order_id) AS rejected_partners,
+       -- The routing tables' version (migration 0010): the relay keeps its routing table
+       -- while this is unchanged.
+       (SELECT version FROM routing_version WHERE id = 1) AS routing_version
 FROM dispatch d
 WHERE d.order_id IN (SELECT value FROM json_each($1)) AND d.batch_id = $2
