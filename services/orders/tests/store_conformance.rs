@@ -23,6 +23,7 @@ on_both_backends!(
     same_key_with_different_request_is_a_conflict,
     twenty_concurrent_calls_with_one_key_create_one_order,
     failure_after_lines_leaves_no_rows_at_all,
+    concurrent_orders_are_written_and_only_the_refused_one_fails,
     list_orders_pages_newest_first_per_customer,
     history_after_returns_only_newer_events,
     unknown_order_is_none,
@@ -171,6 +172,63 @@ async fn failure_after_lines_leaves_no_rows_at_all(backend: TestBackend) {
         (0, 0, 0, 0),
         "nothing of the order may remain"
     );
+}
+
+/// Concurrent placings (on Postgres one statement for all that queued together): every order is
+/// written whole, and an order the database refuses fails alone, leaving no row behind.
+async fn concurrent_orders_are_written_and_only_the_refused_one_fails(backend: TestBackend) {
+    let f = fixture(backend).await;
+    match f.db.backend() {
+        Backend::Postgres(pool) => {
+            pool.execute(
+                "CREATE FUNCTION refuse_customer() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN IF NEW.customer_id = 'refused' THEN \
+                 RAISE EXCEPTION 'injected failure'; END IF; RETURN NEW; END $$; \
+                 CREATE TRIGGER refuse_customer BEFORE INSERT ON orders \
+                 FOR EACH ROW EXECUTE FUNCTION refuse_customer();",
+            )
+            .await
+            .unwrap();
+        }
+        Backend::Sqlite(pool) => {
+            pool.execute(
+                "CREATE TRIGGER refuse_customer BEFORE INSERT ON orders \
+                 WHEN NEW.customer_id = 'refused' \
+                 BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+            )
+            .await
+            .unwrap();
+        }
+    }
+    let calls = (0..30).map(|i| {
+        let store = f.store.clone();
+        let customer = if i == 17 {
+            "refused".to_owned()
+        } else {
+            format!("c{i}")
+        };
+        let order = new_order(&format!("key-{i}"), &customer, at(i));
+        tokio::spawn(async move { (order.id, store.place_order(&order).await) })
+    });
+    let mut written = Vec::new();
+    for call in futures::future::join_all(calls).await {
+        match call.unwrap() {
+            (id, Ok(Placement::Created(order))) => {
+                assert_eq!(order.id, id);
+                written.push(id);
+            }
+            (_, Err(StoreError::Database(error))) => {
+                assert!(error.to_string().contains("injected failure"), "{error}");
+            }
+            other => panic!("unexpected: {other:?}"),
+        }
+    }
+    assert_eq!(written.len(), 29, "every order but the refused one");
+    assert_eq!(row_counts(&f.db).await, (29, 58, 29, 29));
+    for id in written {
+        let order = f.store.get_order(id).await.unwrap().unwrap();
+        assert_eq!((order.lines.len(), order.history.len()), (2, 1), "{id}");
+    }
 }
 
 async fn list_orders_pages_newest_first_per_customer(backend: TestBackend) {

@@ -2,6 +2,8 @@
 //! written once with [`on_pool!`]; the placing write goes to `postgres.rs` (one statement) or
 //! `sqlite.rs` (one transaction under the single writer).
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use uuid::Uuid;
 use waybill_service_kit::{
@@ -61,6 +63,8 @@ pub struct SqlOrderStore {
     /// Commits announced in this process (SQLite has no `NOTIFY`; on Postgres the placing
     /// statement `NOTIFY`s itself).
     feed: ChangeFeed,
+    /// Postgres: the placing writer (a group commit, `postgres.rs`).
+    placer: Arc<postgres::Placer>,
 }
 
 impl SqlOrderStore {
@@ -69,6 +73,7 @@ impl SqlOrderStore {
         Self {
             db: db.backend().clone(),
             feed: db.feed().clone(),
+            placer: Arc::default(),
         }
     }
 
@@ -100,7 +105,7 @@ impl OrderStore for SqlOrderStore {
 
     async fn place_order(&self, order: &NewOrder) -> Result<Placement, StoreError> {
         let inserted = match &self.db {
-            Backend::Postgres(pool) => postgres::place_order(pool, order).await?,
+            Backend::Postgres(pool) => self.placer.place(pool, order).await?,
             Backend::Sqlite(pool) => sqlite::place_order(pool, &self.feed, order).await?,
         };
         if inserted {
