@@ -65,7 +65,8 @@ pub const RELAY_WAIT: Duration = Duration::from_millis(200);
 pub struct IngestApi {
     store: Arc<dyn IngestStore>,
     clock: SharedClock,
-    audience: String,
+    /// Shared: every report clones the service onto a task of its own.
+    audience: Arc<str>,
     metrics: Arc<IngestMetrics>,
     keys: Arc<KeyCache>,
     relay_commits: Option<ChangeFeed>,
@@ -76,7 +77,7 @@ impl IngestApi {
     pub fn new(
         store: Arc<dyn IngestStore>,
         clock: SharedClock,
-        audience: impl Into<String>,
+        audience: impl Into<Arc<str>>,
         metrics: Arc<IngestMetrics>,
     ) -> Self {
         Self {

@@ -114,11 +114,8 @@ async fn answers_or_replaced(
 pub async fn begin<DB: sqlx::Database>(
     pool: &sqlx::Pool<DB>,
 ) -> Result<sqlx::Transaction<'static, DB>, sqlx::Error> {
-    let pool = pool.clone();
     #[allow(clippy::disallowed_methods)] // the one place that may
-    tokio::spawn(async move { pool.begin().await })
-        .await
-        .map_err(|joined| sqlx::Error::Io(std::io::Error::other(joined.to_string())))?
+    run_to_completion(pool, |pool| async move { pool.begin().await }).await
 }
 
 /// [`begin`] with a `BEGIN` statement of the caller's (Postgres: any statements sent as one
@@ -128,9 +125,24 @@ pub async fn begin_with<DB: sqlx::Database>(
     pool: &sqlx::Pool<DB>,
     statement: String,
 ) -> Result<sqlx::Transaction<'static, DB>, sqlx::Error> {
-    let pool = pool.clone();
     #[allow(clippy::disallowed_methods)] // the one place that may
-    tokio::spawn(async move { pool.begin_with(statement).await })
+    run_to_completion(pool, |pool| async move { pool.begin_with(statement).await }).await
+}
+
+/// Runs `begin` on a clone of `pool` in a task of its own, so that it completes even if the
+/// caller is cancelled (see [`begin`]).
+async fn run_to_completion<DB, F, Fut>(
+    pool: &sqlx::Pool<DB>,
+    begin: F,
+) -> Result<sqlx::Transaction<'static, DB>, sqlx::Error>
+where
+    DB: sqlx::Database,
+    F: FnOnce(sqlx::Pool<DB>) -> Fut,
+    Fut: std::future::Future<Output = Result<sqlx::Transaction<'static, DB>, sqlx::Error>>
+        + Send
+        + 'static,
+{
+    tokio::spawn(begin(pool.clone()))
         .await
         .map_err(|joined| sqlx::Error::Io(std::io::Error::other(joined.to_string())))?
 }
