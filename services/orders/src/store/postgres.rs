@@ -19,7 +19,7 @@
 use std::{collections::HashSet, sync::OnceLock};
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, Row as _, postgres::PgArguments, query::Query};
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 use uuid::Uuid;
@@ -30,6 +30,8 @@ use crate::{convert::outbox_message, domain::model::NewOrder};
 
 const PLACE_ORDER: &str = include_str!("sql/place_order.pg.sql");
 const PLACE_MANY: &str = include_str!("sql/place_many.pg.sql");
+
+type PgQuery<'q> = Query<'q, Postgres, PgArguments>;
 
 /// Most orders written by one statement.
 pub const MAX_BATCH: usize = 64;
@@ -122,13 +124,8 @@ async fn place_order(pool: &PgPool, order: &NewOrder) -> Result<bool, StoreError
     let count = order.lines.len();
     let mut lines = Lines::with_capacity(count);
     lines.add(order);
-    let inserted = bind_order(sqlx::query(PLACE_ORDER), order)
-        .bind(&lines.line_no)
-        .bind(&lines.sku)
-        .bind(&lines.name)
-        .bind(&lines.quantity)
-        .bind(&lines.unit_price)
-        .bind(&lines.total)
+    let inserted = lines
+        .bind_to(bind_order(sqlx::query(PLACE_ORDER), order))
         .bind(&order.traceparent)
         .bind(&order.tracestate)
         .bind(outbox_message(order))
@@ -146,7 +143,7 @@ async fn place_many(pool: &PgPool, orders: &[&NewOrder]) -> Result<HashSet<Uuid>
     for order in orders {
         lines.add(order);
     }
-    let written: Vec<Uuid> = sqlx::query_scalar(PLACE_MANY)
+    let query = sqlx::query(PLACE_MANY)
         .bind(orders.iter().map(|o| o.id).collect::<Vec<_>>())
         .bind(texts(|o| &o.idempotency_key))
         .bind(
@@ -177,16 +174,12 @@ async fn place_many(pool: &PgPool, orders: &[&NewOrder]) -> Result<HashSet<Uuid>
         .bind(texts(|o| &o.traceparent))
         .bind(texts(|o| &o.tracestate))
         .bind(orders.iter().map(|o| outbox_message(o)).collect::<Vec<_>>())
-        .bind(&lines.order_id)
-        .bind(&lines.line_no)
-        .bind(&lines.sku)
-        .bind(&lines.name)
-        .bind(&lines.quantity)
-        .bind(&lines.unit_price)
-        .bind(&lines.total)
-        .fetch_all(pool)
-        .await?;
-    Ok(written.into_iter().collect())
+        .bind(&lines.order_id);
+    let written = lines.bind_to(query).fetch_all(pool).await?;
+    written
+        .iter()
+        .map(|row| row.try_get::<Uuid, _>(0))
+        .collect()
 }
 
 /// Order lines as the statements' columns.
@@ -212,6 +205,17 @@ impl<'a> Lines<'a> {
             unit_price: Vec::with_capacity(count),
             total: Vec::with_capacity(count),
         }
+    }
+
+    /// Binds the lines' columns but their orders' ids, in the statements' order.
+    fn bind_to<'q>(&'q self, query: PgQuery<'q>) -> PgQuery<'q> {
+        query
+            .bind(&self.line_no)
+            .bind(&self.sku)
+            .bind(&self.name)
+            .bind(&self.quantity)
+            .bind(&self.unit_price)
+            .bind(&self.total)
     }
 
     /// Adds `order`'s lines, numbered from 1.
