@@ -91,9 +91,8 @@ pub struct DispatcherArgs {
     /// batches are larger than theirs: fewer round trips to the broker and the database.
     #[arg(long, env = "WAYBILL_EVENT_BATCH_SIZE", default_value_t = 3000)]
     pub event_batch_size: u32,
-    /// Shortest time between two cycles publishing history events and audit copies, unless
-    /// the last filled its batch: an event reaches its topic at most this much after its
-    /// commit, and a busy system publishes many per cycle instead of a cycle per commit.
+    /// Shortest time between two cycles publishing history events and audit copies that did not
+    /// fill their batch: an event reaches its topic at most this much after its commit.
     #[arg(long, env = "WAYBILL_PUBLISH_INTERVAL", default_value = "100ms", value_parser = parse_duration)]
     pub publish_interval: Duration,
     /// How long a lease lasts; another instance takes over the orders of a crashed one after
@@ -335,12 +334,10 @@ impl DispatcherConfig {
                 ),
             );
         }
-        if relay.publish_interval > Duration::from_secs(10) {
-            let got = format_duration(relay.publish_interval);
-            return fail(
-                "--publish-interval",
-                format!("must be at most 10s, got {got}"),
-            );
+        let publish = relay.publish_interval;
+        if publish > Duration::from_secs(10) {
+            let rule = format!("must be at most 10s, got {}", format_duration(publish));
+            return fail("--publish-interval", rule);
         }
         if relay.poll_interval.is_zero() {
             return fail("--poll-interval", "must be positive".to_owned());
