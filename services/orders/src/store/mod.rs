@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use waybill_service_kit::{db::Database, on_pool};
 
+pub use self::postgres::WRITE_LIMIT;
 pub use self::{
     catalog_admin::{CatalogStore, ItemChange, RetireError},
     error::StoreError,

@@ -11,19 +11,23 @@
 //!   its checks) and a commit flushed: per batch now, not per order.
 //! - **Bounded.** At most [`MAX_BATCH`] orders a statement and [`QUEUE`] waiting; a caller
 //!   beyond waits for room (back-pressure onto the gRPC calls).
+//! - **Bounded in time.** A statement that has not finished within [`WRITE_LIMIT`] is given up
+//!   (its callers answered unavailable; they place again with the same idempotency key, which
+//!   replays the order if it was written after all): dropped, its connection goes back to the
+//!   pool, whose guard replaces one that no longer answers. Without it a connection to a host
+//!   that went silent would hold up every placing behind it, not only its own.
 //! - **One order to blame.** A batch the database refuses (a value it cannot hold, say) wrote
 //!   nothing; its orders are then written one at a time, so only the order at fault fails. A
 //!   batch that failed because the database could not be reached answers every caller
 //!   unavailable at once (each would wait for the pool in turn).
 
-use std::{collections::HashSet, sync::OnceLock};
+use std::{collections::HashSet, sync::OnceLock, time::Duration};
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Row as _, postgres::PgArguments, query::Query};
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 use uuid::Uuid;
-use waybill_service_kit::db::{Failure, classify};
 
 use super::{error::StoreError, statements::bind_order};
 use crate::{convert::outbox_message, domain::model::NewOrder};
@@ -32,6 +36,9 @@ const PLACE_ORDER: &str = include_str!("sql/place_order.pg.sql");
 const PLACE_MANY: &str = include_str!("sql/place_many.pg.sql");
 
 type PgQuery<'q> = Query<'q, Postgres, PgArguments>;
+
+/// How long a placing statement may take before it is given up (see the module docs).
+pub const WRITE_LIMIT: Duration = Duration::from_secs(10);
 
 /// Most orders written by one statement.
 pub const MAX_BATCH: usize = 64;
@@ -47,18 +54,27 @@ struct Job {
 
 /// The queue to the placing writer, opened with the first order (the writer stops when the
 /// store is dropped: the queue closes).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Placer {
     queue: OnceLock<mpsc::Sender<Job>>,
+    limit: Duration,
 }
 
 impl Placer {
+    /// A writer whose statements are given up after `limit`.
+    pub(super) fn new(limit: Duration) -> Self {
+        Self {
+            queue: OnceLock::new(),
+            limit,
+        }
+    }
+
     /// Writes `order` on `pool` with the next batch; `false` (nothing written) when its
     /// idempotency key exists.
     pub(super) async fn place(&self, pool: &PgPool, order: &NewOrder) -> Result<bool, StoreError> {
         let queue = self.queue.get_or_init(|| {
             let (sender, receiver) = mpsc::channel(QUEUE);
-            tokio::spawn(write(pool.clone(), receiver));
+            tokio::spawn(write(pool.clone(), self.limit, receiver));
             sender
         });
         let (answer, answered) = oneshot::channel();
@@ -74,20 +90,21 @@ impl Placer {
 }
 
 /// The writer, until the queue closes: takes what is queued, writes it, answers.
-async fn write(pool: PgPool, mut queue: mpsc::Receiver<Job>) {
+async fn write(pool: PgPool, limit: Duration, mut queue: mpsc::Receiver<Job>) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut jobs, MAX_BATCH).await > 0 {
         if jobs.len() == 1
             && let Some(job) = jobs.pop()
         {
-            let placed = place_order(&pool, &job.order).await;
+            let placed = within(limit, place_order(&pool, &job.order)).await;
             let _ = job.answer.send(placed);
             continue;
         }
         let orders: Vec<&NewOrder> = jobs.iter().map(|job| &job.order).collect();
-        match place_many(&pool, &orders).await {
+        let written = within(limit, async { Ok(place_many(&pool, &orders).await?) }).await;
+        match written {
             Ok(written) => answer(jobs.drain(..), |order| Ok(written.contains(&order.id))),
-            Err(error) if classify(&error) == Failure::Unavailable => {
+            Err(StoreError::Unavailable(error)) => {
                 // Each caller gets the failure as its own error (sqlx's is not `Clone`).
                 let text = error.to_string();
                 answer(jobs.drain(..), |_| {
@@ -105,6 +122,22 @@ async fn write(pool: PgPool, mut queue: mpsc::Receiver<Job>) {
             }
         }
     }
+}
+
+/// `write`'s outcome, or unavailable once `limit` has passed (`write` is dropped).
+async fn within<T>(
+    limit: Duration,
+    write: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(limit, write)
+        .await
+        .unwrap_or_else(|_| {
+            let io = std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the placing statement did not finish within {limit:?}"),
+            );
+            Err(StoreError::Unavailable(sqlx::Error::Io(io)))
+        })
 }
 
 /// Answers every job with what `outcome` says of its order.

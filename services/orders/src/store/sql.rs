@@ -73,8 +73,16 @@ impl SqlOrderStore {
         Self {
             db: db.backend().clone(),
             feed: db.feed().clone(),
-            placer: Arc::default(),
+            placer: Arc::new(postgres::Placer::new(postgres::WRITE_LIMIT)),
         }
+    }
+
+    /// Gives up a placing statement on Postgres after `limit` instead of
+    /// [`WRITE_LIMIT`](crate::store::WRITE_LIMIT) (its callers are answered unavailable).
+    #[must_use]
+    pub fn with_write_limit(mut self, limit: std::time::Duration) -> Self {
+        self.placer = Arc::new(postgres::Placer::new(limit));
+        self
     }
 
     /// Joins `orders` and their `events` with their lines (which never change once placed, so
