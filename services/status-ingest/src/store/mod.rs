@@ -58,6 +58,7 @@ pub use self::{
     model::{AuthenticatedReport, EnrolledKey, InBatch, ReportOutcome},
     sql::SqlIngestStore,
     traits::IngestStore,
+    writer::WRITE_LIMIT,
 };
 
 /// The store for `db`'s backend, recording times from the system clock.

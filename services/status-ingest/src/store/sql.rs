@@ -68,6 +68,14 @@ impl SqlIngestStore {
 }
 
 impl SqlIngestStore {
+    /// Gives a batch up after `limit` instead of [`WRITE_LIMIT`](crate::store::WRITE_LIMIT)
+    /// (its callers are answered unavailable). Call before the first report.
+    #[must_use]
+    pub fn with_write_limit(mut self, limit: std::time::Duration) -> Self {
+        self.writer = Writer::new(limit);
+        self
+    }
+
     /// Writes that the report's key was used now, at most once a minute per key and instance
     /// ([`KeyUse`]: not a write per report, and never inside the reports' transactions). A
     /// failed write is logged and tried again with the next report; the report stands.

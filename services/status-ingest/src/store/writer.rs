@@ -9,6 +9,11 @@
 //!   throughput every time (`docs/benchmarks.md`).
 //! - **Bounded.** The queue holds [`QUEUE`] reports; a caller that finds it full waits for room
 //!   (back-pressure onto the gRPC calls), so memory does not grow with the load.
+//! - **Bounded in time.** A batch not recorded within [`WRITE_LIMIT`] is given up (dropped: its
+//!   connection goes back to the pool, whose guard replaces one that no longer answers) and
+//!   every caller is answered unavailable (a report that committed after all comes back as a
+//!   duplicate). A batch never waits for a row lock, so only a connection whose host went
+//!   silent takes that long; without the bound it would hold up every report behind it.
 //! - **Answered after the commit.** Each caller gets its report's result only once the batch's
 //!   `COMMIT` returned (on Postgres, once the commit record is flushed); a report left out of the
 //!   batch is answered at once, and its caller records it alone.
@@ -18,7 +23,10 @@
 //! The writer starts with the first report (on the runtime that sent it) and stops when the
 //! store is dropped (the queue closes).
 
-use std::sync::{Arc, OnceLock};
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
@@ -31,6 +39,8 @@ use super::{
 
 /// Reports queued for the writer at most; a caller beyond waits for room.
 pub const QUEUE: usize = 4 * MAX_BATCH;
+/// How long a batch may take before it is given up (see the module docs).
+pub const WRITE_LIMIT: Duration = Duration::from_secs(10);
 
 /// One caller's report and where its answer goes.
 struct Job {
@@ -47,12 +57,27 @@ impl std::fmt::Debug for Job {
 }
 
 /// The queue to the writer, opened with the first report.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Writer {
     queue: OnceLock<mpsc::Sender<Job>>,
+    limit: Duration,
+}
+
+impl Default for Writer {
+    fn default() -> Self {
+        Self::new(WRITE_LIMIT)
+    }
 }
 
 impl Writer {
+    /// A writer whose batches are given up after `limit`.
+    pub(super) fn new(limit: Duration) -> Self {
+        Self {
+            queue: OnceLock::new(),
+            limit,
+        }
+    }
+
     /// Queues `report` (waiting for room if the queue is full) and waits for what its batch
     /// did with it.
     pub(super) async fn submit(
@@ -60,7 +85,7 @@ impl Writer {
         batches: &Batches,
         report: AuthenticatedReport,
     ) -> Result<InBatch, StoreError> {
-        let queue = self.queue.get_or_init(|| start(batches));
+        let queue = self.queue.get_or_init(|| start(batches, self.limit));
         let (answer, answered) = oneshot::channel();
         queue
             .send(Job { report, answer })
@@ -71,19 +96,28 @@ impl Writer {
 }
 
 /// Opens the queue and spawns the writer.
-fn start(batches: &Batches) -> mpsc::Sender<Job> {
+fn start(batches: &Batches, limit: Duration) -> mpsc::Sender<Job> {
     let (sender, receiver) = mpsc::channel(QUEUE);
-    tokio::spawn(write(batches.clone(), receiver));
+    tokio::spawn(write(batches.clone(), limit, receiver));
     sender
 }
 
 /// The writer, until the queue closes: takes what is queued, records it, answers.
-async fn write(batches: Batches, mut queue: mpsc::Receiver<Job>) {
+async fn write(batches: Batches, limit: Duration, mut queue: mpsc::Receiver<Job>) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut jobs, MAX_BATCH).await > 0 {
         let (reports, answers): (Vec<_>, Vec<_>) =
             jobs.drain(..).map(|job| (job.report, job.answer)).unzip();
-        match batches.record(&reports).await {
+        let recorded = tokio::time::timeout(limit, batches.record(&reports))
+            .await
+            .unwrap_or_else(|_| {
+                let io = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the batch was not recorded within {limit:?}"),
+                );
+                Err(StoreError::Unavailable(sqlx::Error::Io(io)))
+            });
+        match recorded {
             Ok(results) => {
                 debug!(reports = reports.len(), "batch of reports committed");
                 for (answer, result) in answers.into_iter().zip(results) {
