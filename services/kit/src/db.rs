@@ -32,7 +32,7 @@ mod write_gate;
 
 pub use self::{
     backend::{Backend, PoolSettings, Statement},
-    failure::{Failure, classify},
+    failure::{Failure, classify, within},
     order_lines::{OrderLineRow, lines_of},
     pg_pool::{begin, begin_with},
     pool_metrics::{PoolCollector, register as register_pool_metrics},

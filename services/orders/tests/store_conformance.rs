@@ -145,26 +145,7 @@ async fn failure_after_lines_leaves_no_rows_at_all(backend: TestBackend) {
     let f = fixture(backend).await;
     // Inject a failure into the last write of the transaction (the dispatch row), after the
     // order, its lines and its PLACED event were written.
-    match f.db.backend() {
-        Backend::Postgres(pool) => {
-            pool.execute(
-                "CREATE FUNCTION refuse_dispatch() RETURNS trigger LANGUAGE plpgsql AS \
-                 $$ BEGIN RAISE EXCEPTION 'injected failure'; END $$; \
-                 CREATE TRIGGER refuse_dispatch BEFORE INSERT ON dispatch \
-                 FOR EACH ROW EXECUTE FUNCTION refuse_dispatch();",
-            )
-            .await
-            .unwrap();
-        }
-        Backend::Sqlite(pool) => {
-            pool.execute(
-                "CREATE TRIGGER refuse_dispatch BEFORE INSERT ON dispatch \
-                 BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
-            )
-            .await
-            .unwrap();
-        }
-    }
+    refuse_inserts_into(&f.db, "dispatch", "TRUE").await;
     let result = f.store.place_order(&new_order("k1", "c1", at(0))).await;
     assert!(matches!(result, Err(StoreError::Database(_))), "{result:?}");
     assert_eq!(
@@ -178,28 +159,7 @@ async fn failure_after_lines_leaves_no_rows_at_all(backend: TestBackend) {
 /// written whole, and an order the database refuses fails alone, leaving no row behind.
 async fn concurrent_orders_are_written_and_only_the_refused_one_fails(backend: TestBackend) {
     let f = fixture(backend).await;
-    match f.db.backend() {
-        Backend::Postgres(pool) => {
-            pool.execute(
-                "CREATE FUNCTION refuse_customer() RETURNS trigger LANGUAGE plpgsql AS \
-                 $$ BEGIN IF NEW.customer_id = 'refused' THEN \
-                 RAISE EXCEPTION 'injected failure'; END IF; RETURN NEW; END $$; \
-                 CREATE TRIGGER refuse_customer BEFORE INSERT ON orders \
-                 FOR EACH ROW EXECUTE FUNCTION refuse_customer();",
-            )
-            .await
-            .unwrap();
-        }
-        Backend::Sqlite(pool) => {
-            pool.execute(
-                "CREATE TRIGGER refuse_customer BEFORE INSERT ON orders \
-                 WHEN NEW.customer_id = 'refused' \
-                 BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
-            )
-            .await
-            .unwrap();
-        }
-    }
+    refuse_inserts_into(&f.db, "orders", "NEW.customer_id = 'refused'").await;
     let calls = (0..30).map(|i| {
         let store = f.store.clone();
         let customer = if i == 17 {
@@ -229,6 +189,38 @@ async fn concurrent_orders_are_written_and_only_the_refused_one_fails(backend: T
         let order = f.store.get_order(id).await.unwrap().unwrap();
         assert_eq!((order.lines.len(), order.history.len()), (2, 1), "{id}");
     }
+}
+
+/// A trigger that refuses, with "injected failure", every row inserted into `table` for which
+/// `when` (SQL over `NEW`, the same on both backends) holds.
+async fn refuse_inserts_into(db: &waybill_service_kit::db::Database, table: &str, when: &str) {
+    match db.backend() {
+        Backend::Postgres(pool) => pool
+            .execute(
+                format!(
+                    "CREATE FUNCTION refuse_{table}() RETURNS trigger LANGUAGE plpgsql AS \
+                     $$ BEGIN IF {when} THEN RAISE EXCEPTION 'injected failure'; END IF; \
+                     RETURN NEW; END $$; \
+                     CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table} \
+                     FOR EACH ROW EXECUTE FUNCTION refuse_{table}();"
+                )
+                .as_str(),
+            )
+            .await
+            .map(drop)
+            .unwrap(),
+        Backend::Sqlite(pool) => pool
+            .execute(
+                format!(
+                    "CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table} WHEN {when} \
+                     BEGIN SELECT RAISE(ABORT, 'injected failure'); END;"
+                )
+                .as_str(),
+            )
+            .await
+            .map(drop)
+            .unwrap(),
+    };
 }
 
 async fn list_orders_pages_newest_first_per_customer(backend: TestBackend) {

@@ -90,12 +90,13 @@ async fn on_sqlite_a_report_for_an_order_in_a_relay_batch_is_asked_to_retry_then
     ingest.stop().await;
 }
 
-#[tokio::test]
-async fn on_sqlite_a_report_waits_for_the_relay_s_commit_and_lands_without_a_retry() {
-    let (world, _, acme) = world(TestBackend::Sqlite).await;
-    let order = world.order().await;
-    world.lease(order, "relay-1").await;
-    let ingest = Service::start(world.deps()).await;
+/// acme's receipt of `order`, reported on a task of its own: the report and its call.
+fn receipt_sent(
+    world: &common::World,
+    ingest: &Service,
+    acme: &waybill_token::TokenSigner,
+    order: uuid::Uuid,
+) -> (waybill_token::Report, Call) {
     let received = report(
         order,
         "acme",
@@ -104,11 +105,24 @@ async fn on_sqlite_a_report_waits_for_the_relay_s_commit_and_lands_without_a_ret
         "1Z999",
         world.now(),
     );
-    let call = tokio::spawn({
-        let mut client = ingest.client.clone();
-        let request = request(&received, token_for(&acme, &received, world.now()));
-        async move { client.report_status(request).await }
-    });
+    let mut client = ingest.client.clone();
+    let request = request(&received, token_for(acme, &received, world.now()));
+    let call = tokio::spawn(async move { client.report_status(request).await });
+    (received, call)
+}
+
+/// A `ReportStatus` call on a task of its own.
+type Call = tokio::task::JoinHandle<
+    Result<tonic::Response<waybill_proto::v1::ReportStatusResponse>, tonic::Status>,
+>;
+
+#[tokio::test]
+async fn on_sqlite_a_report_waits_for_the_relay_s_commit_and_lands_without_a_retry() {
+    let (world, _, acme) = world(TestBackend::Sqlite).await;
+    let order = world.order().await;
+    world.lease(order, "relay-1").await;
+    let ingest = Service::start(world.deps()).await;
+    let (_, call) = receipt_sent(&world, &ingest, &acme, order);
     // Once the report waits for the relay, the relay's batch records the send and says so on
     // the change feed, as the dispatcher's store does after its commit.
     eventually(
@@ -198,9 +212,7 @@ struct Waiting {
     relay: sqlx::Transaction<'static, sqlx::Postgres>,
     ingest: Service,
     received: waybill_token::Report,
-    call: tokio::task::JoinHandle<
-        Result<tonic::Response<waybill_proto::v1::ReportStatusResponse>, tonic::Status>,
-    >,
+    call: Call,
 }
 
 async fn a_report_waiting_on_the_relay() -> Waiting {
@@ -211,19 +223,7 @@ async fn a_report_waiting_on_the_relay() -> Waiting {
     };
     let relay = relay_batch_holding(pool, order).await;
     let ingest = Service::start(world.deps()).await;
-    let received = report(
-        order,
-        "acme",
-        "r-1",
-        OrderStatus::ReceivedByPartner,
-        "1Z999",
-        world.now(),
-    );
-    let call = tokio::spawn({
-        let mut client = ingest.client.clone();
-        let request = request(&received, token_for(&acme, &received, world.now()));
-        async move { client.report_status(request).await }
-    });
+    let (received, call) = receipt_sent(&world, &ingest, &acme, order);
     until_a_report_waits_on_the_lock(pool, &call).await;
     Waiting {
         world,

@@ -82,7 +82,7 @@ async fn a_batch_on_a_silent_connection_is_given_up_and_the_next_reports_are_rec
     .await
     .expect("the stalled batch was answered within 5 s");
     assert!(
-        matches!(&given_up, Err(StoreError::Batch(error)) if error.to_string().contains("not recorded within")),
+        matches!(&given_up, Err(StoreError::Batch(error)) if error.to_string().contains("did not finish within")),
         "{given_up:?}"
     );
 

@@ -84,6 +84,28 @@ fn sqlite_transient(code: &str) -> bool {
         .is_ok_and(|code| matches!(code & 0xff, 5 | 6))
 }
 
+/// `work`'s outcome, or — once `limit` has passed — a timed-out I/O error (which [`classify`]
+/// calls [`Failure::Unavailable`]) saying that `what` did not finish; `work` is dropped then,
+/// so its connection goes back to the pool, whose guard replaces one that no longer answers.
+/// For a writer that many callers wait behind (a group commit), so that a connection whose host
+/// went silent holds up its own callers and not every one after them.
+pub async fn within<T, E>(
+    limit: std::time::Duration,
+    what: &str,
+    work: impl Future<Output = Result<T, E>>,
+) -> Result<T, E>
+where
+    E: From<sqlx::Error>,
+{
+    tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("{what} did not finish within {limit:?}; try again"),
+        );
+        Err(sqlx::Error::Io(io).into())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,5 +139,22 @@ mod tests {
         for code in ["2067", "11", "busy"] {
             assert!(!sqlite_transient(code), "{code}");
         }
+    }
+
+    #[tokio::test]
+    async fn work_past_its_limit_is_dropped_and_unavailable() {
+        let limit = std::time::Duration::from_millis(10);
+        let gave_up: Result<(), sqlx::Error> =
+            within(limit, "the test's write", std::future::pending()).await;
+        let error = gave_up.expect_err("the pending work was given up");
+        assert_eq!(classify(&error), Failure::Unavailable);
+        assert!(
+            error
+                .to_string()
+                .contains("the test's write did not finish within 10ms"),
+            "{error}"
+        );
+        let done: Result<u8, sqlx::Error> = within(limit, "quick", async { Ok(7) }).await;
+        assert_eq!(done.expect("quick work finishes"), 7);
     }
 }

@@ -28,6 +28,7 @@ use sqlx::{PgPool, Postgres, Row as _, postgres::PgArguments, query::Query};
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 use uuid::Uuid;
+use waybill_service_kit::db::within;
 
 use super::{error::StoreError, statements::bind_order};
 use crate::{convert::outbox_message, domain::model::NewOrder};
@@ -36,6 +37,9 @@ const PLACE_ORDER: &str = include_str!("sql/place_order.pg.sql");
 const PLACE_MANY: &str = include_str!("sql/place_many.pg.sql");
 
 type PgQuery<'q> = Query<'q, Postgres, PgArguments>;
+
+/// What a statement given up is called in its callers' error.
+const PLACING: &str = "the placing statement";
 
 /// How long a placing statement may take before it is given up (see the module docs).
 pub const WRITE_LIMIT: Duration = Duration::from_secs(10);
@@ -96,12 +100,15 @@ async fn write(pool: PgPool, limit: Duration, mut queue: mpsc::Receiver<Job>) {
         if jobs.len() == 1
             && let Some(job) = jobs.pop()
         {
-            let placed = within(limit, place_order(&pool, &job.order)).await;
+            let placed = within(limit, PLACING, place_order(&pool, &job.order)).await;
             let _ = job.answer.send(placed);
             continue;
         }
         let orders: Vec<&NewOrder> = jobs.iter().map(|job| &job.order).collect();
-        let written = within(limit, async { Ok(place_many(&pool, &orders).await?) }).await;
+        let written = within(limit, PLACING, async {
+            Ok(place_many(&pool, &orders).await?)
+        })
+        .await;
         match written {
             Ok(written) => answer(jobs.drain(..), |order| Ok(written.contains(&order.id))),
             Err(StoreError::Unavailable(error)) => {
@@ -115,29 +122,13 @@ async fn write(pool: PgPool, limit: Duration, mut queue: mpsc::Receiver<Job>) {
             Err(error) => {
                 debug!(%error, orders = jobs.len(), "placing batch refused; writing its orders one at a time");
                 for job in jobs.drain(..) {
-                    let placed = place_order(&pool, &job.order).await;
+                    let placed = within(limit, PLACING, place_order(&pool, &job.order)).await;
                     // A caller that went away (its call cancelled) needs no answer.
                     let _ = job.answer.send(placed);
                 }
             }
         }
     }
-}
-
-/// `write`'s outcome, or unavailable once `limit` has passed (`write` is dropped).
-async fn within<T>(
-    limit: Duration,
-    write: impl Future<Output = Result<T, StoreError>>,
-) -> Result<T, StoreError> {
-    tokio::time::timeout(limit, write)
-        .await
-        .unwrap_or_else(|_| {
-            let io = std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("the placing statement did not finish within {limit:?}"),
-            );
-            Err(StoreError::Unavailable(sqlx::Error::Io(io)))
-        })
 }
 
 /// Answers every job with what `outcome` says of its order.

@@ -30,6 +30,7 @@ use std::{
 
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
+use waybill_service_kit::db::within;
 
 use super::{
     batches::{Batches, MAX_BATCH},
@@ -108,16 +109,8 @@ async fn write(batches: Batches, limit: Duration, mut queue: mpsc::Receiver<Job>
     while queue.recv_many(&mut jobs, MAX_BATCH).await > 0 {
         let (reports, answers): (Vec<_>, Vec<_>) =
             jobs.drain(..).map(|job| (job.report, job.answer)).unzip();
-        let recorded = tokio::time::timeout(limit, batches.record(&reports))
-            .await
-            .unwrap_or_else(|_| {
-                let io = std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("the batch was not recorded within {limit:?}"),
-                );
-                Err(StoreError::Unavailable(sqlx::Error::Io(io)))
-            });
-        match recorded {
+        let recorded = within(limit, "the batch of reports", batches.record(&reports));
+        match recorded.await {
             Ok(results) => {
                 debug!(reports = reports.len(), "batch of reports committed");
                 for (answer, result) in answers.into_iter().zip(results) {
