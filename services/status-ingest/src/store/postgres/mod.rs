@@ -147,9 +147,7 @@ pub(super) async fn record_batch(
     if !woken.is_empty() {
         notify(&mut tx, &woken).await?;
     }
-    // Whatever the cause, a failed COMMIT is retryable for every report of the batch: none is
-    // to blame, and one whose commit did land after all is answered `duplicate` on its retry.
-    tx.commit().await.map_err(StoreError::Unavailable)?;
+    commit(tx).await?;
     Ok(results
         .into_iter()
         .map(|result| {
@@ -280,7 +278,7 @@ async fn try_alone(
     let acceptance = match rule(row, report)? {
         Ruling::Refuse(outcome) => return Ok(outcome),
         Ruling::Spend(outcome) => {
-            tx.commit().await?;
+            commit(tx).await?;
             return Ok(outcome);
         }
         Ruling::Apply(acceptance) => acceptance,
@@ -292,8 +290,16 @@ async fn try_alone(
         outbox: acceptance.effects.reroute,
     };
     notify(&mut tx, &woken).await?;
-    tx.commit().await?;
+    commit(tx).await?;
     Ok(acceptance.accepted(sequence, at))
+}
+
+/// Commits `tx`. Whatever the cause, a failed `COMMIT` is retryable for every report in the
+/// transaction: none is to blame (a deferred check, the server going away), and one whose
+/// commit did land after all is answered `duplicate` on its retry. A lost serialization or
+/// deadlock stays recognisable as such ([`Failure::Conflict`]), so it is tried again at once.
+async fn commit(tx: sqlx::Transaction<'static, sqlx::Postgres>) -> Result<(), StoreError> {
+    tx.commit().await.map_err(StoreError::Unavailable)
 }
 
 fn is_report_id_conflict(error: &sqlx::Error) -> bool {
