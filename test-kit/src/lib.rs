@@ -13,6 +13,7 @@
 pub mod broker;
 pub mod fixtures;
 pub mod metrics_http;
+pub mod plans;
 pub mod postgres_tls;
 pub mod process;
 pub mod proxy;

@@ -82,12 +82,15 @@ pub(super) async fn lease(
 }
 
 /// Begins a lease's transaction and sets, for the rest of it, the due indexes walked in order
-/// (see [`walk_indexes_in_order`]) and how long it may sit idle (`idle_limit_ms`) before the
-/// server ends it: one simple query, one round trip (the limit is an integer, formatted in).
+/// (see [`walk_indexes_in_order`]), every batch statement planned by key whatever the
+/// statistics say (the kit's `KEYED_PLANS`), and how long it may sit idle (`idle_limit_ms`)
+/// before the server ends it: one simple query, one round trip (the limit is an integer,
+/// formatted in).
 fn lease_begin(idle_limit_ms: i64) -> String {
     format!(
-        "BEGIN; SET LOCAL enable_sort = off; \
-         SET LOCAL idle_in_transaction_session_timeout = {idle_limit_ms}"
+        "BEGIN; SET LOCAL enable_sort = off; {}; \
+         SET LOCAL idle_in_transaction_session_timeout = {idle_limit_ms}",
+        waybill_service_kit::db::keyed_plans_locally()
     )
 }
 

@@ -16,7 +16,7 @@ use waybill_service_kit::{
 };
 
 use super::{
-    batches::Batches,
+    batches::{Batches, Session},
     error::StoreError,
     model::{AuthenticatedReport, EnrolledKey, InBatch, ReportOutcome},
     traits::IngestStore,
@@ -63,7 +63,7 @@ impl SqlIngestStore {
         &self,
         reports: &[AuthenticatedReport],
     ) -> Result<Vec<InBatch>, StoreError> {
-        self.batches.record(reports).await
+        self.batches.record(&mut Session::default(), reports).await
     }
 }
 

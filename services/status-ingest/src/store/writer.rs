@@ -9,8 +9,10 @@
 //!   throughput every time (`docs/benchmarks.md`).
 //! - **Bounded.** The queue holds [`QUEUE`] reports; a caller that finds it full waits for room
 //!   (back-pressure onto the gRPC calls), so memory does not grow with the load.
-//! - **Bounded in time.** A batch not recorded within [`WRITE_LIMIT`] is given up (dropped: its
-//!   connection goes back to the pool, whose guard replaces one that no longer answers) and
+//! - **Its own connection.** Batches run on one connection the writer holds outside the pool,
+//!   planning every statement by key ([`Session`]): no pool round trips per batch.
+//! - **Bounded in time.** A batch not recorded within [`WRITE_LIMIT`] is given up (dropped, and
+//!   its connection with it: the next batch opens another) and
 //!   every caller is answered unavailable (a report that committed after all comes back as a
 //!   duplicate). A batch never waits for a row lock, so only a connection whose host went
 //!   silent takes that long; without the bound it would hold up every report behind it.
@@ -33,7 +35,7 @@ use tracing::{debug, warn};
 use waybill_service_kit::db::within;
 
 use super::{
-    batches::{Batches, MAX_BATCH},
+    batches::{Batches, MAX_BATCH, Session},
     error::StoreError,
     model::{AuthenticatedReport, InBatch},
 };
@@ -106,10 +108,15 @@ fn start(batches: &Batches, limit: Duration) -> mpsc::Sender<Job> {
 /// The writer, until the queue closes: takes what is queued, records it, answers.
 async fn write(batches: Batches, limit: Duration, mut queue: mpsc::Receiver<Job>) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
+    let mut session = Session::default();
     while queue.recv_many(&mut jobs, MAX_BATCH).await > 0 {
         let (reports, answers): (Vec<_>, Vec<_>) =
             jobs.drain(..).map(|job| (job.report, job.answer)).unzip();
-        let recorded = within(limit, "the batch of reports", batches.record(&reports));
+        let recorded = within(
+            limit,
+            "the batch of reports",
+            batches.record(&mut session, &reports),
+        );
         match recorded.await {
             Ok(results) => {
                 debug!(reports = reports.len(), "batch of reports committed");

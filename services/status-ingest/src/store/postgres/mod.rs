@@ -58,10 +58,11 @@ const LOCK_NOT_AVAILABLE: &str = "55P03";
 /// How often a report's own transaction is tried when it loses a deadlock.
 const ATTEMPTS: u32 = 3;
 
-/// Records `reports` in one transaction (see the module docs and
+/// Records `reports` in one transaction on `conn`, the writer's own connection, whose session
+/// plans every statement by key (see the module docs and
 /// [`super::SqlIngestStore::record_batch`]).
 pub(super) async fn record_batch(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     clock: &SharedClock,
     reports: &[AuthenticatedReport],
 ) -> Result<Vec<InBatch>, StoreError> {
@@ -70,8 +71,7 @@ pub(super) async fn record_batch(
     if rest.is_empty() {
         // The usual batch: the head's statement is a transaction by itself, and returns once
         // its commit is flushed — one round trip for the whole batch.
-        let mut conn = pool.acquire().await?;
-        match together::record(&mut conn, clock, &head_reports).await {
+        match together::record(conn, clock, &head_reports).await {
             Ok(ruled) => {
                 return Ok(head_reports
                     .iter()
@@ -103,7 +103,9 @@ pub(super) async fn record_batch(
     let mut results: Vec<Option<InBatch>> = reports.iter().map(|_| None).collect();
     // Woken by a NOTIFY before the commit (the head's statement notifies by itself).
     let mut woken = Woken::default();
-    let mut tx = waybill_service_kit::db::begin(pool).await?;
+    // The writer's own connection: a cancelled batch drops it, so sqlx's cancelled `BEGIN`
+    // (see the kit's `begin`) cannot leave a session inside a transaction for anyone else.
+    let mut tx = conn.begin().await?;
     if rest.len() < reports.len() {
         match together::record(&mut tx, clock, &head_reports).await {
             Ok(ruled) if ruled.iter().all(Result::is_ok) => {
@@ -132,7 +134,7 @@ pub(super) async fn record_batch(
                 // Rolled back before the rows are asked for again (a dropped transaction's
                 // rollback would come later, its locks held meanwhile).
                 tx.rollback().await?;
-                tx = waybill_service_kit::db::begin(pool).await?;
+                tx = conn.begin().await?;
                 rest = (0..reports.len()).collect();
             }
         }
@@ -298,7 +300,7 @@ async fn try_alone(
 /// transaction: none is to blame (a deferred check, the server going away), and one whose
 /// commit did land after all is answered `duplicate` on its retry. A lost serialization or
 /// deadlock stays recognisable as such ([`Failure::Conflict`]), so it is tried again at once.
-async fn commit(tx: sqlx::Transaction<'static, sqlx::Postgres>) -> Result<(), StoreError> {
+async fn commit(tx: sqlx::Transaction<'_, sqlx::Postgres>) -> Result<(), StoreError> {
     tx.commit().await.map_err(StoreError::Unavailable)
 }
 

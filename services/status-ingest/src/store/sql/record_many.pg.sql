@@ -50,31 +50,28 @@ WITH input AS (
     FOR NO KEY UPDATE SKIP LOCKED
 ), snapshot AS MATERIALIZED (
     SELECT i.*,
-           EXISTS (SELECT 1 FROM orders x WHERE x.id = i.order_id) AS present,
+           x.id IS NOT NULL AS present,
            o.id IS NOT NULL AS locked,
            o.status AS current_status,
            o.placed_at,
            d.partner_id AS routed_partner,
            d.state AS dispatch_state,
            d.partner_id IS NOT DISTINCT FROM i.partner_id AS routed_now,
-           EXISTS (
-               SELECT 1 FROM dispatch_rejections r
-               WHERE r.order_id = i.order_id AND r.partner_id = i.partner_id
-           ) AS rejected,
+           r.order_id IS NOT NULL AS rejected,
            (
                SELECT e.order_id = i.order_id FROM order_status_events e
                WHERE e.partner_id = i.partner_id AND e.report_id = i.report_id
            ) AS earlier_same_order,
            k.partner_id IS NOT NULL AS key_enrolled,
            k.revoked_at AS key_revoked_at,
-           EXISTS (
-               SELECT 1 FROM report_token_ids t
-               WHERE t.partner_id = i.partner_id AND t.jti = i.jti
-           ) AS seen
+           t.jti IS NOT NULL AS seen
     FROM input i
+    LEFT JOIN orders x ON x.id = i.order_id
     LEFT JOIN order_row o ON o.id = i.order_id
     LEFT JOIN dispatch_row d ON d.order_id = i.order_id
     LEFT JOIN partner_keys k ON k.partner_id = i.partner_id AND k.key_id = i.key_id
+    LEFT JOIN dispatch_rejections r ON r.order_id = i.order_id AND r.partner_id = i.partner_id
+    LEFT JOIN report_token_ids t ON t.partner_id = i.partner_id AND t.jti = i.jti
 ), guard AS (
     INSERT INTO report_token_ids (partner_id, jti, expires_at)
     SELECT s.partner_id, s.jti, s.kept_until
