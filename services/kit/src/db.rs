@@ -34,7 +34,7 @@ mod write_gate;
 pub use self::{
     backend::{Backend, PoolSettings, Statement},
     failure::{Failure, classify, within},
-    keyed::{KEYED_PLANS, keyed_connection, keyed_plans_locally},
+    keyed::{HeldConnection, KEYED_PLANS, keyed_connection, keyed_plans_locally},
     order_lines::{OrderLineRow, lines_of},
     pg_pool::{begin, begin_with},
     pool_metrics::{PoolCollector, register as register_pool_metrics},

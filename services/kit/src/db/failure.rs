@@ -86,7 +86,8 @@ fn sqlite_transient(code: &str) -> bool {
 
 /// `work`'s outcome, or — once `limit` has passed — a timed-out I/O error (which [`classify`]
 /// calls [`Failure::Unavailable`]) saying that `what` did not finish; `work` is dropped then,
-/// so its connection goes back to the pool, whose guard replaces one that no longer answers.
+/// and its connection with it (a pooled one goes back to the pool, whose guard replaces one
+/// that no longer answers; a [`super::HeldConnection`]'s is closed).
 /// For a writer that many callers wait behind (a group commit), so that a connection whose host
 /// went silent holds up its own callers and not every one after them.
 pub async fn within<T, E>(

@@ -29,7 +29,7 @@ use super::backend::PoolSettings;
 /// have been closed by a database restart or an idle timeout since. One released less than
 /// this before the server went away fails its next statement once, as `UNAVAILABLE` (retried
 /// by the relay; the storefront retries `PlaceOrder` with its idempotency key).
-const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+pub(super) const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 /// Opens the pool with the guards above; `shutdown` ends attempts to replace a connection.
 pub(super) async fn connect(

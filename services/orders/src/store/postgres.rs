@@ -7,28 +7,30 @@
 //!
 //! - **No timer.** A lone order is written at once (the single statement, `place_order.pg.sql`);
 //!   under load a batch is whatever arrived while the last one was being written. Each
-//!   statement is a round trip, a connection taken from and given back to the pool (two more,
-//!   its checks) and a commit flushed: per batch now, not per order.
+//!   statement is a round trip and a commit flushed: per batch now, not per order.
+//! - **Its own connection.** The writer holds one connection outside the pool (the kit's
+//!   `HeldConnection`), planning every statement by key: no pool round trips per statement
+//!   (a pooled connection is pinged twice as it goes back).
 //! - **Bounded.** At most [`MAX_BATCH`] orders a statement and [`QUEUE`] waiting; a caller
 //!   beyond waits for room (back-pressure onto the gRPC calls).
 //! - **Bounded in time.** A statement that has not finished within [`WRITE_LIMIT`] is given up
 //!   (its callers answered unavailable; they place again with the same idempotency key, which
-//!   replays the order if it was written after all): dropped, its connection goes back to the
-//!   pool, whose guard replaces one that no longer answers. Without it a connection to a host
-//!   that went silent would hold up every placing behind it, not only its own.
+//!   replays the order if it was written after all): dropped, and its connection closed (the
+//!   next statement opens another). Without it a connection to a host that went silent would
+//!   hold up every placing behind it, not only its own.
 //! - **One order to blame.** A batch the database refuses (a value it cannot hold, say) wrote
 //!   nothing; its orders are then written one at a time, so only the order at fault fails. A
 //!   batch that failed because the database could not be reached answers every caller
-//!   unavailable at once (each would wait for the pool in turn).
+//!   unavailable at once (each would wait for a new connection in turn).
 
 use std::{collections::HashSet, sync::OnceLock, time::Duration};
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Postgres, Row as _, postgres::PgArguments, query::Query};
+use sqlx::{PgConnection, PgPool, Postgres, Row as _, postgres::PgArguments, query::Query};
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 use uuid::Uuid;
-use waybill_service_kit::db::within;
+use waybill_service_kit::db::{HeldConnection, within};
 
 use super::{error::StoreError, statements::bind_order};
 use crate::{convert::outbox_message, domain::model::NewOrder};
@@ -96,19 +98,20 @@ impl Placer {
 /// The writer, until the queue closes: takes what is queued, writes it, answers.
 async fn write(pool: PgPool, limit: Duration, mut queue: mpsc::Receiver<Job>) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
+    let mut held = HeldConnection::default();
     while queue.recv_many(&mut jobs, MAX_BATCH).await > 0 {
         if jobs.len() == 1
             && let Some(job) = jobs.pop()
         {
-            let placed = within(limit, PLACING, place_order(&pool, &job.order)).await;
+            let placed = place_alone(&mut held, &pool, limit, &job.order).await;
             let _ = job.answer.send(placed);
             continue;
         }
         let orders: Vec<&NewOrder> = jobs.iter().map(|job| &job.order).collect();
-        let written = within(limit, PLACING, async {
-            Ok(place_many(&pool, &orders).await?)
-        })
-        .await;
+        let many = held.run(&pool, async |conn| {
+            place_many(conn, &orders).await.map_err(StoreError::from)
+        });
+        let written = within(limit, PLACING, many).await;
         match written {
             Ok(written) => answer(jobs.drain(..), |order| Ok(written.contains(&order.id))),
             Err(StoreError::Unavailable(error)) => {
@@ -122,7 +125,7 @@ async fn write(pool: PgPool, limit: Duration, mut queue: mpsc::Receiver<Job>) {
             Err(error) => {
                 debug!(%error, orders = jobs.len(), "placing batch refused; writing its orders one at a time");
                 for job in jobs.drain(..) {
-                    let placed = within(limit, PLACING, place_order(&pool, &job.order)).await;
+                    let placed = place_alone(&mut held, &pool, limit, &job.order).await;
                     // A caller that went away (its call cancelled) needs no answer.
                     let _ = job.answer.send(placed);
                 }
@@ -142,9 +145,20 @@ fn answer(
     }
 }
 
+/// [`place_order`] on `held`'s connection, given up after `limit`.
+async fn place_alone(
+    held: &mut HeldConnection,
+    pool: &PgPool,
+    limit: Duration,
+    order: &NewOrder,
+) -> Result<bool, StoreError> {
+    let alone = held.run(pool, async |conn| place_order(conn, order).await);
+    within(limit, PLACING, alone).await
+}
+
 /// Writes `order` with its lines, `PLACED` event and `PENDING` dispatch row; `false` (nothing
 /// written) when its idempotency key exists.
-async fn place_order(pool: &PgPool, order: &NewOrder) -> Result<bool, StoreError> {
+async fn place_order(conn: &mut PgConnection, order: &NewOrder) -> Result<bool, StoreError> {
     let count = order.lines.len();
     let mut lines = Lines::with_capacity(count);
     lines.add(order);
@@ -153,13 +167,16 @@ async fn place_order(pool: &PgPool, order: &NewOrder) -> Result<bool, StoreError
         .bind(&order.traceparent)
         .bind(&order.tracestate)
         .bind(outbox_message(order))
-        .fetch_optional(pool)
+        .fetch_optional(conn)
         .await?;
     Ok(inserted.is_some())
 }
 
 /// Writes `orders` in one statement; the ids of those written (the others' keys exist).
-async fn place_many(pool: &PgPool, orders: &[&NewOrder]) -> Result<HashSet<Uuid>, sqlx::Error> {
+async fn place_many(
+    conn: &mut PgConnection,
+    orders: &[&NewOrder],
+) -> Result<HashSet<Uuid>, sqlx::Error> {
     let texts = |field: fn(&NewOrder) -> &str| -> Vec<&str> {
         orders.iter().map(|order| field(order)).collect()
     };
@@ -199,7 +216,7 @@ async fn place_many(pool: &PgPool, orders: &[&NewOrder]) -> Result<HashSet<Uuid>
         .bind(texts(|o| &o.tracestate))
         .bind(orders.iter().map(|o| outbox_message(o)).collect::<Vec<_>>())
         .bind(&lines.order_id);
-    let written = lines.bind_to(query).fetch_all(pool).await?;
+    let written = lines.bind_to(query).fetch_all(conn).await?;
     written
         .iter()
         .map(|row| row.try_get::<Uuid, _>(0))

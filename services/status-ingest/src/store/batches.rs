@@ -1,13 +1,9 @@
 //! What records a batch of reports in one transaction, on the store's backend: Postgres
 //! (`postgres.rs`) or SQLite (`sqlite.rs`); and a report left out of one, alone.
 
-use std::time::Duration;
-
-use sqlx::{Connection as _, PgConnection};
-use tokio::time::Instant;
 use waybill_service_kit::{
     clock::SharedClock,
-    db::{Backend, ChangeFeed, Database, keyed_connection},
+    db::{Backend, ChangeFeed, Database, HeldConnection},
 };
 
 use super::{
@@ -21,19 +17,9 @@ use super::{
 /// snapshot in the cluster has to look subtransactions up on disk.
 pub const MAX_BATCH: usize = 64;
 
-/// A held connection idle for longer than this is pinged before its next batch (as the pool
-/// pings its own): it may have been closed by a database restart or an idle timeout since.
-const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
-
 /// The writer's own Postgres connection, outside the pool, its session planning every
-/// statement by key (the kit's `keyed_connection`): opened for the first batch, kept while
-/// batches succeed, dropped after one that did not (a new one is opened for the next), and
-/// pinged before a batch when it sat idle. A batch on it costs no pool round trips (a pooled
-/// connection is pinged twice as it goes back). SQLite needs none.
-#[derive(Debug, Default)]
-pub(super) struct Session {
-    held: Option<(PgConnection, Instant)>,
-}
+/// statement by key (the kit's `HeldConnection`). SQLite needs none.
+pub(super) type Session = HeldConnection;
 
 /// What records a batch: the pool, the change feed and the clock.
 #[derive(Debug, Clone)]
@@ -71,26 +57,11 @@ impl Batches {
         debug_assert!(reports.len() <= MAX_BATCH);
         match &self.db {
             Backend::Postgres(pool) => {
-                // Taken out for the batch and put back only when it succeeded: a batch that
-                // failed, or was given up (dropped), leaves no connection behind.
-                let mut conn = match session.held.take() {
-                    Some((mut conn, used)) if used.elapsed() >= PING_IF_IDLE_FOR => {
-                        match conn.ping().await {
-                            Ok(()) => conn,
-                            Err(error) => {
-                                tracing::debug!(%error, "the writer's connection went away while idle; opening another");
-                                keyed_connection(pool).await?
-                            }
-                        }
-                    }
-                    Some((conn, _)) => conn,
-                    None => keyed_connection(pool).await?,
-                };
-                let recorded = postgres::record_batch(&mut conn, &self.clock, reports).await;
-                if recorded.is_ok() {
-                    session.held = Some((conn, Instant::now()));
-                }
-                recorded
+                session
+                    .run(pool, async |conn| {
+                        postgres::record_batch(conn, &self.clock, reports).await
+                    })
+                    .await
             }
             Backend::Sqlite(pool) => {
                 sqlite::record_batch(pool, &self.feed, &self.clock, reports).await
