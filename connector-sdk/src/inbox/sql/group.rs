@@ -2,10 +2,16 @@
 //!
 //! The writer takes whatever writes are queued when it is free (no timer: an idle inbox
 //! commits each write at once, a busy one commits many together), applies them in one
-//! transaction with a savepoint around each (a write that fails is rolled back alone and
-//! answered with its error), commits once, and only then answers the others: nobody hears
-//! "stored" before the commit is durable. A failed commit answers every write of the batch
-//! with the error (the SDK retries them; each is idempotent).
+//! transaction, commits once, and only then answers them: nobody hears "stored" before the
+//! commit is durable. A failed commit answers every write of the batch with the error (the SDK
+//! retries them; each is idempotent).
+//!
+//! A write that fails on its own (its statement refused) rolls its batch back: it hears its
+//! error, its batch-mates a retryable one, and the writer then runs the next
+//! [`CAREFUL_BATCHES`] batches with a savepoint around each write, so that a write that keeps
+//! failing is rolled back alone while the SDK retries it. Writes fail on their own rarely, if
+//! ever; a savepoint around every write would cost a round trip each (a thread hand-off on
+//! SQLite) every time. The writer also keeps its connection from one batch to the next.
 //!
 //! Why: an order costs the inbox three writes (delivery, answer, report confirmed), each a
 //! commit and so a disk flush on SQLite's `synchronous=FULL`; one flush per batch instead of
@@ -19,7 +25,7 @@ use std::sync::{
 };
 
 use futures::future::BoxFuture;
-use sqlx::{Connection as _, Database, Executor};
+use sqlx::{Connection as _, Database, Executor, pool::PoolConnection};
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
@@ -29,6 +35,10 @@ use crate::inbox::error::InboxError;
 const QUEUE: usize = 1024;
 /// The most writes one transaction takes.
 const MAX_BATCH: usize = 256;
+/// After a write fails on its own, this many batches run with a savepoint around each write
+/// before the writer trusts its writes again: a write that keeps failing (retried by the SDK)
+/// then costs its batch-mates nothing.
+const CAREFUL_BATCHES: u32 = 16;
 
 type Apply<DB> = Box<
     dyn for<'c> FnOnce(
@@ -128,6 +138,7 @@ async fn run<DB: Database>(
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
 {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut writer = State::default();
     while let Some(first) = queue.recv().await {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -136,75 +147,149 @@ async fn run<DB: Database>(
                 Err(_) => break,
             }
         }
-        if commit_batch(&pool, &mut batch).await {
+        if writer.commit_batch(&pool, &mut batch).await {
             commits.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
 
-/// Applies and commits `batch` (emptying it), answering every write; `true` when committed
-/// (a write alone that failed rolls its transaction back: `false`).
-async fn commit_batch<DB: Database>(pool: &sqlx::Pool<DB>, batch: &mut Vec<Write<DB>>) -> bool
+/// What the writer keeps from one batch to the next.
+struct State<DB: Database> {
+    /// The connection of the last batch that committed: a batch costs no pool round trips
+    /// (on SQLite each is a hand-off to the connection's thread, the release a ping). Dropped
+    /// after a batch that failed; the next batch takes another from the pool.
+    conn: Option<PoolConnection<DB>>,
+    /// Batches left to run with a savepoint around each write, after a write failed on its
+    /// own (see [`CAREFUL_BATCHES`]).
+    careful: u32,
+}
+
+impl<DB: Database> Default for State<DB> {
+    fn default() -> Self {
+        Self {
+            conn: None,
+            careful: 0,
+        }
+    }
+}
+
+impl<DB: Database> State<DB>
 where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
 {
-    let mut pending = std::mem::take(batch).into_iter();
-    let mut applied = Vec::new();
-    let outcome = apply_and_commit(pool, &mut pending, &mut applied).await;
-    let error = match outcome {
-        Ok(committed) => {
-            for reply in applied {
-                let _ = reply.send(Ok(()));
+    /// Applies and commits `batch` (emptying it), answering every write; `true` when committed
+    /// (a write alone that failed rolls its transaction back: `false`).
+    async fn commit_batch(&mut self, pool: &sqlx::Pool<DB>, batch: &mut Vec<Write<DB>>) -> bool {
+        let mut pending = std::mem::take(batch).into_iter();
+        let mut applied = Vec::new();
+        let mut conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => match pool.acquire().await {
+                Ok(conn) => conn,
+                Err(error) => {
+                    fail_all(InboxError::from(error), applied, pending);
+                    return false;
+                }
+            },
+        };
+        let careful = pending.len() > 1 && self.careful > 0;
+        let outcome = apply_and_commit(&mut conn, &mut pending, &mut applied, careful).await;
+        let error = match outcome {
+            Ok(Applied::Committed { write_failed }) => {
+                self.conn = Some(conn);
+                self.careful = match (write_failed, careful) {
+                    (true, _) => CAREFUL_BATCHES,
+                    (false, true) => self.careful - 1,
+                    (false, false) => self.careful,
+                };
+                for reply in applied {
+                    let _ = reply.send(Ok(()));
+                }
+                return true;
             }
-            return committed;
-        }
-        Err(error) => error,
-    };
+            Ok(Applied::RolledBack) => {
+                // A write alone failed on its own (and heard its error).
+                self.conn = Some(conn);
+                return false;
+            }
+            Ok(Applied::MateFailed) => {
+                self.conn = Some(conn);
+                self.careful = CAREFUL_BATCHES;
+                InboxError::Unavailable(
+                    "rolled back with another write of its batch that failed; try again".to_owned(),
+                )
+            }
+            Err(error) => error,
+        };
+        fail_all(error, applied, pending);
+        false
+    }
+}
+
+/// Answers every write of a batch that was not stored with `error` (the write that met it, if
+/// any, heard its own already).
+fn fail_all<DB: Database>(
+    error: InboxError,
+    applied: Vec<oneshot::Sender<Result<(), InboxError>>>,
+    pending: std::vec::IntoIter<Write<DB>>,
+) {
     warn!(%error, writes = applied.len() + pending.len(), "inbox batch not committed");
-    // Nothing of the batch is stored: the writes applied before the failure and those never
-    // reached hear the same error (the write that met it heard it already).
     for reply in applied {
         let _ = reply.send(Err(error.clone()));
     }
     for write in pending {
         let _ = write.reply.send(Err(error.clone()));
     }
-    false
 }
 
+/// What became of a batch whose transaction did not fail as a whole.
+enum Applied {
+    /// Committed; `write_failed` when a write failed on its own and was rolled back alone
+    /// (under its savepoint).
+    Committed { write_failed: bool },
+    /// A write alone failed on its own: its transaction rolled back.
+    RolledBack,
+    /// A write failed on its own in a batch without savepoints: the whole batch rolled back.
+    MateFailed,
+}
+
+/// Applies `pending` in one transaction on `conn` and commits it. Without savepoints (`careful`
+/// false) a write that fails rolls the whole batch back (its batch-mates are answered with a
+/// retryable error, and the writer is careful for a while); with them, it is rolled back alone.
 async fn apply_and_commit<DB: Database>(
-    pool: &sqlx::Pool<DB>,
+    conn: &mut PoolConnection<DB>,
     pending: &mut std::vec::IntoIter<Write<DB>>,
     applied: &mut Vec<oneshot::Sender<Result<(), InboxError>>>,
-) -> Result<bool, InboxError>
+    careful: bool,
+) -> Result<Applied, InboxError>
 where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
 {
-    let mut conn = pool.acquire().await?;
     let mut tx = conn.begin().await?;
-    if pending.len() == 1 {
-        // A write alone (an idle inbox, the common case below saturation) needs no savepoint:
-        // its transaction is its own, and a failed write rolls it back whole. Two round trips
-        // to the database fewer, each a thread hand-off on SQLite.
-        let Some(write) = pending.next() else {
-            return Ok(false);
-        };
-        return match (write.apply)(&mut *tx).await {
-            Ok(()) => {
-                applied.push(write.reply);
-                tx.commit().await?;
-                Ok(true)
-            }
-            Err(error) => {
-                // The write's own error: nothing else was in the transaction.
+    if !careful {
+        // One write alone (an idle inbox, the common case below saturation), or a batch whose
+        // writes are trusted to succeed: no savepoints, a round trip fewer per write (each a
+        // thread hand-off on SQLite).
+        for write in pending.by_ref() {
+            if let Err(error) = (write.apply)(&mut *tx).await {
                 let _ = write.reply.send(Err(error));
                 tx.rollback().await?;
-                Ok(false)
+                return Ok(if applied.is_empty() && pending.len() == 0 {
+                    Applied::RolledBack
+                } else {
+                    Applied::MateFailed
+                });
             }
-        };
+            applied.push(write.reply);
+        }
+        tx.commit().await?;
+        return Ok(Applied::Committed {
+            write_failed: false,
+        });
     }
     // Between two writes one round trip releases the last savepoint and opens the next.
     let mut open = "SAVEPOINT waybill_write";
+    let mut write_failed = false;
     for write in pending.by_ref() {
         let step = async {
             (&mut *tx).execute(open).await?;
@@ -224,6 +309,7 @@ where
             Ok(None) => applied.push(write.reply),
             // The write's own error, rolled back alone: the batch goes on.
             Ok(Some(error)) => {
+                write_failed = true;
                 let _ = write.reply.send(Err(error));
             }
             // The transaction itself failed: this write and the whole batch fail.
@@ -237,137 +323,8 @@ where
         .execute("RELEASE SAVEPOINT waybill_write")
         .await?;
     tx.commit().await?;
-    Ok(true)
+    Ok(Applied::Committed { write_failed })
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use futures::future::join_all;
-    use sqlx::{
-        SqlitePool,
-        sqlite::{SqliteConnectOptions, SqlitePoolOptions},
-    };
-
-    use super::*;
-
-    async fn pool() -> SqlitePool {
-        let dir = std::env::temp_dir().join(format!("waybill-group-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let options = SqliteConnectOptions::new()
-            .filename(dir.join("group.db"))
-            .create_if_missing(true)
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(2)
-            .connect_with(options)
-            .await
-            .unwrap();
-        for statement in [
-            "CREATE TABLE parent (id INTEGER PRIMARY KEY)",
-            "CREATE TABLE item (id INTEGER PRIMARY KEY,
-                parent INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)",
-        ] {
-            sqlx::query(statement).execute(&pool).await.unwrap();
-        }
-        pool
-    }
-
-    fn insert(
-        writer: &Writer<sqlx::Sqlite>,
-        id: i64,
-        parent: Option<i64>,
-    ) -> impl Future<Output = Result<i64, InboxError>> + use<> {
-        let writer = writer.clone();
-        async move {
-            writer
-                .write(move |conn| {
-                    Box::pin(async move {
-                        sqlx::query("INSERT INTO item (id, parent) VALUES ($1, $2)")
-                            .bind(id)
-                            .bind(parent)
-                            .execute(&mut *conn)
-                            .await?;
-                        if id == 13 {
-                            return Err(InboxError::Refused("thirteen is refused".to_owned()));
-                        }
-                        Ok(id)
-                    })
-                })
-                .await
-        }
-    }
-
-    async fn ids(pool: &SqlitePool) -> Vec<i64> {
-        sqlx::query_scalar("SELECT id FROM item ORDER BY id")
-            .fetch_all(pool)
-            .await
-            .unwrap()
-    }
-
-    // One thread: every write below is queued before the writer task runs, so they share one
-    // batch deterministically.
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_failing_write_is_rolled_back_alone_and_the_batch_commits_once() {
-        let pool = pool().await;
-        let writer = Writer::start(pool.clone());
-        let results = join_all((1..=20).map(|id| insert(&writer, id, None))).await;
-        for (id, result) in (1..=20).zip(&results) {
-            match id {
-                13 => assert_eq!(
-                    result.as_ref().unwrap_err(),
-                    &InboxError::Refused("thirteen is refused".to_owned()),
-                    "the write's own error"
-                ),
-                _ => assert_eq!(*result.as_ref().unwrap(), id),
-            }
-        }
-        let expected: Vec<i64> = (1..=20).filter(|id| *id != 13).collect();
-        assert_eq!(ids(&pool).await, expected, "13's insert rolled back alone");
-        assert_eq!(writer.commits(), 1, "twenty writes, one commit");
-    }
-
-    // A write alone takes the path without a savepoint: its failure rolls back its own
-    // transaction and answers its own error; the next write alone commits.
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_write_alone_commits_or_is_rolled_back_with_its_own_error() {
-        let pool = pool().await;
-        let writer = Writer::start(pool.clone());
-        let refused = insert(&writer, 13, None).await;
-        assert_eq!(
-            refused.unwrap_err(),
-            InboxError::Refused("thirteen is refused".to_owned())
-        );
-        assert!(ids(&pool).await.is_empty(), "13's insert rolled back");
-        assert_eq!(writer.commits(), 0);
-        assert_eq!(insert(&writer, 1, None).await.unwrap(), 1);
-        assert_eq!(ids(&pool).await, vec![1]);
-        assert_eq!(writer.commits(), 1);
-        // Batches after it still use the savepoints (two failing writes in a row included).
-        let results = join_all([13, 2, 3].map(|id| insert(&writer, id, None))).await;
-        assert!(results[0].is_err() && results[1].is_ok() && results[2].is_ok());
-        let results = join_all([4, 13].map(|id| insert(&writer, id, None))).await;
-        assert!(results[0].is_ok() && results[1].is_err());
-        assert_eq!(ids(&pool).await, vec![1, 2, 3, 4]);
-        assert_eq!(writer.commits(), 3);
-    }
-
-    #[tokio::test(flavor = "current_thread")]
-    async fn nobody_hears_stored_when_the_commit_fails() {
-        let pool = pool().await;
-        let writer = Writer::start(pool.clone());
-        // Write 2 is valid until COMMIT checks the deferred foreign key; write 1 is valid.
-        let results = join_all([insert(&writer, 1, None), insert(&writer, 2, Some(99))]).await;
-        for result in &results {
-            let error = result.as_ref().unwrap_err();
-            assert!(
-                matches!(error, InboxError::Refused(message) if message.contains("FOREIGN KEY")),
-                "a refused statement, not worth a retry: {error:?}"
-            );
-        }
-        assert!(ids(&pool).await.is_empty(), "nothing of the batch stored");
-        // The writer goes on: the next batch commits.
-        assert_eq!(insert(&writer, 3, None).await.unwrap(), 3);
-        assert_eq!(ids(&pool).await, [3]);
-    }
-}
+mod tests;
