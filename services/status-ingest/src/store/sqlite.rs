@@ -1,14 +1,16 @@
 //! The SQLite batch transaction (the embedded default). Its first statement is a write (the
 //! first report's replay-guard insert), so it takes SQLite's single write lock at once and holds
 //! it to the commit: reports are serialised, which is what the row locks do on Postgres, and
-//! nothing is ever left out of a batch. Per report, under its savepoint: replay guard, snapshot,
-//! order bump, history event, dispatch row acknowledged (and the rejection's statements).
+//! nothing is ever left out of a batch. Per report, under its savepoint: replay guard and
+//! snapshot as one query (sent with the savepoint's opening), then, if accepted, the order bump,
+//! history event and dispatch row acknowledged as one more (and the rejection's statements):
+//! two hand-offs to sqlx's SQLite thread a report, all under the file's one write lock.
 //! Commits are announced on the in-process change feed.
 
 use sqlx::{Executor as _, SqliteConnection, SqlitePool};
 use waybill_service_kit::{
     clock::SharedClock,
-    db::{Change, ChangeFeed, Failure, Id, Instant, classify, dispatch_moves, sqlite_write_turn},
+    db::{Change, ChangeFeed, Failure, Id, Instant, classify, sqlite_write_turn},
 };
 
 use super::{
@@ -17,17 +19,19 @@ use super::{
     statements::{Applying, Ruling, Savepoint, SnapshotRow, Step, Woken, reroute, rule},
 };
 
-const GUARD: &str = "INSERT INTO report_token_ids (partner_id, jti, expires_at) \
-                     VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
-const SNAPSHOT: &str = include_str!("sql/snapshot.sqlite.sql");
-// The next sequence follows the latest event (the relay appends SENT_TO_PARTNER without writing
-// the order row); the write lock is this transaction's, so nothing comes in between.
-const BUMP: &str = "UPDATE orders SET status = $2, \
-                        status_seq = (SELECT max(seq) FROM order_status_events \
-                                      WHERE order_id = $1) + 1, \
-                        tracking_id = CASE WHEN $3 THEN $4 ELSE tracking_id END \
-                    WHERE id = $1 RETURNING status_seq";
-const APPEND: &str = include_str!("sql/append.sqlite.sql");
+/// The first report's savepoint opened, then its replay guard and snapshot: one query.
+const FIRST_GUARD_AND_SNAPSHOT: &str = concat!(
+    "SAVEPOINT report;\n",
+    include_str!("sql/guard_and_snapshot.sqlite.sql")
+);
+/// The last report's savepoint released and the next one's opened, then its replay guard and
+/// snapshot: one query.
+const NEXT_GUARD_AND_SNAPSHOT: &str = concat!(
+    "RELEASE SAVEPOINT report; SAVEPOINT report;\n",
+    include_str!("sql/guard_and_snapshot.sqlite.sql")
+);
+const ACCEPT: &str = include_str!("sql/accept.sqlite.sql");
+
 /// Records `reports` in one transaction (see [`super::SqlIngestStore::record_batch`]).
 pub(super) async fn record_batch(
     pool: &SqlitePool,
@@ -65,8 +69,8 @@ async fn in_savepoint(
     clock: &SharedClock,
     report: &AuthenticatedReport,
 ) -> Result<InBatch, StoreError> {
-    conn.execute(savepoint.next()).await?;
-    let result = match apply(conn, clock, report).await {
+    let opening = savepoint.next_with(FIRST_GUARD_AND_SNAPSHOT, NEXT_GUARD_AND_SNAPSHOT);
+    let result = match apply(conn, opening, clock, report).await {
         Ok(Step::Keep(outcome)) => return Ok(InBatch::Decided(outcome)),
         Ok(Step::Undo(outcome)) => InBatch::Decided(outcome),
         Err(Applying::Store(error)) => InBatch::Failed(error),
@@ -80,27 +84,22 @@ async fn in_savepoint(
     Ok(result)
 }
 
-/// The replay guard, the snapshot, the ruling and, if accepted, the writes.
+/// The report's savepoint opened, its replay guard and snapshot (`guard_and_snapshot`: one of
+/// the two queries above), the ruling and, if accepted, the writes.
 async fn apply(
     conn: &mut SqliteConnection,
+    guard_and_snapshot: &'static str,
     clock: &SharedClock,
     report: &AuthenticatedReport,
 ) -> Result<Step, Applying> {
     let order_id = Id(report.order_id);
-    let fresh = sqlx::query(GUARD)
-        .bind(&report.partner_id)
-        .bind(&report.token_id)
-        .bind(Instant(report.token_id_kept_until))
-        .execute(&mut *conn)
-        .await?
-        .rows_affected()
-        == 1;
-    let row: Option<SnapshotRow> = sqlx::query_as(SNAPSHOT)
+    let row: Option<SnapshotRow> = sqlx::query_as(guard_and_snapshot)
         .bind(order_id)
         .bind(&report.partner_id)
         .bind(&report.report_id)
-        .bind(fresh)
         .bind(&report.key_id)
+        .bind(&report.token_id)
+        .bind(Instant(report.token_id_kept_until))
         .fetch_optional(&mut *conn)
         .await?;
     let acceptance = match rule(row, report)? {
@@ -111,40 +110,39 @@ async fn apply(
     let effects = acceptance.effects;
     // The write lock is held: from here the report is true but for the commit.
     let at = clock.now();
-    let sequence: i64 = sqlx::query_scalar(BUMP)
-        .bind(order_id)
-        .bind(effects.order_status.short_name())
-        .bind(effects.record_tracking)
-        .bind(&report.tracking_id)
-        .fetch_one(&mut *conn)
-        .await?;
-    sqlx::query(APPEND)
+    let sequence: i64 = sqlx::query_scalar(ACCEPT)
         .bind(order_id)
         .bind(&report.partner_id)
         .bind(&report.report_id)
-        .bind(sequence)
+        .bind(effects.order_status.short_name())
+        .bind(effects.record_tracking)
+        .bind(&report.tracking_id)
         .bind(report.status.short_name())
         .bind(&report.detail)
-        .bind(&report.tracking_id)
         .bind(Instant(report.occurred_at))
         .bind(Instant(at))
         .bind(&report.detail_code)
         .bind(report.action_required)
         .bind(effects.needs_review)
-        .execute(&mut *conn)
+        .bind(effects.acknowledge)
+        .fetch_one(&mut *conn)
         .await?;
-    if effects.acknowledge {
-        sqlx::query(dispatch_moves::ACKNOWLEDGE)
-            .bind(order_id)
-            .bind(&report.partner_id)
-            .bind(Instant(at))
-            .execute(&mut *conn)
-            .await?;
-    }
     if effects.reroute {
         for statement in reroute(report, at) {
             statement.execute(&mut *conn).await?;
         }
     }
     Ok(Step::Keep(acceptance.accepted(sequence, at)))
+}
+
+#[cfg(test)]
+mod tests {
+    use waybill_service_kit::db::dispatch_moves::sets_acknowledged;
+
+    /// The accepted report's writes move the dispatch row to `ACKNOWLEDGED` exactly as the
+    /// shared move does (`waybill_service_kit::db::dispatch_moves`).
+    #[test]
+    fn the_accept_writes_acknowledge_as_the_shared_move_does() {
+        assert!(sets_acknowledged(super::ACCEPT));
+    }
 }

@@ -33,10 +33,20 @@ impl Savepoint {
 
     /// The statement that opens the next report's savepoint.
     pub(super) fn next(&mut self) -> &'static str {
+        self.next_with(
+            "SAVEPOINT report",
+            "RELEASE SAVEPOINT report; SAVEPOINT report",
+        )
+    }
+
+    /// `first` for the first report, `next` for every later one: what opens the next report's
+    /// savepoint, as `"SAVEPOINT report"` and `"RELEASE SAVEPOINT report; SAVEPOINT report"`
+    /// begin with what follows them.
+    pub(super) fn next_with(&mut self, first: &'static str, next: &'static str) -> &'static str {
         if std::mem::replace(&mut self.open, true) {
-            "RELEASE SAVEPOINT report; SAVEPOINT report"
+            next
         } else {
-            "SAVEPOINT report"
+            first
         }
     }
 }
