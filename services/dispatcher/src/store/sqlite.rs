@@ -33,9 +33,7 @@ use crate::domain::{
 const LEASE_DUE: &str = include_str!("sql/lease_due.sqlite.sql");
 const LEASE_OVERDUE: &str = include_str!("sql/lease_overdue.sqlite.sql");
 const LEASED: &str = include_str!("sql/leased.sqlite.sql");
-const RECORD_UPDATES: &str = include_str!("sql/record_updates.sqlite.sql");
-const RECORD_FIRST_SENDS: &str = include_str!("sql/record_first_sends.sqlite.sql");
-const RECORD_ATTEMPTS: &str = include_str!("sql/record_attempts.sqlite.sql");
+const RECORD: &str = include_str!("sql/record.sqlite.sql");
 const CLAIM_EVENTS: &str = include_str!("sql/claim_events.sqlite.sql");
 const MARK_PUBLISHED: &str = "UPDATE order_status_events SET published_at = $1 \
                               FROM (SELECT value ->> '$.id' AS id, value ->> '$.seq' AS seq \
@@ -118,55 +116,47 @@ pub(super) async fn record(
             .collect::<Vec<_>>()
     )
     .to_string();
+    let first_sends = json!(
+        batch
+            .first_sends
+            .iter()
+            .map(|(id, partner)| json!({ "id": id.to_string(), "partner": partner }))
+            .collect::<Vec<_>>()
+    )
+    .to_string();
+    let attempts = json!(
+        batch
+            .attempts
+            .iter()
+            .map(|a| {
+                json!({
+                    "id": a.order_id.to_string(), "attempt": a.attempt, "error": a.error,
+                    "partner": a.partner_id, "topic": a.topic,
+                })
+            })
+            .collect::<Vec<_>>()
+    )
+    .to_string();
     let _turn = sqlite_write_turn(pool).await;
     let mut tx = waybill_service_kit::db::begin(pool).await?;
-    let applied: Vec<Id> = sqlx::query_scalar(RECORD_UPDATES)
+    // Each part fenced in the statement itself: only rows this lease still holds.
+    let recorded: Vec<(String, Id)> = sqlx::query_as(RECORD)
         .bind(&fence.owner)
         .bind(Id(fence.batch_id))
         .bind(Instant(now))
         .bind(&updates)
+        .bind(&first_sends)
+        .bind(&attempts)
         .fetch_all(&mut *tx)
         .await?;
-    let applied: Vec<Uuid> = applied.into_iter().map(Into::into).collect();
+    let (mut applied, mut events_appended) = (Vec::new(), Vec::new());
+    for (kind, order_id) in recorded {
+        match kind.as_str() {
+            "applied" => applied.push(Uuid::from(order_id)),
+            _ => events_appended.push(Uuid::from(order_id)),
+        }
+    }
     let applied_set: HashSet<Uuid> = applied.iter().copied().collect();
-
-    let first_sends: Vec<serde_json::Value> = batch
-        .first_sends
-        .iter()
-        .filter(|(id, _)| applied_set.contains(id))
-        .map(|(id, partner)| json!({ "id": id.to_string(), "partner": partner }))
-        .collect();
-    let mut events_appended = Vec::new();
-    if !first_sends.is_empty() {
-        let first_sends = json!(first_sends).to_string();
-        let appended: Vec<Id> = sqlx::query_scalar(RECORD_FIRST_SENDS)
-            .bind(&first_sends)
-            .bind(Instant(now))
-            .fetch_all(&mut *tx)
-            .await?;
-        events_appended = appended.into_iter().map(Into::into).collect();
-    }
-
-    let attempts: Vec<serde_json::Value> = batch
-        .attempts
-        .iter()
-        .filter(|a| applied_set.contains(&a.order_id))
-        .map(|a| {
-            json!({
-                "id": a.order_id.to_string(), "attempt": a.attempt, "error": a.error,
-                "partner": a.partner_id, "topic": a.topic,
-            })
-        })
-        .collect();
-    if !attempts.is_empty() {
-        sqlx::query(RECORD_ATTEMPTS)
-            .bind(Instant(now))
-            .bind(&fence.owner)
-            .bind(Id(fence.batch_id))
-            .bind(json!(attempts).to_string())
-            .execute(&mut *tx)
-            .await?;
-    }
     // Rare (the audit topic failed while the partner's took the order): one row each.
     for copy in batch
         .audit_copies
