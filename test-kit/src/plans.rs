@@ -29,6 +29,24 @@ pub async fn plain_connection(url: &str) -> PgConnection {
     PgConnection::connect(url).await.expect("connect to plan")
 }
 
+/// Asserts that every named statement's generic plan on `conn`, with `settings` in force, reads
+/// every table by key (see [`not_by_key`]), naming the statement and the lines that do not.
+pub async fn assert_planned_by_key(
+    conn: &mut PgConnection,
+    statements: &[(&str, &str)],
+    settings: &str,
+) {
+    for (name, statement) in statements {
+        let plan = generic_plan(conn, statement, settings).await;
+        let whole = not_by_key(&plan);
+        assert!(
+            whole.is_empty(),
+            "{name} reads {whole:#?} in\n{}",
+            plan.join("\n")
+        );
+    }
+}
+
 /// The lines of `plan` that read a table other than by key: a sequential scan, a join by hash
 /// or merge, a materialised rescan, or an index walked whole (an index or bitmap index scan
 /// with no `Index Cond` under it, as a hashed subquery's is; a lease's walk of its due index

@@ -1,14 +1,14 @@
 //! The relay's lease transaction plans its statements by key on a fresh database, where the
-//! statistics say every table is empty: with what the lease's `BEGIN` sets (its due indexes
-//! walked in order, and the kit's `KEYED_PLANS`), the lease walks its due index, and the
-//! record finds each row by its key. A generic plan of the record made there without them
+//! statistics say every table is empty: with what the lease's `BEGIN` sets (`lease_planning`:
+//! its due indexes walked in order, and the kit's `KEYED_PLANS`), the lease walks its due
+//! index, and the record finds each row by its key. A generic plan of the record made there without them
 //! reads all of `dispatch` for every batch from then on; the last test shows this check sees it.
 #![allow(clippy::unwrap_used)]
 
-use waybill_service_kit::db::keyed_plans_locally;
+use waybill_dispatcher::store::lease_planning;
 use waybill_test_kit::{
     TestBackend, TestDatabase,
-    plans::{generic_plan, not_by_key, plain_connection},
+    plans::{assert_planned_by_key, generic_plan, not_by_key, plain_connection},
 };
 
 const RECORD_UPDATES: &str = include_str!("../src/store/sql/record_updates.pg.sql");
@@ -39,17 +39,8 @@ async fn the_lease_transaction_plans_every_statement_by_key_on_a_fresh_database(
     let test_db = TestDatabase::create(TestBackend::Postgres).await;
     let _migrated = test_db.connect().await;
     let mut conn = plain_connection(&test_db.url).await;
-    // As the lease's BEGIN sets them (`lease_begin` in src/store/postgres.rs).
-    let settings = format!("SET LOCAL enable_sort = off; {};", keyed_plans_locally());
-    for (name, statement) in LEASE_STATEMENTS {
-        let plan = generic_plan(&mut conn, statement, &settings).await;
-        let whole = not_by_key(&plan);
-        assert!(
-            whole.is_empty(),
-            "{name} reads {whole:#?} in\n{}",
-            plan.join("\n")
-        );
-    }
+    let settings = format!("{};", lease_planning());
+    assert_planned_by_key(&mut conn, &LEASE_STATEMENTS, &settings).await;
 }
 
 #[tokio::test]

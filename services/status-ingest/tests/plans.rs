@@ -9,7 +9,7 @@
 use waybill_service_kit::db::{Backend, keyed_connection};
 use waybill_test_kit::{
     TestBackend, TestDatabase,
-    plans::{generic_plan, not_by_key, plain_connection},
+    plans::{assert_planned_by_key, generic_plan, not_by_key, plain_connection},
 };
 
 const RECORD_MANY: &str = include_str!("../src/store/sql/record_many.pg.sql");
@@ -33,15 +33,7 @@ async fn the_writer_plans_every_statement_by_key_on_a_fresh_database() {
         panic!("a Postgres test database");
     };
     let mut conn = keyed_connection(pool).await.unwrap();
-    for (name, statement) in WRITER_STATEMENTS {
-        let plan = generic_plan(&mut conn, statement, "").await;
-        let whole = not_by_key(&plan);
-        assert!(
-            whole.is_empty(),
-            "{name} reads {whole:#?} in\n{}",
-            plan.join("\n")
-        );
-    }
+    assert_planned_by_key(&mut conn, &WRITER_STATEMENTS, "").await;
 }
 
 #[tokio::test]

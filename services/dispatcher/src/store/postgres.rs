@@ -81,15 +81,23 @@ pub(super) async fn lease(
     Ok((rows, Some(Box::new(held))))
 }
 
-/// Begins a lease's transaction and sets, for the rest of it, the due indexes walked in order
-/// (see [`walk_indexes_in_order`]), every batch statement planned by key whatever the
-/// statistics say (the kit's `KEYED_PLANS`), and how long it may sit idle (`idle_limit_ms`)
-/// before the server ends it: one simple query, one round trip (the limit is an integer,
-/// formatted in).
+/// Begins a lease's transaction and sets, for the rest of it, how its statements are planned
+/// ([`lease_planning`]) and how long it may sit idle (`idle_limit_ms`) before the server ends
+/// it: one simple query, one round trip (the limit is an integer, formatted in).
 fn lease_begin(idle_limit_ms: i64) -> String {
     format!(
-        "BEGIN; SET LOCAL enable_sort = off; {}; \
-         SET LOCAL idle_in_transaction_session_timeout = {idle_limit_ms}",
+        "BEGIN; {}; SET LOCAL idle_in_transaction_session_timeout = {idle_limit_ms}",
+        lease_planning()
+    )
+}
+
+/// How a lease's transaction plans its statements: the due indexes walked in order (see
+/// [`walk_indexes_in_order`]) and every batch statement by key whatever the statistics say (the
+/// kit's `KEYED_PLANS`), as `SET LOCAL` statements. Public for the test that holds every
+/// statement of the lease's transaction to these plans (`tests/plans.rs`).
+pub fn lease_planning() -> String {
+    format!(
+        "SET LOCAL enable_sort = off; {}",
         waybill_service_kit::db::keyed_plans_locally()
     )
 }

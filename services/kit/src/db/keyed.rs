@@ -15,6 +15,8 @@
 //! fifth of Postgres's time). A statement that has no other way (no index for its condition)
 //! still runs: these settings price the other ways out, they do not forbid them.
 
+use std::sync::LazyLock;
+
 use sqlx::{ConnectOptions as _, Connection as _, PgConnection, PgPool};
 use tokio::time::Instant;
 
@@ -30,13 +32,17 @@ pub const KEYED_PLANS: [(&str, &str); 5] = [
 ];
 
 /// [`KEYED_PLANS`] as `SET LOCAL` statements, for the rest of a transaction: to be sent with its
-/// `BEGIN` as one simple query (see [`super::begin_with`]), so they cost no round trip.
-pub fn keyed_plans_locally() -> String {
-    KEYED_PLANS
-        .iter()
-        .map(|(name, value)| format!("SET LOCAL {name} = {value}"))
-        .collect::<Vec<_>>()
-        .join("; ")
+/// `BEGIN` as one simple query (see [`super::begin_with`]), so they cost no round trip. Built
+/// once: the relay's lease sends it every cycle.
+pub fn keyed_plans_locally() -> &'static str {
+    static LOCALLY: LazyLock<String> = LazyLock::new(|| {
+        KEYED_PLANS
+            .iter()
+            .map(|(name, value)| format!("SET LOCAL {name} = {value}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    });
+    &LOCALLY
 }
 
 /// A connection of its own to `pool`'s database (not counted by the pool), with
