@@ -59,6 +59,8 @@ impl SqlIngestStore {
     /// begin, the connection broke, the commit failed) and none of it was recorded — or, for a
     /// commit whose answer was lost, perhaps all of it (`Unavailable`: a retry of a report
     /// recorded after all is a duplicate). At most [`MAX_BATCH`](super::MAX_BATCH) reports.
+    /// Outside the group commit (for tests of the batch itself): on Postgres each call opens, and
+    /// closes, a connection of its own, as the writer's would be.
     pub async fn record_batch(
         &self,
         reports: &[AuthenticatedReport],
