@@ -111,6 +111,14 @@ impl DispatchError {
     }
 }
 
+/// A driver error outside any store call: a step given up after its time limit (the kit's
+/// `within`), which is the database's unavailability.
+impl From<sqlx::Error> for DispatchError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Store(StoreError::from(error))
+    }
+}
+
 impl From<DispatchError> for Status {
     fn from(error: DispatchError) -> Self {
         // Messages quote caller input only as bounded prefixes (`text::quote`); the whole

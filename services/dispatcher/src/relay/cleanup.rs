@@ -14,7 +14,8 @@ const ROUND: u32 = 5_000;
 
 impl Relay {
     /// Removes everything older than the retention setting, a round at a time until a round
-    /// finds less than a full one; what it removed.
+    /// finds less than a full one; what it removed. Each round is given up after one lease's
+    /// length (see the relay's notes on bounds).
     pub async fn clean_up(&self) -> Result<Cleaned, DispatchError> {
         let retention = chrono::Duration::from_std(self.settings.retention).map_err(|_| {
             waybill_service_kit::text::InvalidField::new("--retention", "is too long")
@@ -22,7 +23,11 @@ impl Relay {
         let before = self.clock.now() - retention;
         let mut total = Cleaned::default();
         loop {
-            let round = self.store.clean_up(before, ROUND).await?;
+            let round = self
+                .bounded("a retention round", async {
+                    Ok(self.store.clean_up(before, ROUND).await?)
+                })
+                .await?;
             self.metrics.add_retention_attempts(round.attempts);
             self.metrics.add_retention_messages(round.messages);
             total.attempts += round.attempts;

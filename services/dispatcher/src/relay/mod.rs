@@ -27,9 +27,18 @@
 //! in-process signal otherwise) and polls only as a fallback. It never keeps a "last seen id"
 //! cursor: ids do not commit in id order, so each cycle asks the database what is due now.
 //!
+//! Every step is bounded by the lease's length: a leased batch's produce and bookkeeping by
+//! what is left of its lease, leasing, publishing and retention rounds by one lease's length.
+//! Past it a batch's rows may be another instance's anyway; a step given up there (its
+//! transaction dropped, the loop told the database is unavailable) frees the loop, where a
+//! statement to a database host that stopped answering would otherwise hold it until the
+//! kernel gave up on the socket (many minutes). The server ends the dropped lease's
+//! transaction itself once it sits idle for the lease's length.
+//!
 //! The steps are public so tests can stop an instance between produce and record.
 
 use std::{
+    future::Future,
     sync::{Arc, atomic::AtomicBool},
     time::{Duration, Instant},
 };
@@ -38,7 +47,10 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use uuid::Uuid;
-use waybill_service_kit::{clock::SharedClock, db::ChangeFeed};
+use waybill_service_kit::{
+    clock::SharedClock,
+    db::{ChangeFeed, within},
+};
 
 mod cleanup;
 mod handover;
@@ -67,6 +79,9 @@ pub struct LeasedBatch {
     pub kind: BatchKind,
     /// The rows, and what fences their bookkeeping.
     pub lease: Lease,
+    /// When the lease ends (this process's monotonic time): produce and bookkeeping are given
+    /// up then.
+    pub ends: tokio::time::Instant,
 }
 
 impl LeasedBatch {
@@ -179,26 +194,38 @@ impl Relay {
         })
     }
 
+    /// `step`'s outcome, or — once one lease's length has passed — the database called
+    /// unavailable (see the module's notes): `step` is dropped, and its transaction with it.
+    pub(crate) async fn bounded<T>(
+        &self,
+        what: &str,
+        step: impl Future<Output = Result<T, DispatchError>>,
+    ) -> Result<T, DispatchError> {
+        within(self.settings.lease, what, step).await
+    }
+
     /// Leases a batch of due rows.
     pub async fn lease_due(&self) -> Result<LeasedBatch, DispatchError> {
-        let request = self.lease_request()?;
-        let lease = self.store.lease_due(&request).await?;
-        self.settings.observer.leased(&lease.orders);
-        Ok(LeasedBatch {
-            kind: BatchKind::Due,
-            lease,
-        })
+        self.lease(BatchKind::Due).await
     }
 
     /// Leases a batch of `SENT` rows whose handover deadline passed.
     pub async fn lease_overdue(&self) -> Result<LeasedBatch, DispatchError> {
+        self.lease(BatchKind::Overdue).await
+    }
+
+    async fn lease(&self, kind: BatchKind) -> Result<LeasedBatch, DispatchError> {
         let request = self.lease_request()?;
-        let lease = self.store.lease_overdue(&request).await?;
+        let ends = tokio::time::Instant::now() + self.settings.lease;
+        let leasing = async {
+            Ok(match kind {
+                BatchKind::Due => self.store.lease_due(&request).await?,
+                BatchKind::Overdue => self.store.lease_overdue(&request).await?,
+            })
+        };
+        let lease = self.bounded("leasing a batch", leasing).await?;
         self.settings.observer.leased(&lease.orders);
-        Ok(LeasedBatch {
-            kind: BatchKind::Overdue,
-            lease,
-        })
+        Ok(LeasedBatch { kind, lease, ends })
     }
 
     /// Creates every topic the relay produces to (audit, order events, each partner's), so a
@@ -272,8 +299,19 @@ impl Relay {
         Ok(report)
     }
 
-    /// Produces and records one leased batch: how many orders it held.
+    /// Produces and records one leased batch: how many orders it held. Given up when its lease
+    /// ends (the database called unavailable; the rows go to the next lease).
     pub async fn relay_batch(&self, batch: LeasedBatch) -> Result<usize, DispatchError> {
+        let left = batch
+            .ends
+            .saturating_duration_since(tokio::time::Instant::now());
+        within(left, "a leased batch's produce and bookkeeping", async {
+            self.produce_and_record(batch).await
+        })
+        .await
+    }
+
+    async fn produce_and_record(&self, batch: LeasedBatch) -> Result<usize, DispatchError> {
         let leased = batch.orders().len();
         if leased > 0 {
             let record = match self.produce(&batch).await {

@@ -29,7 +29,14 @@ impl Relay {
     /// claim (Postgres), for as long as walks come back full. The cursor moves past every walk
     /// the broker acknowledged; a walk that failed, and the one read meanwhile, are published
     /// again by the next claim.
+    ///
+    /// Given up after one lease's length (see the module's notes on bounds).
     pub async fn publish_events(&self) -> Result<Published, DispatchError> {
+        self.bounded("publishing history events", self.publish_claimed_events())
+            .await
+    }
+
+    async fn publish_claimed_events(&self) -> Result<Published, DispatchError> {
         let limit = self.settings.event_batch_size;
         let mut batch = self.store.claim_events(limit).await?;
         let mut messages = self.event_messages(batch.events());
@@ -112,7 +119,14 @@ impl Relay {
     /// Produces the audit copies that are due from the audit outbox; how many were claimed.
     /// A copy that fails again backs off (exponentially, capped) and is never given up: the
     /// audit topic must get every copy.
+    ///
+    /// Given up after one lease's length (see the module's notes on bounds).
     pub async fn publish_audits(&self) -> Result<usize, DispatchError> {
+        self.bounded("publishing audit copies", self.publish_claimed_audits())
+            .await
+    }
+
+    async fn publish_claimed_audits(&self) -> Result<usize, DispatchError> {
         let now = self.clock.now();
         let batch = self
             .store
