@@ -1,11 +1,16 @@
 //! Several relay instances on one database (Postgres and SQLite) and a real Kafka-protocol
 //! broker: two dispatchers drain the outbox together without leasing a row twice, and one that
-//! shuts down gives its leases to the next at once.
+//! shuts down gives its leases to the next at once; within one instance, a steady flow of new
+//! orders goes out through one lease at a time and a backlog through several at once.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use chrono::Duration as Span;
 use common::{
@@ -23,6 +28,7 @@ use waybill_test_kit::{TestBackend, eventually, on_both_backends};
 on_both_backends!(
     two_dispatchers_drain_5000_orders_without_double_leases,
     shutdown_releases_leases_for_the_next_instance,
+    a_flow_is_leased_by_one_loop_and_a_backlog_by_several,
 );
 
 async fn two_dispatchers_drain_5000_orders_without_double_leases(backend: TestBackend) {
@@ -168,4 +174,69 @@ async fn shutdown_releases_leases_for_the_next_instance(backend: TestBackend) {
     );
     assert_eq!(next.run_cycle(true).await.unwrap().due, 1);
     assert_eq!(h.dispatch(order).await.state, DispatchState::Sent);
+}
+
+/// Orders committed while the relay's first loop holds a lease wait for its next lease rather
+/// than waking the other loops (each of which would lease one or two rows in a transaction of
+/// its own); a batch that comes back full wakes them, and they lease beside it.
+async fn a_flow_is_leased_by_one_loop_and_a_backlog_by_several(backend: TestBackend) {
+    let h = Harness::new(backend).await;
+    h.partner("acme", "DE", Span::minutes(10), 2).await;
+    let recorder = Arc::new(common::LeaseRecorder::new(h.store.clone()));
+    let pause = |ms| recorder.lease_pause_ms.store(ms, Ordering::SeqCst);
+    pause(100);
+    let mut settings = h.settings("dispatcher-a");
+    settings.batch_size = 20;
+    settings.batches_in_flight = 4;
+    // Woken by commits and full batches only: no loop polls during the test.
+    settings.poll_interval = Duration::from_secs(600);
+    let relay = h.relay_over(recorder.clone(), Arc::new(SystemClock), settings);
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(relay.run(shutdown.clone(), Duration::from_secs(5)));
+    // Every loop's first cycle (at start, before any order) is over.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let sent = |count: usize| {
+        let h = &h;
+        async move {
+            let backlog = h.store.backlog(chrono::Utc::now()).await.unwrap();
+            let sent = backlog
+                .by_state
+                .iter()
+                .find(|(s, _)| *s == DispatchState::Sent)
+                .map_or(0, |(_, n)| *n);
+            (sent == count as i64).then_some(())
+        }
+    };
+    // A flow: one order every 25 ms, four or so to each lease's 100 ms.
+    for _ in 0..12 {
+        h.place_at("DE", 100, chrono::Utc::now()).await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    eventually(Duration::from_secs(20), "12 orders sent", || sent(12)).await;
+    assert_eq!(
+        recorder.most_in_flight.load(Ordering::SeqCst),
+        1,
+        "a flow that one loop keeps up with is leased one lease at a time"
+    );
+
+    // A backlog: five batches' worth placed while the first loop holds a lease of one.
+    pause(1_000);
+    let orders: Vec<_> = (0..100)
+        .map(|_| FixtureOrder::new("DE", 100, chrono::Utc::now()))
+        .collect();
+    insert_orders(&h.db, &orders).await.unwrap();
+    eventually(Duration::from_secs(30), "112 orders sent", || sent(112)).await;
+    let most = recorder.most_in_flight.load(Ordering::SeqCst);
+    assert!(
+        most >= 2,
+        "full batches leased side by side: {most} at most"
+    );
+    shutdown.cancel();
+    run.await.unwrap();
+    assert_eq!(
+        recorder.leased.lock().unwrap().len(),
+        112,
+        "no row leased twice"
+    );
 }

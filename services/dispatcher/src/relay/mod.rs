@@ -360,8 +360,9 @@ impl Relay {
     /// Runs until `shutdown`, then gives up this instance's leases and flushes the producer.
     ///
     /// Loops run side by side: `batches_in_flight` dispatching loops (due rows, and overdue
-    /// rows at most once per poll interval), each with its own lease, so that one batch is
-    /// produced while another's outcome is recorded; and event publishing, so that a slow
+    /// rows at most once per poll interval), each with its own lease — the first woken by new
+    /// rows, the others by a full batch, so that under a backlog one batch is produced while
+    /// another's outcome is recorded (`wake.rs`); and event publishing, so that a slow
     /// order-events topic never delays an order on its way to a partner. Work in flight at
     /// shutdown gets `grace` to finish.
     pub async fn run(self, shutdown: CancellationToken, grace: Duration) {
@@ -372,7 +373,11 @@ impl Relay {
             "relay started"
         );
         let last_overdue_scan = std::sync::Mutex::new(None::<Instant>);
-        let (relay, scan) = (&self, &last_overdue_scan);
+        // Dispatching wakes for new outbox rows, and its other loops for a backlog; publishing
+        // for any new history event (see `wake.rs`). Subscribed before the first cycle, so no
+        // commit after it goes unseen.
+        let wakeups = wake::Wakeups::default();
+        let (relay, scan, backlog) = (&self, &last_overdue_scan, &wakeups.backlog);
         // Shared references only, so every loop gets a copy of the same step.
         let dispatch_step = move || async move {
             let with_overdue = {
@@ -385,19 +390,24 @@ impl Relay {
             };
             let limit = relay.settings.batch_size as usize;
             let (due, overdue) = relay.relay_due_and_overdue(with_overdue).await?;
-            Ok(due >= limit || overdue >= limit)
+            let full = due >= limit || overdue >= limit;
+            if full {
+                backlog.notify_one();
+            }
+            Ok(full)
         };
-        // Dispatching wakes for new outbox rows; publishing for any new history event (see
-        // `wake.rs`). Subscribed before the first cycle, so no commit after it goes unseen.
-        let wakeups = wake::Wakeups::default();
         let forwarding = wakeups.forward(self.feed.subscribe(), &shutdown);
         let dispatching =
-            futures::future::join_all((0..self.settings.batches_in_flight.max(1)).map(|_| {
+            futures::future::join_all((0..self.settings.batches_in_flight.max(1)).map(|loop_| {
+                let wake = match loop_ {
+                    0 => &wakeups.dispatch,
+                    _ => &wakeups.backlog,
+                };
                 self.drive(
                     "dispatch",
                     &shutdown,
                     grace,
-                    (&wakeups.dispatch, Duration::ZERO),
+                    (wake, Duration::ZERO),
                     dispatch_step,
                 )
             }));

@@ -405,6 +405,13 @@ pub struct LeaseRecorder {
     pub before_walk: Option<Arc<dyn Fn(usize) + Send + Sync>>,
     /// Reads of the routing table so far.
     pub routing_reads: Arc<std::sync::atomic::AtomicUsize>,
+    /// How long (ms) each lease that took rows waits before it is handed back (so that leases
+    /// overlap wherever the relay lets them).
+    pub lease_pause_ms: std::sync::atomic::AtomicU64,
+    /// Leases holding rows now (taken, not yet recorded or released).
+    pub in_flight: std::sync::atomic::AtomicUsize,
+    /// The most leases that held rows at once.
+    pub most_in_flight: std::sync::atomic::AtomicUsize,
 }
 
 impl LeaseRecorder {
@@ -415,6 +422,9 @@ impl LeaseRecorder {
             walks: Default::default(),
             before_walk: None,
             routing_reads: Default::default(),
+            lease_pause_ms: Default::default(),
+            in_flight: Default::default(),
+            most_in_flight: Default::default(),
         }
     }
 }
@@ -476,6 +486,14 @@ mod recorder {
         }
     }
 
+    impl LeaseRecorder {
+        fn handed_back(&self, lease: &Lease) {
+            if !lease.orders.is_empty() {
+                self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+
     #[async_trait]
     impl RoutingStore for LeaseRecorder {
         async fn routing_table(&self) -> Result<RoutingTable, StoreError> {
@@ -500,6 +518,12 @@ mod recorder {
                     .iter()
                     .map(|o| (o.order_id, lease.owner.clone())),
             );
+            if !leased.orders.is_empty() {
+                let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                self.most_in_flight.fetch_max(now, Ordering::SeqCst);
+                let pause = self.lease_pause_ms.load(Ordering::SeqCst);
+                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+            }
             Ok(leased)
         }
         async fn lease_overdue(&self, lease: &LeaseRequest) -> Result<Lease, StoreError> {
@@ -511,9 +535,11 @@ mod recorder {
             batch: &BatchRecord,
             now: DateTime<Utc>,
         ) -> Result<RecordReport, StoreError> {
+            self.handed_back(&lease);
             self.inner.record(lease, batch, now).await
         }
         async fn release(&self, lease: Lease) -> Result<(), StoreError> {
+            self.handed_back(&lease);
             self.inner.release(lease).await
         }
         async fn release_leases(&self, owner: &str, now: DateTime<Utc>) -> Result<u64, StoreError> {
