@@ -82,9 +82,8 @@ pub struct DispatcherArgs {
     /// Most orders leased, produced and recorded together.
     #[arg(long, env = "WAYBILL_BATCH_SIZE", default_value_t = 1000)]
     pub batch_size: u32,
-    /// Batches this instance works on at once under a backlog (each under its own lease):
-    /// while one batch's outcome is being recorded, the next is leased and produced. New rows
-    /// wake one loop; the others join when a batch comes back full.
+    /// Batches worked on at once under a backlog, each under its own lease (new rows wake one
+    /// loop; the others join when a batch comes back full, so batches overlap then).
     #[arg(long, env = "WAYBILL_BATCHES_IN_FLIGHT", default_value_t = 4)]
     pub batches_in_flight: u32,
     /// Most history events put on the order-events topic together. Every order sent makes
