@@ -91,6 +91,45 @@ impl TestDatabase {
     pub fn backend(&self) -> TestBackend {
         self.backend
     }
+
+    /// A plaintext [`proxy::Proxy`] in front of this Postgres database's server, and this
+    /// database's URL through it: for tests of a host that stops answering
+    /// ([`proxy::Proxy::stall`]).
+    pub fn behind_proxy(&self) -> (proxy::Proxy, String) {
+        use std::str::FromStr;
+        assert_eq!(
+            self.backend,
+            TestBackend::Postgres,
+            "a proxy is for Postgres"
+        );
+        let options = sqlx::postgres::PgConnectOptions::from_str(&self.url).expect("test url");
+        let host = match options.get_host() {
+            "localhost" => "127.0.0.1",
+            other => other,
+        };
+        let server = format!("{host}:{}", options.get_port())
+            .parse()
+            .expect("the test server's address");
+        let proxy = proxy::Proxy::start(server);
+        let url = format!(
+            "postgres://{}@{}/{}",
+            options.get_username(),
+            proxy.addr(),
+            options.get_database().unwrap_or_default()
+        );
+        (proxy, url)
+    }
+
+    /// Pool settings that notice a silent host quickly (a ping answered within 500 ms), with
+    /// room for a writer's connection beside the listener's: for tests through a proxy.
+    pub fn quick_pool_settings() -> PoolSettings {
+        PoolSettings {
+            max_connections: 3,
+            acquire_timeout: Duration::from_secs(20),
+            answer_timeout: Duration::from_millis(500),
+            ..PoolSettings::default()
+        }
+    }
 }
 
 impl Drop for TestDatabase {

@@ -9,48 +9,18 @@
 
 mod common;
 
-use std::{str::FromStr, time::Duration};
+use std::time::Duration;
 
 use common::Harness;
-use sqlx::postgres::PgConnectOptions;
 use tokio_util::sync::CancellationToken;
 use waybill_dispatcher::{error::DispatchError, relay::Relay, store::for_database};
 use waybill_proto::v1::DispatchState;
-use waybill_service_kit::db::{Database, PoolSettings};
-use waybill_test_kit::{TestBackend, proxy::Proxy};
+use waybill_service_kit::db::Database;
+use waybill_test_kit::{TestBackend, TestDatabase};
 
 /// The lease of the relay under test: long enough for a produce on the test broker, short
 /// enough for the test.
 const LEASE: Duration = Duration::from_secs(3);
-
-/// A database handle on the harness's database through `proxy`.
-async fn through(proxy: &Proxy, harness: &Harness) -> Database {
-    let options = PgConnectOptions::from_str(&harness.test_db.url).unwrap();
-    let url = format!(
-        "postgres://{}@{}/{}",
-        options.get_username(),
-        proxy.addr(),
-        options.get_database().unwrap()
-    );
-    let settings = PoolSettings {
-        max_connections: 3,
-        acquire_timeout: Duration::from_secs(20),
-        answer_timeout: Duration::from_millis(500),
-        ..PoolSettings::default()
-    };
-    Database::connect(&url, &settings, CancellationToken::new())
-        .await
-        .unwrap()
-}
-
-fn proxy_to(harness: &Harness) -> Proxy {
-    let options = PgConnectOptions::from_str(&harness.test_db.url).unwrap();
-    let host = match options.get_host() {
-        "localhost" => "127.0.0.1",
-        other => other,
-    };
-    Proxy::start(format!("{host}:{}", options.get_port()).parse().unwrap())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_whose_database_goes_silent_is_given_up_when_its_lease_ends() {
@@ -60,8 +30,11 @@ async fn a_batch_whose_database_goes_silent_is_given_up_when_its_lease_ends() {
         .await;
     let order = harness.place("DE", 5_000).await;
 
-    let proxy = proxy_to(&harness);
-    let db = through(&proxy, &harness).await;
+    let (proxy, url) = harness.test_db.behind_proxy();
+    let settings = TestDatabase::quick_pool_settings();
+    let db = Database::connect(&url, &settings, CancellationToken::new())
+        .await
+        .unwrap();
     let settings = waybill_dispatcher::RelaySettings {
         lease: LEASE,
         ..harness.settings("stalled")

@@ -4,51 +4,25 @@
 //! session must not go back to the pool inside a transaction).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{net::SocketAddr, str::FromStr, time::Duration};
+use std::{str::FromStr, time::Duration};
 
 use sqlx::{
     Connection, PgConnection,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 use tokio_util::sync::CancellationToken;
-use waybill_service_kit::db::{Backend, Database, PoolSettings};
-use waybill_test_kit::{TestBackend, TestDatabase, eventually, proxy::Proxy};
-
-/// The test Postgres server's address and the test database's URL through `proxy`.
-fn through(proxy: &Proxy, database: &TestDatabase) -> String {
-    let options = PgConnectOptions::from_str(&database.url).unwrap();
-    let name = options.get_database().unwrap().to_owned();
-    let user = options.get_username().to_owned();
-    format!("postgres://{user}@{}/{name}", proxy.addr())
-}
-
-fn server(database: &TestDatabase) -> SocketAddr {
-    let options = PgConnectOptions::from_str(&database.url).unwrap();
-    let host = match options.get_host() {
-        "localhost" => "127.0.0.1",
-        other => other,
-    };
-    format!("{host}:{}", options.get_port()).parse().unwrap()
-}
+use waybill_service_kit::db::{Backend, Database};
+use waybill_test_kit::{TestBackend, TestDatabase, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_of_a_host_that_stops_answering_are_replaced() {
     let database = TestDatabase::create(TestBackend::Postgres).await;
-    let proxy = Proxy::start(server(&database));
+    let (proxy, url) = database.behind_proxy();
     // Three places: the notification listener keeps one.
-    let settings = PoolSettings {
-        max_connections: 3,
-        acquire_timeout: Duration::from_secs(20),
-        answer_timeout: Duration::from_millis(500),
-        ..PoolSettings::default()
-    };
-    let db = Database::connect(
-        &through(&proxy, &database),
-        &settings,
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let settings = TestDatabase::quick_pool_settings();
+    let db = Database::connect(&url, &settings, CancellationToken::new())
+        .await
+        .unwrap();
     let Backend::Postgres(pool) = db.backend().clone() else {
         unreachable!("postgres")
     };
@@ -85,9 +59,9 @@ async fn connections_of_a_host_that_stops_answering_are_replaced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_cancelled_during_begin_leaves_no_transaction_behind() {
     let database = TestDatabase::create(TestBackend::Postgres).await;
-    let proxy = Proxy::start(server(&database));
+    let (proxy, url) = database.behind_proxy();
     let application = format!("waybill-begin-{}", uuid::Uuid::new_v4().simple());
-    let options = PgConnectOptions::from_str(&through(&proxy, &database))
+    let options = PgConnectOptions::from_str(&url)
         .unwrap()
         .application_name(&application);
     // One connection, so the next caller gets the same session; handed out without a ping, so

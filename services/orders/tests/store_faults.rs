@@ -7,41 +7,19 @@
 
 mod support;
 
-use std::{net::SocketAddr, str::FromStr, time::Duration};
+use std::time::Duration;
 
-use sqlx::postgres::PgConnectOptions;
 use support::{at, new_order};
 use tokio_util::sync::CancellationToken;
 use waybill_orders::store::{OrderStore, Placement, SqlOrderStore, StoreError};
-use waybill_service_kit::db::{Database, PoolSettings};
-use waybill_test_kit::{TestBackend, TestDatabase, proxy::Proxy};
-
-/// The test database's URL through `proxy`, and the server the proxy forwards to.
-fn through(proxy: Option<&Proxy>, database: &TestDatabase) -> (String, SocketAddr) {
-    let options = PgConnectOptions::from_str(&database.url).unwrap();
-    let host = match options.get_host() {
-        "localhost" => "127.0.0.1",
-        other => other,
-    };
-    let server = format!("{host}:{}", options.get_port()).parse().unwrap();
-    let name = options.get_database().unwrap().to_owned();
-    let user = options.get_username().to_owned();
-    let addr = proxy.map_or(server, Proxy::addr);
-    (format!("postgres://{user}@{addr}/{name}"), server)
-}
+use waybill_service_kit::db::Database;
+use waybill_test_kit::{TestBackend, TestDatabase};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_placing_on_a_silent_connection_is_given_up_and_the_next_ones_go_through() {
     let database = TestDatabase::create(TestBackend::Postgres).await;
-    let (_, server) = through(None, &database);
-    let proxy = Proxy::start(server);
-    let settings = PoolSettings {
-        max_connections: 3,
-        acquire_timeout: Duration::from_secs(20),
-        answer_timeout: Duration::from_millis(500),
-        ..PoolSettings::default()
-    };
-    let (url, _) = through(Some(&proxy), &database);
+    let (proxy, url) = database.behind_proxy();
+    let settings = TestDatabase::quick_pool_settings();
     let db = Database::connect(&url, &settings, CancellationToken::new())
         .await
         .unwrap();

@@ -7,18 +7,17 @@
 
 mod common;
 
-use std::{str::FromStr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use common::{service::world, start};
-use sqlx::postgres::PgConnectOptions;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use waybill_proto::v1::OrderStatus;
-use waybill_service_kit::db::{Database, PoolSettings};
+use waybill_service_kit::db::Database;
 use waybill_status_ingest::store::{
     AuthenticatedReport, IngestStore, ReportOutcome, SqlIngestStore, StoreError,
 };
-use waybill_test_kit::{TestBackend, proxy::Proxy};
+use waybill_test_kit::{TestBackend, TestDatabase};
 
 /// acme's receipt of `order` (key `k1`) with a fresh token id.
 fn receipt(order: Uuid, report_id: &str) -> AuthenticatedReport {
@@ -45,24 +44,8 @@ async fn a_batch_on_a_silent_connection_is_given_up_and_the_next_reports_are_rec
     world.route(stalled, "acme").await;
     world.route(after, "acme").await;
 
-    let options = PgConnectOptions::from_str(&world.test_db.url).unwrap();
-    let host = match options.get_host() {
-        "localhost" => "127.0.0.1",
-        other => other,
-    };
-    let proxy = Proxy::start(format!("{host}:{}", options.get_port()).parse().unwrap());
-    let url = format!(
-        "postgres://{}@{}/{}",
-        options.get_username(),
-        proxy.addr(),
-        options.get_database().unwrap()
-    );
-    let settings = PoolSettings {
-        max_connections: 3,
-        acquire_timeout: Duration::from_secs(20),
-        answer_timeout: Duration::from_millis(500),
-        ..PoolSettings::default()
-    };
+    let (proxy, url) = world.test_db.behind_proxy();
+    let settings = TestDatabase::quick_pool_settings();
     let db = Database::connect(&url, &settings, CancellationToken::new())
         .await
         .unwrap();
