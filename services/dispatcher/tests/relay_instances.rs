@@ -31,6 +31,17 @@ on_both_backends!(
     a_flow_is_leased_by_one_loop_and_a_backlog_by_several,
 );
 
+/// `Some` once exactly `count` orders are `SENT`.
+async fn all_sent(h: &Harness, count: i64) -> Option<()> {
+    let backlog = h.store.backlog(chrono::Utc::now()).await.unwrap();
+    let sent = backlog
+        .by_state
+        .iter()
+        .find(|(s, _)| *s == DispatchState::Sent)
+        .map_or(0, |(_, n)| *n);
+    (sent == count).then_some(())
+}
+
 async fn two_dispatchers_drain_5000_orders_without_double_leases(backend: TestBackend) {
     let h = Harness::new(backend).await;
     h.partner("acme", "DE", Span::minutes(10), 2).await;
@@ -58,14 +69,8 @@ async fn two_dispatchers_drain_5000_orders_without_double_leases(backend: TestBa
             relay.run(shutdown.clone(), Duration::from_secs(5)),
         ));
     }
-    eventually(Duration::from_secs(120), "5000 orders sent", || async {
-        let sent = h.store.backlog(chrono::Utc::now()).await.unwrap();
-        let sent = sent
-            .by_state
-            .iter()
-            .find(|(s, _)| *s == DispatchState::Sent)
-            .map_or(0, |(_, n)| *n);
-        (sent == 5_000).then_some(())
+    eventually(Duration::from_secs(120), "5000 orders sent", || {
+        all_sent(&h, 5_000)
     })
     .await;
     shutdown.cancel();
@@ -196,24 +201,15 @@ async fn a_flow_is_leased_by_one_loop_and_a_backlog_by_several(backend: TestBack
     // Every loop's first cycle (at start, before any order) is over.
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    let sent = |count: usize| {
-        let h = &h;
-        async move {
-            let backlog = h.store.backlog(chrono::Utc::now()).await.unwrap();
-            let sent = backlog
-                .by_state
-                .iter()
-                .find(|(s, _)| *s == DispatchState::Sent)
-                .map_or(0, |(_, n)| *n);
-            (sent == count as i64).then_some(())
-        }
-    };
     // A flow: one order every 25 ms, four or so to each lease's 100 ms.
     for _ in 0..12 {
         h.place_at("DE", 100, chrono::Utc::now()).await;
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    eventually(Duration::from_secs(20), "12 orders sent", || sent(12)).await;
+    eventually(Duration::from_secs(20), "12 orders sent", || {
+        all_sent(&h, 12)
+    })
+    .await;
     assert_eq!(
         recorder.most_in_flight.load(Ordering::SeqCst),
         1,
@@ -226,7 +222,10 @@ async fn a_flow_is_leased_by_one_loop_and_a_backlog_by_several(backend: TestBack
         .map(|_| FixtureOrder::new("DE", 100, chrono::Utc::now()))
         .collect();
     insert_orders(&h.db, &orders).await.unwrap();
-    eventually(Duration::from_secs(30), "112 orders sent", || sent(112)).await;
+    eventually(Duration::from_secs(30), "112 orders sent", || {
+        all_sent(&h, 112)
+    })
+    .await;
     let most = recorder.most_in_flight.load(Ordering::SeqCst);
     assert!(
         most >= 2,
