@@ -28,7 +28,8 @@
 //! cursor: ids do not commit in id order, so each cycle asks the database what is due now.
 //!
 //! Every step is bounded by the lease's length: a leased batch's produce and bookkeeping by
-//! what is left of its lease, leasing, publishing and retention rounds by one lease's length.
+//! what is left of its lease; leasing, publishing, retention rounds and the release of leases
+//! at shutdown by one lease's length.
 //! Past it a batch's rows may be another instance's anyway; a step given up there (its
 //! transaction dropped, the loop told the database is unavailable) frees the loop, where a
 //! statement to a database host that stopped answering would otherwise hold it until the
@@ -501,9 +502,12 @@ impl Relay {
     }
 
     async fn stop(&self) {
+        let releasing = async {
+            let (owner, now) = (&self.settings.instance_id, self.clock.now());
+            Ok(self.store.release_leases(owner, now).await?)
+        };
         match self
-            .store
-            .release_leases(&self.settings.instance_id, self.clock.now())
+            .bounded("releasing the leases at shutdown", releasing)
             .await
         {
             Ok(released) => info!(released, "relay stopped, leases released"),

@@ -10,9 +10,9 @@
 //!   back full (more is due than one batch holds), each full batch waking one more. Rows
 //!   committed while the first loop is busy go out together in its next lease, where idle
 //!   loops would each have leased one or two of them: at 500 orders/s on Postgres, four loops
-//!   woken by every commit ran 3,257 lease transactions for 5,000 orders, and one loop ran a
-//!   third as many, with the machine 87–90 % busy instead of 95 % and placed → adapter p50 16–19
-//!   instead of 27–30 ms (`docs/benchmarks.md`). A backlog still has every loop overlapping
+//!   woken by every commit ran 3,257 lease transactions for 5,000 orders, and this wake-up 855,
+//!   with the machine 89–92 % busy instead of 96 % and scheduled → adapter p50 17–22 instead of
+//!   25–27 ms (`docs/benchmarks.md`). A backlog still has every loop overlapping
 //!   batches, so the relay drains at its bare limit.
 //! - **Events in batches.** Publishing history events is off the orders' way to their
 //!   partners, and every status change of every order is a commit: the publishing loop runs

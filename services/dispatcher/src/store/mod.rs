@@ -35,7 +35,6 @@ use std::sync::Arc;
 
 use waybill_service_kit::db::Database;
 
-/// What the relay decided for a batch, recorded here (defined with the decisions).
 pub use self::postgres::lease_planning;
 pub use self::{
     error::StoreError,
@@ -44,6 +43,7 @@ pub use self::{
     statements::RETRYABLE_STATES,
     traits::{AdminStore, DispatchStore, RelayStore, RoutingStore},
 };
+/// What the relay decided for a batch, recorded here (defined with the decisions).
 pub use crate::domain::record::{AttemptLog, AuditCopy, BatchRecord, Fence, RowUpdate};
 
 /// The store for `db`'s backend.

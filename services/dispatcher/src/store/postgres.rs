@@ -93,13 +93,16 @@ fn lease_begin(idle_limit_ms: i64) -> String {
 
 /// How a lease's transaction plans its statements: the due indexes walked in order (see
 /// [`walk_indexes_in_order`]) and every batch statement by key whatever the statistics say (the
-/// kit's `KEYED_PLANS`), as `SET LOCAL` statements. Public for the test that holds every
-/// statement of the lease's transaction to these plans (`tests/plans.rs`).
-pub fn lease_planning() -> String {
-    format!(
-        "SET LOCAL enable_sort = off; {}",
-        waybill_service_kit::db::keyed_plans_locally()
-    )
+/// kit's `KEYED_PLANS`), as `SET LOCAL` statements, built once. Public for the test that holds
+/// every statement of the lease's transaction to these plans (`tests/plans.rs`).
+pub fn lease_planning() -> &'static str {
+    static PLANNING: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "SET LOCAL enable_sort = off; {}",
+            waybill_service_kit::db::keyed_plans_locally()
+        )
+    });
+    &PLANNING
 }
 
 /// Takes the oldest rows by walking their partial index in order (`dispatch_due`,
