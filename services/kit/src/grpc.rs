@@ -172,8 +172,9 @@ pub async fn serve_with_health(
         .trace_fn(request_span)
         .timeout(limits.request_timeout)
         .concurrency_limit_per_connection(limits.concurrency_per_connection)
-        // Past the concurrency limit, refuse at once (UNAVAILABLE) instead of queueing without
-        // bound: callers retry with backoff, memory stays flat.
+        // Past the concurrency limit, refuse at once (tonic answers RESOURCE_EXHAUSTED, "Too
+        // many active requests for the connection") instead of queueing without bound:
+        // callers retry with backoff, memory stays flat.
         .load_shed(true)
         // Metrics outermost: every call is counted, refused ones included.
         .layer(RpcMetricsLayer::new(limits.rpc_metrics.clone()))

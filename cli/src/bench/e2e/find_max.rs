@@ -97,6 +97,12 @@ pub(super) fn judge(step: &StepReport) -> Vec<String> {
     if step.errors > 0 {
         failures.push(format!("{} PlaceOrder errors", step.errors));
     }
+    if step.refusals > 0 {
+        failures.push(format!(
+            "Orders shed {} calls at the door ({} orders not placed)",
+            step.refusals, step.refused_at_door
+        ));
+    }
     let ledger = &step.ledger;
     if ledger.void {
         failures.push(format!(

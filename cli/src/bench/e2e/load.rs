@@ -2,6 +2,8 @@
 //! own, whether or not earlier calls have answered, so a slow system shows up as latency and as
 //! orders sent behind schedule, never as a quietly lower offered rate. Each order is to
 //! `distance-freight` (Canada), which only acknowledges: no later reports in the way.
+//! A placing Orders refuses at the door is retried within a budget ([`super::door`]) and
+//! counted apart from errors: shedding is how an overloaded Orders answers, not a loss.
 
 use std::{
     sync::{
@@ -15,7 +17,10 @@ use tonic::transport::Channel;
 use uuid::Uuid;
 use waybill_proto::v1::{self as pb, order_service_client::OrderServiceClient};
 
-use super::timeline::Timeline;
+use super::{
+    door::{self, RetryBudget},
+    timeline::Timeline,
+};
 
 /// A send this late after its scheduled time counts as behind the schedule.
 const BEHIND: Duration = Duration::from_millis(10);
@@ -46,8 +51,14 @@ pub(super) struct Sample {
 pub(super) struct Offered {
     pub(super) offered: u64,
     pub(super) placed: Vec<Placed>,
-    /// The indexes of the calls that failed.
+    /// The indexes of the orders not placed: refused at the door (its last answer) or failed.
     pub(super) failed: Vec<u64>,
+    /// Of `failed`, the orders whose last answer was a refusal at the door.
+    pub(super) refused: u64,
+    /// Orders placed after the door refused them at least once.
+    pub(super) placed_on_retry: u64,
+    /// Calls refused at the door in all.
+    pub(super) refusals: u64,
     pub(super) behind_schedule: u64,
     pub(super) max_behind: Duration,
     pub(super) samples: Vec<Sample>,
@@ -77,6 +88,7 @@ pub(super) async fn offer(
         offered: count,
         ..Offered::default()
     };
+    let budget = Arc::new(RetryBudget::default());
     let mut tasks = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
     let start = tokio::time::Instant::now();
     let mut next_sample = SAMPLE_EVERY;
@@ -88,17 +100,21 @@ pub(super) async fn offer(
             offered.behind_schedule += 1;
         }
         offered.max_behind = offered.max_behind.max(late);
-        let mut client = clients[index as usize % clients.len()].clone();
+        let client = clients[index as usize % clients.len()].clone();
         let request = order(&idempotency_key(prefix, index), index);
-        let answered_ok = placed_so_far.clone();
+        let (answered_ok, budget) = (placed_so_far.clone(), budget.clone());
         tasks.push(tokio::spawn(async move {
-            let response = client.place_order(request).await;
+            let (response, refusals) = door::retried(&budget, || {
+                let (mut client, request) = (client.clone(), request.clone());
+                async move { client.place_order(request).await }
+            })
+            .await;
             let answered = Instant::now();
             let id = response.map(|r| r.into_inner().order.map(|o| o.id).unwrap_or_default());
             if id.is_ok() {
                 answered_ok.fetch_add(1, Ordering::Relaxed);
             }
-            (id, answered)
+            (id, refusals, answered)
         }));
         let elapsed = start.elapsed();
         if elapsed >= next_sample {
@@ -116,14 +132,22 @@ pub(super) async fn offer(
         }
     }
     for (index, task) in (0u64..).zip(tasks) {
-        let (response, answered) = task.await?;
+        let (response, refusals, answered) = task.await?;
+        offered.refusals += u64::from(refusals);
         match response.map(|id| Uuid::parse_str(&id)) {
-            Ok(Ok(id)) => offered.placed.push(Placed {
-                id,
-                scheduled: timeline.micros((start + interval.mul_f64(index as f64)).into_std()),
-                answered: timeline.micros(answered),
-            }),
+            Ok(Ok(id)) => {
+                offered.placed_on_retry += u64::from(refusals > 0);
+                offered.placed.push(Placed {
+                    id,
+                    scheduled: timeline.micros((start + interval.mul_f64(index as f64)).into_std()),
+                    answered: timeline.micros(answered),
+                });
+            }
             Ok(Err(_)) => offered.failed.push(index),
+            Err(status) if door::refused(&status) => {
+                offered.refused += 1;
+                offered.failed.push(index);
+            }
             Err(status) => {
                 if offered.failed.len() < 3 {
                     eprintln!("place failed: {status}");

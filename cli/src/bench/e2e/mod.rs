@@ -12,6 +12,7 @@
 //! - `processes.rs`: `--processes`, each service a process of its own, its memory read.
 
 mod cpu;
+mod door;
 mod find_max;
 mod hops;
 mod ledger;

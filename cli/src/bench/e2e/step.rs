@@ -50,6 +50,13 @@ pub(super) struct StepReport {
     pub(super) offered: u64,
     pub(super) placed: u64,
     pub(super) errors: u64,
+    /// Orders not placed because Orders refused them at the door (shedding load) after the
+    /// retries the budget allowed: not errors, not losses (the caller was told).
+    pub(super) refused_at_door: u64,
+    /// Orders placed after the door refused them at least once.
+    pub(super) placed_on_retry: u64,
+    /// Calls refused at the door in all.
+    pub(super) refusals: u64,
     pub(super) behind_schedule: u64,
     pub(super) max_behind_ms: f64,
     /// Why the wait for the step's orders ended, and how long after the last was offered.
@@ -117,7 +124,10 @@ impl Loop {
             settled_s: settled.as_secs_f64(),
             offered: offered.offered,
             placed: offered.placed.len() as u64,
-            errors: offered.failed.len() as u64,
+            errors: offered.failed.len() as u64 - offered.refused,
+            refused_at_door: offered.refused,
+            placed_on_retry: offered.placed_on_retry,
+            refusals: offered.refusals,
             behind_schedule: offered.behind_schedule,
             max_behind_ms: offered.max_behind.as_secs_f64() * 1000.0,
             cut_off,

@@ -39,7 +39,7 @@ pub const TOKEN_LIFETIME_SECONDS: i64 = 120;
 pub const BATCH: usize = 256;
 /// Reports on the wire at once: half of StatusIngest's default in-flight limit per connection
 /// (`ServerLimits::concurrency_per_connection`, 256), past which it sheds calls with
-/// `UNAVAILABLE`; a connector alone never meets that, so a burst of reports is queued here
+/// `RESOURCE_EXHAUSTED`; a connector alone never meets that, so a burst of reports is queued here
 /// instead of refused there and retried after a backoff.
 pub const MAX_SENDING: usize = 128;
 /// Reports the pipeline holds in memory at once (on the wire or waiting for a place there).
