@@ -9,6 +9,7 @@ mod catalog;
 mod demo;
 mod dev;
 mod health;
+mod memory;
 mod migrate;
 mod partner;
 mod partner_check;
@@ -99,6 +100,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    memory::tune_malloc();
     let cli = Cli::parse();
     let service_name = match &cli.command {
         Command::Orders(_) => "waybill-orders",

@@ -162,7 +162,7 @@ async fn bench_e2e_on_postgres() {
 /// `--processes`: Orders, the dispatcher, StatusIngest and the partner each a process of its
 /// own on one Postgres database and a Tansu broker process; every order received, each
 /// process's peak memory read and under the limit, each stopped cleanly, the re-sends counted
-/// (none: the deadline is far away); a limit below any process's memory fails the run.
+/// (none: the deadline is far away), the bench's own index dropped; a limit below any process's memory fails the run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_e2e_with_each_service_a_process_of_its_own() {
     let db = TestDatabase::create(TestBackend::Postgres).await;
@@ -202,6 +202,18 @@ async fn bench_e2e_with_each_service_a_process_of_its_own() {
         .map(|p| p["role"].as_str().unwrap())
         .collect();
     assert_eq!(roles, ["orders", "status-ingest", "dispatcher", "partner"]);
+    // The poll's own index went with the run: the database is left as the services made it.
+    let waybill_service_kit::db::Backend::Postgres(pool) = db.connect().await.backend().clone()
+    else {
+        panic!("a Postgres test database");
+    };
+    let left: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_indexes WHERE indexname = 'bench_e2e_received'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(left, 0, "the bench's index was left behind");
     for process in processes {
         let peak = process["peak_rss_mib"].as_f64().unwrap();
         assert!(peak > 1.0 && peak <= 64.0, "{process:#}");
