@@ -162,7 +162,8 @@ async fn bench_e2e_on_postgres() {
 /// `--processes`: Orders, the dispatcher, StatusIngest and the partner each a process of its
 /// own on one Postgres database and a Tansu broker process; every order received, each
 /// process's peak memory read and under the limit, each stopped cleanly, the re-sends counted
-/// (none: the deadline is far away), the bench's own index dropped; a limit below any process's memory fails the run.
+/// (none: the deadline is far away), the bench's own index dropped; a limit below any
+/// process's memory fails the run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_e2e_with_each_service_a_process_of_its_own() {
     let db = TestDatabase::create(TestBackend::Postgres).await;

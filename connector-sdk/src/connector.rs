@@ -269,9 +269,9 @@ impl Connector {
             // consumer ahead of the SDK, and a partner that is behind by minutes would hold
             // that much in memory (measured: 112 MiB at twice the sustainable rate) while the
             // SDK itself keeps at most `max_in_flight_per_partition` records a partition. 1 MiB
-            // is still half a second of records at 2,000 orders/s; with a partner behind, the
-            // prefetched and decompressed record sets were the largest share of the heap
-            // (heaptrack), so a fetch also asks for 256 KiB a partition, not 1 MiB.
+            // still holds hundreds of records; with a partner behind, the prefetched and
+            // decompressed record sets were the largest share of the heap (heaptrack), so a
+            // fetch also asks for 256 KiB a partition, not 1 MiB.
             let fetch_wait = cluster.fetch_wait.as_millis().max(1).to_string();
             for (key, value) in [
                 ("fetch.wait.max.ms", fetch_wait.as_str()),

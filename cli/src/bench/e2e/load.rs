@@ -17,10 +17,7 @@ use tonic::transport::Channel;
 use uuid::Uuid;
 use waybill_proto::v1::{self as pb, order_service_client::OrderServiceClient};
 
-use super::{
-    door::{self, RetryBudget},
-    timeline::Timeline,
-};
+use super::{door, timeline::Timeline};
 
 /// A send this late after its scheduled time counts as behind the schedule.
 const BEHIND: Duration = Duration::from_millis(10);
@@ -88,7 +85,7 @@ pub(super) async fn offer(
         offered: count,
         ..Offered::default()
     };
-    let budget = Arc::new(RetryBudget::default());
+    let budget = Arc::new(door::retry_budget());
     let mut tasks = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
     let start = tokio::time::Instant::now();
     let mut next_sample = SAMPLE_EVERY;
@@ -104,7 +101,7 @@ pub(super) async fn offer(
         let request = order(&idempotency_key(prefix, index), index);
         let (answered_ok, budget) = (placed_so_far.clone(), budget.clone());
         tasks.push(tokio::spawn(async move {
-            let (response, refusals) = door::retried(&budget, || {
+            let (response, refusals) = door::retried(budget.as_ref(), || {
                 let (mut client, request) = (client.clone(), request.clone());
                 async move { client.place_order(request).await }
             })

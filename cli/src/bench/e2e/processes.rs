@@ -361,6 +361,7 @@ fn peak_rss_mib(pid: u32) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// Runs one statement that returns no rows, on either backend.
 async fn run_statement(db: &Database, sql: &str) -> anyhow::Result<()> {
     on_pool!(db.backend(), |pool| {
         sqlx::query(sql).execute(pool).await?;

@@ -154,7 +154,6 @@ impl E2eReport {
     }
 }
 
-/// Re-sends over the placed orders (a partner merely behind must not be flooded).
 /// The calls Orders shed at the door (empty when none): the answer an overloaded Orders
 /// gives, not a loss.
 fn refused_text(step: &StepReport) -> String {
@@ -167,6 +166,7 @@ fn refused_text(step: &StepReport) -> String {
     )
 }
 
+/// Re-sends over the placed orders (a partner merely behind must not be flooded).
 fn resends_text(ledger: &Ledger) -> String {
     let share = if ledger.placed > 0 {
         100.0 * ledger.resends as f64 / ledger.placed as f64

@@ -100,8 +100,8 @@ impl SqlInbox {
             .busy_timeout(Duration::from_secs(10))
             // 1 MiB of page cache a connection, not SQLite's 2 MiB: the hot pages are the
             // tables' and indexes' right edges (new deliveries) and the rows in flight; older
-            // pages come from the OS's file cache. Four connections' caches were a fifth of the
-            // connector's heap with a partner minutes behind.
+            // pages come from the OS's file cache. Four full caches at the default are 8 MiB
+            // of a connector meant to stay under 64 MiB with a partner minutes behind.
             .pragma("cache_size", "-1024");
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
