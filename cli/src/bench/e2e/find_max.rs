@@ -243,4 +243,37 @@ mod tests {
         assert_eq!(offered, [100.0, 150.0, 225.0]);
         assert_eq!(search.result(), (Some(225.0), false));
     }
+
+    #[test]
+    fn a_step_with_every_order_through_in_time_passes() {
+        assert!(judge(&StepReport::for_test(500.0, 5_000, 5_000)).is_empty());
+    }
+
+    #[test]
+    fn a_step_whose_door_shed_calls_fails_even_when_every_placed_order_came_through() {
+        // The loop did not take the rate: Orders turned callers away.
+        let mut step = StepReport::for_test(1_500.0, 15_000, 14_990);
+        step.refusals = 12;
+        step.refused_at_door = 10;
+        step.placed_on_retry = 2;
+        assert_eq!(
+            judge(&step),
+            ["Orders shed 12 calls at the door (10 orders not placed)"]
+        );
+    }
+
+    #[test]
+    fn a_step_fails_on_each_of_its_limits() {
+        let mut step = StepReport::for_test(800.0, 8_000, 8_000);
+        step.to_received_all_ms.p99 = 1_200.0;
+        step.backlog_growth_s = 0.75;
+        step.ledger.received = 7_990;
+        step.ledger.in_flight = 10;
+        step.cut_off = crate::bench::e2e::ledger::CutOff::Timeout;
+        let failures = judge(&step);
+        assert_eq!(failures.len(), 3, "{failures:?}");
+        assert!(failures[0].contains("p99 scheduled → received 1200 ms > 1000 ms"));
+        assert!(failures[1].contains("backlog grew by 0.75 s of orders > 0.5 s"));
+        assert!(failures[2].contains("10 orders still in flight at the cut-off (Timeout)"));
+    }
 }

@@ -91,7 +91,7 @@ pub(super) struct Hop {
 }
 
 /// Every hop, and the totals from the scheduled send.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub(super) struct Hops {
     pub(super) hops: Vec<Hop>,
     /// Scheduled → placed.

@@ -371,3 +371,108 @@ fn limits_text(limits: &LimitFigures) -> String {
             .to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(step: StepReport) -> E2eReport {
+        E2eReport::new(step, "Postgres".to_owned(), "Tansu".to_owned(), Some(30.0))
+    }
+
+    fn error_of(report: &E2eReport) -> String {
+        report
+            .verdict()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn every_order_placed_and_received_passes() {
+        assert!(
+            report(StepReport::for_test(100.0, 1_000, 1_000))
+                .verdict()
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn orders_refused_at_the_door_are_shed_load_not_losses() {
+        // 40 of 1,000 never taken (their callers told to back off), 25 placed on a retry;
+        // every order placed was received.
+        let mut step = StepReport::for_test(2_200.0, 1_000, 960);
+        step.refused_at_door = 40;
+        step.placed_on_retry = 25;
+        step.refusals = 130;
+        let report = report(step);
+        assert!(report.verdict().is_ok(), "{}", error_of(&report));
+        assert!(
+            refused_text(&report.step).contains(
+                "Orders shed 130 calls at the door: 25 orders placed on a retry, 40 not placed"
+            ),
+            "{}",
+            refused_text(&report.step)
+        );
+    }
+
+    #[test]
+    fn a_placing_that_failed_otherwise_fails_the_run() {
+        let mut step = StepReport::for_test(100.0, 1_000, 999);
+        step.errors = 1;
+        let error = error_of(&report(step));
+        assert!(
+            error.contains("1 of 1000 placings failed (not refused at the door)"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_placed_order_not_received_fails_the_run_even_beside_refusals() {
+        let mut step = StepReport::for_test(2_200.0, 1_000, 960);
+        step.refused_at_door = 40;
+        step.refusals = 40;
+        step.ledger.received = 959;
+        step.ledger.in_flight = 1;
+        let error = error_of(&report(step));
+        assert!(
+            error.contains("1 of 960 orders placed were not received by the cut-off"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_void_ledger_fails_the_run_first() {
+        let mut step = StepReport::for_test(100.0, 1_000, 1_000);
+        step.ledger.lost = 1;
+        step.ledger.received = 999;
+        step.ledger.void = true;
+        step.ledger.void_reasons = vec!["order x: placed, never seen again".to_owned()];
+        let error = error_of(&report(step));
+        assert!(error.starts_with("void:"), "{error}");
+        assert!(
+            error.contains("order x: placed, never seen again"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_service_over_the_memory_limit_fails_the_run() {
+        let peak = |role, mib| ProcessPeak {
+            role,
+            peak_rss_mib: Some(mib),
+            cpu_seconds: Some(1.0),
+            clean_exit: true,
+        };
+        let within = report(StepReport::for_test(100.0, 1_000, 1_000))
+            .with_processes(vec![peak("orders", 30.0), peak("partner", 64.0)], 64.0);
+        assert!(within.verdict().is_ok(), "{}", error_of(&within));
+        let over = report(StepReport::for_test(100.0, 1_000, 1_000))
+            .with_processes(vec![peak("orders", 30.0), peak("partner", 64.5)], 64.0);
+        let error = error_of(&over);
+        assert!(
+            error.contains("the partner process's peak resident set"),
+            "{error}"
+        );
+    }
+}

@@ -76,6 +76,45 @@ pub(super) struct StepReport {
     pub(super) cpu: CpuFigures,
 }
 
+#[cfg(test)]
+impl StepReport {
+    /// A step at `rate_per_s` that placed `placed` of `offered` orders, every placed order
+    /// received, the ledger balanced, nothing late: the tests change what they judge.
+    pub(super) fn for_test(rate_per_s: f64, offered: u64, placed: u64) -> Self {
+        Self {
+            rate_per_s,
+            duration_s: 10.0,
+            settled_s: 0.0,
+            offered,
+            placed,
+            errors: 0,
+            refused_at_door: 0,
+            placed_on_retry: 0,
+            refusals: 0,
+            behind_schedule: 0,
+            max_behind_ms: 0.0,
+            cut_off: CutOff::AllConfirmed,
+            cut_off_after_s: 0.1,
+            hops: Hops::default(),
+            to_received_all_ms: crate::bench::measure::Latency {
+                p50: 10.0,
+                p99: 50.0,
+                max: 80.0,
+            },
+            backlog_growth_s: 0.0,
+            backlog: Vec::new(),
+            ledger: Ledger {
+                placed,
+                received: placed,
+                balanced: true,
+                answers_checked: true,
+                ..Ledger::default()
+            },
+            cpu: CpuFigures::default(),
+        }
+    }
+}
+
 impl Loop {
     /// Offers `rate` orders a second for `duration` as step `index`, and measures it.
     pub(super) async fn step(
