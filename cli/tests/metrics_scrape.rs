@@ -439,6 +439,7 @@ async fn every_service_shows_traffic_and_failures_in_its_series() {
         ("unauthenticated", 1.0),
         ("permission_denied", 1.0),
         ("rate_limited", 0.0),
+        ("overloaded", 0.0),
     ] {
         assert_eq!(
             dispatcher_now.value(&format!(

@@ -12,6 +12,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::{info, warn};
 
 use crate::{
+    in_flight::InFlightLimitLayer,
     rpc_metrics::{RpcMetrics, RpcMetricsLayer},
     security::{
         ServerSecurity, auth::AuthLayer, incoming, rate_limit::RateLimitLayer,
@@ -27,6 +28,9 @@ pub struct ServerLimits {
     pub request_timeout: Duration,
     /// In-flight requests per connection: one client cannot take every worker.
     pub concurrency_per_connection: usize,
+    /// In-flight requests over all connections (health checks exempt): many connections
+    /// cannot take more memory than this many calls need.
+    pub concurrency_total: usize,
     /// After shutdown starts, how long in-flight requests and streams get to finish.
     pub drain_grace: Duration,
     /// TLS, who may call what, and per-caller rate limits (default: plaintext and open, for
@@ -44,6 +48,7 @@ impl Default for ServerLimits {
         Self {
             request_timeout: Duration::from_secs(30),
             concurrency_per_connection: 256,
+            concurrency_total: 1024,
             drain_grace: Duration::from_secs(10),
             security: ServerSecurity::default(),
             file_check_interval: FILE_CHECK_INTERVAL,
@@ -178,6 +183,8 @@ pub async fn serve_with_health(
         .load_shed(true)
         // Metrics outermost: every call is counted, refused ones included.
         .layer(RpcMetricsLayer::new(limits.rpc_metrics.clone()))
+        // The bound over all connections, refused at once like the per-connection one.
+        .layer(InFlightLimitLayer::new(limits.concurrency_total))
         // Caller identity first: nothing below it (rate limits, handlers) sees a call that is
         // not allowed; the rate limit then keys on the identified caller.
         .layer(AuthLayer::new(security.credentials.clone()))

@@ -35,6 +35,7 @@ pub mod config;
 pub mod db;
 pub mod duration;
 pub mod grpc;
+pub mod in_flight;
 #[cfg(feature = "kafka")]
 pub use waybill_kafka_client::log as kafka_log;
 #[cfg(feature = "kafka")]

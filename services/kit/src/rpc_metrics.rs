@@ -49,6 +49,8 @@ pub enum Refusal {
     PermissionDenied,
     /// Over the caller's rate for the method.
     RateLimited,
+    /// The server held as many calls as it may over all its connections.
+    Overloaded,
 }
 
 impl Refusal {
@@ -57,6 +59,7 @@ impl Refusal {
             Self::Unauthenticated => "unauthenticated",
             Self::PermissionDenied => "permission_denied",
             Self::RateLimited => "rate_limited",
+            Self::Overloaded => "overloaded",
         }
     }
 }
@@ -125,6 +128,7 @@ impl RpcMetrics {
             Refusal::Unauthenticated,
             Refusal::PermissionDenied,
             Refusal::RateLimited,
+            Refusal::Overloaded,
         ] {
             this.refused
                 .get_or_create(&Reason {

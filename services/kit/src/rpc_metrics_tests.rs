@@ -171,10 +171,14 @@ async fn made_up_paths_share_one_series_and_refusals_are_counted_by_reason() {
         "{text}"
     );
     // Every reason is exported from the start.
-    assert!(
-        text.contains(r#"waybill_test_grpc_server_refused_total{reason="rate_limited"} 0"#),
-        "{text}"
-    );
+    for reason in ["rate_limited", "overloaded"] {
+        assert!(
+            text.contains(&format!(
+                r#"waybill_test_grpc_server_refused_total{{reason="{reason}"}} 0"#
+            )),
+            "{text}"
+        );
+    }
 }
 
 #[test]
