@@ -23,10 +23,11 @@ const MMAP_THRESHOLD: i32 = 128 * 1024;
 /// Free memory at the top of the heap beyond this is given back.
 const TRIM_THRESHOLD: i32 = 128 * 1024;
 
-/// Applies the settings above (see the module doc). Does nothing off glibc.
-pub(crate) fn tune_malloc() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    for (variable, parameter, value) in [
+/// The tunables to set: each of the settings above whose `MALLOC_*` variable `is_set` does not
+/// report set (glibc reads that one itself), as (variable, mallopt parameter, value).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn to_set(is_set: impl Fn(&str) -> bool) -> Vec<(&'static str, libc::c_int, libc::c_int)> {
+    [
         ("MALLOC_ARENA_MAX", libc::M_ARENA_MAX, ARENAS),
         (
             "MALLOC_MMAP_THRESHOLD_",
@@ -38,14 +39,65 @@ pub(crate) fn tune_malloc() {
             libc::M_TRIM_THRESHOLD,
             TRIM_THRESHOLD,
         ),
-    ] {
-        if std::env::var_os(variable).is_none() {
-            // SAFETY: mallopt sets one of malloc's tunables and touches no memory of ours; it
-            // is called before the runtime starts any thread, and glibc takes its own lock.
-            #[allow(unsafe_code)]
-            unsafe {
-                libc::mallopt(parameter, value);
-            }
+    ]
+    .into_iter()
+    .filter(|(variable, _, _)| !is_set(variable))
+    .collect()
+}
+
+/// Sets one tunable; whether glibc took it.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn mallopt(parameter: libc::c_int, value: libc::c_int) -> bool {
+    // SAFETY: mallopt sets one of malloc's tunables and touches no memory of ours; glibc takes
+    // its own lock, so it is sound from any thread (main calls it before the runtime starts
+    // any).
+    #[allow(unsafe_code)]
+    let taken = unsafe { libc::mallopt(parameter, value) };
+    taken == 1
+}
+
+/// Applies the settings above (see the module doc). Does nothing off glibc.
+pub(crate) fn tune_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    for (variable, parameter, value) in to_set(|variable| std::env::var_os(variable).is_some()) {
+        if !mallopt(parameter, value) {
+            // Nothing is logged yet (main has not set up tracing): say it on stderr.
+            eprintln!("warning: glibc refused mallopt for {variable} = {value}");
+        }
+    }
+}
+
+#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_setting_is_made_unless_the_operator_set_its_variable() {
+        let all = to_set(|_| false);
+        assert_eq!(
+            all,
+            [
+                ("MALLOC_ARENA_MAX", libc::M_ARENA_MAX, 2),
+                ("MALLOC_MMAP_THRESHOLD_", libc::M_MMAP_THRESHOLD, 131_072),
+                ("MALLOC_TRIM_THRESHOLD_", libc::M_TRIM_THRESHOLD, 131_072),
+            ]
+        );
+        let operator_tuned = to_set(|variable| variable == "MALLOC_ARENA_MAX");
+        assert_eq!(
+            operator_tuned
+                .iter()
+                .map(|(variable, _, _)| *variable)
+                .collect::<Vec<_>>(),
+            ["MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"]
+        );
+    }
+
+    #[test]
+    fn glibc_takes_each_setting() {
+        // mallopt answers 0 for a setting it does not take: each of
+        // ours must be taken.
+        for (variable, parameter, value) in to_set(|_| false) {
+            assert!(mallopt(parameter, value), "{variable} = {value} refused");
         }
     }
 }
