@@ -40,7 +40,9 @@ pub const BATCH: usize = 256;
 /// Reports on the wire at once: half of StatusIngest's default in-flight limit per connection
 /// (`ServerLimits::concurrency_per_connection`, 256), past which it sheds calls with
 /// `RESOURCE_EXHAUSTED`; a connector alone never meets that, so a burst of reports is queued here
-/// instead of refused there and retried after a backoff.
+/// instead of refused there and retried after a backoff. (StatusIngest also bounds its calls
+/// over all connections, 1,024 by default: many connectors at once can meet that, and their
+/// refused reports are retried after the backoff like any `RESOURCE_EXHAUSTED`.)
 pub const MAX_SENDING: usize = 128;
 /// Reports the pipeline holds in memory at once (on the wire or waiting for a place there).
 /// Past it a stored report stays in the inbox, where the scan finds it: when StatusIngest is
