@@ -172,7 +172,7 @@ pub async fn run(config: DispatcherConfig, shutdown: CancellationToken) -> Resul
         ],
     );
     let mut deps = DispatcherDeps::new(db.clone(), config.kafka, config.relay)?;
-    deps.limits.security = security;
+    deps.limits = ServerLimits::from_args(&config.security, security);
     db.register_metrics(&deps.metrics);
     let metrics = MetricsEndpoint::start(&config.metrics, &deps.metrics, &shutdown).await?;
     let result = serve(listener, deps, shutdown).await;

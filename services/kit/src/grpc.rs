@@ -15,7 +15,7 @@ use crate::{
     in_flight::InFlightLimitLayer,
     rpc_metrics::{RpcMetrics, RpcMetricsLayer},
     security::{
-        ServerSecurity, auth::AuthLayer, incoming, rate_limit::RateLimitLayer,
+        SecurityArgs, ServerSecurity, auth::AuthLayer, incoming, rate_limit::RateLimitLayer,
         reload::FILE_CHECK_INTERVAL,
     },
     telemetry,
@@ -53,6 +53,18 @@ impl Default for ServerLimits {
             security: ServerSecurity::default(),
             file_check_interval: FILE_CHECK_INTERVAL,
             rpc_metrics: None,
+        }
+    }
+}
+
+impl ServerLimits {
+    /// A production server's limits: the defaults, with `security` (loaded from `args`) and
+    /// the bound on calls in flight `args` sets.
+    pub fn from_args(args: &SecurityArgs, security: ServerSecurity) -> Self {
+        Self {
+            security,
+            concurrency_total: args.max_calls_in_flight.get(),
+            ..Self::default()
         }
     }
 }

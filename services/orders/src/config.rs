@@ -158,4 +158,20 @@ mod tests {
         let error = config(&["--db-max-connections", "0"]).expect_err("empty pool");
         assert_eq!(error.flag, "--db-max-connections");
     }
+
+    #[test]
+    fn the_bound_on_calls_in_flight_reaches_the_server_limits_and_zero_is_refused() {
+        use waybill_service_kit::{grpc::ServerLimits, security::ServerSecurity};
+        let default = config(&[]).expect("valid");
+        let limits = ServerLimits::from_args(&default.security, ServerSecurity::default());
+        assert_eq!(limits.concurrency_total, 1024);
+        assert_eq!(limits.concurrency_per_connection, 256);
+        let set = config(&["--max-calls-in-flight", "64"]).expect("valid");
+        let limits = ServerLimits::from_args(&set.security, ServerSecurity::default());
+        assert_eq!(limits.concurrency_total, 64);
+        assert!(
+            Cli::try_parse_from(["x", "--max-calls-in-flight", "0"]).is_err(),
+            "no call could ever be served"
+        );
+    }
 }

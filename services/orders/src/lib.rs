@@ -154,10 +154,7 @@ pub async fn run(config: OrdersConfig, shutdown: CancellationToken) -> Result<()
     };
     db.register_metrics(&deps.metrics);
     let metrics = MetricsEndpoint::start(&config.metrics, &deps.metrics, &shutdown).await?;
-    let limits = ServerLimits {
-        security,
-        ..ServerLimits::default()
-    };
+    let limits = ServerLimits::from_args(&config.security, security);
     let result = serve(listener, deps, limits, shutdown).await;
     metrics.stop().await;
     db.close().await;

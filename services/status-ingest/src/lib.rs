@@ -119,10 +119,7 @@ pub async fn run(config: StatusIngestConfig, shutdown: CancellationToken) -> Res
         config.stats_interval,
         shutdown.clone(),
     ));
-    let limits = ServerLimits {
-        security,
-        ..ServerLimits::default()
-    };
+    let limits = ServerLimits::from_args(&config.security, security);
     let result = serve(listener, deps, limits, shutdown).await;
     metrics.stop().await;
     let _ = maintenance.await;

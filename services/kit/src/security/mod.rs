@@ -23,7 +23,13 @@ pub mod rate_limit;
 pub mod reload;
 pub mod tls;
 
-use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    num::{NonZeroU32, NonZeroUsize},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
 
 use tracing::warn;
 
@@ -102,6 +108,12 @@ pub struct SecurityArgs {
     /// Calls one caller may make at once above the sustained rate.
     #[arg(long, env = "WAYBILL_RATE_BURST", default_value = "10000")]
     pub rate_burst: NonZeroU32,
+    /// Calls the server holds at once over all its connections (besides 256 on any one);
+    /// past it a call is refused at once with RESOURCE_EXHAUSTED and counted as
+    /// `refused{reason="overloaded"}`. Health checks are never refused. Each call held costs
+    /// memory: the bound keeps a flood of callers from taking more than the process has.
+    #[arg(long, env = "WAYBILL_MAX_CALLS_IN_FLIGHT", default_value = "1024")]
+    pub max_calls_in_flight: NonZeroUsize,
 }
 
 impl Default for SecurityArgs {
@@ -116,6 +128,7 @@ impl Default for SecurityArgs {
             insecure: false,
             rate_limit: NonZeroU32::new(5000).unwrap_or(NonZeroU32::MIN),
             rate_burst: NonZeroU32::new(10_000).unwrap_or(NonZeroU32::MIN),
+            max_calls_in_flight: NonZeroUsize::new(1024).unwrap_or(NonZeroUsize::MIN),
         }
     }
 }
