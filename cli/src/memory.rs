@@ -95,8 +95,7 @@ mod tests {
 
     #[test]
     fn glibc_takes_each_setting() {
-        // mallopt answers 0 for a setting it does not take: each of
-        // ours must be taken.
+        // mallopt answers 0 for a setting it does not take: each of ours must be taken.
         for (variable, parameter, value) in to_set(|_| false) {
             assert!(mallopt(parameter, value), "{variable} = {value} refused");
         }

@@ -12,7 +12,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::{info, warn};
 
 use crate::{
-    in_flight::InFlightLimitLayer,
+    in_flight::{DEFAULT_MAX_CALLS_IN_FLIGHT, InFlightLimitLayer},
     rpc_metrics::{RpcMetrics, RpcMetricsLayer},
     security::{
         SecurityArgs, ServerSecurity, auth::AuthLayer, incoming, rate_limit::RateLimitLayer,
@@ -48,7 +48,7 @@ impl Default for ServerLimits {
         Self {
             request_timeout: Duration::from_secs(30),
             concurrency_per_connection: 256,
-            concurrency_total: 1024,
+            concurrency_total: DEFAULT_MAX_CALLS_IN_FLIGHT,
             drain_grace: Duration::from_secs(10),
             security: ServerSecurity::default(),
             file_check_interval: FILE_CHECK_INTERVAL,

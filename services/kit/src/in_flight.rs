@@ -9,6 +9,11 @@
 //! Health checks are exempt: an orchestrator must see a busy server as alive, not restart it
 //! for being busy. A call holds its place until its response (for a stream: its headers) is
 //! ready; a server stream's messages are not counted.
+//!
+//! Written here rather than taken from tower (`GlobalConcurrencyLimitLayer` under
+//! `LoadShedLayer`): tonic turns tower's refusal into "Too many active requests for the
+//! connection", which names the wrong bound, and neither exempts health checks nor marks the
+//! refusal for the metrics ([`Refusal::Overloaded`]).
 
 use std::{
     sync::Arc,
@@ -21,6 +26,9 @@ use tonic::{Status, codegen::http};
 use tower::{Layer, Service};
 
 use crate::rpc_metrics::Refusal;
+
+/// The bound when none is configured (`--max-calls-in-flight`).
+pub const DEFAULT_MAX_CALLS_IN_FLIGHT: usize = 1024;
 
 /// Paths never refused for being busy.
 const EXEMPT_PREFIX: &str = "/grpc.health.v1.Health/";

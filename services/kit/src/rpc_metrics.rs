@@ -40,7 +40,8 @@ use tower::{Layer, Service};
 use crate::metrics::Metrics;
 
 /// Why the server refused a call before it reached the service: put on the refusal's response
-/// (an extension) by the credential check and the rate limit, counted here.
+/// (an extension) by the credential check, the rate limit and the bound on calls in flight,
+/// counted here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     /// No credential, or one nobody owns.

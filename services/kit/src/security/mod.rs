@@ -33,6 +33,8 @@ use std::{
 
 use tracing::warn;
 
+use crate::in_flight::DEFAULT_MAX_CALLS_IN_FLIGHT;
+
 pub use self::{
     caller::{Caller, Role},
     credentials::Credentials,
@@ -112,7 +114,7 @@ pub struct SecurityArgs {
     /// past it a call is refused at once with RESOURCE_EXHAUSTED and counted as
     /// `refused{reason="overloaded"}`. Health checks are never refused. Each call held costs
     /// memory: the bound keeps a flood of callers from taking more than the process has.
-    #[arg(long, env = "WAYBILL_MAX_CALLS_IN_FLIGHT", default_value = "1024")]
+    #[arg(long, env = "WAYBILL_MAX_CALLS_IN_FLIGHT", default_value_t = default_max_calls_in_flight())]
     pub max_calls_in_flight: NonZeroUsize,
 }
 
@@ -128,9 +130,14 @@ impl Default for SecurityArgs {
             insecure: false,
             rate_limit: NonZeroU32::new(5000).unwrap_or(NonZeroU32::MIN),
             rate_burst: NonZeroU32::new(10_000).unwrap_or(NonZeroU32::MIN),
-            max_calls_in_flight: NonZeroUsize::new(1024).unwrap_or(NonZeroUsize::MIN),
+            max_calls_in_flight: default_max_calls_in_flight(),
         }
     }
+}
+
+/// [`DEFAULT_MAX_CALLS_IN_FLIGHT`] as the flag's type.
+fn default_max_calls_in_flight() -> NonZeroUsize {
+    NonZeroUsize::new(DEFAULT_MAX_CALLS_IN_FLIGHT).unwrap_or(NonZeroUsize::MIN)
 }
 
 /// Why a service's security settings were refused.
