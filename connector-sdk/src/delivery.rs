@@ -5,8 +5,10 @@
 //! `duplicate = true` is success; a refusal that can never pass is kept as `refused`.
 //!
 //! **A pipeline, not rounds.** A report the worker has just stored is handed over at once
-//! ([`ReportSender::submit`]) and sent on its own task: nothing waits for a batch or a
-//! timer. The inbox scan ([`ReportSender::run`]) is for everything else: reports due for a
+//! ([`ReportSender::submit`]) and sent on its own task: nothing waits for a round or a
+//! timer. Reports to the same StatusIngest that are ready while earlier calls are on the wire
+//! leave together in its next `ReportStatuses` call, each with its own token and answer
+//! ([`crate::batching`]). The inbox scan ([`ReportSender::run`]) is for everything else: reports due for a
 //! retry, later statuses from the adapter, reports left by a restart or by another instance
 //! sharing the inbox. A report being sent is in `sending` and is skipped by the scan, so it
 //! is not sent twice at once (a second copy would be a harmless duplicate anyway). At most
@@ -31,11 +33,12 @@ use tokio::{
     task::JoinSet,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tracing::{debug, error, info, warn};
 use waybill_proto::v1::{ReportStatusRequest, status_ingest_client::StatusIngestClient};
 
 use crate::{
+    batching::Batcher,
     clock::SharedClock,
     domain::report::{
         Admission, BATCH, Failure, MAX_SENDING, QUICK_RETRIES, ReportRetry, Settle,
@@ -68,7 +71,8 @@ pub(crate) struct ReportSender {
     pub wake: Arc<Notify>,
     pub observer: Observer,
     pub clock: SharedClock,
-    clients: Mutex<HashMap<String, StatusIngestClient<Channel>>>,
+    /// One per StatusIngest address: the reports on their way there ([`Batcher`]).
+    clients: Mutex<HashMap<String, Arc<Batcher>>>,
     /// Report ids being sent now (by the pipeline or the scan).
     sending: Mutex<HashSet<String>>,
     permits: Semaphore,
@@ -254,13 +258,13 @@ impl ReportSender {
     /// The client for `reply_to`; an error status when no client can be made (an invalid
     /// address is refused for good; TLS without a configured CA is retried, so the report
     /// lands once the connector restarts with one).
-    fn client(&self, reply_to: &str) -> Result<StatusIngestClient<Channel>, tonic::Status> {
+    fn client(&self, reply_to: &str) -> Result<Arc<Batcher>, tonic::Status> {
         let mut clients = self
             .clients
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(client) = clients.get(reply_to) {
-            return Ok(client.clone());
+            return Ok(Arc::clone(client));
         }
         let mut endpoint = Endpoint::from_shared(reply_to.to_owned())
             .map_err(|e| {
@@ -280,8 +284,8 @@ impl ReportSender {
                 tonic::Status::unavailable(format!("TLS settings for {reply_to:?}: {e}"))
             })?;
         }
-        let client = StatusIngestClient::new(endpoint.connect_lazy());
-        clients.insert(reply_to.to_owned(), client.clone());
+        let client = Batcher::new(StatusIngestClient::new(endpoint.connect_lazy()));
+        clients.insert(reply_to.to_owned(), Arc::clone(&client));
         Ok(client)
     }
 
@@ -303,20 +307,17 @@ impl ReportSender {
             .unwrap_or(u32::MAX)
             .saturating_add(1);
         let result = match self.client(&report.reply_to) {
-            Ok(mut client) => {
-                let mut call = tonic::Request::new(self.request(&report));
-                if let Some(traceparent) = report.traceparent.as_deref()
-                    && let Ok(value) = traceparent.parse()
-                {
-                    call.metadata_mut().insert("traceparent", value);
-                }
+            Ok(client) => {
+                let request = self.request(&report);
                 self.observer.step(&report.order_id, Step::ReportSent);
-                client.report_status(call).await
+                client
+                    .report(request, report.traceparent.as_deref().unwrap_or_default())
+                    .await
             }
             Err(status) => Err(status),
         };
         let answered = match &result {
-            Ok(response) => Ok(response.get_ref().duplicate),
+            Ok(response) => Ok(response.duplicate),
             Err(status) => Err(Failure::of(status)),
         };
         let settled = settle(

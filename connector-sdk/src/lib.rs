@@ -174,6 +174,7 @@
 //! imports it back.
 #![warn(missing_docs)]
 
+mod batching;
 pub mod clock;
 pub mod config;
 pub mod connector;

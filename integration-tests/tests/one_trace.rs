@@ -70,13 +70,13 @@ async fn the_spans_of_one_order_form_one_trace_from_place_to_report() {
         if let Some(span) = receiver
             .spans()
             .into_iter()
-            .find(|s| s.name == "grpc" && attr(s, "rpc.method") == REPORT_STATUS)
+            .find(|s| s.name == "report" && attr(s, "rpc.method") == REPORT_STATUSES)
         {
             break span;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "no ReportStatus span exported: {:?}",
+            "no span of the report exported: {:?}",
             names(&receiver.spans())
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -157,7 +157,9 @@ async fn the_spans_of_one_order_form_one_trace_from_place_to_report() {
     }
 }
 
-const REPORT_STATUS: &str = "/waybill.v1.StatusIngest/ReportStatus";
+/// The SDK sends its reports in `ReportStatuses` calls; StatusIngest gives each report a span
+/// of its own (`report`), in its order's trace, which the call's own span is not.
+const REPORT_STATUSES: &str = "/waybill.v1.StatusIngest/ReportStatuses";
 
 /// Accepts every order inside a span of its own, and records the `traceparent` it was given.
 #[derive(Clone, Default)]

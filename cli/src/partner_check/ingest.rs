@@ -1,4 +1,4 @@
-//! A fake StatusIngest (`waybill.v1.StatusIngest/ReportStatus`) for one region: it checks every
+//! A fake StatusIngest (`waybill.v1.StatusIngest/ReportStatus` and `ReportStatuses`) for one region: it checks every
 //! request and token as the real one does (`waybill_status_ingest`'s field rules,
 //! [`waybill_token::verify_report`] against the keys the kit enrolled, revocation included),
 //! answers with the real codes and messages (`waybill_status_ingest::error`), keeps report ids
@@ -21,7 +21,7 @@ use waybill_proto::v1::{
     status_ingest_server::{StatusIngest, StatusIngestServer},
 };
 use waybill_service_kit::{grpc::ServerLimits, text::InvalidField};
-use waybill_status_ingest::{domain::validate, error::IngestError};
+use waybill_status_ingest::{domain::validate, error::IngestError, grpc::result_of};
 use waybill_token::{EnrolledKey, KeyRefusal, RejectReason, TokenError, VerifyingKey};
 
 /// The message of a refusal for an unavailable store, as the real one words it.
@@ -402,6 +402,31 @@ impl StatusIngest for FakeIngest {
             Answer::Held => Err(Status::unavailable(UNAVAILABLE_MESSAGE)),
             Answer::Refused(status) => Err(status),
         }
+    }
+
+    /// Each report as if it came in a `ReportStatus` call of its own, all at once, as the real
+    /// one runs them (the batch's own bounds are the real service's, tested there).
+    async fn report_statuses(
+        &self,
+        request: Request<pb::ReportStatusesRequest>,
+    ) -> Result<Response<pb::ReportStatusesResponse>, Status> {
+        let calls = request
+            .into_inner()
+            .reports
+            .into_iter()
+            .map(|item| self.report_status(Request::new(item.report.unwrap_or_default())));
+        let results = futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .map(|answer| match answer {
+                Ok(response) => pb::ReportResult {
+                    duplicate: response.into_inner().duplicate,
+                    ..pb::ReportResult::default()
+                },
+                Err(status) => result_of(&status),
+            })
+            .collect();
+        Ok(Response::new(pb::ReportStatusesResponse { results }))
     }
 
     async fn get_report_stats(

@@ -30,16 +30,28 @@
 //! `UNAVAILABLE` with a retry hint, as before.
 //!
 //! Refusals are counted by reason and logged with partner, order and reason — never the token.
+//!
+//! `ReportStatuses` takes up to [`MAX_BATCH_REPORTS`] reports in one call and runs each through
+//! exactly the path above, on a task and in a span of its own (its order's trace, from the
+//! item's `traceparent`), answering each alone in the request's order: a refusal of one report
+//! changes nothing for the others, and the reports of one call share the store's group commit
+//! as concurrent calls do. The call itself is refused, recording nothing, when it carries no
+//! report or too many, or more than the caller's rate allows (a batch counts each report).
 
 use std::{sync::Arc, time::Duration, time::Instant};
 
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, Span, debug, warn};
-use waybill_proto::v1::{self as pb, status_ingest_server::StatusIngest};
+use waybill_proto::{
+    headers::RETRY_AFTER_MS,
+    v1::{self as pb, status_ingest_server::StatusIngest},
+};
 use waybill_service_kit::{
     clock::SharedClock,
     db::{Change, ChangeFeed},
+    security::rate_limit::RateCharge,
+    telemetry::TraceContext,
     text::{InvalidField, quote},
 };
 use waybill_token::{
@@ -59,6 +71,10 @@ use crate::{
 /// batch records its sends milliseconds after the broker acknowledged them; one that takes
 /// longer is waiting for a slow broker, and the partner is better told to come back.
 pub const RELAY_WAIT: Duration = Duration::from_millis(200);
+
+/// The most reports one `ReportStatuses` call may carry (within
+/// [`MAX_REQUEST_BYTES`](crate::MAX_REQUEST_BYTES) in all, like any call).
+pub const MAX_BATCH_REPORTS: usize = 64;
 
 /// The StatusIngest gRPC service.
 #[derive(Debug, Clone)]
@@ -253,6 +269,34 @@ impl IngestApi {
         }
     }
 
+    /// One report of a `ReportStatuses` call, on a task of its own (to completion, as
+    /// `ReportStatus`) in a span continuing its order's trace, answered as `ReportStatus` would.
+    fn report_batched(&self, item: pb::BatchedReport) -> tokio::task::JoinHandle<pb::ReportResult> {
+        let span = tracing::info_span!(
+            "report",
+            otel.kind = "server",
+            rpc.method = "/waybill.v1.StatusIngest/ReportStatuses",
+        );
+        TraceContext {
+            traceparent: item.traceparent,
+            tracestate: item.tracestate,
+        }
+        .set_as_parent_of(&span);
+        let (api, request) = (self.clone(), item.report.unwrap_or_default());
+        tokio::spawn(
+            async move {
+                match api.report_counted(&request).await {
+                    Ok(answer) => pb::ReportResult {
+                        duplicate: answer.duplicate,
+                        ..pb::ReportResult::default()
+                    },
+                    Err(error) => result_of(&Status::from(error)),
+                }
+            }
+            .instrument(span),
+        )
+    }
+
     fn stats(&self) -> pb::ReportStats {
         let stats = self.metrics.snapshot();
         pb::ReportStats {
@@ -285,10 +329,64 @@ impl StatusIngest for IngestApi {
         Ok(Response::new(answer))
     }
 
+    async fn report_statuses(
+        &self,
+        request: Request<pb::ReportStatusesRequest>,
+    ) -> Result<Response<pb::ReportStatusesResponse>, Status> {
+        let charge = request.extensions().get::<RateCharge>().cloned();
+        let reports = request.into_inner().reports;
+        if reports.is_empty() {
+            return Err(Status::invalid_argument(
+                "reports: a ReportStatuses call carries at least one report",
+            ));
+        }
+        if reports.len() > MAX_BATCH_REPORTS {
+            return Err(Status::invalid_argument(format!(
+                "reports: {} reports in one call; at most {MAX_BATCH_REPORTS}",
+                reports.len()
+            )));
+        }
+        // The door took one report's worth of the caller's rate; the rest now, before any
+        // report is looked at.
+        if let Some(charge) = charge {
+            charge.take(reports.len() - 1)?;
+        }
+        let tasks: Vec<_> = reports
+            .into_iter()
+            .map(|item| self.report_batched(item))
+            .collect();
+        let mut results = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            results.push(task.await.unwrap_or_else(|_| {
+                result_of(&Status::unavailable(
+                    "the report's task ended early; send it again",
+                ))
+            }));
+        }
+        Ok(Response::new(pb::ReportStatusesResponse { results }))
+    }
+
     async fn get_report_stats(
         &self,
         _request: Request<pb::GetReportStatsRequest>,
     ) -> Result<Response<pb::ReportStats>, Status> {
         Ok(Response::new(self.stats()))
+    }
+}
+
+/// A report's refusal as a `ReportStatuses` result: the code, the message and the retry delay
+/// asked for, as `ReportStatus` answers them in its status and trailers.
+pub fn result_of(status: &Status) -> pb::ReportResult {
+    let retry_after_ms = status
+        .metadata()
+        .get(RETRY_AFTER_MS)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0);
+    pb::ReportResult {
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+        duplicate: false,
+        retry_after_ms,
     }
 }

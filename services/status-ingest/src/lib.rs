@@ -1,7 +1,7 @@
 //! StatusIngest: where partners report what happened to an order, with tokens signed by their
 //! enrolled keys.
 //!
-//! - [`grpc`]: `waybill.v1.StatusIngest` (`ReportStatus`, `GetReportStats`): the checks in
+//! - [`grpc`]: `waybill.v1.StatusIngest` (`ReportStatus`, `ReportStatuses`, `GetReportStats`): the checks in
 //!   order, each refusal counted by reason.
 //! - [`domain`]: request validation and the decision an accepted report carries out (status
 //!   progression, acknowledgement, re-routing after a rejection, flagging after a final state).
@@ -162,10 +162,14 @@ pub fn service(deps: IngestDeps) -> StatusIngestServer<IngestApi> {
         IngestApi::new(deps.store, deps.clock, deps.audience, deps.metrics)
             .waiting_for_relay_on(deps.relay_commits),
     )
-    // A report is a few hundred bytes plus its token; 64 KiB is generous, 4 MiB (tonic's
-    // default) is not a deliberate limit.
-    .max_decoding_message_size(64 * 1024)
+    .max_decoding_message_size(MAX_REQUEST_BYTES)
 }
+
+/// The largest request StatusIngest reads, a `ReportStatuses` call included: a report is a few
+/// hundred bytes plus its token (a batch of 64 typical ones fits with room to spare); 4 MiB
+/// (tonic's default) is not a deliberate limit, and this one times the calls in flight bounds
+/// what requests can hold.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 /// Serves StatusIngest (with health and reflection) on `listener` until `shutdown` is cancelled.
 pub async fn serve(

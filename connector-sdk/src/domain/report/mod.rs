@@ -37,12 +37,11 @@ use crate::domain::{
 pub const TOKEN_LIFETIME_SECONDS: i64 = 120;
 /// Reports read per scan.
 pub const BATCH: usize = 256;
-/// Reports on the wire at once: half of StatusIngest's default in-flight limit per connection
-/// (`ServerLimits::concurrency_per_connection`, 256), past which it sheds calls with
-/// `RESOURCE_EXHAUSTED`; a connector alone never meets that, so a burst of reports is queued here
-/// instead of refused there and retried after a backoff. (StatusIngest also bounds its calls
-/// over all connections, 1,024 by default: many connectors at once can meet that, and their
-/// refused reports are retried after the backoff like any `RESOURCE_EXHAUSTED`.)
+/// Reports being sent at once (on the wire, or queued for the next call to their
+/// StatusIngest). They leave in at most two calls at a time per StatusIngest, each carrying up
+/// to 128 of them (`ReportStatuses`), far below StatusIngest's bounds on calls in flight per
+/// connection (256) and over all connections (1,024); a StatusIngest that sheds calls anyway
+/// (many connectors at once) answers `RESOURCE_EXHAUSTED`, retried after the backoff.
 pub const MAX_SENDING: usize = 128;
 /// Reports the pipeline holds in memory at once (on the wire or waiting for a place there).
 /// Past it a stored report stays in the inbox, where the scan finds it: when StatusIngest is

@@ -36,7 +36,7 @@ use crate::text::quote;
 /// What an RPC path requires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
-    /// Anyone (health, reflection, StatusIngest's ReportStatus).
+    /// Anyone (health, reflection, StatusIngest's ReportStatus and ReportStatuses).
     Open,
     /// A caller in this role.
     Role(Role),
@@ -295,6 +295,7 @@ mod tests {
             "/grpc.health.v1.Health/Check",
             "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
             "/waybill.v1.StatusIngest/ReportStatus",
+            "/waybill.v1.StatusIngest/ReportStatuses",
         ] {
             assert!(authorize(&c, &request(open, None)).is_ok(), "{open}");
             assert!(authorize(&c, &request(open, Some("bad"))).is_ok(), "{open}");

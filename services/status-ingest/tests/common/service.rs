@@ -26,6 +26,8 @@ use super::{World, signer};
 pub struct Service {
     /// A client of it.
     pub client: StatusIngestClient<Channel>,
+    /// Where it listens.
+    pub address: std::net::SocketAddr,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -33,13 +35,18 @@ pub struct Service {
 impl Service {
     /// Serves `deps` on a loopback port.
     pub async fn start(deps: IngestDeps) -> Self {
+        Self::start_with(deps, ServerLimits::default()).await
+    }
+
+    /// Serves `deps` on a loopback port within `limits`.
+    pub async fn start_with(deps: IngestDeps, limits: ServerLimits) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn({
             let shutdown = shutdown.clone();
             async move {
-                waybill_status_ingest::serve(listener, deps, ServerLimits::default(), shutdown)
+                waybill_status_ingest::serve(listener, deps, limits, shutdown)
                     .await
                     .unwrap();
             }
@@ -49,6 +56,7 @@ impl Service {
             .unwrap();
         Self {
             client,
+            address: addr,
             shutdown,
             task,
         }
