@@ -10,10 +10,12 @@ use std::num::NonZeroU32;
 
 use chrono::Duration;
 use common::{
+    World,
     service::{Service, report, request, world},
     signer, token_for,
 };
 use tonic::Code;
+use uuid::Uuid;
 use waybill_proto::v1::{BatchedReport, OrderStatus, ReportStatusRequest, ReportStatusesRequest};
 use waybill_service_kit::{
     grpc::ServerLimits,
@@ -21,6 +23,7 @@ use waybill_service_kit::{
 };
 use waybill_status_ingest::grpc::MAX_BATCH_REPORTS;
 use waybill_test_kit::{TestBackend, on_both_backends};
+use waybill_token::TokenSigner;
 
 on_both_backends!(
     each_report_of_a_batch_is_answered_alone_in_order,
@@ -38,6 +41,23 @@ fn batch(requests: Vec<ReportStatusRequest>) -> ReportStatusesRequest {
             })
             .collect(),
     }
+}
+
+/// `count` signed reports `r-0`, `r-1`, … of RECEIVED_BY_PARTNER on `order` by acme.
+fn received_reports(
+    world: &World,
+    order: Uuid,
+    acme: &TokenSigner,
+    count: usize,
+) -> Vec<ReportStatusRequest> {
+    let (at, now) = (world.now() - Duration::seconds(5), world.now());
+    (0..count)
+        .map(|n| {
+            let id = format!("r-{n}");
+            let r = report(order, "acme", &id, OrderStatus::ReceivedByPartner, "T1", at);
+            request(&r, token_for(acme, &r, now))
+        })
+        .collect()
 }
 
 async fn each_report_of_a_batch_is_answered_alone_in_order(backend: TestBackend) {
@@ -151,8 +171,6 @@ async fn a_batch_refused_whole_records_nothing(backend: TestBackend) {
     let (world, order, acme) = world(backend).await;
     let before = (world.order_row(order).await, world.history(order).await);
     let ingest = Service::start(world.deps()).await;
-    let at = world.now() - Duration::seconds(5);
-    let now = world.now();
 
     let empty = ingest
         .client
@@ -164,19 +182,7 @@ async fn a_batch_refused_whole_records_nothing(backend: TestBackend) {
     assert!(empty.message().starts_with("reports: "), "{empty:?}");
 
     // One report more than a call may carry, the first of them valid: none is looked at.
-    let too_many: Vec<_> = (0..=MAX_BATCH_REPORTS)
-        .map(|n| {
-            let r = report(
-                order,
-                "acme",
-                &format!("r-{n}"),
-                OrderStatus::ReceivedByPartner,
-                "T1",
-                at,
-            );
-            request(&r, token_for(&acme, &r, now))
-        })
-        .collect();
+    let too_many = received_reports(&world, order, &acme, MAX_BATCH_REPORTS + 1);
     let refused = ingest
         .client
         .clone()
@@ -213,21 +219,7 @@ async fn a_batch_draws_on_the_callers_rate_report_by_report(backend: TestBackend
         ..ServerLimits::default()
     };
     let ingest = Service::start_with(world.deps(), limits).await;
-    let at = world.now() - Duration::seconds(5);
-    let now = world.now();
-    let reports: Vec<_> = (0..4)
-        .map(|n| {
-            let r = report(
-                order,
-                "acme",
-                &format!("r-{n}"),
-                OrderStatus::ReceivedByPartner,
-                "T1",
-                at,
-            );
-            request(&r, token_for(&acme, &r, now))
-        })
-        .collect();
+    let reports = received_reports(&world, order, &acme, 4);
 
     // Four reports in one call: more than the burst of three, so the call is refused whole.
     let refused = ingest
