@@ -22,18 +22,18 @@ use prost::Message as _;
 use tokio::sync::{Semaphore, oneshot};
 use tonic::{Code, Status, transport::Channel};
 use waybill_proto::{
-    headers::RETRY_AFTER_MS,
+    headers::{RETRY_AFTER_MS, TRACEPARENT},
+    limits::STATUS_INGEST_MAX_REQUEST_BYTES,
     v1::{
         BatchedReport, ReportResult, ReportStatusRequest, ReportStatusResponse,
         ReportStatusesRequest, status_ingest_client::StatusIngestClient,
     },
 };
 
-/// The most reports one call carries (StatusIngest takes at most 64).
-pub const MAX_BATCH_REPORTS: usize = 64;
-/// The most bytes of reports one call carries: StatusIngest reads at most 64 KiB a request;
-/// the rest is room for the framing. A report alone always goes, whatever its size.
-pub const MAX_BATCH_BYTES: usize = 60 * 1024;
+pub use waybill_proto::limits::MAX_BATCH_REPORTS;
+/// The most bytes of reports one call carries: what StatusIngest reads a request, less room
+/// for the framing. A report alone always goes, whatever its size.
+pub const MAX_BATCH_BYTES: usize = STATUS_INGEST_MAX_REQUEST_BYTES - 4 * 1024;
 /// Calls to one StatusIngest on the wire at once; reports that come while they are all out
 /// wait for the next.
 pub const CALLS_IN_FLIGHT: usize = 2;
@@ -176,10 +176,10 @@ impl Batcher {
     /// One `ReportStatus` call.
     async fn one(&self, report: ReportStatusRequest, traceparent: &str) -> Answer {
         let mut call = tonic::Request::new(report);
-        if let Ok(value) = traceparent.parse()
-            && !traceparent.is_empty()
+        if !traceparent.is_empty()
+            && let Ok(value) = traceparent.parse()
         {
-            call.metadata_mut().insert("traceparent", value);
+            call.metadata_mut().insert(TRACEPARENT, value);
         }
         self.client
             .clone()

@@ -8,9 +8,9 @@
 //! ([`ReportSender::submit`]) and sent on its own task: nothing waits for a round or a
 //! timer. Reports to the same StatusIngest that are ready while earlier calls are on the wire
 //! leave together in its next `ReportStatuses` call, each with its own token and answer
-//! ([`crate::batching`]). The inbox scan ([`ReportSender::run`]) is for everything else: reports due for a
-//! retry, later statuses from the adapter, reports left by a restart or by another instance
-//! sharing the inbox. A report being sent is in `sending` and is skipped by the scan, so it
+//! ([`crate::batching`]). The inbox scan ([`ReportSender::run`]) is for everything else:
+//! reports due for a retry, later statuses from the adapter, reports left by a restart or by
+//! another instance sharing the inbox. A report being sent is in `sending` and is skipped by the scan, so it
 //! is not sent twice at once (a second copy would be a harmless duplicate anyway). At most
 //! [`MAX_SENDING`] reports are on the wire at once, at most
 //! [`MAX_PENDING`](crate::domain::report::MAX_PENDING) held.

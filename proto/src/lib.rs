@@ -4,6 +4,7 @@
 //!   `proto/waybill/v1/*.proto` with a vendored `protoc`.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC server reflection.
 //! - [`headers`]: the Kafka header names every producer and consumer agrees on.
+//! - [`limits`]: bounds a server enforces and its clients size their calls by.
 //! - [`outbox`]: the partner message (`DispatchedOrder`) as stored in the outbox, sent with its
 //!   per-send fields, read for routing and received: one owner for its bytes.
 //! - [`history`]: the history event (`OrderStatusEvent`) as Orders shows it and the
@@ -15,6 +16,7 @@
 
 pub mod headers;
 pub mod history;
+pub mod limits;
 pub mod outbox;
 pub mod status;
 #[cfg(test)]

@@ -72,9 +72,7 @@ use crate::{
 /// longer is waiting for a slow broker, and the partner is better told to come back.
 pub const RELAY_WAIT: Duration = Duration::from_millis(200);
 
-/// The most reports one `ReportStatuses` call may carry (within
-/// [`MAX_REQUEST_BYTES`](crate::MAX_REQUEST_BYTES) in all, like any call).
-pub const MAX_BATCH_REPORTS: usize = 64;
+pub use waybill_proto::limits::MAX_BATCH_REPORTS;
 
 /// The StatusIngest gRPC service.
 #[derive(Debug, Clone)]

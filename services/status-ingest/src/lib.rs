@@ -165,11 +165,8 @@ pub fn service(deps: IngestDeps) -> StatusIngestServer<IngestApi> {
     .max_decoding_message_size(MAX_REQUEST_BYTES)
 }
 
-/// The largest request StatusIngest reads, a `ReportStatuses` call included: a report is a few
-/// hundred bytes plus its token (a batch of 64 typical ones fits with room to spare); 4 MiB
-/// (tonic's default) is not a deliberate limit, and this one times the calls in flight bounds
-/// what requests can hold.
-pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// The largest request StatusIngest reads (the contract's, shared with clients).
+pub use waybill_proto::limits::STATUS_INGEST_MAX_REQUEST_BYTES as MAX_REQUEST_BYTES;
 
 /// Serves StatusIngest (with health and reflection) on `listener` until `shutdown` is cancelled.
 pub async fn serve(

@@ -14,9 +14,11 @@ use common::{
     service::{Service, report, request, world},
     signer, token_for,
 };
-use tonic::Code;
+use tonic::{Code, Status};
 use uuid::Uuid;
-use waybill_proto::v1::{BatchedReport, OrderStatus, ReportStatusRequest, ReportStatusesRequest};
+use waybill_proto::v1::{
+    BatchedReport, OrderStatus, ReportResult, ReportStatusRequest, ReportStatusesRequest,
+};
 use waybill_service_kit::{
     grpc::ServerLimits,
     security::{ServerSecurity, rate_limit::RateLimit},
@@ -31,16 +33,21 @@ on_both_backends!(
     a_batch_draws_on_the_callers_rate_report_by_report,
 );
 
-fn batch(requests: Vec<ReportStatusRequest>) -> ReportStatusesRequest {
-    ReportStatusesRequest {
-        reports: requests
-            .into_iter()
-            .map(|report| BatchedReport {
-                report: Some(report),
-                ..BatchedReport::default()
-            })
-            .collect(),
-    }
+/// One `ReportStatuses` call of `requests`: its results, or the call's refusal.
+async fn send(
+    ingest: &Service,
+    requests: Vec<ReportStatusRequest>,
+) -> Result<Vec<ReportResult>, Status> {
+    let reports = requests
+        .into_iter()
+        .map(|report| BatchedReport {
+            report: Some(report),
+            ..BatchedReport::default()
+        })
+        .collect();
+    let call = ReportStatusesRequest { reports };
+    let response = ingest.client.clone().report_statuses(call).await?;
+    Ok(response.into_inner().results)
 }
 
 /// `count` signed reports `r-0`, `r-1`, … of RECEIVED_BY_PARTNER on `order` by acme.
@@ -102,14 +109,7 @@ async fn each_report_of_a_batch_is_answered_alone_in_order(backend: TestBackend)
         request(&forged, token_for(&signer(9, "k1"), &forged, now)),
         request(&also, token_for(&acme, &also, now)),
     ];
-    let results = ingest
-        .client
-        .clone()
-        .report_statuses(batch(requests))
-        .await
-        .unwrap()
-        .into_inner()
-        .results;
+    let results = send(&ingest, requests).await.unwrap();
     let codes: Vec<Code> = results.iter().map(|r| Code::from_i32(r.code)).collect();
     assert_eq!(
         codes,
@@ -149,14 +149,7 @@ async fn each_report_of_a_batch_is_answered_alone_in_order(backend: TestBackend)
         request(&also, token_for(&acme, &also, now)),
         request(&received, token_for(&acme, &received, now)),
     ];
-    let results = ingest
-        .client
-        .clone()
-        .report_statuses(batch(again))
-        .await
-        .unwrap()
-        .into_inner()
-        .results;
+    let results = send(&ingest, again).await.unwrap();
     assert!(
         results
             .iter()
@@ -172,23 +165,13 @@ async fn a_batch_refused_whole_records_nothing(backend: TestBackend) {
     let before = (world.order_row(order).await, world.history(order).await);
     let ingest = Service::start(world.deps()).await;
 
-    let empty = ingest
-        .client
-        .clone()
-        .report_statuses(batch(Vec::new()))
-        .await
-        .unwrap_err();
+    let empty = send(&ingest, Vec::new()).await.unwrap_err();
     assert_eq!(empty.code(), Code::InvalidArgument);
     assert!(empty.message().starts_with("reports: "), "{empty:?}");
 
     // One report more than a call may carry, the first of them valid: none is looked at.
     let too_many = received_reports(&world, order, &acme, MAX_BATCH_REPORTS + 1);
-    let refused = ingest
-        .client
-        .clone()
-        .report_statuses(batch(too_many))
-        .await
-        .unwrap_err();
+    let refused = send(&ingest, too_many).await.unwrap_err();
     assert_eq!(refused.code(), Code::InvalidArgument);
     assert!(
         refused
@@ -222,26 +205,14 @@ async fn a_batch_draws_on_the_callers_rate_report_by_report(backend: TestBackend
     let reports = received_reports(&world, order, &acme, 4);
 
     // Four reports in one call: more than the burst of three, so the call is refused whole.
-    let refused = ingest
-        .client
-        .clone()
-        .report_statuses(batch(reports.clone()))
-        .await
-        .unwrap_err();
+    let refused = send(&ingest, reports.clone()).await.unwrap_err();
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     assert!(refused.message().contains("rate limit"), "{refused:?}");
     assert_eq!(world.token_ids().await, 0);
 
     // Three fit the burst (the refused call spent one at the door, the time since refilled
     // at most one): two reports go through.
-    let results = ingest
-        .client
-        .clone()
-        .report_statuses(batch(reports[..2].to_vec()))
-        .await
-        .unwrap()
-        .into_inner()
-        .results;
+    let results = send(&ingest, reports[..2].to_vec()).await.unwrap();
     assert_eq!(results.len(), 2);
     assert_eq!(results[0].code, Code::Ok as i32, "{results:?}");
     ingest.stop().await;

@@ -22,6 +22,8 @@ use std::{
     task::{Context, Poll},
 };
 
+use futures::future::{Either, Ready, ready};
+
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tonic::{Status, codegen::http};
 use tower::{Layer, Service};
@@ -160,7 +162,12 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+    /// Refused at the door, passed on as it is, or (a batch) passed on and marked when its
+    /// handler refused the rest of the charge: only the last is boxed.
+    type Future = Either<
+        Either<Ready<Result<S::Response, S::Error>>, S::Future>,
+        Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -169,7 +176,7 @@ where
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
         let path = request.uri().path();
         if !LIMITED_RPCS.contains(&path) {
-            return Box::pin(self.inner.call(request));
+            return Either::Left(Either::Right(self.inner.call(request)));
         }
         let batch = path == REPORT_STATUSES;
         let key = caller_key(&request);
@@ -181,10 +188,10 @@ where
             );
             let mut response = status.into_http();
             response.extensions_mut().insert(Refusal::RateLimited);
-            return Box::pin(std::future::ready(Ok(response)));
+            return Either::Left(Either::Left(ready(Ok(response))));
         }
         if !batch {
-            return Box::pin(self.inner.call(request));
+            return Either::Left(Either::Right(self.inner.call(request)));
         }
         let refused = Arc::new(AtomicBool::new(false));
         request.extensions_mut().insert(RateCharge {
@@ -193,13 +200,13 @@ where
             refused: Arc::clone(&refused),
         });
         let answer = self.inner.call(request);
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             let mut response = answer.await?;
             if refused.load(Ordering::Relaxed) {
                 response.extensions_mut().insert(Refusal::RateLimited);
             }
             Ok(response)
-        })
+        }))
     }
 }
 
